@@ -1,0 +1,175 @@
+//! Commands: what the Raft log carries.
+//!
+//! A [`Command`] is one log entry: the leader's wall-clock time and a batch of [`Op`]s
+//! that arrived while the previous entry was being written. Batching is how many client
+//! requests share one disk flush (openraft 0.9 flushes every entry separately). The
+//! state machine applies the ops in order and returns one reply per op.
+//!
+//! Everything a decision depends on travels inside the command: time, lease ids, TTLs,
+//! inline rate limits. Nothing is read from a clock, a random source or the node's own
+//! configuration at apply time; that is what makes every replica agree.
+
+use serde::{Deserialize, Serialize};
+
+/// One replicated log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unix milliseconds, stamped by the leader that proposed the entry. The state
+    /// machine keeps `now = max(now, time_ms)`, so time never runs backwards even when a
+    /// new leader's clock is behind the old one's.
+    pub time_ms: u64,
+    pub ops: Vec<Op>,
+}
+
+impl Command {
+    pub fn new(time_ms: u64, ops: Vec<Op>) -> Self {
+        Self { time_ms, ops }
+    }
+
+    /// A command with a single op.
+    pub fn single(time_ms: u64, op: Op) -> Self {
+        Self::new(time_ms, vec![op])
+    }
+}
+
+/// A state-changing operation. Reads are [`crate::Query`]s and never enter the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Take one slot on every key, or none (all-or-nothing).
+    Acquire(Acquire),
+    /// Give a lease's slots back. Idempotent.
+    Release { lease_id: String },
+    /// Extend a live lease to `now + ttl_ms`.
+    Renew { lease_id: String, ttl_ms: u64 },
+    /// Housekeeping proposed periodically by the leader: purge up to `max_leases` dead
+    /// leases and examine up to `max_rate_keys` rate buckets, dropping those that are
+    /// full again (they carry no information). Also advances time.
+    Expire { max_leases: u32, max_rate_keys: u32 },
+    /// Set a per-key concurrency limit override.
+    SetLimit { key: String, limit: u32 },
+    /// Remove a per-key override (the key falls back to policy or default).
+    DeleteLimit { key: String },
+    /// One or more rate checks, charged all together or not at all.
+    RateCheck { checks: Vec<RateCheck> },
+    /// Create or replace a named policy.
+    PutPolicy { name: String, policy: Policy },
+    /// Delete a named policy.
+    DeletePolicy { name: String },
+    /// Create or replace a tier multiplier, in thousandths (2000 = ×2).
+    PutTier { name: String, multiplier_milli: u32 },
+    /// Delete a tier.
+    DeleteTier { name: String },
+    /// Replace settings, policies and tiers wholesale with what the operator's
+    /// `cluster.toml` says, unless the state already holds a configuration with the same
+    /// `source_digest` (so a restart does not undo runtime policy changes; editing the
+    /// file does).
+    Configure(Box<Configuration>),
+    /// Does nothing but advance time (used to commit a leader's first entry).
+    Noop,
+}
+
+/// Arguments of [`Op::Acquire`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    /// 1..=8 distinct keys, e.g. `["org:acme", "global"]`.
+    pub keys: Vec<String>,
+    /// Idempotency key: a retry with the same live lease_id returns the first grant.
+    pub lease_id: String,
+    /// Free text shown in usage listings.
+    pub holder: String,
+    pub ttl_ms: u64,
+}
+
+/// One rate check inside [`Op::RateCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateCheck {
+    /// The bucket. One key is one bucket whatever limit is used to check it, so scope
+    /// your keys (`ws:msg:user:42`, `http:ip:203.0.113.9`).
+    pub key: String,
+    pub cost: u32,
+    pub limit: RateLimitRef,
+}
+
+/// Where a rate check's limit comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateLimitRef {
+    /// A named rate policy, optionally scaled by a tier.
+    Policy { name: String, tier: Option<String> },
+    /// Limit given in the request itself.
+    Inline(RateSpec),
+}
+
+/// `limit` requests per `period_ms`, with a bucket of `burst` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateSpec {
+    pub limit: u32,
+    pub period_ms: u64,
+    pub burst: u32,
+}
+
+/// A named policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    /// Concurrency limit for keys matching `pattern`: an exact key, or a prefix ending
+    /// in `*` (`org:*`), or `*` alone. Concurrency policies are matched in the order
+    /// they were first created; the first match wins.
+    Concurrency { pattern: String, limit: u32 },
+    /// A rate limit referenced by name from rate checks.
+    Rate(RateSpec),
+}
+
+/// Cluster-wide settings that decisions depend on. Replicated, so every node decides
+/// with the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Concurrency limit of a key with no override and no matching policy.
+    pub default_limit: u32,
+    /// Largest limit an override, policy or rate spec may set.
+    pub max_limit: u32,
+    /// Largest lease TTL an acquire or renew may ask for.
+    pub max_ttl_ms: u64,
+    /// Cap on the retry hint of a denied acquire.
+    pub max_retry_after_ms: u64,
+    /// Longest rate period a policy or inline check may use.
+    pub max_period_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_limit: 10,
+            max_limit: 1_000_000,
+            max_ttl_ms: 24 * 3600 * 1000,
+            max_retry_after_ms: 60_000,
+            max_period_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// What [`Op::Configure`] installs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    /// Identifies the operator's file content; equal digests are not re-applied.
+    pub source_digest: u64,
+    pub settings: Settings,
+    /// Policies in match order (for concurrency policies).
+    pub policies: Vec<(String, Policy)>,
+    /// Tier name → multiplier in thousandths.
+    pub tiers: Vec<(String, u32)>,
+}
+
+/// Read-only questions, answered from a replica's state after a linearizable read
+/// barrier. They never enter the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// A key's used/limit and its live leases.
+    Usage { key: String },
+    /// A key's effective concurrency limit and where it comes from.
+    Limit { key: String },
+    /// Overrides and keys in use whose name starts with `prefix`, at most `max` rows.
+    Limits { prefix: String, max: u32 },
+    /// Settings, policies and tiers.
+    Policies,
+    /// One lease by id.
+    Lease { lease_id: String },
+}

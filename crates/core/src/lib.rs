@@ -1,0 +1,41 @@
+//! # quorate-core: the limiter as a pure state machine
+//!
+//! Everything quorate promises — never more grants than a key's limit, an exact
+//! Retry-After, limits that are never stale — is decided here, in
+//! [`State::apply`]. Every node of the cluster applies the same Raft log, in the same
+//! order, to its own copy of [`State`]; because `apply` is a pure, deterministic
+//! function of (state, command), the copies agree by construction and almost all
+//! behaviour can be tested without a network.
+//!
+//! The contract:
+//! - **No hidden inputs.** Time arrives inside each [`Command`] (stamped by the leader);
+//!   lease ids, TTLs and limits arrive inside each [`Op`]. There is no clock, no random
+//!   source, no I/O and no hash-map iteration order anywhere in this crate (all maps
+//!   are `BTreeMap`), so snapshots are byte-for-byte reproducible.
+//! - **Time never runs backwards**: `now = max(now, command.time_ms)`.
+//! - **Total**: every input gets an [`Outcome`] or a deterministic [`CoreError`]; no
+//!   input panics. A rejected op changes nothing (except time).
+//! - **Reads are separate**: [`Query`] answers never enter the log; the server asks
+//!   them after a linearizable read barrier.
+//!
+//! Modules: [`command`] (what the log carries), [`outcome`] (what apply returns),
+//! [`state`] (the machine), [`gcra`] (rate arithmetic), [`validate`] (input rules),
+//! [`error`].
+
+pub mod command;
+pub mod error;
+pub mod gcra;
+pub mod outcome;
+pub mod state;
+pub mod validate;
+
+pub use command::{
+    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
+    Settings,
+};
+pub use error::CoreError;
+pub use outcome::{
+    Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView, RateDecision,
+    RateResult, Reply, SlotUsage, Usage,
+};
+pub use state::{State, Stats};

@@ -1,0 +1,143 @@
+//! Outcomes: what applying an op (or answering a query) returns.
+//!
+//! Outcomes are replicated results: every node computes the same outcome for the same
+//! op, and the node that proposed the op hands it to the caller. Denials are outcomes,
+//! not errors: "no slot free" is a normal, successful decision.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Policy, Settings};
+use crate::error::CoreError;
+
+/// One op's result.
+pub type Reply = Result<Outcome, CoreError>;
+
+/// Result of a successfully validated op or query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Granted(Grant),
+    Denied(Denial),
+    Released { released: bool },
+    Renewed { lease_id: String, expires_at_ms: u64 },
+    Expired { leases: u32, rate_keys: u32 },
+    LimitSet { key: String, limit: u32 },
+    LimitDeleted { deleted: bool },
+    Rate(RateDecision),
+    PolicyPut { name: String },
+    PolicyDeleted { deleted: bool },
+    TierPut { name: String },
+    TierDeleted { deleted: bool },
+    /// `changed` is false when the same configuration was already installed.
+    Configured { changed: bool },
+    Noop,
+    // Query answers.
+    Usage(Usage),
+    Limit(LimitInfo),
+    Limits { limits: Vec<LimitInfo>, truncated: bool },
+    Policies(PoliciesView),
+    Lease(Option<LeaseInfo>),
+}
+
+/// A key's occupancy at decision time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotUsage {
+    pub key: String,
+    pub used: u32,
+    pub limit: u32,
+}
+
+/// A granted acquire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub lease_id: String,
+    pub fencing_token: u64,
+    pub expires_at_ms: u64,
+    /// Occupancy after the grant, in request key order.
+    pub slots: Vec<SlotUsage>,
+    /// True when this was a retry of a live lease (nothing new was taken).
+    pub reused: bool,
+}
+
+/// A denied acquire: nothing was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// Keys that had no free slot, in request order.
+    pub blocked_by: Vec<String>,
+    /// Occupancy of every requested key, in request order.
+    pub slots: Vec<SlotUsage>,
+    /// Time until enough leases on every blocking key will have expired for a slot to
+    /// free up, capped by `Settings::max_retry_after_ms`; at least 1.
+    pub retry_after_ms: u64,
+}
+
+/// The decision of a (multi-)rate check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateDecision {
+    /// True only if every check was allowed (and then all were charged).
+    pub allowed: bool,
+    pub results: Vec<RateResult>,
+}
+
+/// One key's GCRA decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateResult {
+    pub key: String,
+    pub allowed: bool,
+    /// Effective limit per period (after tier multiplier).
+    pub limit: u32,
+    pub period_ms: u64,
+    pub burst: u32,
+    /// Cost-1 requests still allowed now (after this check's charge, if charged).
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset_after_ms: u64,
+    /// 0 if allowed; else the wait until this check alone would be allowed.
+    pub retry_after_ms: u64,
+}
+
+/// A live lease as shown in usage listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub lease_id: String,
+    pub holder: String,
+    pub fencing_token: u64,
+    pub expires_at_ms: u64,
+    pub keys: Vec<String>,
+}
+
+/// Answer to [`crate::Query::Usage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub key: String,
+    pub used: u32,
+    pub limit: u32,
+    /// Live leases, oldest fencing token first.
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// Where a key's limit comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitSource {
+    Override,
+    Policy(String),
+    Default,
+}
+
+/// A key's effective concurrency limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitInfo {
+    pub key: String,
+    pub limit: u32,
+    pub source: LimitSource,
+    pub used: u32,
+}
+
+/// Answer to [`crate::Query::Policies`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoliciesView {
+    pub settings: Settings,
+    /// Concurrency policies in match order, then rate policies by name.
+    pub policies: Vec<(String, Policy)>,
+    pub tiers: Vec<(String, u32)>,
+    pub source_digest: Option<u64>,
+}

@@ -1,0 +1,876 @@
+//! The limiter state machine.
+//!
+//! [`State`] holds every live lease, every per-key override, the policies and tiers,
+//! and one GCRA timestamp per active rate bucket. [`State::apply`] is the only way to
+//! change it; [`State::query`] answers reads without changing it.
+//!
+//! ## Leases and slots
+//! A lease holds one slot on each of its keys until it is released or `now` reaches
+//! its `expires_at_ms`. Each key keeps an ordered set of `(expires_at, token)` for its
+//! leases, so the number of slots in use is the set's size once the dead ones at its
+//! front are purged, and the soonest expiries (the honest retry hint for a denial) are
+//! the first elements. Dead leases are purged from a key before every decision on it
+//! (as the seed's `ZREMRANGEBYSCORE` did), so they stop counting the moment they die;
+//! the leader's periodic [`Op::Expire`] purges the rest from a global expiry index so
+//! memory does not grow with leases nobody touches again.
+//!
+//! The fencing token of a grant is a counter in the state: strictly increasing across
+//! all grants, identical on every replica.
+//!
+//! ## What is persisted
+//! A snapshot holds only the primary data (settings, policies, overrides, leases by
+//! token, rate buckets, counters); the per-key sets, the lease-id map and the expiry
+//! index are derived and rebuilt on restore. All maps are `BTreeMap`, so the snapshot
+//! of a given state is always the same bytes and its digest can be compared across
+//! nodes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
+    Settings,
+};
+use crate::error::CoreError;
+use crate::gcra;
+use crate::outcome::{
+    Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView, RateDecision,
+    RateResult, Reply, SlotUsage, Usage,
+};
+use crate::validate;
+
+/// Snapshot format version; bumped when the layout changes.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// One live lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    lease_id: String,
+    holder: String,
+    keys: Vec<String>,
+    expires_at_ms: u64,
+}
+
+/// A concurrency policy in match order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ConcurrencyPolicy {
+    name: String,
+    pattern: String,
+    limit: u32,
+}
+
+impl ConcurrencyPolicy {
+    fn matches(&self, key: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => self.pattern == key,
+        }
+    }
+}
+
+/// Counts of what the state holds (for metrics and benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub leases: usize,
+    pub slot_keys: usize,
+    pub rate_keys: usize,
+    pub overrides: usize,
+    pub policies: usize,
+    pub last_token: u64,
+}
+
+/// The replicated limiter state. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    // --- primary data (in snapshots) ---
+    now_ms: u64,
+    /// Last fencing token handed out; the next grant gets `last_token + 1`.
+    last_token: u64,
+    settings: Settings,
+    /// `source_digest` of the last installed [`Configuration`].
+    config_digest: Option<u64>,
+    overrides: BTreeMap<String, u32>,
+    concurrency: Vec<ConcurrencyPolicy>,
+    rate_policies: BTreeMap<String, RateSpec>,
+    tiers: BTreeMap<String, u32>,
+    leases: BTreeMap<u64, Lease>,
+    /// GCRA theoretical arrival time per bucket, ns.
+    rate: BTreeMap<String, u128>,
+    /// Where the next `Expire` resumes its scan of rate buckets.
+    rate_cursor: Option<String>,
+    // --- derived (rebuilt on restore) ---
+    lease_ids: BTreeMap<String, u64>,
+    /// Per key: (expires_at_ms, token) of its live leases.
+    slots: BTreeMap<String, BTreeSet<(u64, u64)>>,
+    expiry: BTreeSet<(u64, u64)>,
+}
+
+/// Serialized form: primary data only, borrowed for writing.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    now_ms: u64,
+    last_token: u64,
+    settings: &'a Settings,
+    config_digest: Option<u64>,
+    overrides: &'a BTreeMap<String, u32>,
+    concurrency: &'a Vec<ConcurrencyPolicy>,
+    rate_policies: &'a BTreeMap<String, RateSpec>,
+    tiers: &'a BTreeMap<String, u32>,
+    leases: &'a BTreeMap<u64, Lease>,
+    rate: &'a BTreeMap<String, u128>,
+    rate_cursor: &'a Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    version: u32,
+    now_ms: u64,
+    last_token: u64,
+    settings: Settings,
+    config_digest: Option<u64>,
+    overrides: BTreeMap<String, u32>,
+    concurrency: Vec<ConcurrencyPolicy>,
+    rate_policies: BTreeMap<String, RateSpec>,
+    tiers: BTreeMap<String, u32>,
+    leases: BTreeMap<u64, Lease>,
+    rate: BTreeMap<String, u128>,
+    rate_cursor: Option<String>,
+}
+
+/// FNV-1a, 64 bit: a stable, dependency-free digest for comparing replicas (not a
+/// cryptographic hash; nobody is adversarial about their own snapshot).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl State {
+    /// An empty state with default [`Settings`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cluster time as of the last applied command.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// `source_digest` of the configuration last installed by [`Op::Configure`].
+    pub fn policies_digest(&self) -> Option<u64> {
+        self.config_digest
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            leases: self.leases.len(),
+            slot_keys: self.slots.len(),
+            rate_keys: self.rate.len(),
+            overrides: self.overrides.len(),
+            policies: self.concurrency.len() + self.rate_policies.len(),
+            last_token: self.last_token,
+        }
+    }
+
+    /// Apply one log entry: advance time, then apply each op in order. Returns one
+    /// reply per op. Never panics; a rejected op changes nothing but time.
+    pub fn apply(&mut self, cmd: &Command) -> Vec<Reply> {
+        self.now_ms = self.now_ms.max(cmd.time_ms);
+        cmd.ops.iter().map(|op| self.apply_op(op)).collect()
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Reply {
+        match op {
+            Op::Acquire(a) => self.acquire(a),
+            Op::Release { lease_id } => Ok(Outcome::Released {
+                released: self.release(lease_id),
+            }),
+            Op::Renew { lease_id, ttl_ms } => self.renew(lease_id, *ttl_ms),
+            Op::Expire {
+                max_leases,
+                max_rate_keys,
+            } => Ok(self.expire(*max_leases, *max_rate_keys)),
+            Op::SetLimit { key, limit } => {
+                validate::key("key", key)?;
+                validate::limit("limit", *limit, &self.settings)?;
+                self.overrides.insert(key.clone(), *limit);
+                Ok(Outcome::LimitSet {
+                    key: key.clone(),
+                    limit: *limit,
+                })
+            }
+            Op::DeleteLimit { key } => {
+                validate::key("key", key)?;
+                Ok(Outcome::LimitDeleted {
+                    deleted: self.overrides.remove(key).is_some(),
+                })
+            }
+            Op::RateCheck { checks } => self.rate_check(checks),
+            Op::PutPolicy { name, policy } => {
+                validate::name("name", name)?;
+                self.validate_policy(policy)?;
+                self.put_policy(name, policy);
+                Ok(Outcome::PolicyPut { name: name.clone() })
+            }
+            Op::DeletePolicy { name } => {
+                validate::name("name", name)?;
+                let before = self.concurrency.len();
+                self.concurrency.retain(|p| &p.name != name);
+                let removed = self.rate_policies.remove(name).is_some();
+                Ok(Outcome::PolicyDeleted {
+                    deleted: removed || self.concurrency.len() != before,
+                })
+            }
+            Op::PutTier {
+                name,
+                multiplier_milli,
+            } => {
+                validate::name("name", name)?;
+                validate::multiplier(*multiplier_milli)?;
+                self.tiers.insert(name.clone(), *multiplier_milli);
+                Ok(Outcome::TierPut { name: name.clone() })
+            }
+            Op::DeleteTier { name } => {
+                validate::name("name", name)?;
+                Ok(Outcome::TierDeleted {
+                    deleted: self.tiers.remove(name).is_some(),
+                })
+            }
+            Op::Configure(c) => self.configure(c),
+            Op::Noop => Ok(Outcome::Noop),
+        }
+    }
+
+    // ----------------------------------------------------------------------------
+    // Limits and policies
+
+    /// A key's effective concurrency limit and where it comes from.
+    fn resolve_limit(&self, key: &str) -> (u32, LimitSource) {
+        if let Some(l) = self.overrides.get(key) {
+            return (*l, LimitSource::Override);
+        }
+        if let Some(p) = self.concurrency.iter().find(|p| p.matches(key)) {
+            return (p.limit, LimitSource::Policy(p.name.clone()));
+        }
+        (self.settings.default_limit, LimitSource::Default)
+    }
+
+    fn validate_policy(&self, policy: &Policy) -> Result<(), CoreError> {
+        self.validate_policy_with(policy, &self.settings)
+    }
+
+    fn validate_policy_with(&self, policy: &Policy, s: &Settings) -> Result<(), CoreError> {
+        match policy {
+            Policy::Concurrency { pattern, limit } => {
+                validate::pattern(pattern)?;
+                validate::limit("limit", *limit, s)
+            }
+            Policy::Rate(spec) => validate::rate_spec(spec, s),
+        }
+    }
+
+    /// Insert or replace a named policy. One namespace for both kinds: a name moves
+    /// to the new kind. A replaced concurrency policy keeps its match position.
+    fn put_policy(&mut self, name: &str, policy: &Policy) {
+        match policy {
+            Policy::Concurrency { pattern, limit } => {
+                self.rate_policies.remove(name);
+                let p = ConcurrencyPolicy {
+                    name: name.to_string(),
+                    pattern: pattern.clone(),
+                    limit: *limit,
+                };
+                match self.concurrency.iter_mut().find(|p| p.name == name) {
+                    Some(slot) => *slot = p,
+                    None => self.concurrency.push(p),
+                }
+            }
+            Policy::Rate(spec) => {
+                self.concurrency.retain(|p| p.name != name);
+                self.rate_policies.insert(name.to_string(), *spec);
+            }
+        }
+    }
+
+    fn configure(&mut self, c: &Configuration) -> Reply {
+        if self.config_digest == Some(c.source_digest) {
+            return Ok(Outcome::Configured { changed: false });
+        }
+        // Validate everything before touching anything: all or nothing.
+        validate::settings(&c.settings)?;
+        for (name, policy) in &c.policies {
+            validate::name("policy name", name)?;
+            self.validate_policy_with(policy, &c.settings)?;
+        }
+        for (name, m) in &c.tiers {
+            validate::name("tier name", name)?;
+            validate::multiplier(*m)?;
+        }
+        self.settings = c.settings;
+        self.concurrency.clear();
+        self.rate_policies.clear();
+        for (name, policy) in &c.policies {
+            self.put_policy(name, policy);
+        }
+        self.tiers = c.tiers.iter().cloned().collect();
+        self.config_digest = Some(c.source_digest);
+        Ok(Outcome::Configured { changed: true })
+    }
+
+    // ----------------------------------------------------------------------------
+    // Leases
+
+    /// Remove a lease and every index entry pointing at it.
+    fn remove_lease(&mut self, token: u64) -> Option<Lease> {
+        let lease = self.leases.remove(&token)?;
+        self.lease_ids.remove(&lease.lease_id);
+        for k in &lease.keys {
+            if let Some(set) = self.slots.get_mut(k) {
+                set.remove(&(lease.expires_at_ms, token));
+                if set.is_empty() {
+                    self.slots.remove(k);
+                }
+            }
+        }
+        self.expiry.remove(&(lease.expires_at_ms, token));
+        Some(lease)
+    }
+
+    fn insert_lease(&mut self, token: u64, lease: Lease) {
+        self.lease_ids.insert(lease.lease_id.clone(), token);
+        for k in &lease.keys {
+            self.slots
+                .entry(k.clone())
+                .or_default()
+                .insert((lease.expires_at_ms, token));
+        }
+        self.expiry.insert((lease.expires_at_ms, token));
+        self.leases.insert(token, lease);
+    }
+
+    /// Purge the dead leases at the front of a key's set.
+    fn purge_key(&mut self, key: &str) {
+        while let Some(&(exp, token)) = self.slots.get(key).and_then(|s| s.first()) {
+            if exp > self.now_ms {
+                break;
+            }
+            self.remove_lease(token);
+        }
+    }
+
+    /// Live slots in use on `key` (read-only: filters instead of purging).
+    fn used(&self, key: &str) -> u32 {
+        let n = self.slots.get(key).map_or(0, |s| {
+            s.range((self.now_ms.saturating_add(1), 0)..).count()
+        });
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn slot_usage(&self, key: &str) -> SlotUsage {
+        SlotUsage {
+            key: key.to_string(),
+            used: self.used(key),
+            limit: self.resolve_limit(key).0,
+        }
+    }
+
+    /// The live lease with this id, purging it first if it is dead.
+    fn live_token(&mut self, lease_id: &str) -> Option<u64> {
+        let token = *self.lease_ids.get(lease_id)?;
+        let exp = self.leases.get(&token).map(|l| l.expires_at_ms)?;
+        if exp <= self.now_ms {
+            self.remove_lease(token);
+            return None;
+        }
+        Some(token)
+    }
+
+    fn acquire(&mut self, a: &Acquire) -> Reply {
+        validate::acquire_keys(&a.keys)?;
+        validate::lease_id(&a.lease_id)?;
+        validate::holder(&a.holder)?;
+        validate::ttl(a.ttl_ms, &self.settings)?;
+
+        // Idempotent retry: the same live lease_id on the same key set returns the
+        // original grant (no second slot, same token, same expiry).
+        if let Some(token) = self.live_token(&a.lease_id) {
+            let lease = &self.leases[&token];
+            let mut held = lease.keys.clone();
+            let mut requested = a.keys.clone();
+            held.sort();
+            requested.sort();
+            if held != requested {
+                return Err(CoreError::LeaseConflict {
+                    lease_id: a.lease_id.clone(),
+                    held: lease.keys.clone(),
+                    requested: a.keys.clone(),
+                });
+            }
+            let expires_at_ms = lease.expires_at_ms;
+            return Ok(Outcome::Granted(Grant {
+                lease_id: a.lease_id.clone(),
+                fencing_token: token,
+                expires_at_ms,
+                slots: a.keys.iter().map(|k| self.slot_usage(k)).collect(),
+                reused: true,
+            }));
+        }
+
+        let mut slots = Vec::with_capacity(a.keys.len());
+        let mut blocked_by = Vec::new();
+        let mut retry_after_ms = 0u64;
+        for k in &a.keys {
+            self.purge_key(k);
+            let (limit, _) = self.resolve_limit(k);
+            let set = self.slots.get(k);
+            let used = set.map_or(0, BTreeSet::len);
+            if used >= limit as usize {
+                blocked_by.push(k.clone());
+                // A slot frees when (used - limit + 1) leases have expired: the
+                // expiry of the (used - limit + 1)-th earliest lease.
+                let need = used - limit as usize;
+                let wait = set
+                    .and_then(|s| s.iter().nth(need))
+                    .map_or(1, |(exp, _)| exp - self.now_ms);
+                retry_after_ms = retry_after_ms.max(wait);
+            }
+            slots.push(SlotUsage {
+                key: k.clone(),
+                used: u32::try_from(used).unwrap_or(u32::MAX),
+                limit,
+            });
+        }
+        if !blocked_by.is_empty() {
+            return Ok(Outcome::Denied(Denial {
+                blocked_by,
+                slots,
+                retry_after_ms: retry_after_ms.clamp(1, self.settings.max_retry_after_ms),
+            }));
+        }
+
+        self.last_token += 1;
+        let token = self.last_token;
+        let expires_at_ms = self.now_ms.saturating_add(a.ttl_ms);
+        self.insert_lease(
+            token,
+            Lease {
+                lease_id: a.lease_id.clone(),
+                holder: a.holder.clone(),
+                keys: a.keys.clone(),
+                expires_at_ms,
+            },
+        );
+        for s in &mut slots {
+            s.used += 1;
+        }
+        Ok(Outcome::Granted(Grant {
+            lease_id: a.lease_id.clone(),
+            fencing_token: token,
+            expires_at_ms,
+            slots,
+            reused: false,
+        }))
+    }
+
+    /// Release is idempotent: unknown, expired or already released → false.
+    fn release(&mut self, lease_id: &str) -> bool {
+        match self.live_token(lease_id) {
+            Some(token) => self.remove_lease(token).is_some(),
+            None => false,
+        }
+    }
+
+    fn renew(&mut self, lease_id: &str, ttl_ms: u64) -> Reply {
+        validate::lease_id(lease_id)?;
+        validate::ttl(ttl_ms, &self.settings)?;
+        let Some(token) = self.live_token(lease_id) else {
+            return Err(CoreError::LeaseNotFound {
+                lease_id: lease_id.to_string(),
+            });
+        };
+        let Some(mut lease) = self.remove_lease(token) else {
+            return Err(CoreError::LeaseNotFound {
+                lease_id: lease_id.to_string(),
+            });
+        };
+        lease.expires_at_ms = self.now_ms.saturating_add(ttl_ms);
+        let expires_at_ms = lease.expires_at_ms;
+        self.insert_lease(token, lease);
+        Ok(Outcome::Renewed {
+            lease_id: lease_id.to_string(),
+            expires_at_ms,
+        })
+    }
+
+    /// Bounded housekeeping: purge up to `max_leases` dead leases (soonest first) and
+    /// scan up to `max_rate_keys` buckets from the cursor, dropping full ones.
+    fn expire(&mut self, max_leases: u32, max_rate_keys: u32) -> Outcome {
+        let mut leases = 0u32;
+        while leases < max_leases {
+            match self.expiry.first() {
+                Some(&(exp, token)) if exp <= self.now_ms => {
+                    self.remove_lease(token);
+                    leases += 1;
+                }
+                _ => break,
+            }
+        }
+
+        let now_ns = gcra::now_ns(self.now_ms);
+        let mut scanned = 0u32;
+        let mut dead = Vec::new();
+        let mut last = None;
+        {
+            let start = self.rate_cursor.clone();
+            let iter: Box<dyn Iterator<Item = (&String, &u128)>> = match &start {
+                Some(c) => Box::new(
+                    self.rate
+                        .range::<String, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+                ),
+                None => Box::new(self.rate.iter()),
+            };
+            for (k, tat) in iter {
+                if scanned >= max_rate_keys {
+                    break;
+                }
+                scanned += 1;
+                if *tat <= now_ns {
+                    dead.push(k.clone());
+                }
+                last = Some(k.clone());
+            }
+        }
+        // Reaching the end (fewer than the budget left) wraps the cursor around.
+        self.rate_cursor = if scanned < max_rate_keys { None } else { last };
+        let rate_keys = u32::try_from(dead.len()).unwrap_or(u32::MAX);
+        for k in dead {
+            self.rate.remove(&k);
+        }
+        Outcome::Expired { leases, rate_keys }
+    }
+
+    // ----------------------------------------------------------------------------
+    // Rate limits
+
+    /// The effective spec of a check: named policy scaled by tier, or inline.
+    fn resolve_rate(&self, r: &RateLimitRef) -> Result<RateSpec, CoreError> {
+        match r {
+            RateLimitRef::Inline(spec) => {
+                validate::rate_spec(spec, &self.settings)?;
+                Ok(*spec)
+            }
+            RateLimitRef::Policy { name, tier } => {
+                let spec = *self
+                    .rate_policies
+                    .get(name)
+                    .ok_or_else(|| CoreError::PolicyNotFound { name: name.clone() })?;
+                let Some(tier) = tier else {
+                    return Ok(spec);
+                };
+                let m = *self
+                    .tiers
+                    .get(tier)
+                    .ok_or_else(|| CoreError::TierNotFound { name: tier.clone() })?;
+                let scale = |v: u32| -> u32 {
+                    let scaled = u64::from(v) * u64::from(m) / 1000;
+                    u32::try_from(scaled.clamp(1, u64::from(self.settings.max_limit)))
+                        .unwrap_or(u32::MAX)
+                };
+                Ok(RateSpec {
+                    limit: scale(spec.limit),
+                    period_ms: spec.period_ms,
+                    burst: scale(spec.burst),
+                })
+            }
+        }
+    }
+
+    fn rate_check(&mut self, checks: &[RateCheck]) -> Reply {
+        if checks.is_empty() {
+            return Err(CoreError::invalid("checks", "at least one check is required"));
+        }
+        if checks.len() > validate::MAX_CHECKS {
+            return Err(CoreError::invalid(
+                "checks",
+                format!("at most {} checks per request", validate::MAX_CHECKS),
+            ));
+        }
+        let mut specs = Vec::with_capacity(checks.len());
+        for (i, c) in checks.iter().enumerate() {
+            validate::key("key", &c.key)?;
+            if checks[..i].iter().any(|o| o.key == c.key) {
+                return Err(CoreError::invalid("checks", format!("duplicate key {}", c.key)));
+            }
+            let spec = self.resolve_rate(&c.limit)?;
+            if c.cost == 0 || c.cost > spec.burst {
+                return Err(CoreError::invalid(
+                    "cost",
+                    format!("must be in 1..={} (the burst)", spec.burst),
+                ));
+            }
+            specs.push(spec);
+        }
+
+        let now_ns = gcra::now_ns(self.now_ms);
+        let decisions: Vec<_> = checks
+            .iter()
+            .zip(&specs)
+            .map(|(c, spec)| {
+                let p = gcra::Params::new(spec);
+                (gcra::decide(self.rate.get(&c.key).copied(), now_ns, &p, c.cost), p)
+            })
+            .collect();
+        let allowed = decisions.iter().all(|(d, _)| d.allowed);
+        let mut results = Vec::with_capacity(checks.len());
+        for ((c, spec), (d, p)) in checks.iter().zip(&specs).zip(&decisions) {
+            // All charged or none: when the whole request is denied, the checks that
+            // would have passed report their uncharged state.
+            let shown = if allowed {
+                self.rate.insert(c.key.clone(), d.new_tat);
+                *d
+            } else if d.allowed {
+                gcra::peek(self.rate.get(&c.key).copied(), now_ns, p)
+            } else {
+                *d
+            };
+            results.push(RateResult {
+                key: c.key.clone(),
+                allowed: d.allowed,
+                limit: spec.limit,
+                period_ms: spec.period_ms,
+                burst: spec.burst,
+                remaining: shown.remaining,
+                reset_after_ms: shown.reset_after_ms,
+                retry_after_ms: shown.retry_after_ms,
+            });
+        }
+        Ok(Outcome::Rate(RateDecision { allowed, results }))
+    }
+
+    // ----------------------------------------------------------------------------
+    // Queries
+
+    /// Answer a read at time `now_ms` (the later of this and the state's own time).
+    /// Never changes the state.
+    pub fn query(&self, q: &Query, now_ms: u64) -> Reply {
+        // Reads filter by time instead of purging, so they work on a shared borrow.
+        TimeView {
+            state: self,
+            now_ms: now_ms.max(self.now_ms),
+        }
+        .query(q)
+    }
+
+    fn lease_info(&self, token: u64, lease: &Lease) -> LeaseInfo {
+        LeaseInfo {
+            lease_id: lease.lease_id.clone(),
+            holder: lease.holder.clone(),
+            fencing_token: token,
+            expires_at_ms: lease.expires_at_ms,
+            keys: lease.keys.clone(),
+        }
+    }
+
+    // ----------------------------------------------------------------------------
+    // Snapshots
+
+    /// Serialize the primary data. Deterministic: equal states give equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let s = SnapshotRef {
+            version: SNAPSHOT_VERSION,
+            now_ms: self.now_ms,
+            last_token: self.last_token,
+            settings: &self.settings,
+            config_digest: self.config_digest,
+            overrides: &self.overrides,
+            concurrency: &self.concurrency,
+            rate_policies: &self.rate_policies,
+            tiers: &self.tiers,
+            leases: &self.leases,
+            rate: &self.rate,
+            rate_cursor: &self.rate_cursor,
+        };
+        // Serializing plain owned data into a Vec cannot fail.
+        bincode::serialize(&s).unwrap_or_default()
+    }
+
+    /// Rebuild a state from [`State::snapshot`] bytes, checking its invariants.
+    pub fn restore(bytes: &[u8]) -> Result<State, CoreError> {
+        use bincode::Options;
+        let s: SnapshotOwned = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(bytes.len() as u64 + 1024)
+            .deserialize(bytes)
+            .map_err(|e| CoreError::CorruptSnapshot(e.to_string()))?;
+        if s.version != SNAPSHOT_VERSION {
+            return Err(CoreError::CorruptSnapshot(format!(
+                "unsupported snapshot version {}",
+                s.version
+            )));
+        }
+        let mut state = State {
+            now_ms: s.now_ms,
+            last_token: s.last_token,
+            settings: s.settings,
+            config_digest: s.config_digest,
+            overrides: s.overrides,
+            concurrency: s.concurrency,
+            rate_policies: s.rate_policies,
+            tiers: s.tiers,
+            leases: BTreeMap::new(),
+            rate: s.rate,
+            rate_cursor: s.rate_cursor,
+            lease_ids: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+        };
+        for (token, lease) in s.leases {
+            if token == 0 || token > state.last_token {
+                return Err(CoreError::CorruptSnapshot(format!(
+                    "lease token {token} outside 1..={}",
+                    state.last_token
+                )));
+            }
+            if state.lease_ids.contains_key(&lease.lease_id) {
+                return Err(CoreError::CorruptSnapshot(format!(
+                    "lease id {} appears twice",
+                    lease.lease_id
+                )));
+            }
+            state.insert_lease(token, lease);
+        }
+        Ok(state)
+    }
+
+    /// Hex digest of the snapshot bytes: equal on replicas with equal state.
+    pub fn digest(&self) -> String {
+        format!("{:016x}", fnv1a(&self.snapshot()))
+    }
+}
+
+/// A read-only view of the state at a (possibly later) time.
+struct TimeView<'a> {
+    state: &'a State,
+    now_ms: u64,
+}
+
+impl TimeView<'_> {
+    fn live<'b>(&'b self, key: &str) -> impl Iterator<Item = u64> + 'b {
+        let from = (self.now_ms.saturating_add(1), 0);
+        self.state
+            .slots
+            .get(key)
+            .into_iter()
+            .flat_map(move |s| s.range(from..).map(|(_, t)| *t))
+    }
+
+    fn used(&self, key: &str) -> u32 {
+        u32::try_from(self.live(key).count()).unwrap_or(u32::MAX)
+    }
+
+    fn limit_info(&self, key: &str) -> LimitInfo {
+        let (limit, source) = self.state.resolve_limit(key);
+        LimitInfo {
+            key: key.to_string(),
+            limit,
+            source,
+            used: self.used(key),
+        }
+    }
+
+    fn query(&self, q: &Query) -> Reply {
+        let st = self.state;
+        match q {
+            Query::Usage { key } => {
+                validate::key("key", key)?;
+                let mut leases: Vec<_> = self
+                    .live(key)
+                    .filter_map(|t| st.leases.get(&t).map(|l| st.lease_info(t, l)))
+                    .collect();
+                leases.sort_by_key(|l| l.fencing_token);
+                Ok(Outcome::Usage(Usage {
+                    key: key.clone(),
+                    used: u32::try_from(leases.len()).unwrap_or(u32::MAX),
+                    limit: st.resolve_limit(key).0,
+                    leases,
+                }))
+            }
+            Query::Limit { key } => {
+                validate::key("key", key)?;
+                Ok(Outcome::Limit(self.limit_info(key)))
+            }
+            Query::Limits { prefix, max } => {
+                if !prefix.is_empty() {
+                    validate::key("prefix", prefix)?;
+                }
+                let in_prefix = |k: &&String| k.starts_with(prefix.as_str());
+                let mut keys: BTreeSet<&String> = st
+                    .overrides
+                    .range::<String, _>(prefix.clone()..)
+                    .map(|(k, _)| k)
+                    .take_while(in_prefix)
+                    .collect();
+                keys.extend(
+                    st.slots
+                        .range::<String, _>(prefix.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(in_prefix)
+                        .filter(|k| self.used(k) > 0),
+                );
+                let truncated = keys.len() > *max as usize;
+                let limits = keys
+                    .into_iter()
+                    .take(*max as usize)
+                    .map(|k| self.limit_info(k))
+                    .collect();
+                Ok(Outcome::Limits { limits, truncated })
+            }
+            Query::Policies => {
+                let mut policies: Vec<(String, Policy)> = st
+                    .concurrency
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.name.clone(),
+                            Policy::Concurrency {
+                                pattern: p.pattern.clone(),
+                                limit: p.limit,
+                            },
+                        )
+                    })
+                    .collect();
+                policies.extend(
+                    st.rate_policies
+                        .iter()
+                        .map(|(n, s)| (n.clone(), Policy::Rate(*s))),
+                );
+                Ok(Outcome::Policies(PoliciesView {
+                    settings: st.settings,
+                    policies,
+                    tiers: st.tiers.iter().map(|(n, m)| (n.clone(), *m)).collect(),
+                    source_digest: st.config_digest,
+                }))
+            }
+            Query::Lease { lease_id } => {
+                validate::lease_id(lease_id)?;
+                let info = st.lease_ids.get(lease_id).and_then(|t| {
+                    st.leases
+                        .get(t)
+                        .filter(|l| l.expires_at_ms > self.now_ms)
+                        .map(|l| st.lease_info(*t, l))
+                });
+                Ok(Outcome::Lease(info))
+            }
+        }
+    }
+}
