@@ -30,8 +30,7 @@ pub mod state;
 pub mod validate;
 
 pub use command::{
-    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
-    Settings,
+    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec, Settings,
 };
 pub use error::CoreError;
 pub use outcome::{

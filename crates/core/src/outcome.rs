@@ -17,23 +17,49 @@ pub type Reply = Result<Outcome, CoreError>;
 pub enum Outcome {
     Granted(Grant),
     Denied(Denial),
-    Released { released: bool },
-    Renewed { lease_id: String, expires_at_ms: u64 },
-    Expired { leases: u32, rate_keys: u32 },
-    LimitSet { key: String, limit: u32 },
-    LimitDeleted { deleted: bool },
+    Released {
+        released: bool,
+    },
+    Renewed {
+        lease_id: String,
+        expires_at_ms: u64,
+    },
+    Expired {
+        leases: u32,
+        rate_keys: u32,
+    },
+    LimitSet {
+        key: String,
+        limit: u32,
+    },
+    LimitDeleted {
+        deleted: bool,
+    },
     Rate(RateDecision),
-    PolicyPut { name: String },
-    PolicyDeleted { deleted: bool },
-    TierPut { name: String },
-    TierDeleted { deleted: bool },
+    PolicyPut {
+        name: String,
+    },
+    PolicyDeleted {
+        deleted: bool,
+    },
+    TierPut {
+        name: String,
+    },
+    TierDeleted {
+        deleted: bool,
+    },
     /// `changed` is false when the same configuration was already installed.
-    Configured { changed: bool },
+    Configured {
+        changed: bool,
+    },
     Noop,
     // Query answers.
     Usage(Usage),
     Limit(LimitInfo),
-    Limits { limits: Vec<LimitInfo>, truncated: bool },
+    Limits {
+        limits: Vec<LimitInfo>,
+        truncated: bool,
+    },
     Policies(PoliciesView),
     Lease(Option<LeaseInfo>),
 }

@@ -29,8 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
-    Settings,
+    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec, Settings,
 };
 use crate::error::CoreError;
 use crate::gcra;
@@ -369,9 +368,10 @@ impl State {
 
     /// Live slots in use on `key` (read-only: filters instead of purging).
     fn used(&self, key: &str) -> u32 {
-        let n = self.slots.get(key).map_or(0, |s| {
-            s.range((self.now_ms.saturating_add(1), 0)..).count()
-        });
+        let n = self
+            .slots
+            .get(key)
+            .map_or(0, |s| s.range((self.now_ms.saturating_add(1), 0)..).count());
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -532,10 +532,10 @@ impl State {
         {
             let start = self.rate_cursor.clone();
             let iter: Box<dyn Iterator<Item = (&String, &u128)>> = match &start {
-                Some(c) => Box::new(
-                    self.rate
-                        .range::<String, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
-                ),
+                Some(c) => Box::new(self.rate.range::<String, _>((
+                    std::ops::Bound::Excluded(c),
+                    std::ops::Bound::Unbounded,
+                ))),
                 None => Box::new(self.rate.iter()),
             };
             for (k, tat) in iter {
@@ -596,7 +596,10 @@ impl State {
 
     fn rate_check(&mut self, checks: &[RateCheck]) -> Reply {
         if checks.is_empty() {
-            return Err(CoreError::invalid("checks", "at least one check is required"));
+            return Err(CoreError::invalid(
+                "checks",
+                "at least one check is required",
+            ));
         }
         if checks.len() > validate::MAX_CHECKS {
             return Err(CoreError::invalid(
@@ -608,7 +611,10 @@ impl State {
         for (i, c) in checks.iter().enumerate() {
             validate::key("key", &c.key)?;
             if checks[..i].iter().any(|o| o.key == c.key) {
-                return Err(CoreError::invalid("checks", format!("duplicate key {}", c.key)));
+                return Err(CoreError::invalid(
+                    "checks",
+                    format!("duplicate key {}", c.key),
+                ));
             }
             let spec = self.resolve_rate(&c.limit)?;
             if c.cost == 0 || c.cost > spec.burst {
@@ -626,7 +632,10 @@ impl State {
             .zip(&specs)
             .map(|(c, spec)| {
                 let p = gcra::Params::new(spec);
-                (gcra::decide(self.rate.get(&c.key).copied(), now_ns, &p, c.cost), p)
+                (
+                    gcra::decide(self.rate.get(&c.key).copied(), now_ns, &p, c.cost),
+                    p,
+                )
             })
             .collect();
         let allowed = decisions.iter().all(|(d, _)| d.allowed);

@@ -40,7 +40,10 @@ fn check_chars(field: &str, s: &str, max: usize, ok: fn(u8) -> bool) -> Result<(
         return Err(CoreError::invalid(field, "must not be empty"));
     }
     if s.len() > max {
-        return Err(CoreError::invalid(field, format!("longer than {max} bytes")));
+        return Err(CoreError::invalid(
+            field,
+            format!("longer than {max} bytes"),
+        ));
     }
     if let Some(c) = s.bytes().find(|c| !ok(*c)) {
         return Err(CoreError::invalid(
@@ -77,10 +80,16 @@ pub fn pattern(p: &str) -> Result<(), CoreError> {
 /// Free-text holder description.
 pub fn holder(h: &str) -> Result<(), CoreError> {
     if h.len() > MAX_HOLDER_LEN {
-        return Err(CoreError::invalid("holder", format!("longer than {MAX_HOLDER_LEN} bytes")));
+        return Err(CoreError::invalid(
+            "holder",
+            format!("longer than {MAX_HOLDER_LEN} bytes"),
+        ));
     }
     if h.chars().any(char::is_control) {
-        return Err(CoreError::invalid("holder", "control characters not allowed"));
+        return Err(CoreError::invalid(
+            "holder",
+            "control characters not allowed",
+        ));
     }
     Ok(())
 }
@@ -91,7 +100,10 @@ pub fn acquire_keys(keys: &[String]) -> Result<(), CoreError> {
         return Err(CoreError::invalid("keys", "at least one key is required"));
     }
     if keys.len() > MAX_KEYS {
-        return Err(CoreError::invalid("keys", format!("at most {MAX_KEYS} keys per acquire")));
+        return Err(CoreError::invalid(
+            "keys",
+            format!("at most {MAX_KEYS} keys per acquire"),
+        ));
     }
     for (i, k) in keys.iter().enumerate() {
         key("keys", k)?;
@@ -105,7 +117,10 @@ pub fn acquire_keys(keys: &[String]) -> Result<(), CoreError> {
 /// A concurrency limit.
 pub fn limit(field: &str, l: u32, s: &Settings) -> Result<(), CoreError> {
     if l == 0 || l > s.max_limit {
-        return Err(CoreError::invalid(field, format!("must be in 1..={}", s.max_limit)));
+        return Err(CoreError::invalid(
+            field,
+            format!("must be in 1..={}", s.max_limit),
+        ));
     }
     Ok(())
 }
@@ -113,7 +128,10 @@ pub fn limit(field: &str, l: u32, s: &Settings) -> Result<(), CoreError> {
 /// A lease TTL.
 pub fn ttl(t: u64, s: &Settings) -> Result<(), CoreError> {
     if t == 0 || t > s.max_ttl_ms {
-        return Err(CoreError::invalid("ttl_ms", format!("must be in 1..={}", s.max_ttl_ms)));
+        return Err(CoreError::invalid(
+            "ttl_ms",
+            format!("must be in 1..={}", s.max_ttl_ms),
+        ));
     }
     Ok(())
 }
@@ -123,7 +141,10 @@ pub fn rate_spec(r: &RateSpec, s: &Settings) -> Result<(), CoreError> {
     limit("limit", r.limit, s)?;
     limit("burst", r.burst, s)?;
     if r.period_ms == 0 || r.period_ms > s.max_period_ms {
-        return Err(CoreError::invalid("period_ms", format!("must be in 1..={}", s.max_period_ms)));
+        return Err(CoreError::invalid(
+            "period_ms",
+            format!("must be in 1..={}", s.max_period_ms),
+        ));
     }
     Ok(())
 }
@@ -138,7 +159,10 @@ pub fn settings(s: &Settings) -> Result<(), CoreError> {
         return Err(CoreError::invalid("max_ttl_ms", "must be at least 1"));
     }
     if s.max_retry_after_ms == 0 {
-        return Err(CoreError::invalid("max_retry_after_ms", "must be at least 1"));
+        return Err(CoreError::invalid(
+            "max_retry_after_ms",
+            "must be at least 1",
+        ));
     }
     if s.max_period_ms == 0 {
         return Err(CoreError::invalid("max_period_ms", "must be at least 1"));

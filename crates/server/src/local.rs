@@ -1,0 +1,138 @@
+//! A single-process [`Backend`] over one in-memory core [`State`], with a clock the
+//! test controls.
+//!
+//! It exists to test the HTTP layer exhaustively without a cluster: every handler,
+//! every error mapping, every header. It is *not* replicated and never used by
+//! `quorate serve`; a cluster's answers come from `node.rs`. It can also simulate an
+//! unavailable cluster (`set_available(false)`) to test the 503 path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use quorate_core::{Command, Op, Query, Reply, State};
+use quorate_proto::{AddMemberRequest, ClusterResponse, Member, MembersResponse};
+
+use crate::backend::{Backend, NodeError};
+
+/// In-memory backend for tests. Time is `clock_ms`, advanced by the test.
+#[derive(Debug, Default)]
+pub struct LocalBackend {
+    state: Mutex<State>,
+    clock_ms: AtomicU64,
+    unavailable: AtomicBool,
+}
+
+impl LocalBackend {
+    /// A backend whose clock starts at `start_ms`.
+    pub fn new(start_ms: u64) -> Self {
+        Self {
+            state: Mutex::new(State::new()),
+            clock_ms: AtomicU64::new(start_ms),
+            unavailable: AtomicBool::new(false),
+        }
+    }
+
+    /// Move the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.clock_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Simulate losing (false) or regaining (true) the quorum.
+    pub fn set_available(&self, available: bool) {
+        self.unavailable.store(!available, Ordering::SeqCst);
+    }
+
+    /// Apply an op directly (test setup).
+    pub fn apply(&self, op: Op) -> Reply {
+        let now = self.clock_ms.load(Ordering::SeqCst);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.apply(&Command::single(now, op))
+            .pop()
+            .unwrap_or(Ok(quorate_core::Outcome::Noop))
+    }
+
+    fn check(&self) -> Result<(), NodeError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            Err(NodeError::Unavailable("simulated loss of quorum".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn member() -> Member {
+        Member {
+            id: 1,
+            api_addr: "local".into(),
+            raft_addr: "local".into(),
+            voter: true,
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn write(&self, op: Op) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        async move {
+            self.check()?;
+            Ok(self.apply(op))
+        }
+        .boxed()
+    }
+
+    fn read(&self, query: Query) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        async move {
+            self.check()?;
+            let now = self.clock_ms.load(Ordering::SeqCst);
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(st.query(&query, now))
+        }
+        .boxed()
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterResponse, NodeError>> {
+        async move {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(ClusterResponse {
+                node_id: 1,
+                leader_id: Some(1),
+                term: 1,
+                members: vec![Self::member()],
+                last_log_index: None,
+                committed_index: None,
+                applied_index: None,
+                state_digest: st.digest(),
+            })
+        }
+        .boxed()
+    }
+
+    fn add_member(
+        &self,
+        _req: AddMemberRequest,
+    ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+        async {
+            Err(NodeError::Membership(
+                "a local backend has no cluster".into(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn remove_member(&self, _id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+        async {
+            Err(NodeError::Membership(
+                "a local backend has no cluster".into(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        async move { self.check().is_ok() }.boxed()
+    }
+
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+}

@@ -1,0 +1,744 @@
+//! The public HTTP contract, exercised handler by handler against a [`LocalBackend`]
+//! (one in-memory state machine, test-controlled clock): status codes, body shapes,
+//! headers and the error contract (`{"error", "message"}`, never a 500). The same
+//! contract against a real three-node cluster is tested in the workspace `tests/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use quorate_core::{Configuration, Op, Policy, RateSpec, Settings};
+use quorate_server::api::{router, ApiConfig, ApiState};
+use quorate_server::local::LocalBackend;
+use quorate_server::metrics::Metrics;
+
+struct App {
+    router: Router,
+    backend: Arc<LocalBackend>,
+}
+
+fn app() -> App {
+    let backend = Arc::new(LocalBackend::new(1_000_000));
+    let cfg = Configuration {
+        source_digest: 1,
+        settings: Settings {
+            default_limit: 10,
+            max_ttl_ms: 3_600_000,
+            ..Settings::default()
+        },
+        policies: vec![
+            (
+                "orgs".into(),
+                Policy::Concurrency {
+                    pattern: "org:*".into(),
+                    limit: 2,
+                },
+            ),
+            (
+                "global".into(),
+                Policy::Concurrency {
+                    pattern: "global".into(),
+                    limit: 3,
+                },
+            ),
+            (
+                "user".into(),
+                Policy::Rate(RateSpec {
+                    limit: 60,
+                    period_ms: 60_000,
+                    burst: 2,
+                }),
+            ),
+        ],
+        tiers: vec![("superuser".into(), 10_000)],
+    };
+    backend.apply(Op::Configure(Box::new(cfg))).unwrap();
+    let state = ApiState {
+        backend: backend.clone(),
+        metrics: Arc::new(Metrics::new()),
+        config: ApiConfig {
+            node_id: 1,
+            default_ttl_ms: 30_000,
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(2),
+        },
+    };
+    App {
+        router: router(state),
+        backend,
+    }
+}
+
+async fn call_raw(
+    app: &App,
+    method: Method,
+    uri: &str,
+    body: Option<String>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, bytes.to_vec())
+}
+
+async fn call(
+    app: &App,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    let (s, h, b) = call_raw(app, method, uri, body.map(|v| v.to_string())).await;
+    let v =
+        serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)}));
+    (s, h, v)
+}
+
+/// Every error body has exactly the documented shape.
+fn assert_error(v: &Value, code: &str) {
+    assert_eq!(v["error"], code, "body: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "body: {v}"
+    );
+}
+
+#[tokio::test]
+async fn acquire_grants_then_denies_with_retry_after() {
+    let app = app();
+    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire",
+        Some(json!({"keys": ["org:acme", "global"], "lease_id": "a", "ttl_ms": 5000, "holder": "w1"}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["granted"], true);
+    assert_eq!(v["lease_id"], "a");
+    assert_eq!(v["expires_at_ms"], 1_005_000);
+    assert_eq!(
+        v["slots"],
+        json!([{"key":"org:acme","used":1,"limit":2},{"key":"global","used":1,"limit":3}])
+    );
+    let t1 = v["fencing_token"].as_u64().unwrap();
+
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:acme", "global"], "lease_id": "b", "ttl_ms": 9000})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["fencing_token"].as_u64().unwrap() > t1);
+
+    // org:acme is full (2/2): denied, naming the blocker, with an honest hint: the
+    // earliest lease on it expires in 5 s.
+    let (s, h, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:acme", "global"], "lease_id": "c"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["granted"], false);
+    assert_error(&v, "limit_exceeded");
+    assert_eq!(v["blocked_by"], json!(["org:acme"]));
+    assert_eq!(v["retry_after_ms"], 5000);
+    assert_eq!(h["retry-after"], "5");
+
+    // After the first lease expires the slot is free again, without any release.
+    app.backend.advance(5000);
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:acme", "global"], "lease_id": "c"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn global_key_caps_all_orgs() {
+    let app = app();
+    for (i, org) in ["org:a", "org:b", "org:c"].iter().enumerate() {
+        let (s, _, _) = call(
+            &app,
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(json!({"keys": [org, "global"], "lease_id": format!("l{i}")})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:d", "global"], "lease_id": "l4"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["blocked_by"], json!(["global"]));
+    // Nothing was taken on org:d by the denied request.
+    let (_, _, v) = call(&app, Method::GET, "/v1/slots/org:d", None).await;
+    assert_eq!(v["used"], 0);
+}
+
+#[tokio::test]
+async fn lease_id_is_idempotent_and_conflicts_are_409() {
+    let app = app();
+    let body = json!({"keys": ["org:x"], "lease_id": "retry-me"});
+    let (_, _, v1) = call(&app, Method::POST, "/v1/slots/acquire", Some(body.clone())).await;
+    let (s, _, v2) = call(&app, Method::POST, "/v1/slots/acquire", Some(body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v1["fencing_token"], v2["fencing_token"]);
+    let (_, _, u) = call(&app, Method::GET, "/v1/slots/org:x", None).await;
+    assert_eq!(u["used"], 1, "a retry must not take a second slot");
+
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:y"], "lease_id": "retry-me"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_error(&v, "lease_conflict");
+}
+
+#[tokio::test]
+async fn missing_lease_id_is_generated() {
+    let app = app();
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["k"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        v["lease_id"].as_str().is_some_and(|id| id.len() >= 32),
+        "{v}"
+    );
+    assert_eq!(
+        v["expires_at_ms"],
+        1_000_000 + 30_000,
+        "default TTL applies"
+    );
+}
+
+#[tokio::test]
+async fn release_renew_and_usage() {
+    let app = app();
+    call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["org:acme"], "lease_id": "l1", "holder": "worker-7", "ttl_ms": 1000})),
+    )
+    .await;
+    let (s, _, v) = call(&app, Method::GET, "/v1/slots/org:acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["used"], 1);
+    assert_eq!(v["limit"], 2);
+    assert_eq!(v["leases"][0]["lease_id"], "l1");
+    assert_eq!(v["leases"][0]["holder"], "worker-7");
+
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/renew",
+        Some(json!({"lease_id": "l1", "ttl_ms": 60000})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, json!({"lease_id": "l1", "expires_at_ms": 1_060_000}));
+    app.backend.advance(2000);
+    let (_, _, v) = call(&app, Method::GET, "/v1/slots/org:acme", None).await;
+    assert_eq!(v["used"], 1, "renewed lease outlives its first TTL");
+
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/release",
+        Some(json!({"lease_id": "l1"})),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/release",
+        Some(json!({"lease_id": "l1"})),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"released": false})));
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/renew",
+        Some(json!({"lease_id": "l1"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "lease_not_found");
+}
+
+#[tokio::test]
+async fn limits_override_policy_default() {
+    let app = app();
+    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:acme", None).await;
+    assert_eq!(
+        v,
+        json!({"key": "org:acme", "limit": 2, "source": "policy", "policy": "orgs", "used": 0})
+    );
+    let (_, _, v) = call(&app, Method::GET, "/v1/limits/other", None).await;
+    assert_eq!(v["source"], "default");
+    assert_eq!(v["limit"], 10);
+
+    let (s, _, v) = call(
+        &app,
+        Method::PUT,
+        "/v1/limits/org:acme",
+        Some(json!({"limit": 7})),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"key": "org:acme", "limit": 7}))
+    );
+    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:acme", None).await;
+    assert_eq!(v["source"], "override");
+    assert_eq!(v["limit"], 7);
+
+    call(
+        &app,
+        Method::PUT,
+        "/v1/limits/org:beta",
+        Some(json!({"limit": 3})),
+    )
+    .await;
+    call(
+        &app,
+        Method::PUT,
+        "/v1/limits/zzz",
+        Some(json!({"limit": 3})),
+    )
+    .await;
+    let (s, _, v) = call(&app, Method::GET, "/v1/limits?prefix=org:", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let keys: Vec<_> = v["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].clone())
+        .collect();
+    assert_eq!(keys, vec![json!("org:acme"), json!("org:beta")]);
+
+    let (_, _, v) = call(&app, Method::DELETE, "/v1/limits/org:acme", None).await;
+    assert_eq!(v, json!({"deleted": true}));
+    let (_, _, v) = call(&app, Method::DELETE, "/v1/limits/org:acme", None).await;
+    assert_eq!(v, json!({"deleted": false}));
+
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": -1}),
+        json!({"limit": "x"}),
+        json!({}),
+    ] {
+        let (s, _, v) = call(&app, Method::PUT, "/v1/limits/k", Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_error(&v, "invalid_request");
+    }
+}
+
+#[tokio::test]
+async fn rate_checks_single_inline_multi_and_headers() {
+    let app = app();
+    // Named policy: 60/min with a burst of 2.
+    let req = json!({"key": "user:42", "policy": "user"});
+    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", Some(req.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["remaining"], 1);
+    assert_eq!(v["retry_after_ms"], 0);
+    assert_eq!(h["ratelimit-policy"], "\"user:42\";q=60;w=60;burst=2");
+    assert_eq!(h["ratelimit"], "\"user:42\";r=1;t=1");
+    call(&app, Method::POST, "/v1/rate/check", Some(req.clone())).await;
+    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", Some(req)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_error(&v, "rate_limited");
+    assert_eq!(v["retry_after_ms"], 1000);
+    assert_eq!(h["retry-after"], "1");
+
+    // A tier multiplies the policy.
+    let (_, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/rate/check",
+        Some(json!({"key": "user:7", "policy": "user", "tier": "superuser"})),
+    )
+    .await;
+    assert_eq!(v["limit"], 600);
+
+    // Inline, with burst defaulting to limit.
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/rate/check",
+        Some(json!({"key": "ip:203.0.113.9", "limit": 5, "period_ms": 1000})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["remaining"], 4);
+
+    // Multi-check: all charged or none. user:42 is exhausted, so ip:198.51.100.1 must
+    // not be charged either.
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/rate/check",
+        Some(json!({"checks": [
+        {"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000},
+        {"key": "user:42", "policy": "user"}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["results"][0]["allowed"], true);
+    assert_eq!(v["results"][1]["allowed"], false);
+    let (s, _, _) = call(
+        &app,
+        Method::POST,
+        "/v1/rate/check",
+        Some(json!({"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "the denied multi-check charged nothing");
+
+    for bad in [
+        json!({"key": "k", "policy": "user", "limit": 5, "period_ms": 1000}),
+        json!({"key": "k", "limit": 5}),
+        json!({"key": "k", "limit": 5, "period_ms": 1000, "tier": "superuser"}),
+        json!({"key": "k", "policy": "user", "cost": 3}),
+        json!({"key": "k", "policy": "user", "cost": 0}),
+        json!({"checks": []}),
+        json!({"checks": [{"key": "a", "policy": "user"}], "key": "b"}),
+        json!({}),
+    ] {
+        let (s, _, v) = call(&app, Method::POST, "/v1/rate/check", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {v}");
+        assert_error(&v, "invalid_request");
+    }
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/rate/check",
+        Some(json!({"key": "k", "policy": "nope"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "policy_not_found");
+}
+
+#[tokio::test]
+async fn policies_and_tiers_change_at_runtime() {
+    let app = app();
+    let (s, _, v) = call(
+        &app,
+        Method::PUT,
+        "/v1/policies/worker",
+        Some(json!({"kind": "rate", "limit": 30, "period_ms": 60000, "burst": 5})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = call(
+        &app,
+        Method::PUT,
+        "/v1/policies/orgs",
+        Some(json!({"kind": "concurrency", "pattern": "org:*", "limit": 4})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:new", None).await;
+    assert_eq!(
+        v["limit"], 4,
+        "the changed policy applies at once, nothing cached"
+    );
+    let (s, _, v) = call(
+        &app,
+        Method::PUT,
+        "/v1/tiers/authenticated",
+        Some(json!({"multiplier": 2.0})),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::OK,
+            json!({"name": "authenticated", "multiplier": 2.0})
+        )
+    );
+    let (_, _, v) = call(&app, Method::GET, "/v1/policies", None).await;
+    let names: Vec<_> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            json!("orgs"),
+            json!("global"),
+            json!("user"),
+            json!("worker")
+        ]
+    );
+    assert_eq!(v["tiers"].as_array().unwrap().len(), 2);
+    let (_, _, v) = call(&app, Method::DELETE, "/v1/policies/worker", None).await;
+    assert_eq!(v, json!({"deleted": true}));
+    let (s, _, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/tiers/x",
+        Some(json!({"multiplier": 0})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/policies/p",
+        Some(json!({"kind": "other"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_json_error_never_a_500() {
+    let app = app();
+    let cases: Vec<(Method, &str, Option<String>, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some("{not json".into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["a"],"ttl":5}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":[]}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["a","a"]}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["1","2","3","4","5","6","7","8","9"]}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["has space"]}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(format!(r#"{{"keys":["{}"]}}"#, "k".repeat(257))),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["a"],"ttl_ms":0}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["a"],"ttl_ms":99999999999}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(r#"{"keys":["a"],"ttl_ms":-5}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/release",
+            Some(r#"{"lease_id":""}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/slots/bad%20key",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/limits?max=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/limits?bogus=1",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::DELETE,
+            "/v1/members/notanumber",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/v1/slots/acquire",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/v1/slots/acquire",
+            Some(format!(
+                r#"{{"keys":["a"],"holder":"{}"}}"#,
+                "x".repeat(70_000)
+            )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ];
+    for (method, uri, body, status, code) in cases {
+        let (s, _, b) = call_raw(&app, method.clone(), uri, body).await;
+        let v: Value = serde_json::from_slice(&b).unwrap_or_else(|_| {
+            panic!(
+                "{method} {uri}: body not JSON: {}",
+                String::from_utf8_lossy(&b)
+            )
+        });
+        assert_eq!(s, status, "{method} {uri}: {v}");
+        assert_error(&v, code);
+    }
+}
+
+#[tokio::test]
+async fn no_quorum_means_503_never_granted() {
+    let app = app();
+    app.backend.set_available(false);
+    let (s, h, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["a"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&v, "unavailable");
+    assert!(h.contains_key("retry-after"));
+    assert!(v.get("granted").is_none());
+    let (s, _, _) = call(&app, Method::GET, "/readyz", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _, _) = call(&app, Method::GET, "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK, "the process still serves");
+    app.backend.set_available(true);
+    let (s, _, _) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["a"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_decisions() {
+    let app = app();
+    call(
+        &app,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(json!({"keys": ["m"]})),
+    )
+    .await;
+    call(&app, Method::GET, "/v1/nope", None).await;
+    let (s, h, b) = call_raw(&app, Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(b).unwrap();
+    assert!(
+        text.contains(
+            r#"quorate_http_requests_total{route="/v1/slots/acquire",method="POST",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched""#), "{text}");
+    assert!(
+        text.contains(r#"quorate_decisions_total{kind="acquire",outcome="granted"} 1"#),
+        "{text}"
+    );
+}
