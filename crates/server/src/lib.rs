@@ -3,12 +3,24 @@
 //!
 //! Layers, from the outside in:
 //! - `api`: axum handlers for the public JSON API; they speak [`backend::Backend`].
-//! - `node`: the Raft node implementing `Backend` (batcher, forwarding, reads).
-//! - `network` / `raft_rpc`: Raft RPC client and server (bincode over HTTP).
+//! - `serve`: runs a node: store, Raft, both listeners, graceful shutdown.
+//! - `node`: the Raft node implementing `Backend` (forwarding, reads, bootstrap,
+//!   housekeeping); `batcher`: the leader's write pipeline.
+//! - `network` / `raft_rpc`: node-to-node client and server (bincode over HTTP).
 //! - `config`: `cluster.toml` plus `QUORATE_*` environment overrides.
-//! - `metrics`: Prometheus text registry.
+//! - `metrics`: Prometheus text registry; `error`: the library's [`ServerError`].
 
 pub mod api;
 pub mod backend;
+pub mod batcher;
+pub mod config;
+pub mod error;
 pub mod local;
 pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod raft_rpc;
+pub mod serve;
+
+pub use config::ClusterConfig;
+pub use error::ServerError;

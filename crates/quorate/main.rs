@@ -1,0 +1,98 @@
+//! `quorate`: one binary to serve a node, run a local cluster, and operate it.
+//!
+//! This file only parses the command line, sets up logging and dispatches; each
+//! subcommand lives in its own module (`up.rs`, ...), and the node itself is
+//! `quorate_server::serve`.
+//!
+//! Logging goes to stderr through `tracing`, filtered by `QUORATE_LOG` (or `RUST_LOG`),
+//! default `info` (with openraft's chatter at `warn`).
+
+mod cli;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quorate_server::ClusterConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quorate",
+    version,
+    about = "A replicated limiter: concurrency slots and rate limits"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node of the cluster described by the config file.
+    Serve(ServeArgs),
+    /// Run every node of the config file as child processes (local development).
+    Up(up::UpArgs),
+    #[command(flatten)]
+    Ops(cli::Ops),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The cluster description.
+    #[arg(long, short, default_value = "cluster.toml", env = "QUORATE_CONFIG")]
+    config: PathBuf,
+    /// Which `[[nodes]]` entry this process is.
+    #[arg(long, short, env = "QUORATE_NODE")]
+    node: u64,
+}
+
+fn init_logging() {
+    let filter = std::env::var("QUORATE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,openraft=warn".to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("invalid log filter {filter:?} ({e}); using \"info\"");
+        EnvFilter::new("info")
+    });
+    let ansi = match std::env::var("QUORATE_LOG_COLOR").as_deref() {
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(&args.config)?;
+    quorate_server::serve::serve(config, args.node, quorate_server::serve::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::Ops(ops) => match cli::run(ops).await {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quorate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

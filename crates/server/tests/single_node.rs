@@ -1,0 +1,215 @@
+//! A one-node cluster in-process: the `Node` backend, its batcher and the peer-facing
+//! router, without spawning processes (those are `tests/cluster.rs` at the root).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body};
+use axum::http::{Request, StatusCode};
+use quorate_core::{Acquire, Op, Outcome, Query, Reply};
+use quorate_server::backend::Backend;
+use quorate_server::node::Node;
+use quorate_server::raft_rpc::{self, ForwardError, ProbeResponse};
+use quorate_server::ClusterConfig;
+use tower::ServiceExt;
+
+fn config(dir: &Path) -> ClusterConfig {
+    let text = r#"
+cluster_id = "single"
+data_dir = "data"
+
+[[nodes]]
+id = 1
+api_addr = "127.0.0.1:1"
+raft_addr = "127.0.0.1:2"
+
+[raft]
+heartbeat_interval_ms = 50
+election_timeout_min_ms = 150
+election_timeout_max_ms = 300
+
+[server]
+request_timeout_ms = 3000
+expire_interval_ms = 100
+
+[[policies]]
+name = "orgs"
+kind = "concurrency"
+pattern = "org:*"
+limit = 2
+"#;
+    ClusterConfig::parse(text, &dir.join("cluster.toml"), std::iter::empty()).expect("valid config")
+}
+
+async fn start(dir: &Path) -> Arc<Node> {
+    let config = config(dir);
+    let data = config.node_data_dir(1);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let storage = quorate_store::open(&data).expect("open store");
+    let node = Node::start(Arc::new(config), 1, storage)
+        .await
+        .expect("start node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.ready().await {
+        assert!(Instant::now() < deadline, "single node never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node
+}
+
+fn acquire(key: &str, lease_id: &str) -> Op {
+    Op::Acquire(Acquire {
+        keys: vec![key.to_string()],
+        lease_id: lease_id.to_string(),
+        holder: "test".to_string(),
+        ttl_ms: 60_000,
+    })
+}
+
+fn granted(reply: &Reply) -> bool {
+    matches!(reply, Ok(Outcome::Granted(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstraps_alone_and_serves_writes_reads_and_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+
+    let view = node.cluster().await.expect("cluster view");
+    assert_eq!(view.leader_id, Some(1));
+    assert_eq!(view.members.len(), 1);
+
+    // cluster.toml's policy was proposed by the new leader: org:* is limited to 2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = node
+            .read(Query::Limit {
+                key: "org:a".into(),
+            })
+            .await
+            .expect("read");
+        if matches!(&r, Ok(Outcome::Limit(l)) if l.limit == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "policy never applied: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(granted(
+        &node.write(acquire("org:a", "l1")).await.expect("write")
+    ));
+    assert!(granted(
+        &node.write(acquire("org:a", "l2")).await.expect("write")
+    ));
+    let third = node.write(acquire("org:a", "l3")).await.expect("write");
+    assert!(matches!(third, Ok(Outcome::Denied(_))), "{third:?}");
+
+    let usage = node
+        .read(Query::Usage {
+            key: "org:a".into(),
+        })
+        .await
+        .expect("read");
+    match usage {
+        Ok(Outcome::Usage(u)) => assert_eq!(u.used, 2),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let text = node.metrics_text();
+    assert!(text.contains("quorate_raft_is_leader 1"), "{text}");
+    assert!(text.contains("quorate_write_seconds_count"), "{text}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let before = batches(&node.metrics_text());
+
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            node.write(acquire(&format!("job:{i}"), &format!("lease-{i}")))
+                .await
+        }));
+    }
+    for t in tasks {
+        let reply = t.await.expect("join").expect("write");
+        assert!(granted(&reply), "{reply:?}");
+    }
+    let proposed = batches(&node.metrics_text()) - before;
+    // Housekeeping adds a few entries of its own; batching must still make far fewer
+    // entries than ops.
+    assert!(proposed < n as f64 / 2.0, "{proposed} entries for {n} ops");
+    node.shutdown().await;
+}
+
+fn batches(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("quorate_batches_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_router_decodes_strictly_and_forwards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let router = raft_rpc::router(node.clone());
+
+    for path in [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+        "/forward/write",
+        "/forward/read",
+    ] {
+        let resp = router
+            .clone()
+            .oneshot(
+                Request::post(path)
+                    .body(Body::from(vec![0xffu8; 33]))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::get("/raft/probe")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    let probe: ProbeResponse = serde_json::from_slice(&body).expect("probe json");
+    assert_eq!(probe.node_id, 1);
+    assert_eq!(probe.cluster_id, "single");
+    assert!(!probe.fresh);
+
+    let op = raft_rpc::encode(&acquire("job:fwd", "fwd-1")).expect("encode");
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::post("/forward/write")
+                .header(raft_rpc::TIMEOUT_HEADER, "2000")
+                .body(Body::from(op))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    let reply: Result<Reply, ForwardError> = raft_rpc::decode(&body).expect("decode");
+    assert!(matches!(reply, Ok(ref r) if granted(r)), "{reply:?}");
+    node.shutdown().await;
+}

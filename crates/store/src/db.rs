@@ -1,0 +1,186 @@
+//! The on-disk layout: one `sled::Db` per process (in `<data dir>/sled`), three
+//! trees, and the helpers that read and write them.
+//!
+//! | tree       | key                         | value                                   |
+//! |------------|-----------------------------|-----------------------------------------|
+//! | `logs`     | log index, u64 big-endian   | bincode `Entry<TypeConfig>`             |
+//! | `meta`     | `format`                    | [`FORMAT`] marker, written at creation  |
+//! |            | `vote`                      | bincode `Vote<u64>`                     |
+//! |            | `committed`                 | bincode `LogId<u64>` (absent = none)    |
+//! |            | `last_purged`               | bincode `LogId<u64>`                    |
+//! | `snapshot` | `meta`                      | bincode `SnapshotMeta<u64, NodeInfo>`   |
+//! |            | `data`                      | snapshot bytes (see `snapshot.rs`)      |
+//!
+//! Big-endian keys make sled's byte order the log order, so range scans and
+//! `last()` work directly. The snapshot's meta and data are written in one sled batch,
+//! so they can never disagree.
+//!
+//! One `Db` for everything (not one per component) because sled is built around one
+//! `Db` per process: a single `flush()` then covers log, vote and snapshot together,
+//! and sled's recovery restores a *prefix* of the writes made to it — a later write
+//! (say, the committed index) never survives a crash while an earlier one (the entries
+//! it points to) is lost. Several invariants below rely on that ordering.
+
+use std::path::Path;
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::flusher::Flusher;
+use crate::StoreError;
+
+/// Written into `meta/format` when a store is created; checked at every open so that
+/// a directory that is not (or no longer) a quorate store is refused instead of being
+/// silently treated as empty.
+pub(crate) const FORMAT: &[u8] = b"quorate-store/1";
+
+pub(crate) const KEY_FORMAT: &[u8] = b"format";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_SNAP_META: &[u8] = b"meta";
+pub(crate) const KEY_SNAP_DATA: &[u8] = b"data";
+
+/// Everything the log store and the state machine share. Dropped when the last
+/// `LogStore`/`StateMachineStore` clone goes; dropping the flusher joins its thread,
+/// after which sled releases the directory lock.
+pub(crate) struct Shared {
+    pub(crate) flusher: Flusher,
+    pub(crate) db: sled::Db,
+    pub(crate) logs: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    pub(crate) snap: sled::Tree,
+}
+
+/// The log-index key: big-endian so that byte order is numeric order.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Malformed {
+        what: "log key",
+        reason: format!("expected 8 bytes, found {}", key.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// bincode with varint integers (entries are mostly small numbers and strings) and
+/// strict decoding: trailing garbage is an error, not ignored.
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new().reject_trailing_bytes()
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    codec()
+        .serialize(value)
+        .map_err(|source| StoreError::Codec { what, source })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    codec()
+        .deserialize(bytes)
+        .map_err(|source| StoreError::Codec { what, source })
+}
+
+impl Shared {
+    pub(crate) fn get_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta.get(key)? {
+            Some(bytes) => Ok(Some(decode(what, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn put_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        self.meta.insert(key, encode(what, value)?)?;
+        Ok(())
+    }
+}
+
+/// Name of the sled directory inside the data directory.
+pub(crate) const SLED_DIR: &str = "sled";
+/// Where a new store is prepared before being renamed to [`SLED_DIR`].
+const CREATING_DIR: &str = "sled.creating";
+
+/// Opens (or creates) the sled database under `dir` and checks the format marker.
+///
+/// The database lives in `dir/sled`. A new one is built in `dir/sled.creating`,
+/// marked, flushed and only then renamed into place, so a crash during the very first
+/// start leaves either nothing or a complete empty store — never a half-created
+/// directory that later opens would have to second-guess. Consequently, any
+/// `dir/sled` without the marker is damaged (sled recovered nothing), and a `dir`
+/// with other content but no `sled` is not a quorate data directory: both are refused
+/// rather than started empty, because a node that forgets its vote and log breaks Raft.
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let open_err = |source| StoreError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let db_dir = dir.join(SLED_DIR);
+    if !db_dir.exists() {
+        let tmp = dir.join(CREATING_DIR);
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if name != CREATING_DIR {
+                return Err(StoreError::corrupt(
+                    dir,
+                    format!(
+                        "directory holds {name:?} but no quorate store ({SLED_DIR}/ is missing); \
+                         refusing to start empty"
+                    ),
+                ));
+            }
+        }
+        if tmp.exists() {
+            // Left by a crash during a first start: it never held anything.
+            std::fs::remove_dir_all(&tmp).map_err(io)?;
+        }
+        {
+            let db = sled::Config::new().path(&tmp).open().map_err(open_err)?;
+            db.open_tree("meta")
+                .and_then(|meta| meta.insert(KEY_FORMAT, FORMAT))
+                .and_then(|_| db.flush())
+                .map_err(open_err)?;
+        }
+        std::fs::rename(&tmp, &db_dir).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+
+    let db = sled::Config::new().path(&db_dir).open().map_err(open_err)?;
+    let meta = db.open_tree("meta").map_err(open_err)?;
+    match meta.get(KEY_FORMAT).map_err(open_err)? {
+        Some(v) if v.as_ref() == FORMAT => Ok(db),
+        Some(v) => Err(StoreError::corrupt(
+            dir,
+            format!(
+                "unknown format marker {:?} (expected {:?})",
+                String::from_utf8_lossy(&v),
+                String::from_utf8_lossy(FORMAT)
+            ),
+        )),
+        None => Err(StoreError::corrupt(
+            dir,
+            format!("{SLED_DIR}/ holds no format marker: the database is damaged or not quorate's"),
+        )),
+    }
+}

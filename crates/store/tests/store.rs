@@ -1,0 +1,292 @@
+//! Behaviour of the sled store beyond openraft's suite: snapshot transfer between
+//! stores, restart (snapshot + committed replay), log edges, group commit, and
+//! refusing damaged or foreign data directories.
+
+#[path = "../src/bin/store_crash_child/workload.rs"]
+mod workload;
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, Vote};
+use quorate_store::{open, Storage, StoreError};
+use workload::{entry, log_id, replay};
+
+/// Appends, commits and applies entries `from..=to` in term 1, the way openraft would.
+async fn feed(st: &mut Storage, from: u64, to: u64) -> Result<()> {
+    let entries: Vec<_> = (from..=to).map(|i| entry(1, i)).collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    st.log.append_with_callback(entries.clone(), move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.await??;
+    st.log.save_committed(Some(log_id(1, to))).await?;
+    st.sm.apply(entries).await?;
+    Ok(())
+}
+
+/// What openraft does at startup: re-apply committed entries after the snapshot.
+async fn recover(st: &mut Storage) -> Result<()> {
+    let committed = st.log.read_committed().await?;
+    let (applied, _) = st.sm.applied_state().await?;
+    if let Some(c) = committed {
+        let start = applied.map_or(0, |a| a.index + 1);
+        if start <= c.index {
+            let entries = st.log.try_get_log_entries(start..=c.index).await?;
+            ensure!(entries.len() as u64 == c.index + 1 - start, "missing committed entries");
+            st.sm.apply(entries).await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_round_trip_between_stores() -> Result<()> {
+    let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a = open(a_dir.path())?;
+    feed(&mut a, 1, 300).await?;
+    let snap = a.sm.get_snapshot_builder().await.build_snapshot().await?;
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 300)));
+    assert_eq!(a.sm.digest(), replay(300).digest());
+
+    let mut b = open(b_dir.path())?;
+    assert!(b.is_fresh());
+    let mut rx = b.sm.begin_receiving_snapshot().await?;
+    *rx = *snap.snapshot;
+    b.sm.install_snapshot(&snap.meta, rx).await?;
+    assert_eq!(b.sm.digest(), a.sm.digest());
+    assert_eq!(b.sm.last_applied(), Some(log_id(1, 300)));
+    assert!(!b.is_fresh());
+    let current = b.sm.get_current_snapshot().await?.expect("installed snapshot is current");
+    assert_eq!(current.meta, snap.meta);
+
+    // The installed snapshot survives a restart of the follower.
+    let digest = b.sm.digest();
+    drop(b);
+    let b = open(b_dir.path())?;
+    assert_eq!(b.sm.digest(), digest);
+    assert_eq!(b.sm.last_applied(), Some(log_id(1, 300)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
+    let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a = open(a_dir.path())?;
+    feed(&mut a, 1, 10).await?;
+    let snap = a.sm.get_snapshot_builder().await.build_snapshot().await?;
+    let mut b = open(b_dir.path())?;
+    let mut meta = snap.meta.clone();
+    meta.last_log_id = Some(log_id(1, 11));
+    assert!(b.sm.install_snapshot(&meta, snap.snapshot.clone()).await.is_err());
+    let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
+    assert!(b.sm.install_snapshot(&snap.meta, garbage).await.is_err());
+    assert!(b.is_fresh(), "a rejected install changes nothing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut st = open(dir.path())?;
+    feed(&mut st, 1, 100).await?;
+    st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    st.log.purge(log_id(1, 90)).await?;
+    feed(&mut st, 101, 150).await?;
+    st.log.save_vote(&Vote::new(1, 1)).await?;
+    let before = st.sm.digest();
+    st.log.flush().await?;
+    drop(st);
+
+    // Reopening in the same process right away works: the flusher thread and sled's
+    // lock are released on drop.
+    let mut st = open(dir.path())?;
+    assert_eq!(st.sm.last_applied(), Some(log_id(1, 100)), "state comes from the snapshot");
+    recover(&mut st).await?;
+    assert_eq!(st.sm.last_applied(), Some(log_id(1, 150)));
+    assert_eq!(st.sm.digest(), before);
+    assert_eq!(st.sm.digest(), replay(150).digest());
+    assert_eq!(st.log.read_vote().await?, Some(Vote::new(1, 1)));
+    let state = st.log.get_log_state().await?;
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 90)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 150)));
+    assert!(!st.is_fresh());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_edges() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut st = open(dir.path())?;
+    feed(&mut st, 1, 10).await?;
+    let log = &mut st.log;
+
+    // Odd ranges.
+    assert!(log.try_get_log_entries(5..5).await?.is_empty());
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = log.try_get_log_entries(7..3).await?;
+    assert!(reversed.is_empty());
+    assert_eq!(log.try_get_log_entries(..).await?.len(), 10);
+    assert_eq!(log.try_get_log_entries(10..=u64::MAX).await?.len(), 1);
+    assert_eq!(log.try_get_log_entries(..=0).await?.len(), 0);
+
+    // Truncate the tail, then purge; purge never moves backwards.
+    log.truncate(log_id(1, 8)).await?;
+    assert_eq!(log.get_log_state().await?.last_log_id, Some(log_id(1, 7)));
+    log.purge(log_id(1, 4)).await?;
+    log.purge(log_id(1, 2)).await?;
+    let s = log.get_log_state().await?;
+    assert_eq!(s.last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(log.try_get_log_entries(..).await?.first().map(|e| e.log_id.index), Some(5));
+
+    // Purge past the end: the log is empty and its last id is the purged one.
+    log.purge(log_id(1, 20)).await?;
+    let s = log.get_log_state().await?;
+    assert_eq!((s.last_purged_log_id, s.last_log_id), (Some(log_id(1, 20)), Some(log_id(1, 20))));
+    assert!(log.try_get_log_entries(..).await?.is_empty());
+
+    // Appending continues after the purged id, and all of it survives a reopen.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append_with_callback([entry(2, 21)], move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.await??;
+    drop(st);
+    let mut st = open(dir.path())?;
+    let s = st.log.get_log_state().await?;
+    assert_eq!((s.last_purged_log_id, s.last_log_id), (Some(log_id(1, 20)), Some(log_id(2, 21))));
+
+    // Truncating everything.
+    st.log.truncate(log_id(2, 21)).await?;
+    assert_eq!(st.log.get_log_state().await?.last_log_id, Some(log_id(1, 20)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_flushes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let st = open(dir.path())?;
+    let before = st.log.flush_stats();
+    let n = 200u64;
+    let mut waiters = Vec::new();
+    for i in 1..=n {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.log.append_with_callback([entry(1, i)], move |r| {
+            let _ = tx.send(r);
+        })?;
+        waiters.push(rx);
+    }
+    for rx in waiters {
+        rx.await??;
+    }
+    let after = st.log.flush_stats();
+    assert_eq!(after.callbacks - before.callbacks, n);
+    assert!(after.flushes - before.flushes < n, "200 queued appends should share fsyncs: {after:?}");
+    Ok(())
+}
+
+fn expect_corrupt(dir: &Path) -> Result<String> {
+    match open(dir) {
+        Ok(_) => anyhow::bail!("opened a bad data dir {}", dir.display()),
+        Err(e) => {
+            let msg = e.to_string();
+            ensure!(
+                msg.contains(&dir.display().to_string()),
+                "error does not name the path: {msg}"
+            );
+            ensure!(
+                matches!(e, StoreError::Corrupt { .. } | StoreError::Open { .. }),
+                "unexpected error kind: {e:?}"
+            );
+            Ok(msg)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
+    // A directory with unrelated content is not silently turned into an empty store.
+    let foreign = tempfile::tempdir()?;
+    std::fs::write(foreign.path().join("notes.txt"), b"hello")?;
+    expect_corrupt(foreign.path())?;
+
+    // A crash during the very first open leaves only `sled.creating`: that is retried.
+    let half = tempfile::tempdir()?;
+    std::fs::create_dir(half.path().join("sled.creating"))?;
+    std::fs::write(half.path().join("sled.creating/db"), b"partial")?;
+    assert!(open(half.path())?.is_fresh());
+
+    // The sled files overwritten with garbage.
+    let dir = tempfile::tempdir()?;
+    {
+        let mut st = open(dir.path())?;
+        feed(&mut st, 1, 20).await?;
+        st.log.save_vote(&Vote::new(3, 1)).await?;
+    }
+    for entry in std::fs::read_dir(dir.path().join("sled"))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let len = std::fs::metadata(&path)?.len() as usize;
+            std::fs::write(&path, vec![0xA5; len.max(64)])?;
+        }
+    }
+    let msg = expect_corrupt(dir.path())?;
+    eprintln!("garbage sled files: {msg}");
+
+    // The sled directory emptied: no marker, no data.
+    let dir = tempfile::tempdir()?;
+    drop(open(dir.path())?);
+    std::fs::remove_dir_all(dir.path().join("sled"))?;
+    std::fs::create_dir(dir.path().join("sled"))?;
+    let msg = expect_corrupt(dir.path())?;
+    eprintln!("emptied sled dir: {msg}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_of_a_live_dir_fails_with_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _first = open(dir.path())?;
+    let msg = expect_corrupt(dir.path())?;
+    assert!(msg.contains("lock"), "{msg}");
+    Ok(())
+}
+
+/// A store with 20 entries, a vote and a snapshot.
+async fn make() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let mut st = open(dir.path())?;
+    feed(&mut st, 1, 20).await?;
+    st.log.save_vote(&Vote::new(3, 1)).await?;
+    st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    Ok(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
+    // Tamper with one key through sled directly, then expect `open` to refuse.
+    let tamper = |dir: &Path, tree: &str, key: &[u8], value: Option<&[u8]>| -> Result<String> {
+        {
+            let db = sled::open(dir.join("sled"))?;
+            let t = db.open_tree(tree)?;
+            match value {
+                Some(v) => t.insert(key, v)?,
+                None => t.remove(key)?,
+            };
+            db.flush()?;
+        }
+        expect_corrupt(dir)
+    };
+    let d = make().await?;
+    eprintln!("{}", tamper(d.path(), "meta", b"vote", Some(b"\xff\xff\xff"))?);
+    let d = make().await?;
+    eprintln!("{}", tamper(d.path(), "logs", &7u64.to_be_bytes(), None)?);
+    let d = make().await?;
+    eprintln!("{}", tamper(d.path(), "logs", &20u64.to_be_bytes(), Some(b"junk"))?);
+    let d = make().await?;
+    eprintln!("{}", tamper(d.path(), "snapshot", b"data", Some(b"QSNP\x01junk"))?);
+    let d = make().await?;
+    eprintln!("{}", tamper(d.path(), "meta", b"format", Some(b"other/9"))?);
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! End-to-end cluster behaviour with real processes: agreement on a leader, writes and
+//! linearizable reads through every node, crash of the leader, catch-up after restart,
+//! unavailability (never a grant) without a majority, clean restarts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{metric_sum, Cluster, Options};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Acquire one slot on `key` through node `via`; returns (lease_id, fencing_token).
+async fn acquire(c: &Cluster, via: u64, key: &str, lease_id: &str) -> (String, u64) {
+    let (status, body) = c
+        .post(
+            via,
+            "/v1/slots/acquire",
+            json!({"keys": [key], "lease_id": lease_id, "holder": format!("via-{via}"), "ttl_ms": 600000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "acquire via node {via}: {body}");
+    assert_eq!(body["granted"], json!(true), "{body}");
+    (
+        body["lease_id"].as_str().unwrap_or_default().to_string(),
+        body["fencing_token"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// Lease ids live on `key`, read linearizably through node `via`.
+async fn leases(c: &Cluster, via: u64, key: &str) -> BTreeSet<String> {
+    let (status, body) = c.get(via, &format!("/v1/slots/{key}")).await;
+    assert_eq!(status, StatusCode::OK, "read via node {via}: {body}");
+    body["leases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["lease_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader_id().await;
+
+    // Every node sees the same three voters and the same leader.
+    for id in c.ids() {
+        let view = c.cluster_view(id).await.expect("cluster view");
+        assert_eq!(view.node_id, id);
+        assert_eq!(view.leader_id, Some(leader));
+        let voters: Vec<u64> = view
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(voters, vec![1, 2, 3], "{view:?}");
+    }
+
+    // The file's policies reached the replicated state (pushed by the leader).
+    let (status, body) = c.get(leader, "/v1/limits/org:acme").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["limit"], json!(5), "{body}");
+    assert_eq!(body["source"], json!("policy"), "{body}");
+
+    // A limit override and an acquire through every node; followers forward.
+    let (status, body) = c
+        .put(c.ids()[1], "/v1/limits/job:crash", json!({"limit": 10}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut acked = BTreeSet::new();
+    let mut last_token = 0;
+    for id in c.ids() {
+        let (lease, token) = acquire(&c, id, "job:crash", &format!("lease-{id}")).await;
+        assert!(
+            token > last_token,
+            "fencing tokens must increase: {token} after {last_token}"
+        );
+        last_token = token;
+        acked.insert(lease);
+    }
+    for id in c.ids() {
+        assert_eq!(
+            leases(&c, id, "job:crash").await,
+            acked,
+            "read via node {id}"
+        );
+    }
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap_or(&1);
+    let forwarded = metric_sum(
+        &c.metrics(follower).await,
+        "quorate_forwarded_total{kind=\"write\",outcome=\"ok\"}",
+    );
+    assert!(forwarded >= 1.0, "follower {follower} forwarded no write");
+
+    // Crash the leader. The survivors elect a new one and lose nothing acknowledged.
+    c.kill(leader);
+    let new_leader = c.leader_id().await;
+    assert_ne!(new_leader, leader);
+    let survivors: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    for id in &survivors {
+        let (lease, token) = acquire(&c, *id, "job:crash", &format!("after-{id}")).await;
+        assert!(
+            token > last_token,
+            "fencing tokens must increase across leaders"
+        );
+        last_token = token;
+        acked.insert(lease);
+    }
+    for id in &survivors {
+        assert_eq!(
+            leases(&c, *id, "job:crash").await,
+            acked,
+            "read via node {id}"
+        );
+    }
+
+    // The crashed node comes back on its data and catches up.
+    c.restart(leader).await;
+    let (applied, digest) = c.wait_converged().await;
+    assert!(applied > 0);
+    assert!(!digest.is_empty());
+    assert_eq!(leases(&c, leader, "job:crash").await, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_requests_time_out_and_never_grant() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader_id().await;
+    let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    acquire(&c, leader, "job:minority", "before").await;
+
+    // Leave the leader alone: it may still believe it leads, but cannot commit.
+    for f in &followers {
+        c.kill(*f);
+    }
+    let started = Instant::now();
+    let (status, body) = c
+        .post(
+            leader,
+            "/v1/slots/acquire",
+            json!({"keys": ["job:minority"], "lease_id": "during", "ttl_ms": 600000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], json!("unavailable"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(c.options.request_timeout_ms + 2000),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (status, body) = c.get(leader, "/v1/slots/job:minority").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "linearizable read: {body}"
+    );
+
+    // A majority again: the retry with the same lease_id is safe whether or not the
+    // timed-out attempt was eventually committed; exactly one such lease exists.
+    c.restart(followers[0]).await;
+    let (status, body) = c
+        .post(
+            followers[0],
+            "/v1/slots/acquire",
+            json!({"keys": ["job:minority"], "lease_id": "during", "ttl_ms": 600000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let live = leases(&c, followers[0], "job:minority").await;
+    assert_eq!(
+        live,
+        BTreeSet::from(["before".to_string(), "during".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_of_the_whole_cluster_keeps_state_and_policies() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader_id().await;
+    let (lease, _) = acquire(&c, leader, "org:restart", "kept").await;
+    // A runtime policy change: must survive restarts while cluster.toml is unchanged.
+    let (status, body) = c
+        .put(
+            leader,
+            "/v1/policies/batch",
+            json!({"kind": "concurrency", "pattern": "batch:*", "limit": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, before) = c.wait_converged().await;
+    assert!(!before.is_empty());
+
+    for id in c.ids() {
+        let status = c.stop(id);
+        assert!(
+            status.success(),
+            "node {id} exited with {status} on SIGTERM"
+        );
+    }
+    for id in c.ids() {
+        c.spawn(id);
+    }
+    c.wait_all_ready().await;
+    let leader = c.leader_id().await;
+    assert_eq!(
+        leases(&c, leader, "org:restart").await,
+        BTreeSet::from([lease])
+    );
+    let (status, body) = c.get(leader, "/v1/limits/batch:x").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["limit"],
+        json!(3),
+        "runtime policy lost on restart: {body}"
+    );
+    assert_eq!(body["source"], json!("policy"), "{body}");
+    c.wait_converged().await;
+    // Nobody re-initialized: still the single cluster formed at first start.
+    for id in c.ids() {
+        let logs = c.logs(id);
+        assert_eq!(
+            logs.matches("bootstrap: cluster initialized").count(),
+            usize::from(id == 1),
+            "node {id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_from_a_snapshot_without_bootstrapping_a_second_cluster() {
+    // Snapshot often and keep no log behind it, so the wiped node cannot catch up from
+    // the log alone: the leader must send a snapshot over /raft/snapshot.
+    let mut options = Options::new(3);
+    options.env = vec![
+        ("QUORATE_RAFT_SNAPSHOT_LOGS_SINCE_LAST".into(), "10".into()),
+        (
+            "QUORATE_RAFT_MAX_IN_SNAPSHOT_LOG_TO_KEEP".into(),
+            "0".into(),
+        ),
+    ];
+    let mut c = Cluster::start_with(options).await;
+    let leader = c.leader_id().await;
+    let (status, body) = c
+        .put(leader, "/v1/limits/job:wipe", json!({"limit": 100}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut acked = BTreeSet::new();
+    for i in 0..30 {
+        acked.insert(acquire(&c, leader, "job:wipe", &format!("w{i}")).await.0);
+    }
+    // Node 1 is the bootstrapper: wipe it, so it starts fresh while its peers are not.
+    c.kill(1);
+    std::fs::remove_dir_all(c.data_dir(1)).expect("wipe node 1");
+    let leader = c.leader_id().await;
+    for i in 30..45 {
+        acked.insert(acquire(&c, leader, "job:wipe", &format!("w{i}")).await.0);
+    }
+    c.restart(1).await;
+    c.wait_converged().await;
+    assert_eq!(leases(&c, 1, "job:wipe").await, acked);
+    let logs = c.logs(1);
+    assert!(logs.contains("peer already has cluster data"), "{logs}");
+    assert!(logs.contains("installed snapshot"), "{logs}");
+    let view: Value = serde_json::to_value(c.cluster_view(1).await).unwrap_or(Value::Null);
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_as_voter_and_removed_through_the_membership_api() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader_id().await;
+    acquire(&c, leader, "job:members", "m1").await;
+
+    let new = c.add_node_to_config();
+    c.spawn(new);
+    let follower = *c
+        .ids()
+        .iter()
+        .find(|id| **id != leader && **id != new)
+        .unwrap_or(&1);
+    let addrs = c.nodes[&new].clone();
+    let (status, body) = c
+        .post(
+            follower,
+            "/v1/members",
+            json!({"id": new, "api_addr": addrs.api_addr, "raft_addr": addrs.raft_addr}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let voters = |body: &Value| -> Vec<u64> {
+        body["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| m["voter"] == json!(true))
+                    .filter_map(|m| m["id"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(voters(&body), vec![1, 2, 3, new], "{body}");
+    c.wait_ready(new).await;
+    c.wait_converged().await;
+    assert_eq!(
+        leases(&c, new, "job:members").await,
+        BTreeSet::from(["m1".to_string()])
+    );
+
+    let (status, body) = c.delete(follower, &format!("/v1/members/{new}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(voters(&body), vec![1, 2, 3], "{body}");
+    let (status, body) = c.delete(follower, &format!("/v1/members/{new}")).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "removing a non-member: {body}"
+    );
+    c.kill(new);
+    // The remaining three still decide.
+    acquire(&c, leader, "job:members", "m2").await;
+}

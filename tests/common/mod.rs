@@ -1,0 +1,515 @@
+//! Test harness: real `quorate serve` processes on loopback.
+//!
+//! [`Cluster::start`] picks free ports, writes a `cluster.toml` into a temporary
+//! directory (short Raft timeouts so elections take a fraction of a second), spawns one
+//! process per node from the binary under test, and waits — polling `/readyz` with a
+//! deadline, never sleeping blindly — until every node knows a leader and has caught
+//! up. Nodes can then be killed (SIGKILL: a crash), stopped (SIGTERM: graceful) and
+//! restarted on the same data directory.
+//!
+//! Each node's output goes to `<tmp>/node-<id>.log`; when a test panics, the end of
+//! every log is printed so the failure can be understood from CI output alone.
+//! Dropping the [`Cluster`] kills every process it started (set `QUORATE_TEST_KEEP=1`
+//! to keep the temporary directory with data and logs).
+//!
+//! Usage from any file in `tests/`:
+//! ```ignore
+//! mod common;
+//! let mut c = common::Cluster::start(3).await;
+//! let leader = c.leader_id().await;
+//! let (status, body) = c.post(leader, "/v1/slots/acquire", json!({"keys": ["k"]})).await;
+//! ```
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use quorate_proto::ClusterResponse;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// How long to wait for a cluster to become ready, elect, or converge.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Policies written into every test cluster unless [`Options::policies_toml`] says
+/// otherwise (the same seeds as the repository's `cluster.toml`).
+pub const DEFAULT_POLICIES: &str = r#"
+[[policies]]
+name = "orgs"
+kind = "concurrency"
+pattern = "org:*"
+limit = 5
+
+[[policies]]
+name = "global"
+kind = "concurrency"
+pattern = "global"
+limit = 50
+
+[[policies]]
+name = "anon"
+kind = "rate"
+limit = 60
+period_ms = 60000
+
+[[policies]]
+name = "user"
+kind = "rate"
+limit = 300
+period_ms = 60000
+
+[[policies]]
+name = "worker"
+kind = "rate"
+limit = 30
+period_ms = 60000
+burst = 10
+
+[tiers]
+superuser = 10
+authenticated = 2
+anonymous = 1
+"#;
+
+/// How to build a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub request_timeout_ms: u64,
+    pub expire_interval_ms: u64,
+    pub default_ttl_ms: u64,
+    /// `[[policies]]` and `[tiers]` tables appended to the file.
+    pub policies_toml: String,
+    /// Extra environment for every node process (e.g. `QUORATE_LOG`, or
+    /// `QUORATE_<SECTION>_<KEY>` overrides).
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            nodes,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            request_timeout_ms: 3000,
+            expire_interval_ms: 500,
+            default_ttl_ms: 60_000,
+            policies_toml: DEFAULT_POLICIES.to_string(),
+            env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeAddrs {
+    pub api_addr: String,
+    pub raft_addr: String,
+}
+
+/// A running test cluster. Dropping it kills every node.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub options: Options,
+    pub nodes: BTreeMap<u64, NodeAddrs>,
+    procs: BTreeMap<u64, Child>,
+    pub http: reqwest::Client,
+}
+
+/// Free loopback ports (bound once, then released for the nodes to take).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+impl Cluster {
+    /// Start `n` nodes with default [`Options`] and wait until all are ready.
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(Options::new(n)).await
+    }
+
+    /// Start a cluster and wait until all nodes are ready.
+    pub async fn start_with(options: Options) -> Cluster {
+        let c = Self::spawn_with(options);
+        c.wait_all_ready().await;
+        c
+    }
+
+    /// Write the config and spawn every node, without waiting.
+    pub fn spawn_with(options: Options) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("quorate-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let ports = free_ports(options.nodes * 2);
+        let mut nodes = BTreeMap::new();
+        for i in 0..options.nodes {
+            nodes.insert(
+                i as u64 + 1,
+                NodeAddrs {
+                    api_addr: format!("127.0.0.1:{}", ports[2 * i]),
+                    raft_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                },
+            );
+        }
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, render_config(&options, &nodes)).expect("write cluster.toml");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("http client");
+        let mut c = Cluster {
+            dir,
+            config_path,
+            options,
+            nodes,
+            procs: BTreeMap::new(),
+            http,
+        };
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Nodes whose process is running.
+    pub fn running(&mut self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for (id, child) in self.procs.iter_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                ids.push(*id);
+            }
+        }
+        ids
+    }
+
+    pub fn api_url(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].api_addr)
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("{}{path}", self.api_url(id))
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join("data").join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    /// The node's log so far.
+    pub fn logs(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Add a node to `cluster.toml` (fresh ports, next id) without starting it: the
+    /// running nodes keep their config; the new node reads the file when spawned and
+    /// joins once added through `POST /v1/members`.
+    pub fn add_node_to_config(&mut self) -> u64 {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        self.nodes.insert(
+            id,
+            NodeAddrs {
+                api_addr: format!("127.0.0.1:{}", ports[0]),
+                raft_addr: format!("127.0.0.1:{}", ports[1]),
+            },
+        );
+        std::fs::write(&self.config_path, render_config(&self.options, &self.nodes))
+            .expect("rewrite cluster.toml");
+        id
+    }
+
+    /// Start node `id`'s process (on its existing data directory, if any).
+    pub fn spawn(&mut self, id: u64) {
+        assert!(
+            !self.procs.contains_key(&id),
+            "node {id} is already running"
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open node log");
+        let err = log.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node")
+            .arg(id.to_string())
+            .env("QUORATE_LOG", "info,openraft=warn")
+            .env("QUORATE_LOG_COLOR", "never")
+            .env_remove("QUORATE_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn quorate serve");
+        self.procs.insert(id, child);
+    }
+
+    /// SIGKILL node `id` (a crash: no drain, no flush) and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit (graceful shutdown).
+    pub fn stop(&mut self, id: u64) -> ExitStatus {
+        let mut child = self.procs.remove(&id).expect("node is running");
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("node {id} did not stop within {DEADLINE:?} of SIGTERM");
+                }
+            }
+        }
+    }
+
+    /// Start a stopped or killed node again and wait until it is ready.
+    pub async fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+        self.wait_ready(id).await;
+    }
+
+    /// Poll `/readyz` until it answers 200.
+    pub async fn wait_ready(&self, id: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(r) = self.http.get(self.url(id, "/readyz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {id} not ready within {DEADLINE:?}\n{}",
+                    self.tail(id, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_all_ready(&self) {
+        for id in self.procs.keys() {
+            self.wait_ready(*id).await;
+        }
+    }
+
+    /// `GET /v1/cluster` on node `id`.
+    pub async fn cluster_view(&self, id: u64) -> Option<ClusterResponse> {
+        let r = self
+            .http
+            .get(self.url(id, "/v1/cluster"))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != StatusCode::OK {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// The leader, once every running node names the same running leader.
+    pub async fn leader_id(&mut self) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let running = self.running();
+            let mut leaders = Vec::new();
+            for id in &running {
+                leaders.push(self.cluster_view(*id).await.and_then(|v| v.leader_id));
+            }
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l)) && running.contains(l) {
+                    return *l;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "running nodes {running:?} did not agree on a running leader: {leaders:?}\n{}",
+                    self.tails(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every running node reports the same applied index and state digest;
+    /// returns them.
+    pub async fn wait_converged(&mut self) -> (u64, String) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let running = self.running();
+            let mut views = Vec::new();
+            for id in &running {
+                views.push(
+                    self.cluster_view(*id)
+                        .await
+                        .map(|v| (v.applied_index, v.state_digest)),
+                );
+            }
+            if let Some(Some((Some(applied), digest))) = views.first() {
+                if views
+                    .iter()
+                    .all(|v| v.as_ref() == Some(&(Some(*applied), digest.clone())))
+                {
+                    return (*applied, digest.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "nodes {running:?} did not converge: {views:?}\n{}",
+                    self.tails(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET path` on node `id`: status and JSON body (`Value::Null` if not JSON).
+    pub async fn get(&self, id: u64, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(self.url(id, path)).send().await;
+        json_response(r).await
+    }
+
+    /// `POST path` with a JSON body on node `id`.
+    pub async fn post(&self, id: u64, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self.http.post(self.url(id, path)).json(&body).send().await;
+        json_response(r).await
+    }
+
+    /// `PUT path` with a JSON body on node `id`.
+    pub async fn put(&self, id: u64, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self.http.put(self.url(id, path)).json(&body).send().await;
+        json_response(r).await
+    }
+
+    /// `DELETE path` on node `id`.
+    pub async fn delete(&self, id: u64, path: &str) -> (StatusCode, Value) {
+        let r = self.http.delete(self.url(id, path)).send().await;
+        json_response(r).await
+    }
+
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics(&self, id: u64) -> String {
+        match self.http.get(self.url(id, "/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn tail(&self, id: u64, lines: usize) -> String {
+        let text = self.logs(id);
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        let mut out = format!("----- node {id} log (last {lines} lines) -----\n");
+        for l in &all[start..] {
+            let _ = writeln!(out, "{l}");
+        }
+        out
+    }
+
+    pub fn tails(&self, lines: usize) -> String {
+        self.ids().iter().map(|id| self.tail(*id, lines)).collect()
+    }
+}
+
+/// A sum of a metric's series whose line starts with `prefix` (name plus labels).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn json_response(r: reqwest::Result<reqwest::Response>) -> (StatusCode, Value) {
+    match r {
+        Ok(r) => {
+            let status = r.status();
+            let body = r.json::<Value>().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "cluster_id = \"test\"\ndata_dir = \"data\"\n");
+    for (id, n) in nodes {
+        let _ = writeln!(
+            s,
+            "[[nodes]]\nid = {id}\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
+            n.api_addr, n.raft_addr
+        );
+    }
+    let _ = writeln!(
+        s,
+        "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n",
+        o.heartbeat_ms, o.election_min_ms, o.election_max_ms
+    );
+    let _ = writeln!(s, "[limits]\ndefault_ttl_ms = {}\n", o.default_ttl_ms);
+    let _ = writeln!(
+        s,
+        "[server]\nrequest_timeout_ms = {}\nexpire_interval_ms = {}\ndrain_timeout_ms = 3000\n",
+        o.request_timeout_ms, o.expire_interval_ms
+    );
+    s.push_str(&o.policies_toml);
+    s
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.tails(60));
+        }
+        if std::env::var_os("QUORATE_TEST_KEEP").is_some() {
+            // Keep data and logs for inspection.
+            self.dir.disable_cleanup(true);
+            eprintln!("kept {}", self.dir.path().display());
+        }
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
