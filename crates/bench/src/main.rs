@@ -1,0 +1,316 @@
+//! `quorate-bench`: load generator and report writer for `scripts/bench.sh`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use quorate_bench::fill::{self, FillSpec};
+use quorate_bench::report::{self, ReportInput};
+use quorate_bench::run::{self, RunSpec, Workload};
+use quorate_bench::systems::{EtcdSem, Params, System};
+
+#[derive(Debug, Parser)]
+#[command(name = "quorate-bench", about = "Benchmark quorate against Redis+Lua and etcd")]
+struct Cli {
+    /// Tokio worker threads of the load generator.
+    #[arg(long, global = true, default_value_t = 2)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one workload against one system at one or more client counts; appends one
+    /// JSON line per run to --out and prints a summary line.
+    Run(RunArgs),
+    /// Fill a quorate cluster with live rate keys and leases.
+    Fill {
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        rate_keys: u64,
+        #[arg(long, default_value_t = 100_000)]
+        leases: u64,
+        #[arg(long, default_value_t = 10_000)]
+        lease_keys: u64,
+        /// TTL of the leases and period of the rate buckets (both stay live this long).
+        #[arg(long, default_value_t = 3_600_000)]
+        live_ms: u64,
+        #[arg(long, default_value = "fill")]
+        tag: String,
+    },
+    /// Poll a URL until it answers 200; prints the milliseconds it took.
+    WaitReady {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 120.0)]
+        timeout_s: f64,
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
+    /// Print the leader id seen by a quorate node (`GET /v1/cluster`).
+    Leader {
+        #[arg(long)]
+        target: String,
+    },
+    /// Write the markdown report.
+    Report {
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long)]
+        extras: Option<PathBuf>,
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        notes: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        command: String,
+        #[arg(long, default_value = "/tmp")]
+        data_dir: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum)]
+    system: System,
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Concurrent clients; a comma-separated list runs one cell per value.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    clients: Vec<usize>,
+    /// Attempts per cell (acquires or rate checks), the same for every system.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Addresses (host:port) of the nodes / members; clients are spread over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    targets: Vec<String>,
+    /// Append one JSON line per run here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Cap on one cell's measured phase.
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// How long a granted slot is held before release.
+    #[arg(long, default_value_t = 1.0)]
+    hold_ms: f64,
+    /// Wait after a denied acquire before the next attempt.
+    #[arg(long, default_value_t = 1.0)]
+    deny_backoff_ms: f64,
+    #[arg(long, default_value_t = 32)]
+    org_limit: u32,
+    #[arg(long, default_value_t = 1_000_000)]
+    global_limit: u32,
+    #[arg(long, default_value_t = 10_000)]
+    org_keys: u32,
+    #[arg(long, default_value_t = 100_000)]
+    rate_keys: u32,
+    #[arg(long, default_value_t = 30_000)]
+    ttl_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    rate_limit: u32,
+    #[arg(long, default_value_t = 60_000)]
+    rate_period_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    rate_burst: u32,
+    /// etcd semaphore recipe.
+    #[arg(long, value_enum, default_value = "ticket")]
+    etcd_sem: EtcdSem,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(async_main(cli.cmd))
+}
+
+async fn async_main(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run(a) => run_cells(a).await,
+        Cmd::Fill {
+            targets,
+            clients,
+            rate_keys,
+            leases,
+            lease_keys,
+            live_ms,
+            tag,
+        } => {
+            let r = fill::fill(FillSpec {
+                targets,
+                clients,
+                rate_keys,
+                leases,
+                lease_keys,
+                ttl_ms: live_ms,
+                rate_period_ms: live_ms,
+                tag,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::WaitReady {
+            url,
+            timeout_s,
+            interval_ms,
+        } => {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .pool_max_idle_per_host(0)
+                .build()?;
+            let t0 = Instant::now();
+            loop {
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        println!("{}", t0.elapsed().as_millis());
+                        return Ok(());
+                    }
+                }
+                if t0.elapsed().as_secs_f64() > timeout_s {
+                    bail!("{url} not ready after {timeout_s} s");
+                }
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            }
+        }
+        Cmd::Leader { target } => {
+            let base = if target.starts_with("http") { target } else { format!("http://{target}") };
+            let c: quorate_proto::ClusterResponse = reqwest::get(format!("{base}/v1/cluster"))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            match c.leader_id {
+                Some(id) => println!("{id}"),
+                None => bail!("no leader known"),
+            }
+            Ok(())
+        }
+        Cmd::Report {
+            results,
+            extras,
+            profile,
+            notes,
+            command,
+            data_dir,
+            out,
+        } => {
+            let input = ReportInput {
+                results: report::read_results(&results)
+                    .with_context(|| format!("reading {}", results.display()))?,
+                extras: match extras {
+                    Some(p) => report::read_extras(&p).unwrap_or_default(),
+                    None => Vec::new(),
+                },
+                command,
+                data_dir,
+                notes: notes
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default(),
+                profile: profile
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default(),
+            };
+            let md = report::render(&input);
+            if let Some(out) = out {
+                std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+            }
+            print!("{md}");
+            Ok(())
+        }
+    }
+}
+
+/// The label of non-default settings, shown next to the workload in the report.
+fn variant(a: &RunArgs) -> String {
+    let mut v = Vec::new();
+    if a.workload != Workload::Rate && a.hold_ms == 0.0 {
+        v.push("no hold".to_owned());
+    }
+    if a.system == System::Etcd && a.workload != Workload::Rate && a.etcd_sem == EtcdSem::Guard {
+        v.push("guard recipe".to_owned());
+    }
+    v.join(", ")
+}
+
+async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
+    let params = Params {
+        org_limit: a.org_limit,
+        global_limit: a.global_limit,
+        ttl_ms: a.ttl_ms,
+        rate_limit: a.rate_limit,
+        rate_period_ms: a.rate_period_ms,
+        rate_burst: a.rate_burst,
+        etcd_sem: a.etcd_sem,
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    for &clients in &a.clients {
+        let spec = RunSpec {
+            system: a.system,
+            workload: a.workload,
+            clients,
+            requests: a.requests,
+            targets: a.targets.clone(),
+            params: params.clone(),
+            org_keys: a.org_keys,
+            rate_keys: a.rate_keys,
+            deny_backoff: Duration::from_secs_f64(a.deny_backoff_ms / 1000.0),
+            hold: Duration::from_secs_f64(a.hold_ms / 1000.0),
+            max_duration: Duration::from_secs_f64(a.max_seconds),
+            run_tag: format!("b{stamp}-{}-{}-{clients}", a.system.name(), a.workload.name()),
+            variant: variant(&a),
+        };
+        let r = run::run(spec)
+            .await
+            .with_context(|| format!("{} {} {clients} clients", a.system.name(), a.workload.name()))?;
+        eprintln!(
+            "{:<8} {:<6} clients={:<4} ops/s={:>9.0} p50={:.2}ms p99={:.2}ms granted={} denied={} errors={} over={} max_held={} conflicts={} {:.1}s{} gen_cpu={:.0}%",
+            r.system,
+            r.workload,
+            r.clients,
+            r.ops_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.granted,
+            r.denied,
+            r.errors,
+            r.over_admissions,
+            r.max_held,
+            r.conflicts,
+            r.elapsed_s,
+            if r.capped { " CAPPED" } else { "" },
+            r.generator_cpu_pct,
+        );
+        if !r.error_kinds.is_empty() {
+            eprintln!("  errors: {:?}", r.error_kinds);
+        }
+        if let Some(out) = &a.out {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out)
+                .with_context(|| format!("opening {}", out.display()))?;
+            writeln!(f, "{}", serde_json::to_string(&r)?)?;
+        }
+    }
+    Ok(())
+}

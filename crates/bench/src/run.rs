@@ -1,0 +1,402 @@
+//! The load loop, identical for every system.
+//!
+//! A run is `requests` *attempts* (slot acquires, or rate checks) split evenly over
+//! `clients` concurrent clients, each with its own connection (client `i` talks to
+//! `targets[i % targets.len()]`), one request in flight per client. For the slot
+//! workloads a granted acquire is immediately followed by its release, so a pair is
+//! 2 ops; a denied acquire (quorate 429, Lua `{0,..}`, etcd count at limit) is 1 op and
+//! the client waits `deny_backoff_ms` before its next attempt (the same rule for every
+//! system). A granted slot is held for `hold` (the "use") before the release is sent.
+//! Throughput = completed ops / wall time of the measured phase (connections
+//! are opened and warmed up before it starts).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Barrier;
+
+use crate::stats::{self, Histogram};
+use crate::systems::{self, Acquired, Conn, Params, System};
+use crate::BenchError;
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// acquire+release on `org:hot` (+ `global`).
+    Hot,
+    /// acquire+release on one of `org_keys` random `org:N` keys (+ `global`).
+    Spread,
+    /// rate checks on one of `rate_keys` random `user:N` keys.
+    Rate,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Hot => "hot",
+            Workload::Spread => "spread",
+            Workload::Rate => "rate",
+        }
+    }
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub system: System,
+    pub workload: Workload,
+    pub clients: usize,
+    pub requests: u64,
+    pub targets: Vec<String>,
+    pub params: Params,
+    pub org_keys: u32,
+    pub rate_keys: u32,
+    pub deny_backoff: Duration,
+    /// How long a client holds a granted slot before releasing it.
+    pub hold: Duration,
+    /// Stop early (and say so) when the measured phase exceeds this.
+    pub max_duration: Duration,
+    /// Makes lease ids/holders unique across runs.
+    pub run_tag: String,
+    /// Non-default settings ("no hold", "guard recipe"); part of the report's cell key.
+    pub variant: String,
+}
+
+/// One run's results (one JSON line in the results file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub system: String,
+    pub workload: String,
+    /// Non-default settings of this run ("" for the standard matrix).
+    #[serde(default)]
+    pub variant: String,
+    pub clients: usize,
+    /// Attempts asked for.
+    pub requests: u64,
+    /// Attempts made (less than `requests` only when `capped`).
+    pub attempts: u64,
+    /// Completed ops: acquires (granted or denied) + releases, or rate checks.
+    pub ops: u64,
+    pub granted: u64,
+    pub denied: u64,
+    pub errors: u64,
+    /// A sample of error messages with counts.
+    pub error_kinds: Vec<(String, u64)>,
+    /// Times a client saw more concurrent grants on one key than its limit.
+    pub over_admissions: u64,
+    /// Highest concurrent grants observed client-side on one org key.
+    pub max_held: i64,
+    /// Compare-and-swap conflicts retried inside acquires/checks (etcd).
+    pub conflicts: u64,
+    pub elapsed_s: f64,
+    pub ops_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub acquire_p50_ms: f64,
+    pub acquire_p99_ms: f64,
+    pub release_p50_ms: f64,
+    pub release_p99_ms: f64,
+    /// The measured phase hit `max_duration` before all attempts were made.
+    pub capped: bool,
+    /// CPU used by the load generator itself during the measured phase, % of one core.
+    pub generator_cpu_pct: f64,
+}
+
+/// Client-side view of concurrently held grants per key (conservative: incremented
+/// after the grant arrived, decremented before the release is sent, so it never counts
+/// more than the server had granted).
+#[derive(Debug)]
+struct Tracker {
+    org: Vec<AtomicI64>,
+    global: AtomicI64,
+    org_limit: i64,
+    global_limit: i64,
+    over: AtomicU64,
+    max_held: AtomicI64,
+}
+
+impl Tracker {
+    fn grant(&self, org_idx: usize) {
+        let n = self.org[org_idx].fetch_add(1, Ordering::SeqCst) + 1;
+        let g = self.global.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_held.fetch_max(n, Ordering::Relaxed);
+        if n > self.org_limit {
+            self.over.fetch_add(1, Ordering::Relaxed);
+        }
+        if g > self.global_limit {
+            self.over.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn release(&self, org_idx: usize) {
+        self.org[org_idx].fetch_sub(1, Ordering::SeqCst);
+        self.global.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClientOut {
+    attempts: u64,
+    ops: u64,
+    granted: u64,
+    denied: u64,
+    errors: u64,
+    conflicts: u64,
+    error_kinds: Vec<(String, u64)>,
+    acquire: Histogram,
+    release: Histogram,
+    capped: bool,
+}
+
+impl ClientOut {
+    fn error(&mut self, e: &BenchError) {
+        self.errors += 1;
+        let kind = e.kind();
+        if let Some(slot) = self.error_kinds.iter_mut().find(|(k, _)| *k == kind) {
+            slot.1 += 1;
+        } else if self.error_kinds.len() < 8 {
+            self.error_kinds.push((kind, 1));
+        }
+    }
+}
+
+/// splitmix64: a tiny deterministic per-client RNG.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u32) -> u32 {
+        (self.next() % u64::from(n.max(1))) as u32
+    }
+}
+
+/// Runs one cell: setup, connect, measured phase, cleanup.
+pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
+    if spec.targets.is_empty() || spec.clients == 0 {
+        return Err(BenchError::Protocol("need at least one target and client".into()));
+    }
+    let http = systems::http_client()?;
+    systems::setup(spec.system, &http, &spec.targets[0], &spec.params).await?;
+
+    let org_slots = match spec.workload {
+        Workload::Hot => 1,
+        Workload::Spread => spec.org_keys.max(1) as usize,
+        Workload::Rate => 0,
+    };
+    let tracker = Arc::new(Tracker {
+        org: (0..org_slots).map(|_| AtomicI64::new(0)).collect(),
+        global: AtomicI64::new(0),
+        org_limit: i64::from(spec.params.org_limit),
+        global_limit: i64::from(spec.params.global_limit),
+        over: AtomicU64::new(0),
+        max_held: AtomicI64::new(0),
+    });
+
+    // Connect every client first; the measured phase starts when all are ready.
+    let barrier = Arc::new(Barrier::new(spec.clients + 1));
+    let spec = Arc::new(spec);
+    let mut handles = Vec::with_capacity(spec.clients);
+    for i in 0..spec.clients {
+        let per = spec.requests / spec.clients as u64
+            + u64::from((i as u64) < spec.requests % spec.clients as u64);
+        let spec = spec.clone();
+        let http = http.clone();
+        let tracker = tracker.clone();
+        let barrier = barrier.clone();
+        handles.push(tokio::spawn(async move {
+            let target = &spec.targets[i % spec.targets.len()];
+            let conn = Conn::connect(spec.system, &http, target, i, &spec.params).await;
+            barrier.wait().await;
+            let mut conn = conn?;
+            let out = client_loop(&spec, &mut conn, i, per, &tracker).await;
+            conn.close().await;
+            Ok::<ClientOut, BenchError>(out)
+        }));
+    }
+    barrier.wait().await;
+    let cpu0 = stats::process_cpu_seconds();
+    let t0 = Instant::now();
+
+    let mut outs = Vec::with_capacity(handles.len());
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(o)) => outs.push(o),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(BenchError::Protocol(format!("client task: {e}")));
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = stats::process_cpu_seconds() - cpu0;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    let mut acquire = Histogram::default();
+    let mut release = Histogram::default();
+    let mut r = RunResult {
+        system: spec.system.name().to_owned(),
+        workload: spec.workload.name().to_owned(),
+        variant: spec.variant.clone(),
+        clients: spec.clients,
+        requests: spec.requests,
+        attempts: 0,
+        ops: 0,
+        granted: 0,
+        denied: 0,
+        errors: 0,
+        error_kinds: Vec::new(),
+        over_admissions: tracker.over.load(Ordering::SeqCst),
+        max_held: tracker.max_held.load(Ordering::SeqCst),
+        conflicts: 0,
+        elapsed_s: elapsed,
+        ops_per_s: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        p999_ms: 0.0,
+        max_ms: 0.0,
+        acquire_p50_ms: 0.0,
+        acquire_p99_ms: 0.0,
+        release_p50_ms: 0.0,
+        release_p99_ms: 0.0,
+        capped: false,
+        generator_cpu_pct: 100.0 * cpu / elapsed.max(1e-9),
+    };
+    for o in outs {
+        r.attempts += o.attempts;
+        r.ops += o.ops;
+        r.granted += o.granted;
+        r.denied += o.denied;
+        r.errors += o.errors;
+        r.conflicts += o.conflicts;
+        r.capped |= o.capped;
+        for (k, n) in o.error_kinds {
+            if let Some(slot) = r.error_kinds.iter_mut().find(|(kk, _)| *kk == k) {
+                slot.1 += n;
+            } else {
+                r.error_kinds.push((k, n));
+            }
+        }
+        acquire.merge(o.acquire);
+        release.merge(o.release);
+    }
+    let mut all = acquire.clone();
+    all.merge(release.clone());
+    r.ops_per_s = r.ops as f64 / elapsed.max(1e-9);
+    r.p50_ms = all.quantile_ms(0.50);
+    r.p99_ms = all.quantile_ms(0.99);
+    r.p999_ms = all.quantile_ms(0.999);
+    r.max_ms = all.quantile_ms(1.0);
+    r.acquire_p50_ms = acquire.quantile_ms(0.50);
+    r.acquire_p99_ms = acquire.quantile_ms(0.99);
+    r.release_p50_ms = release.quantile_ms(0.50);
+    r.release_p99_ms = release.quantile_ms(0.99);
+    Ok(r)
+}
+
+async fn client_loop(
+    spec: &RunSpec,
+    conn: &mut Conn,
+    client: usize,
+    attempts: u64,
+    tracker: &Tracker,
+) -> ClientOut {
+    let mut out = ClientOut::default();
+    let mut rng = Rng(0x5EED ^ ((client as u64) << 32) ^ spec.run_tag.len() as u64);
+    let start = Instant::now();
+    for seq in 0..attempts {
+        if start.elapsed() > spec.max_duration {
+            out.capped = true;
+            break;
+        }
+        out.attempts += 1;
+        match spec.workload {
+            Workload::Hot | Workload::Spread => {
+                let (org, idx) = if spec.workload == Workload::Hot {
+                    ("org:hot".to_owned(), 0usize)
+                } else {
+                    let n = rng.below(spec.org_keys);
+                    (format!("org:{n}"), n as usize)
+                };
+                let lease_id = format!("{}-c{client}-{seq}", spec.run_tag);
+                let t = Instant::now();
+                let res = conn.acquire(&org, &lease_id).await;
+                out.acquire.record(t.elapsed());
+                match res {
+                    Ok((Acquired::Granted(g), conflicts)) => {
+                        out.conflicts += u64::from(conflicts);
+                        out.ops += 1;
+                        out.granted += 1;
+                        tracker.grant(idx);
+                        // "Use" the slot, then give it back.
+                        if !spec.hold.is_zero() {
+                            tokio::time::sleep(spec.hold).await;
+                        }
+                        tracker.release(idx);
+                        let t = Instant::now();
+                        let rel = conn.release(&g).await;
+                        out.release.record(t.elapsed());
+                        match rel {
+                            Ok(true) => out.ops += 1,
+                            Ok(false) => out.error(&BenchError::Protocol(
+                                "release: lease unknown".into(),
+                            )),
+                            Err(e) => out.error(&e),
+                        }
+                    }
+                    Ok((Acquired::Denied, conflicts)) => {
+                        out.conflicts += u64::from(conflicts);
+                        out.ops += 1;
+                        out.denied += 1;
+                        if !spec.deny_backoff.is_zero() {
+                            tokio::time::sleep(spec.deny_backoff).await;
+                        }
+                    }
+                    Err(e) => {
+                        out.error(&e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            Workload::Rate => {
+                let key = format!("user:{}", rng.below(spec.rate_keys));
+                let t = Instant::now();
+                let res = conn.rate(&key).await;
+                out.acquire.record(t.elapsed());
+                match res {
+                    Ok((allowed, conflicts)) => {
+                        out.conflicts += u64::from(conflicts);
+                        out.ops += 1;
+                        if allowed {
+                            out.granted += 1;
+                        } else {
+                            out.denied += 1;
+                        }
+                    }
+                    Err(e) => {
+                        out.error(&e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,88 @@
+//! Latency recording and process accounting.
+
+use std::time::Duration;
+
+/// Every sample kept (microseconds): runs are bounded, so exact quantiles are cheap.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    samples: Vec<u32>,
+    sorted: bool,
+}
+
+impl Histogram {
+    pub fn record(&mut self, d: Duration) {
+        self.samples
+            .push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+        self.sorted = false;
+    }
+
+    pub fn merge(&mut self, other: Histogram) {
+        self.samples.extend(other.samples);
+        self.sorted = false;
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Nearest-rank quantile in milliseconds (0 when empty).
+    pub fn quantile_ms(&mut self, q: f64) -> f64 {
+        if self.samples.is_empty() {
+            return 0.0;
+        }
+        if !self.sorted {
+            self.samples.sort_unstable();
+            self.sorted = true;
+        }
+        let n = self.samples.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        f64::from(self.samples[rank - 1]) / 1000.0
+    }
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`).
+pub fn process_cpu_seconds() -> f64 {
+    proc_cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of a process (`pid` or `self`), assuming USER_HZ = 100.
+pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// `VmRSS` of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles() {
+        let mut h = Histogram::default();
+        for i in 1..=100u64 {
+            h.record(Duration::from_micros(i * 1000));
+        }
+        assert_eq!(h.quantile_ms(0.5), 50.0);
+        assert_eq!(h.quantile_ms(0.99), 99.0);
+        assert_eq!(h.quantile_ms(1.0), 100.0);
+        assert!(process_cpu_seconds() >= 0.0);
+    }
+}
