@@ -13,6 +13,9 @@
 //!   with one of the codes in [`codes`]; 429 bodies add the decision's fields.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub mod openapi;
 
 /// Error codes used in [`ErrorBody::error`]. Stable: clients match on them.
 pub mod codes {
@@ -48,7 +51,7 @@ pub mod codes {
 
 /// The body of every non-2xx response (429s add decision fields, see [`AcquireDenied`]
 /// and [`RateCheckResponse`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
@@ -58,7 +61,7 @@ pub struct ErrorBody {
 // Slots
 
 /// `POST /v1/slots/acquire`. All-or-nothing over `keys` (1..=8 distinct keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     pub keys: Vec<String>,
@@ -75,7 +78,7 @@ pub struct AcquireRequest {
 }
 
 /// One key's occupancy at the moment of a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SlotUsage {
     pub key: String,
     pub used: u32,
@@ -83,7 +86,7 @@ pub struct SlotUsage {
 }
 
 /// 200 answer to an acquire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AcquireGranted {
     /// Always `true`.
     pub granted: bool,
@@ -96,7 +99,7 @@ pub struct AcquireGranted {
 }
 
 /// 429 answer to an acquire (`error` = `limit_exceeded`); `Retry-After` header set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AcquireDenied {
     /// Always `false`.
     pub granted: bool,
@@ -111,20 +114,20 @@ pub struct AcquireDenied {
 }
 
 /// `POST /v1/slots/release`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     pub lease_id: String,
 }
 
 /// 200 answer to a release; `released: false` for unknown, expired or released leases.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseResponse {
     pub released: bool,
 }
 
 /// `POST /v1/slots/renew`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     pub lease_id: String,
@@ -134,14 +137,14 @@ pub struct RenewRequest {
 }
 
 /// 200 answer to a renew (404 `lease_not_found` when the lease is not live).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RenewResponse {
     pub lease_id: String,
     pub expires_at_ms: u64,
 }
 
 /// One live lease on a key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseInfo {
     pub lease_id: String,
     pub holder: String,
@@ -150,7 +153,7 @@ pub struct LeaseInfo {
 }
 
 /// `GET /v1/slots/{key}` (linearizable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SlotsResponse {
     pub key: String,
     pub used: u32,
@@ -162,21 +165,21 @@ pub struct SlotsResponse {
 // Limits
 
 /// `PUT /v1/limits/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutLimitRequest {
     pub limit: u32,
 }
 
 /// 200 answer to `PUT /v1/limits/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PutLimitResponse {
     pub key: String,
     pub limit: u32,
 }
 
 /// Where a key's concurrency limit came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitSource {
     Override,
@@ -185,7 +188,7 @@ pub enum LimitSource {
 }
 
 /// `GET /v1/limits/{key}` and each row of `GET /v1/limits`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LimitEntry {
     pub key: String,
     pub limit: u32,
@@ -197,13 +200,13 @@ pub struct LimitEntry {
 }
 
 /// 200 answer to `DELETE /v1/limits/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeleteResponse {
     pub deleted: bool,
 }
 
 /// 200 answer to `GET /v1/limits?prefix=...`: overrides and keys in use under the prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ListLimitsResponse {
     pub limits: Vec<LimitEntry>,
     /// True when more rows matched than the `max` query parameter allowed.
@@ -216,7 +219,7 @@ pub struct ListLimitsResponse {
 
 /// One rate check: either a named `policy` (with optional `tier`) or inline
 /// `limit`/`period_ms`/`burst`. `cost` defaults to 1.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateCheck {
     pub key: String,
@@ -237,7 +240,7 @@ pub struct RateCheck {
 
 /// `POST /v1/rate/check`: a single check (fields of [`RateCheck`] at top level) or
 /// `{"checks": [...]}` — several checks charged all together or not at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateCheckRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,7 +262,7 @@ pub struct RateCheckRequest {
 }
 
 /// The decision for one key of a rate check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RateResult {
     pub key: String,
     pub allowed: bool,
@@ -278,7 +281,7 @@ pub struct RateResult {
 /// 200 or 429 answer to a rate check. The top-level fields describe the most
 /// restrictive result; `results` has one entry per check, in request order. On 429,
 /// `error` is `rate_limited` and nothing was charged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RateCheckResponse {
     pub allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,7 +300,7 @@ pub struct RateCheckResponse {
 
 /// A named policy: a concurrency limit for keys matching `pattern` (exact name, or a
 /// prefix ending in `*` such as `org:*`), or a rate limit referenced by name in checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicySpec {
     Concurrency {
@@ -313,7 +316,7 @@ pub enum PolicySpec {
 }
 
 /// One policy as listed by `GET /v1/policies`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PolicyEntry {
     pub name: String,
     #[serde(flatten)]
@@ -321,21 +324,21 @@ pub struct PolicyEntry {
 }
 
 /// A tier multiplies a rate policy's limit and burst (`superuser` ×10, say).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TierEntry {
     pub name: String,
     pub multiplier: f64,
 }
 
 /// `PUT /v1/tiers/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutTierRequest {
     pub multiplier: f64,
 }
 
 /// `GET /v1/policies`: concurrency policies in match order, rate policies by name, tiers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PoliciesResponse {
     pub default_limit: u32,
     pub policies: Vec<PolicyEntry>,
@@ -346,7 +349,7 @@ pub struct PoliciesResponse {
 // Cluster
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Member {
     pub id: u64,
     pub api_addr: String,
@@ -361,7 +364,7 @@ fn yes() -> bool {
 }
 
 /// `GET /v1/cluster`: this node's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterResponse {
     pub node_id: u64,
     pub leader_id: Option<u64>,
@@ -376,7 +379,7 @@ pub struct ClusterResponse {
 }
 
 /// `POST /v1/members`: add a node as learner, then (unless `learner_only`) make it a voter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     pub id: u64,
@@ -387,7 +390,7 @@ pub struct AddMemberRequest {
 }
 
 /// 200 answer to membership changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MembersResponse {
     pub members: Vec<Member>,
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query as QueryParams, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query as QueryParams, Request, State,
+};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,17 +28,21 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use tracing::Instrument;
 
 use quorate_core::{self as core, CoreError, Op, Outcome, Query};
 use quorate_proto::{self as proto, codes};
 
+use crate::auth::{self, ApiAuth, Denied};
 use crate::backend::{Backend, NodeError};
 use crate::metrics::Metrics;
 
 /// Settings the HTTP layer needs from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// Who may call what (tokens and roles; loopback-only when empty).
+    pub auth: ApiAuth,
     pub node_id: u64,
     /// TTL of an acquire or renew that names none.
     pub default_ttl_ms: u64,
@@ -82,8 +88,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -852,6 +860,15 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// The OpenAPI 3 description of this API (generated from `quorate-proto`).
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        quorate_proto::openapi::openapi_json(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
 }
@@ -862,6 +879,43 @@ async fn method_not_allowed() -> ApiError {
         codes::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
+}
+
+/// Check the caller's token (or, with no tokens configured, that it is on loopback)
+/// against the role the matched route needs. Runs inside `observe`, so refusals are
+/// counted like any other response. The token itself is never logged.
+async fn authorize(
+    State(st): State<ApiState>,
+    connect: Result<ConnectInfo<SocketAddr>, axum::extract::rejection::ExtensionRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    let Some(needed) = auth::required_role(req.method(), route) else {
+        return next.run(req).await;
+    };
+    // No connect info (a server started without it) means "unknown peer": refused
+    // in loopback-only mode, never assumed local.
+    let peer = connect.ok().map(|c| c.0);
+    match st.config.auth.check(req.headers(), peer, needed) {
+        Ok(()) => next.run(req).await,
+        Err(Denied::Unauthorized(why)) => {
+            tracing::info!(peer = ?peer, route, why, "unauthorized request");
+            ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED, why).into_response()
+        }
+        Err(Denied::Forbidden) => {
+            tracing::info!(peer = ?peer, route, "forbidden: token role too weak");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                codes::FORBIDDEN,
+                "this token's role may not do this (admin required)",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Per-request span, structured completion log, and request metrics by route and

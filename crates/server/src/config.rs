@@ -21,6 +21,19 @@
 //! as do `QUORATE_CLUSTER_ID` and `QUORATE_DATA_DIR` for the top-level keys. Other
 //! `QUORATE_*` variables (such as `QUORATE_LOG`) are not config and are ignored here.
 //!
+//! Two variables are for testing, not for production configuration:
+//! - `QUORATE_PEER_ADDRS="2=127.0.0.1:41002,3=127.0.0.1:41003"` makes *this* node send
+//!   everything it sends to peer 2 (Raft RPCs, forwarded requests, bootstrap probes) to
+//!   `127.0.0.1:41002` instead of peer 2's `raft_addr`, and likewise for 3. Other peers
+//!   keep their `raft_addr`; ids need not be in the file yet (a node added later).
+//!   The chaos suite (`tests/chaos.rs`) uses it to route each directed link through a
+//!   proxy it can cut. Parsed into [`ClusterConfig::peer_addrs`]; a malformed value
+//!   stops the node at startup.
+//! - `QUORATE_PLANTED_BUG=follower-local-grant` (debug builds only; ignored with an
+//!   error in release builds) makes followers grant acquires from a private copy of
+//!   their local state without Raft: a deliberate bug that proves the chaos checker can
+//!   fail. See `node.rs`.
+//!
 //! Parsing is strict: unknown keys are errors, and so are values the state machine
 //! would later reject (the same `quorate_core::validate` rules run here), so a typo
 //! stops the node at startup with the file's name in the message instead of surfacing
@@ -34,10 +47,14 @@ use quorate_core::{validate, Configuration, Policy, RateSpec, Settings};
 use serde::Deserialize;
 
 use crate::api::ApiConfig;
+use crate::auth::{ApiAuth, AuthSection, PeerAuth};
 use crate::error::ServerError;
 
 /// Prefix of environment variables that override file values.
 pub const ENV_PREFIX: &str = "QUORATE_";
+
+/// Per-peer outgoing address overrides (`id=host:port,...`; see the module docs).
+pub const PEER_ADDRS_ENV: &str = "QUORATE_PEER_ADDRS";
 
 /// Sections whose keys may be overridden by `QUORATE_<SECTION>_<KEY>` variables.
 const ENV_SECTIONS: [&str; 3] = ["raft", "limits", "server"];
@@ -65,9 +82,16 @@ pub struct ClusterConfig {
     /// Tier name → multiplier (`superuser = 10`, `trial = 0.5`).
     #[serde(default)]
     pub tiers: BTreeMap<String, Multiplier>,
+    /// API tokens and the peer secret (see `auth.rs`).
+    #[serde(default)]
+    pub auth: AuthSection,
     /// The file this was read from (for messages); empty when parsed from a string.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Peer id → address this node uses instead of the peer's `raft_addr`, from
+    /// `QUORATE_PEER_ADDRS` (empty unless set; see the module docs).
+    #[serde(skip)]
+    pub peer_addrs: BTreeMap<u64, String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -265,6 +289,13 @@ impl ClusterConfig {
             path: path.to_path_buf(),
             message,
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let peer_addrs = match env.iter().find(|(k, _)| k == PEER_ADDRS_ENV) {
+            Some((_, v)) => {
+                parse_peer_addrs(v).map_err(|m| err(format!("{PEER_ADDRS_ENV}: {m}")))?
+            }
+            None => BTreeMap::new(),
+        };
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         let applied = apply_env(&mut doc, env).map_err(err)?;
         let mut config: ClusterConfig = if applied.is_empty() {
@@ -287,6 +318,7 @@ impl ClusterConfig {
             config.data_dir = base.join(&config.data_dir);
         }
         config.source = path.to_path_buf();
+        config.peer_addrs = peer_addrs;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -530,9 +562,22 @@ impl ClusterConfig {
         })
     }
 
-    /// The HTTP layer's settings for node `node_id`.
+    /// Resolve the `[auth]` secrets (files relative to the config file, env vars).
+    pub fn auth(&self) -> Result<(ApiAuth, PeerAuth), ServerError> {
+        let base = self.source.parent().unwrap_or_else(|| Path::new("."));
+        self.auth
+            .resolve(&self.cluster_id, base)
+            .map_err(|message| ServerError::Config {
+                path: self.source.clone(),
+                message,
+            })
+    }
+
+    /// The HTTP layer's settings for node `node_id` (open auth: loopback only; the
+    /// caller installs the resolved tokens).
     pub fn api_config(&self, node_id: u64) -> ApiConfig {
         ApiConfig {
+            auth: ApiAuth::default(),
             node_id,
             default_ttl_ms: self.limits.default_ttl_ms,
             max_body_bytes: self.server.max_body_bytes,
@@ -543,6 +588,28 @@ impl ClusterConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
     }
+}
+
+/// `QUORATE_PEER_ADDRS`: `id=host:port` pairs separated by commas (blank = none).
+fn parse_peer_addrs(value: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut map = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("{pair:?}: node id must be a positive integer"))?;
+        let addr = addr.trim();
+        check_addr(addr).map_err(|m| format!("{pair:?}: {m}"))?;
+        if map.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is named twice"));
+        }
+    }
+    Ok(map)
 }
 
 /// `host:port` with a non-zero port (host names are allowed: containers).
@@ -788,6 +855,38 @@ trial = 0.5
         assert_eq!(c.limits.max_ttl_ms, 90000);
         assert_eq!(c.server.request_timeout_ms, 2500);
         assert_eq!(c.api_config(1).request_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn peer_addrs_come_from_the_environment() {
+        assert!(parse(SAMPLE, &[]).unwrap().peer_addrs.is_empty());
+        let c = parse(
+            SAMPLE,
+            &[(
+                "QUORATE_PEER_ADDRS",
+                "2=127.0.0.1:41002, 4=localhost:41004,",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.peer_addrs,
+            BTreeMap::from([
+                (2, "127.0.0.1:41002".to_string()),
+                (4, "localhost:41004".to_string())
+            ])
+        );
+        // File values are untouched: the override is about where this node sends.
+        assert_eq!(c.node(2).unwrap().raft_addr, "127.0.0.1:7202");
+        for bad in [
+            "2",
+            "x=127.0.0.1:1",
+            "0=127.0.0.1:1",
+            "2=127.0.0.1",
+            "2=a:1,2=b:2",
+        ] {
+            let m = message(parse(SAMPLE, &[("QUORATE_PEER_ADDRS", bad)]));
+            assert!(m.contains("QUORATE_PEER_ADDRS"), "{bad}: {m}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `metrics`: Prometheus text registry; `error`: the library's [`ServerError`].
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod batcher;
 pub mod config;

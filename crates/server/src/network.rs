@@ -8,6 +8,11 @@
 //!
 //! Bodies are bincode (see [`crate::raft_rpc`] for the codec and the endpoints).
 //!
+//! Every request names its target peer by id; the address comes from the peer's
+//! `raft_addr` unless `QUORATE_PEER_ADDRS` overrides it for that id (used by the chaos
+//! tests to put a fault-injecting proxy on each directed link; see
+//! [`PeerClient::with_peer_addrs`] and `config.rs`).
+//!
 //! Errors are mapped so that openraft reacts the way the failure deserves:
 //! - could not connect → [`Unreachable`]: openraft backs off (our [`RaftNetwork::backoff`])
 //!   instead of hammering a dead node every heartbeat;
@@ -15,8 +20,10 @@
 //! - the peer answered with a Raft error → [`RPCError::RemoteError`] (e.g. a higher vote);
 //! - anything else (reset connection, undecodable body, 4xx/5xx) → [`NetworkError`].
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -87,14 +94,25 @@ impl PeerError {
 
 /// The one HTTP client of a node for talking to its peers. Cheap to clone (clones
 /// share the connection pool).
+///
+/// Every request names the peer it is for, so the one place that turns a peer into an
+/// address is here: normally the peer's `raft_addr`, unless `QUORATE_PEER_ADDRS`
+/// overrides it (see [`PeerClient::with_peer_addrs`]).
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Peer id → address used instead of its `raft_addr` (`QUORATE_PEER_ADDRS`).
+    peer_addrs: Arc<BTreeMap<u64, String>>,
 }
 
 impl PeerClient {
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// `headers` go on every request (cluster id and secret, see `auth.rs`).
+    pub fn new(
+        connect_timeout: Duration,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -104,19 +122,39 @@ impl PeerClient {
             // not capture node-to-node traffic.
             .no_proxy()
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            peer_addrs: Arc::default(),
+        })
     }
 
-    /// POST `body` to `http://<addr><path>` and return the response body. The
-    /// request carries `timeout` in [`TIMEOUT_HEADER`] so the peer can stop working
-    /// on it when the caller has given up.
+    /// Send everything for peer `id` to `peer_addrs[id]` instead of the address the
+    /// caller names: Raft RPCs, forwarding and probes alike. This is how the chaos
+    /// tests route a node's outgoing peer traffic through a fault-injecting proxy per
+    /// directed link (`ClusterConfig::peer_addrs`, from `QUORATE_PEER_ADDRS`).
+    pub fn with_peer_addrs(mut self, peer_addrs: BTreeMap<u64, String>) -> Self {
+        self.peer_addrs = Arc::new(peer_addrs);
+        self
+    }
+
+    /// Where requests for peer `id`, normally at `addr`, actually go.
+    pub fn addr_of<'a>(&'a self, id: u64, addr: &'a str) -> &'a str {
+        self.peer_addrs.get(&id).map_or(addr, String::as_str)
+    }
+
+    /// POST `body` to `http://<addr><path>` of peer `peer` (at `addr` unless
+    /// overridden) and return the response body. The request carries `timeout` in
+    /// [`TIMEOUT_HEADER`] so the peer can stop working on it when the caller has given
+    /// up.
     pub async fn post(
         &self,
+        peer: u64,
         addr: &str,
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
+        let addr = self.addr_of(peer, addr);
         let req = self
             .http
             .post(format!("http://{addr}{path}"))
@@ -127,8 +165,15 @@ impl PeerClient {
         Self::finish(req).await
     }
 
-    /// GET `http://<addr><path>`.
-    pub async fn get(&self, addr: &str, path: &str, timeout: Duration) -> Result<Bytes, PeerError> {
+    /// GET `http://<addr><path>` of peer `peer` (at `addr` unless overridden).
+    pub async fn get(
+        &self,
+        peer: u64,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
+        let addr = self.addr_of(peer, addr);
         let req = self
             .http
             .get(format!("http://{addr}{path}"))
@@ -208,7 +253,7 @@ impl PeerConnection {
         let ttl = option.hard_ttl();
         let bytes = self
             .client
-            .post(&self.node.raft_addr, path, body, ttl)
+            .post(self.target, &self.node.raft_addr, path, body, ttl)
             .await
             .map_err(|e| match e {
                 PeerError::Connect(_) => RPCError::Unreachable(Unreachable::new(&e)),
@@ -275,5 +320,49 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 Duration::from_millis(100u64 << i.min(4)).min(Duration::from_secs(1))
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn peer_addrs_override_only_the_named_peers() {
+        let client = PeerClient::new(Duration::from_millis(100), Default::default())
+            .unwrap()
+            .with_peer_addrs(BTreeMap::from([(2, "127.0.0.1:41002".to_string())]));
+        assert_eq!(client.addr_of(2, "10.0.0.2:7202"), "127.0.0.1:41002");
+        assert_eq!(client.addr_of(3, "10.0.0.3:7203"), "10.0.0.3:7203");
+    }
+
+    /// A request for an overridden peer reaches the override address, not the
+    /// peer's own (unroutable here) address.
+    #[tokio::test]
+    async fn requests_for_an_overridden_peer_go_to_the_override() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nproxied")
+                .await
+                .unwrap();
+            head
+        });
+        let client = PeerClient::new(Duration::from_millis(500), Default::default())
+            .unwrap()
+            .with_peer_addrs(BTreeMap::from([(7, proxy)]));
+        // Port 1 on loopback: nothing listens there, so only the override can answer.
+        let body = client
+            .get(7, "127.0.0.1:1", paths::PROBE, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"proxied");
+        let head = server.await.unwrap();
+        assert!(head.starts_with("GET /raft/probe "), "{head}");
     }
 }

@@ -48,6 +48,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, timeout_at};
 
+use crate::auth::PeerAuth;
 use crate::backend::{Backend, NodeError};
 use crate::batcher::{wall_clock_ms, BatchError, Batcher};
 use crate::config::ClusterConfig;
@@ -90,6 +91,8 @@ pub struct Node {
     /// Last committed index seen by the housekeeping tick (for the sync metrics path).
     committed_cache: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Cluster id and secret that incoming peer requests must carry.
+    peer_auth: PeerAuth,
 }
 
 impl std::fmt::Debug for Node {
@@ -111,8 +114,17 @@ impl Node {
         let fresh = storage.is_fresh();
         let Storage { log, sm } = storage;
         let raft_config = Arc::new(config.raft_config()?);
-        let peers = PeerClient::new(Duration::from_millis(config.raft.connect_timeout_ms))
-            .map_err(|e| ServerError::Raft(format!("cannot build the peer HTTP client: {e}")))?;
+        let (_, peer_auth) = config.auth()?;
+        let peers = PeerClient::new(
+            Duration::from_millis(config.raft.connect_timeout_ms),
+            peer_auth.outgoing_headers(),
+        )
+        .map_err(|e| ServerError::Raft(format!("cannot build the peer HTTP client: {e}")))?
+        .with_peer_addrs(config.peer_addrs.clone());
+        if !config.peer_addrs.is_empty() {
+            tracing::warn!(overrides = ?config.peer_addrs, "QUORATE_PEER_ADDRS: peer traffic is redirected (testing only)");
+        }
+        planted::announce();
         let network = Network::new(id, peers.clone());
         let raft = Raft::new(id, raft_config, network, log.clone(), sm.clone())
             .await
@@ -135,6 +147,7 @@ impl Node {
             metrics,
             committed_cache: AtomicU64::new(NONE),
             tasks: Mutex::new(vec![batcher_task]),
+            peer_auth,
         });
         tracing::info!(node = id, fresh, "raft started");
 
@@ -180,6 +193,16 @@ impl Node {
                 return "raft core stopped".into();
             }
         }
+    }
+
+    /// What incoming peer requests must carry (checked by `raft_rpc`).
+    pub fn peer_auth(&self) -> &PeerAuth {
+        &self.peer_auth
+    }
+
+    /// The node's own metrics registry (Raft, batching, peer refusals).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn id(&self) -> u64 {
@@ -315,7 +338,7 @@ impl Node {
             )));
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = match self.peers.post(&addr, path, body, remaining).await {
+        let result = match self.peers.post(leader, &addr, path, body, remaining).await {
             Ok(bytes) => raft_rpc::decode::<Result<T, ForwardError>>(&bytes).unwrap_or_else(|e| {
                 Err(ForwardError::Unavailable(format!(
                     "undecodable answer from leader {leader}: {e}"
@@ -512,6 +535,10 @@ impl Node {
 
     #[tracing::instrument(name = "write", skip_all, fields(node = self.id, op = op_kind(&op)))]
     async fn write_op(&self, op: Op) -> Result<Reply, NodeError> {
+        #[cfg(debug_assertions)]
+        if let Some(reply) = self.planted_follower_local_grant(&op) {
+            return Ok(reply);
+        }
         let deadline = Instant::now() + self.request_timeout();
         let body = raft_rpc::encode(&op)
             .map_err(|e| NodeError::Unavailable(format!("cannot encode op: {e}")))?;
@@ -519,6 +546,21 @@ impl Node {
             self.leader_write(op.clone(), deadline)
         })
         .await
+    }
+
+    /// The planted bug (see [`planted`]): on a follower, decide an acquire on a private
+    /// copy of the local state and answer without Raft. `None` = behave correctly.
+    #[cfg(debug_assertions)]
+    fn planted_follower_local_grant(&self, op: &Op) -> Option<Reply> {
+        if !matches!(op, Op::Acquire(_)) || !planted::follower_local_grant() || self.is_leader() {
+            return None;
+        }
+        let mut copy = self.sm.read(|s| s.clone());
+        let cmd = quorate_core::Command {
+            time_ms: wall_clock_ms(),
+            ops: vec![op.clone()],
+        };
+        copy.apply(&cmd).pop()
     }
 
     #[tracing::instrument(name = "read", skip_all, fields(node = self.id, query = query_kind(&q)))]
@@ -716,7 +758,7 @@ impl Node {
                 }
                 let answer = self
                     .peers
-                    .get(&peer.raft_addr, paths::PROBE, probe_timeout)
+                    .get(peer.id, &peer.raft_addr, paths::PROBE, probe_timeout)
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|b| {
@@ -878,6 +920,49 @@ impl Node {
             }
             Err(ForwardError::NotLeader { .. }) => Ok(()),
             Err(e) => Err(format!("{e:?}")),
+        }
+    }
+}
+
+/// A deliberately planted bug, to prove that the chaos suite's checker can fail
+/// (`tests/chaos.rs`, test `planted_bug_is_caught`).
+///
+/// With `QUORATE_PLANTED_BUG=follower-local-grant`, a follower answers acquires from a
+/// clone of its own state machine instead of forwarding them through Raft: grants that
+/// no other replica knows about, so limits are exceeded and acknowledged leases go
+/// missing. Compiled into debug builds only (`cfg(debug_assertions)`), so a release
+/// binary cannot be switched into it; there the variable is reported and ignored.
+mod planted {
+    /// The variable that enables a planted bug.
+    pub const ENV: &str = "QUORATE_PLANTED_BUG";
+    /// Its one recognised value.
+    pub const FOLLOWER_LOCAL_GRANT: &str = "follower-local-grant";
+
+    fn requested() -> Option<String> {
+        std::env::var(ENV).ok().filter(|v| !v.is_empty())
+    }
+
+    /// True when this debug build runs with the follower-local-grant bug enabled.
+    #[cfg(debug_assertions)]
+    pub fn follower_local_grant() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| requested().as_deref() == Some(FOLLOWER_LOCAL_GRANT))
+    }
+
+    /// Log loudly at startup if the variable is set.
+    pub fn announce() {
+        let Some(value) = requested() else {
+            return;
+        };
+        if !cfg!(debug_assertions) {
+            tracing::error!("{ENV}={value:?} ignored: planted bugs exist in debug builds only");
+        } else if value == FOLLOWER_LOCAL_GRANT {
+            tracing::warn!(
+                "{ENV}={value}: followers grant acquires WITHOUT Raft (deliberate bug for \
+                 the chaos suite; never use outside tests)"
+            );
+        } else {
+            tracing::error!("{ENV}={value:?} is not a known planted bug; ignored");
         }
     }
 }

@@ -102,7 +102,43 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(paths::FORWARD_ADD_MEMBER, post(forward_add_member))
         .route(paths::FORWARD_REMOVE_MEMBER, post(forward_remove_member))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES as usize))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            authenticate_peer,
+        ))
         .with_state(node)
+}
+
+/// Refuse peer requests from another cluster, or without the cluster secret when one
+/// is configured; count and log each refusal with the caller's address. Runs before
+/// any body is decoded, so a forged append never reaches openraft.
+async fn authenticate_peer(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match node.peer_auth().check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(reason) => {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            node.metrics().inc(
+                "quorate_peer_rejected_total",
+                "Peer (Raft/forwarding) requests refused, by reason.",
+                &[("reason", reason)],
+            );
+            tracing::warn!(%peer, reason, path = %req.uri().path(), "refused peer request");
+            let status = if reason == "wrong_cluster" {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            (status, format!("peer request refused: {reason}")).into_response()
+        }
+    }
 }
 
 /// A bincode response body.

@@ -90,11 +90,26 @@ pub async fn serve_on(
     })?;
 
     let config = Arc::new(config);
+    let (api_auth, peer_auth) = config.auth()?;
+    if api_auth.is_open() {
+        tracing::warn!(
+            "no [auth] tokens configured: the API serves loopback callers only; \
+             configure tokens to serve other hosts"
+        );
+    }
+    if peer_auth.secret.is_none() {
+        tracing::warn!(
+            "no auth.cluster_secret configured: peers are checked by cluster id only; \
+             anyone who can reach the Raft port can talk Raft to this node"
+        );
+    }
     let node = Node::start(config.clone(), node_id, storage).await?;
+    let mut api_config = config.api_config(node_id);
+    api_config.auth = api_auth;
     let api_router = api::router(ApiState {
         backend: node.clone(),
         metrics: Arc::new(Metrics::new()),
-        config: config.api_config(node_id),
+        config: api_config,
     });
     let rpc_router = raft_rpc::router(node.clone());
 
@@ -166,11 +181,16 @@ fn spawn_server(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+        // Connect info lets the API serve loopback-only when no tokens are set, and
+        // lets both routers log who was refused.
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     })
 }
 

@@ -12,10 +12,13 @@ use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use axum::extract::connect_info::MockConnectInfo;
 use quorate_core::{Configuration, Op, Policy, RateSpec, Settings};
 use quorate_server::api::{router, ApiConfig, ApiState};
+use quorate_server::auth::{ApiAuth, Role, Secret};
 use quorate_server::local::LocalBackend;
 use quorate_server::metrics::Metrics;
+use std::net::SocketAddr;
 
 struct App {
     router: Router,
@@ -23,6 +26,11 @@ struct App {
 }
 
 fn app() -> App {
+    app_with_auth(ApiAuth::default(), [127, 0, 0, 1])
+}
+
+/// An app whose callers appear to come from `peer_ip`, with the given token rules.
+fn app_with_auth(auth: ApiAuth, peer_ip: [u8; 4]) -> App {
     let backend = Arc::new(LocalBackend::new(1_000_000));
     let cfg = Configuration {
         source_digest: 1,
@@ -62,6 +70,7 @@ fn app() -> App {
         backend: backend.clone(),
         metrics: Arc::new(Metrics::new()),
         config: ApiConfig {
+            auth,
             node_id: 1,
             default_ttl_ms: 30_000,
             max_body_bytes: 64 * 1024,
@@ -69,7 +78,7 @@ fn app() -> App {
         },
     };
     App {
-        router: router(state),
+        router: router(state).layer(MockConnectInfo(SocketAddr::from((peer_ip, 40000)))),
         backend,
     }
 }
@@ -80,12 +89,24 @@ async fn call_raw(
     uri: &str,
     body: Option<String>,
 ) -> (StatusCode, HeaderMap, Vec<u8>) {
-    let req = Request::builder()
+    call_as(app, None, method, uri, body).await
+}
+
+async fn call_as(
+    app: &App,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Option<String>,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, Body::from))
-        .unwrap();
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
     let resp = app.router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -741,4 +762,155 @@ async fn metrics_count_requests_and_decisions() {
         text.contains(r#"quorate_decisions_total{kind="acquire",outcome="granted"} 1"#),
         "{text}"
     );
+}
+
+const CLIENT: &str = "client-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+
+fn token_rules() -> ApiAuth {
+    ApiAuth::with_tokens(vec![
+        ("svc".into(), Role::Client, Secret::new(CLIENT)),
+        ("ops".into(), Role::Admin, Secret::new(ADMIN)),
+    ])
+}
+
+#[tokio::test]
+async fn tokens_and_roles_401_403() {
+    // Callers from another host, tokens configured.
+    let app = app_with_auth(token_rules(), [192, 0, 2, 10]);
+    let acquire = Some(r#"{"keys":["org:a"]}"#.to_string());
+    let set_limit = Some(r#"{"limit":100}"#.to_string());
+
+    let (s, _, b) = call_as(
+        &app,
+        None,
+        Method::POST,
+        "/v1/slots/acquire",
+        acquire.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&serde_json::from_slice(&b).unwrap(), "unauthorized");
+    let (s, _, _) = call_as(
+        &app,
+        Some("wrong-token-0123456789"),
+        Method::POST,
+        "/v1/slots/acquire",
+        acquire.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call_as(
+        &app,
+        Some(CLIENT),
+        Method::POST,
+        "/v1/slots/acquire",
+        acquire.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call_as(&app, Some(CLIENT), Method::GET, "/v1/limits/org:a", None).await;
+    assert_eq!(s, StatusCode::OK, "clients may read limits");
+
+    // A client token cannot raise its own limits.
+    let (s, _, b) = call_as(
+        &app,
+        Some(CLIENT),
+        Method::PUT,
+        "/v1/limits/org:a",
+        set_limit.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_error(&serde_json::from_slice(&b).unwrap(), "forbidden");
+    let (_, _, b) = call_as(&app, Some(CLIENT), Method::GET, "/v1/limits/org:a", None).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["limit"],
+        2,
+        "the refused change did not happen"
+    );
+    for (m, uri, body) in [
+        (
+            Method::PUT,
+            "/v1/policies/p",
+            Some(r#"{"kind":"concurrency","pattern":"org:*","limit":99}"#.to_string()),
+        ),
+        (Method::DELETE, "/v1/policies/orgs", None),
+        (
+            Method::PUT,
+            "/v1/tiers/x",
+            Some(r#"{"multiplier":100}"#.to_string()),
+        ),
+        (
+            Method::POST,
+            "/v1/members",
+            Some(r#"{"id":9,"api_addr":"a:1","raft_addr":"a:2"}"#.to_string()),
+        ),
+        (Method::DELETE, "/v1/members/2", None),
+        (Method::DELETE, "/v1/limits/org:a", None),
+    ] {
+        let (s, _, _) = call_as(&app, Some(CLIENT), m.clone(), uri, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{m} {uri}");
+    }
+    let (s, _, _) = call_as(
+        &app,
+        Some(ADMIN),
+        Method::PUT,
+        "/v1/limits/org:a",
+        set_limit,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Probes stay open; metrics need a token.
+    let (s, _, _) = call_as(&app, None, Method::GET, "/healthz", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call_as(&app, None, Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, b) = call_as(&app, Some(CLIENT), Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(b).unwrap();
+    assert!(
+        text.contains(r#"status="401""#) && text.contains(r#"status="403""#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(CLIENT) && !text.contains(ADMIN),
+        "metrics never echo tokens"
+    );
+}
+
+#[tokio::test]
+async fn without_tokens_only_loopback_is_served() {
+    let remote = app_with_auth(ApiAuth::default(), [192, 0, 2, 10]);
+    let (s, _, b) = call_as(
+        &remote,
+        None,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(r#"{"keys":["a"]}"#.into()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&serde_json::from_slice(&b).unwrap(), "unauthorized");
+    let local = app_with_auth(ApiAuth::default(), [127, 0, 0, 1]);
+    let (s, _, _) = call_as(
+        &local,
+        None,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(r#"{"keys":["a"]}"#.into()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serves_its_openapi_document_without_a_token() {
+    let app = app_with_auth(token_rules(), [192, 0, 2, 10]);
+    let (s, h, b) = call_as(&app, None, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/json");
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert!(v["paths"]["/v1/rate/check"]["post"].is_object());
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use quorate_core::{Acquire, Op, Outcome, Query, Reply};
+use quorate_server::auth::CLUSTER_HEADER;
 use quorate_server::backend::Backend;
 use quorate_server::node::Node;
 use quorate_server::raft_rpc::{self, ForwardError, ProbeResponse};
@@ -172,6 +173,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
             .clone()
             .oneshot(
                 Request::post(path)
+                    .header(CLUSTER_HEADER, "single")
                     .body(Body::from(vec![0xffu8; 33]))
                     .expect("request"),
             )
@@ -184,6 +186,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
         .clone()
         .oneshot(
             Request::get("/raft/probe")
+                .header(CLUSTER_HEADER, "single")
                 .body(Body::empty())
                 .expect("request"),
         )
@@ -201,6 +204,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
         .clone()
         .oneshot(
             Request::post("/forward/write")
+                .header(CLUSTER_HEADER, "single")
                 .header(raft_rpc::TIMEOUT_HEADER, "2000")
                 .body(Body::from(op))
                 .expect("request"),
@@ -211,5 +215,34 @@ async fn peer_router_decodes_strictly_and_forwards() {
     let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
     let reply: Result<Reply, ForwardError> = raft_rpc::decode(&body).expect("decode");
     assert!(matches!(reply, Ok(ref r) if granted(r)), "{reply:?}");
+
+    // Another cluster's node, or a caller without the cluster id, is refused before
+    // anything is decoded, and the refusal is counted.
+    for cluster in [Some("other-cluster"), None] {
+        let mut req = Request::post("/forward/write").header(raft_rpc::TIMEOUT_HEADER, "2000");
+        if let Some(c) = cluster {
+            req = req.header(CLUSTER_HEADER, c);
+        }
+        let op = raft_rpc::encode(&acquire("job:fwd", "forged")).expect("encode");
+        let resp = router
+            .clone()
+            .oneshot(req.body(Body::from(op)).expect("request"))
+            .await
+            .expect("response");
+        assert!(
+            resp.status().is_client_error(),
+            "{cluster:?}: {}",
+            resp.status()
+        );
+    }
+    let text = node.metrics_text();
+    assert!(
+        text.contains("quorate_peer_rejected_total{reason=\"wrong_cluster\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("quorate_peer_rejected_total{reason=\"missing_cluster\"} 1"),
+        "{text}"
+    );
     node.shutdown().await;
 }

@@ -1,0 +1,539 @@
+//! Access control: bearer tokens with roles on the public API, a shared cluster secret
+//! between peers.
+//!
+//! A limiter sits in front of every expensive operation, so whoever can call its admin
+//! API can raise their own limits, and whoever can reach the Raft port can forge log
+//! entries or votes. The rules:
+//!
+//! - **Public API.** Tokens are configured in `[auth]` of `cluster.toml`, each with a
+//!   role. `client` may acquire, release, renew, check rates and read usage, limits,
+//!   policies, cluster state and metrics; `admin` may also change limits, policies,
+//!   tiers and membership. Missing or wrong token → 401 `unauthorized`; a valid token
+//!   whose role is too weak → 403 `forbidden`. `/healthz`, `/readyz` and
+//!   `/v1/openapi.json` are open (probes and tooling must work without secrets).
+//! - **No tokens configured** → the node serves loopback callers only (and says so
+//!   at startup): a fresh `quorate up` on a laptop works, an accidental public bind
+//!   does not hand out admin rights.
+//! - **Peers.** Every Raft RPC and forwarded request carries the cluster id and, when
+//!   configured, the cluster secret. A node refuses RPCs whose cluster id differs from
+//!   its own (two clusters on one network must not merge) and, with a secret set,
+//!   RPCs without it; refusals are counted and logged with the peer's address.
+//!
+//! Secrets come inline (`token = "..."`), from a file (`token_file`) or from an
+//! environment variable (`token_env`); they never appear in `Debug` output or logs,
+//! and are compared in constant time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::http::{HeaderMap, HeaderValue, Method};
+use serde::Deserialize;
+
+/// Header carrying the cluster id on peer requests.
+pub const CLUSTER_HEADER: &str = "x-quorate-cluster";
+
+/// What a token may do. `Admin` includes everything `Client` may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Admin,
+}
+
+/// `[auth]` of `cluster.toml`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Bearer tokens for the public API.
+    #[serde(default)]
+    pub tokens: Vec<TokenSpec>,
+    /// The secret shared by every node for Raft RPC and forwarding (one of these).
+    pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub cluster_secret_env: Option<String>,
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("tokens", &self.tokens)
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("cluster_secret_file", &self.cluster_secret_file)
+            .field("cluster_secret_env", &self.cluster_secret_env)
+            .finish()
+    }
+}
+
+/// One `[[auth.tokens]]` entry: a name (for logs), a role and exactly one secret source.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub name: String,
+    pub role: Role,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+impl std::fmt::Debug for TokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSpec")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+/// A secret held in memory; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    pub fn new(s: impl Into<Vec<u8>>) -> Self {
+        Self(s.into())
+    }
+
+    /// Constant-time comparison: the time taken depends on the lengths only, never on
+    /// where the first differing byte is.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let a = &self.0;
+        let mut diff = u8::from(a.len() != candidate.len());
+        for i in 0..a.len().max(candidate.len()) {
+            let x = a.get(i).copied().unwrap_or(0);
+            let y = candidate.get(i).copied().unwrap_or(0);
+            diff |= x ^ y;
+        }
+        std::hint::black_box(diff) == 0
+    }
+
+    /// As an `Authorization: Bearer` header value.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let mut v = Vec::with_capacity(7 + self.0.len());
+        v.extend_from_slice(b"Bearer ");
+        v.extend_from_slice(&self.0);
+        let mut h = HeaderValue::from_bytes(&v).ok()?;
+        h.set_sensitive(true);
+        Some(h)
+    }
+}
+
+/// Read one secret from exactly one of its sources.
+fn read_secret(
+    what: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    base: &Path,
+) -> Result<Option<Secret>, String> {
+    let sources =
+        usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(env.is_some());
+    if sources > 1 {
+        return Err(format!(
+            "{what}: give only one of the inline value, _file or _env"
+        ));
+    }
+    let value = if let Some(v) = inline {
+        v.clone()
+    } else if let Some(f) = file {
+        let path = if f.is_relative() {
+            base.join(f)
+        } else {
+            f.clone()
+        };
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
+    } else if let Some(var) = env {
+        std::env::var(var).map_err(|_| format!("{what}: environment variable {var} is not set"))?
+    } else {
+        return Ok(None);
+    };
+    if value.len() < 16 {
+        return Err(format!("{what}: secrets must be at least 16 characters"));
+    }
+    if value.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(format!(
+            "{what}: secrets must be printable ASCII without spaces"
+        ));
+    }
+    Ok(Some(Secret::new(value)))
+}
+
+/// Resolved API access rules.
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    tokens: Vec<(String, Role, Secret)>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// 401: no token, malformed header, unknown token, or (open mode) not loopback.
+    Unauthorized(&'static str),
+    /// 403: valid token, role too weak.
+    Forbidden,
+}
+
+impl ApiAuth {
+    /// Rules with the given tokens (empty: loopback callers only).
+    pub fn with_tokens(tokens: Vec<(String, Role, Secret)>) -> Self {
+        Self { tokens }
+    }
+
+    /// True when no tokens are configured (loopback-only mode).
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Decide whether a request with these headers from `peer` may do something that
+    /// needs `needed`.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        needed: Role,
+    ) -> Result<(), Denied> {
+        if self.is_open() {
+            // Unknown peer address (no connect info): refuse, never assume loopback.
+            return match peer {
+                Some(a) if a.ip().is_loopback() => Ok(()),
+                _ => Err(Denied::Unauthorized(
+                    "no API tokens are configured, so only loopback callers are served",
+                )),
+            };
+        }
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(Denied::Unauthorized("missing bearer token"));
+        };
+        let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
+            return Err(Denied::Unauthorized("authorization must be a bearer token"));
+        };
+        // Compare against every token, without stopping at the first match, so the
+        // time taken does not tell which (or whether an early) token matched.
+        let mut role = None;
+        for (_, r, secret) in &self.tokens {
+            if secret.matches(token) {
+                role = role.max(Some(*r));
+            }
+        }
+        match role {
+            None => Err(Denied::Unauthorized("unknown token")),
+            Some(r) if r >= needed => Ok(()),
+            Some(_) => Err(Denied::Forbidden),
+        }
+    }
+}
+
+/// Resolved peer rules.
+#[derive(Debug, Clone)]
+pub struct PeerAuth {
+    pub cluster_id: String,
+    pub secret: Option<Secret>,
+}
+
+impl PeerAuth {
+    /// Headers every outgoing peer request carries.
+    pub fn outgoing_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&self.cluster_id) {
+            h.insert(CLUSTER_HEADER, v);
+        }
+        if let Some(v) = self.secret.as_ref().and_then(Secret::bearer) {
+            h.insert(axum::http::header::AUTHORIZATION, v);
+        }
+        h
+    }
+
+    /// Check an incoming peer request; `Err` names the reason (a metric label).
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+        match headers.get(CLUSTER_HEADER) {
+            Some(v) if v.as_bytes() == self.cluster_id.as_bytes() => {}
+            Some(_) => return Err("wrong_cluster"),
+            None => return Err("missing_cluster"),
+        }
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match token {
+            Some(t) if secret.matches(t) => Ok(()),
+            Some(_) => Err("bad_secret"),
+            None => Err("missing_secret"),
+        }
+    }
+}
+
+impl AuthSection {
+    /// Read every secret (files relative to `base`, the config file's directory).
+    pub fn resolve(&self, cluster_id: &str, base: &Path) -> Result<(ApiAuth, PeerAuth), String> {
+        let mut tokens = Vec::new();
+        for t in &self.tokens {
+            if t.name.is_empty() {
+                return Err("auth.tokens: every token needs a name".into());
+            }
+            let what = format!("auth.tokens[{}]", t.name);
+            let secret = read_secret(&what, &t.token, &t.token_file, &t.token_env, base)?
+                .ok_or_else(|| format!("{what}: give token, token_file or token_env"))?;
+            if tokens
+                .iter()
+                .any(|(_, _, s): &(String, Role, Secret)| s == &secret)
+            {
+                return Err(format!("{what}: two tokens have the same secret"));
+            }
+            tokens.push((t.name.clone(), t.role, secret));
+        }
+        let secret = read_secret(
+            "auth.cluster_secret",
+            &self.cluster_secret,
+            &self.cluster_secret_file,
+            &self.cluster_secret_env,
+            base,
+        )?;
+        Ok((
+            ApiAuth::with_tokens(tokens),
+            PeerAuth {
+                cluster_id: cluster_id.to_string(),
+                secret,
+            },
+        ))
+    }
+}
+
+/// The role a public route needs; `None` for open routes.
+pub fn required_role(method: &Method, route: &str) -> Option<Role> {
+    match route {
+        "/healthz" | "/readyz" | "/v1/openapi.json" => None,
+        "/v1/slots/acquire" | "/v1/slots/release" | "/v1/slots/renew" | "/v1/rate/check" => {
+            Some(Role::Client)
+        }
+        "/v1/limits/{key}" | "/v1/policies/{name}" | "/v1/tiers/{name}"
+            if method != Method::GET =>
+        {
+            Some(Role::Admin)
+        }
+        "/v1/members" | "/v1/members/{id}" => Some(Role::Admin),
+        // Reads (slots, limits, policies, cluster, metrics) and unknown routes: a
+        // client token, so nothing about the cluster leaks to anonymous callers.
+        _ => Some(Role::Client),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                HeaderValue::from_str(a).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn rules() -> ApiAuth {
+        ApiAuth::with_tokens(vec![
+            (
+                "svc".into(),
+                Role::Client,
+                Secret::new("client-token-0123456789"),
+            ),
+            (
+                "ops".into(),
+                Role::Admin,
+                Secret::new("admin-token-0123456789"),
+            ),
+        ])
+    }
+
+    #[test]
+    fn roles_and_tokens() {
+        let r = rules();
+        let lo: Option<SocketAddr> = Some("127.0.0.1:1".parse().unwrap());
+        assert_eq!(
+            r.check(&headers(None), lo, Role::Client),
+            Err(Denied::Unauthorized("missing bearer token"))
+        );
+        assert!(matches!(
+            r.check(&headers(Some("Bearer nope")), lo, Role::Client),
+            Err(Denied::Unauthorized(_))
+        ));
+        assert!(matches!(
+            r.check(&headers(Some("Basic abc")), lo, Role::Client),
+            Err(Denied::Unauthorized(_))
+        ));
+        assert_eq!(
+            r.check(
+                &headers(Some("Bearer client-token-0123456789")),
+                lo,
+                Role::Client
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            r.check(
+                &headers(Some("Bearer client-token-0123456789")),
+                lo,
+                Role::Admin
+            ),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(
+            r.check(
+                &headers(Some("Bearer admin-token-0123456789")),
+                lo,
+                Role::Admin
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            r.check(
+                &headers(Some("Bearer admin-token-0123456789")),
+                lo,
+                Role::Client
+            ),
+            Ok(())
+        );
+        // A prefix of a token is not the token.
+        assert!(r
+            .check(
+                &headers(Some("Bearer admin-token-012345678")),
+                lo,
+                Role::Client
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn open_mode_serves_loopback_only() {
+        let r = ApiAuth::default();
+        assert_eq!(
+            r.check(
+                &headers(None),
+                Some("127.0.0.1:9".parse().unwrap()),
+                Role::Admin
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            r.check(
+                &headers(None),
+                Some("[::1]:9".parse().unwrap()),
+                Role::Admin
+            ),
+            Ok(())
+        );
+        assert!(r
+            .check(
+                &headers(None),
+                Some("192.0.2.7:9".parse().unwrap()),
+                Role::Client
+            )
+            .is_err());
+        assert!(r.check(&headers(None), None, Role::Client).is_err());
+    }
+
+    #[test]
+    fn peers_need_cluster_id_and_secret() {
+        let p = PeerAuth {
+            cluster_id: "prod".into(),
+            secret: Some(Secret::new("cluster-secret-0123456789")),
+        };
+        assert_eq!(p.check(&p.outgoing_headers()), Ok(()));
+        let other = PeerAuth {
+            cluster_id: "staging".into(),
+            secret: Some(Secret::new("cluster-secret-0123456789")),
+        };
+        assert_eq!(p.check(&other.outgoing_headers()), Err("wrong_cluster"));
+        let no_secret = PeerAuth {
+            cluster_id: "prod".into(),
+            secret: None,
+        };
+        assert_eq!(
+            p.check(&no_secret.outgoing_headers()),
+            Err("missing_secret")
+        );
+        let wrong = PeerAuth {
+            cluster_id: "prod".into(),
+            secret: Some(Secret::new("cluster-secret-9999999999")),
+        };
+        assert_eq!(p.check(&wrong.outgoing_headers()), Err("bad_secret"));
+        assert_eq!(p.check(&HeaderMap::new()), Err("missing_cluster"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_validated() {
+        let s = AuthSection {
+            tokens: vec![TokenSpec {
+                name: "ops".into(),
+                role: Role::Admin,
+                token: Some("admin-token-0123456789".into()),
+                token_file: None,
+                token_env: None,
+            }],
+            cluster_secret: Some("cluster-secret-0123456789".into()),
+            ..Default::default()
+        };
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("admin-token"), "{dbg}");
+        assert!(!dbg.contains("cluster-secret"), "{dbg}");
+        let (api, peer) = s.resolve("c", Path::new(".")).unwrap();
+        assert!(!format!("{api:?}{peer:?}").contains("token-0123"));
+        let short = AuthSection {
+            cluster_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(short.resolve("c", Path::new(".")).is_err());
+        let env = AuthSection {
+            cluster_secret_env: Some("QUORATE_TEST_SURELY_UNSET_VAR".into()),
+            ..Default::default()
+        };
+        assert!(env
+            .resolve("c", Path::new("."))
+            .unwrap_err()
+            .contains("not set"));
+    }
+
+    #[test]
+    fn route_roles() {
+        assert_eq!(required_role(&Method::GET, "/healthz"), None);
+        assert_eq!(
+            required_role(&Method::POST, "/v1/slots/acquire"),
+            Some(Role::Client)
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/v1/limits/{key}"),
+            Some(Role::Client)
+        );
+        assert_eq!(
+            required_role(&Method::PUT, "/v1/limits/{key}"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/v1/policies/{name}"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/v1/members"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role(&Method::GET, "unmatched"), Some(Role::Client));
+    }
+}

@@ -1,0 +1,294 @@
+//! The public API as an OpenAPI 3 document, generated from the wire types.
+//!
+//! Schemas come from the `ToSchema` derives on the types of this crate, so the
+//! document cannot drift from what the server and client (de)serialize. The paths
+//! below are descriptions only (the handlers live in the server); a test compares the
+//! generated document with the checked-in `proto/openapi.json`, so a change to the
+//! contract shows up in review as a diff of that file. Regenerate it with
+//! `UPDATE_OPENAPI=1 cargo test -p quorate-proto`.
+//!
+//! Every node serves the document at `GET /v1/openapi.json`; `scripts/fuzz_api.sh`
+//! feeds it to schemathesis against a live cluster.
+
+#![allow(dead_code)] // the path functions exist only to carry their attributes
+
+use utoipa::OpenApi;
+
+use crate::*;
+
+/// `{"status", "node_id"}` of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub node_id: u64,
+}
+
+#[utoipa::path(post, path = "/v1/slots/acquire", tag = "slots",
+    request_body = AcquireRequest,
+    responses(
+        (status = 200, description = "Granted: one slot taken on every key", body = AcquireGranted),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 409, description = "lease_id is live on other keys", body = ErrorBody),
+        (status = 429, description = "A key is at its limit (Retry-After set)", body = AcquireDenied),
+        (status = 503, description = "No quorum: nothing was granted (Retry-After set)", body = ErrorBody),
+    ))]
+fn acquire() {}
+
+#[utoipa::path(post, path = "/v1/slots/release", tag = "slots",
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "released is false for unknown, expired or released leases", body = ReleaseResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn release() {}
+
+#[utoipa::path(post, path = "/v1/slots/renew", tag = "slots",
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "New expiry", body = RenewResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "lease_not_found", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn renew() {}
+
+#[utoipa::path(get, path = "/v1/slots/{key}", tag = "slots",
+    params(("key" = String, Path, description = "Slot key")),
+    responses(
+        (status = 200, description = "Usage and live leases (linearizable)", body = SlotsResponse),
+        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn slots() {}
+
+#[utoipa::path(put, path = "/v1/limits/{key}", tag = "limits",
+    params(("key" = String, Path, description = "Slot key")),
+    request_body = PutLimitRequest,
+    responses(
+        (status = 200, description = "Override set", body = PutLimitResponse),
+        (status = 400, description = "Invalid key or limit", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn put_limit() {}
+
+#[utoipa::path(get, path = "/v1/limits/{key}", tag = "limits",
+    params(("key" = String, Path, description = "Slot key")),
+    responses(
+        (status = 200, description = "Effective limit and its source", body = LimitEntry),
+        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn get_limit() {}
+
+#[utoipa::path(delete, path = "/v1/limits/{key}", tag = "limits",
+    params(("key" = String, Path, description = "Slot key")),
+    responses(
+        (status = 200, description = "deleted is false when there was no override", body = DeleteResponse),
+        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn delete_limit() {}
+
+#[utoipa::path(get, path = "/v1/limits", tag = "limits",
+    params(
+        ("prefix" = Option<String>, Query, description = "Key prefix, e.g. org:"),
+        ("max" = Option<u32>, Query, description = "Most rows (1..=10000, default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Overrides and keys in use under the prefix", body = ListLimitsResponse),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn list_limits() {}
+
+#[utoipa::path(post, path = "/v1/rate/check", tag = "rate",
+    request_body = RateCheckRequest,
+    responses(
+        (status = 200, description = "Allowed (and charged); RateLimit-Policy and RateLimit headers set", body = RateCheckResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "policy_not_found", body = ErrorBody),
+        (status = 429, description = "Rate limited; nothing charged (Retry-After set)", body = RateCheckResponse),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn rate_check() {}
+
+#[utoipa::path(get, path = "/v1/policies", tag = "policies",
+    responses(
+        (status = 200, description = "Policies and tiers", body = PoliciesResponse),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn policies() {}
+
+#[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    request_body = PolicySpec,
+    responses(
+        (status = 200, description = "Policy set", body = PolicyEntry),
+        (status = 400, description = "Invalid policy", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn put_policy() {}
+
+#[utoipa::path(delete, path = "/v1/policies/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    responses(
+        (status = 200, description = "deleted is false when there was none", body = DeleteResponse),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn delete_policy() {}
+
+#[utoipa::path(put, path = "/v1/tiers/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Tier name")),
+    request_body = PutTierRequest,
+    responses(
+        (status = 200, description = "Tier set", body = TierEntry),
+        (status = 400, description = "Invalid tier", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn put_tier() {}
+
+#[utoipa::path(delete, path = "/v1/tiers/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Tier name")),
+    responses(
+        (status = 200, description = "deleted is false when there was none", body = DeleteResponse),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn delete_tier() {}
+
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "This node's view of the cluster", body = ClusterResponse)))]
+fn cluster() {}
+
+#[utoipa::path(post, path = "/v1/members", tag = "cluster",
+    request_body = AddMemberRequest,
+    responses(
+        (status = 200, description = "Members after the change", body = MembersResponse),
+        (status = 400, description = "Refused", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn add_member() {}
+
+#[utoipa::path(delete, path = "/v1/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "Members after the change", body = MembersResponse),
+        (status = 400, description = "Refused", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn remove_member() {}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process is serving", body = Health)))]
+fn healthz() {}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Knows a leader and has caught up", body = Health),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ))]
+fn readyz() {}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+fn metrics() {}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "quorate",
+        description = "A replicated limiter: concurrency slots with leases and rate limits, linearizable through Raft. Every non-2xx body is an ErrorBody.",
+        version = "1"
+    ),
+    paths(
+        acquire,
+        release,
+        renew,
+        slots,
+        put_limit,
+        get_limit,
+        delete_limit,
+        list_limits,
+        rate_check,
+        policies,
+        put_policy,
+        delete_policy,
+        put_tier,
+        delete_tier,
+        cluster,
+        add_member,
+        remove_member,
+        healthz,
+        readyz,
+        metrics
+    ),
+    components(schemas(
+        ErrorBody,
+        AcquireRequest,
+        AcquireGranted,
+        AcquireDenied,
+        SlotUsage,
+        ReleaseRequest,
+        ReleaseResponse,
+        RenewRequest,
+        RenewResponse,
+        LeaseInfo,
+        SlotsResponse,
+        PutLimitRequest,
+        PutLimitResponse,
+        LimitSource,
+        LimitEntry,
+        DeleteResponse,
+        ListLimitsResponse,
+        RateCheck,
+        RateCheckRequest,
+        RateResult,
+        RateCheckResponse,
+        PolicySpec,
+        PolicyEntry,
+        TierEntry,
+        PutTierRequest,
+        PoliciesResponse,
+        Member,
+        ClusterResponse,
+        AddMemberRequest,
+        MembersResponse,
+        Health
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, pretty-printed JSON with a trailing newline.
+pub fn openapi_json() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checked-in document must be exactly what the types generate.
+    #[test]
+    fn checked_in_openapi_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let generated = openapi_json();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).expect("write openapi.json");
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "proto/openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test -p quorate-proto"
+        );
+        let v: serde_json::Value = serde_json::from_str(&generated).expect("valid JSON");
+        assert_eq!(v["openapi"].as_str().map(|s| &s[..2]), Some("3."));
+        assert!(v["paths"]["/v1/slots/acquire"]["post"].is_object());
+        assert!(v["components"]["schemas"]["AcquireRequest"]["properties"]["keys"].is_object());
+    }
+}
