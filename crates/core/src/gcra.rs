@@ -82,7 +82,9 @@ pub fn decide(tat: Option<u128>, now_ns: u128, p: &Params, cost: u32) -> Decisio
         Decision {
             allowed: false,
             new_tat,
-            remaining: clamp_u32((horizon - tat) / p.emission_ns),
+            // `tat` may lie beyond the horizon when the bucket was charged under a
+            // larger tolerance (one key checked with different specs).
+            remaining: clamp_u32(horizon.saturating_sub(tat) / p.emission_ns),
             reset_after_ms: ceil_ms(tat - now_ns),
             retry_after_ms: ceil_ms(new_tat - horizon).max(1),
         }

@@ -549,8 +549,11 @@ impl State {
                 last = Some(k.clone());
             }
         }
-        // Reaching the end (fewer than the budget left) wraps the cursor around.
-        self.rate_cursor = if scanned < max_rate_keys { None } else { last };
+        // Reaching the end (fewer than the budget left) wraps the cursor around; a
+        // zero budget (leases-only housekeeping) leaves it where it was.
+        if max_rate_keys > 0 {
+            self.rate_cursor = if scanned < max_rate_keys { None } else { last };
+        }
         let rate_keys = u32::try_from(dead.len()).unwrap_or(u32::MAX);
         for k in dead {
             self.rate.remove(&k);

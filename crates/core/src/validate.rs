@@ -45,10 +45,11 @@ fn check_chars(field: &str, s: &str, max: usize, ok: fn(u8) -> bool) -> Result<(
             format!("longer than {max} bytes"),
         ));
     }
-    if let Some(c) = s.bytes().find(|c| !ok(*c)) {
+    // Report the character as sent (not its first UTF-8 byte read as Latin-1).
+    if let Some(c) = s.chars().find(|c| !u8::try_from(*c).is_ok_and(ok)) {
         return Err(CoreError::invalid(
             field,
-            format!("character {:?} not allowed", char::from(c)),
+            format!("character {c:?} not allowed"),
         ));
     }
     Ok(())

@@ -81,7 +81,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
         .map_err(|source| StoreError::Codec { what, source })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     codec()
         .deserialize(bytes)
         .map_err(|source| StoreError::Codec { what, source })

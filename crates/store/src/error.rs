@@ -65,7 +65,11 @@ impl StoreError {
     }
 
     /// Wraps this error for openraft, naming what was being done to what.
-    pub(crate) fn into_storage(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> StorageError<u64> {
+    pub(crate) fn into_storage(
+        self,
+        subject: ErrorSubject<u64>,
+        verb: ErrorVerb,
+    ) -> StorageError<u64> {
         StorageIOError::new(subject, verb, AnyError::new(&self)).into()
     }
 }

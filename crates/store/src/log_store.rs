@@ -31,7 +31,9 @@ use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use crate::db::{
     decode, encode, index_key, key_index, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
 };
-use crate::error::{logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write};
+use crate::error::{
+    logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
+};
 use crate::flusher::FlushStats;
 use crate::{StoreError, TypeConfig};
 
@@ -75,7 +77,10 @@ impl LogStore {
         self.shared.flusher.stats()
     }
 
-    pub(crate) fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    pub(crate) fn read_range(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
         let lo = match range.start_bound() {
             Bound::Included(&x) => x,
             Bound::Excluded(&x) => match x.checked_add(1) {
@@ -112,7 +117,9 @@ impl LogStore {
     }
 
     pub(crate) fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId<u64>> = self.shared.get_meta(KEY_LAST_PURGED, "last purged log id")?;
+        let last_purged: Option<LogId<u64>> = self
+            .shared
+            .get_meta(KEY_LAST_PURGED, "last purged log id")?;
         let last_entry = match self.shared.logs.last()? {
             Some((_, value)) => Some(decode::<Entry<TypeConfig>>("log entry", &value)?.log_id),
             None => None,
@@ -140,14 +147,17 @@ impl LogStore {
     }
 
     pub(crate) fn purge_upto(&self, log_id: LogId<u64>) -> Result<(), StoreError> {
-        let current: Option<LogId<u64>> = self.shared.get_meta(KEY_LAST_PURGED, "last purged log id")?;
+        let current: Option<LogId<u64>> = self
+            .shared
+            .get_meta(KEY_LAST_PURGED, "last purged log id")?;
         if current.is_some_and(|c| c.index >= log_id.index) {
             // Never move `last_purged` backwards.
             return Ok(());
         }
         // `last_purged` goes first: if a crash keeps only part of this, openraft still
         // ignores everything at or below it.
-        self.shared.put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
+        self.shared
+            .put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
         self.remove_upto(log_id.index)
     }
 
@@ -193,7 +203,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.shared.get_meta(KEY_VOTE, "vote").map_err(vote_read)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
         let res = match committed {
             Some(c) => self.shared.put_meta(KEY_COMMITTED, "committed log id", &c),
             None => self
@@ -212,7 +225,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(store_read)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -9,9 +9,14 @@
 //! once; after a crash, [`crate::open`] loads the last snapshot and openraft re-applies
 //! the committed entries after it (see `save_committed` in `log_store.rs`).
 //!
-//! Snapshots are built without stopping apply for long: the state is cloned under a
-//! read lock (readers are not blocked at all, apply waits for the clone only), then
-//! serialized and written on a blocking thread.
+//! Snapshots are built without holding anything exclusive: the state is serialized
+//! under the *read* lock, then framed, written and flushed on a blocking thread after
+//! the lock is released. Serializing is ~6-10x cheaper than cloning the `State` (one
+//! buffer instead of an allocation per key) but still proportional to state size:
+//! ~0.3-0.7 s for 1M leases (see the crate docs). Apply waits for it, and because
+//! std's `RwLock` queues new readers behind a waiting writer, reads that arrive while
+//! an apply is waiting wait too. Keep openraft's snapshot interval large for big
+//! states.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -59,7 +64,9 @@ impl StateMachineStore {
     }
 
     /// Runs `f` on the current core state under a read lock. Keep `f` short: apply
-    /// waits while it runs.
+    /// waits while it runs. The state is at least as new as [`Self::last_applied`]
+    /// was before the call, which is what a linearizable read after openraft's read
+    /// barrier (`ensure_linearizable`) needs.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.read_guard().state)
     }
@@ -127,15 +134,20 @@ impl StateMachineStore {
     }
 
     /// Reads the persisted snapshot, if any.
-    pub(crate) fn load_snapshot(shared: &Shared) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
+    pub(crate) fn load_snapshot(
+        shared: &Shared,
+    ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
             return Ok(None);
         };
         let meta: SnapMeta = decode("snapshot meta", &meta)?;
-        let data = shared.snap.get(KEY_SNAP_DATA)?.ok_or_else(|| StoreError::Malformed {
-            what: "snapshot",
-            reason: "meta present but data missing".into(),
-        })?;
+        let data = shared
+            .snap
+            .get(KEY_SNAP_DATA)?
+            .ok_or_else(|| StoreError::Malformed {
+                what: "snapshot",
+                reason: "meta present but data missing".into(),
+            })?;
         Ok(Some((meta, data.to_vec())))
     }
 
@@ -149,26 +161,33 @@ impl StateMachineStore {
     }
 
     pub(crate) async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        // Copy under the read lock (apply waits for the clone, readers do not), do the
-        // expensive part (serialize, write) outside it.
-        let copy = self.read_guard().clone();
+        // Serialize under the read lock (apply waits for it). Measured with 1M leases:
+        // serializing takes a fraction of what cloning the `State` would (its maps hold
+        // a String allocation per key). Framing, writing and fsync happen after the
+        // lock is released.
+        let (core, header) = {
+            let g = self.read_guard();
+            let header = Header {
+                last_applied: g.last_applied,
+                last_membership: g.last_membership.clone(),
+            };
+            (g.state.snapshot(), header)
+        };
         let shared = self.shared.clone();
         let _serial = self.snapshot_lock.lock().await;
         let (meta, data, persisted) = tokio::task::spawn_blocking(move || {
-            let Applied {
-                state,
+            let data = encode_snapshot(&header, &core)?;
+            drop(core);
+            let Header {
                 last_applied,
                 last_membership,
-            } = copy;
-            let header = Header {
-                last_applied,
-                last_membership: last_membership.clone(),
-            };
-            let data = encode_snapshot(&header, &state.snapshot())?;
-            drop(state);
+            } = header;
             let id = shared.db.generate_id()?;
             let snapshot_id = match last_applied {
-                Some(l) => format!("{}-{}-{}-{id}", l.leader_id.term, l.leader_id.node_id, l.index),
+                Some(l) => format!(
+                    "{}-{}-{}-{id}",
+                    l.leader_id.term, l.leader_id.node_id, l.index
+                ),
                 None => format!("none-{id}"),
             };
             let meta = SnapshotMeta {
@@ -275,7 +294,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -289,7 +310,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(snapshot_write)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let loaded = Self::load_snapshot(&self.shared).map_err(snapshot_read)?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,

@@ -85,7 +85,9 @@ fn run_child(dir: &std::path::Path, seed: u64, kill_after: Duration) -> Result<R
     child.kill().context("kill child")?;
     let status = child.wait()?;
     ensure!(!status.success(), "child exited on its own: {status}");
-    let lines = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
 
     let mut r = Report::default();
     for line in lines {
@@ -150,7 +152,7 @@ fn sigkill_never_loses_acknowledged_writes() -> Result<()> {
 
     for round in 0..ROUNDS {
         // Mostly mid-run kills, sometimes one during open/recovery.
-        let kill_after = Duration::from_millis(if rng.next() % 5 == 0 {
+        let kill_after = Duration::from_millis(if rng.next() % 5 < 1 {
             5 + rng.next() % 60
         } else {
             150 + rng.next() % 450
@@ -221,7 +223,10 @@ fn sigkill_never_loses_acknowledged_writes() -> Result<()> {
             anyhow::Ok(())
         })?;
     }
-    ensure!(max_durable > 500, "the child made too little progress ({max_durable})");
+    ensure!(
+        max_durable > 500,
+        "the child made too little progress ({max_durable})"
+    );
     ensure!(snapshots > 0, "no snapshot was ever built");
     eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
     Ok(())

@@ -34,7 +34,10 @@ async fn recover(st: &mut Storage) -> Result<()> {
         let start = applied.map_or(0, |a| a.index + 1);
         if start <= c.index {
             let entries = st.log.try_get_log_entries(start..=c.index).await?;
-            ensure!(entries.len() as u64 == c.index + 1 - start, "missing committed entries");
+            ensure!(
+                entries.len() as u64 == c.index + 1 - start,
+                "missing committed entries"
+            );
             st.sm.apply(entries).await?;
         }
     }
@@ -58,7 +61,10 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     assert_eq!(b.sm.digest(), a.sm.digest());
     assert_eq!(b.sm.last_applied(), Some(log_id(1, 300)));
     assert!(!b.is_fresh());
-    let current = b.sm.get_current_snapshot().await?.expect("installed snapshot is current");
+    let current =
+        b.sm.get_current_snapshot()
+            .await?
+            .expect("installed snapshot is current");
     assert_eq!(current.meta, snap.meta);
 
     // The installed snapshot survives a restart of the follower.
@@ -79,7 +85,11 @@ async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
     let mut b = open(b_dir.path())?;
     let mut meta = snap.meta.clone();
     meta.last_log_id = Some(log_id(1, 11));
-    assert!(b.sm.install_snapshot(&meta, snap.snapshot.clone()).await.is_err());
+    assert!(b
+        .sm
+        .install_snapshot(&meta, snap.snapshot.clone())
+        .await
+        .is_err());
     let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
     assert!(b.sm.install_snapshot(&snap.meta, garbage).await.is_err());
     assert!(b.is_fresh(), "a rejected install changes nothing");
@@ -102,7 +112,11 @@ async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
     // Reopening in the same process right away works: the flusher thread and sled's
     // lock are released on drop.
     let mut st = open(dir.path())?;
-    assert_eq!(st.sm.last_applied(), Some(log_id(1, 100)), "state comes from the snapshot");
+    assert_eq!(
+        st.sm.last_applied(),
+        Some(log_id(1, 100)),
+        "state comes from the snapshot"
+    );
     recover(&mut st).await?;
     assert_eq!(st.sm.last_applied(), Some(log_id(1, 150)));
     assert_eq!(st.sm.digest(), before);
@@ -138,12 +152,21 @@ async fn log_edges() -> Result<()> {
     log.purge(log_id(1, 2)).await?;
     let s = log.get_log_state().await?;
     assert_eq!(s.last_purged_log_id, Some(log_id(1, 4)));
-    assert_eq!(log.try_get_log_entries(..).await?.first().map(|e| e.log_id.index), Some(5));
+    assert_eq!(
+        log.try_get_log_entries(..)
+            .await?
+            .first()
+            .map(|e| e.log_id.index),
+        Some(5)
+    );
 
     // Purge past the end: the log is empty and its last id is the purged one.
     log.purge(log_id(1, 20)).await?;
     let s = log.get_log_state().await?;
-    assert_eq!((s.last_purged_log_id, s.last_log_id), (Some(log_id(1, 20)), Some(log_id(1, 20))));
+    assert_eq!(
+        (s.last_purged_log_id, s.last_log_id),
+        (Some(log_id(1, 20)), Some(log_id(1, 20)))
+    );
     assert!(log.try_get_log_entries(..).await?.is_empty());
 
     // Appending continues after the purged id, and all of it survives a reopen.
@@ -155,11 +178,17 @@ async fn log_edges() -> Result<()> {
     drop(st);
     let mut st = open(dir.path())?;
     let s = st.log.get_log_state().await?;
-    assert_eq!((s.last_purged_log_id, s.last_log_id), (Some(log_id(1, 20)), Some(log_id(2, 21))));
+    assert_eq!(
+        (s.last_purged_log_id, s.last_log_id),
+        (Some(log_id(1, 20)), Some(log_id(2, 21)))
+    );
 
     // Truncating everything.
     st.log.truncate(log_id(2, 21)).await?;
-    assert_eq!(st.log.get_log_state().await?.last_log_id, Some(log_id(1, 20)));
+    assert_eq!(
+        st.log.get_log_state().await?.last_log_id,
+        Some(log_id(1, 20))
+    );
     Ok(())
 }
 
@@ -182,7 +211,10 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
     }
     let after = st.log.flush_stats();
     assert_eq!(after.callbacks - before.callbacks, n);
-    assert!(after.flushes - before.flushes < n, "200 queued appends should share fsyncs: {after:?}");
+    assert!(
+        after.flushes - before.flushes < n,
+        "200 queued appends should share fsyncs: {after:?}"
+    );
     Ok(())
 }
 
@@ -279,13 +311,22 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
         expect_corrupt(dir)
     };
     let d = make().await?;
-    eprintln!("{}", tamper(d.path(), "meta", b"vote", Some(b"\xff\xff\xff"))?);
+    eprintln!(
+        "{}",
+        tamper(d.path(), "meta", b"vote", Some(b"\xff\xff\xff"))?
+    );
     let d = make().await?;
     eprintln!("{}", tamper(d.path(), "logs", &7u64.to_be_bytes(), None)?);
     let d = make().await?;
-    eprintln!("{}", tamper(d.path(), "logs", &20u64.to_be_bytes(), Some(b"junk"))?);
+    eprintln!(
+        "{}",
+        tamper(d.path(), "logs", &20u64.to_be_bytes(), Some(b"junk"))?
+    );
     let d = make().await?;
-    eprintln!("{}", tamper(d.path(), "snapshot", b"data", Some(b"QSNP\x01junk"))?);
+    eprintln!(
+        "{}",
+        tamper(d.path(), "snapshot", b"data", Some(b"QSNP\x01junk"))?
+    );
     let d = make().await?;
     eprintln!("{}", tamper(d.path(), "meta", b"format", Some(b"other/9"))?);
     Ok(())

@@ -11,7 +11,12 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let io = |e: &dyn std::error::Error| -> StorageError<u64> {
-            StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, openraft::AnyError::error(e)).into()
+            StorageIOError::new(
+                ErrorSubject::Store,
+                ErrorVerb::Write,
+                openraft::AnyError::error(e),
+            )
+            .into()
         };
         let dir = TempDir::new().map_err(|e| io(&e))?;
         let storage = quorate_store::open(dir.path()).map_err(|e| io(&e))?;
@@ -21,6 +26,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(SledBuilder)
+fn openraft_storage_suite() -> anyhow::Result<()> {
+    Suite::test_all(SledBuilder)?;
+    Ok(())
 }

@@ -77,7 +77,11 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> 
             sm.apply(entries).await?;
         }
     }
-    let mut next = log.get_log_state().await?.last_log_id.map_or(1, |l| l.index + 1);
+    let mut next = log
+        .get_log_state()
+        .await?
+        .last_log_id
+        .map_or(1, |l| l.index + 1);
     // Every run starts a new term, as a restarted node would after an election.
     let mut term = log.read_vote().await?.map_or(1, |v| v.leader_id.term + 1);
     save_vote(&mut log, term).await?;
@@ -108,7 +112,8 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> 
             return Err("lost an append callback".into());
         }
         let last = next + in_flight - 1;
-        log.save_committed(Some(workload::log_id(term, last))).await?;
+        log.save_committed(Some(workload::log_id(term, last)))
+            .await?;
         // Apply everything after the last applied entry: after a restart that includes
         // entries that were durable but not yet committed when the last run died.
         let applied = sm.last_applied().map_or(0, |l| l.index);
@@ -144,7 +149,10 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> 
     }
 }
 
-async fn save_vote(log: &mut quorate_store::LogStore, term: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn save_vote(
+    log: &mut quorate_store::LogStore,
+    term: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     say(format!("vote-saving {term}"));
     log.save_vote(&Vote::new_committed(term, 1)).await?;
     say(format!("vote {term}"));

@@ -1,0 +1,879 @@
+//! Property tests of the limiter state machine over random command sequences.
+//!
+//! The sequences use a small universe (keys `k0..k2` with limits 1-3 plus `global`,
+//! six lease ids, three rate buckets), batches of 1-3 ops per command, a leader clock
+//! that mostly moves forward but sometimes backwards, and occasional invalid inputs.
+//! What they prove:
+//!
+//! - **model agreement** — every reply equals the one computed by a naive reference
+//!   model that keeps a plain `Vec` of leases and recomputes usage, limits, denials,
+//!   retry hints and GCRA figures from scratch (it never purges and never indexes), and
+//!   after every command every key's usage and every lease agree with it. In particular
+//!   a new grant happens only when every key has `used < limit` at that moment (checked
+//!   also without the model, through `Query::Usage`, for single-op commands), while a
+//!   lowered limit may leave `used > limit`;
+//! - **honest hints** — at `now + retry_after_ms` a denied acquire or rate check would
+//!   succeed, one millisecond earlier it would not (checked on a clone of the state);
+//! - **fencing** — tokens of new grants strictly increase; retries return the original;
+//! - **snapshots** — a snapshot taken at a random point restores to the same digest and
+//!   the restored copy gives identical replies for the rest of the sequence;
+//! - **determinism** — the same sequence applied twice from fresh states gives identical
+//!   replies, digests and snapshot bytes;
+//! - **totality** — arbitrary ops (any strings, numbers, times, settings) and arbitrary
+//!   snapshot bytes never panic.
+//!
+//! `PROPTEST_CASES` overrides the number of cases (default 192, which keeps the whole
+//! core test run well under 30 s in debug).
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use quorate_core::{
+    Acquire, Command, Configuration, CoreError, Denial, Grant, LeaseInfo, Op, Outcome, Policy,
+    Query, RateCheck, RateDecision, RateLimitRef, RateResult, RateSpec, Reply, Settings, SlotUsage,
+    State,
+};
+
+const KEYS: [&str; 4] = ["k0", "k1", "k2", "global"];
+const LEASE_IDS: [&str; 6] = ["L0", "L1", "L2", "L3", "L4", "L5"];
+const RATE_KEYS: [&str; 3] = ["r0", "r1", "global"];
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(192);
+    ProptestConfig::with_cases(cases)
+}
+
+// ------------------------------------------------------------------------------------
+// Generators
+
+fn acquire_keys() -> impl Strategy<Value = Vec<String>> {
+    let valid = prop::sample::subsequence(KEYS.to_vec(), 1..=3)
+        .prop_shuffle()
+        .prop_map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+    prop_oneof![
+        12 => valid,
+        1 => Just(vec![]),
+        1 => Just(vec!["k0".to_string(), "k0".to_string()]),
+        1 => Just(vec!["bad key".to_string()]),
+        1 => Just(vec!["k1".to_string(), String::new()]),
+    ]
+}
+
+fn lease_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        20 => prop::sample::select(LEASE_IDS.to_vec()).prop_map(String::from),
+        1 => Just(String::new()),
+        1 => Just("bad id".to_string()),
+    ]
+}
+
+fn ttl() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => 1u64..3000,
+        4 => prop::sample::select(vec![100u64, 250, 500, 1000, 2000]),
+        1 => Just(0u64),
+        1 => Just(86_400_001u64),
+        1 => Just(86_400_000u64),
+    ]
+}
+
+fn rate_check() -> impl Strategy<Value = RateCheck> {
+    (
+        prop::sample::select(RATE_KEYS.to_vec()),
+        1u32..=5,
+        prop_oneof![Just(100u64), Just(1000), Just(1500), 1u64..3000],
+        1u32..=5,
+        prop_oneof![8 => 1u32..=3, 1 => 0u32..=6],
+    )
+        .prop_map(|(key, limit, period_ms, burst, cost)| RateCheck {
+            key: key.to_string(),
+            cost,
+            limit: RateLimitRef::Inline(RateSpec {
+                limit,
+                period_ms,
+                burst,
+            }),
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (acquire_keys(), lease_id(), ttl(), prop_oneof![
+            6 => Just(String::new()), 3 => Just("w1".to_string()), 1 => Just("bad\n".to_string())
+        ])
+            .prop_map(|(keys, lease_id, ttl_ms, holder)| Op::Acquire(Acquire {
+                keys,
+                lease_id,
+                holder,
+                ttl_ms,
+            })),
+        4 => lease_id().prop_map(|lease_id| Op::Release { lease_id }),
+        3 => (lease_id(), ttl()).prop_map(|(lease_id, ttl_ms)| Op::Renew { lease_id, ttl_ms }),
+        3 => (0u32..3, 0u32..4).prop_map(|(max_leases, max_rate_keys)| Op::Expire {
+            max_leases,
+            max_rate_keys,
+        }),
+        2 => (prop::sample::select(KEYS.to_vec()), 0u32..=4).prop_map(|(k, limit)| Op::SetLimit {
+            key: k.to_string(),
+            limit,
+        }),
+        1 => prop::sample::select(KEYS.to_vec()).prop_map(|k| Op::DeleteLimit { key: k.to_string() }),
+        5 => prop::collection::vec(rate_check(), 0..=3).prop_map(|checks| Op::RateCheck { checks }),
+        1 => Just(Op::Noop),
+    ]
+}
+
+/// Clock steps: mostly forward, sometimes backwards (a new leader with a slower clock).
+fn step() -> impl Strategy<Value = (i64, Vec<Op>)> {
+    (
+        // Round steps and their neighbours land exactly on expiry and refill instants.
+        prop_oneof![
+            5 => 0i64..1500,
+            3 => prop::sample::select(vec![1i64, 99, 100, 101, 250, 333, 500, 999, 1000, 1001]),
+            2 => -1000i64..0,
+            1 => Just(0i64),
+        ],
+        prop_oneof![4 => prop::collection::vec(op(), 1..=1), 1 => prop::collection::vec(op(), 2..=3)],
+    )
+}
+
+/// A sequence of commands: first the limits of the universe, then random steps.
+fn sequence() -> impl Strategy<Value = Vec<Command>> {
+    (
+        prop::collection::vec(1u32..=3, 3),
+        2u32..=4,
+        prop::collection::vec(step(), 1..80),
+    )
+        .prop_map(|(limits, global, steps)| {
+            let mut setup: Vec<Op> = limits
+                .iter()
+                .zip(KEYS)
+                .map(|(l, k)| Op::SetLimit {
+                    key: k.to_string(),
+                    limit: *l,
+                })
+                .collect();
+            setup.push(Op::SetLimit {
+                key: "global".into(),
+                limit: global,
+            });
+            let mut t: i64 = 1_000;
+            let mut cmds = vec![Command::new(t as u64, setup)];
+            for (dt, ops) in steps {
+                t = (t + dt).max(0);
+                cmds.push(Command::new(t as u64, ops));
+            }
+            cmds
+        })
+}
+
+// ------------------------------------------------------------------------------------
+// The reference model: recompute everything from a plain list, never purge.
+
+const MAX_TTL: u64 = 86_400_000;
+const MAX_RETRY: u64 = 60_000;
+const MAX_LIMIT: u32 = 1_000_000;
+const MAX_PERIOD: u64 = 7 * 24 * 3600 * 1000;
+const DEFAULT_LIMIT: u32 = 10;
+const NS: u128 = 1_000_000;
+
+#[derive(Debug, Clone)]
+struct MLease {
+    id: String,
+    holder: String,
+    keys: Vec<String>,
+    exp: u64,
+    token: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Model {
+    now: u64,
+    last_token: u64,
+    leases: Vec<MLease>,
+    overrides: BTreeMap<String, u32>,
+    /// GCRA TAT per bucket in ns, never purged (a full bucket must decide like none).
+    tat: BTreeMap<String, u128>,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Exact(Reply),
+    /// Some `CoreError::Invalid` (the message is the core's business).
+    Invalid,
+    /// Some `Outcome::Expired` with at most this many leases purged.
+    Expired(u32),
+}
+
+fn valid_str(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@+=".contains(&b))
+}
+
+fn ceil_ms(ns: u128) -> u64 {
+    u64::try_from(ns.div_ceil(NS)).unwrap()
+}
+
+impl Model {
+    fn live(&self) -> impl Iterator<Item = &MLease> {
+        self.leases.iter().filter(move |l| l.exp > self.now)
+    }
+
+    fn live_id(&self, id: &str) -> Option<&MLease> {
+        self.live().find(|l| l.id == id)
+    }
+
+    fn limit(&self, key: &str) -> u32 {
+        self.overrides.get(key).copied().unwrap_or(DEFAULT_LIMIT)
+    }
+
+    fn used(&self, key: &str) -> u32 {
+        self.live()
+            .filter(|l| l.keys.iter().any(|k| k == key))
+            .count() as u32
+    }
+
+    fn slot(&self, key: &str) -> SlotUsage {
+        SlotUsage {
+            key: key.to_string(),
+            used: self.used(key),
+            limit: self.limit(key),
+        }
+    }
+
+    fn info(l: &MLease) -> LeaseInfo {
+        LeaseInfo {
+            lease_id: l.id.clone(),
+            holder: l.holder.clone(),
+            fencing_token: l.token,
+            expires_at_ms: l.exp,
+            keys: l.keys.clone(),
+        }
+    }
+
+    fn apply(&mut self, cmd: &Command) -> Vec<Expect> {
+        self.now = self.now.max(cmd.time_ms);
+        cmd.ops.iter().map(|op| self.apply_op(op)).collect()
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Expect {
+        match op {
+            Op::Acquire(a) => self.acquire(a),
+            Op::Release { lease_id } => {
+                let before = self.leases.len();
+                let now = self.now;
+                self.leases.retain(|l| !(l.id == *lease_id && l.exp > now));
+                Expect::Exact(Ok(Outcome::Released {
+                    released: self.leases.len() != before,
+                }))
+            }
+            Op::Renew { lease_id, ttl_ms } => {
+                if !valid_str(lease_id, 128) || *ttl_ms == 0 || *ttl_ms > MAX_TTL {
+                    return Expect::Invalid;
+                }
+                let now = self.now;
+                match self
+                    .leases
+                    .iter_mut()
+                    .find(|l| l.id == *lease_id && l.exp > now)
+                {
+                    Some(l) => {
+                        l.exp = now + ttl_ms;
+                        Expect::Exact(Ok(Outcome::Renewed {
+                            lease_id: lease_id.clone(),
+                            expires_at_ms: l.exp,
+                        }))
+                    }
+                    None => Expect::Exact(Err(CoreError::LeaseNotFound {
+                        lease_id: lease_id.clone(),
+                    })),
+                }
+            }
+            Op::Expire { max_leases, .. } => Expect::Expired(*max_leases),
+            Op::SetLimit { key, limit } => {
+                if !valid_str(key, 256) || *limit == 0 || *limit > MAX_LIMIT {
+                    return Expect::Invalid;
+                }
+                self.overrides.insert(key.clone(), *limit);
+                Expect::Exact(Ok(Outcome::LimitSet {
+                    key: key.clone(),
+                    limit: *limit,
+                }))
+            }
+            Op::DeleteLimit { key } => {
+                if !valid_str(key, 256) {
+                    return Expect::Invalid;
+                }
+                Expect::Exact(Ok(Outcome::LimitDeleted {
+                    deleted: self.overrides.remove(key).is_some(),
+                }))
+            }
+            Op::RateCheck { checks } => self.rate(checks),
+            Op::Noop => Expect::Exact(Ok(Outcome::Noop)),
+            other => panic!("model does not generate {other:?}"),
+        }
+    }
+
+    fn acquire(&mut self, a: &Acquire) -> Expect {
+        let distinct = a
+            .keys
+            .iter()
+            .enumerate()
+            .all(|(i, k)| !a.keys[..i].contains(k));
+        if a.keys.is_empty()
+            || a.keys.len() > 8
+            || !a.keys.iter().all(|k| valid_str(k, 256))
+            || !distinct
+            || !valid_str(&a.lease_id, 128)
+            || a.holder.chars().any(char::is_control)
+            || a.ttl_ms == 0
+            || a.ttl_ms > MAX_TTL
+        {
+            return Expect::Invalid;
+        }
+        if let Some(l) = self.live_id(&a.lease_id) {
+            let (mut held, mut req) = (l.keys.clone(), a.keys.clone());
+            held.sort();
+            req.sort();
+            if held != req {
+                return Expect::Exact(Err(CoreError::LeaseConflict {
+                    lease_id: a.lease_id.clone(),
+                    held: l.keys.clone(),
+                    requested: a.keys.clone(),
+                }));
+            }
+            return Expect::Exact(Ok(Outcome::Granted(Grant {
+                lease_id: a.lease_id.clone(),
+                fencing_token: l.token,
+                expires_at_ms: l.exp,
+                slots: a.keys.iter().map(|k| self.slot(k)).collect(),
+                reused: true,
+            })));
+        }
+        let slots: Vec<SlotUsage> = a.keys.iter().map(|k| self.slot(k)).collect();
+        let blocked: Vec<&SlotUsage> = slots.iter().filter(|s| s.used >= s.limit).collect();
+        if !blocked.is_empty() {
+            // A slot frees on a key once (used - limit + 1) of its leases have expired.
+            let retry = blocked
+                .iter()
+                .map(|s| {
+                    let mut exps: Vec<u64> = self
+                        .live()
+                        .filter(|l| l.keys.contains(&s.key))
+                        .map(|l| l.exp)
+                        .collect();
+                    exps.sort_unstable();
+                    exps[(s.used - s.limit) as usize] - self.now
+                })
+                .max()
+                .unwrap();
+            return Expect::Exact(Ok(Outcome::Denied(Denial {
+                blocked_by: blocked.iter().map(|s| s.key.clone()).collect(),
+                slots,
+                retry_after_ms: retry.clamp(1, MAX_RETRY),
+            })));
+        }
+        self.last_token += 1;
+        let lease = MLease {
+            id: a.lease_id.clone(),
+            holder: a.holder.clone(),
+            keys: a.keys.clone(),
+            exp: self.now + a.ttl_ms,
+            token: self.last_token,
+        };
+        let exp = lease.exp;
+        self.leases.push(lease);
+        Expect::Exact(Ok(Outcome::Granted(Grant {
+            lease_id: a.lease_id.clone(),
+            fencing_token: self.last_token,
+            expires_at_ms: exp,
+            slots: a.keys.iter().map(|k| self.slot(k)).collect(),
+            reused: false,
+        })))
+    }
+
+    fn rate(&mut self, checks: &[RateCheck]) -> Expect {
+        if checks.is_empty() || checks.len() > 16 {
+            return Expect::Invalid;
+        }
+        let mut specs = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            let RateLimitRef::Inline(s) = c.limit else {
+                panic!("model only generates inline checks")
+            };
+            let spec_ok = (1..=MAX_LIMIT).contains(&s.limit)
+                && (1..=MAX_LIMIT).contains(&s.burst)
+                && (1..=MAX_PERIOD).contains(&s.period_ms);
+            if !valid_str(&c.key, 256)
+                || checks[..i].iter().any(|o| o.key == c.key)
+                || !spec_ok
+                || c.cost == 0
+                || c.cost > s.burst
+            {
+                return Expect::Invalid;
+            }
+            specs.push(s);
+        }
+        let now = u128::from(self.now) * NS;
+        // (allowed, new_tat, base, T, horizon) per check.
+        let d: Vec<_> = checks
+            .iter()
+            .zip(&specs)
+            .map(|(c, s)| {
+                let t = (u128::from(s.period_ms) * NS / u128::from(s.limit)).max(1);
+                let horizon = now + t * u128::from(s.burst);
+                let base = self.tat.get(&c.key).copied().unwrap_or(0).max(now);
+                let new = base + u128::from(c.cost) * t;
+                (new <= horizon, new, base, t, horizon)
+            })
+            .collect();
+        let all = d.iter().all(|x| x.0);
+        let mut results = Vec::new();
+        for ((c, s), &(ok, new, base, t, horizon)) in checks.iter().zip(&specs).zip(&d) {
+            let (remaining, reset, retry) = if ok && all {
+                self.tat.insert(c.key.clone(), new);
+                ((horizon - new) / t, ceil_ms(new - now), 0)
+            } else if ok {
+                ((horizon - base) / t, ceil_ms(base - now), 0)
+            } else {
+                (
+                    horizon.saturating_sub(base) / t,
+                    ceil_ms(base - now),
+                    ceil_ms(new - horizon).max(1),
+                )
+            };
+            results.push(RateResult {
+                key: c.key.clone(),
+                allowed: ok,
+                limit: s.limit,
+                period_ms: s.period_ms,
+                burst: s.burst,
+                remaining: u32::try_from(remaining).unwrap(),
+                reset_after_ms: reset,
+                retry_after_ms: retry,
+            });
+        }
+        Expect::Exact(Ok(Outcome::Rate(RateDecision {
+            allowed: all,
+            results,
+        })))
+    }
+}
+
+fn check_expect(expect: &Expect, got: &Reply) -> Result<(), TestCaseError> {
+    match expect {
+        Expect::Exact(r) => prop_assert_eq!(got, r),
+        Expect::Invalid => prop_assert!(
+            matches!(got, Err(CoreError::Invalid { .. })),
+            "expected Invalid, got {:?}",
+            got
+        ),
+        Expect::Expired(max) => prop_assert!(
+            matches!(got, Ok(Outcome::Expired { leases, .. }) if leases <= max),
+            "expected Expired with at most {} leases, got {:?}",
+            max,
+            got
+        ),
+    }
+    Ok(())
+}
+
+/// Compare every key's usage and every lease with the model.
+fn check_state(state: &State, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(state.now_ms(), model.now);
+    prop_assert_eq!(state.stats().last_token, model.last_token);
+    for k in KEYS {
+        let Ok(Outcome::Usage(u)) = state.query(&Query::Usage { key: k.into() }, 0) else {
+            return Err(TestCaseError::fail("usage query failed"));
+        };
+        let mut live: Vec<LeaseInfo> = model
+            .live()
+            .filter(|l| l.keys.iter().any(|x| x == k))
+            .map(Model::info)
+            .collect();
+        live.sort_by_key(|l| l.fencing_token);
+        prop_assert_eq!(u.used, model.used(k), "used of {}", k);
+        prop_assert_eq!(u.limit, model.limit(k), "limit of {}", k);
+        prop_assert_eq!(&u.leases, &live, "leases of {}", k);
+    }
+    // Every rate bucket decides like the model's (which never purges): probe each with
+    // a fixed check on throwaway copies.
+    for k in RATE_KEYS {
+        let probe = Op::RateCheck {
+            checks: vec![RateCheck {
+                key: k.into(),
+                cost: 1,
+                limit: RateLimitRef::Inline(RateSpec {
+                    limit: 5,
+                    period_ms: 1000,
+                    burst: 5,
+                }),
+            }],
+        };
+        let (mut s, mut m) = (state.clone(), model.clone());
+        let cmd = Command::single(0, probe);
+        let got = s.apply(&cmd).remove(0);
+        check_expect(&m.apply(&cmd)[0], &got)?;
+    }
+    for id in LEASE_IDS {
+        let got = state.query(
+            &Query::Lease {
+                lease_id: id.into(),
+            },
+            0,
+        );
+        let want = Ok(Outcome::Lease(model.live_id(id).map(Model::info)));
+        prop_assert_eq!(got, want, "lease {}", id);
+    }
+    Ok(())
+}
+
+/// The retry hint of a denial is exact: at `now + retry` the same op succeeds (if the
+/// hint was not capped), one millisecond earlier it does not.
+fn check_hints(state: &State, op: &Op, reply: &Reply) -> Result<(), TestCaseError> {
+    let at = |dt: u64, op: Op| {
+        let mut s = state.clone();
+        s.apply(&Command::single(state.now_ms() + dt, op)).remove(0)
+    };
+    match (op, reply) {
+        (Op::Acquire(a), Ok(Outcome::Denied(d))) if d.retry_after_ms < MAX_RETRY => {
+            let later = at(d.retry_after_ms, op.clone());
+            prop_assert!(
+                matches!(later, Ok(Outcome::Granted(_))),
+                "acquire {:?} denied with retry {} but still {:?}",
+                a.keys,
+                d.retry_after_ms,
+                later
+            );
+            if d.retry_after_ms > 1 {
+                let earlier = at(d.retry_after_ms - 1, op.clone());
+                prop_assert!(
+                    matches!(earlier, Ok(Outcome::Denied(_))),
+                    "retry hint {} not tight: {:?}",
+                    d.retry_after_ms,
+                    earlier
+                );
+            }
+        }
+        (Op::RateCheck { checks }, Ok(Outcome::Rate(dec))) => {
+            for (c, r) in checks.iter().zip(&dec.results) {
+                if r.allowed {
+                    continue;
+                }
+                let single = || Op::RateCheck {
+                    checks: vec![c.clone()],
+                };
+                let later = at(r.retry_after_ms, single());
+                prop_assert!(
+                    matches!(&later, Ok(Outcome::Rate(x)) if x.allowed),
+                    "rate {} retry {} but {:?}",
+                    c.key,
+                    r.retry_after_ms,
+                    later
+                );
+                if r.retry_after_ms > 1 {
+                    let earlier = at(r.retry_after_ms - 1, single());
+                    prop_assert!(
+                        matches!(&earlier, Ok(Outcome::Rate(x)) if !x.allowed),
+                        "rate retry {} not tight: {:?}",
+                        r.retry_after_ms,
+                        earlier
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// (a) + (d): every reply and every key's usage match the naive model; grants only
+    /// when used < limit; hints are exact; new tokens strictly increase.
+    #[test]
+    fn agrees_with_reference_model(cmds in sequence()) {
+        let mut state = State::new();
+        let mut model = Model::default();
+        let mut last_token = 0u64;
+        for cmd in &cmds {
+            // Model-free over-admission check for single-op acquires: read usage first,
+            // at the time the command will be applied.
+            let before: Option<Vec<(u32, u32)>> = match cmd.ops.as_slice() {
+                [Op::Acquire(a)] if a.keys.iter().all(|k| KEYS.contains(&k.as_str())) => Some(
+                    a.keys
+                        .iter()
+                        .map(|k| match state.query(&Query::Usage { key: k.clone() }, cmd.time_ms) {
+                            Ok(Outcome::Usage(u)) => (u.used, u.limit),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let pre = state.clone();
+            let replies = state.apply(cmd);
+            let expects = model.apply(cmd);
+            prop_assert_eq!(replies.len(), cmd.ops.len());
+            for (i, (r, e)) in replies.iter().zip(&expects).enumerate() {
+                check_expect(e, r).map_err(|err| {
+                    TestCaseError::fail(format!("op {i} of {cmd:?}: {err}"))
+                })?;
+                if let Ok(Outcome::Granted(g)) = r {
+                    if g.reused {
+                        prop_assert!(g.fencing_token <= last_token);
+                    } else {
+                        prop_assert!(g.fencing_token > last_token, "token went backwards");
+                        last_token = g.fencing_token;
+                        if let Some(before) = &before {
+                            for (used, limit) in before {
+                                prop_assert!(used < limit, "granted at {}/{}", used, limit);
+                            }
+                        }
+                    }
+                }
+            }
+            if cmd.ops.len() == 1 {
+                let mut p = pre;
+                p.apply(&Command::new(cmd.time_ms, vec![]));
+                check_hints(&p, &cmd.ops[0], &replies[0])?;
+            }
+            check_state(&state, &model)?;
+        }
+    }
+
+    /// (b): snapshot at a random point, restore, and the copy behaves identically.
+    #[test]
+    fn snapshot_restore_mid_sequence(cmds in sequence(), split in any::<Index>()) {
+        let split = split.index(cmds.len());
+        let mut state = State::new();
+        for c in &cmds[..split] {
+            state.apply(c);
+        }
+        let bytes = state.snapshot();
+        let mut restored = State::restore(&bytes).unwrap();
+        prop_assert_eq!(restored.digest(), state.digest());
+        prop_assert_eq!(restored.snapshot(), bytes);
+        prop_assert_eq!(restored.stats(), state.stats());
+        for c in &cmds[split..] {
+            prop_assert_eq!(restored.apply(c), state.apply(c));
+            prop_assert_eq!(restored.digest(), state.digest());
+        }
+    }
+
+    /// (c): the same sequence from two fresh states: same replies, digests and bytes.
+    #[test]
+    fn replay_is_deterministic(cmds in sequence()) {
+        let (mut a, mut b) = (State::new(), State::new());
+        for c in &cmds {
+            prop_assert_eq!(a.apply(c), b.apply(c));
+            prop_assert_eq!(a.digest(), b.digest());
+        }
+        prop_assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    /// (e): arbitrary ops — any strings, numbers, times, settings — never panic, always
+    /// get one reply each, and a rejected op changes nothing but time.
+    #[test]
+    fn arbitrary_ops_never_panic(cmds in prop::collection::vec(wild_command(), 1..40)) {
+        let mut state = State::new();
+        for c in &cmds {
+            let before = state.clone();
+            let replies = state.apply(c);
+            prop_assert_eq!(replies.len(), c.ops.len());
+            if c.ops.len() == 1 && replies[0].is_err() {
+                // Compare after purging everything dead on both sides: a rejected op may
+                // have purged a dead lease it looked at, which changes no decision.
+                let purge = Command::single(c.time_ms, Op::Expire {
+                    max_leases: u32::MAX,
+                    max_rate_keys: u32::MAX,
+                });
+                let (mut b, mut s) = (before, state.clone());
+                b.apply(&purge);
+                s.apply(&purge);
+                prop_assert_eq!(b.digest(), s.digest(), "rejected op changed state: {:?}", c);
+            }
+            for q in wild_queries(c) {
+                let _ = state.query(&q, c.time_ms);
+            }
+        }
+        let restored = State::restore(&state.snapshot()).unwrap();
+        prop_assert_eq!(restored.digest(), state.digest());
+    }
+
+    /// (e): restore never panics on garbage or on a corrupted snapshot.
+    #[test]
+    fn restore_never_panics(
+        cmds in sequence(),
+        garbage in prop::collection::vec(any::<u8>(), 0..200),
+        flips in prop::collection::vec((any::<Index>(), any::<u8>()), 1..4),
+        cut in any::<Index>(),
+    ) {
+        let _ = State::restore(&garbage);
+        let mut state = State::new();
+        for c in &cmds {
+            state.apply(c);
+        }
+        let bytes = state.snapshot();
+        let mut bad = bytes.clone();
+        for (i, v) in &flips {
+            let i = i.index(bad.len());
+            bad[i] ^= v | 1;
+        }
+        if let Ok(mut s) = State::restore(&bad) {
+            // Whatever it accepted must be usable.
+            let _ = s.digest();
+            s.apply(&Command::single(s.now_ms() + 1, Op::Expire { max_leases: 100, max_rate_keys: 100 }));
+        }
+        let _ = State::restore(&bytes[..cut.index(bytes.len())]);
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Wild inputs for the totality test
+
+fn wild_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["k0", "global", "org:*", "*", "L0", "api", "gold"])
+            .prop_map(String::from),
+        2 => "[a-z:*]{0,6}",
+        2 => any::<String>(),
+        1 => Just("x".repeat(257)),
+        1 => Just(String::new()),
+    ]
+}
+
+fn wild_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 0u64..5000, 1 => any::<u64>(), 1 => Just(u64::MAX), 1 => Just(0)]
+}
+
+fn wild_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 0u32..20, 1 => any::<u32>(), 1 => Just(u32::MAX), 1 => Just(1_000_000)]
+}
+
+fn wild_spec() -> impl Strategy<Value = RateSpec> {
+    (wild_u32(), wild_u64(), wild_u32()).prop_map(|(limit, period_ms, burst)| RateSpec {
+        limit,
+        period_ms,
+        burst,
+    })
+}
+
+fn wild_policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        (wild_string(), wild_u32())
+            .prop_map(|(pattern, limit)| Policy::Concurrency { pattern, limit }),
+        wild_spec().prop_map(Policy::Rate),
+    ]
+}
+
+fn wild_op() -> impl Strategy<Value = Op> {
+    let check = (
+        wild_string(),
+        wild_u32(),
+        prop_oneof![
+            (wild_string(), prop::option::of(wild_string()))
+                .prop_map(|(name, tier)| RateLimitRef::Policy { name, tier }),
+            wild_spec().prop_map(RateLimitRef::Inline),
+        ],
+    )
+        .prop_map(|(key, cost, limit)| RateCheck { key, cost, limit });
+    let settings = (wild_u32(), wild_u32(), wild_u64(), wild_u64(), wild_u64()).prop_map(
+        |(default_limit, max_limit, max_ttl_ms, max_retry_after_ms, max_period_ms)| Settings {
+            default_limit,
+            max_limit,
+            max_ttl_ms,
+            max_retry_after_ms,
+            max_period_ms,
+        },
+    );
+    prop_oneof![
+        (
+            prop::collection::vec(wild_string(), 0..10),
+            wild_string(),
+            wild_string(),
+            wild_u64()
+        )
+            .prop_map(|(keys, lease_id, holder, ttl_ms)| Op::Acquire(Acquire {
+                keys,
+                lease_id,
+                holder,
+                ttl_ms
+            })),
+        wild_string().prop_map(|lease_id| Op::Release { lease_id }),
+        (wild_string(), wild_u64()).prop_map(|(lease_id, ttl_ms)| Op::Renew { lease_id, ttl_ms }),
+        (wild_u32(), wild_u32()).prop_map(|(max_leases, max_rate_keys)| Op::Expire {
+            max_leases,
+            max_rate_keys
+        }),
+        (wild_string(), wild_u32()).prop_map(|(key, limit)| Op::SetLimit { key, limit }),
+        wild_string().prop_map(|key| Op::DeleteLimit { key }),
+        prop::collection::vec(check, 0..18).prop_map(|checks| Op::RateCheck { checks }),
+        (wild_string(), wild_policy()).prop_map(|(name, policy)| Op::PutPolicy { name, policy }),
+        wild_string().prop_map(|name| Op::DeletePolicy { name }),
+        (wild_string(), wild_u32()).prop_map(|(name, multiplier_milli)| Op::PutTier {
+            name,
+            multiplier_milli
+        }),
+        wild_string().prop_map(|name| Op::DeleteTier { name }),
+        (
+            wild_u64(),
+            settings,
+            prop::collection::vec((wild_string(), wild_policy()), 0..4),
+            prop::collection::vec((wild_string(), wild_u32()), 0..3)
+        )
+            .prop_map(|(source_digest, settings, policies, tiers)| Op::Configure(
+                Box::new(Configuration {
+                    source_digest,
+                    settings,
+                    policies,
+                    tiers
+                })
+            )),
+        Just(Op::Noop),
+    ]
+}
+
+fn wild_command() -> impl Strategy<Value = Command> {
+    (wild_u64(), prop::collection::vec(wild_op(), 0..4)).prop_map(|(t, ops)| Command::new(t, ops))
+}
+
+/// Queries built from the strings of a command.
+fn wild_queries(c: &Command) -> Vec<Query> {
+    let mut qs = vec![
+        Query::Policies,
+        Query::Limits {
+            prefix: String::new(),
+            max: u32::MAX,
+        },
+    ];
+    for op in &c.ops {
+        match op {
+            Op::Acquire(a) => {
+                qs.push(Query::Lease {
+                    lease_id: a.lease_id.clone(),
+                });
+                for k in &a.keys {
+                    qs.push(Query::Usage { key: k.clone() });
+                    qs.push(Query::Limit { key: k.clone() });
+                    qs.push(Query::Limits {
+                        prefix: k.clone(),
+                        max: 2,
+                    });
+                }
+            }
+            Op::SetLimit { key, .. } | Op::DeleteLimit { key } => {
+                qs.push(Query::Usage { key: key.clone() })
+            }
+            _ => {}
+        }
+    }
+    qs
+}
