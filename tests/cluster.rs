@@ -324,3 +324,33 @@ async fn a_node_is_added_as_voter_and_removed_through_the_membership_api() {
     // The remaining three still decide.
     acquire(&c, leader, "job:members", "m2").await;
 }
+
+/// Regression (found by `scripts/fuzz_api.sh`): asking the leader to remove itself, then
+/// changing membership again, tripped a leader-only assertion inside openraft 0.9 and
+/// stopped Raft on that node. The leader now refuses to remove itself (stop it, let
+/// another node lead, remove it there), and membership changes are serialized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_to_remove_itself_and_keeps_serving() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader_id().await;
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap_or(&1);
+
+    // Through the leader and through a follower (which forwards): refused, 400.
+    for via in [leader, follower] {
+        let (status, body) = c.delete(via, &format!("/v1/members/{leader}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "via {via}: {body}");
+        assert_eq!(body["error"], json!("invalid_request"), "{body}");
+    }
+    // The same follow-up the fuzzer sent: another membership change, then writes.
+    let (status, body) = c.delete(leader, "/v1/members/0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    acquire(&c, follower, "job:self-removal", "s1").await;
+    assert_eq!(c.leader_id().await, leader, "leadership did not move");
+    assert!(
+        !c.logs(leader).contains("panicked"),
+        "{}",
+        c.tail(leader, 40)
+    );
+    let (_, view) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
+}

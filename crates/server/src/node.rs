@@ -93,6 +93,10 @@ pub struct Node {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Cluster id and secret that incoming peer requests must carry.
     peer_auth: PeerAuth,
+    /// One membership change at a time: openraft 0.9 rejects overlapping changes at
+    /// best, and a change proposed while a previous one is still taking effect is
+    /// where its leader-only assertions live.
+    membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -148,6 +152,7 @@ impl Node {
             committed_cache: AtomicU64::new(NONE),
             tasks: Mutex::new(vec![batcher_task]),
             peer_auth,
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         tracing::info!(node = id, fresh, "raft started");
 
@@ -432,6 +437,7 @@ impl Node {
                 leader: self.current_leader(),
             });
         }
+        let _one_at_a_time = self.membership_lock.lock().await;
         if req.id == 0 {
             return Err(ForwardError::Membership("node id 0 is reserved".into()));
         }
@@ -482,6 +488,18 @@ impl Node {
                 leader: self.current_leader(),
             });
         }
+        // A leader removing itself leaves openraft 0.9 proposing membership entries
+        // as a leader that is no longer in the config, which trips its internal
+        // leader-only assertion and stops Raft on this node (found by the API fuzz
+        // run). Step the leader down first: stop it, let another node win, and remove
+        // it through the new leader.
+        if id == self.id {
+            return Err(ForwardError::Membership(format!(
+                "node {id} is the current leader and cannot remove itself; stop it so \
+                 another node takes over, then remove it through the new leader"
+            )));
+        }
+        let _one_at_a_time = self.membership_lock.lock().await;
         let (is_voter, is_node) = {
             let m = self.raft.metrics();
             let m = m.borrow();
