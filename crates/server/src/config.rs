@@ -184,6 +184,12 @@ pub struct ServerSection {
     pub expire_interval_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,
+    /// Most open connections per listener (API and Raft each); further connections
+    /// are closed at once, so a flood cannot exhaust file descriptors or memory.
+    pub max_connections: usize,
+    /// A client must send its complete request headers within this time, or the
+    /// connection is closed (slowloris).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -195,6 +201,8 @@ impl Default for ServerSection {
             batch_max_in_flight: 3,
             expire_interval_ms: 1000,
             drain_timeout_ms: 10_000,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -397,6 +405,12 @@ impl ClusterConfig {
         }
         if s.expire_interval_ms == 0 {
             return Err("server.expire_interval_ms must be at least 1".into());
+        }
+        if self.server.max_connections == 0 || self.server.header_read_timeout_ms == 0 {
+            return Err(
+                "server.max_connections and server.header_read_timeout_ms must be at least 1"
+                    .into(),
+            );
         }
 
         let settings = self.settings();

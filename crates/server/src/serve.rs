@@ -125,8 +125,18 @@ pub async fn serve_on(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut api_task = spawn_server(listeners.api, api_router, stop_rx.clone());
-    let mut rpc_task = spawn_server(listeners.raft, rpc_router, stop_rx);
+    let mut api_task = spawn_server(
+        listeners.api,
+        api_router,
+        stop_rx.clone(),
+        ConnLimits::from_config(&config),
+    );
+    let mut rpc_task = spawn_server(
+        listeners.raft,
+        rpc_router,
+        stop_rx,
+        ConnLimits::from_config(&config),
+    );
 
     let mut result = Ok(());
     tokio::select! {
@@ -175,22 +185,82 @@ fn local_addr(l: &TcpListener) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Per-listener connection limits (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl ConnLimits {
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        Self {
+            max_connections: config.server.max_connections,
+            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `stop` turns true, then finish in-flight
+/// connections (the caller bounds how long that may take).
+///
+/// A hand-written accept loop rather than `axum::serve`, for two protections that
+/// `axum::serve` does not offer: a cap on open connections (beyond it a connection is
+/// closed at once, so a flood cannot exhaust file descriptors or memory) and a
+/// deadline for the request headers (a slowloris client that trickles headers is
+/// disconnected). Each connection gets the peer address as `ConnectInfo`, which the
+/// API's loopback-only mode and the peer-refusal logs rely on.
 fn spawn_server(
     listener: TcpListener,
     router: axum::Router,
     mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
 ) -> JoinHandle<std::io::Result<()>> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::Service;
+
     tokio::spawn(async move {
-        // Connect info lets the API serve loopback-only when no tokens are set, and
-        // lets both routers log who was refused.
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+        let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut make = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        loop {
+            let (stream, peer) = tokio::select! {
+                // The watch guard must not live across the select (it is not Send).
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(svc) = make.call(peer).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
     })
 }
 
