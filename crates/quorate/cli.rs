@@ -47,6 +47,9 @@ pub struct Target {
     /// Bearer token, if the cluster requires one.
     #[arg(long, global = true, env = "QUORATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate to trust for https:// nodes (the cluster's tls.ca_file).
+    #[arg(long, global = true, env = "QUORATE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Give up after this many milliseconds of retrying across nodes.
     #[arg(long, global = true, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -235,7 +238,14 @@ fn node_urls(t: &Target) -> anyhow::Result<Vec<String>> {
     Ok(config
         .nodes
         .iter()
-        .map(|n| format!("http://{}", n.api_addr))
+        .map(|n| {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", n.api_addr)
+        })
         .collect())
 }
 
@@ -303,6 +313,11 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
     cfg.deadline = Duration::from_millis(t.timeout_ms);
     cfg.request_timeout = Duration::from_millis(t.timeout_ms.clamp(100, 3000));
     cfg.holder = "quorate-cli".into();
+    if let Some(path) = &t.ca_file {
+        cfg.ca_pem = Some(
+            std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?,
+        );
+    }
     let client = Client::new(cfg)?;
     let json = t.json;
 
@@ -317,10 +332,9 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
 
     match cmd {
         Ops::Status { .. } => {
-            let http = reqwest::Client::new();
             let mut views = Vec::new();
             for u in &urls {
-                let ready = node_ready(&http, u).await;
+                let ready = client.ready_at(u).await;
                 views.push((u.clone(), client.cluster_at(u).await, ready));
             }
             if json {
@@ -769,12 +783,4 @@ fn print_members(r: &proto::MembersResponse, json: bool) {
 
 fn short(s: &str) -> String {
     s.chars().take(60).collect()
-}
-
-/// `GET /readyz` on one node.
-async fn node_ready(http: &reqwest::Client, url: &str) -> bool {
-    matches!(
-        http.get(format!("{url}/readyz")).timeout(Duration::from_secs(1)).send().await,
-        Ok(r) if r.status().is_success()
-    )
 }

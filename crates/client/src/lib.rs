@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// Holder text recorded with leases (e.g. host and pid).
     pub holder: String,
+    /// PEM CA certificate to trust for `https://` nodes (the cluster's `tls.ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -88,6 +90,7 @@ impl ClientConfig {
             failure_policy: FailurePolicy::Closed,
             token: None,
             holder: format!("pid-{}", std::process::id()),
+            ca_pem: None,
         }
     }
 }
@@ -178,7 +181,13 @@ impl Client {
                 )));
             }
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &cfg.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+            builder = builder.use_rustls_tls().add_root_certificate(ca);
+        }
+        let http = builder
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(1)))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -510,6 +519,15 @@ impl Client {
         } else {
             Err(api_error(&a))
         }
+    }
+
+    /// `GET /readyz` on one specific node: does it know a leader and has it caught up?
+    pub async fn ready_at(&self, node_url: &str) -> bool {
+        let url = format!("{}/readyz", node_url.trim_end_matches('/'));
+        matches!(
+            self.inner.http.get(&url).timeout(Duration::from_secs(1)).send().await,
+            Ok(r) if r.status().is_success()
+        )
     }
 
     pub async fn add_member(

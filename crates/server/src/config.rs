@@ -49,6 +49,7 @@ use serde::Deserialize;
 use crate::api::ApiConfig;
 use crate::auth::{ApiAuth, AuthSection, PeerAuth};
 use crate::error::ServerError;
+use crate::tls::{Tls, TlsSection};
 
 /// Prefix of environment variables that override file values.
 pub const ENV_PREFIX: &str = "QUORATE_";
@@ -85,6 +86,9 @@ pub struct ClusterConfig {
     /// API tokens and the peer secret (see `auth.rs`).
     #[serde(default)]
     pub auth: AuthSection,
+    /// Optional TLS for every listener and between peers (see `tls.rs`).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
     /// The file this was read from (for messages); empty when parsed from a string.
     #[serde(skip)]
     pub source: PathBuf,
@@ -574,6 +578,19 @@ impl ClusterConfig {
             path: self.source.clone(),
             message: format!("[raft]: {e}"),
         })
+    }
+
+    /// Load the `[tls]` material, if configured.
+    pub fn tls(&self) -> Result<Option<Tls>, ServerError> {
+        let base = self.source.parent().unwrap_or_else(|| Path::new("."));
+        self.tls
+            .as_ref()
+            .map(|t| t.load(base))
+            .transpose()
+            .map_err(|message| ServerError::Config {
+                path: self.source.clone(),
+                message,
+            })
     }
 
     /// Resolve the `[auth]` secrets (files relative to the config file, env vars).

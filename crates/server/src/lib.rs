@@ -22,6 +22,7 @@ pub mod network;
 pub mod node;
 pub mod raft_rpc;
 pub mod serve;
+pub mod tls;
 
 pub use config::ClusterConfig;
 pub use error::ServerError;

@@ -103,15 +103,30 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Peer id → address used instead of its `raft_addr` (`QUORATE_PEER_ADDRS`).
     peer_addrs: Arc<BTreeMap<u64, String>>,
+    /// `https` when `[tls]` is configured (peers are then verified against its CA).
+    scheme: &'static str,
 }
 
 impl PeerClient {
     /// `headers` go on every request (cluster id and secret, see `auth.rs`).
+    /// With `tls_ca` (PEM), peers are called over https and must present a
+    /// certificate signed by that CA.
     pub fn new(
         connect_timeout: Duration,
         headers: reqwest::header::HeaderMap,
+        tls_ca: Option<&[u8]>,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        let scheme = match tls_ca {
+            Some(pem) => {
+                builder = builder
+                    .use_rustls_tls()
+                    .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder
             .default_headers(headers)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -125,6 +140,7 @@ impl PeerClient {
         Ok(Self {
             http,
             peer_addrs: Arc::default(),
+            scheme,
         })
     }
 
@@ -157,7 +173,7 @@ impl PeerClient {
         let addr = self.addr_of(peer, addr);
         let req = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(TIMEOUT_HEADER, timeout.as_millis().to_string())
             .timeout(timeout)
@@ -176,7 +192,7 @@ impl PeerClient {
         let addr = self.addr_of(peer, addr);
         let req = self
             .http
-            .get(format!("http://{addr}{path}"))
+            .get(format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout);
         Self::finish(req).await
     }
@@ -330,7 +346,7 @@ mod tests {
 
     #[test]
     fn peer_addrs_override_only_the_named_peers() {
-        let client = PeerClient::new(Duration::from_millis(100), Default::default())
+        let client = PeerClient::new(Duration::from_millis(100), Default::default(), None)
             .unwrap()
             .with_peer_addrs(BTreeMap::from([(2, "127.0.0.1:41002".to_string())]));
         assert_eq!(client.addr_of(2, "10.0.0.2:7202"), "127.0.0.1:41002");
@@ -353,7 +369,7 @@ mod tests {
                 .unwrap();
             head
         });
-        let client = PeerClient::new(Duration::from_millis(500), Default::default())
+        let client = PeerClient::new(Duration::from_millis(500), Default::default(), None)
             .unwrap()
             .with_peer_addrs(BTreeMap::from([(7, proxy)]));
         // Port 1 on loopback: nothing listens there, so only the override can answer.

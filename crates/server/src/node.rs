@@ -119,9 +119,11 @@ impl Node {
         let Storage { log, sm } = storage;
         let raft_config = Arc::new(config.raft_config()?);
         let (_, peer_auth) = config.auth()?;
+        let tls = config.tls()?;
         let peers = PeerClient::new(
             Duration::from_millis(config.raft.connect_timeout_ms),
             peer_auth.outgoing_headers(),
+            tls.as_ref().map(|t| t.ca_pem.as_slice()),
         )
         .map_err(|e| ServerError::Raft(format!("cannot build the peer HTTP client: {e}")))?
         .with_peer_addrs(config.peer_addrs.clone());

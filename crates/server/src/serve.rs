@@ -91,6 +91,7 @@ pub async fn serve_on(
 
     let config = Arc::new(config);
     let (api_auth, peer_auth) = config.auth()?;
+    let tls = config.tls()?.map(|t| t.acceptor);
     if api_auth.is_open() {
         tracing::warn!(
             "no [auth] tokens configured: the API serves loopback callers only; \
@@ -130,12 +131,14 @@ pub async fn serve_on(
         api_router,
         stop_rx.clone(),
         ConnLimits::from_config(&config),
+        tls.clone(),
     );
     let mut rpc_task = spawn_server(
         listeners.raft,
         rpc_router,
         stop_rx,
         ConnLimits::from_config(&config),
+        tls,
     );
 
     let mut result = Ok(());
@@ -213,21 +216,21 @@ impl ConnLimits {
 fn spawn_server(
     listener: TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> JoinHandle<std::io::Result<()>> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
     use tower::Service;
 
     tokio::spawn(async move {
-        let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let max = limits.max_connections;
+        let open = Arc::new(tokio::sync::Semaphore::new(max));
         let mut make = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let mut stop_accepting = stop.clone();
         loop {
             let (stream, peer) = tokio::select! {
                 // The watch guard must not live across the select (it is not Send).
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                _ = async { let _ = stop_accepting.wait_for(|s| *s).await; } => break,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -239,29 +242,87 @@ fn spawn_server(
                 },
             };
             let Ok(permit) = open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing");
+                tracing::warn!(%peer, max, "connection limit reached; closing");
                 drop(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let Ok(svc) = make.call(peer).await;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            let conn = graceful.watch(conn);
+            let stop = stop.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                match tls {
+                    None => serve_connection(stream, svc, limits, stop, peer).await,
+                    Some(acceptor) => {
+                        // The handshake gets the same deadline as the headers.
+                        match tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, svc, limits, stop, peer).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
                 drop(permit);
             });
         }
         drop(listener);
-        graceful.shutdown().await;
+        // Every connection holds a permit until it ends: having them all back means
+        // every in-flight request has finished (the caller bounds the wait).
+        let _ = open
+            .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+            .await;
         Ok(())
     })
+}
+
+/// Serve HTTP/1.1 on one connection until it ends; on shutdown, finish the request in
+/// flight and close.
+async fn serve_connection<I, S>(
+    io: I,
+    svc: S,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let svc = TowerToHyperService::new(svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 fn server_failed(

@@ -1,0 +1,124 @@
+//! With `[tls]`, a three-node cluster forms over TLS (votes, appends and forwarding all
+//! travel over https verified against the cluster CA) and serves its API over TLS: a
+//! client trusting the CA is served, plain HTTP and clients that do not trust the CA
+//! are not. Certificates come from `scripts/make_test_ca.sh` (openssl).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use quorate_server::serve::{serve_on, Listeners};
+use quorate_server::ClusterConfig;
+use tokio::net::TcpListener;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_forms_and_serves_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_test_ca.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir.path().join("tls"))
+        .status()
+        .expect("run make_test_ca.sh (needs openssl)");
+    assert!(status.success());
+
+    let mut listeners = Vec::new();
+    let mut nodes_toml = String::new();
+    for id in 1..=3u64 {
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        nodes_toml.push_str(&format!(
+            "[[nodes]]\nid = {id}\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
+            api.local_addr().expect("addr"),
+            raft.local_addr().expect("addr")
+        ));
+        listeners.push((id, Listeners { api, raft }));
+    }
+    let text = format!(
+        "cluster_id = \"tls\"\ndata_dir = \"data\"\n{nodes_toml}\n[raft]\nheartbeat_interval_ms = 50\n\
+         election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
+         [tls]\ncert_file = \"tls/node.pem\"\nkey_file = \"tls/node.key\"\nca_file = \"tls/ca.pem\"\n"
+    );
+    let config = ClusterConfig::parse(&text, &dir.path().join("cluster.toml"), std::iter::empty())
+        .expect("config");
+    let urls: Vec<String> = config
+        .nodes
+        .iter()
+        .map(|n| format!("https://{}", n.api_addr))
+        .collect();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (id, l) in listeners {
+        let config = config.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            serve_on(config, id, l, shutdown).await.expect("serve");
+        }));
+    }
+
+    let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca");
+    let trusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    // Ready on every node = a leader was elected over TLS peer traffic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for u in &urls {
+        loop {
+            let ok = trusted
+                .get(format!("{u}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{u} never became ready over TLS");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Writes through every node (followers forward to the leader over TLS).
+    for (i, u) in urls.iter().enumerate() {
+        let r = trusted
+            .post(format!("{u}/v1/slots/acquire"))
+            .body(format!(r#"{{"keys":["org:tls"],"lease_id":"t{i}"}}"#))
+            .send()
+            .await
+            .expect("acquire over TLS");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    // Plain HTTP on the TLS port gets nothing useful.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let http_url = urls[0].replacen("https://", "http://", 1);
+    let r = plain.get(format!("{http_url}/healthz")).send().await;
+    assert!(
+        r.is_err() || !r.is_ok_and(|r| r.status().is_success()),
+        "plain HTTP must not be served"
+    );
+    // A client that does not trust the cluster CA is refused by its own TLS check.
+    let untrusting = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    assert!(untrusting
+        .get(format!("{}/healthz", urls[0]))
+        .send()
+        .await
+        .is_err());
+
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("shut down")
+            .expect("join");
+    }
+}
