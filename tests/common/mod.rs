@@ -4,8 +4,10 @@
 //! directory (short Raft timeouts so elections take a fraction of a second), spawns one
 //! process per node from the binary under test, and waits — polling `/readyz` with a
 //! deadline, never sleeping blindly — until every node knows a leader and has caught
-//! up. Nodes can then be killed (SIGKILL: a crash), stopped (SIGTERM: graceful) and
-//! restarted on the same data directory.
+//! up. Nodes can then be killed (SIGKILL: a crash), stopped (SIGTERM: graceful),
+//! paused (SIGSTOP/SIGCONT) and restarted on the same data directory. The `try_*`
+//! variants of the waits return an error at their deadline instead of panicking, for
+//! callers (the chaos suite) that record a failure and carry on.
 //!
 //! Each node's output goes to `<tmp>/node-<id>.log`; when a test panics, the end of
 //! every log is printed so the failure can be understood from CI output alone.
@@ -91,6 +93,9 @@ pub struct Options {
     /// Extra environment for every node process (e.g. `QUORATE_LOG`, or
     /// `QUORATE_<SECTION>_<KEY>` overrides).
     pub env: Vec<(String, String)>,
+    /// Extra environment for one node (by id), applied after `env` (e.g. its
+    /// `QUORATE_PEER_ADDRS`).
+    pub node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 impl Options {
@@ -105,6 +110,7 @@ impl Options {
             default_ttl_ms: 60_000,
             policies_toml: DEFAULT_POLICIES.to_string(),
             env: Vec::new(),
+            node_env: BTreeMap::new(),
         }
     }
 }
@@ -268,6 +274,9 @@ impl Cluster {
         for (k, v) in &self.options.env {
             cmd.env(k, v);
         }
+        for (k, v) in self.options.node_env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("spawn quorate serve");
         self.procs.insert(id, child);
     }
@@ -278,6 +287,31 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The OS process id of node `id`, if it was started and not killed.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(Child::id)
+    }
+
+    fn signal(&self, id: u64, signal: rustix::process::Signal) {
+        let pid = self
+            .pid(id)
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("signal {signal:?} to node {id}: {e}"));
+    }
+
+    /// SIGSTOP node `id`: the process freezes with its sockets open (a long GC pause,
+    /// a stalled VM). Resume with [`Cluster::resume`]; [`Cluster::kill`] also works.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, rustix::process::Signal::CONT);
     }
 
     /// SIGTERM node `id` and wait for it to exit (graceful shutdown).
@@ -311,18 +345,25 @@ impl Cluster {
 
     /// Poll `/readyz` until it answers 200.
     pub async fn wait_ready(&self, id: u64) {
-        let deadline = Instant::now() + DEADLINE;
+        if let Err(e) = self.try_wait_ready(id, Instant::now() + DEADLINE).await {
+            panic!("{e}\n{}", self.tail(id, 40));
+        }
+    }
+
+    /// Poll `/readyz` until it answers 200, or fail at `deadline`.
+    pub async fn try_wait_ready(&self, id: u64, deadline: Instant) -> Result<(), String> {
         loop {
-            if let Ok(r) = self.http.get(self.url(id, "/readyz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
+            let probe = self
+                .http
+                .get(self.url(id, "/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if probe.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "node {id} not ready within {DEADLINE:?}\n{}",
-                    self.tail(id, 40)
-                );
+                return Err(format!("node {id} not ready by the deadline"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -339,6 +380,7 @@ impl Cluster {
         let r = self
             .http
             .get(self.url(id, "/v1/cluster"))
+            .timeout(Duration::from_secs(2))
             .send()
             .await
             .ok()?;
@@ -350,7 +392,15 @@ impl Cluster {
 
     /// The leader, once every running node names the same running leader.
     pub async fn leader_id(&mut self) -> u64 {
-        let deadline = Instant::now() + DEADLINE;
+        match self.try_leader_id(Instant::now() + DEADLINE).await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}\n{}", self.tails(30)),
+        }
+    }
+
+    /// The leader, once every running node names the same running leader; an error
+    /// at `deadline`.
+    pub async fn try_leader_id(&mut self, deadline: Instant) -> Result<u64, String> {
         loop {
             let running = self.running();
             let mut leaders = Vec::new();
@@ -359,14 +409,13 @@ impl Cluster {
             }
             if let Some(Some(l)) = leaders.first() {
                 if leaders.iter().all(|x| *x == Some(*l)) && running.contains(l) {
-                    return *l;
+                    return Ok(*l);
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "running nodes {running:?} did not agree on a running leader: {leaders:?}\n{}",
-                    self.tails(30)
-                );
+                return Err(format!(
+                    "running nodes {running:?} did not agree on a running leader: {leaders:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -375,7 +424,16 @@ impl Cluster {
     /// Wait until every running node reports the same applied index and state digest;
     /// returns them.
     pub async fn wait_converged(&mut self) -> (u64, String) {
-        let deadline = Instant::now() + DEADLINE;
+        match self.try_converged(Instant::now() + DEADLINE).await {
+            Ok(v) => v,
+            Err(e) => panic!("{e}\n{}", self.tails(30)),
+        }
+    }
+
+    /// Like [`Cluster::wait_converged`], with an error at `deadline`. Nodes keep
+    /// applying housekeeping entries, so views are compared until one round finds
+    /// them all at the same applied index with the same digest.
+    pub async fn try_converged(&mut self, deadline: Instant) -> Result<(u64, String), String> {
         loop {
             let running = self.running();
             let mut views = Vec::new();
@@ -391,14 +449,11 @@ impl Cluster {
                     .iter()
                     .all(|v| v.as_ref() == Some(&(Some(*applied), digest.clone())))
                 {
-                    return (*applied, digest.clone());
+                    return Ok((*applied, digest.clone()));
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "nodes {running:?} did not converge: {views:?}\n{}",
-                    self.tails(30)
-                );
+                return Err(format!("nodes {running:?} did not converge: {views:?}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -17,7 +17,10 @@
 //! **Reads** are linearizable: the leader confirms its leadership with a quorum and
 //! waits until its state machine has applied everything committed before
 //! (`Raft::ensure_linearizable`), then queries the state; followers forward. Reads are
-//! retried freely within the deadline since they change nothing.
+//! retried freely within the deadline since they change nothing. Right after a restart
+//! a read also waits until the log the node had on disk is applied: a leader restored
+//! into its old term would otherwise read at a stale committed index (a bug the chaos
+//! suite found; see `startup_log_index`).
 //!
 //! **Background tasks.**
 //! - *Bootstrap*: a brand-new cluster forms exactly once. Only the node with the lowest
@@ -40,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, Raft, ServerState};
 use quorate_core::{Op, Outcome, Query, Reply};
 use quorate_proto::{AddMemberRequest, ClusterResponse, Member, MembersResponse};
@@ -90,6 +94,13 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// Last committed index seen by the housekeeping tick (for the sync metrics path).
     committed_cache: AtomicU64,
+    /// Index of the last log entry on disk when this process started. A node that
+    /// was leader when it crashed restarts as leader of the *same* term (openraft 0.9
+    /// restores leadership from a committed vote, without a new blank entry) and with
+    /// the committed index it last persisted, which may lag entries it had already
+    /// acknowledged; openraft's read index is then that stale committed index. So
+    /// reads also wait until this index is applied (see [`Node::read_barrier`]).
+    startup_log_index: Option<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Cluster id and secret that incoming peer requests must carry.
     peer_auth: PeerAuth,
@@ -116,7 +127,13 @@ impl Node {
     ) -> Result<Arc<Node>, ServerError> {
         config.node(id)?;
         let fresh = storage.is_fresh();
-        let Storage { log, sm } = storage;
+        let Storage { mut log, sm } = storage;
+        let startup_log_index = log
+            .get_log_state()
+            .await
+            .map_err(|e| ServerError::Raft(format!("cannot read the log state: {e}")))?
+            .last_log_id
+            .map(|l| l.index);
         let raft_config = Arc::new(config.raft_config()?);
         let (_, peer_auth) = config.auth()?;
         let tls = config.tls()?;
@@ -152,6 +169,7 @@ impl Node {
             batcher,
             metrics,
             committed_cache: AtomicU64::new(NONE),
+            startup_log_index,
             tasks: Mutex::new(vec![batcher_task]),
             peer_auth,
             membership_lock: tokio::sync::Mutex::new(()),
@@ -397,7 +415,8 @@ impl Node {
     }
 
     /// Linearizable read barrier: confirm leadership with a quorum and wait until
-    /// everything committed before now is applied.
+    /// everything committed before now is applied — including, right after a restart,
+    /// everything this node had in its log when it started (see `startup_log_index`).
     async fn read_barrier(&self, deadline: Instant) -> Result<(), ForwardError> {
         if !self.is_leader() {
             return Err(ForwardError::NotLeader {
@@ -408,7 +427,7 @@ impl Node {
             Err(_) => Err(ForwardError::Unavailable(
                 "leadership not confirmed by a quorum within the request timeout".into(),
             )),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => self.wait_startup_log_applied(deadline).await,
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ForwardError::NotLeader {
                     leader: f.leader_id,
@@ -418,6 +437,31 @@ impl Node {
                 Err(ForwardError::Unavailable(e.to_string()))
             }
             Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Unavailable(format!("raft: {e}"))),
+        }
+    }
+
+    /// Wait until the state machine has applied `startup_log_index`. A leader that kept
+    /// its term across a restart may have acknowledged writes up to there; they are
+    /// committed (or will be, by this leader) but its persisted committed index, and
+    /// so openraft's read index, may not cover them yet. A no-op once reached.
+    async fn wait_startup_log_applied(&self, deadline: Instant) -> Result<(), ForwardError> {
+        let Some(want) = self.startup_log_index else {
+            return Ok(());
+        };
+        let mut rx = self.raft.metrics();
+        loop {
+            rx.borrow_and_update();
+            if self.sm.last_applied().is_some_and(|l| l.index >= want) {
+                return Ok(());
+            }
+            match timeout_at(tokio_deadline(deadline), rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(ForwardError::Unavailable(format!(
+                        "the log this node had at startup (up to {want}) is not applied yet"
+                    )))
+                }
+            }
         }
     }
 
