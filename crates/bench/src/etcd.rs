@@ -20,8 +20,16 @@ pub fn b64(data: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -324,7 +332,10 @@ impl Client {
 
     pub async fn lease_grant(&self, ttl_s: i64) -> Result<i64, BenchError> {
         let r: LeaseGrantResponse = self
-            .post("/v3/lease/grant", &serde_json::json!({ "TTL": ttl_s.to_string() }))
+            .post(
+                "/v3/lease/grant",
+                &serde_json::json!({ "TTL": ttl_s.to_string() }),
+            )
             .await?;
         if !r.error.is_empty() {
             return Err(BenchError::Protocol(format!("lease grant: {}", r.error)));
@@ -334,7 +345,10 @@ impl Client {
 
     pub async fn lease_revoke(&self, id: i64) -> Result<(), BenchError> {
         let _: serde_json::Value = self
-            .post("/v3/lease/revoke", &serde_json::json!({ "ID": id.to_string() }))
+            .post(
+                "/v3/lease/revoke",
+                &serde_json::json!({ "ID": id.to_string() }),
+            )
             .await?;
         Ok(())
     }
@@ -346,7 +360,15 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for s in ["", "a", "ab", "abc", "abcd", "sem/org:hot/c1-7", "\u{ff}\u{0}x"] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "sem/org:hot/c1-7",
+            "\u{ff}\u{0}x",
+        ] {
             let e = b64(s.as_bytes());
             assert_eq!(unb64(&e).unwrap(), s.as_bytes(), "{s}");
         }

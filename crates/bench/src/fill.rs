@@ -42,9 +42,14 @@ pub struct FillResult {
 pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
     let http = systems::http_client()?;
     let base = &spec.targets[0];
-    let base = if base.starts_with("http") { base.clone() } else { format!("http://{base}") };
+    let base = if base.starts_with("http") {
+        base.clone()
+    } else {
+        format!("http://{base}")
+    };
     // Room for every lease on its fill key.
-    let per_key = u32::try_from(spec.leases.div_ceil(spec.lease_keys.max(1)) + 1).unwrap_or(u32::MAX);
+    let per_key =
+        u32::try_from(spec.leases.div_ceil(spec.lease_keys.max(1)) + 1).unwrap_or(u32::MAX);
     let resp = http
         .put(format!("{base}/v1/policies/bench-fill"))
         .json(&proto::PolicySpec::Concurrency {
@@ -54,7 +59,10 @@ pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
         .send()
         .await?;
     if !resp.status().is_success() {
-        return Err(BenchError::Status(resp.status().as_u16(), resp.text().await.unwrap_or_default()));
+        return Err(BenchError::Status(
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        ));
     }
 
     let t0 = Instant::now();
@@ -69,7 +77,11 @@ pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
         let lease_next = lease_next.clone();
         handles.push(tokio::spawn(async move {
             let target = &spec.targets[i % spec.targets.len()];
-            let base = if target.starts_with("http") { target.clone() } else { format!("http://{target}") };
+            let base = if target.starts_with("http") {
+                target.clone()
+            } else {
+                format!("http://{target}")
+            };
             let (mut ok_rate, mut ok_lease, mut errors, mut denied) = (0u64, 0u64, 0u64, 0u64);
             loop {
                 let start = rate_next.fetch_add(CHECKS_PER_REQUEST, Ordering::Relaxed);
@@ -85,8 +97,16 @@ pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
                         ..Default::default()
                     })
                     .collect();
-                let req = proto::RateCheckRequest { checks: Some(checks), ..Default::default() };
-                match http.post(format!("{base}/v1/rate/check")).json(&req).send().await {
+                let req = proto::RateCheckRequest {
+                    checks: Some(checks),
+                    ..Default::default()
+                };
+                match http
+                    .post(format!("{base}/v1/rate/check"))
+                    .json(&req)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         ok_rate += end - start;
@@ -124,7 +144,13 @@ pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
             (ok_rate, ok_lease, errors, denied)
         }));
     }
-    let mut res = FillResult { rate_keys: 0, leases: 0, errors: 0, denied: 0, elapsed_s: 0.0 };
+    let mut res = FillResult {
+        rate_keys: 0,
+        leases: 0,
+        errors: 0,
+        denied: 0,
+        elapsed_s: 0.0,
+    };
     for h in handles {
         let (r, l, e, d) = h.await.map_err(|e| BenchError::Protocol(e.to_string()))?;
         res.rate_keys += r;

@@ -38,7 +38,10 @@ impl BenchError {
             BenchError::Http(e) if e.is_connect() => "http connect".into(),
             BenchError::Http(_) => "http other".into(),
             BenchError::Status(s, code) => format!("{s} {code}"),
-            BenchError::Redis(e) => format!("redis: {}", e.to_string().chars().take(60).collect::<String>()),
+            BenchError::Redis(e) => format!(
+                "redis: {}",
+                e.to_string().chars().take(60).collect::<String>()
+            ),
             BenchError::Protocol(m) => m.chars().take(60).collect(),
         }
     }

@@ -12,7 +12,10 @@ use quorate_bench::run::{self, RunSpec, Workload};
 use quorate_bench::systems::{EtcdSem, Params, System};
 
 #[derive(Debug, Parser)]
-#[command(name = "quorate-bench", about = "Benchmark quorate against Redis+Lua and etcd")]
+#[command(
+    name = "quorate-bench",
+    about = "Benchmark quorate against Redis+Lua and etcd"
+)]
 struct Cli {
     /// Tokio worker threads of the load generator.
     #[arg(long, global = true, default_value_t = 2)]
@@ -52,6 +55,21 @@ enum Cmd {
         timeout_s: f64,
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
+    },
+    /// Time a (re)started quorate node: until its /readyz answers 200, and until its
+    /// applied index reaches the leader's commit index read at start. Prints JSON.
+    CatchUp {
+        /// The node's API address.
+        #[arg(long)]
+        node: String,
+        /// Another node's API address (asked for the commit index to reach).
+        #[arg(long)]
+        peer: String,
+        #[arg(long, default_value_t = 300.0)]
+        timeout_s: f64,
+        /// Give up as soon as this process is gone.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Print the leader id seen by a quorate node (`GET /v1/cluster`).
     Leader {
@@ -120,6 +138,9 @@ struct RunArgs {
     rate_period_ms: u64,
     #[arg(long, default_value_t = 100)]
     rate_burst: u32,
+    /// PIDs of the system's server processes, to report their CPU use.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
     /// etcd semaphore recipe.
     #[arg(long, value_enum, default_value = "ticket")]
     etcd_sem: EtcdSem,
@@ -128,8 +149,7 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -190,8 +210,18 @@ async fn async_main(cmd: Cmd) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(interval_ms)).await;
             }
         }
+        Cmd::CatchUp {
+            node,
+            peer,
+            timeout_s,
+            pid,
+        } => catch_up(&node, &peer, timeout_s, pid).await,
         Cmd::Leader { target } => {
-            let base = if target.starts_with("http") { target } else { format!("http://{target}") };
+            let base = if target.starts_with("http") {
+                target
+            } else {
+                format!("http://{target}")
+            };
             let c: quorate_proto::ClusterResponse = reqwest::get(format!("{base}/v1/cluster"))
                 .await?
                 .error_for_status()?
@@ -250,6 +280,86 @@ fn variant(a: &RunArgs) -> String {
     v.join(", ")
 }
 
+fn url(addr: &str) -> String {
+    if addr.starts_with("http") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn catch_up(node: &str, peer: &str, timeout_s: f64, pid: Option<u32>) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1000))
+        .build()?;
+    let (node, peer) = (url(node), url(peer));
+    let cluster = |base: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{base}/v1/cluster")).send().await.ok()?;
+            r.json::<quorate_proto::ClusterResponse>().await.ok()
+        }
+    };
+    let target = loop {
+        if let Some(c) = cluster(peer.clone()).await {
+            if let Some(i) = c.committed_index {
+                break i;
+            }
+        }
+        if t0.elapsed().as_secs_f64() > timeout_s {
+            bail!("peer {peer} reports no commit index");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut ready_ms = None;
+    let mut caught_ms = None;
+    let mut applied = None;
+    let mut exited = false;
+    while t0.elapsed().as_secs_f64() <= timeout_s {
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            exited = true;
+            break;
+        }
+        if ready_ms.is_none() {
+            if let Ok(r) = http.get(format!("{node}/readyz")).send().await {
+                if r.status().is_success() {
+                    ready_ms = Some(t0.elapsed().as_millis());
+                }
+            }
+        }
+        if caught_ms.is_none() {
+            if let Some(c) = cluster(node.clone()).await {
+                applied = c.applied_index;
+                if c.applied_index.is_some_and(|a| a >= target) {
+                    caught_ms = Some(t0.elapsed().as_millis());
+                }
+            }
+        }
+        if ready_ms.is_some() && caught_ms.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "ready_ms": ready_ms,
+            "caught_up_ms": caught_ms,
+            "target_index": target,
+            "applied_index": applied,
+            "exited": exited,
+        })
+    );
+    if ready_ms.is_none() || caught_ms.is_none() {
+        if exited {
+            bail!("node {node} exited");
+        }
+        bail!("node {node} did not become ready and caught up within {timeout_s} s");
+    }
+    Ok(())
+}
+
 async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
     let params = Params {
         org_limit: a.org_limit,
@@ -276,14 +386,23 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
             deny_backoff: Duration::from_secs_f64(a.deny_backoff_ms / 1000.0),
             hold: Duration::from_secs_f64(a.hold_ms / 1000.0),
             max_duration: Duration::from_secs_f64(a.max_seconds),
-            run_tag: format!("b{stamp}-{}-{}-{clients}", a.system.name(), a.workload.name()),
+            run_tag: format!(
+                "b{stamp}-{}-{}-{clients}",
+                a.system.name(),
+                a.workload.name()
+            ),
             variant: variant(&a),
+            server_pids: a.pids.clone(),
         };
-        let r = run::run(spec)
-            .await
-            .with_context(|| format!("{} {} {clients} clients", a.system.name(), a.workload.name()))?;
+        let r = run::run(spec).await.with_context(|| {
+            format!(
+                "{} {} {clients} clients",
+                a.system.name(),
+                a.workload.name()
+            )
+        })?;
         eprintln!(
-            "{:<8} {:<6} clients={:<4} ops/s={:>9.0} p50={:.2}ms p99={:.2}ms granted={} denied={} errors={} over={} max_held={} conflicts={} {:.1}s{} gen_cpu={:.0}%",
+            "{:<8} {:<6} clients={:<4} ops/s={:>9.0} p50={:.2}ms p99={:.2}ms granted={} denied={} errors={} over={} max_held={} conflicts={} {:.1}s{} gen_cpu={:.0}% server_cpu={:.0}% load={:.1}",
             r.system,
             r.workload,
             r.clients,
@@ -299,6 +418,8 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
             r.elapsed_s,
             if r.capped { " CAPPED" } else { "" },
             r.generator_cpu_pct,
+            r.server_cpu_pct,
+            r.loadavg_1m,
         );
         if !r.error_kinds.is_empty() {
             eprintln!("  errors: {:?}", r.error_kinds);

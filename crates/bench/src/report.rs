@@ -90,10 +90,24 @@ fn machine(data_dir: &str) -> Vec<(String, String)> {
     rows
 }
 
-fn find<'a>(rs: &'a [RunResult], system: &str, workload: &str, clients: usize) -> Option<&'a RunResult> {
-    rs.iter()
-        .rev()
-        .find(|r| r.system == system && r.workload == workload && r.clients == clients)
+fn find<'a>(
+    rs: &'a [RunResult],
+    system: &str,
+    workload: &str,
+    variant: &str,
+    clients: usize,
+) -> Option<&'a RunResult> {
+    rs.iter().rev().find(|r| {
+        r.system == system && r.workload == workload && r.variant == variant && r.clients == clients
+    })
+}
+
+/// The variant quorate and Redis runs are compared under (etcd-only settings removed).
+fn base_variant(v: &str) -> String {
+    v.split(", ")
+        .filter(|p| *p != "guard recipe" && !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn fmt_rate(r: Option<&RunResult>) -> String {
@@ -114,7 +128,9 @@ fn fmt_ms(v: f64) -> String {
 }
 
 fn fmt_lat(r: Option<&RunResult>) -> String {
-    r.map_or("–".to_owned(), |r| format!("{} / {}", fmt_ms(r.p50_ms), fmt_ms(r.p99_ms)))
+    r.map_or("–".to_owned(), |r| {
+        format!("{} / {}", fmt_ms(r.p50_ms), fmt_ms(r.p99_ms))
+    })
 }
 
 fn ratio(q: Option<&RunResult>, o: Option<&RunResult>) -> String {
@@ -176,23 +192,28 @@ pub fn render(input: &ReportInput) -> String {
          `hot` = acquire+release on `org:hot` + `global`; `spread` = the same on a random \
          one of 10,000 `org:N` keys; `rate` = GCRA rate checks (limit 100 per 60 s, burst \
          100) on a random one of 100,000 `user:N` keys.\n\
-         - **etcd semaphore**: holder keys `sem/<key>/<holder>` on the client's session \
-         lease; an acquire reads (one txn, one revision) the holder counts of both keys \
-         (`count_only` ranges), their limits and the `mod_revision` of guard keys \
-         `semguard/<key>`; it then commits a txn that compares both guards' \
-         `mod_revision`, puts the holder keys and bumps the guards; a lost race returns \
-         the fresh state in the same round trip and is retried. Release deletes the \
-         holder keys in one txn. etcd rate checks: GCRA by compare-and-swap on the \
-         bucket key's `mod_revision` (client clock).\n\
+         - **etcd semaphore** (default, \"ticket\" recipe): holder keys \
+         `sem/<key>/<session lease>` attached to the client's session lease (as etcd's own \
+         `concurrency.Mutex` names its keys). One txn puts the holder keys of both keys and \
+         counts both prefixes (`count_only` ranges, which see the txn's own puts) and \
+         reads the limits: every live holder created up to that revision is counted, so \
+         counts within the limits mean admitted; otherwise a second txn deletes the keys \
+         (denied). Release deletes the holder keys in one txn. Rows marked \
+         *guard recipe* use the compare-and-swap recipe instead: read counts + \
+         `mod_revision` of guard keys `semguard/<key>` in one txn, then a txn comparing \
+         both guards' `mod_revision` that puts the holder keys and bumps the guards, \
+         retried on conflict (every acquire serializes on the `global` guard). etcd rate \
+         checks: GCRA by compare-and-swap on the bucket key's `mod_revision` (client \
+         clock; buckets never expire).\n\
          - `*` after a throughput: the cell hit its time cap before making all its \
          attempts; the number is still completed ops / elapsed time.\n"
     );
 
     // Summary against the targets.
     let _ = writeln!(md, "## Targets (hot key, 64 clients)\n");
-    let q = find(rs, "quorate", "hot", 64);
-    let r = find(rs, "redis", "hot", 64);
-    let e = find(rs, "etcd", "hot", 64);
+    let q = find(rs, "quorate", "hot", "", 64);
+    let r = find(rs, "redis", "hot", "", 64);
+    let e = find(rs, "etcd", "hot", "", 64);
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "met",
@@ -226,12 +247,26 @@ pub fn render(input: &ReportInput) -> String {
             .filter(|r| r.system == "quorate")
             .map(|r| r.over_admissions)
             .sum::<u64>(),
-        verdict(
+        verdict(rs.iter().any(|r| r.system == "quorate").then(|| {
             rs.iter()
-                .any(|r| r.system == "quorate")
-                .then(|| rs.iter().filter(|r| r.system == "quorate").all(|r| r.over_admissions == 0))
-        )
+                .filter(|r| r.system == "quorate")
+                .all(|r| r.over_admissions == 0)
+        }))
     );
+
+    let qn = find(rs, "quorate", "hot", "no hold", 64);
+    let rn = find(rs, "redis", "hot", "no hold", 64);
+    let en = find(rs, "etcd", "hot", "no hold", 64);
+    if let Some(qn) = qn {
+        let _ = writeln!(
+            md,
+            "Same cell with no hold time (slot released as soon as it is granted): \
+             quorate/etcd {}, quorate/Redis {}, quorate p99 {} ms.\n",
+            ratio(Some(qn), en),
+            ratio(Some(qn), rn),
+            fmt_ms(qn.p99_ms)
+        );
+    }
 
     // Main table.
     let _ = writeln!(md, "## Results\n");
@@ -243,10 +278,13 @@ pub fn render(input: &ReportInput) -> String {
         md,
         "| workload | clients | quorate ops/s | quorate p50/p99 | Redis ops/s | Redis p50/p99 | etcd ops/s | etcd p50/p99 | quorate/etcd | quorate/Redis | errors q/r/e | over-adm. q/r/e |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut cells: Vec<(String, usize)> = Vec::new();
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut cells: Vec<(String, String, usize)> = Vec::new();
     for r in rs {
-        let c = (r.workload.clone(), r.clients);
+        let c = (r.workload.clone(), r.variant.clone(), r.clients);
         if !cells.contains(&c) {
             cells.push(c);
         }
@@ -256,12 +294,21 @@ pub fn render(input: &ReportInput) -> String {
         "spread" => 1,
         _ => 2,
     };
-    cells.sort_by_key(|(w, c)| (order(w), *c));
-    for (w, c) in &cells {
-        let q = find(rs, "quorate", w, *c);
-        let r = find(rs, "redis", w, *c);
-        let e = find(rs, "etcd", w, *c);
-        let n = |x: Option<&RunResult>, f: fn(&RunResult) -> u64| x.map_or("–".to_owned(), |x| f(x).to_string());
+    cells.sort_by_key(|(w, v, c)| (v.clone(), order(w), *c));
+    for (w, v, c) in &cells {
+        let base = base_variant(v);
+        let q = find(rs, "quorate", w, &base, *c);
+        let r = find(rs, "redis", w, &base, *c);
+        let e = find(rs, "etcd", w, v, *c);
+        let label = if v.is_empty() {
+            w.clone()
+        } else {
+            format!("{w} ({v})")
+        };
+        let w = &label;
+        let n = |x: Option<&RunResult>, f: fn(&RunResult) -> u64| {
+            x.map_or("–".to_owned(), |x| f(x).to_string())
+        };
         let _ = writeln!(
             md,
             "| {w} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}/{} | {}/{}/{} |",
@@ -286,15 +333,16 @@ pub fn render(input: &ReportInput) -> String {
     let _ = writeln!(md, "\n### Every run\n");
     let _ = writeln!(
         md,
-        "| system | workload | clients | attempts | ops | granted | denied | errors | etcd conflicts | max held (org key) | s | ops/s | p50 | p99 | p99.9 | max | acq p99 | rel p99 | generator CPU % |"
+        "| system | workload | variant | clients | attempts | ops | granted | denied | errors | etcd conflicts | max held (org key) | s | ops/s | p50 | p99 | p99.9 | max | acq p99 | rel p99 | server CPU % | generator CPU % | load 1m |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} |",
             r.system,
             r.workload,
+            r.variant,
             r.clients,
             r.attempts,
             if r.capped { format!(" of {}*", r.requests) } else { String::new() },
@@ -312,13 +360,20 @@ pub fn render(input: &ReportInput) -> String {
             fmt_ms(r.max_ms),
             fmt_ms(r.acquire_p99_ms),
             if r.workload == "rate" { "–".to_owned() } else { fmt_ms(r.release_p99_ms) },
+            r.server_cpu_pct,
             r.generator_cpu_pct,
+            r.loadavg_1m,
         );
     }
     let errs: Vec<_> = rs
         .iter()
         .filter(|r| !r.error_kinds.is_empty())
-        .map(|r| format!("- {} {} {}: {:?}", r.system, r.workload, r.clients, r.error_kinds))
+        .map(|r| {
+            format!(
+                "- {} {} {}: {:?}",
+                r.system, r.workload, r.clients, r.error_kinds
+            )
+        })
         .collect();
     if !errs.is_empty() {
         let _ = writeln!(md, "\nErrors by kind:\n\n{}", errs.join("\n"));
@@ -326,13 +381,20 @@ pub fn render(input: &ReportInput) -> String {
 
     let state: Vec<_> = input.extras.iter().filter(|e| e.0 == "state").collect();
     if !state.is_empty() {
-        let _ = writeln!(md, "\n## quorate: state size, restart, catch-up\n\n| measurement | value |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "\n## quorate: state size, restart, catch-up\n\n| measurement | value |\n|---|---|"
+        );
         for (_, k, v) in state {
             let _ = writeln!(md, "| {k} | {v} |");
         }
     }
     if !input.profile.trim().is_empty() {
-        let _ = writeln!(md, "\n## Profile of a quorate node under load\n\n```\n{}\n```", input.profile.trim_end());
+        let _ = writeln!(
+            md,
+            "\n## Profile of a quorate node under load\n\n```\n{}\n```",
+            input.profile.trim_end()
+        );
     }
     if !input.notes.trim().is_empty() {
         let _ = writeln!(md, "\n{}", input.notes.trim_end());

@@ -120,7 +120,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, RespError> {
             }
             Ok(Some((Value::Array(Some(items)), pos)))
         }
-        other => Err(RespError::Protocol(format!("unexpected type byte {other:#x}"))),
+        other => Err(RespError::Protocol(format!(
+            "unexpected type byte {other:#x}"
+        ))),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct RunSpec {
     pub run_tag: String,
     /// Non-default settings ("no hold", "guard recipe"); part of the report's cell key.
     pub variant: String,
+    /// Server processes whose CPU time is measured over the measured phase.
+    pub server_pids: Vec<u32>,
 }
 
 /// One run's results (one JSON line in the results file).
@@ -105,6 +107,13 @@ pub struct RunResult {
     pub capped: bool,
     /// CPU used by the load generator itself during the measured phase, % of one core.
     pub generator_cpu_pct: f64,
+    /// CPU used by the system's server processes (all nodes) during the measured
+    /// phase, % of one core (0 when no pids were given).
+    #[serde(default)]
+    pub server_cpu_pct: f64,
+    /// 1-minute load average of the machine at the end of the run.
+    #[serde(default)]
+    pub loadavg_1m: f64,
 }
 
 /// Client-side view of concurrently held grants per key (conservative: incremented
@@ -186,7 +195,9 @@ impl Rng {
 /// Runs one cell: setup, connect, measured phase, cleanup.
 pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
     if spec.targets.is_empty() || spec.clients == 0 {
-        return Err(BenchError::Protocol("need at least one target and client".into()));
+        return Err(BenchError::Protocol(
+            "need at least one target and client".into(),
+        ));
     }
     let http = systems::http_client()?;
     systems::setup(spec.system, &http, &spec.targets[0], &spec.params).await?;
@@ -227,6 +238,12 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
         }));
     }
     barrier.wait().await;
+    let server_cpu = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|p| stats::proc_cpu_seconds(&p.to_string()))
+            .sum()
+    };
+    let server0 = server_cpu(&spec.server_pids);
     let cpu0 = stats::process_cpu_seconds();
     let t0 = Instant::now();
 
@@ -245,6 +262,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = stats::process_cpu_seconds() - cpu0;
+    let server = server_cpu(&spec.server_pids) - server0;
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -278,6 +296,8 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
         release_p99_ms: 0.0,
         capped: false,
         generator_cpu_pct: 100.0 * cpu / elapsed.max(1e-9),
+        server_cpu_pct: 100.0 * server / elapsed.max(1e-9),
+        loadavg_1m: stats::loadavg_1m(),
     };
     for o in outs {
         r.attempts += o.attempts;
@@ -355,9 +375,9 @@ async fn client_loop(
                         out.release.record(t.elapsed());
                         match rel {
                             Ok(true) => out.ops += 1,
-                            Ok(false) => out.error(&BenchError::Protocol(
-                                "release: lease unknown".into(),
-                            )),
+                            Ok(false) => {
+                                out.error(&BenchError::Protocol("release: lease unknown".into()))
+                            }
                             Err(e) => out.error(&e),
                         }
                     }

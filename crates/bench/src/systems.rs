@@ -86,6 +86,8 @@ pub enum Acquired {
 }
 
 /// One client's connection to one system.
+// One per client, created once: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Conn {
     Quorate(QuorateConn),
@@ -140,7 +142,11 @@ impl Conn {
 
     /// Attempts one slot on `org` and `global`. Also returns how many conflicts were
     /// retried internally (etcd only).
-    pub async fn acquire(&mut self, org: &str, lease_id: &str) -> Result<(Acquired, u32), BenchError> {
+    pub async fn acquire(
+        &mut self,
+        org: &str,
+        lease_id: &str,
+    ) -> Result<(Acquired, u32), BenchError> {
         match self {
             Conn::Quorate(c) => c.acquire(org, lease_id).await.map(|a| (a, 0)),
             Conn::Redis(c) => c.acquire(org, lease_id).await.map(|a| (a, 0)),
@@ -185,7 +191,10 @@ pub async fn setup(
     match system {
         System::Quorate => {
             let base = base_url(target);
-            for (key, limit) in [("org:hot", params.org_limit), ("global", params.global_limit)] {
+            for (key, limit) in [
+                ("org:hot", params.org_limit),
+                ("global", params.global_limit),
+            ] {
                 let resp = http
                     .put(format!("{base}/v1/limits/{key}"))
                     .json(&proto::PutLimitRequest { limit })
@@ -223,8 +232,11 @@ pub async fn setup(
             let c = etcd::Client::new(http.clone(), &base_url(target));
             c.put("semlimit/org:hot", params.org_limit.to_string().as_bytes())
                 .await?;
-            c.put("semlimit/global", params.global_limit.to_string().as_bytes())
-                .await?;
+            c.put(
+                "semlimit/global",
+                params.global_limit.to_string().as_bytes(),
+            )
+            .await?;
             Ok(())
         }
     }
@@ -268,22 +280,28 @@ impl QuorateConn {
     }
 
     async fn warm_up(&self) -> Result<(), BenchError> {
-        let resp = self.http.get(format!("{}/healthz", self.base)).send().await?;
+        let resp = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await?;
         check_status(resp).await?;
         Ok(())
     }
 
     pub async fn acquire(&self, org: &str, lease_id: &str) -> Result<Acquired, BenchError> {
-        self.acquire_keys(&[org, "global"], lease_id).await.map(|granted| {
-            if granted {
-                Acquired::Granted(Grant {
-                    org: org.to_owned(),
-                    lease_id: lease_id.to_owned(),
-                })
-            } else {
-                Acquired::Denied
-            }
-        })
+        self.acquire_keys(&[org, "global"], lease_id)
+            .await
+            .map(|granted| {
+                if granted {
+                    Acquired::Granted(Grant {
+                        org: org.to_owned(),
+                        lease_id: lease_id.to_owned(),
+                    })
+                } else {
+                    Acquired::Denied
+                }
+            })
     }
 
     /// Acquire on arbitrary keys; `Ok(false)` on 429.
@@ -304,7 +322,9 @@ impl QuorateConn {
             200 => {
                 let g: proto::AcquireGranted = resp.json().await?;
                 if !g.granted || g.lease_id != lease_id {
-                    return Err(BenchError::Protocol("acquire: unexpected grant body".into()));
+                    return Err(BenchError::Protocol(
+                        "acquire: unexpected grant body".into(),
+                    ));
                 }
                 Ok(true)
             }
@@ -592,7 +612,11 @@ impl EtcdConn {
 
     /// Guard semaphore (see the module docs): read counts + guard revisions, then a
     /// compare-and-swap txn on the guards, retried on conflict.
-    async fn acquire_guard(&mut self, org: &str, holder: &str) -> Result<(Acquired, u32), BenchError> {
+    async fn acquire_guard(
+        &mut self,
+        org: &str,
+        holder: &str,
+    ) -> Result<(Acquired, u32), BenchError> {
         let reads = Self::read_ops(org);
         let first = self
             .client
@@ -648,7 +672,9 @@ impl EtcdConn {
             }
             conflicts += 1;
             if conflicts >= ETCD_MAX_CONFLICTS {
-                return Err(BenchError::Protocol("etcd acquire: too many conflicts".into()));
+                return Err(BenchError::Protocol(
+                    "etcd acquire: too many conflicts".into(),
+                ));
             }
             st = self.parse_state(&r)?;
         }
@@ -680,7 +706,11 @@ impl EtcdConn {
             let now = now_ms_f64();
             let tat = cur
                 .value()?
-                .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse::<f64>().ok()))
+                .and_then(|v| {
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                })
                 .unwrap_or(now)
                 .max(now);
             let new_tat = tat + interval;
