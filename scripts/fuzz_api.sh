@@ -27,7 +27,7 @@ fi
 
 echo "== building quorate"
 cargo build --locked --bin quorate
-BIN=$PWD/target/debug/quorate
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/quorate
 
 TMP=$(mktemp -d)
 UP_PID=""
