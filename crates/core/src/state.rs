@@ -362,7 +362,16 @@ impl State {
             if exp > self.now_ms {
                 break;
             }
-            self.remove_lease(token);
+            if self.remove_lease(token).is_none() {
+                // An index entry whose lease is gone (only a corrupted state could hold
+                // one) would make this loop spin forever under the write lock: drop it.
+                if let Some(set) = self.slots.get_mut(key) {
+                    set.remove(&(exp, token));
+                    if set.is_empty() {
+                        self.slots.remove(key);
+                    }
+                }
+            }
         }
     }
 
@@ -884,5 +893,32 @@ impl TimeView<'_> {
                 Ok(Outcome::Lease(info))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Acquire;
+
+    /// Regression: an index entry whose lease is missing (seen once on a data dir left
+    /// by a mutation-testing build that repeated tokens) made `purge_key` spin forever
+    /// under the state machine's write lock. It must be dropped instead.
+    #[test]
+    fn an_orphaned_index_entry_is_dropped_not_spun_on() {
+        let mut s = State::new();
+        s.slots.entry("k".into()).or_default().insert((5, 99));
+        s.expiry.insert((5, 99));
+        let replies = s.apply(&Command::single(
+            10,
+            Op::Acquire(Acquire {
+                keys: vec!["k".into()],
+                lease_id: "a".into(),
+                holder: String::new(),
+                ttl_ms: 1000,
+            }),
+        ));
+        assert!(matches!(replies[0], Ok(Outcome::Granted(_))), "{replies:?}");
+        assert_eq!(s.slots["k"].len(), 1, "only the new lease is indexed");
     }
 }

@@ -733,7 +733,9 @@ impl Node {
         }
         match self.committed_index().await {
             Ok(Some(c)) => applied.is_some_and(|a| a >= c),
-            Ok(None) => true,
+            // Knows a leader but has nothing committed yet (e.g. a wiped node that has
+            // just heard a heartbeat): not caught up, so not ready.
+            Ok(None) => false,
             Err(()) => false,
         }
     }
