@@ -400,20 +400,7 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
                 );
                 if let Some(Ok(c)) = views.iter().map(|v| &v.1).find(|r| r.is_ok()) {
                     println!();
-                    table(
-                        &["MEMBER", "API", "RAFT", "VOTER"],
-                        c.members
-                            .iter()
-                            .map(|m| {
-                                vec![
-                                    m.id.to_string(),
-                                    m.api_addr.clone(),
-                                    m.raft_addr.clone(),
-                                    m.voter.to_string(),
-                                ]
-                            })
-                            .collect(),
-                    );
+                    members_table(&c.members);
                 }
             }
             let any_up = views.iter().any(|v| v.1.is_ok());
@@ -764,21 +751,25 @@ fn print_members(r: &proto::MembersResponse, json: bool) {
     if json {
         print_json(r);
     } else {
-        table(
-            &["MEMBER", "API", "RAFT", "VOTER"],
-            r.members
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.id.to_string(),
-                        m.api_addr.clone(),
-                        m.raft_addr.clone(),
-                        m.voter.to_string(),
-                    ]
-                })
-                .collect(),
-        );
+        members_table(&r.members);
     }
+}
+
+fn members_table(members: &[proto::Member]) {
+    table(
+        &["MEMBER", "API", "RAFT", "VOTER"],
+        members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.api_addr.clone(),
+                    m.raft_addr.clone(),
+                    m.voter.to_string(),
+                ]
+            })
+            .collect(),
+    );
 }
 
 fn short(s: &str) -> String {
