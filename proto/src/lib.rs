@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod openapi;
+pub mod routes;
 
 /// Error codes used in [`ErrorBody::error`]. Stable: clients match on them.
 pub mod codes {

@@ -291,4 +291,24 @@ mod tests {
         assert!(v["paths"]["/v1/slots/acquire"]["post"].is_object());
         assert!(v["components"]["schemas"]["AcquireRequest"]["properties"]["keys"].is_object());
     }
+
+    /// The document describes exactly the routes of the route table (the document
+    /// does not describe itself).
+    #[test]
+    fn document_paths_are_the_route_table() {
+        use crate::routes::{RouteId, ROUTES};
+        let v: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, ops) in v["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let table: std::collections::BTreeSet<_> = ROUTES
+            .iter()
+            .filter(|r| r.id != RouteId::OpenApi)
+            .map(|r| (r.method.as_str().to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(documented, table);
+    }
 }
