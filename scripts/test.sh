@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # The test command of the README: every unit, golden-script, property, storage-
-# conformance, crash and multi-process cluster test in the workspace.
+# conformance, crash and multi-process cluster test in the workspace, the Python
+# package against a real cluster, and the chaos checker against a planted bug.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Integration tests start real 3-node clusters; on 2 cores, running test binaries
 # one at a time keeps Raft timers honest.
 cargo test --workspace --locked -- --test-threads=2 "$@"
+if [ "$#" -gt 0 ]; then
+  exit 0 # a filtered run (scripts/test.sh NAME) stops here
+fi
+# The Python package (python/) against a real three-node cluster of this binary.
+if [ -f scripts/test_python.sh ]; then
+  bash scripts/test_python.sh
+fi
+# The chaos checker must catch a deliberately planted bug; the bug is compiled only
+# with this feature, so this rebuilds the binary with it (last, for that reason).
+cargo test --locked --features planted-bugs --test chaos -- --test-threads=2 planted_bug_is_caught

@@ -2,7 +2,7 @@
 //!
 //! This file only parses the command line, sets up logging and dispatches; each
 //! subcommand lives in its own module (`up.rs`, ...), and the node itself is
-//! `quorate_server::serve`.
+//! `quorate_server::run::serve`.
 //!
 //! Logging goes to stderr through `tracing`, filtered by `QUORATE_LOG` (or `RUST_LOG`),
 //! default `info` (with openraft's chatter at `warn`).
@@ -70,8 +70,7 @@ fn init_logging() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&args.config)?;
-    quorate_server::serve::serve(config, args.node, quorate_server::serve::shutdown_signal())
-        .await?;
+    quorate_server::run::serve(config, args.node, quorate_server::run::shutdown_signal()).await?;
     Ok(())
 }
 

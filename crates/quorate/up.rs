@@ -77,7 +77,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     // Run until a signal, or until some node exits by itself.
     let exited = tokio::select! {
-        _ = quorate_server::serve::shutdown_signal() => None,
+        _ = quorate_server::run::shutdown_signal() => None,
         exited = first_exit(&mut nodes) => Some(exited),
     };
     if let Some((id, status)) = &exited {
@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("quorate up: stopping all nodes");
     }
 
-    let grace = Duration::from_millis(config.server.drain_timeout_ms) + Duration::from_secs(5);
+    let grace = config.server.drain_timeout_ms.get() + Duration::from_secs(5);
     let mut failed = Vec::new();
     let mut stopping = JoinSet::new();
     for mut node in nodes {

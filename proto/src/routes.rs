@@ -123,10 +123,7 @@ impl RouteId {
     /// This route's row.
     pub fn route(self) -> &'static Route {
         // Every id has exactly one row (a test checks it), so the search succeeds.
-        ROUTES
-            .iter()
-            .find(|r| r.id == self)
-            .unwrap_or(&ROUTES[0])
+        ROUTES.iter().find(|r| r.id == self).unwrap_or(&ROUTES[0])
     }
 }
 
@@ -220,7 +217,10 @@ mod tests {
                 assert_eq!(r.access, Admin, "{r:?}");
             }
         }
-        assert_eq!(find(Get, "/v1/limits/{key}").map(|r| r.access), Some(Client));
+        assert_eq!(
+            find(Get, "/v1/limits/{key}").map(|r| r.access),
+            Some(Client)
+        );
         assert_eq!(find(Put, "/v1/limits/{key}").map(|r| r.access), Some(Admin));
         assert_eq!(find(Get, "/nope"), None);
     }
@@ -228,7 +228,10 @@ mod tests {
     #[test]
     fn segments_fill_parameters_in_order() {
         let r = RouteId::Slots.route();
-        assert_eq!(r.segments(&["org:a b"]).unwrap(), ["v1", "slots", "org:a b"]);
+        assert_eq!(
+            r.segments(&["org:a b"]).unwrap(),
+            ["v1", "slots", "org:a b"]
+        );
         assert_eq!(
             RouteId::Cluster.route().segments(&[]).unwrap(),
             ["v1", "cluster"]

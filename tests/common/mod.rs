@@ -27,56 +27,18 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use quorate_proto::ClusterResponse;
+use quorate_server::config::{Millis, NodeConfig, NonZeroMillis};
+use quorate_server::ClusterConfig;
 use reqwest::StatusCode;
 use serde_json::Value;
 
 /// How long to wait for a cluster to become ready, elect, or converge.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Policies written into every test cluster unless [`Options::policies_toml`] says
-/// otherwise (the same seeds as the repository's `cluster.toml`).
-pub const DEFAULT_POLICIES: &str = r#"
-[[policies]]
-name = "orgs"
-kind = "concurrency"
-pattern = "org:*"
-limit = 5
-
-[[policies]]
-name = "global"
-kind = "concurrency"
-pattern = "global"
-limit = 50
-
-[[policies]]
-name = "anon"
-kind = "rate"
-limit = 60
-period_ms = 60000
-
-[[policies]]
-name = "user"
-kind = "rate"
-limit = 300
-period_ms = 60000
-
-[[policies]]
-name = "worker"
-kind = "rate"
-limit = 30
-period_ms = 60000
-burst = 10
-
-[tiers]
-superuser = 10
-authenticated = 2
-anonymous = 1
-"#;
 
 /// How to build a test cluster.
 #[derive(Debug, Clone)]
@@ -88,8 +50,6 @@ pub struct Options {
     pub request_timeout_ms: u64,
     pub expire_interval_ms: u64,
     pub default_ttl_ms: u64,
-    /// `[[policies]]` and `[tiers]` tables appended to the file.
-    pub policies_toml: String,
     /// Extra environment for every node process (e.g. `QUORATE_LOG`, or
     /// `QUORATE_<SECTION>_<KEY>` overrides).
     pub env: Vec<(String, String)>,
@@ -108,7 +68,6 @@ impl Options {
             request_timeout_ms: 3000,
             expire_interval_ms: 500,
             default_ttl_ms: 60_000,
-            policies_toml: DEFAULT_POLICIES.to_string(),
             env: Vec::new(),
             node_env: BTreeMap::new(),
         }
@@ -527,29 +486,38 @@ async fn json_response(r: reqwest::Result<reqwest::Response>) -> (StatusCode, Va
     }
 }
 
+/// The repository's `cluster.toml` (its policies and tiers are the seeds every test
+/// cluster runs), as a typed value.
+pub fn repository_config() -> ClusterConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+    let text = std::fs::read_to_string(&path).expect("read the repository's cluster.toml");
+    ClusterConfig::parse(&text, &path).expect("the repository's cluster.toml is valid")
+}
+
+/// A test cluster's file: the repository's `cluster.toml` with these nodes, a data
+/// directory beside the file and the short timings of `o`, written from the typed
+/// value (never a string template).
 fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "cluster_id = \"test\"\ndata_dir = \"data\"\n");
-    for (id, n) in nodes {
-        let _ = writeln!(
-            s,
-            "[[nodes]]\nid = {id}\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
-            n.api_addr, n.raft_addr
-        );
-    }
-    let _ = writeln!(
-        s,
-        "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n",
-        o.heartbeat_ms, o.election_min_ms, o.election_max_ms
-    );
-    let _ = writeln!(s, "[limits]\ndefault_ttl_ms = {}\n", o.default_ttl_ms);
-    let _ = writeln!(
-        s,
-        "[server]\nrequest_timeout_ms = {}\nexpire_interval_ms = {}\ndrain_timeout_ms = 3000\n",
-        o.request_timeout_ms, o.expire_interval_ms
-    );
-    s.push_str(&o.policies_toml);
-    s
+    let ms = |v: u64| NonZeroMillis::new(v).expect("test timings are positive");
+    let mut c = repository_config();
+    c.cluster_id = "test".into();
+    c.data_dir = PathBuf::from("data");
+    c.nodes = nodes
+        .iter()
+        .map(|(id, n)| NodeConfig {
+            id: *id,
+            api_addr: n.api_addr.clone(),
+            raft_addr: n.raft_addr.clone(),
+        })
+        .collect();
+    c.raft.heartbeat_interval_ms = ms(o.heartbeat_ms);
+    c.raft.election_timeout_min_ms = ms(o.election_min_ms);
+    c.raft.election_timeout_max_ms = ms(o.election_max_ms);
+    c.limits.default_ttl_ms = ms(o.default_ttl_ms);
+    c.server.request_timeout_ms = ms(o.request_timeout_ms);
+    c.server.expire_interval_ms = ms(o.expire_interval_ms);
+    c.server.drain_timeout_ms = Millis::new(3000);
+    c.to_toml()
 }
 
 impl Drop for Cluster {

@@ -1,25 +1,40 @@
-//! The seam between the public HTTP API and whatever decides.
+//! The seam between the HTTP layer and whatever decides: [`Backend`] and its one error.
 //!
-//! The API handlers (`api.rs`) only ever talk to a [`Backend`]: submit a state-changing
-//! [`Op`] (replicated through Raft, batched, forwarded to the leader when needed) or ask
-//! a linearizable [`Query`]. The real implementation is the Raft node (`node.rs`); tests
-//! of the HTTP layer use [`crate::local::LocalBackend`], a single in-memory state
-//! machine, so every handler can be exercised without a cluster.
+//! The API handlers (`http::api`) only ever talk to a [`Backend`]: submit a
+//! state-changing [`Op`] (replicated through Raft, batched, forwarded to the leader
+//! when needed) or ask a linearizable [`Query`]. The real implementation is the Raft
+//! node (`raft::Node`); tests of the HTTP layer use [`crate::local::LocalBackend`], a
+//! single in-memory state machine, so every handler can be exercised without a
+//! cluster.
+//!
+//! [`NodeError`] is the node layer's only error: the batcher, the leader-side
+//! handlers, forwarding and the backend all speak it, and it crosses the wire as the
+//! answer to a forwarded request (bincode, see `peer::protocol`). Its variants say
+//! what a caller may do next, which is all that matters for safety: retry only when
+//! nothing can have been applied.
 
 use futures::future::BoxFuture;
 use quorate_core::{Op, Query, Reply};
 use quorate_proto::{AddMemberRequest, ClusterResponse, MembersResponse};
+use serde::{Deserialize, Serialize};
 
-/// Why a backend could not decide. Never "granted": when in doubt, this.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a node could not decide. Never "granted": when in doubt, one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum NodeError {
-    /// No leader, no quorum, or the request timed out: 503 with Retry-After. The op may
-    /// or may not have been applied (a retry with the same lease_id is safe).
+    /// The receiver is not the leader (it names the leader it knows). Nothing was
+    /// proposed: the caller may retry with the new leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// The leader could not be reached at all; nothing was delivered. Retry is safe.
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
+    /// No decision within the deadline, or the cluster is unavailable: 503. A write
+    /// may or may not have been applied; only a retry with the same lease id is safe.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
     /// A membership change was refused (unknown node, would lose quorum, ...): 400.
     #[error("membership change refused: {0}")]
-    Membership(String),
+    Refused(String),
 }
 
 /// What the HTTP API needs from a node.
@@ -41,6 +56,7 @@ pub trait Backend: Send + Sync + 'static {
     /// True when this node knows a leader and has applied everything committed that it
     /// knows of (`/readyz`).
     fn ready(&self) -> BoxFuture<'_, bool>;
-    /// Extra Prometheus text appended to `/metrics` (Raft gauges, sled size).
-    fn metrics_text(&self) -> String;
+    /// Bring sampled gauges (Raft indices, sled size) up to date before `/metrics`
+    /// is rendered from the shared registry.
+    fn refresh_metrics(&self) {}
 }

@@ -1,28 +1,33 @@
-//! The quorate node: public HTTP API, Raft RPC between nodes, forwarding to the leader,
-//! batching of concurrent writes into one log entry, configuration and metrics.
+//! The quorate node: public HTTP API, Raft RPC between nodes, forwarding to the
+//! leader, batching of concurrent writes into one log entry, configuration, metrics.
 //!
-//! Layers, from the outside in:
-//! - `api`: axum handlers for the public JSON API; they speak [`backend::Backend`].
-//! - `serve`: runs a node: store, Raft, both listeners, graceful shutdown.
-//! - `node`: the Raft node implementing `Backend` (forwarding, reads, bootstrap,
-//!   housekeeping); `batcher`: the leader's write pipeline.
-//! - `network` / `raft_rpc`: node-to-node client and server (bincode over HTTP).
-//! - `config`: `cluster.toml` plus `QUORATE_*` environment overrides.
-//! - `metrics`: Prometheus text registry; `error`: the library's [`ServerError`].
+//! Layers, bottom to top; each imports only those below it:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`peer::protocol`] | the peer wire contract: paths, headers, codec, probe |
+//! | [`backend`] | the seam the API calls: `Backend` and the node layer's `NodeError` |
+//! | [`peer`] | the pooled peer client and openraft's network over it |
+//! | [`raft`] | the Raft node, split by job (lifecycle, batcher, routing, leader, membership, status, tasks) |
+//! | [`http`] | the public API (one file per resource) and the peer port, on one accept loop |
+//! | [`run`] | wires config → store → raft → http; graceful shutdown |
+//!
+//! Beside them, used from any layer: [`config`] (`cluster.toml` + `QUORATE_*`
+//! environment, typed), [`security`] (tokens, roles, peer secret, TLS — read once),
+//! [`telemetry`] (one Prometheus registry of typed families), [`error`] (why a node
+//! could not start or run), and [`local`] (an in-memory `Backend` for HTTP tests).
+//! `docs/architecture.md` draws the path of one request through them.
 
-pub mod api;
-pub mod auth;
 pub mod backend;
-pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod local;
-pub mod metrics;
-pub mod network;
-pub mod node;
-pub mod raft_rpc;
-pub mod serve;
-pub mod tls;
+pub mod peer;
+pub mod raft;
+pub mod run;
+pub mod security;
+pub mod telemetry;
 
 pub use config::ClusterConfig;
 pub use error::ServerError;

@@ -3,7 +3,7 @@
 //!
 //! It exists to test the HTTP layer exhaustively without a cluster: every handler,
 //! every error mapping, every header. It is *not* replicated and never used by
-//! `quorate serve`; a cluster's answers come from `node.rs`. It can also simulate an
+//! `quorate serve`; a cluster's answers come from `raft::Node`. It can also simulate an
 //! unavailable cluster (`set_available(false)`) to test the 503 path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,28 +111,14 @@ impl Backend for LocalBackend {
         &self,
         _req: AddMemberRequest,
     ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
-        async {
-            Err(NodeError::Membership(
-                "a local backend has no cluster".into(),
-            ))
-        }
-        .boxed()
+        async { Err(NodeError::Refused("a local backend has no cluster".into())) }.boxed()
     }
 
     fn remove_member(&self, _id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
-        async {
-            Err(NodeError::Membership(
-                "a local backend has no cluster".into(),
-            ))
-        }
-        .boxed()
+        async { Err(NodeError::Refused("a local backend has no cluster".into())) }.boxed()
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
         async move { self.check().is_ok() }.boxed()
-    }
-
-    fn metrics_text(&self) -> String {
-        String::new()
     }
 }

@@ -11,7 +11,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{Entry, EntryPayload, LogId, Vote};
 use proptest::prelude::*;
 use quorate_core::{Acquire, Command, Op, Query, RateCheck, RateLimitRef, RateSpec, Reply};
-use quorate_server::raft_rpc::{decode, encode, ForwardError};
+use quorate_server::backend::NodeError;
+use quorate_server::peer::protocol::{decode, encode};
 use quorate_store::TypeConfig;
 
 fn sample_append() -> AppendEntriesRequest<TypeConfig> {
@@ -70,7 +71,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = decode::<Command>(bytes);
     let _ = decode::<Op>(bytes);
     let _ = decode::<Query>(bytes);
-    let _ = decode::<Result<Reply, ForwardError>>(bytes);
+    let _ = decode::<Result<Reply, NodeError>>(bytes);
 }
 
 proptest! {

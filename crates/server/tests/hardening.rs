@@ -6,7 +6,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use quorate_server::serve::{serve_on, Listeners};
+use std::num::NonZeroUsize;
+
+use quorate_server::config::{Millis, NonZeroMillis};
+use quorate_server::run::{serve_on, Listeners};
 use quorate_server::ClusterConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,26 +25,10 @@ async fn start(
     let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let api_addr = api.local_addr().expect("addr").to_string();
     let raft_addr = raft.local_addr().expect("addr").to_string();
-    let text = format!(
-        r#"
-cluster_id = "hard"
-data_dir = "data"
-[[nodes]]
-id = 1
-api_addr = "{api_addr}"
-raft_addr = "{raft_addr}"
-[raft]
-heartbeat_interval_ms = 50
-election_timeout_min_ms = 150
-election_timeout_max_ms = 300
-[server]
-max_connections = 3
-header_read_timeout_ms = 300
-drain_timeout_ms = 1000
-"#
-    );
-    let config =
-        ClusterConfig::parse(&text, &dir.join("cluster.toml"), std::iter::empty()).expect("config");
+    let mut config = ClusterConfig::single_node("hard", &api_addr, &raft_addr, &dir.join("data"));
+    config.server.max_connections = NonZeroUsize::new(3).expect("positive");
+    config.server.header_read_timeout_ms = NonZeroMillis::new(300).expect("positive");
+    config.server.drain_timeout_ms = Millis::new(1000);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {

@@ -14,10 +14,10 @@ use tower::ServiceExt;
 
 use axum::extract::connect_info::MockConnectInfo;
 use quorate_core::{Configuration, Op, Policy, RateSpec, Settings};
-use quorate_server::api::{router, ApiConfig, ApiState};
-use quorate_server::auth::{ApiAuth, Role, Secret};
+use quorate_server::http::api::{router, ApiConfig, ApiState};
 use quorate_server::local::LocalBackend;
-use quorate_server::metrics::Metrics;
+use quorate_server::security::{ApiAuth, Role, Secret};
+use quorate_server::telemetry::Metrics;
 use std::net::SocketAddr;
 
 struct App {
@@ -746,11 +746,13 @@ async fn metrics_count_requests_and_decisions() {
     call(&app, Method::GET, "/v1/nope", None).await;
     let (s, h, b) = call_raw(&app, Method::GET, "/metrics", None).await;
     assert_eq!(s, StatusCode::OK);
+    // OpenMetrics text (what Prometheus asks for first), ending in `# EOF`.
     assert!(h["content-type"]
         .to_str()
         .unwrap()
-        .starts_with("text/plain"));
+        .starts_with("application/openmetrics-text"));
     let text = String::from_utf8(b).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(
         text.contains(
             r#"quorate_http_requests_total{route="/v1/slots/acquire",method="POST",status="200"} 1"#

@@ -8,39 +8,28 @@ use std::time::{Duration, Instant};
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use quorate_core::{Acquire, Op, Outcome, Query, Reply};
-use quorate_server::auth::CLUSTER_HEADER;
-use quorate_server::backend::Backend;
-use quorate_server::node::Node;
-use quorate_server::raft_rpc::{self, ForwardError, ProbeResponse};
+use quorate_server::backend::{Backend, NodeError};
+use quorate_server::config::{NonZeroMillis, PolicyConfig};
+use quorate_server::http::peer;
+use quorate_server::peer::protocol::{self, ProbeResponse, CLUSTER_HEADER};
+use quorate_server::peer::PeerClient;
+use quorate_server::raft::Node;
+use quorate_server::telemetry::Metrics;
 use quorate_server::ClusterConfig;
 use tower::ServiceExt;
 
+/// One fast node with `org:*` limited to 2 (a typed value, not a template).
 fn config(dir: &Path) -> ClusterConfig {
-    let text = r#"
-cluster_id = "single"
-data_dir = "data"
-
-[[nodes]]
-id = 1
-api_addr = "127.0.0.1:1"
-raft_addr = "127.0.0.1:2"
-
-[raft]
-heartbeat_interval_ms = 50
-election_timeout_min_ms = 150
-election_timeout_max_ms = 300
-
-[server]
-request_timeout_ms = 3000
-expire_interval_ms = 100
-
-[[policies]]
-name = "orgs"
-kind = "concurrency"
-pattern = "org:*"
-limit = 2
-"#;
-    ClusterConfig::parse(text, &dir.join("cluster.toml"), std::iter::empty()).expect("valid config")
+    let mut c =
+        ClusterConfig::single_node("single", "127.0.0.1:1", "127.0.0.1:2", &dir.join("data"));
+    c.server.request_timeout_ms = NonZeroMillis::new(3000).expect("positive");
+    c.server.expire_interval_ms = NonZeroMillis::new(100).expect("positive");
+    c.policies = vec![PolicyConfig::Concurrency {
+        name: "orgs".into(),
+        pattern: "org:*".into(),
+        limit: 2,
+    }];
+    c
 }
 
 async fn start(dir: &Path) -> Arc<Node> {
@@ -48,15 +37,34 @@ async fn start(dir: &Path) -> Arc<Node> {
     let data = config.node_data_dir(1);
     std::fs::create_dir_all(&data).expect("data dir");
     let storage = quorate_store::open(&data).expect("open store");
-    let node = Node::start(Arc::new(config), 1, storage)
-        .await
-        .expect("start node");
+    let security = config.security().expect("security");
+    let peers = PeerClient::new(
+        Duration::from_millis(500),
+        security.peer.outgoing_headers(),
+        None,
+    )
+    .expect("peer client");
+    let node = Node::start(
+        Arc::new(config),
+        1,
+        storage,
+        peers,
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .expect("start node");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !node.ready().await {
         assert!(Instant::now() < deadline, "single node never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node
+}
+
+/// Node `node`'s metrics as scraped (sampled gauges refreshed first).
+fn metrics_text(node: &Node) -> String {
+    node.refresh_metrics();
+    node.metrics().render()
 }
 
 fn acquire(key: &str, lease_id: &str) -> Op {
@@ -117,7 +125,7 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
         other => panic!("unexpected {other:?}"),
     }
 
-    let text = node.metrics_text();
+    let text = metrics_text(&node);
     assert!(text.contains("quorate_raft_is_leader 1"), "{text}");
     assert!(text.contains("quorate_write_seconds_count"), "{text}");
     node.shutdown().await;
@@ -127,7 +135,7 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
 async fn concurrent_writes_share_log_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path()).await;
-    let before = batches(&node.metrics_text());
+    let before = batches(&metrics_text(&node));
 
     let n = 300;
     let mut tasks = Vec::new();
@@ -142,7 +150,7 @@ async fn concurrent_writes_share_log_entries() {
         let reply = t.await.expect("join").expect("write");
         assert!(granted(&reply), "{reply:?}");
     }
-    let proposed = batches(&node.metrics_text()) - before;
+    let proposed = batches(&metrics_text(&node)) - before;
     // Housekeeping adds a few entries of its own; batching must still make far fewer
     // entries than ops.
     assert!(proposed < n as f64 / 2.0, "{proposed} entries for {n} ops");
@@ -160,7 +168,8 @@ fn batches(text: &str) -> f64 {
 async fn peer_router_decodes_strictly_and_forwards() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path()).await;
-    let router = raft_rpc::router(node.clone());
+    let auth = config(dir.path()).security().expect("security").peer;
+    let router = peer::router(node.clone(), auth);
 
     for path in [
         "/raft/append",
@@ -199,13 +208,13 @@ async fn peer_router_decodes_strictly_and_forwards() {
     assert_eq!(probe.cluster_id, "single");
     assert!(!probe.fresh);
 
-    let op = raft_rpc::encode(&acquire("job:fwd", "fwd-1")).expect("encode");
+    let op = protocol::encode(&acquire("job:fwd", "fwd-1")).expect("encode");
     let resp = router
         .clone()
         .oneshot(
             Request::post("/forward/write")
                 .header(CLUSTER_HEADER, "single")
-                .header(raft_rpc::TIMEOUT_HEADER, "2000")
+                .header(protocol::TIMEOUT_HEADER, "2000")
                 .body(Body::from(op))
                 .expect("request"),
         )
@@ -213,17 +222,17 @@ async fn peer_router_decodes_strictly_and_forwards() {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-    let reply: Result<Reply, ForwardError> = raft_rpc::decode(&body).expect("decode");
+    let reply: Result<Reply, NodeError> = protocol::decode(&body).expect("decode");
     assert!(matches!(reply, Ok(ref r) if granted(r)), "{reply:?}");
 
     // Another cluster's node, or a caller without the cluster id, is refused before
     // anything is decoded, and the refusal is counted.
     for cluster in [Some("other-cluster"), None] {
-        let mut req = Request::post("/forward/write").header(raft_rpc::TIMEOUT_HEADER, "2000");
+        let mut req = Request::post("/forward/write").header(protocol::TIMEOUT_HEADER, "2000");
         if let Some(c) = cluster {
             req = req.header(CLUSTER_HEADER, c);
         }
-        let op = raft_rpc::encode(&acquire("job:fwd", "forged")).expect("encode");
+        let op = protocol::encode(&acquire("job:fwd", "forged")).expect("encode");
         let resp = router
             .clone()
             .oneshot(req.body(Body::from(op)).expect("request"))
@@ -235,7 +244,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
             resp.status()
         );
     }
-    let text = node.metrics_text();
+    let text = metrics_text(&node);
     assert!(
         text.contains("quorate_peer_rejected_total{reason=\"wrong_cluster\"} 1"),
         "{text}"

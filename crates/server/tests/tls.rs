@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use quorate_server::serve::{serve_on, Listeners};
+use quorate_server::config::{NodeConfig, NonZeroMillis};
+use quorate_server::run::{serve_on, Listeners};
+use quorate_server::security::tls::TlsSection;
 use quorate_server::ClusterConfig;
 use tokio::net::TcpListener;
 
@@ -22,24 +24,26 @@ async fn a_cluster_forms_and_serves_over_tls() {
     assert!(status.success());
 
     let mut listeners = Vec::new();
-    let mut nodes_toml = String::new();
+    let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        nodes_toml.push_str(&format!(
-            "[[nodes]]\nid = {id}\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
-            api.local_addr().expect("addr"),
-            raft.local_addr().expect("addr")
-        ));
+        nodes.push(NodeConfig {
+            id,
+            api_addr: api.local_addr().expect("addr").to_string(),
+            raft_addr: raft.local_addr().expect("addr").to_string(),
+        });
         listeners.push((id, Listeners { api, raft }));
     }
-    let text = format!(
-        "cluster_id = \"tls\"\ndata_dir = \"data\"\n{nodes_toml}\n[raft]\nheartbeat_interval_ms = 50\n\
-         election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
-         [tls]\ncert_file = \"tls/node.pem\"\nkey_file = \"tls/node.key\"\nca_file = \"tls/ca.pem\"\n"
-    );
-    let config = ClusterConfig::parse(&text, &dir.path().join("cluster.toml"), std::iter::empty())
-        .expect("config");
+    let mut config = ClusterConfig::single_node("tls", "-", "-", &dir.path().join("data"));
+    config.nodes = nodes;
+    config.raft.election_timeout_min_ms = NonZeroMillis::new(300).expect("positive");
+    config.raft.election_timeout_max_ms = NonZeroMillis::new(600).expect("positive");
+    config.tls = Some(TlsSection {
+        cert_file: "tls/node.pem".into(),
+        key_file: "tls/node.key".into(),
+        ca_file: "tls/ca.pem".into(),
+    });
     let urls: Vec<String> = config
         .nodes
         .iter()

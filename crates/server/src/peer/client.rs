@@ -1,4 +1,4 @@
-//! Node-to-node HTTP client: openraft's `RaftNetwork` plus forwarding and probes.
+//! The node-to-node HTTP client: one pooled client for Raft RPC, forwarding and probes.
 //!
 //! Every request a node makes to a peer goes through one [`PeerClient`], which wraps
 //! one `reqwest::Client`: one connection pool with keep-alive for all peers, so a
@@ -6,67 +6,42 @@
 //! dead peer is noticed quickly. Each request also carries its own total timeout
 //! (openraft's per-RPC TTL, or the caller's remaining deadline).
 //!
-//! Bodies are bincode (see [`crate::raft_rpc`] for the codec and the endpoints).
+//! Bodies are bincode (see [`super::protocol`] for the codec and the endpoints).
 //!
 //! Every request names its target peer by id; the address comes from the peer's
 //! `raft_addr` unless `QUORATE_PEER_ADDRS` overrides it for that id (used by the chaos
 //! tests to put a fault-injecting proxy on each directed link; see
 //! [`PeerClient::with_peer_addrs`] and `config.rs`).
 //!
-//! Errors are mapped so that openraft reacts the way the failure deserves:
-//! - could not connect → [`Unreachable`]: openraft backs off (our [`RaftNetwork::backoff`])
-//!   instead of hammering a dead node every heartbeat;
-//! - no answer within the TTL → [`RPCError::Timeout`];
-//! - the peer answered with a Raft error → [`RPCError::RemoteError`] (e.g. a higher vote);
-//! - anything else (reset connection, undecodable body, 4xx/5xx) → [`NetworkError`].
+//! Failures are typed ([`PeerError`]) by what they say about delivery: a connect
+//! error means the request was certainly not delivered, a timeout means it may have
+//! been processed. `raft_network` and the forwarding code map them from there.
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::AnyError;
-use quorate_store::{NodeInfo, TypeConfig};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::raft_rpc::{self, paths, TIMEOUT_HEADER};
+use super::protocol::TIMEOUT_HEADER;
 
 /// Why a request to a peer failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
     /// No connection could be made: the request was certainly not delivered.
+    #[error("cannot connect: {0}")]
     Connect(String),
     /// No complete answer within the timeout: the request may have been processed.
+    #[error("timed out")]
     Timeout,
     /// The peer answered with a non-2xx status.
+    #[error("HTTP {0}: {1}")]
     Status(u16, String),
     /// The connection broke, or the body could not be encoded or decoded.
+    #[error("transport error: {0}")]
     Transport(String),
 }
-
-impl fmt::Display for PeerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerError::Connect(m) => write!(f, "cannot connect: {m}"),
-            PeerError::Timeout => f.write_str("timed out"),
-            PeerError::Status(s, m) => write!(f, "HTTP {s}: {m}"),
-            PeerError::Transport(m) => write!(f, "transport error: {m}"),
-        }
-    }
-}
-
-impl StdError for PeerError {}
 
 /// An error and its sources on one line (reqwest's own message is terse).
 fn chain(e: &dyn StdError) -> String {
@@ -209,139 +184,10 @@ impl PeerClient {
     }
 }
 
-/// openraft's connection factory: one [`PeerConnection`] per target, all sharing the
-/// node's [`PeerClient`].
-#[derive(Clone, Debug)]
-pub struct Network {
-    id: u64,
-    client: PeerClient,
-}
-
-impl Network {
-    pub fn new(id: u64, client: PeerClient) -> Self {
-        Self { id, client }
-    }
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerConnection;
-
-    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConnection {
-        PeerConnection {
-            id: self.id,
-            target,
-            node: node.clone(),
-            client: self.client.clone(),
-        }
-    }
-}
-
-/// Raft RPCs from this node to one peer.
-#[derive(Debug)]
-pub struct PeerConnection {
-    id: u64,
-    target: u64,
-    node: NodeInfo,
-    client: PeerClient,
-}
-
-type RpcResult<T, E> = Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
-
-fn network_error<E: StdError>(msg: impl ToString) -> RPCError<u64, NodeInfo, E> {
-    RPCError::Network(NetworkError::from(AnyError::error(msg)))
-}
-
-impl PeerConnection {
-    /// One RPC: encode, POST, decode `Result<Resp, RaftError<E>>`, map errors.
-    async fn rpc<Req, Resp, E>(
-        &self,
-        action: RPCTypes,
-        path: &str,
-        req: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: StdError + DeserializeOwned,
-    {
-        let body = raft_rpc::encode(req).map_err(|e| network_error(format!("encode: {e}")))?;
-        let ttl = option.hard_ttl();
-        let bytes = self
-            .client
-            .post(self.target, &self.node.raft_addr, path, body, ttl)
-            .await
-            .map_err(|e| match e {
-                PeerError::Connect(_) => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Timeout => RPCError::Timeout(Timeout {
-                    action,
-                    id: self.id,
-                    target: self.target,
-                    timeout: ttl,
-                }),
-                // The peer is up but shutting down or overloaded: back off.
-                PeerError::Status(503, _) => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Status(..) | PeerError::Transport(_) => {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
-        let res: Result<Resp, RaftError<u64, E>> = raft_rpc::decode(&bytes)
-            .map_err(|e| network_error(format!("decode {action} response: {e}")))?;
-        res.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
-    }
-}
-
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    #[tracing::instrument(level = "trace", skip_all, fields(target = self.target))]
-    async fn append_entries(
-        &mut self,
-        req: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.rpc(RPCTypes::AppendEntries, paths::APPEND, &req, &option)
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(target = self.target))]
-    async fn install_snapshot(
-        &mut self,
-        req: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.rpc(RPCTypes::InstallSnapshot, paths::SNAPSHOT, &req, &option)
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(target = self.target))]
-    async fn vote(
-        &mut self,
-        req: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.rpc(RPCTypes::Vote, paths::VOTE, &req, &option).await
-    }
-
-    /// After an [`Unreachable`] error: 100 ms, doubling to 1 s, reset by the next
-    /// success. Short enough that a restarted peer is caught up within a second,
-    /// long enough that a dead one does not fill the log.
-    fn backoff(&self) -> Backoff {
-        Backoff::new(
-            (0..).map(|i: u32| {
-                Duration::from_millis(100u64 << i.min(4)).min(Duration::from_secs(1))
-            }),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::protocol::paths;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]

@@ -26,14 +26,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use axum::http::{HeaderMap, HeaderValue, Method};
-use serde::Deserialize;
+use axum::http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
 
-/// Header carrying the cluster id on peer requests.
-pub const CLUSTER_HEADER: &str = "x-quorate-cluster";
+use crate::peer::protocol::CLUSTER_HEADER;
 
 /// What a token may do. `Admin` includes everything `Client` may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,
@@ -41,7 +40,7 @@ pub enum Role {
 }
 
 /// `[auth]` of `cluster.toml`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Bearer tokens for the public API.
@@ -68,7 +67,7 @@ impl std::fmt::Debug for AuthSection {
 }
 
 /// One `[[auth.tokens]]` entry: a name (for logs), a role and exactly one secret source.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     pub name: String,
@@ -314,25 +313,6 @@ impl AuthSection {
     }
 }
 
-/// The role a public route needs; `None` for open routes.
-pub fn required_role(method: &Method, route: &str) -> Option<Role> {
-    match route {
-        "/healthz" | "/readyz" | "/v1/openapi.json" => None,
-        "/v1/slots/acquire" | "/v1/slots/release" | "/v1/slots/renew" | "/v1/rate/check" => {
-            Some(Role::Client)
-        }
-        "/v1/limits/{key}" | "/v1/policies/{name}" | "/v1/tiers/{name}"
-            if method != Method::GET =>
-        {
-            Some(Role::Admin)
-        }
-        "/v1/members" | "/v1/members/{id}" => Some(Role::Admin),
-        // Reads (slots, limits, policies, cluster, metrics) and unknown routes: a
-        // client token, so nothing about the cluster leaks to anonymous callers.
-        _ => Some(Role::Client),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,31 +489,5 @@ mod tests {
             .resolve("c", Path::new("."))
             .unwrap_err()
             .contains("not set"));
-    }
-
-    #[test]
-    fn route_roles() {
-        assert_eq!(required_role(&Method::GET, "/healthz"), None);
-        assert_eq!(
-            required_role(&Method::POST, "/v1/slots/acquire"),
-            Some(Role::Client)
-        );
-        assert_eq!(
-            required_role(&Method::GET, "/v1/limits/{key}"),
-            Some(Role::Client)
-        );
-        assert_eq!(
-            required_role(&Method::PUT, "/v1/limits/{key}"),
-            Some(Role::Admin)
-        );
-        assert_eq!(
-            required_role(&Method::DELETE, "/v1/policies/{name}"),
-            Some(Role::Admin)
-        );
-        assert_eq!(
-            required_role(&Method::POST, "/v1/members"),
-            Some(Role::Admin)
-        );
-        assert_eq!(required_role(&Method::GET, "unmatched"), Some(Role::Client));
     }
 }

@@ -7,15 +7,16 @@
 //! and a loopback certificate for local use.
 //!
 //! Peer authentication stays with the cluster secret (`auth.rs`); TLS adds
-//! confidentiality and server authentication on the wire.
+//! confidentiality and server authentication on the wire. The files are read once,
+//! at startup ([`super::Security`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[tls]` of `cluster.toml` (paths relative to the file).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain of this node (its SANs must cover the addresses peers

@@ -16,52 +16,50 @@
 //!   [`source_digest`](ClusterConfig::source_digest). Runtime policy changes made via
 //!   the API therefore survive restarts until someone edits the file.
 //!
-//! `QUORATE_<SECTION>_<KEY>` environment variables override file values
-//! (`QUORATE_RAFT_HEARTBEAT_INTERVAL_MS=50`, `QUORATE_SERVER_REQUEST_TIMEOUT_MS=2000`),
-//! as do `QUORATE_CLUSTER_ID` and `QUORATE_DATA_DIR` for the top-level keys. Other
-//! `QUORATE_*` variables (such as `QUORATE_LOG`) are not config and are ignored here.
-//!
-//! Two variables are for testing, not for production configuration:
-//! - `QUORATE_PEER_ADDRS="2=127.0.0.1:41002,3=127.0.0.1:41003"` makes *this* node send
-//!   everything it sends to peer 2 (Raft RPCs, forwarded requests, bootstrap probes) to
-//!   `127.0.0.1:41002` instead of peer 2's `raft_addr`, and likewise for 3. Other peers
-//!   keep their `raft_addr`; ids need not be in the file yet (a node added later).
-//!   The chaos suite (`tests/chaos.rs`) uses it to route each directed link through a
-//!   proxy it can cut. Parsed into [`ClusterConfig::peer_addrs`]; a malformed value
-//!   stops the node at startup.
-//! - `QUORATE_PLANTED_BUG=follower-local-grant` (debug builds only; ignored with an
-//!   error in release builds) makes followers grant acquires from a private copy of
-//!   their local state without Raft: a deliberate bug that proves the chaos checker can
-//!   fail. See `node.rs`.
+//! Loading is layered with [figment](https://docs.rs/figment): the file, then
+//! `QUORATE_<SECTION>_<KEY>` environment variables over it
+//! (`QUORATE_RAFT_HEARTBEAT_INTERVAL_MS=50`, `QUORATE_SERVER_REQUEST_TIMEOUT_MS=2000`,
+//! and `QUORATE_CLUSTER_ID` / `QUORATE_DATA_DIR` for the top-level keys; see
+//! [`env`]). Values are typed when parsed ([`units`]): durations are
+//! [`NonZeroMillis`]/[`Millis`], counts that must be positive are `NonZero*`.
+//! Secrets and certificates are *not* read here: [`ClusterConfig::security`] reads
+//! them once, at startup, so a CLI that only wants the node list needs no secrets.
 //!
 //! Parsing is strict: unknown keys are errors, and so are values the state machine
-//! would later reject (the same `quorate_core::validate` rules run here), so a typo
-//! stops the node at startup with the file's name in the message instead of surfacing
-//! as a rejected log entry later.
+//! would later reject (the same `quorate_core::validate` rules run in [`validate`]), so
+//! a typo stops the node at startup with the file's name in the message instead of
+//! surfacing as a rejected log entry later.
+//!
+//! Tests and scripts do not write this file from string templates: they build a
+//! [`ClusterConfig`] value (usually the repository's `cluster.toml` with test
+//! addresses, [`ClusterConfig::with_local_nodes`]) and serialize it with
+//! [`ClusterConfig::to_toml`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quorate_core::{validate, Configuration, Policy, RateSpec, Settings};
-use serde::Deserialize;
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use quorate_core::{Configuration, Policy, RateSpec, Settings};
+use serde::{Deserialize, Serialize};
 
-use crate::api::ApiConfig;
-use crate::auth::{ApiAuth, AuthSection, PeerAuth};
 use crate::error::ServerError;
-use crate::tls::{Tls, TlsSection};
+use crate::security::auth::AuthSection;
+use crate::security::tls::TlsSection;
+use crate::security::Security;
 
-/// Prefix of environment variables that override file values.
-pub const ENV_PREFIX: &str = "QUORATE_";
+pub mod env;
+pub mod units;
+mod validate;
 
-/// Per-peer outgoing address overrides (`id=host:port,...`; see the module docs).
-pub const PEER_ADDRS_ENV: &str = "QUORATE_PEER_ADDRS";
-
-/// Sections whose keys may be overridden by `QUORATE_<SECTION>_<KEY>` variables.
-const ENV_SECTIONS: [&str; 3] = ["raft", "limits", "server"];
+pub use env::{ENV_PREFIX, PEER_ADDRS_ENV};
+use units::nz_ms;
+pub use units::{Millis, NonZeroMillis};
 
 /// The whole of `cluster.toml`, after environment overrides and validation.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Names the cluster (Raft's `cluster_name`, logs). Nodes of different clusters
@@ -83,17 +81,17 @@ pub struct ClusterConfig {
     /// Tier name → multiplier (`superuser = 10`, `trial = 0.5`).
     #[serde(default)]
     pub tiers: BTreeMap<String, Multiplier>,
-    /// API tokens and the peer secret (see `auth.rs`).
+    /// API tokens and the peer secret (see `security::auth`).
     #[serde(default)]
     pub auth: AuthSection,
-    /// Optional TLS for every listener and between peers (see `tls.rs`).
-    #[serde(default)]
+    /// Optional TLS for every listener and between peers (see `security::tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
     /// The file this was read from (for messages); empty when parsed from a string.
     #[serde(skip)]
     pub source: PathBuf,
     /// Peer id → address this node uses instead of the peer's `raft_addr`, from
-    /// `QUORATE_PEER_ADDRS` (empty unless set; see the module docs).
+    /// `QUORATE_PEER_ADDRS` (empty unless set; see [`env`]).
     #[serde(skip)]
     pub peer_addrs: BTreeMap<u64, String>,
 }
@@ -103,7 +101,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// One `[[nodes]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: u64,
@@ -114,44 +112,45 @@ pub struct NodeConfig {
 }
 
 /// `[raft]`: Raft timing and log compaction.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSection {
-    pub heartbeat_interval_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: NonZeroMillis,
+    pub election_timeout_min_ms: NonZeroMillis,
+    pub election_timeout_max_ms: NonZeroMillis,
     /// Build a snapshot after this many log entries since the last one.
-    pub snapshot_logs_since_last: u64,
+    pub snapshot_logs_since_last: NonZeroU64,
     /// Log entries kept behind a snapshot (lets slow followers catch up from the log).
     pub max_in_snapshot_log_to_keep: u64,
     /// Timeout of one snapshot chunk transfer.
-    pub install_snapshot_timeout_ms: u64,
+    pub install_snapshot_timeout_ms: NonZeroMillis,
     /// TCP connect timeout of every node-to-node request.
-    pub connect_timeout_ms: u64,
+    pub connect_timeout_ms: NonZeroMillis,
 }
 
 impl Default for RaftSection {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
-            snapshot_logs_since_last: 5000,
+            heartbeat_interval_ms: nz_ms(100),
+            election_timeout_min_ms: nz_ms(500),
+            election_timeout_max_ms: nz_ms(1000),
+            snapshot_logs_since_last: NonZeroU64::MIN.saturating_add(4999),
             max_in_snapshot_log_to_keep: 1000,
-            install_snapshot_timeout_ms: 5000,
-            connect_timeout_ms: 500,
+            install_snapshot_timeout_ms: nz_ms(5000),
+            connect_timeout_ms: nz_ms(500),
         }
     }
 }
 
 /// `[limits]`: caps replicated into the state machine, plus the API's default TTL.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The replicated caps stay plain numbers: the core validates them (`validate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub default_limit: u32,
     pub max_limit: u32,
     /// TTL of an acquire that names none (API-side, not replicated).
-    pub default_ttl_ms: u64,
+    pub default_ttl_ms: NonZeroMillis,
     pub max_ttl_ms: u64,
     pub max_retry_after_ms: u64,
     pub max_period_ms: u64,
@@ -163,7 +162,7 @@ impl Default for LimitsSection {
         Self {
             default_limit: s.default_limit,
             max_limit: s.max_limit,
-            default_ttl_ms: 60_000,
+            default_ttl_ms: nz_ms(60_000),
             max_ttl_ms: s.max_ttl_ms,
             max_retry_after_ms: s.max_retry_after_ms,
             max_period_ms: s.max_period_ms,
@@ -172,47 +171,55 @@ impl Default for LimitsSection {
 }
 
 /// `[server]`: the HTTP layer and the leader's write pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// How long a request may wait for the cluster (leader election, quorum) before
     /// the answer is 503 `unavailable`.
-    pub request_timeout_ms: u64,
-    pub max_body_bytes: usize,
+    pub request_timeout_ms: NonZeroMillis,
+    pub max_body_bytes: NonZeroUsize,
     /// Most ops the leader packs into one log entry.
-    pub batch_max_ops: usize,
+    pub batch_max_ops: NonZeroUsize,
     /// Log entries the leader keeps in flight at once; requests arriving meanwhile
     /// accumulate into the next entry.
-    pub batch_max_in_flight: usize,
+    pub batch_max_in_flight: NonZeroUsize,
     /// How often the leader proposes housekeeping (expire dead leases, advance time).
-    pub expire_interval_ms: u64,
+    pub expire_interval_ms: NonZeroMillis,
     /// On shutdown, how long in-flight requests may take to finish.
-    pub drain_timeout_ms: u64,
+    pub drain_timeout_ms: Millis,
     /// Most open connections per listener (API and Raft each); further connections
     /// are closed at once, so a flood cannot exhaust file descriptors or memory.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// A client must send its complete request headers within this time, or the
     /// connection is closed (slowloris).
-    pub header_read_timeout_ms: u64,
+    pub header_read_timeout_ms: NonZeroMillis,
+}
+
+/// `NonZeroUsize` for constants known to be positive.
+const fn nz(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("zero count constant"),
+    }
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            request_timeout_ms: 5000,
-            max_body_bytes: 65536,
-            batch_max_ops: 512,
-            batch_max_in_flight: 3,
-            expire_interval_ms: 1000,
-            drain_timeout_ms: 10_000,
-            max_connections: 4096,
-            header_read_timeout_ms: 10_000,
+            request_timeout_ms: nz_ms(5000),
+            max_body_bytes: nz(65536),
+            batch_max_ops: nz(512),
+            batch_max_in_flight: nz(3),
+            expire_interval_ms: nz_ms(1000),
+            drain_timeout_ms: Millis::new(10_000),
+            max_connections: nz(4096),
+            header_read_timeout_ms: nz_ms(10_000),
         }
     }
 }
 
 /// One `[[policies]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicyConfig {
     /// At most `limit` live leases on each key matching `pattern` (`org:*`, `global`).
@@ -226,7 +233,7 @@ pub enum PolicyConfig {
         name: String,
         limit: u32,
         period_ms: u64,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         burst: Option<u32>,
     },
 }
@@ -260,7 +267,7 @@ impl PolicyConfig {
 }
 
 /// A tier multiplier as written in the file: `10` or `0.5`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Multiplier {
     Int(i64),
@@ -287,42 +294,45 @@ impl ClusterConfig {
             path: path.to_path_buf(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, path, std::env::vars())
+        Self::layered(&text, path)
+    }
+
+    /// `text` (as if read from `path`) with the process environment over it.
+    pub fn layered(text: &str, path: &Path) -> Result<Self, ServerError> {
+        let peer_addrs = env::peer_addrs_from_process().map_err(|m| ServerError::Config {
+            path: path.to_path_buf(),
+            message: m,
+        })?;
+        let figment = Figment::from(Toml::string(text)).merge(env::provider());
+        let mut config = Self::extract(&figment, path, &env::applied_vars())?;
+        config.peer_addrs = peer_addrs;
+        Ok(config)
     }
 
     /// Parse `text` as if read from `path` (relative `data_dir` resolves against the
-    /// path's directory), applying overrides from `env`, then validate.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ServerError> {
+    /// path's directory), without environment overrides, then validate.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ServerError> {
+        Self::extract(&Figment::from(Toml::string(text)), path, &[])
+    }
+
+    /// Extract and validate from any layering; `applied` names the environment
+    /// variables in it, for error messages.
+    fn extract(figment: &Figment, path: &Path, applied: &[String]) -> Result<Self, ServerError> {
         let err = |message: String| ServerError::Config {
             path: path.to_path_buf(),
             message,
         };
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        let peer_addrs = match env.iter().find(|(k, _)| k == PEER_ADDRS_ENV) {
-            Some((_, v)) => {
-                parse_peer_addrs(v).map_err(|m| err(format!("{PEER_ADDRS_ENV}: {m}")))?
+        let mut config: ClusterConfig = figment.extract().map_err(|e| {
+            let mut m = e.to_string();
+            if !applied.is_empty() {
+                m.push_str(&format!(" (environment overrides: {})", applied.join(", ")));
             }
-            None => BTreeMap::new(),
-        };
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        let applied = apply_env(&mut doc, env).map_err(err)?;
-        let mut config: ClusterConfig = if applied.is_empty() {
-            // Straight from the text: errors carry line and column.
-            toml::from_str(text).map_err(|e| err(e.to_string()))?
-        } else {
-            toml::Value::Table(doc).try_into().map_err(|e| {
-                err(format!(
-                    "{e} (environment overrides: {})",
-                    applied.join(", ")
-                ))
-            })?
-        };
-        let env_data_dir = applied.iter().any(|v| v == "QUORATE_DATA_DIR");
-        if config.data_dir.is_relative() && !env_data_dir {
+            err(m)
+        })?;
+        let data_dir_from_env = figment
+            .find_metadata("data_dir")
+            .is_some_and(|md| md.name.contains("environment"));
+        if config.data_dir.is_relative() && !data_dir_from_env {
             // Relative to the file, so `quorate serve --config /etc/q/cluster.toml`
             // works from any working directory. A relative QUORATE_DATA_DIR stays
             // relative to the working directory, as shell users expect.
@@ -330,129 +340,62 @@ impl ClusterConfig {
             config.data_dir = base.join(&config.data_dir);
         }
         config.source = path.to_path_buf();
-        config.peer_addrs = peer_addrs;
-        config.validate().map_err(err)?;
+        validate::cluster(&config).map_err(err)?;
         Ok(config)
     }
 
-    /// Check everything that can be checked without touching the network or disk.
-    fn validate(&self) -> Result<(), String> {
-        if self.cluster_id.trim().is_empty() {
-            return Err("cluster_id must not be empty".into());
-        }
-        if self.nodes.is_empty() {
-            return Err("at least one [[nodes]] entry is required".into());
-        }
-        let mut ids = BTreeSet::new();
-        let mut addrs = BTreeSet::new();
-        for n in &self.nodes {
-            if n.id == 0 {
-                return Err("node id 0 is reserved; ids start at 1".into());
-            }
-            if !ids.insert(n.id) {
-                return Err(format!("duplicate node id {}", n.id));
-            }
-            for (what, addr) in [("api_addr", &n.api_addr), ("raft_addr", &n.raft_addr)] {
-                check_addr(addr).map_err(|m| format!("node {} {what} {addr:?}: {m}", n.id))?;
-                if !addrs.insert(addr.as_str()) {
-                    return Err(format!(
-                        "node {} {what} {addr:?} is used twice (every api_addr and raft_addr must be distinct)",
-                        n.id
-                    ));
-                }
-            }
-        }
+    /// The file's text for this value (tests and scripts write configs this way).
+    pub fn to_toml(&self) -> String {
+        // Every field serializes to TOML (no maps with non-string keys, no NaN).
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    }
 
-        let r = &self.raft;
-        if r.heartbeat_interval_ms == 0 {
-            return Err("raft.heartbeat_interval_ms must be at least 1".into());
+    /// A one-node cluster on `api_addr`/`raft_addr` with data under `data_dir`, every
+    /// other setting at its default, no policies, and fast Raft timing (heartbeat
+    /// 50 ms, elections 150–300 ms): the base of in-process tests.
+    pub fn single_node(cluster_id: &str, api_addr: &str, raft_addr: &str, data_dir: &Path) -> Self {
+        Self {
+            cluster_id: cluster_id.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            nodes: vec![NodeConfig {
+                id: 1,
+                api_addr: api_addr.to_string(),
+                raft_addr: raft_addr.to_string(),
+            }],
+            raft: RaftSection {
+                heartbeat_interval_ms: nz_ms(50),
+                election_timeout_min_ms: nz_ms(150),
+                election_timeout_max_ms: nz_ms(300),
+                ..RaftSection::default()
+            },
+            limits: LimitsSection::default(),
+            server: ServerSection::default(),
+            policies: Vec::new(),
+            tiers: BTreeMap::new(),
+            auth: AuthSection::default(),
+            tls: None,
+            // As if the file sat beside the data directory (relative TLS paths).
+            source: data_dir.parent().unwrap_or(data_dir).join("cluster.toml"),
+            peer_addrs: BTreeMap::new(),
         }
-        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
-            return Err(format!(
-                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_interval_ms ({})",
-                r.election_timeout_min_ms, r.heartbeat_interval_ms
-            ));
-        }
-        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(format!(
-                "raft.election_timeout_max_ms ({}) must exceed raft.election_timeout_min_ms ({})",
-                r.election_timeout_max_ms, r.election_timeout_min_ms
-            ));
-        }
-        if r.snapshot_logs_since_last == 0 {
-            return Err("raft.snapshot_logs_since_last must be at least 1".into());
-        }
-        if r.install_snapshot_timeout_ms == 0 || r.connect_timeout_ms == 0 {
-            return Err(
-                "raft.install_snapshot_timeout_ms and raft.connect_timeout_ms must be at least 1"
-                    .into(),
-            );
-        }
+    }
 
-        let s = &self.server;
-        if s.request_timeout_ms == 0 {
-            return Err("server.request_timeout_ms must be at least 1".into());
-        }
-        if s.request_timeout_ms <= r.heartbeat_interval_ms {
-            return Err(format!(
-                "server.request_timeout_ms ({}) must exceed raft.heartbeat_interval_ms ({})",
-                s.request_timeout_ms, r.heartbeat_interval_ms
-            ));
-        }
-        if s.max_body_bytes == 0 {
-            return Err("server.max_body_bytes must be at least 1".into());
-        }
-        if s.batch_max_ops == 0 || s.batch_max_in_flight == 0 {
-            return Err(
-                "server.batch_max_ops and server.batch_max_in_flight must be at least 1".into(),
-            );
-        }
-        if s.expire_interval_ms == 0 {
-            return Err("server.expire_interval_ms must be at least 1".into());
-        }
-        if self.server.max_connections == 0 || self.server.header_read_timeout_ms == 0 {
-            return Err(
-                "server.max_connections and server.header_read_timeout_ms must be at least 1"
-                    .into(),
-            );
-        }
-
-        let settings = self.settings();
-        validate::settings(&settings).map_err(|e| format!("[limits]: {e}"))?;
-        if self.limits.default_ttl_ms == 0 || self.limits.default_ttl_ms > self.limits.max_ttl_ms {
-            return Err(format!(
-                "limits.default_ttl_ms ({}) must be in 1..=limits.max_ttl_ms ({})",
-                self.limits.default_ttl_ms, self.limits.max_ttl_ms
-            ));
-        }
-
-        let mut names = BTreeSet::new();
-        for p in &self.policies {
-            let name = p.name();
-            validate::name("name", name).map_err(|e| format!("policy {name:?}: {e}"))?;
-            if !names.insert(name) {
-                return Err(format!("duplicate policy name {name:?}"));
-            }
-            match p.to_policy() {
-                Policy::Concurrency { pattern, limit } => {
-                    validate::pattern(&pattern).map_err(|e| format!("policy {name:?}: {e}"))?;
-                    validate::limit("limit", limit, &settings)
-                        .map_err(|e| format!("policy {name:?}: {e}"))?;
-                }
-                Policy::Rate(spec) => {
-                    validate::rate_spec(&spec, &settings)
-                        .map_err(|e| format!("policy {name:?}: {e}"))?;
-                }
-            }
-        }
-        for (name, m) in &self.tiers {
-            validate::name("name", name).map_err(|e| format!("tier {name:?}: {e}"))?;
-            let milli = m
-                .milli()
-                .ok_or_else(|| format!("tier {name:?}: multiplier must be a positive number"))?;
-            validate::multiplier(milli).map_err(|e| format!("tier {name:?}: {e}"))?;
-        }
-        Ok(())
+    /// This configuration with `nodes` on loopback in place of the file's nodes: node
+    /// `i` (1-based) gets `api_ports[i-1]` and `raft_ports[i-1]`. For tests and local
+    /// scripts, which start from the repository's `cluster.toml` so they run the same
+    /// policies and tiers as a newcomer's `quorate up`.
+    pub fn with_local_nodes(mut self, api_ports: &[u16], raft_ports: &[u16]) -> Self {
+        self.nodes = api_ports
+            .iter()
+            .zip(raft_ports)
+            .enumerate()
+            .map(|(i, (api, raft))| NodeConfig {
+                id: i as u64 + 1,
+                api_addr: format!("127.0.0.1:{api}"),
+                raft_addr: format!("127.0.0.1:{raft}"),
+            })
+            .collect();
+        self
     }
 
     /// The `[[nodes]]` entry of `id`.
@@ -564,11 +507,13 @@ impl ClusterConfig {
         let r = &self.raft;
         let config = openraft::Config {
             cluster_name: self.cluster_id.clone(),
-            heartbeat_interval: r.heartbeat_interval_ms,
-            election_timeout_min: r.election_timeout_min_ms,
-            election_timeout_max: r.election_timeout_max_ms,
-            install_snapshot_timeout: r.install_snapshot_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+            heartbeat_interval: r.heartbeat_interval_ms.ms(),
+            election_timeout_min: r.election_timeout_min_ms.ms(),
+            election_timeout_max: r.election_timeout_max_ms.ms(),
+            install_snapshot_timeout: r.install_snapshot_timeout_ms.ms(),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                r.snapshot_logs_since_last.get(),
+            ),
             max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
             // Chunks well under the Raft RPC body limit.
             snapshot_max_chunk_size: 1024 * 1024,
@@ -580,129 +525,27 @@ impl ClusterConfig {
         })
     }
 
-    /// Load the `[tls]` material, if configured.
-    pub fn tls(&self) -> Result<Option<Tls>, ServerError> {
+    /// Read the `[auth]` secrets and `[tls]` files, once (files relative to the
+    /// config file).
+    pub fn security(&self) -> Result<Security, ServerError> {
         let base = self.source.parent().unwrap_or_else(|| Path::new("."));
-        self.tls
+        let err = |message: String| ServerError::Config {
+            path: self.source.clone(),
+            message,
+        };
+        let (api, peer) = self.auth.resolve(&self.cluster_id, base).map_err(err)?;
+        let tls = self
+            .tls
             .as_ref()
             .map(|t| t.load(base))
             .transpose()
-            .map_err(|message| ServerError::Config {
-                path: self.source.clone(),
-                message,
-            })
-    }
-
-    /// Resolve the `[auth]` secrets (files relative to the config file, env vars).
-    pub fn auth(&self) -> Result<(ApiAuth, PeerAuth), ServerError> {
-        let base = self.source.parent().unwrap_or_else(|| Path::new("."));
-        self.auth
-            .resolve(&self.cluster_id, base)
-            .map_err(|message| ServerError::Config {
-                path: self.source.clone(),
-                message,
-            })
-    }
-
-    /// The HTTP layer's settings for node `node_id` (open auth: loopback only; the
-    /// caller installs the resolved tokens).
-    pub fn api_config(&self, node_id: u64) -> ApiConfig {
-        ApiConfig {
-            auth: ApiAuth::default(),
-            node_id,
-            default_ttl_ms: self.limits.default_ttl_ms,
-            max_body_bytes: self.server.max_body_bytes,
-            request_timeout: self.request_timeout(),
-        }
+            .map_err(err)?;
+        Ok(Security { api, peer, tls })
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.server.request_timeout_ms)
+        self.server.request_timeout_ms.get()
     }
-}
-
-/// `QUORATE_PEER_ADDRS`: `id=host:port` pairs separated by commas (blank = none).
-fn parse_peer_addrs(value: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut map = BTreeMap::new();
-    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{pair:?}: expected id=host:port"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| format!("{pair:?}: node id must be a positive integer"))?;
-        let addr = addr.trim();
-        check_addr(addr).map_err(|m| format!("{pair:?}: {m}"))?;
-        if map.insert(id, addr.to_string()).is_some() {
-            return Err(format!("node {id} is named twice"));
-        }
-    }
-    Ok(map)
-}
-
-/// `host:port` with a non-zero port (host names are allowed: containers).
-fn check_addr(addr: &str) -> Result<(), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| "expected host:port".to_string())?;
-    if host.is_empty() {
-        return Err("missing host".into());
-    }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err("port must be in 1..=65535".into()),
-        Ok(_) => Ok(()),
-    }
-}
-
-/// Apply `QUORATE_*` overrides to the parsed document. Returns the names of the
-/// variables applied (for error messages).
-fn apply_env(
-    doc: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<String>, String> {
-    let mut applied = Vec::new();
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    vars.sort();
-    for (name, value) in vars {
-        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
-        match rest.as_str() {
-            "cluster_id" | "data_dir" => {
-                doc.insert(rest, toml::Value::String(value));
-                applied.push(name);
-                continue;
-            }
-            _ => {}
-        }
-        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
-            rest.strip_prefix(s)
-                .and_then(|k| k.strip_prefix('_'))
-                .map(|k| (*s, k.to_string()))
-        }) else {
-            continue; // QUORATE_LOG and friends: not config.
-        };
-        // Every key of the overridable sections is a non-negative integer.
-        let v: i64 = value
-            .trim()
-            .parse()
-            .ok()
-            .filter(|v| *v >= 0)
-            .ok_or_else(|| format!("{name}={value:?}: expected a non-negative integer"))?;
-        let table = doc
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(table) = table else {
-            return Err(format!("[{section}] must be a table"));
-        };
-        table.insert(key, toml::Value::Integer(v));
-        applied.push(name);
-    }
-    Ok(applied)
 }
 
 #[cfg(test)]
@@ -753,9 +596,21 @@ superuser = 10
 trial = 0.5
 "#;
 
+    /// Parse `text` as `/etc/quorate/cluster.toml` with `env` set in a figment jail
+    /// (which restores the environment afterwards).
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<ClusterConfig, ServerError> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        ClusterConfig::parse(text, Path::new("/etc/quorate/cluster.toml"), env)
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            result = Some(ClusterConfig::layered(
+                text,
+                Path::new("/etc/quorate/cluster.toml"),
+            ));
+            Ok(())
+        });
+        result.expect("jail ran")
     }
 
     fn message(r: Result<ClusterConfig, ServerError>) -> String {
@@ -774,13 +629,13 @@ trial = 0.5
             c.node_data_dir(2),
             PathBuf::from("/etc/quorate/data/node-2")
         );
-        assert_eq!(c.raft.heartbeat_interval_ms, 50);
-        assert_eq!(c.raft.election_timeout_min_ms, 500);
+        assert_eq!(c.raft.heartbeat_interval_ms.ms(), 50);
+        assert_eq!(c.raft.election_timeout_min_ms.ms(), 500);
         assert_eq!(c.limits.default_limit, 7);
-        assert_eq!(c.server.request_timeout_ms, 5000);
-        assert_eq!(c.server.max_body_bytes, 65536);
-        assert_eq!(c.server.batch_max_ops, 512);
-        assert_eq!(c.server.expire_interval_ms, 1000);
+        assert_eq!(c.request_timeout(), Duration::from_millis(5000));
+        assert_eq!(c.server.max_body_bytes.get(), 65536);
+        assert_eq!(c.server.batch_max_ops.get(), 512);
+        assert_eq!(c.server.expire_interval_ms.ms(), 1000);
         assert_eq!(c.node(2).unwrap().raft_addr, "127.0.0.1:7202");
         assert!(matches!(
             c.node(9),
@@ -878,14 +733,13 @@ trial = 0.5
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/q"));
         assert_eq!(c.cluster_id, "prod");
-        assert_eq!(c.raft.heartbeat_interval_ms, 40);
-        assert_eq!(c.raft.election_timeout_min_ms, 300);
-        assert_eq!(c.raft.election_timeout_max_ms, 600);
+        assert_eq!(c.raft.heartbeat_interval_ms.ms(), 40);
+        assert_eq!(c.raft.election_timeout_min_ms.ms(), 300);
+        assert_eq!(c.raft.election_timeout_max_ms.ms(), 600);
         assert_eq!(c.limits.default_limit, 3);
-        assert_eq!(c.limits.default_ttl_ms, 1500);
+        assert_eq!(c.limits.default_ttl_ms.ms(), 1500);
         assert_eq!(c.limits.max_ttl_ms, 90000);
-        assert_eq!(c.server.request_timeout_ms, 2500);
-        assert_eq!(c.api_config(1).request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.request_timeout(), Duration::from_millis(2500));
     }
 
     #[test]
@@ -983,7 +837,8 @@ trial = 0.5
         assert!(m.contains("election_timeout_max_ms"), "{m}");
 
         let m = message(parse(SAMPLE, &[("QUORATE_SERVER_REQUEST_TIMEOUT_MS", "0")]));
-        assert!(m.contains("request_timeout_ms"), "{m}");
+        assert!(m.contains("QUORATE_SERVER_REQUEST_TIMEOUT_MS"), "{m}");
+        assert!(m.contains("at least 1"), "{m}");
     }
 
     #[test]
@@ -1022,14 +877,49 @@ trial = 0.5
     #[test]
     fn repository_cluster_toml_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster.toml");
-        let c = ClusterConfig::parse(
-            &std::fs::read_to_string(&path).unwrap(),
-            &path,
-            std::iter::empty(),
-        )
-        .unwrap();
+        let c = ClusterConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.policies.len(), 5);
         assert_eq!(c.tiers().len(), 3);
+    }
+
+    /// A config written from a typed value reads back as the same value: tests and
+    /// scripts rely on this instead of string templates.
+    #[test]
+    fn typed_configs_round_trip_through_toml() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster.toml");
+        let repo = ClusterConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        let mut c = repo
+            .clone()
+            .with_local_nodes(&[17101, 17102], &[17201, 17202]);
+        c.data_dir = PathBuf::from("/tmp/q-test");
+        c.raft.heartbeat_interval_ms = units::nz_ms(50);
+        let text = c.to_toml();
+        let back = ClusterConfig::parse(&text, Path::new("/x/cluster.toml")).unwrap();
+        assert_eq!(back.nodes, c.nodes);
+        assert_eq!(back.raft, c.raft);
+        assert_eq!(back.source_digest(), repo.source_digest());
+        assert_eq!(
+            ClusterConfig {
+                source: c.source.clone(),
+                ..back
+            },
+            c
+        );
+    }
+
+    #[test]
+    fn zero_durations_and_counts_are_refused_by_type() {
+        for (k, v) in [
+            ("QUORATE_RAFT_HEARTBEAT_INTERVAL_MS", "0"),
+            ("QUORATE_SERVER_BATCH_MAX_OPS", "0"),
+            ("QUORATE_SERVER_MAX_BODY_BYTES", "0"),
+            ("QUORATE_LIMITS_DEFAULT_TTL_MS", "0"),
+        ] {
+            let m = message(parse(SAMPLE, &[(k, v)]));
+            assert!(m.contains(k), "{k}: {m}");
+        }
+        // A zero drain timeout is allowed: stop at once.
+        assert!(parse(SAMPLE, &[("QUORATE_SERVER_DRAIN_TIMEOUT_MS", "0")]).is_ok());
     }
 }

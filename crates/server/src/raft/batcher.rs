@@ -30,21 +30,13 @@ use quorate_store::TypeConfig;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
-
-/// Why the batcher could not produce a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchError {
-    /// This node is not the leader; the entry was never applied.
-    NotLeader { leader: Option<u64> },
-    /// The outcome is unknown (Raft shut down, or the reply was lost).
-    Unavailable(String),
-}
+use crate::backend::NodeError;
+use crate::telemetry::Metrics;
 
 struct Pending {
     op: Op,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Reply, BatchError>>,
+    reply: oneshot::Sender<Result<Reply, NodeError>>,
 }
 
 /// Handle to the batching loop. Cheap to clone.
@@ -81,7 +73,7 @@ impl Batcher {
 
     /// Queue `op` and wait for its reply. The caller bounds the wait (dropping this
     /// future withdraws the op if it has not been proposed yet).
-    pub async fn submit(&self, op: Op) -> Result<Reply, BatchError> {
+    pub async fn submit(&self, op: Op) -> Result<Reply, NodeError> {
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             op,
@@ -89,11 +81,11 @@ impl Batcher {
             reply,
         };
         if self.tx.send(pending).await.is_err() {
-            return Err(BatchError::Unavailable("node is shutting down".into()));
+            return Err(NodeError::Unavailable("node is shutting down".into()));
         }
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(BatchError::Unavailable(
+            Err(_) => Err(NodeError::Unavailable(
                 "write pipeline stopped before the entry was applied".into(),
             )),
         }
@@ -144,24 +136,15 @@ async fn run(
             })
             .unzip();
         let n = ops.len();
-        metrics.inc(
-            "quorate_batches_total",
-            "Log entries proposed by the batcher.",
-            &[],
-        );
-        metrics.inc_by(
-            "quorate_batched_ops_total",
-            "Client ops proposed by the batcher (ops / batches = mean batch size).",
-            &[],
-            n as u64,
-        );
+        metrics.batches.inc();
+        metrics.batched_ops.inc_by(n as u64);
         tracing::trace!(ops = n, time_ms, "proposing batch");
 
         match raft.client_write_ff(Command { time_ms, ops }).await {
             Err(fatal) => {
                 let msg = format!("raft stopped: {fatal}");
                 for w in waiters {
-                    let _ = w.reply.send(Err(BatchError::Unavailable(msg.clone())));
+                    let _ = w.reply.send(Err(NodeError::Unavailable(msg.clone())));
                 }
             }
             Ok(applied) => {
@@ -178,7 +161,7 @@ async fn run(
 
 struct Waiter {
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Reply, BatchError>>,
+    reply: oneshot::Sender<Result<Reply, NodeError>>,
 }
 
 type Applied = Result<
@@ -207,22 +190,17 @@ fn deliver(result: Applied, waiters: Vec<Waiter>, metrics: &Metrics) {
             for w in waiters {
                 let r = match replies.next() {
                     Some(reply) => Ok(reply),
-                    None => Err(BatchError::Unavailable(
+                    None => Err(NodeError::Unavailable(
                         "entry applied without a reply".into(),
                     )),
                 };
-                metrics.observe(
-                    "quorate_write_seconds",
-                    "Time from a write entering the leader's batcher to its reply (applied).",
-                    &[],
-                    elapsed(w.enqueued),
-                );
+                metrics.write_seconds.observe(elapsed(w.enqueued));
                 let _ = w.reply.send(r);
             }
         }
         Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
             for w in waiters {
-                let _ = w.reply.send(Err(BatchError::NotLeader {
+                let _ = w.reply.send(Err(NodeError::NotLeader {
                     leader: f.leader_id,
                 }));
             }
@@ -231,14 +209,14 @@ fn deliver(result: Applied, waiters: Vec<Waiter>, metrics: &Metrics) {
             // Only membership entries can fail this way; ours are normal entries.
             let msg = format!("unexpected membership error: {e}");
             for w in waiters {
-                let _ = w.reply.send(Err(BatchError::Unavailable(msg.clone())));
+                let _ = w.reply.send(Err(NodeError::Unavailable(msg.clone())));
             }
         }
         Err(_) => {
             // openraft dropped the responder: shutdown, or leadership lost with the
             // entry's fate unknown to this node.
             for w in waiters {
-                let _ = w.reply.send(Err(BatchError::Unavailable(
+                let _ = w.reply.send(Err(NodeError::Unavailable(
                     "raft dropped the write before reporting its outcome".into(),
                 )));
             }

@@ -1,0 +1,128 @@
+//! Checks across the whole configuration, run once after parsing.
+//!
+//! Types already refuse what a single value cannot be (a zero timeout, a negative
+//! count); this checks what values mean together (unique ids and addresses, timing
+//! that nests) and runs the state machine's own `quorate_core::validate` rules over
+//! the replicated part, so a file the core would reject stops the node at startup.
+
+use std::collections::BTreeSet;
+
+use quorate_core::{validate, Policy};
+
+use super::ClusterConfig;
+
+/// Check everything that can be checked without touching the network or disk.
+/// Positivity of durations and counts is already enforced by their types (`units`).
+pub fn cluster(c: &ClusterConfig) -> Result<(), String> {
+    if c.cluster_id.trim().is_empty() {
+        return Err("cluster_id must not be empty".into());
+    }
+    if c.nodes.is_empty() {
+        return Err("at least one [[nodes]] entry is required".into());
+    }
+    let mut ids = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    for n in &c.nodes {
+        if n.id == 0 {
+            return Err("node id 0 is reserved; ids start at 1".into());
+        }
+        if !ids.insert(n.id) {
+            return Err(format!("duplicate node id {}", n.id));
+        }
+        for (what, addr) in [("api_addr", &n.api_addr), ("raft_addr", &n.raft_addr)] {
+            check_addr(addr).map_err(|m| format!("node {} {what} {addr:?}: {m}", n.id))?;
+            if !addrs.insert(addr.as_str()) {
+                return Err(format!(
+                    "node {} {what} {addr:?} is used twice (every api_addr and raft_addr must be distinct)",
+                    n.id
+                ));
+            }
+        }
+    }
+
+    timing(c)?;
+    replicated(c)
+}
+
+/// Raft and server timing must nest: heartbeats well inside election timeouts, and a
+/// request timeout longer than a heartbeat.
+fn timing(c: &ClusterConfig) -> Result<(), String> {
+    let r = &c.raft;
+    let (hb, min, max) = (
+        r.heartbeat_interval_ms.ms(),
+        r.election_timeout_min_ms.ms(),
+        r.election_timeout_max_ms.ms(),
+    );
+    if min <= hb {
+        return Err(format!(
+            "raft.election_timeout_min_ms ({min}) must exceed raft.heartbeat_interval_ms ({hb})"
+        ));
+    }
+    if max <= min {
+        return Err(format!(
+            "raft.election_timeout_max_ms ({max}) must exceed raft.election_timeout_min_ms ({min})"
+        ));
+    }
+    let request = c.server.request_timeout_ms.ms();
+    if request <= hb {
+        return Err(format!(
+            "server.request_timeout_ms ({request}) must exceed raft.heartbeat_interval_ms ({hb})"
+        ));
+    }
+    Ok(())
+}
+
+/// The replicated settings, policies and tiers, by the state machine's own rules.
+fn replicated(c: &ClusterConfig) -> Result<(), String> {
+    let settings = c.settings();
+    validate::settings(&settings).map_err(|e| format!("[limits]: {e}"))?;
+    if c.limits.default_ttl_ms.ms() > c.limits.max_ttl_ms {
+        return Err(format!(
+            "limits.default_ttl_ms ({}) must be in 1..=limits.max_ttl_ms ({})",
+            c.limits.default_ttl_ms.ms(),
+            c.limits.max_ttl_ms
+        ));
+    }
+
+    let mut names = BTreeSet::new();
+    for p in &c.policies {
+        let name = p.name();
+        validate::name("name", name).map_err(|e| format!("policy {name:?}: {e}"))?;
+        if !names.insert(name) {
+            return Err(format!("duplicate policy name {name:?}"));
+        }
+        match p.to_policy() {
+            Policy::Concurrency { pattern, limit } => {
+                validate::pattern(&pattern).map_err(|e| format!("policy {name:?}: {e}"))?;
+                validate::limit("limit", limit, &settings)
+                    .map_err(|e| format!("policy {name:?}: {e}"))?;
+            }
+            Policy::Rate(spec) => {
+                validate::rate_spec(&spec, &settings)
+                    .map_err(|e| format!("policy {name:?}: {e}"))?;
+            }
+        }
+    }
+    for (name, m) in &c.tiers {
+        validate::name("name", name).map_err(|e| format!("tier {name:?}: {e}"))?;
+        let milli = m
+            .milli()
+            .ok_or_else(|| format!("tier {name:?}: multiplier must be a positive number"))?;
+        validate::multiplier(milli).map_err(|e| format!("tier {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `host:port` with a non-zero port (host names are allowed: containers).
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_string())?;
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("port must be in 1..=65535".into()),
+        Ok(_) => Ok(()),
+    }
+}

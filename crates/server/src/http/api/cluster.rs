@@ -1,0 +1,38 @@
+//! `/v1/cluster` and `/v1/members`: this node's view of the cluster, and
+//! membership changes (admin). Membership changes may take longer than a normal
+//! request (a learner catches up first), so they get several request timeouts.
+
+use axum::extract::State;
+use axum::Json as JsonResponse;
+use quorate_proto as proto;
+
+use super::ApiState;
+use crate::http::error::ApiResult;
+use crate::http::extract::{Json, Path};
+
+/// Request timeouts a membership change may take.
+const MEMBERSHIP_TIMEOUTS: u32 = 6;
+
+pub(super) async fn cluster(
+    State(st): State<ApiState>,
+) -> ApiResult<JsonResponse<proto::ClusterResponse>> {
+    st.within(1, st.backend.cluster()).await.map(JsonResponse)
+}
+
+pub(super) async fn add_member(
+    State(st): State<ApiState>,
+    Json(req): Json<proto::AddMemberRequest>,
+) -> ApiResult<JsonResponse<proto::MembersResponse>> {
+    st.within(MEMBERSHIP_TIMEOUTS, st.backend.add_member(req))
+        .await
+        .map(JsonResponse)
+}
+
+pub(super) async fn remove_member(
+    State(st): State<ApiState>,
+    Path(id): Path<u64>,
+) -> ApiResult<JsonResponse<proto::MembersResponse>> {
+    st.within(MEMBERSHIP_TIMEOUTS, st.backend.remove_member(id))
+        .await
+        .map(JsonResponse)
+}

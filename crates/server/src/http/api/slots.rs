@@ -1,0 +1,149 @@
+//! `/v1/slots`: acquire, release and renew leases; show a key's usage.
+//!
+//! An acquire takes one slot on every named key or none (the core decides); the
+//! lease id is the idempotency key, so a caller retrying after a lost response gets
+//! its original grant back. A denial is a 429 whose body names every blocking key and
+//! whose `Retry-After` is the time until enough leases on them expire.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonResponse;
+use quorate_core::{self as core, Op, Outcome, Query};
+use quorate_proto::{self as proto, codes};
+
+use super::ApiState;
+use crate::http::error::{set_retry_after, ApiError, ApiResult};
+use crate::http::extract::{Json, Path};
+
+fn slots_to_wire(slots: Vec<core::SlotUsage>) -> Vec<proto::SlotUsage> {
+    slots
+        .into_iter()
+        .map(|s| proto::SlotUsage {
+            key: s.key,
+            used: s.used,
+            limit: s.limit,
+        })
+        .collect()
+}
+
+pub(super) async fn acquire(
+    State(st): State<ApiState>,
+    Json(req): Json<proto::AcquireRequest>,
+) -> ApiResult<Response> {
+    let op = Op::Acquire(core::Acquire {
+        keys: req.keys,
+        lease_id: req
+            .lease_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        holder: req.holder.unwrap_or_default(),
+        ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
+    });
+    match st.write(op).await? {
+        Outcome::Granted(g) => {
+            st.metrics
+                .decision("acquire", if g.reused { "reused" } else { "granted" });
+            tracing::debug!(lease_id = %g.lease_id, token = g.fencing_token, "granted");
+            Ok(JsonResponse(proto::AcquireGranted {
+                granted: true,
+                lease_id: g.lease_id,
+                fencing_token: g.fencing_token,
+                expires_at_ms: g.expires_at_ms,
+                slots: slots_to_wire(g.slots),
+            })
+            .into_response())
+        }
+        Outcome::Denied(d) => {
+            st.metrics.decision("acquire", "denied");
+            let message = format!("no free slot on {}", d.blocked_by.join(", "));
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                JsonResponse(proto::AcquireDenied {
+                    granted: false,
+                    error: codes::LIMIT_EXCEEDED.into(),
+                    message,
+                    blocked_by: d.blocked_by,
+                    slots: slots_to_wire(d.slots),
+                    retry_after_ms: d.retry_after_ms,
+                }),
+            )
+                .into_response();
+            set_retry_after(resp.headers_mut(), d.retry_after_ms);
+            Ok(resp)
+        }
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+pub(super) async fn release(
+    State(st): State<ApiState>,
+    Json(req): Json<proto::ReleaseRequest>,
+) -> ApiResult<JsonResponse<proto::ReleaseResponse>> {
+    core::validate::lease_id(&req.lease_id)?;
+    match st
+        .write(Op::Release {
+            lease_id: req.lease_id,
+        })
+        .await?
+    {
+        Outcome::Released { released } => {
+            st.metrics
+                .decision("release", if released { "released" } else { "absent" });
+            Ok(JsonResponse(proto::ReleaseResponse { released }))
+        }
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+pub(super) async fn renew(
+    State(st): State<ApiState>,
+    Json(req): Json<proto::RenewRequest>,
+) -> ApiResult<JsonResponse<proto::RenewResponse>> {
+    let op = Op::Renew {
+        lease_id: req.lease_id,
+        ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
+    };
+    match st.write(op).await {
+        Ok(Outcome::Renewed {
+            lease_id,
+            expires_at_ms,
+        }) => {
+            st.metrics.decision("renew", "renewed");
+            Ok(JsonResponse(proto::RenewResponse {
+                lease_id,
+                expires_at_ms,
+            }))
+        }
+        Ok(other) => Err(ApiError::unexpected(&other)),
+        Err(e) => {
+            if e.code == codes::LEASE_NOT_FOUND {
+                st.metrics.decision("renew", "not_found");
+            }
+            Err(e)
+        }
+    }
+}
+
+pub(super) async fn slots(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+) -> ApiResult<JsonResponse<proto::SlotsResponse>> {
+    match st.read(Query::Usage { key }).await? {
+        Outcome::Usage(u) => Ok(JsonResponse(proto::SlotsResponse {
+            key: u.key,
+            used: u.used,
+            limit: u.limit,
+            leases: u
+                .leases
+                .into_iter()
+                .map(|l| proto::LeaseInfo {
+                    lease_id: l.lease_id,
+                    holder: l.holder,
+                    fencing_token: l.fencing_token,
+                    expires_at_ms: l.expires_at_ms,
+                })
+                .collect(),
+        })),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}

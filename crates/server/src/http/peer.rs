@@ -1,0 +1,182 @@
+//! The peer port: serves the protocol of `peer::protocol` on `raft_addr`.
+//!
+//! Raft RPCs are handed straight to the local `Raft`; forwarded client requests are
+//! decided by the node as if it had received them itself (writes go through its
+//! batcher) and answered with `Result<_, NodeError>`. Every request is first checked
+//! by [`authenticate_peer`] — cluster id and, when configured, the cluster secret —
+//! before any body is decoded, so a forged append never reaches openraft. Bodies that
+//! do not decode get 400, never a panic.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use quorate_core::{Op, Query};
+use quorate_proto::AddMemberRequest;
+use quorate_store::TypeConfig;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::peer::protocol::{decode, encode, paths, ProbeResponse, MAX_RPC_BYTES, TIMEOUT_HEADER};
+use crate::raft::Node;
+use crate::security::PeerAuth;
+
+/// What the peer handlers reach.
+#[derive(Clone, Debug)]
+struct PeerState {
+    node: Arc<Node>,
+    auth: Arc<PeerAuth>,
+}
+
+/// The router served on `raft_addr`.
+pub fn router(node: Arc<Node>, auth: PeerAuth) -> Router {
+    let state = PeerState {
+        node,
+        auth: Arc::new(auth),
+    };
+    Router::new()
+        .route(paths::APPEND, post(append))
+        .route(paths::VOTE, post(vote))
+        .route(paths::SNAPSHOT, post(snapshot))
+        .route(paths::PROBE, get(probe))
+        .route(paths::FORWARD_WRITE, post(forward_write))
+        .route(paths::FORWARD_READ, post(forward_read))
+        .route(paths::FORWARD_ADD_MEMBER, post(forward_add_member))
+        .route(paths::FORWARD_REMOVE_MEMBER, post(forward_remove_member))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES as usize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_peer,
+        ))
+        .with_state(state)
+}
+
+/// Refuse peer requests from another cluster, or without the cluster secret when one
+/// is configured; count and log each refusal with the caller's address.
+async fn authenticate_peer(
+    State(st): State<PeerState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match st.auth.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(reason) => {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            st.node.metrics().peer_rejected(reason);
+            tracing::warn!(%peer, reason, path = %req.uri().path(), "refused peer request");
+            let status = if reason == "wrong_cluster" {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            (status, format!("peer request refused: {reason}")).into_response()
+        }
+    }
+}
+
+/// Decode a `Req` body (400 if it does not decode), run `f`, answer its result in
+/// bincode.
+async fn rpc<Req, Resp, F, Fut>(bytes: Bytes, what: &'static str, f: F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let req: Req = match decode(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, len = bytes.len(), "undecodable {what} body");
+            return (StatusCode::BAD_REQUEST, format!("bad {what} body: {e}")).into_response();
+        }
+    };
+    match encode(&f(req).await) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode peer response");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encode: {e}")).into_response()
+        }
+    }
+}
+
+/// The caller's deadline (from [`TIMEOUT_HEADER`]), capped by our own request timeout.
+fn deadline(node: &Node, headers: &HeaderMap) -> Instant {
+    let ours = node.request_timeout();
+    let theirs = headers
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(ours);
+    Instant::now() + theirs.min(ours)
+}
+
+async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    rpc(bytes, "append", |req: AppendEntriesRequest<TypeConfig>| async move {
+        st.node.raft().append_entries(req).await
+    })
+    .await
+}
+
+async fn vote(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    rpc(bytes, "vote", |req: VoteRequest<u64>| async move {
+        st.node.raft().vote(req).await
+    })
+    .await
+}
+
+async fn snapshot(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    rpc(
+        bytes,
+        "snapshot",
+        |req: InstallSnapshotRequest<TypeConfig>| async move {
+            st.node.raft().install_snapshot(req).await
+        },
+    )
+    .await
+}
+
+async fn probe(State(st): State<PeerState>) -> Json<ProbeResponse> {
+    Json(st.node.probe().await)
+}
+
+async fn forward_write(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {
+    let deadline = deadline(&st.node, &h);
+    rpc(bytes, "write", |op: Op| st.node.leader_write(op, deadline)).await
+}
+
+async fn forward_read(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {
+    let deadline = deadline(&st.node, &h);
+    rpc(bytes, "read", |q: Query| st.node.leader_read(q, deadline)).await
+}
+
+async fn forward_add_member(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {
+    let deadline = deadline(&st.node, &h);
+    rpc(bytes, "add_member", |req: AddMemberRequest| {
+        st.node.leader_add_member(req, deadline)
+    })
+    .await
+}
+
+async fn forward_remove_member(
+    State(st): State<PeerState>,
+    h: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let deadline = deadline(&st.node, &h);
+    rpc(bytes, "remove_member", |id: u64| {
+        st.node.leader_remove_member(id, deadline)
+    })
+    .await
+}

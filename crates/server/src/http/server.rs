@@ -1,0 +1,141 @@
+//! The accept loop: HTTP/1.1 on a listener, with connection caps and graceful stop.
+//!
+//! A hand-written loop rather than `axum::serve`, for two protections `axum::serve`
+//! does not offer: a cap on open connections (beyond it a connection is closed at
+//! once, so a flood cannot exhaust file descriptors or memory) and a deadline for the
+//! request headers or the TLS handshake (a slowloris client is disconnected). Each
+//! connection gets the peer address as `ConnectInfo`, which the API's loopback-only
+//! mode and the peer-refusal logs rely on.
+//!
+//! Stopping is mini-redis's shape: [`spawn_server`] watches a `watch` flag; when it
+//! turns true the loop stops accepting, every connection finishes its in-flight
+//! request and closes, and the task ends once every connection has (the caller bounds
+//! that wait with its drain timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Per-listener connection limits (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serve `router` on `listener` until `stop` turns true, then finish in-flight
+/// connections (the caller bounds how long that may take).
+pub fn spawn_server(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> JoinHandle<std::io::Result<()>> {
+    use tower::Service;
+
+    tokio::spawn(async move {
+        let max = limits.max_connections;
+        let open = Arc::new(tokio::sync::Semaphore::new(max));
+        let mut make = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let mut stop_accepting = stop.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                // The watch guard must not live across the select (it is not Send).
+                _ = async { let _ = stop_accepting.wait_for(|s| *s).await; } => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(svc) = make.call(peer).await;
+            let stop = stop.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => serve_connection(stream, svc, limits, stop, peer).await,
+                    Some(acceptor) => {
+                        // The handshake gets the same deadline as the headers.
+                        match tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, svc, limits, stop, peer).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        // Every connection holds a permit until it ends: having them all back means
+        // every in-flight request has finished (the caller bounds the wait).
+        let _ = open
+            .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+            .await;
+        Ok(())
+    })
+}
+
+/// Serve HTTP/1.1 on one connection until it ends; on shutdown, finish the request in
+/// flight and close.
+async fn serve_connection<I, S>(
+    io: I,
+    svc: S,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let svc = TowerToHyperService::new(svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

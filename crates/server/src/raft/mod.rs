@@ -1,0 +1,249 @@
+//! The Raft node: what the HTTP API's [`Backend`](crate::backend::Backend) is in
+//! production.
+//!
+//! One [`Node`] per process owns the openraft `Raft` handle, the state machine (for
+//! reads), the write [`Batcher`], the peer client and a few background tasks. Its job
+//! is routing and waiting; every decision is made by `quorate_core::State::apply` on
+//! the replicated log. The node is split by job, one file each:
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | lifecycle: start, shutdown, fatal errors; who leads |
+//! | [`batcher`] | the leader's write pipeline: many ops, few log entries |
+//! | `routing.rs` | leader-or-forward, retries, and the `Backend` entry points |
+//! | `leader.rs` | leader-side writes and linearizable reads |
+//! | `membership.rs` | adding and removing nodes |
+//! | `status.rs` | cluster view, readiness, probe answers, sampled gauges |
+//! | `tasks.rs` | bootstrap, housekeeping, configuration push |
+//!
+//! Nothing here knows HTTP: the API and the peer endpoints (`http::`) call in, and the
+//! node calls out only through `peer::` (the wire contract and the pooled client).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftLogStorage;
+use openraft::{Raft, ServerState};
+use quorate_store::{LogStore, StateMachineStore, Storage, TypeConfig};
+use tokio::task::JoinHandle;
+use tokio::time::timeout_at;
+
+use crate::config::ClusterConfig;
+use crate::error::ServerError;
+use crate::peer::raft_network::Network;
+use crate::peer::PeerClient;
+use crate::telemetry::Metrics;
+
+pub mod batcher;
+mod leader;
+mod membership;
+#[cfg(feature = "planted-bugs")]
+mod planted;
+mod routing;
+mod status;
+mod tasks;
+
+use batcher::Batcher;
+
+/// Membership changes may take longer than a normal request (a learner catches up).
+const MEMBERSHIP_TIMEOUT_FACTOR: u32 = 6;
+
+/// Sentinel for "no index" in the cached committed index.
+const NONE: u64 = u64::MAX;
+
+fn tokio_deadline(deadline: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(deadline)
+}
+
+/// A running quorate node. Create with [`Node::start`], stop with [`Node::shutdown`].
+pub struct Node {
+    id: u64,
+    config: Arc<ClusterConfig>,
+    raft: Raft<TypeConfig>,
+    sm: StateMachineStore,
+    log: LogStore,
+    peers: PeerClient,
+    batcher: Batcher,
+    /// The process's one registry (shared with the HTTP layer).
+    metrics: Arc<Metrics>,
+    /// Last committed index seen by the housekeeping tick (for the sync metrics path).
+    committed_cache: AtomicU64,
+    /// Index of the last log entry on disk when this process started. A node that
+    /// was leader when it crashed restarts as leader of the *same* term (openraft 0.9
+    /// restores leadership from a committed vote, without a new blank entry) and with
+    /// the committed index it last persisted, which may lag entries it had already
+    /// acknowledged; openraft's read index is then that stale committed index. So
+    /// reads also wait until this index is applied (see `leader.rs`).
+    startup_log_index: Option<u64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// One membership change at a time: openraft 0.9 rejects overlapping changes at
+    /// best, and a change proposed while a previous one is still taking effect is
+    /// where its leader-only assertions live.
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Start Raft on `storage` with `peers` as the way out, and the node's background
+    /// tasks. `metrics` is the process's registry.
+    pub async fn start(
+        config: Arc<ClusterConfig>,
+        id: u64,
+        storage: Storage,
+        peers: PeerClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Node>, ServerError> {
+        config.node(id)?;
+        let fresh = storage.is_fresh();
+        let Storage { mut log, sm } = storage;
+        let startup_log_index = log
+            .get_log_state()
+            .await
+            .map_err(|e| ServerError::Raft(format!("cannot read the log state: {e}")))?
+            .last_log_id
+            .map(|l| l.index);
+        let raft_config = Arc::new(config.raft_config()?);
+        #[cfg(feature = "planted-bugs")]
+        planted::announce();
+        let network = Network::new(id, peers.clone());
+        let raft = Raft::new(id, raft_config, network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| ServerError::Raft(format!("cannot start: {e}")))?;
+        let (batcher, batcher_task) = Batcher::spawn(
+            raft.clone(),
+            config.server.batch_max_ops.get(),
+            config.server.batch_max_in_flight.get(),
+            metrics.clone(),
+        );
+        let node = Arc::new(Node {
+            id,
+            config,
+            raft,
+            sm,
+            log,
+            peers,
+            batcher,
+            metrics,
+            committed_cache: AtomicU64::new(NONE),
+            startup_log_index,
+            tasks: Mutex::new(vec![batcher_task]),
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+        tracing::info!(node = id, fresh, "raft started");
+
+        let mut tasks = vec![
+            tokio::spawn(node.clone().housekeeping_loop()),
+            tokio::spawn(node.clone().leader_loop()),
+        ];
+        if fresh && node.is_bootstrapper() {
+            tasks.push(tokio::spawn(node.clone().bootstrap()));
+        }
+        node.lock_tasks().extend(tasks);
+        Ok(node)
+    }
+
+    /// The process's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub(super) fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        // Only pushes and drains happen under this lock; poisoning cannot corrupt it.
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop background tasks, shut Raft down and flush the store.
+    pub async fn shutdown(&self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.log.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!(node = self.id, "node stopped");
+    }
+
+    /// Resolves with a message if the Raft core stops with a fatal error (storage
+    /// failure), so the process can exit instead of serving 503s forever.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "raft core stopped".into();
+            }
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout()
+    }
+
+    pub(super) fn is_bootstrapper(&self) -> bool {
+        self.config.nodes.iter().map(|n| n.id).min() == Some(self.id)
+    }
+
+    pub(super) fn current_leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// A node's Raft address: from the replicated membership, else from the file.
+    pub(super) fn raft_addr_of(&self, id: u64) -> Option<String> {
+        let from_membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.raft_addr.clone());
+        from_membership.or_else(|| {
+            self.config
+                .nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.raft_addr.clone())
+        })
+    }
+
+    /// Wait (until `deadline`) for some leader to be known.
+    pub(super) async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Some(l);
+            }
+            match timeout_at(tokio_deadline(deadline), rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+}

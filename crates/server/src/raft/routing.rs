@@ -1,0 +1,247 @@
+//! Leader-or-forward: every request a node receives is decided by the leader.
+//!
+//! [`Node::route`] runs the request locally when this node leads, else forwards it to
+//! the leader's `/forward/*` endpoint (see `peer::protocol`). A retry (to a new leader)
+//! is only attempted when the request certainly had no effect: the receiver said "not
+//! leader" (openraft rejected or truncated the entry) or no connection could be made.
+//! Reads are retried on any failure, since they change nothing. Running out of the
+//! request timeout is [`NodeError::Unavailable`]: a node cut off from the majority can
+//! never commit, so it times out and never grants.
+//!
+//! This file also holds the [`Backend`] implementation: the entry points the HTTP layer
+//! calls, each a thin wrapper that encodes the request once for forwarding and routes.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use quorate_core::{Op, Query, Reply};
+use quorate_proto::{AddMemberRequest, ClusterResponse, MembersResponse};
+use serde::de::DeserializeOwned;
+use tokio::time::sleep;
+
+use super::{Node, MEMBERSHIP_TIMEOUT_FACTOR};
+use crate::backend::{Backend, NodeError};
+use crate::peer::protocol::{self, paths};
+use crate::peer::PeerError;
+
+impl Node {
+    /// Run `local` if this node is the leader, else forward `body` to the leader's
+    /// `path`; retry on a new leader while the request certainly had no effect
+    /// (`NotLeader`, `Unreachable`) or, for `idempotent` requests, on any failure;
+    /// give up at `deadline`.
+    pub(super) async fn route<T, L, Fut>(
+        &self,
+        kind: &'static str,
+        path: &'static str,
+        body: Vec<u8>,
+        deadline: Instant,
+        idempotent: bool,
+        local: L,
+    ) -> Result<T, NodeError>
+    where
+        T: DeserializeOwned,
+        L: Fn() -> Fut,
+        Fut: Future<Output = Result<T, NodeError>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        let mut last = "no leader known".to_string();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "{kind} not decided within the request timeout: {last}"
+                )));
+            }
+            let Some(leader) = self.wait_leader(deadline).await else {
+                continue;
+            };
+            let res = if leader == self.id {
+                local().await
+            } else {
+                self.forward(leader, kind, path, body.clone(), deadline)
+                    .await
+            };
+            match res {
+                Ok(v) => return Ok(v),
+                Err(NodeError::NotLeader { leader: hint }) => {
+                    last = match hint {
+                        Some(h) => format!("node {leader} is not the leader (it names node {h})"),
+                        None => format!("node {leader} is not the leader"),
+                    };
+                }
+                Err(NodeError::Unreachable(m)) => last = m,
+                Err(NodeError::Unavailable(m)) if idempotent => last = m,
+                Err(e @ (NodeError::Unavailable(_) | NodeError::Refused(_))) => return Err(e),
+            }
+            tracing::debug!(kind, leader, reason = %last, "retrying");
+            let left = deadline.saturating_duration_since(Instant::now());
+            sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Send a request to the leader's forwarding endpoint.
+    #[tracing::instrument(level = "debug", skip(self, body, deadline), fields(node = self.id))]
+    pub(super) async fn forward<T: DeserializeOwned>(
+        &self,
+        leader: u64,
+        kind: &'static str,
+        path: &'static str,
+        body: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<T, NodeError> {
+        let Some(addr) = self.raft_addr_of(leader) else {
+            return Err(NodeError::Unreachable(format!(
+                "no address known for leader {leader}"
+            )));
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = match self.peers.post(leader, &addr, path, body, remaining).await {
+            Ok(bytes) => protocol::decode::<Result<T, NodeError>>(&bytes).unwrap_or_else(|e| {
+                Err(NodeError::Unavailable(format!(
+                    "undecodable answer from leader {leader}: {e}"
+                )))
+            }),
+            Err(e @ PeerError::Connect(_)) => Err(NodeError::Unreachable(format!(
+                "leader {leader} at {addr}: {e}"
+            ))),
+            Err(PeerError::Timeout) => Err(NodeError::Unavailable(format!(
+                "leader {leader} did not answer within the request timeout"
+            ))),
+            Err(e) => Err(NodeError::Unavailable(format!(
+                "leader {leader} at {addr}: {e}"
+            ))),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(NodeError::NotLeader { .. }) => "not_leader",
+            Err(NodeError::Unreachable(_)) => "unreachable",
+            Err(NodeError::Unavailable(_)) => "unavailable",
+            Err(NodeError::Refused(_)) => "refused",
+        };
+        self.metrics.forwarded(kind, outcome);
+        result
+    }
+
+    #[tracing::instrument(name = "write", skip_all, fields(node = self.id, op = op_kind(&op)))]
+    pub(super) async fn write_op(&self, op: Op) -> Result<Reply, NodeError> {
+        #[cfg(feature = "planted-bugs")]
+        if let Some(reply) = self.planted_follower_local_grant(&op) {
+            return Ok(reply);
+        }
+        let deadline = Instant::now() + self.request_timeout();
+        let body = protocol::encode(&op)
+            .map_err(|e| NodeError::Unavailable(format!("cannot encode op: {e}")))?;
+        self.route("write", paths::FORWARD_WRITE, body, deadline, false, || {
+            self.leader_write(op.clone(), deadline)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "read", skip_all, fields(node = self.id, query = query_kind(&q)))]
+    pub(super) async fn read_query(&self, q: Query) -> Result<Reply, NodeError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let body = protocol::encode(&q)
+            .map_err(|e| NodeError::Unavailable(format!("cannot encode query: {e}")))?;
+        self.route("read", paths::FORWARD_READ, body, deadline, true, || {
+            self.leader_read(q.clone(), deadline)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "add_member", skip_all, fields(node = self.id, id = req.id))]
+    pub(super) async fn add_member_op(
+        &self,
+        req: AddMemberRequest,
+    ) -> Result<MembersResponse, NodeError> {
+        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
+        let body = protocol::encode(&req)
+            .map_err(|e| NodeError::Unavailable(format!("cannot encode request: {e}")))?;
+        self.route(
+            "add_member",
+            paths::FORWARD_ADD_MEMBER,
+            body,
+            deadline,
+            false,
+            || self.leader_add_member(req.clone(), deadline),
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "remove_member", skip_all, fields(node = self.id, id))]
+    pub(super) async fn remove_member_op(&self, id: u64) -> Result<MembersResponse, NodeError> {
+        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
+        let body = protocol::encode(&id)
+            .map_err(|e| NodeError::Unavailable(format!("cannot encode request: {e}")))?;
+        self.route(
+            "remove_member",
+            paths::FORWARD_REMOVE_MEMBER,
+            body,
+            deadline,
+            false,
+            || self.leader_remove_member(id, deadline),
+        )
+        .await
+    }
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::Acquire(_) => "acquire",
+        Op::Release { .. } => "release",
+        Op::Renew { .. } => "renew",
+        Op::Expire { .. } => "expire",
+        Op::SetLimit { .. } => "set_limit",
+        Op::DeleteLimit { .. } => "delete_limit",
+        Op::RateCheck { .. } => "rate_check",
+        Op::PutPolicy { .. } => "put_policy",
+        Op::DeletePolicy { .. } => "delete_policy",
+        Op::PutTier { .. } => "put_tier",
+        Op::DeleteTier { .. } => "delete_tier",
+        Op::Configure(_) => "configure",
+        Op::Noop => "noop",
+    }
+}
+
+fn query_kind(q: &Query) -> &'static str {
+    match q {
+        Query::Usage { .. } => "usage",
+        Query::Limit { .. } => "limit",
+        Query::Limits { .. } => "limits",
+        Query::Policies => "policies",
+        Query::Lease { .. } => "lease",
+    }
+}
+
+impl Backend for Node {
+    fn write(&self, op: Op) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        Box::pin(self.write_op(op))
+    }
+
+    fn read(&self, query: Query) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        Box::pin(self.read_query(query))
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterResponse, NodeError>> {
+        Box::pin(self.cluster_view())
+    }
+
+    fn add_member(
+        &self,
+        req: AddMemberRequest,
+    ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+        Box::pin(self.add_member_op(req))
+    }
+
+    fn remove_member(&self, id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+        Box::pin(self.remove_member_op(id))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.is_ready())
+    }
+
+    fn refresh_metrics(&self) {
+        self.sample_metrics()
+    }
+}

@@ -1,0 +1,282 @@
+//! Running a node: config → store → Raft → HTTP, and a clean stop.
+//!
+//! In the style of mini-redis's `server::run(listener, shutdown)`: the caller decides
+//! when to stop by handing in a future ([`shutdown_signal`] in the binary, anything in
+//! tests), and [`serve_on`] takes already-bound listeners so binding is separate from
+//! serving (tests bind port 0).
+//!
+//! [`serve_on`] is the one place the layers meet: it reads the secrets once
+//! (`ClusterConfig::security`), opens the store, builds the peer client and starts the
+//! Raft node over it, then serves the public API and the peer port with the same
+//! metrics registry.
+//!
+//! Shutdown, in order:
+//! 1. both listeners stop accepting; open connections finish their in-flight request
+//!    (hyper's graceful shutdown) for at most `server.drain_timeout_ms`, after which
+//!    the rest are dropped;
+//! 2. background tasks stop and `Raft::shutdown` stops the Raft core;
+//! 3. the store is flushed (every acknowledged append is already durable; this covers
+//!    the committed index and anything else still buffered by sled).
+//!
+//! A fatal Raft error (the store failed) also stops the node, with an error, so the
+//! process exits non-zero instead of answering 503 forever.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterConfig;
+use crate::error::ServerError;
+use crate::http::api::{self, ApiConfig, ApiState};
+use crate::http::peer;
+use crate::http::server::{spawn_server, ConnLimits};
+use crate::peer::PeerClient;
+use crate::raft::Node;
+use crate::security::Security;
+use crate::telemetry::Metrics;
+
+/// The two listeners of a node.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public HTTP API (`api_addr`).
+    pub api: TcpListener,
+    /// Raft RPC and forwarding (`raft_addr`).
+    pub raft: TcpListener,
+}
+
+impl Listeners {
+    /// Bind node `node_id`'s `api_addr` and `raft_addr` from `config`.
+    pub async fn bind(config: &ClusterConfig, node_id: u64) -> Result<Self, ServerError> {
+        let me = config.node(node_id)?;
+        Ok(Self {
+            api: bind(&me.api_addr, "api").await?,
+            raft: bind(&me.raft_addr, "raft").await?,
+        })
+    }
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            what,
+            source,
+        })
+}
+
+/// Run node `node_id` of `config` until `shutdown` resolves.
+pub async fn serve(
+    config: ClusterConfig,
+    node_id: u64,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.node(node_id)?;
+    let listeners = Listeners::bind(&config, node_id).await?;
+    serve_on(config, node_id, listeners, shutdown).await
+}
+
+/// Like [`serve`], on listeners the caller bound.
+pub async fn serve_on(
+    config: ClusterConfig,
+    node_id: u64,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    let security = config.security()?;
+    warn_about_open_access(&security);
+    let storage = open_store(&config, node_id)?;
+    let metrics = Arc::new(Metrics::new());
+    let peers = PeerClient::new(
+        config.raft.connect_timeout_ms.get(),
+        security.peer.outgoing_headers(),
+        security.tls.as_ref().map(|t| t.ca_pem.as_slice()),
+    )
+    .map_err(|e| ServerError::Raft(format!("cannot build the peer HTTP client: {e}")))?
+    .with_peer_addrs(config.peer_addrs.clone());
+    if !config.peer_addrs.is_empty() {
+        tracing::warn!(overrides = ?config.peer_addrs, "QUORATE_PEER_ADDRS: peer traffic is redirected (testing only)");
+    }
+    let node = Node::start(config.clone(), node_id, storage, peers, metrics.clone()).await?;
+
+    let api_router = api::router(ApiState {
+        backend: node.clone(),
+        metrics,
+        config: ApiConfig {
+            auth: security.api.clone(),
+            node_id,
+            default_ttl_ms: config.limits.default_ttl_ms.ms(),
+            max_body_bytes: config.server.max_body_bytes.get(),
+            request_timeout: config.request_timeout(),
+        },
+    });
+    let peer_router = peer::router(node.clone(), security.peer.clone());
+    tracing::info!(
+        node = node_id,
+        cluster = %config.cluster_id,
+        api = %local_addr(&listeners.api),
+        raft = %local_addr(&listeners.raft),
+        data = %config.node_data_dir(node_id).display(),
+        "serving"
+    );
+    let limits = ConnLimits {
+        max_connections: config.server.max_connections.get(),
+        header_read_timeout: config.server.header_read_timeout_ms.get(),
+    };
+    let tls = security.tls.map(|t| t.acceptor);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let servers = Servers {
+        api_addr: local_addr(&listeners.api),
+        raft_addr: local_addr(&listeners.raft),
+        api: spawn_server(
+            listeners.api,
+            api_router,
+            stop_rx.clone(),
+            limits,
+            tls.clone(),
+        ),
+        raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, tls),
+    };
+    let result = servers
+        .run_until(
+            shutdown,
+            &node,
+            stop_tx,
+            config.server.drain_timeout_ms.get(),
+        )
+        .await;
+    // Stop Raft and flush the store.
+    node.shutdown().await;
+    result
+}
+
+fn warn_about_open_access(security: &Security) {
+    if security.api.is_open() {
+        tracing::warn!(
+            "no [auth] tokens configured: the API serves loopback callers only; \
+             configure tokens to serve other hosts"
+        );
+    }
+    if security.peer.secret.is_none() {
+        tracing::warn!(
+            "no auth.cluster_secret configured: peers are checked by cluster id only; \
+             anyone who can reach the Raft port can talk Raft to this node"
+        );
+    }
+}
+
+fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Storage, ServerError> {
+    let dir = config.node_data_dir(node_id);
+    let storage_err = |message: String| ServerError::Storage {
+        path: dir.clone(),
+        message,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| storage_err(e.to_string()))?;
+    quorate_store::open(&dir).map_err(|e| storage_err(e.to_string()))
+}
+
+/// The two running servers of a node.
+struct Servers {
+    api_addr: String,
+    raft_addr: String,
+    api: JoinHandle<std::io::Result<()>>,
+    raft: JoinHandle<std::io::Result<()>>,
+}
+
+impl Servers {
+    /// Serve until `shutdown`, a fatal Raft error or a server failure; then stop
+    /// accepting and let in-flight requests finish within `drain`.
+    async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+        node: &Node,
+        stop: watch::Sender<bool>,
+        drain: std::time::Duration,
+    ) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutdown requested"),
+            fatal = node.fatal() => {
+                tracing::error!(error = %fatal, "raft stopped with a fatal error");
+                result = Err(ServerError::Raft(fatal));
+            }
+            r = &mut self.api => {
+                result = Err(server_failed(r, self.api_addr.clone(), "api"));
+            }
+            r = &mut self.raft => {
+                result = Err(server_failed(r, self.raft_addr.clone(), "raft"));
+            }
+        }
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(drain, async {
+            if !self.api.is_finished() {
+                let _ = (&mut self.api).await;
+            }
+            if !self.raft.is_finished() {
+                let _ = (&mut self.raft).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                "requests still in flight after the drain timeout; dropping them"
+            );
+            self.api.abort();
+            self.raft.abort();
+        }
+        result
+    }
+}
+
+fn local_addr(l: &TcpListener) -> String {
+    l.local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn server_failed(
+    r: Result<std::io::Result<()>, tokio::task::JoinError>,
+    addr: String,
+    what: &'static str,
+) -> ServerError {
+    let source = match r {
+        Ok(Ok(())) => std::io::Error::other("stopped unexpectedly"),
+        Ok(Err(e)) => e,
+        Err(e) => std::io::Error::other(e.to_string()),
+    };
+    tracing::error!(%addr, what, error = %source, "server failed");
+    ServerError::Serve { addr, what, source }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,278 @@
+//! Metrics: typed families declared once, in one registry, rendered as OpenMetrics.
+//!
+//! Every series the node exports is a field of [`Metrics`], registered with its name
+//! and help text in [`Metrics::new`] and nowhere else; call sites use typed methods
+//! (`decision("acquire", "granted")`), not name strings. Label sets are small structs
+//! of `&'static str` and integers, so recording on the request path allocates nothing:
+//! a family lookup is a read lock on a hash map, and the update an atomic add.
+//!
+//! Gauges that mirror Raft state (term, indices, leadership, sled size) are sampled by
+//! the node just before a scrape ([`crate::backend::Backend::refresh_metrics`]) rather
+//! than pushed on every change.
+//!
+//! The HTTP layer and the Raft node share one `Arc<Metrics>`, so `/metrics` is one
+//! registry rendered once.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Histogram bucket upper bounds in seconds (request and write latencies).
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    /// The matched route pattern from the route table, never the raw path, so label
+    /// cardinality stays bounded whatever callers send.
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindOutcome {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The node's metrics. Create one per process and share it.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_seconds: HistogramFamily<RouteLabels>,
+    decisions: Family<KindOutcome, Counter>,
+    forwarded: Family<KindOutcome, Counter>,
+    peer_rejected: Family<Reason, Counter>,
+    /// Log entries proposed by the leader's batcher.
+    pub batches: Counter,
+    /// Client ops proposed by the batcher (ops / batches = mean batch size).
+    pub batched_ops: Counter,
+    /// Time from a write entering the batcher to its reply.
+    pub write_seconds: Histogram,
+    /// Dead leases purged by housekeeping (leader's count).
+    pub expired_leases: Counter,
+    pub raft_term: Gauge,
+    pub raft_last_log_index: Gauge,
+    pub raft_committed_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub raft_is_leader: Gauge,
+    pub sled_size_bytes: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Declare and register every family.
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Registry::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(latency_histogram),
+            decisions: Family::default(),
+            forwarded: Family::default(),
+            peer_rejected: Family::default(),
+            batches: Counter::default(),
+            batched_ops: Counter::default(),
+            write_seconds: latency_histogram(),
+            expired_leases: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_committed_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            sled_size_bytes: Gauge::default(),
+        };
+        let mut r = Registry::default();
+        r.register(
+            "quorate_http_requests",
+            "HTTP requests by route, method and status.",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "quorate_http_request_seconds",
+            "HTTP request latency by route.",
+            m.http_seconds.clone(),
+        );
+        r.register(
+            "quorate_decisions",
+            "Decisions returned to callers, by kind and outcome.",
+            m.decisions.clone(),
+        );
+        r.register(
+            "quorate_forwarded",
+            "Requests this node forwarded to the leader, by kind and outcome.",
+            m.forwarded.clone(),
+        );
+        r.register(
+            "quorate_peer_rejected",
+            "Peer (Raft/forwarding) requests refused, by reason.",
+            m.peer_rejected.clone(),
+        );
+        r.register(
+            "quorate_batches",
+            "Log entries proposed by the batcher.",
+            m.batches.clone(),
+        );
+        r.register(
+            "quorate_batched_ops",
+            "Client ops proposed by the batcher (ops / batches = mean batch size).",
+            m.batched_ops.clone(),
+        );
+        r.register(
+            "quorate_write_seconds",
+            "Time from a write entering the leader's batcher to its reply (applied).",
+            m.write_seconds.clone(),
+        );
+        r.register(
+            "quorate_expired_leases",
+            "Dead leases purged by housekeeping (leader's count).",
+            m.expired_leases.clone(),
+        );
+        let gauges = [
+            ("quorate_raft_term", "Current Raft term.", &m.raft_term),
+            (
+                "quorate_raft_last_log_index",
+                "Index of the last entry in this node's log.",
+                &m.raft_last_log_index,
+            ),
+            (
+                "quorate_raft_committed_index",
+                "Highest index this node knows to be committed (refreshed every expire interval).",
+                &m.raft_committed_index,
+            ),
+            (
+                "quorate_raft_applied_index",
+                "Index of the last entry applied to the state machine.",
+                &m.raft_applied_index,
+            ),
+            (
+                "quorate_raft_is_leader",
+                "1 if this node is the leader.",
+                &m.raft_is_leader,
+            ),
+            (
+                "quorate_sled_size_bytes",
+                "Bytes sled uses on disk.",
+                &m.sled_size_bytes,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+        Self { registry: r, ..m }
+    }
+
+    /// One HTTP request answered.
+    pub fn http_request(&self, route: &'static str, method: &'static str, status: u16, secs: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(secs);
+    }
+
+    /// A decision returned to a caller (`acquire`/`granted`, `rate`/`limited`, ...).
+    pub fn decision(&self, kind: &'static str, outcome: &'static str) {
+        self.decisions
+            .get_or_create(&KindOutcome { kind, outcome })
+            .inc();
+    }
+
+    /// A request forwarded to the leader, by kind and outcome.
+    pub fn forwarded(&self, kind: &'static str, outcome: &'static str) {
+        self.forwarded
+            .get_or_create(&KindOutcome { kind, outcome })
+            .inc();
+    }
+
+    /// A peer request refused before decoding.
+    pub fn peer_rejected(&self, reason: &'static str) {
+        self.peer_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// How many peer requests were refused for `reason` (tests, status).
+    pub fn peer_rejected_count(&self, reason: &'static str) -> u64 {
+        self.peer_rejected.get_or_create(&Reason { reason }).get()
+    }
+
+    /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 << 10);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_histograms() {
+        let m = Metrics::new();
+        m.http_request("/v1/x", "GET", 200, 0.003);
+        m.http_request("/v1/x", "GET", 200, 0.0001);
+        m.raft_term.set(3);
+        m.batches.inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"quorate_http_requests_total{route="/v1/x",method="GET",status="200"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("quorate_raft_term 3"), "{text}");
+        assert!(text.contains("quorate_batches_total 1"), "{text}");
+        assert!(
+            text.contains(r#"quorate_http_request_seconds_bucket{le="0.005",route="/v1/x"} 2"#)
+                || text
+                    .contains(r#"quorate_http_request_seconds_bucket{route="/v1/x",le="0.005"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP quorate_raft_term Current Raft term."),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
