@@ -40,8 +40,10 @@ impl Client {
             ttl_ms: Some(ttl_ms(ttl)),
             holder: Some(self.inner.cfg.holder.clone()),
         };
+        // The lease cannot outlive sent + ttl: the guard's own deadline starts here.
+        let sent = tokio::time::Instant::now();
         match self.acquire_raw(&req).await {
-            Ok(g) => Ok(SlotGuard::start(self.clone(), g, ttl)),
+            Ok(g) => Ok(SlotGuard::start(self.clone(), g, ttl, sent)),
             Err(Error::Unavailable(why)) if self.fails_open() => {
                 tracing::warn!(%why, ?keys, "quorate unreachable; failing open (no lease held)");
                 Ok(SlotGuard::degraded(self.clone(), lease_id))
