@@ -95,7 +95,7 @@ def test_org_and_global_limits_and_release_paths(
         assert rows[f"org:{org}"].used == 4
         assert client.delete_limit(f"org:{org}")
 
-        finish_all(app, first[2:5] + [r1] + more)
+        finish_all(app, [*first[2:5], r1, *more])
         wait_used(client, glob, 0)
 
 

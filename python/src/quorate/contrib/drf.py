@@ -37,13 +37,14 @@ from rest_framework.throttling import BaseThrottle
 
 from ..errors import Unavailable
 from ..types import RateCheck, RateDecision
-from .common import key_part
+from .common import key_part, rate_limit_headers
 from .django import client_ip, get_client, tier_for_user
 
 __all__ = [
     "AnonRateThrottle",
     "CombinedThrottle",
     "QuorateThrottle",
+    "RateLimitHeadersMixin",
     "ScopedRateThrottle",
     "UserRateThrottle",
 ]
@@ -61,7 +62,8 @@ class QuorateThrottle(BaseThrottle):  # type: ignore[misc]
     scope: ClassVar[str | None] = None
     #: ``None``: the Django setting ``QUORATE["FAILURE_POLICY"]`` decides.
     failure_policy: ClassVar[str | None] = None
-    key_prefix: ClassVar[str] = "drf"
+    #: Prefix of bucket keys; ``None``: ``QUORATE["DRF_KEY_PREFIX"]``, else ``"drf"``.
+    key_prefix: ClassVar[str | None] = None
     #: Send the user's tier (superuser x10, authenticated x2 with the default tiers).
     #: Off by default so ``user`` means exactly the policy's rate.
     use_tiers: ClassVar[bool] = False
@@ -101,8 +103,9 @@ class QuorateThrottle(BaseThrottle):  # type: ignore[misc]
         ident = self.get_ident_key(request, view)
         if ident is None:
             return None
+        prefix = self.key_prefix or getattr(settings, "QUORATE", {}).get("DRF_KEY_PREFIX", "drf")
         return RateCheck(
-            key=f"{self.key_prefix}:{scope}:{ident}",
+            key=f"{prefix}:{scope}:{ident}",
             policy=self.get_policy(scope),
             tier=self.get_tier(request),
         )
@@ -193,3 +196,17 @@ class CombinedThrottle(QuorateThrottle):
         if not checks:
             return True
         return self._decide(request, checks)
+
+
+class RateLimitHeadersMixin:
+    """Mix into an ``APIView`` to copy the throttle decision's RateLimit headers onto
+    every response (DRF itself only sets ``Retry-After`` on 429s)."""
+
+    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        decision = getattr(request, "quorate_decision", None)
+        if isinstance(decision, RateDecision):
+            for k, v in rate_limit_headers(decision):
+                if k not in response:
+                    response[k] = v
+        return response
