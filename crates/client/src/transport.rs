@@ -1,0 +1,315 @@
+//! One HTTP exchange with the cluster: URL building, node failover and backoff.
+//!
+//! Every call of the client goes through here, described by a [`Request`]: a row of
+//! the route table ([`quorate_proto::routes`]), its path parameters, query pairs and
+//! an optional JSON body. [`url`] is the only place a URL is built: it pushes the
+//! route's segments into a [`Url`], which percent-encodes each parameter as exactly
+//! one segment (a key `a/b?c` is `a%2Fb%3Fc`, never two segments or a query). The
+//! url crate cannot express a segment that is exactly `.` or `..` (it drops them);
+//! such keys address the route without the parameter and the server answers with an
+//! error, as before the route table.
+//!
+//! [`Transport::exchange`] tries the nodes in turn, starting with the one that
+//! answered last, until one answers with anything but 503 (a 503 means "this node
+//! cannot decide now": no leader, no quorum, draining). After every node failed once
+//! it backs off (doubling up to 1 s) and goes round again until the call's deadline.
+//! Errors other than 503 are answers, not failures: they are returned at once, since
+//! another node would say the same. [`Transport::exchange_at`] asks one given node
+//! once, for status displays that must not fail over.
+//!
+//! The bearer token goes to every route that needs one; [`Access::Open`] routes
+//! (probes) get none, so a probe works whatever the token.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use quorate_proto::routes::{self, Access, RouteId};
+use reqwest::{StatusCode, Url};
+
+use crate::config::ClientConfig;
+use crate::error::Error;
+
+/// A call to make: which route, with what.
+#[derive(Debug, Clone)]
+pub(crate) struct Request<'a> {
+    pub route: RouteId,
+    /// Values of the route's `{param}` segments, in order, not encoded.
+    pub params: &'a [&'a str],
+    /// Query pairs, not encoded.
+    pub query: &'a [(&'a str, &'a str)],
+    /// JSON body, already serialized.
+    pub body: Option<Vec<u8>>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(route: RouteId) -> Self {
+        Self {
+            route,
+            params: &[],
+            query: &[],
+            body: None,
+        }
+    }
+
+    pub fn params(mut self, params: &'a [&'a str]) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn query(mut self, query: &'a [(&'a str, &'a str)]) -> Self {
+        self.query = query;
+        self
+    }
+
+    pub fn json<B: serde::Serialize + ?Sized>(mut self, body: &B) -> Result<Self, Error> {
+        self.body = Some(serde_json::to_vec(body).map_err(|e| Error::Decode(e.to_string()))?);
+        Ok(self)
+    }
+}
+
+/// One HTTP exchange's result that reached a node.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+/// The route table's method as reqwest's.
+pub(crate) fn method(m: routes::Method) -> reqwest::Method {
+    match m {
+        routes::Method::Get => reqwest::Method::GET,
+        routes::Method::Post => reqwest::Method::POST,
+        routes::Method::Put => reqwest::Method::PUT,
+        routes::Method::Delete => reqwest::Method::DELETE,
+    }
+}
+
+/// Parse a node base URL; only `http://` and `https://` are accepted.
+pub(crate) fn parse_node(node: &str) -> Result<Url, Error> {
+    if !(node.starts_with("http://") || node.starts_with("https://")) {
+        return Err(Error::Config(format!(
+            "node address {node} must start with http:// or https://"
+        )));
+    }
+    Url::parse(node).map_err(|e| Error::Config(format!("node address {node}: {e}")))
+}
+
+/// `base` + the route's path with `params` filled in + `query`. The only URL builder.
+pub(crate) fn url(base: &Url, req: &Request<'_>) -> Result<Url, Error> {
+    let segments = req
+        .route
+        .route()
+        .segments(req.params)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| Error::Config(format!("node address {base} cannot be a base URL")))?
+        .pop_if_empty()
+        .extend(segments);
+    url.set_query(None);
+    if !req.query.is_empty() {
+        url.query_pairs_mut().extend_pairs(req.query);
+    }
+    Ok(url)
+}
+
+/// The HTTP side of a [`crate::Client`]: connection pool, nodes, failover state.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    nodes: Vec<Url>,
+    token: Option<String>,
+    deadline: Duration,
+    backoff: Duration,
+    /// Index of the node that answered last; tried first next time.
+    preferred: AtomicUsize,
+}
+
+impl Transport {
+    pub fn new(cfg: &ClientConfig) -> Result<Self, Error> {
+        if cfg.nodes.is_empty() {
+            return Err(Error::Config(
+                "at least one node address is required".into(),
+            ));
+        }
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| parse_node(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &cfg.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+            builder = builder.use_rustls_tls().add_root_certificate(ca);
+        }
+        let http = builder
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(1)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self {
+            http,
+            nodes,
+            token: cfg.token.clone(),
+            deadline: cfg.deadline,
+            backoff: cfg.backoff,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Send one request, trying nodes in turn until one answers with something other
+    /// than 503, or the deadline passes ([`Error::Unavailable`] with the last failure).
+    pub async fn exchange(&self, req: &Request<'_>) -> Result<Answer, Error> {
+        let n = self.nodes.len();
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let mut backoff = self.backoff;
+        let mut attempt = 0usize;
+        loop {
+            let idx = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
+            let url = url(&self.nodes[idx], req)?;
+            let last_err = match self.send(url.clone(), req, None).await {
+                Ok(a) if a.status != StatusCode::SERVICE_UNAVAILABLE => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(a);
+                }
+                Ok(a) => format!("{url}: 503 {}", String::from_utf8_lossy(&a.body)),
+                Err(e) => e,
+            };
+            tracing::debug!(error = %last_err, "quorate node did not decide; trying the next");
+            attempt += 1;
+            if attempt.is_multiple_of(n) {
+                // Every node failed once: back off before the next round.
+                let now = tokio::time::Instant::now();
+                if now + backoff >= deadline {
+                    return Err(Error::Unavailable(last_err));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            } else if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(last_err));
+            }
+        }
+    }
+
+    /// Send one request to one given node, once (no failover, no retry); any status
+    /// is an answer. `timeout` overrides the per-attempt timeout.
+    pub async fn exchange_at(
+        &self,
+        node: &str,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Error> {
+        let url = url(&parse_node(node.trim_end_matches('/'))?, req)?;
+        self.send(url, req, timeout)
+            .await
+            .map_err(Error::Unavailable)
+    }
+
+    /// One attempt; `Err` describes why no answer arrived (with the URL).
+    async fn send(
+        &self,
+        url: Url,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let route = req.route.route();
+        let mut builder = self.http.request(method(route.method), url.clone());
+        if let (Some(t), false) = (&self.token, route.access == Access::Open) {
+            builder = builder.bearer_auth(t);
+        }
+        if let Some(b) = &req.body {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(b.clone());
+        }
+        if let Some(t) = timeout {
+            builder = builder.timeout(t);
+        }
+        let resp = builder.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{url}: reading body: {e}"))?;
+        Ok(Answer {
+            status,
+            body: body.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(base: &str, route: RouteId, params: &[&str], query: &[(&str, &str)]) -> String {
+        let req = Request::new(route).params(params).query(query);
+        url(&parse_node(base).unwrap(), &req).unwrap().to_string()
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        let b = "http://127.0.0.1:7101";
+        assert_eq!(
+            built(b, RouteId::Slots, &["org:acme"], &[]),
+            "http://127.0.0.1:7101/v1/slots/org:acme"
+        );
+        assert_eq!(
+            built(b, RouteId::GetLimit, &["a b/c"], &[]),
+            "http://127.0.0.1:7101/v1/limits/a%20b%2Fc"
+        );
+    }
+
+    #[test]
+    fn a_hostile_key_is_one_segment() {
+        let key = "a b/c%d?e#f";
+        let u = built("http://h:1/", RouteId::Slots, &[key], &[]);
+        assert_eq!(u, "http://h:1/v1/slots/a%20b%2Fc%25d%3Fe%23f");
+        let parsed = Url::parse(&u).unwrap();
+        assert_eq!(parsed.query(), None);
+        assert_eq!(parsed.fragment(), None);
+        let segs: Vec<_> = parsed.path_segments().unwrap().collect();
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        // A base with a path prefix keeps it.
+        assert_eq!(
+            built("http://h:1/prefix", RouteId::Cluster, &[], &[]),
+            "http://h:1/prefix/v1/cluster"
+        );
+    }
+
+    #[test]
+    fn query_values_are_encoded_and_parameters_counted() {
+        let u = built(
+            "http://h:1",
+            RouteId::ListLimits,
+            &[],
+            &[("prefix", "org:a&b=c d"), ("max", "5")],
+        );
+        let parsed = Url::parse(&u).unwrap();
+        let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("prefix".to_string(), "org:a&b=c d".to_string()),
+                ("max".to_string(), "5".to_string())
+            ]
+        );
+        let req = Request::new(RouteId::Slots);
+        assert!(matches!(
+            url(&parse_node("http://h:1").unwrap(), &req),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn methods_map_one_to_one() {
+        assert_eq!(method(routes::Method::Get), reqwest::Method::GET);
+        assert_eq!(method(routes::Method::Post), reqwest::Method::POST);
+        assert_eq!(method(routes::Method::Put), reqwest::Method::PUT);
+        assert_eq!(method(routes::Method::Delete), reqwest::Method::DELETE);
+        for r in routes::ROUTES {
+            assert_eq!(method(r.method).as_str(), r.method.as_str());
+        }
+    }
+}

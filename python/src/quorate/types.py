@@ -1,0 +1,443 @@
+"""Typed results and request pieces of the quorate API.
+
+One frozen dataclass per JSON shape of ``proto/src/lib.rs`` (the wire contract). Field
+names follow the wire (``retry_after_ms``, ``expires_at_ms``) so nothing is lost or
+renamed; where a caller usually wants seconds there is a property as well
+(``RateDecision.retry_after``, ``RateDecision.reset``, ``RatePolicy.period``).
+
+Durations the caller *passes in* are seconds (``ttl=60``, ``period=60.0``), the Python
+convention (httpx, asyncio, time.sleep); the client converts them to the wire's
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ClusterInfo",
+    "ConcurrencyPolicy",
+    "Lease",
+    "LeaseInfo",
+    "LimitInfo",
+    "LimitList",
+    "Member",
+    "Policies",
+    "Policy",
+    "PolicyEntry",
+    "RateCheck",
+    "RateDecision",
+    "RatePolicy",
+    "RateResult",
+    "Renewal",
+    "SlotUsage",
+    "SlotsInfo",
+    "Tier",
+]
+
+Json = Mapping[str, Any]
+
+
+def to_ms(seconds: float) -> int:
+    """Seconds to whole milliseconds, rounded up (a 0.0001 s TTL is 1 ms, not 0)."""
+    if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"duration must be a finite number of seconds >= 0, got {seconds!r}")
+    return math.ceil(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class SlotUsage:
+    """One key's occupancy at the moment of a decision."""
+
+    key: str
+    used: int
+    limit: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> SlotUsage:
+        return cls(key=str(d["key"]), used=int(d["used"]), limit=int(d["limit"]))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted acquire: one slot on every requested key."""
+
+    lease_id: str
+    #: Strictly increasing across the cluster's grants: hand it to downstream systems so
+    #: they can reject a stale holder.
+    fencing_token: int
+    expires_at_ms: int
+    slots: tuple[SlotUsage, ...]
+
+    @classmethod
+    def from_json(cls, d: Json) -> Lease:
+        return cls(
+            lease_id=str(d["lease_id"]),
+            fencing_token=int(d["fencing_token"]),
+            expires_at_ms=int(d["expires_at_ms"]),
+            slots=tuple(SlotUsage.from_json(s) for s in d.get("slots", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A successful renew: the lease now expires at ``expires_at_ms`` (cluster time)."""
+
+    lease_id: str
+    expires_at_ms: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> Renewal:
+        return cls(lease_id=str(d["lease_id"]), expires_at_ms=int(d["expires_at_ms"]))
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """One live lease on a key, as listed by ``slots(key)``."""
+
+    lease_id: str
+    holder: str
+    fencing_token: int
+    expires_at_ms: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> LeaseInfo:
+        return cls(
+            lease_id=str(d["lease_id"]),
+            holder=str(d.get("holder", "")),
+            fencing_token=int(d["fencing_token"]),
+            expires_at_ms=int(d["expires_at_ms"]),
+        )
+
+
+@dataclass(frozen=True)
+class SlotsInfo:
+    """``GET /v1/slots/{key}``: usage, limit and live leases (linearizable)."""
+
+    key: str
+    used: int
+    limit: int
+    leases: tuple[LeaseInfo, ...]
+
+    @classmethod
+    def from_json(cls, d: Json) -> SlotsInfo:
+        return cls(
+            key=str(d["key"]),
+            used=int(d["used"]),
+            limit=int(d["limit"]),
+            leases=tuple(LeaseInfo.from_json(x) for x in d.get("leases", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LimitInfo:
+    """A key's effective concurrency limit, where it came from, and its usage."""
+
+    key: str
+    limit: int
+    source: Literal["override", "policy", "default"]
+    used: int
+    #: The matching policy's name when ``source == "policy"``.
+    policy: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> LimitInfo:
+        return cls(
+            key=str(d["key"]),
+            limit=int(d["limit"]),
+            source=d["source"],
+            used=int(d.get("used", 0)),
+            policy=d.get("policy"),
+        )
+
+
+@dataclass(frozen=True)
+class LimitList:
+    """``GET /v1/limits?prefix=``: overrides and keys in use under a prefix."""
+
+    limits: tuple[LimitInfo, ...]
+    #: More rows matched than ``max`` allowed.
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, d: Json) -> LimitList:
+        return cls(
+            limits=tuple(LimitInfo.from_json(x) for x in d.get("limits", ())),
+            truncated=bool(d.get("truncated", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """One rate check: a named ``policy`` (optionally with a ``tier``), or inline
+    ``limit`` per ``period`` seconds with an optional ``burst``. ``cost`` defaults to 1.
+    """
+
+    key: str
+    policy: str | None = None
+    tier: str | None = None
+    cost: int | None = None
+    limit: int | None = None
+    period: float | None = None
+    burst: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key}
+        if self.policy is not None:
+            out["policy"] = self.policy
+        if self.tier is not None:
+            out["tier"] = self.tier
+        if self.cost is not None:
+            out["cost"] = self.cost
+        if self.limit is not None:
+            out["limit"] = self.limit
+        if self.period is not None:
+            out["period_ms"] = to_ms(self.period)
+        if self.burst is not None:
+            out["burst"] = self.burst
+        return out
+
+
+@dataclass(frozen=True)
+class RateResult:
+    """The decision for one key of a rate check."""
+
+    key: str
+    allowed: bool
+    #: Requests per period after tier multipliers.
+    limit: int
+    period_ms: int
+    burst: int
+    #: Requests (of cost 1) still allowed right now.
+    remaining: int
+    #: Until the bucket is full again.
+    reset_after_ms: int
+    #: 0 when allowed; otherwise when this check would be allowed.
+    retry_after_ms: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> RateResult:
+        return cls(
+            key=str(d["key"]),
+            allowed=bool(d["allowed"]),
+            limit=int(d["limit"]),
+            period_ms=int(d["period_ms"]),
+            burst=int(d["burst"]),
+            remaining=int(d["remaining"]),
+            reset_after_ms=int(d["reset_after_ms"]),
+            retry_after_ms=int(d["retry_after_ms"]),
+        )
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The answer to a rate check (single or all-or-none multi-check).
+
+    The top-level numbers describe the most restrictive result; ``results`` has one
+    entry per check in request order. When ``allowed`` is false nothing was charged.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_ms: int
+    retry_after_ms: int
+    results: tuple[RateResult, ...] = ()
+    error: str | None = None
+    message: str | None = None
+    #: The node's rate-limit headers (``RateLimit-Policy``, ``RateLimit``,
+    #: ``X-RateLimit-*``, ``Retry-After``), lower-cased, ready to copy onto a response.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: True when the decision was made by the fail-open policy, not the cluster.
+    degraded: bool = False
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the request would be allowed (0.0 when allowed)."""
+        return self.retry_after_ms / 1000.0
+
+    @property
+    def reset(self) -> float:
+        """Seconds until the bucket is full again."""
+        return self.reset_after_ms / 1000.0
+
+    @property
+    def retry_after_header(self) -> str:
+        """``Retry-After`` value: whole seconds rounded up, at least 1 when limited."""
+        if self.allowed:
+            return "0"
+        return str(max(1, math.ceil(self.retry_after_ms / 1000)))
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @classmethod
+    def from_json(cls, d: Json, headers: Mapping[str, str] | None = None) -> RateDecision:
+        return cls(
+            allowed=bool(d["allowed"]),
+            limit=int(d["limit"]),
+            remaining=int(d["remaining"]),
+            reset_after_ms=int(d["reset_after_ms"]),
+            retry_after_ms=int(d["retry_after_ms"]),
+            results=tuple(RateResult.from_json(r) for r in d.get("results", ())),
+            error=d.get("error"),
+            message=d.get("message"),
+            headers=dict(headers or {}),
+        )
+
+    @classmethod
+    def fail_open(cls, why: str) -> RateDecision:
+        """An allowing decision made locally because the cluster could not decide."""
+        return cls(
+            allowed=True,
+            limit=0,
+            remaining=0,
+            reset_after_ms=0,
+            retry_after_ms=0,
+            message=f"allowed by fail-open policy: {why}",
+            degraded=True,
+        )
+
+
+@dataclass(frozen=True)
+class ConcurrencyPolicy:
+    """At most ``limit`` live leases on each key matching ``pattern`` (exact key,
+    prefix ending in ``*`` such as ``org:*``, or ``*``)."""
+
+    pattern: str
+    limit: int
+    kind: Literal["concurrency"] = "concurrency"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "concurrency", "pattern": self.pattern, "limit": self.limit}
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    """``limit`` requests per ``period_ms`` with bursts up to ``burst`` (defaults to
+    ``limit``). Build it with :meth:`per` to give the period in seconds."""
+
+    limit: int
+    period_ms: int
+    burst: int | None = None
+    kind: Literal["rate"] = "rate"
+
+    @classmethod
+    def per(cls, limit: int, period: float, burst: int | None = None) -> RatePolicy:
+        return cls(limit=limit, period_ms=to_ms(period), burst=burst)
+
+    @property
+    def period(self) -> float:
+        return self.period_ms / 1000.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "rate", "limit": self.limit, "period_ms": self.period_ms}
+        if self.burst is not None:
+            out["burst"] = self.burst
+        return out
+
+
+Policy = ConcurrencyPolicy | RatePolicy
+
+
+def policy_from_json(d: Json) -> Policy:
+    if d.get("kind") == "concurrency":
+        return ConcurrencyPolicy(pattern=str(d["pattern"]), limit=int(d["limit"]))
+    burst = d.get("burst")
+    return RatePolicy(
+        limit=int(d["limit"]),
+        period_ms=int(d["period_ms"]),
+        burst=None if burst is None else int(burst),
+    )
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    name: str
+    spec: Policy
+
+    @classmethod
+    def from_json(cls, d: Json) -> PolicyEntry:
+        return cls(name=str(d["name"]), spec=policy_from_json(d))
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A tier multiplies a rate policy's limit and burst (``superuser`` x10, say)."""
+
+    name: str
+    multiplier: float
+
+    @classmethod
+    def from_json(cls, d: Json) -> Tier:
+        return cls(name=str(d["name"]), multiplier=float(d["multiplier"]))
+
+
+@dataclass(frozen=True)
+class Policies:
+    """``GET /v1/policies``: concurrency policies in match order, rate policies, tiers."""
+
+    default_limit: int
+    policies: tuple[PolicyEntry, ...]
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def from_json(cls, d: Json) -> Policies:
+        return cls(
+            default_limit=int(d["default_limit"]),
+            policies=tuple(PolicyEntry.from_json(p) for p in d.get("policies", ())),
+            tiers=tuple(Tier.from_json(t) for t in d.get("tiers", ())),
+        )
+
+    def get(self, name: str) -> Policy | None:
+        for p in self.policies:
+            if p.name == name:
+                return p.spec
+        return None
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    api_addr: str
+    raft_addr: str
+    voter: bool = True
+
+    @classmethod
+    def from_json(cls, d: Json) -> Member:
+        return cls(
+            id=int(d["id"]),
+            api_addr=str(d["api_addr"]),
+            raft_addr=str(d["raft_addr"]),
+            voter=bool(d.get("voter", True)),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """``GET /v1/cluster``: one node's view of the cluster."""
+
+    node_id: int
+    leader_id: int | None
+    term: int
+    members: tuple[Member, ...]
+    last_log_index: int | None
+    committed_index: int | None
+    applied_index: int | None
+    state_digest: str
+
+    @classmethod
+    def from_json(cls, d: Json) -> ClusterInfo:
+        return cls(
+            node_id=int(d["node_id"]),
+            leader_id=d.get("leader_id"),
+            term=int(d["term"]),
+            members=tuple(Member.from_json(m) for m in d.get("members", ())),
+            last_log_index=d.get("last_log_index"),
+            committed_index=d.get("committed_index"),
+            applied_index=d.get("applied_index"),
+            state_digest=str(d.get("state_digest", "")),
+        )
