@@ -41,34 +41,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-{
-  echo 'cluster_id = "fuzz"'
-  echo 'data_dir = "./data"'
-  for i in 1 2 3; do
-    echo '[[nodes]]'
-    echo "id = $i"
-    echo "api_addr = \"127.0.0.1:$((BASE_API + i - 1))\""
-    echo "raft_addr = \"127.0.0.1:$((BASE_RAFT + i - 1))\""
-  done
-  cat <<'TOML'
-[raft]
-heartbeat_interval_ms = 100
-election_timeout_min_ms = 500
-election_timeout_max_ms = 1000
-[[policies]]
-name = "orgs"
-kind = "concurrency"
-pattern = "org:*"
-limit = 5
-[[policies]]
-name = "user"
-kind = "rate"
-limit = 300
-period_ms = 60000
-[tiers]
-superuser = 10
-TOML
-} > "$TMP/cluster.toml"
+# The repository's cluster.toml (its seed policies and tiers) on the fuzz ports,
+# written by the binary from the typed configuration.
+"$BIN" init --from cluster.toml --cluster-id fuzz --api-port "$BASE_API" --raft-port "$BASE_RAFT" \
+  --data-dir ./data > "$TMP/cluster.toml"
 
 echo "== starting a three-node cluster in $TMP"
 QUORATE_LOG=warn "$BIN" up --config "$TMP/cluster.toml" > "$TMP/up.log" 2>&1 &

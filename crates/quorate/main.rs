@@ -1,13 +1,14 @@
 //! `quorate`: one binary to serve a node, run a local cluster, and operate it.
 //!
 //! This file only parses the command line, sets up logging and dispatches; each
-//! subcommand lives in its own module (`up.rs`, ...), and the node itself is
+//! subcommand lives in its own module (`up.rs`, `init.rs`, `cli/`), and the node itself is
 //! `quorate_server::run::serve`.
 //!
 //! Logging goes to stderr through `tracing`, filtered by `QUORATE_LOG` (or `RUST_LOG`),
 //! default `info` (with openraft's chatter at `warn`).
 
 mod cli;
+mod init;
 mod up;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run every node of the config file as child processes (local development).
     Up(up::UpArgs),
+    /// Print a cluster.toml for a local cluster on the given ports.
+    Init(init::InitArgs),
     #[command(flatten)]
     Ops(cli::Ops),
 }
@@ -81,6 +84,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Init(args) => init::run(args),
         Command::Ops(ops) => match cli::run(ops).await {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -192,7 +192,7 @@ fn healthz() {}
 fn readyz() {}
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
 fn metrics() {}
 
 #[derive(OpenApi)]

@@ -12,7 +12,12 @@ use quorate_proto::{self as proto, codes};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::transport::Answer;
+/// One HTTP exchange's result that reached a node.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
 
 /// Everything that can go wrong, typed.
 #[derive(Debug, thiserror::Error)]

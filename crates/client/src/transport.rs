@@ -27,7 +27,7 @@ use quorate_proto::routes::{self, Access, RouteId};
 use reqwest::{StatusCode, Url};
 
 use crate::config::ClientConfig;
-use crate::error::Error;
+use crate::error::{Answer, Error};
 
 /// A call to make: which route, with what.
 #[derive(Debug, Clone)]
@@ -65,13 +65,6 @@ impl<'a> Request<'a> {
         self.body = Some(serde_json::to_vec(body).map_err(|e| Error::Decode(e.to_string()))?);
         Ok(self)
     }
-}
-
-/// One HTTP exchange's result that reached a node.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub status: StatusCode,
-    pub body: Vec<u8>,
 }
 
 /// The route table's method as reqwest's.

@@ -96,7 +96,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Declare and register every family.
+    /// Declare and register every family. Long by design: it is the one list of
+    /// every series the node exports, one registration each.
     pub fn new() -> Self {
         let m = Self {
             registry: Registry::default(),

@@ -598,6 +598,7 @@ trial = 0.5
 
     /// Parse `text` as `/etc/quorate/cluster.toml` with `env` set in a figment jail
     /// (which restores the environment afterwards).
+    #[allow(clippy::result_large_err)] // figment's own error type, in a test
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<ClusterConfig, ServerError> {
         let mut result = None;
         figment::Jail::expect_with(|jail| {

@@ -24,6 +24,7 @@ use tokio::time::sleep;
 
 use super::Node;
 use crate::backend::NodeError;
+use crate::config::NodeConfig;
 use crate::peer::protocol::{paths, ProbeResponse};
 
 /// Housekeeping op proposed by the leader every `expire_interval_ms`.
@@ -38,70 +39,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 impl Node {
     /// Forms a fresh cluster (lowest-id node only; see the module docs).
     pub(super) async fn bootstrap(self: Arc<Self>) {
-        let peers: Vec<_> = self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.id != self.id)
-            .cloned()
-            .collect();
-        let mut waiting: BTreeSet<u64> = peers.iter().map(|n| n.id).collect();
-        let started = Instant::now();
-        let mut last_report = Instant::now();
-        let probe_timeout = Duration::from_secs(1);
-        while !waiting.is_empty() {
-            for peer in &peers {
-                if !waiting.contains(&peer.id) {
-                    continue;
-                }
-                let answer = self
-                    .peers
-                    .get(peer.id, &peer.raft_addr, paths::PROBE, probe_timeout)
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| {
-                        serde_json::from_slice::<ProbeResponse>(&b).map_err(|e| e.to_string())
-                    });
-                match answer {
-                    Err(e) => tracing::debug!(peer = peer.id, error = %e, "probe failed"),
-                    Ok(p) if p.cluster_id != self.config.cluster_id || p.node_id != peer.id => {
-                        tracing::error!(
-                            peer = peer.id,
-                            addr = %peer.raft_addr,
-                            answered_id = p.node_id,
-                            answered_cluster = %p.cluster_id,
-                            "peer belongs to another cluster or has another id; not bootstrapping"
-                        );
-                        return;
-                    }
-                    Ok(p) if !p.fresh => {
-                        tracing::warn!(
-                            peer = peer.id,
-                            "peer already has cluster data; not bootstrapping (this node \
-                             rejoins through the existing cluster, or must be added via \
-                             POST /v1/members)"
-                        );
-                        return;
-                    }
-                    Ok(_) => {
-                        waiting.remove(&peer.id);
-                    }
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            if last_report.elapsed() >= Duration::from_secs(5) {
-                last_report = Instant::now();
-                tracing::info!(
-                    waiting = ?waiting,
-                    waited_s = started.elapsed().as_secs(),
-                    "bootstrap: waiting for peers to answer"
-                );
-            }
-            sleep(PROBE_INTERVAL).await;
+        if !self.every_peer_is_fresh().await {
+            return;
         }
-
         let members: BTreeMap<u64, NodeInfo> = self
             .config
             .nodes
@@ -124,6 +64,79 @@ impl Node {
             }
             Err(e) => tracing::error!(error = %e, "bootstrap: initialize failed"),
         }
+    }
+
+    /// Probe every peer of the file until each has answered "fresh, same cluster,
+    /// expected id" (true), or one answers that it is not (false: do not bootstrap).
+    async fn every_peer_is_fresh(&self) -> bool {
+        let peers: Vec<_> = self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.id)
+            .cloned()
+            .collect();
+        let mut waiting: BTreeSet<u64> = peers.iter().map(|n| n.id).collect();
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            let pending: Vec<&NodeConfig> =
+                peers.iter().filter(|p| waiting.contains(&p.id)).collect();
+            for peer in pending {
+                match self.probe_peer(peer).await {
+                    Err(e) => tracing::debug!(peer = peer.id, error = %e, "probe failed"),
+                    Ok(p) if p.cluster_id != self.config.cluster_id || p.node_id != peer.id => {
+                        tracing::error!(
+                            peer = peer.id,
+                            addr = %peer.raft_addr,
+                            answered_id = p.node_id,
+                            answered_cluster = %p.cluster_id,
+                            "peer belongs to another cluster or has another id; not bootstrapping"
+                        );
+                        return false;
+                    }
+                    Ok(p) if !p.fresh => {
+                        tracing::warn!(
+                            peer = peer.id,
+                            "peer already has cluster data; not bootstrapping (this node \
+                             rejoins through the existing cluster, or must be added via \
+                             POST /v1/members)"
+                        );
+                        return false;
+                    }
+                    Ok(_) => {
+                        waiting.remove(&peer.id);
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                return true;
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                tracing::info!(
+                    waiting = ?waiting,
+                    waited_s = started.elapsed().as_secs(),
+                    "bootstrap: waiting for peers to answer"
+                );
+            }
+            sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// One `GET /raft/probe` to `peer`.
+    async fn probe_peer(&self, peer: &NodeConfig) -> Result<ProbeResponse, String> {
+        let body = self
+            .peers
+            .get(
+                peer.id,
+                &peer.raft_addr,
+                paths::PROBE,
+                Duration::from_secs(1),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 
     /// Every `expire_interval_ms`: refresh cached Raft numbers and, on the leader,
