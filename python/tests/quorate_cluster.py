@@ -237,6 +237,8 @@ class Cluster:
             text = self.log_path(nid).read_text(errors="replace").splitlines()
         except FileNotFoundError:
             text = []
+        # Probes of a node that is not ready yet say nothing new; keep the rest.
+        text = [t for t in text if "route=/readyz" not in t]
         return f"----- node {nid} log (last {lines} lines) -----\n" + "\n".join(text[-lines:])
 
     def tails(self, lines: int = 30) -> str:

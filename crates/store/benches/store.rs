@@ -15,6 +15,7 @@
 #[path = "../src/bin/store_crash_child/workload.rs"]
 mod workload;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +24,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use quorate_core::{Acquire, Command, Op};
 use quorate_store::{open, TypeConfig};
-use workload::log_id;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use workload::{log_id, BoxError};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -174,7 +173,13 @@ async fn main() -> Result<(), BoxError> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("entry = Command of 16 Acquire ops, {entry_bytes} bytes as stored\n");
+    appends_table(secs).await?;
+    apply_table().await?;
+    restart_table(keys).await
+}
 
+/// 1. Durable appends with 1, 16 and 64 writers.
+async fn appends_table(secs: u64) -> Result<(), BoxError> {
     println!("1. durable appends (ack after fsync; one flusher, group commit), {secs}s each");
     println!("| writers | appends/s | fsyncs/s | entries per fsync |");
     println!("|--------:|----------:|---------:|------------------:|");
@@ -182,48 +187,54 @@ async fn main() -> Result<(), BoxError> {
         let (a, f, per) = bench_appends(writers, secs).await?;
         println!("| {writers:>7} | {a:>9.0} | {f:>8.0} | {per:>17.1} |");
     }
+    Ok(())
+}
 
+/// 2. Apply throughput of the workload mix, in memory versus sled-resident.
+async fn apply_table() -> Result<(), BoxError> {
     println!(
         "\n2. apply throughput (workload mix: 10 acquire, 4 release, set-limit/expire per entry)"
     );
     let n = 20_000u64;
     let entries: Vec<_> = (1..=n).map(|i| workload::entry(1, i)).collect();
     let ops = n * workload::OPS_PER_ENTRY;
-    {
-        let dir = tempfile::tempdir()?;
-        let mut st = open(dir.path())?;
-        let chunks: Vec<Vec<_>> = entries.chunks(64).map(|c| c.to_vec()).collect();
-        let t = Instant::now();
-        for chunk in chunks {
-            st.sm.apply(chunk).await?;
-        }
-        let mem = t.elapsed();
-
-        let db = sled::open(dir.path().join("emulated"))?;
-        let sled_state = SledState {
-            tree: db.open_tree("state")?,
-        };
-        let mut state = quorate_core::State::new();
-        let t = Instant::now();
-        for e in &entries {
-            sled_state.apply(&mut state, e)?;
-        }
-        let resident = t.elapsed();
-        println!("| design                   | entries/s | ops/s     |");
-        println!("|--------------------------|----------:|----------:|");
-        for (name, d) in [
-            ("memory + snapshots", mem),
-            ("sled-resident (emulated)", resident),
-        ] {
-            let s = d.as_secs_f64();
-            println!(
-                "| {name:<24} | {:>9.0} | {:>9.0} |",
-                n as f64 / s,
-                ops as f64 / s
-            );
-        }
+    let dir = tempfile::tempdir()?;
+    let mut st = open(dir.path())?;
+    let chunks: Vec<Vec<_>> = entries.chunks(64).map(|c| c.to_vec()).collect();
+    let t = Instant::now();
+    for chunk in chunks {
+        st.sm.apply(chunk).await?;
     }
+    let mem = t.elapsed();
 
+    let db = sled::open(dir.path().join("emulated"))?;
+    let sled_state = SledState {
+        tree: db.open_tree("state")?,
+    };
+    let mut state = quorate_core::State::new();
+    let t = Instant::now();
+    for e in &entries {
+        sled_state.apply(&mut state, e)?;
+    }
+    let resident = t.elapsed();
+    println!("| design                   | entries/s | ops/s     |");
+    println!("|--------------------------|----------:|----------:|");
+    for (name, d) in [
+        ("memory + snapshots", mem),
+        ("sled-resident (emulated)", resident),
+    ] {
+        let s = d.as_secs_f64();
+        println!(
+            "| {name:<24} | {:>9.0} | {:>9.0} |",
+            n as f64 / s,
+            ops as f64 / s
+        );
+    }
+    Ok(())
+}
+
+/// 3. Restart with `keys` keys of state, for both designs.
+async fn restart_table(keys: u64) -> Result<(), BoxError> {
     println!(
         "\n3. restart with {keys} keys of state ({} leases on distinct keys)",
         keys
@@ -231,54 +242,7 @@ async fn main() -> Result<(), BoxError> {
     let big_entries = keys / 16;
     let tail = 10_000u64;
     let dir = tempfile::tempdir()?;
-    let (snapshot_bytes, serialize_time, clone_time, build_time, disk_mem) = {
-        let mut st = open(dir.path())?;
-        let t = Instant::now();
-        for start in (1..=big_entries).step_by(1000) {
-            let end = (start + 999).min(big_entries);
-            let batch: Vec<_> = (start..=end)
-                .map(|i| acquire_entry(i, (i - 1) * 16))
-                .collect();
-            append_wait(&st.log, batch.clone()).await?;
-            st.log.save_committed(Some(log_id(1, end))).await?;
-            st.sm.apply(batch).await?;
-        }
-        let load_time = t.elapsed();
-        let stats = st.sm.read(|s| s.stats());
-        println!("   built: {stats:?} in {}", ms(load_time));
-        // The two ways to take a consistent copy while apply waits: serialize (what
-        // build_snapshot does) or clone the State (rejected).
-        let t = Instant::now();
-        let bytes = st.sm.read(|s| s.snapshot());
-        let serialize_time = t.elapsed();
-        drop(bytes);
-        let t = Instant::now();
-        let copy = st.sm.read(|s| s.clone());
-        let clone_time = t.elapsed();
-        drop(copy);
-        let t = Instant::now();
-        let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
-        let build_time = t.elapsed();
-        let snapshot_bytes = snap.snapshot.get_ref().len();
-        st.log.purge(log_id(1, big_entries)).await?;
-        // A committed tail after the snapshot, to be replayed at restart.
-        for start in (big_entries + 1..=big_entries + tail).step_by(500) {
-            let end = (start + 499).min(big_entries + tail);
-            let batch: Vec<_> = (start..=end)
-                .map(|i| {
-                    let mut e = workload::entry(1, i - big_entries);
-                    e.log_id = log_id(1, i);
-                    e
-                })
-                .collect();
-            append_wait(&st.log, batch.clone()).await?;
-            st.log.save_committed(Some(log_id(1, end))).await?;
-            st.sm.apply(batch).await?;
-        }
-        st.log.flush().await?;
-        let disk = st.sm.size_on_disk();
-        (snapshot_bytes, serialize_time, clone_time, build_time, disk)
-    };
+    let built = build_big_store(dir.path(), big_entries, tail).await?;
     let t = Instant::now();
     let mut st = open(dir.path())?;
     let open_time = t.elapsed();
@@ -293,10 +257,117 @@ async fn main() -> Result<(), BoxError> {
     st.sm.apply(tail_entries).await?;
     let replay_time = t.elapsed();
     drop(st);
+    let sled = sled_resident_restart(big_entries)?;
 
-    // The sled-resident design with the same 1M keys: its restart is sled's recovery.
+    println!(
+        "   snapshot {:.1} MB; apply pause: serialize under read lock {} (a State clone would take {}); \
+         whole build_snapshot (serialize + write + fsync) {}",
+        built.snapshot_bytes as f64 / 1e6,
+        ms(built.serialize_time),
+        ms(built.clone_time),
+        ms(built.build_time)
+    );
+    println!("| design                   | restart                                              | on disk  |");
+    println!("|--------------------------|------------------------------------------------------|---------:|");
+    println!(
+        "| memory + snapshots       | {:<52} | {:>5.0} MB |",
+        format!(
+            "{} open+restore, {} replay of {replayed} entries",
+            ms(open_time),
+            ms(replay_time)
+        ),
+        built.disk as f64 / 1e6
+    );
+    println!(
+        "| sled-resident (emulated) | {:<52} | {:>5.0} MB |",
+        format!(
+            "{} sled open ({} to scan all {} records)",
+            ms(sled.open),
+            ms(sled.scan),
+            sled.records
+        ),
+        sled.disk as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// What building the big memory + snapshots store measured.
+struct BigStore {
+    snapshot_bytes: usize,
+    serialize_time: Duration,
+    clone_time: Duration,
+    build_time: Duration,
+    disk: u64,
+}
+
+/// Fills a store in `dir` with `big_entries` entries of 16 leases, snapshots and purges
+/// it, then appends a committed `tail` to be replayed at restart.
+async fn build_big_store(dir: &Path, big_entries: u64, tail: u64) -> Result<BigStore, BoxError> {
+    let mut st = open(dir)?;
+    let t = Instant::now();
+    for start in (1..=big_entries).step_by(1000) {
+        let end = (start + 999).min(big_entries);
+        let batch: Vec<_> = (start..=end)
+            .map(|i| acquire_entry(i, (i - 1) * 16))
+            .collect();
+        append_wait(&st.log, batch.clone()).await?;
+        st.log.save_committed(Some(log_id(1, end))).await?;
+        st.sm.apply(batch).await?;
+    }
+    let load_time = t.elapsed();
+    let stats = st.sm.read(|s| s.stats());
+    println!("   built: {stats:?} in {}", ms(load_time));
+    // The two ways to take a consistent copy while apply waits: serialize (what
+    // build_snapshot does) or clone the State (rejected).
+    let t = Instant::now();
+    let bytes = st.sm.read(|s| s.snapshot());
+    let serialize_time = t.elapsed();
+    drop(bytes);
+    let t = Instant::now();
+    let copy = st.sm.read(|s| s.clone());
+    let clone_time = t.elapsed();
+    drop(copy);
+    let t = Instant::now();
+    let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    let build_time = t.elapsed();
+    let snapshot_bytes = snap.snapshot.get_ref().len();
+    st.log.purge(log_id(1, big_entries)).await?;
+    // A committed tail after the snapshot, to be replayed at restart.
+    for start in (big_entries + 1..=big_entries + tail).step_by(500) {
+        let end = (start + 499).min(big_entries + tail);
+        let batch: Vec<_> = (start..=end)
+            .map(|i| {
+                let mut e = workload::entry(1, i - big_entries);
+                e.log_id = log_id(1, i);
+                e
+            })
+            .collect();
+        append_wait(&st.log, batch.clone()).await?;
+        st.log.save_committed(Some(log_id(1, end))).await?;
+        st.sm.apply(batch).await?;
+    }
+    st.log.flush().await?;
+    Ok(BigStore {
+        snapshot_bytes,
+        serialize_time,
+        clone_time,
+        build_time,
+        disk: st.sm.size_on_disk(),
+    })
+}
+
+/// What restarting the sled-resident design measured.
+struct SledRestart {
+    disk: u64,
+    open: Duration,
+    scan: Duration,
+    records: usize,
+}
+
+/// The sled-resident design with the same keys: its restart is sled's recovery.
+fn sled_resident_restart(big_entries: u64) -> Result<SledRestart, BoxError> {
     let sdir = tempfile::tempdir()?;
-    let sled_disk = {
+    let disk = {
         let db = sled::open(sdir.path())?;
         let sled_state = SledState {
             tree: db.open_tree("state")?,
@@ -312,40 +383,14 @@ async fn main() -> Result<(), BoxError> {
     let db = sled::open(sdir.path())?;
     let tree = db.open_tree("state")?;
     let _last = tree.get(b"last_applied")?;
-    let sled_open = t.elapsed();
+    let open = t.elapsed();
     let t = Instant::now();
     let records = tree.iter().keys().count();
-    let sled_scan = t.elapsed();
-    drop(tree);
-    drop(db);
-
-    println!(
-        "   snapshot {:.1} MB; apply pause: serialize under read lock {} (a State clone would take {}); \
-         whole build_snapshot (serialize + write + fsync) {}",
-        snapshot_bytes as f64 / 1e6,
-        ms(serialize_time),
-        ms(clone_time),
-        ms(build_time)
-    );
-    println!("| design                   | restart                                              | on disk  |");
-    println!("|--------------------------|------------------------------------------------------|---------:|");
-    println!(
-        "| memory + snapshots       | {:<52} | {:>5.0} MB |",
-        format!(
-            "{} open+restore, {} replay of {replayed} entries",
-            ms(open_time),
-            ms(replay_time)
-        ),
-        disk_mem as f64 / 1e6
-    );
-    println!(
-        "| sled-resident (emulated) | {:<52} | {:>5.0} MB |",
-        format!(
-            "{} sled open ({} to scan all {records} records)",
-            ms(sled_open),
-            ms(sled_scan)
-        ),
-        sled_disk as f64 / 1e6
-    );
-    Ok(())
+    let scan = t.elapsed();
+    Ok(SledRestart {
+        disk,
+        open,
+        scan,
+        records,
+    })
 }

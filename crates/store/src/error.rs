@@ -74,34 +74,27 @@ impl StoreError {
     }
 }
 
-/// Shorthands for [`StoreError::into_storage`] at the trait boundary.
-pub(crate) fn logs_read(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Logs, ErrorVerb::Read)
+/// Declares one shorthand for [`StoreError::into_storage`] per (subject, verb) pair
+/// used at the trait boundary, so each call site reads `.map_err(logs_write)`.
+macro_rules! storage_error_shorthands {
+    ($($name:ident => $subject:expr, $verb:ident;)*) => {
+        $(
+            pub(crate) fn $name(e: StoreError) -> StorageError<u64> {
+                e.into_storage($subject, ErrorVerb::$verb)
+            }
+        )*
+    };
 }
-pub(crate) fn logs_write(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Logs, ErrorVerb::Write)
-}
-pub(crate) fn logs_delete(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete)
-}
-pub(crate) fn vote_read(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Vote, ErrorVerb::Read)
-}
-pub(crate) fn vote_write(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Vote, ErrorVerb::Write)
-}
-pub(crate) fn store_read(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Store, ErrorVerb::Read)
-}
-pub(crate) fn store_write(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Store, ErrorVerb::Write)
-}
-pub(crate) fn sm_write(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Write)
-}
-pub(crate) fn snapshot_read(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read)
-}
-pub(crate) fn snapshot_write(e: StoreError) -> StorageError<u64> {
-    e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write)
+
+storage_error_shorthands! {
+    logs_read => ErrorSubject::Logs, Read;
+    logs_write => ErrorSubject::Logs, Write;
+    logs_delete => ErrorSubject::Logs, Delete;
+    vote_read => ErrorSubject::Vote, Read;
+    vote_write => ErrorSubject::Vote, Write;
+    store_read => ErrorSubject::Store, Read;
+    store_write => ErrorSubject::Store, Write;
+    sm_write => ErrorSubject::StateMachine, Write;
+    snapshot_read => ErrorSubject::Snapshot(None), Read;
+    snapshot_write => ErrorSubject::Snapshot(None), Write;
 }

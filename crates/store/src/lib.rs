@@ -141,25 +141,8 @@ impl Storage {
 /// not a quorate store, or is damaged, yields [`StoreError::Corrupt`] or
 /// [`StoreError::Open`] naming the path — never an empty store.
 pub fn open(dir: &Path) -> Result<Storage, StoreError> {
-    let db = open_db(dir)?;
+    let shared = open_shared(dir)?;
     let corrupt = |what: &str, e: StoreError| StoreError::corrupt(dir, format!("{what}: {e}"));
-    let open_tree = |name: &str| {
-        db.open_tree(name).map_err(|source| StoreError::Open {
-            path: dir.to_path_buf(),
-            source,
-        })
-    };
-    let logs = open_tree("logs")?;
-    let meta = open_tree("meta")?;
-    let snap = open_tree("snapshot")?;
-    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf())?;
-    let shared = Arc::new(Shared {
-        flusher,
-        db,
-        logs,
-        meta,
-        snap,
-    });
 
     let vote: Option<Vote<u64>> = shared
         .get_meta(KEY_VOTE, "vote")
@@ -187,14 +170,59 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
         log.remove_upto(p.index).map_err(|e| corrupt("log", e))?;
     }
     let (first, last) = check_log(&shared).map_err(|e| corrupt("log", e))?;
+    check_ids_agree(first, last, last_purged, committed, &applied)
+        .map_err(|what| StoreError::corrupt(dir, what))?;
+
+    tracing::info!(
+        path = %dir.display(),
+        ?vote,
+        ?committed,
+        ?last_purged,
+        log_first = ?first,
+        log_last = ?last,
+        last_applied = ?applied.last_applied,
+        "opened store"
+    );
+    let sm = StateMachineStore::new(shared, applied);
+    Ok(Storage { log, sm })
+}
+
+/// Opens the sled db, its three trees and the flusher thread, reading nothing yet.
+fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
+    let db = open_db(dir)?;
+    let open_tree = |name: &str| {
+        db.open_tree(name).map_err(|source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })
+    };
+    let logs = open_tree("logs")?;
+    let meta = open_tree("meta")?;
+    let snap = open_tree("snapshot")?;
+    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf())?;
+    Ok(Arc::new(Shared {
+        flusher,
+        db,
+        logs,
+        meta,
+        snap,
+    }))
+}
+
+/// Checks that the log's first and last index, the purged id, the committed id and
+/// the snapshot fit together; returns what does not, for [`StoreError::Corrupt`].
+fn check_ids_agree(
+    first: Option<u64>,
+    last: Option<u64>,
+    last_purged: Option<LogId<u64>>,
+    committed: Option<LogId<u64>>,
+    applied: &Applied,
+) -> Result<(), String> {
     if let (Some(first), Some(p)) = (first, last_purged) {
         if first != p.index + 1 {
-            return Err(StoreError::corrupt(
-                dir,
-                format!(
-                    "log starts at {first} but entries up to {} were purged",
-                    p.index
-                ),
+            return Err(format!(
+                "log starts at {first} but entries up to {} were purged",
+                p.index
             ));
         }
     }
@@ -214,28 +242,13 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
             None => true,
         };
         if beyond {
-            return Err(StoreError::corrupt(
-                dir,
-                format!(
-                    "committed index {} is beyond the log and snapshot (last index {covered:?})",
-                    c.index
-                ),
+            return Err(format!(
+                "committed index {} is beyond the log and snapshot (last index {covered:?})",
+                c.index
             ));
         }
     }
-
-    tracing::info!(
-        path = %dir.display(),
-        ?vote,
-        ?committed,
-        ?last_purged,
-        log_first = ?first,
-        log_last = ?last,
-        last_applied = ?applied.last_applied,
-        "opened store"
-    );
-    let sm = StateMachineStore::new(shared, applied);
-    Ok(Storage { log, sm })
+    Ok(())
 }
 
 /// Checks that log keys are contiguous and the first and last entries decode.

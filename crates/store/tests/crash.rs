@@ -19,25 +19,16 @@ mod workload;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::RaftLogStorage;
 use openraft::RaftLogReader;
+use workload::Rng;
 
 const ROUNDS: usize = 20;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// What the child said before it was killed.
 #[derive(Default)]
@@ -65,7 +56,7 @@ impl std::fmt::Debug for Report {
     }
 }
 
-fn run_child(dir: &std::path::Path, seed: u64, kill_after: Duration) -> Result<Report> {
+fn run_child(dir: &Path, seed: u64, kill_after: Duration) -> Result<Report> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_store_crash_child"))
         .arg(dir)
         .arg(seed.to_string())
@@ -159,69 +150,24 @@ fn sigkill_never_loses_acknowledged_writes() -> Result<()> {
         });
         let report = run_child(&data, rng.next(), kill_after)?;
         snapshots += report.snapshots;
+        max_durable = max_durable.max(report.durable.last().copied().unwrap_or(0));
         let ctx = format!("round {round} (seed {seed}, killed after {kill_after:?}): {report:?}");
-
-        rt.block_on(async {
-            let st = quorate_store::open(&data).with_context(|| format!("reopen after {ctx}"))?;
-            let (mut log, mut sm) = (st.log, st.sm);
-
-            // Vote: the last reported, or the one whose save was under way.
-            let vote = log.read_vote().await?.map_or(0, |v| v.leader_id.term);
-            let reported = report.last_vote.unwrap_or(known_vote);
-            let saving = report.last_vote_saving.unwrap_or(reported);
-            ensure!(vote >= known_vote, "vote went backwards: {vote} < {known_vote}; {ctx}");
-            ensure!(
-                vote == reported || vote == saving,
-                "vote on disk {vote}, reported {reported}, saving {saving}; {ctx}"
-            );
-            known_vote = vote;
-
-            // Log: durable entries survive, present entries are the right ones.
-            let state = log.get_log_state().await?;
-            let purged = state.last_purged_log_id.map_or(0, |l| l.index);
-            let entries = log.try_get_log_entries(..).await?;
-            let present: BTreeSet<u64> = entries.iter().map(|e| e.log_id.index).collect();
-            for e in &entries {
-                ensure!(
-                    e.payload == workload::entry(0, e.log_id.index).payload,
-                    "entry {} has the wrong payload; {ctx}",
-                    e.log_id
-                );
-            }
-            for &i in &report.durable {
-                ensure!(i <= purged || present.contains(&i), "durable entry {i} lost; {ctx}");
-            }
-            max_durable = max_durable.max(report.durable.last().copied().unwrap_or(0));
-
-            // State: snapshot + committed replay == fresh replay of the log.
-            let committed = log.read_committed().await?;
-            let (applied, _) = sm.applied_state().await?;
-            let target = committed.max(applied);
-            if let Some(c) = committed {
-                let start = applied.map_or(1, |a| a.index + 1);
-                if start <= c.index {
-                    let tail = log.try_get_log_entries(start..=c.index).await?;
-                    ensure!(
-                        tail.len() as u64 == c.index + 1 - start,
-                        "committed entries {start}..={} missing; {ctx}",
-                        c.index
-                    );
-                    sm.apply(tail).await?;
-                }
-            }
-            ensure!(sm.last_applied() == target, "applied {:?} != {target:?}; {ctx}", sm.last_applied());
-            let upto = target.map_or(0, |t| t.index);
-            ensure!(
-                sm.digest() == replay.digest_at(upto),
-                "state after recovery differs from a fresh replay of 1..={upto}; {ctx}"
-            );
-            eprintln!(
-                "round {round}: killed after {kill_after:?}, {} durable reported, committed {upto}, \
-                 purged {purged}, vote {vote}",
-                report.durable.len()
-            );
-            anyhow::Ok(())
-        })?;
+        let found = rt.block_on(check_reopened(
+            &data,
+            &report,
+            known_vote,
+            &mut replay,
+            &ctx,
+        ))?;
+        known_vote = found.vote;
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {} durable reported, committed {}, \
+             purged {}, vote {}",
+            report.durable.len(),
+            found.committed,
+            found.purged,
+            found.vote
+        );
     }
     ensure!(
         max_durable > 500,
@@ -230,4 +176,76 @@ fn sigkill_never_loses_acknowledged_writes() -> Result<()> {
     ensure!(snapshots > 0, "no snapshot was ever built");
     eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
     Ok(())
+}
+
+/// What a reopened store held, for the next round and the log line.
+struct Reopened {
+    vote: u64,
+    purged: u64,
+    committed: u64,
+}
+
+/// Reopens the killed child's store and checks the three promises of the module docs
+/// against what the child reported; `known_vote` is the vote found the round before.
+async fn check_reopened(
+    data: &Path,
+    report: &Report,
+    known_vote: u64,
+    replay: &mut Replay,
+    ctx: &str,
+) -> Result<Reopened> {
+    let st = quorate_store::open(data).with_context(|| format!("reopen after {ctx}"))?;
+    let (mut log, mut sm) = (st.log, st.sm);
+
+    // Vote: the last reported, or the one whose save was under way.
+    let vote = log.read_vote().await?.map_or(0, |v| v.leader_id.term);
+    let reported = report.last_vote.unwrap_or(known_vote);
+    let saving = report.last_vote_saving.unwrap_or(reported);
+    ensure!(
+        vote >= known_vote,
+        "vote went backwards: {vote} < {known_vote}; {ctx}"
+    );
+    ensure!(
+        vote == reported || vote == saving,
+        "vote on disk {vote}, reported {reported}, saving {saving}; {ctx}"
+    );
+
+    // Log: durable entries survive, present entries are the right ones.
+    let state = log.get_log_state().await?;
+    let purged = state.last_purged_log_id.map_or(0, |l| l.index);
+    let entries = log.try_get_log_entries(..).await?;
+    let present: BTreeSet<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    for e in &entries {
+        ensure!(
+            e.payload == workload::entry(0, e.log_id.index).payload,
+            "entry {} has the wrong payload; {ctx}",
+            e.log_id
+        );
+    }
+    for &i in &report.durable {
+        ensure!(
+            i <= purged || present.contains(&i),
+            "durable entry {i} lost; {ctx}"
+        );
+    }
+
+    // State: snapshot + committed replay == fresh replay of the log.
+    let target = workload::recover(&mut log, &mut sm)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; {ctx}"))?;
+    ensure!(
+        sm.last_applied() == target,
+        "applied {:?} != {target:?}; {ctx}",
+        sm.last_applied()
+    );
+    let committed = target.map_or(0, |t| t.index);
+    ensure!(
+        sm.digest() == replay.digest_at(committed),
+        "state after recovery differs from a fresh replay of 1..={committed}; {ctx}"
+    );
+    Ok(Reopened {
+        vote,
+        purged,
+        committed,
+    })
 }

@@ -26,21 +26,11 @@ async fn feed(st: &mut Storage, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
-/// What openraft does at startup: re-apply committed entries after the snapshot.
+/// What openraft does at startup (see `workload::recover`).
 async fn recover(st: &mut Storage) -> Result<()> {
-    let committed = st.log.read_committed().await?;
-    let (applied, _) = st.sm.applied_state().await?;
-    if let Some(c) = committed {
-        let start = applied.map_or(0, |a| a.index + 1);
-        if start <= c.index {
-            let entries = st.log.try_get_log_entries(start..=c.index).await?;
-            ensure!(
-                entries.len() as u64 == c.index + 1 - start,
-                "missing committed entries"
-            );
-            st.sm.apply(entries).await?;
-        }
-    }
+    workload::recover(&mut st.log, &mut st.sm)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
 }
 

@@ -21,21 +21,8 @@ use std::process::ExitCode;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder, Vote};
-
-/// A tiny deterministic PRNG (splitmix64): no dependency for a test driver.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use quorate_store::{LogStore, StateMachineStore};
+use workload::{BoxError, Rng};
 
 fn say(line: String) {
     // stdout is line-buffered; flushing explicitly keeps the promise "printed after the
@@ -62,21 +49,11 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(dir: PathBuf, seed: u64) -> Result<(), BoxError> {
     let mut rng = Rng(seed);
     let storage = quorate_store::open(&dir)?;
     let (mut log, mut sm) = (storage.log, storage.sm);
-
-    // Recover like openraft's startup: re-apply committed entries after the snapshot.
-    let committed = log.read_committed().await?;
-    let (applied, _) = sm.applied_state().await?;
-    if let Some(c) = committed {
-        let start = applied.map_or(1, |a| a.index + 1);
-        if start <= c.index {
-            let entries = log.try_get_log_entries(start..=c.index).await?;
-            sm.apply(entries).await?;
-        }
-    }
+    workload::recover(&mut log, &mut sm).await?;
     let mut next = log
         .get_log_state()
         .await?
@@ -89,29 +66,7 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> 
 
     let mut last_snapshot = sm.last_applied().map_or(0, |l| l.index);
     loop {
-        let in_flight = 1 + rng.below(8);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for index in next..next + in_flight {
-            let tx = tx.clone();
-            log.append_with_callback([workload::entry(term, index)], move |res| {
-                if res.is_ok() {
-                    say(format!("durable {index}"));
-                }
-                let _ = tx.send((index, res.is_ok()));
-            })?;
-        }
-        drop(tx);
-        let mut acked = 0;
-        while let Some((index, ok)) = rx.recv().await {
-            if !ok {
-                return Err(format!("append {index} failed").into());
-            }
-            acked += 1;
-        }
-        if acked != in_flight {
-            return Err("lost an append callback".into());
-        }
-        let last = next + in_flight - 1;
+        let last = append_batch(&mut log, term, next, 1 + rng.below(8)).await?;
         log.save_committed(Some(workload::log_id(term, last)))
             .await?;
         // Apply everything after the last applied entry: after a restart that includes
@@ -130,29 +85,67 @@ async fn run(dir: PathBuf, seed: u64) -> Result<(), Box<dyn std::error::Error>> 
             tokio::time::sleep(std::time::Duration::from_millis(10 + rng.below(30))).await;
         }
         if last >= last_snapshot + 150 {
-            let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
-            let index = snap.meta.last_log_id.map_or(0, |l| l.index);
-            say(format!("snapshot {index}"));
-            last_snapshot = index;
-            if index > 30 {
-                let upto = index - 30;
-                let upto_id = log
-                    .try_get_log_entries(upto..=upto)
-                    .await?
-                    .first()
-                    .map(|e| e.log_id)
-                    .ok_or("purge point missing")?;
-                log.purge(upto_id).await?;
-                say(format!("purged {upto}"));
-            }
+            last_snapshot = snapshot_and_purge(&mut log, &mut sm).await?;
         }
     }
 }
 
-async fn save_vote(
-    log: &mut quorate_store::LogStore,
+/// Appends entries `next..next + in_flight` pipelined, as openraft does, and waits
+/// until every append callback reported success. Returns the last index appended.
+async fn append_batch(
+    log: &mut LogStore,
     term: u64,
-) -> Result<(), Box<dyn std::error::Error>> {
+    next: u64,
+    in_flight: u64,
+) -> Result<u64, BoxError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for index in next..next + in_flight {
+        let tx = tx.clone();
+        log.append_with_callback([workload::entry(term, index)], move |res| {
+            if res.is_ok() {
+                say(format!("durable {index}"));
+            }
+            let _ = tx.send((index, res.is_ok()));
+        })?;
+    }
+    drop(tx);
+    let mut acked = 0;
+    while let Some((index, ok)) = rx.recv().await {
+        if !ok {
+            return Err(format!("append {index} failed").into());
+        }
+        acked += 1;
+    }
+    if acked != in_flight {
+        return Err("lost an append callback".into());
+    }
+    Ok(next + in_flight - 1)
+}
+
+/// Builds a snapshot of everything applied, then purges the log up to 30 entries
+/// before it (keeping a few, as openraft does). Returns the snapshot's last index.
+async fn snapshot_and_purge(
+    log: &mut LogStore,
+    sm: &mut StateMachineStore,
+) -> Result<u64, BoxError> {
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+    let index = snap.meta.last_log_id.map_or(0, |l| l.index);
+    say(format!("snapshot {index}"));
+    if index > 30 {
+        let upto = index - 30;
+        let upto_id = log
+            .try_get_log_entries(upto..=upto)
+            .await?
+            .first()
+            .map(|e| e.log_id)
+            .ok_or("purge point missing")?;
+        log.purge(upto_id).await?;
+        say(format!("purged {upto}"));
+    }
+    Ok(index)
+}
+
+async fn save_vote(log: &mut LogStore, term: u64) -> Result<(), BoxError> {
     say(format!("vote-saving {term}"));
     log.save_vote(&Vote::new_committed(term, 1)).await?;
     say(format!("vote {term}"));
