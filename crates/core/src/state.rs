@@ -24,6 +24,7 @@
 //! of a given state is always the same bytes and its digest can be compared across
 //! nodes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -105,37 +106,23 @@ pub struct State {
     expiry: BTreeSet<(u64, u64)>,
 }
 
-/// Serialized form: primary data only, borrowed for writing.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    version: u32,
-    now_ms: u64,
-    last_token: u64,
-    settings: &'a Settings,
-    config_digest: Option<u64>,
-    overrides: &'a BTreeMap<String, u32>,
-    concurrency: &'a Vec<ConcurrencyPolicy>,
-    rate_policies: &'a BTreeMap<String, RateSpec>,
-    tiers: &'a BTreeMap<String, u32>,
-    leases: &'a BTreeMap<u64, Lease>,
-    rate: &'a BTreeMap<String, u128>,
-    rate_cursor: &'a Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SnapshotOwned {
+/// The snapshot format: primary data only. One field list for both directions:
+/// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
+/// the value it holds, so the bytes are those of the plain fields).
+#[derive(Serialize, Deserialize)]
+struct Snapshot<'a> {
     version: u32,
     now_ms: u64,
     last_token: u64,
     settings: Settings,
     config_digest: Option<u64>,
-    overrides: BTreeMap<String, u32>,
-    concurrency: Vec<ConcurrencyPolicy>,
-    rate_policies: BTreeMap<String, RateSpec>,
-    tiers: BTreeMap<String, u32>,
-    leases: BTreeMap<u64, Lease>,
-    rate: BTreeMap<String, u128>,
-    rate_cursor: Option<String>,
+    overrides: Cow<'a, BTreeMap<String, u32>>,
+    concurrency: Cow<'a, [ConcurrencyPolicy]>,
+    rate_policies: Cow<'a, BTreeMap<String, RateSpec>>,
+    tiers: Cow<'a, BTreeMap<String, u32>>,
+    leases: Cow<'a, BTreeMap<u64, Lease>>,
+    rate: Cow<'a, BTreeMap<String, u128>>,
+    rate_cursor: Cow<'a, Option<String>>,
 }
 
 /// FNV-1a, 64 bit: a stable, dependency-free digest for comparing replicas (not a
@@ -412,59 +399,12 @@ impl State {
         // Idempotent retry: the same live lease_id on the same key set returns the
         // original grant (no second slot, same token, same expiry).
         if let Some(token) = self.live_token(&a.lease_id) {
-            let lease = &self.leases[&token];
-            let mut held = lease.keys.clone();
-            let mut requested = a.keys.clone();
-            held.sort();
-            requested.sort();
-            if held != requested {
-                return Err(CoreError::LeaseConflict {
-                    lease_id: a.lease_id.clone(),
-                    held: lease.keys.clone(),
-                    requested: a.keys.clone(),
-                });
-            }
-            let expires_at_ms = lease.expires_at_ms;
-            return Ok(Outcome::Granted(Grant {
-                lease_id: a.lease_id.clone(),
-                fencing_token: token,
-                expires_at_ms,
-                slots: a.keys.iter().map(|k| self.slot_usage(k)).collect(),
-                reused: true,
-            }));
+            return self.regrant(token, a);
         }
-
-        let mut slots = Vec::with_capacity(a.keys.len());
-        let mut blocked_by = Vec::new();
-        let mut retry_after_ms = 0u64;
-        for k in &a.keys {
-            self.purge_key(k);
-            let (limit, _) = self.resolve_limit(k);
-            let set = self.slots.get(k);
-            let used = set.map_or(0, BTreeSet::len);
-            if used >= limit as usize {
-                blocked_by.push(k.clone());
-                // A slot frees when (used - limit + 1) leases have expired: the
-                // expiry of the (used - limit + 1)-th earliest lease.
-                let need = used - limit as usize;
-                let wait = set
-                    .and_then(|s| s.iter().nth(need))
-                    .map_or(1, |(exp, _)| exp - self.now_ms);
-                retry_after_ms = retry_after_ms.max(wait);
-            }
-            slots.push(SlotUsage {
-                key: k.clone(),
-                used: u32::try_from(used).unwrap_or(u32::MAX),
-                limit,
-            });
-        }
-        if !blocked_by.is_empty() {
-            return Ok(Outcome::Denied(Denial {
-                blocked_by,
-                slots,
-                retry_after_ms: retry_after_ms.clamp(1, self.settings.max_retry_after_ms),
-            }));
-        }
+        let mut slots = match self.free_slots(&a.keys) {
+            Ok(slots) => slots,
+            Err(denial) => return Ok(Outcome::Denied(denial)),
+        };
 
         self.last_token += 1;
         let token = self.last_token;
@@ -488,6 +428,67 @@ impl State {
             slots,
             reused: false,
         }))
+    }
+
+    /// The original grant of the live lease `token`, asked for again by `a`; a
+    /// conflict if `a` names other keys than the lease holds.
+    fn regrant(&self, token: u64, a: &Acquire) -> Reply {
+        let lease = &self.leases[&token];
+        let mut held = lease.keys.clone();
+        let mut requested = a.keys.clone();
+        held.sort();
+        requested.sort();
+        if held != requested {
+            return Err(CoreError::LeaseConflict {
+                lease_id: a.lease_id.clone(),
+                held: lease.keys.clone(),
+                requested: a.keys.clone(),
+            });
+        }
+        Ok(Outcome::Granted(Grant {
+            lease_id: a.lease_id.clone(),
+            fencing_token: token,
+            expires_at_ms: lease.expires_at_ms,
+            slots: a.keys.iter().map(|k| self.slot_usage(k)).collect(),
+            reused: true,
+        }))
+    }
+
+    /// Purges the dead leases of every key, then reports each key's usage before a
+    /// grant, or the denial if any key is at its limit (all keys or none).
+    fn free_slots(&mut self, keys: &[String]) -> Result<Vec<SlotUsage>, Denial> {
+        let mut slots = Vec::with_capacity(keys.len());
+        let mut blocked_by = Vec::new();
+        let mut retry_after_ms = 0u64;
+        for k in keys {
+            self.purge_key(k);
+            let (limit, _) = self.resolve_limit(k);
+            let set = self.slots.get(k);
+            let used = set.map_or(0, BTreeSet::len);
+            if used >= limit as usize {
+                blocked_by.push(k.clone());
+                // A slot frees when (used - limit + 1) leases have expired: the
+                // expiry of the (used - limit + 1)-th earliest lease.
+                let need = used - limit as usize;
+                let wait = set
+                    .and_then(|s| s.iter().nth(need))
+                    .map_or(1, |(exp, _)| exp - self.now_ms);
+                retry_after_ms = retry_after_ms.max(wait);
+            }
+            slots.push(SlotUsage {
+                key: k.clone(),
+                used: u32::try_from(used).unwrap_or(u32::MAX),
+                limit,
+            });
+        }
+        if blocked_by.is_empty() {
+            return Ok(slots);
+        }
+        Err(Denial {
+            blocked_by,
+            slots,
+            retry_after_ms: retry_after_ms.clamp(1, self.settings.max_retry_after_ms),
+        })
     }
 
     /// Release is idempotent: unknown, expired or already released → false.
@@ -706,19 +707,19 @@ impl State {
 
     /// Serialize the primary data. Deterministic: equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let s = SnapshotRef {
+        let s = Snapshot {
             version: SNAPSHOT_VERSION,
             now_ms: self.now_ms,
             last_token: self.last_token,
-            settings: &self.settings,
+            settings: self.settings,
             config_digest: self.config_digest,
-            overrides: &self.overrides,
-            concurrency: &self.concurrency,
-            rate_policies: &self.rate_policies,
-            tiers: &self.tiers,
-            leases: &self.leases,
-            rate: &self.rate,
-            rate_cursor: &self.rate_cursor,
+            overrides: Cow::Borrowed(&self.overrides),
+            concurrency: Cow::Borrowed(&self.concurrency[..]),
+            rate_policies: Cow::Borrowed(&self.rate_policies),
+            tiers: Cow::Borrowed(&self.tiers),
+            leases: Cow::Borrowed(&self.leases),
+            rate: Cow::Borrowed(&self.rate),
+            rate_cursor: Cow::Borrowed(&self.rate_cursor),
         };
         // Serializing plain owned data into a Vec cannot fail.
         bincode::serialize(&s).unwrap_or_default()
@@ -727,7 +728,7 @@ impl State {
     /// Rebuild a state from [`State::snapshot`] bytes, checking its invariants.
     pub fn restore(bytes: &[u8]) -> Result<State, CoreError> {
         use bincode::Options;
-        let s: SnapshotOwned = bincode::DefaultOptions::new()
+        let s: Snapshot = bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .allow_trailing_bytes()
             .with_limit(bytes.len() as u64 + 1024)
@@ -744,18 +745,18 @@ impl State {
             last_token: s.last_token,
             settings: s.settings,
             config_digest: s.config_digest,
-            overrides: s.overrides,
-            concurrency: s.concurrency,
-            rate_policies: s.rate_policies,
-            tiers: s.tiers,
+            overrides: s.overrides.into_owned(),
+            concurrency: s.concurrency.into_owned(),
+            rate_policies: s.rate_policies.into_owned(),
+            tiers: s.tiers.into_owned(),
             leases: BTreeMap::new(),
-            rate: s.rate,
-            rate_cursor: s.rate_cursor,
+            rate: s.rate.into_owned(),
+            rate_cursor: s.rate_cursor.into_owned(),
             lease_ids: BTreeMap::new(),
             slots: BTreeMap::new(),
             expiry: BTreeSet::new(),
         };
-        for (token, lease) in s.leases {
+        for (token, lease) in s.leases.into_owned() {
             if token == 0 || token > state.last_token {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "lease token {token} outside 1..={}",
@@ -809,6 +810,62 @@ impl TimeView<'_> {
         }
     }
 
+    /// Keys under `prefix` with an override or a live slot, at most `max` of them.
+    fn limits(&self, prefix: &str, max: usize) -> Outcome {
+        let st = self.state;
+        let in_prefix = |k: &&String| k.starts_with(prefix);
+        let mut keys: BTreeSet<&String> = st
+            .overrides
+            .range::<String, _>(prefix.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(in_prefix)
+            .collect();
+        keys.extend(
+            st.slots
+                .range::<String, _>(prefix.to_owned()..)
+                .map(|(k, _)| k)
+                .take_while(in_prefix)
+                .filter(|k| self.used(k) > 0),
+        );
+        let truncated = keys.len() > max;
+        let limits = keys
+            .into_iter()
+            .take(max)
+            .map(|k| self.limit_info(k))
+            .collect();
+        Outcome::Limits { limits, truncated }
+    }
+
+    /// Settings, every policy (concurrency ones in match order, then rate ones) and
+    /// the tiers.
+    fn policies(&self) -> PoliciesView {
+        let st = self.state;
+        let mut policies: Vec<(String, Policy)> = st
+            .concurrency
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Policy::Concurrency {
+                        pattern: p.pattern.clone(),
+                        limit: p.limit,
+                    },
+                )
+            })
+            .collect();
+        policies.extend(
+            st.rate_policies
+                .iter()
+                .map(|(n, s)| (n.clone(), Policy::Rate(*s))),
+        );
+        PoliciesView {
+            settings: st.settings,
+            policies,
+            tiers: st.tiers.iter().map(|(n, m)| (n.clone(), *m)).collect(),
+            source_digest: st.config_digest,
+        }
+    }
+
     fn query(&self, q: &Query) -> Reply {
         let st = self.state;
         match q {
@@ -834,54 +891,9 @@ impl TimeView<'_> {
                 if !prefix.is_empty() {
                     validate::key("prefix", prefix)?;
                 }
-                let in_prefix = |k: &&String| k.starts_with(prefix.as_str());
-                let mut keys: BTreeSet<&String> = st
-                    .overrides
-                    .range::<String, _>(prefix.clone()..)
-                    .map(|(k, _)| k)
-                    .take_while(in_prefix)
-                    .collect();
-                keys.extend(
-                    st.slots
-                        .range::<String, _>(prefix.clone()..)
-                        .map(|(k, _)| k)
-                        .take_while(in_prefix)
-                        .filter(|k| self.used(k) > 0),
-                );
-                let truncated = keys.len() > *max as usize;
-                let limits = keys
-                    .into_iter()
-                    .take(*max as usize)
-                    .map(|k| self.limit_info(k))
-                    .collect();
-                Ok(Outcome::Limits { limits, truncated })
+                Ok(self.limits(prefix, *max as usize))
             }
-            Query::Policies => {
-                let mut policies: Vec<(String, Policy)> = st
-                    .concurrency
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.name.clone(),
-                            Policy::Concurrency {
-                                pattern: p.pattern.clone(),
-                                limit: p.limit,
-                            },
-                        )
-                    })
-                    .collect();
-                policies.extend(
-                    st.rate_policies
-                        .iter()
-                        .map(|(n, s)| (n.clone(), Policy::Rate(*s))),
-                );
-                Ok(Outcome::Policies(PoliciesView {
-                    settings: st.settings,
-                    policies,
-                    tiers: st.tiers.iter().map(|(n, m)| (n.clone(), *m)).collect(),
-                    source_digest: st.config_digest,
-                }))
-            }
+            Query::Policies => Ok(Outcome::Policies(self.policies())),
             Query::Lease { lease_id } => {
                 validate::lease_id(lease_id)?;
                 let info = st.lease_ids.get(lease_id).and_then(|t| {
