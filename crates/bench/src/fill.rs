@@ -30,7 +30,7 @@ pub struct FillSpec {
     pub tag: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FillResult {
     pub rate_keys: u64,
     pub leases: u64,
@@ -41,123 +41,121 @@ pub struct FillResult {
 
 pub async fn fill(spec: FillSpec) -> Result<FillResult, BenchError> {
     let http = systems::http_client()?;
-    let base = &spec.targets[0];
-    let base = if base.starts_with("http") {
-        base.clone()
-    } else {
-        format!("http://{base}")
-    };
     // Room for every lease on its fill key.
     let per_key =
         u32::try_from(spec.leases.div_ceil(spec.lease_keys.max(1)) + 1).unwrap_or(u32::MAX);
-    let resp = http
-        .put(format!("{base}/v1/policies/bench-fill"))
-        .json(&proto::PolicySpec::Concurrency {
-            pattern: "fill:*".into(),
-            limit: per_key,
-        })
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        return Err(BenchError::Status(
-            resp.status().as_u16(),
-            resp.text().await.unwrap_or_default(),
-        ));
-    }
+    let base = systems::base_url(&spec.targets[0]);
+    systems::put_concurrency_policy(&http, &base, "bench-fill", "fill:*", per_key).await?;
 
     let t0 = Instant::now();
-    let rate_next = Arc::new(AtomicU64::new(0));
-    let lease_next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(Next::default());
     let spec = Arc::new(spec);
     let mut handles = Vec::new();
     for i in 0..spec.clients.max(1) {
-        let spec = spec.clone();
-        let http = http.clone();
-        let rate_next = rate_next.clone();
-        let lease_next = lease_next.clone();
+        let (spec, http, next) = (spec.clone(), http.clone(), next.clone());
         handles.push(tokio::spawn(async move {
             let target = &spec.targets[i % spec.targets.len()];
-            let base = if target.starts_with("http") {
-                target.clone()
-            } else {
-                format!("http://{target}")
-            };
-            let (mut ok_rate, mut ok_lease, mut errors, mut denied) = (0u64, 0u64, 0u64, 0u64);
-            loop {
-                let start = rate_next.fetch_add(CHECKS_PER_REQUEST, Ordering::Relaxed);
-                if start >= spec.rate_keys {
-                    break;
-                }
-                let end = (start + CHECKS_PER_REQUEST).min(spec.rate_keys);
-                let checks = (start..end)
-                    .map(|k| proto::RateCheck {
-                        key: format!("{}:user:{k}", spec.tag),
-                        limit: Some(1),
-                        period_ms: Some(spec.rate_period_ms),
-                        ..Default::default()
-                    })
-                    .collect();
-                let req = proto::RateCheckRequest {
-                    checks: Some(checks),
-                    ..Default::default()
-                };
-                match http
-                    .post(format!("{base}/v1/rate/check"))
-                    .json(&req)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        ok_rate += end - start;
-                    }
-                    Ok(r) if r.status().as_u16() == 429 => {
-                        let _ = r.bytes().await;
-                        denied += 1;
-                    }
-                    _ => errors += 1,
-                }
-            }
-            let params = systems::Params {
-                org_limit: 0,
-                global_limit: 0,
-                ttl_ms: spec.ttl_ms,
-                rate_limit: 1,
-                rate_period_ms: spec.rate_period_ms,
-                rate_burst: 1,
-                etcd_sem: systems::EtcdSem::Ticket,
-            };
-            let conn = QuorateConn::new(http.clone(), target, &params);
-            loop {
-                let n = lease_next.fetch_add(1, Ordering::Relaxed);
-                if n >= spec.leases {
-                    break;
-                }
-                let key = format!("fill:{}", n % spec.lease_keys.max(1));
-                let lease = format!("{}-lease-{n}", spec.tag);
-                match conn.acquire_keys(&[key.as_str()], &lease).await {
-                    Ok(true) => ok_lease += 1,
-                    Ok(false) => denied += 1,
-                    Err(_) => errors += 1,
-                }
-            }
-            (ok_rate, ok_lease, errors, denied)
+            let mut out = FillResult::default();
+            fill_rate_keys(&spec, &http, target, &next.rate, &mut out).await;
+            fill_leases(&spec, http, target, &next.lease, &mut out).await;
+            out
         }));
     }
-    let mut res = FillResult {
-        rate_keys: 0,
-        leases: 0,
-        errors: 0,
-        denied: 0,
-        elapsed_s: 0.0,
-    };
+    let mut res = FillResult::default();
     for h in handles {
-        let (r, l, e, d) = h.await.map_err(|e| BenchError::Protocol(e.to_string()))?;
-        res.rate_keys += r;
-        res.leases += l;
-        res.errors += e;
-        res.denied += d;
+        let out = h.await.map_err(|e| BenchError::Protocol(e.to_string()))?;
+        res.rate_keys += out.rate_keys;
+        res.leases += out.leases;
+        res.errors += out.errors;
+        res.denied += out.denied;
     }
     res.elapsed_s = t0.elapsed().as_secs_f64();
     Ok(res)
+}
+
+/// The next rate key and the next lease to create, shared by all clients: each takes
+/// the next unclaimed ones until both run out.
+#[derive(Debug, Default)]
+struct Next {
+    rate: AtomicU64,
+    lease: AtomicU64,
+}
+
+/// Creates rate buckets, `CHECKS_PER_REQUEST` per request, until all are claimed.
+async fn fill_rate_keys(
+    spec: &FillSpec,
+    http: &reqwest::Client,
+    target: &str,
+    next: &AtomicU64,
+    out: &mut FillResult,
+) {
+    let base = systems::base_url(target);
+    loop {
+        let start = next.fetch_add(CHECKS_PER_REQUEST, Ordering::Relaxed);
+        if start >= spec.rate_keys {
+            break;
+        }
+        let end = (start + CHECKS_PER_REQUEST).min(spec.rate_keys);
+        let checks = (start..end)
+            .map(|k| proto::RateCheck {
+                key: format!("{}:user:{k}", spec.tag),
+                limit: Some(1),
+                period_ms: Some(spec.rate_period_ms),
+                ..Default::default()
+            })
+            .collect();
+        let req = proto::RateCheckRequest {
+            checks: Some(checks),
+            ..Default::default()
+        };
+        match http
+            .post(format!("{base}/v1/rate/check"))
+            .json(&req)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                out.rate_keys += end - start;
+            }
+            Ok(r) if r.status().as_u16() == 429 => {
+                let _ = r.bytes().await;
+                out.denied += 1;
+            }
+            _ => out.errors += 1,
+        }
+    }
+}
+
+/// Acquires single-key leases on the `fill:*` keys until all are claimed.
+async fn fill_leases(
+    spec: &FillSpec,
+    http: reqwest::Client,
+    target: &str,
+    next: &AtomicU64,
+    out: &mut FillResult,
+) {
+    let params = systems::Params {
+        org_limit: 0,
+        global_limit: 0,
+        ttl_ms: spec.ttl_ms,
+        rate_limit: 1,
+        rate_period_ms: spec.rate_period_ms,
+        rate_burst: 1,
+        etcd_sem: systems::EtcdSem::Ticket,
+    };
+    let conn = QuorateConn::new(http, target, &params);
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= spec.leases {
+            break;
+        }
+        let key = format!("fill:{}", n % spec.lease_keys.max(1));
+        let lease = format!("{}-lease-{n}", spec.tag);
+        match conn.acquire_keys(&[key.as_str()], &lease).await {
+            Ok(true) => out.leases += 1,
+            Ok(false) => out.denied += 1,
+            Err(_) => out.errors += 1,
+        }
+    }
 }

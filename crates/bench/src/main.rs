@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use quorate_bench::fill::{self, FillSpec};
 use quorate_bench::report::{self, ReportInput};
 use quorate_bench::run::{self, RunSpec, Workload};
-use quorate_bench::systems::{EtcdSem, Params, System};
+use quorate_bench::systems::{base_url, EtcdSem, Params, System};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,32 +30,9 @@ enum Cmd {
     /// JSON line per run to --out and prints a summary line.
     Run(RunArgs),
     /// Fill a quorate cluster with live rate keys and leases.
-    Fill {
-        #[arg(long, value_delimiter = ',', required = true)]
-        targets: Vec<String>,
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        #[arg(long, default_value_t = 1_000_000)]
-        rate_keys: u64,
-        #[arg(long, default_value_t = 100_000)]
-        leases: u64,
-        #[arg(long, default_value_t = 10_000)]
-        lease_keys: u64,
-        /// TTL of the leases and period of the rate buckets (both stay live this long).
-        #[arg(long, default_value_t = 3_600_000)]
-        live_ms: u64,
-        #[arg(long, default_value = "fill")]
-        tag: String,
-    },
+    Fill(FillArgs),
     /// Poll a URL until it answers 200; prints the milliseconds it took.
-    WaitReady {
-        #[arg(long)]
-        url: String,
-        #[arg(long, default_value_t = 120.0)]
-        timeout_s: f64,
-        #[arg(long, default_value_t = 20)]
-        interval_ms: u64,
-    },
+    WaitReady(WaitReadyArgs),
     /// Time a (re)started quorate node: until its /readyz answers 200, and until its
     /// applied index reaches the leader's commit index read at start. Prints JSON.
     CatchUp {
@@ -77,22 +54,54 @@ enum Cmd {
         target: String,
     },
     /// Write the markdown report.
-    Report {
-        #[arg(long)]
-        results: PathBuf,
-        #[arg(long)]
-        extras: Option<PathBuf>,
-        #[arg(long)]
-        profile: Option<PathBuf>,
-        #[arg(long)]
-        notes: Option<PathBuf>,
-        #[arg(long, default_value = "")]
-        command: String,
-        #[arg(long, default_value = "/tmp")]
-        data_dir: String,
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FillArgs {
+    #[arg(long, value_delimiter = ',', required = true)]
+    targets: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    rate_keys: u64,
+    #[arg(long, default_value_t = 100_000)]
+    leases: u64,
+    #[arg(long, default_value_t = 10_000)]
+    lease_keys: u64,
+    /// TTL of the leases and period of the rate buckets (both stay live this long).
+    #[arg(long, default_value_t = 3_600_000)]
+    live_ms: u64,
+    #[arg(long, default_value = "fill")]
+    tag: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitReadyArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 120.0)]
+    timeout_s: f64,
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    #[arg(long)]
+    results: PathBuf,
+    #[arg(long)]
+    extras: Option<PathBuf>,
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    #[arg(long)]
+    notes: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    command: String,
+    #[arg(long, default_value = "/tmp")]
+    data_dir: String,
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,108 +173,94 @@ fn main() -> anyhow::Result<()> {
 async fn async_main(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => run_cells(a).await,
-        Cmd::Fill {
-            targets,
-            clients,
-            rate_keys,
-            leases,
-            lease_keys,
-            live_ms,
-            tag,
-        } => {
-            let r = fill::fill(FillSpec {
-                targets,
-                clients,
-                rate_keys,
-                leases,
-                lease_keys,
-                ttl_ms: live_ms,
-                rate_period_ms: live_ms,
-                tag,
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&r)?);
-            Ok(())
-        }
-        Cmd::WaitReady {
-            url,
-            timeout_s,
-            interval_ms,
-        } => {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .pool_max_idle_per_host(0)
-                .build()?;
-            let t0 = Instant::now();
-            loop {
-                if let Ok(r) = http.get(&url).send().await {
-                    if r.status().is_success() {
-                        println!("{}", t0.elapsed().as_millis());
-                        return Ok(());
-                    }
-                }
-                if t0.elapsed().as_secs_f64() > timeout_s {
-                    bail!("{url} not ready after {timeout_s} s");
-                }
-                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
-            }
-        }
+        Cmd::Fill(a) => fill_cluster(a).await,
+        Cmd::WaitReady(a) => wait_ready(a).await,
         Cmd::CatchUp {
             node,
             peer,
             timeout_s,
             pid,
         } => catch_up(&node, &peer, timeout_s, pid).await,
-        Cmd::Leader { target } => {
-            let base = if target.starts_with("http") {
-                target
-            } else {
-                format!("http://{target}")
-            };
-            let c: quorate_proto::ClusterResponse = reqwest::get(format!("{base}/v1/cluster"))
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            match c.leader_id {
-                Some(id) => println!("{id}"),
-                None => bail!("no leader known"),
-            }
-            Ok(())
-        }
-        Cmd::Report {
-            results,
-            extras,
-            profile,
-            notes,
-            command,
-            data_dir,
-            out,
-        } => {
-            let input = ReportInput {
-                results: report::read_results(&results)
-                    .with_context(|| format!("reading {}", results.display()))?,
-                extras: match extras {
-                    Some(p) => report::read_extras(&p).unwrap_or_default(),
-                    None => Vec::new(),
-                },
-                command,
-                data_dir,
-                notes: notes
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .unwrap_or_default(),
-                profile: profile
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .unwrap_or_default(),
-            };
-            let md = report::render(&input);
-            if let Some(out) = out {
-                std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
-            }
-            print!("{md}");
-            Ok(())
-        }
+        Cmd::Leader { target } => print_leader(&target).await,
+        Cmd::Report(a) => write_report(a),
     }
+}
+
+async fn fill_cluster(a: FillArgs) -> anyhow::Result<()> {
+    let r = fill::fill(FillSpec {
+        targets: a.targets,
+        clients: a.clients,
+        rate_keys: a.rate_keys,
+        leases: a.leases,
+        lease_keys: a.lease_keys,
+        ttl_ms: a.live_ms,
+        rate_period_ms: a.live_ms,
+        tag: a.tag,
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+async fn wait_ready(a: WaitReadyArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(r) = http.get(&a.url).send().await {
+            if r.status().is_success() {
+                println!("{}", t0.elapsed().as_millis());
+                return Ok(());
+            }
+        }
+        if t0.elapsed().as_secs_f64() > a.timeout_s {
+            bail!("{} not ready after {} s", a.url, a.timeout_s);
+        }
+        tokio::time::sleep(Duration::from_millis(a.interval_ms)).await;
+    }
+}
+
+async fn print_leader(target: &str) -> anyhow::Result<()> {
+    let base = base_url(target);
+    let c: quorate_proto::ClusterResponse = reqwest::get(format!("{base}/v1/cluster"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    match c.leader_id {
+        Some(id) => println!("{id}"),
+        None => bail!("no leader known"),
+    }
+    Ok(())
+}
+
+fn write_report(a: ReportArgs) -> anyhow::Result<()> {
+    let input = ReportInput {
+        results: report::read_results(&a.results)
+            .with_context(|| format!("reading {}", a.results.display()))?,
+        extras: match a.extras {
+            Some(p) => report::read_extras(&p).unwrap_or_default(),
+            None => Vec::new(),
+        },
+        command: a.command,
+        data_dir: a.data_dir,
+        notes: a
+            .notes
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default(),
+        profile: a
+            .profile
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default(),
+    };
+    let md = report::render(&input);
+    if let Some(out) = a.out {
+        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    }
+    print!("{md}");
+    Ok(())
 }
 
 /// The label of non-default settings, shown next to the workload in the report.
@@ -280,20 +275,12 @@ fn variant(a: &RunArgs) -> String {
     v.join(", ")
 }
 
-fn url(addr: &str) -> String {
-    if addr.starts_with("http") {
-        addr.trim_end_matches('/').to_owned()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 async fn catch_up(node: &str, peer: &str, timeout_s: f64, pid: Option<u32>) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(1000))
         .build()?;
-    let (node, peer) = (url(node), url(peer));
+    let (node, peer) = (base_url(node), base_url(peer));
     let cluster = |base: String| {
         let http = http.clone();
         async move {

@@ -144,6 +144,17 @@ fn ratio(q: Option<&RunResult>, o: Option<&RunResult>) -> String {
 pub fn render(input: &ReportInput) -> String {
     let rs = &input.results;
     let mut md = String::new();
+    write_machine(&mut md, input);
+    write_method(&mut md);
+    write_targets(&mut md, rs);
+    write_results(&mut md, rs);
+    write_every_run(&mut md, rs);
+    write_state_profile_notes(&mut md, input);
+    md
+}
+
+/// Title, how the results were produced, and the machine they ran on.
+fn write_machine(md: &mut String, input: &ReportInput) {
     let _ = writeln!(md, "# Benchmarks: quorate vs Redis + Lua vs etcd\n");
     let _ = writeln!(
         md,
@@ -161,7 +172,10 @@ pub fn render(input: &ReportInput) -> String {
     for (_, k, v) in &env {
         let _ = writeln!(md, "| {k} | {v} |");
     }
+}
 
+/// How each system is deployed and what is measured (fixed text).
+fn write_method(md: &mut String) {
     let _ = writeln!(
         md,
         "\n## Systems and method\n\n\
@@ -208,8 +222,10 @@ pub fn render(input: &ReportInput) -> String {
          - `*` after a throughput: the cell hit its time cap before making all its \
          attempts; the number is still completed ops / elapsed time.\n"
     );
+}
 
-    // Summary against the targets.
+/// The hot-key, 64-client cell against the targets, and its no-hold variant.
+fn write_targets(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "## Targets (hot key, 64 clients)\n");
     let q = find(rs, "quorate", "hot", "", 64);
     let r = find(rs, "redis", "hot", "", 64);
@@ -267,8 +283,10 @@ pub fn render(input: &ReportInput) -> String {
             fmt_ms(qn.p99_ms)
         );
     }
+}
 
-    // Main table.
+/// One row per (workload, variant, clients) cell with the three systems side by side.
+fn write_results(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
@@ -328,8 +346,10 @@ pub fn render(input: &ReportInput) -> String {
             n(e, |x| x.over_admissions),
         );
     }
+}
 
-    // Details.
+/// One row per run with every figure, then the error kinds seen.
+fn write_every_run(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "\n### Every run\n");
     let _ = writeln!(
         md,
@@ -378,7 +398,10 @@ pub fn render(input: &ReportInput) -> String {
     if !errs.is_empty() {
         let _ = writeln!(md, "\nErrors by kind:\n\n{}", errs.join("\n"));
     }
+}
 
+/// The extra measurements, the profile and the notes, where given.
+fn write_state_profile_notes(md: &mut String, input: &ReportInput) {
     let state: Vec<_> = input.extras.iter().filter(|e| e.0 == "state").collect();
     if !state.is_empty() {
         let _ = writeln!(
@@ -399,5 +422,4 @@ pub fn render(input: &ReportInput) -> String {
     if !input.notes.trim().is_empty() {
         let _ = writeln!(md, "\n{}", input.notes.trim_end());
     }
-    md
 }

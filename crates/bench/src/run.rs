@@ -172,6 +172,26 @@ impl ClientOut {
             self.error_kinds.push((kind, 1));
         }
     }
+
+    /// Adds another client's counts and samples (every error kind kept).
+    fn merge(&mut self, o: ClientOut) {
+        self.attempts += o.attempts;
+        self.ops += o.ops;
+        self.granted += o.granted;
+        self.denied += o.denied;
+        self.errors += o.errors;
+        self.conflicts += o.conflicts;
+        self.capped |= o.capped;
+        for (k, n) in o.error_kinds {
+            if let Some(slot) = self.error_kinds.iter_mut().find(|(kk, _)| *kk == k) {
+                slot.1 += n;
+            } else {
+                self.error_kinds.push((k, n));
+            }
+        }
+        self.acquire.merge(o.acquire);
+        self.release.merge(o.release);
+    }
 }
 
 /// splitmix64: a tiny deterministic per-client RNG.
@@ -201,24 +221,44 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
     }
     let http = systems::http_client()?;
     systems::setup(spec.system, &http, &spec.targets[0], &spec.params).await?;
-
-    let org_slots = match spec.workload {
-        Workload::Hot => 1,
-        Workload::Spread => spec.org_keys.max(1) as usize,
-        Workload::Rate => 0,
-    };
-    let tracker = Arc::new(Tracker {
-        org: (0..org_slots).map(|_| AtomicI64::new(0)).collect(),
-        global: AtomicI64::new(0),
-        org_limit: i64::from(spec.params.org_limit),
-        global_limit: i64::from(spec.params.global_limit),
-        over: AtomicU64::new(0),
-        max_held: AtomicI64::new(0),
-    });
-
+    let tracker = Arc::new(Tracker::new(&spec));
+    let spec = Arc::new(spec);
     // Connect every client first; the measured phase starts when all are ready.
     let barrier = Arc::new(Barrier::new(spec.clients + 1));
-    let spec = Arc::new(spec);
+    let handles = spawn_clients(&spec, &http, &tracker, &barrier);
+    barrier.wait().await;
+    let phase = measured_phase(&spec.server_pids, handles).await?;
+    Ok(summarize(&spec, &tracker, phase))
+}
+
+impl Tracker {
+    fn new(spec: &RunSpec) -> Self {
+        let org_slots = match spec.workload {
+            Workload::Hot => 1,
+            Workload::Spread => spec.org_keys.max(1) as usize,
+            Workload::Rate => 0,
+        };
+        Tracker {
+            org: (0..org_slots).map(|_| AtomicI64::new(0)).collect(),
+            global: AtomicI64::new(0),
+            org_limit: i64::from(spec.params.org_limit),
+            global_limit: i64::from(spec.params.global_limit),
+            over: AtomicU64::new(0),
+            max_held: AtomicI64::new(0),
+        }
+    }
+}
+
+type ClientTask = tokio::task::JoinHandle<Result<ClientOut, BenchError>>;
+
+/// Starts every client: each connects, waits at `barrier` for the others, then makes
+/// its share of the attempts.
+fn spawn_clients(
+    spec: &Arc<RunSpec>,
+    http: &reqwest::Client,
+    tracker: &Arc<Tracker>,
+    barrier: &Arc<Barrier>,
+) -> Vec<ClientTask> {
     let mut handles = Vec::with_capacity(spec.clients);
     for i in 0..spec.clients {
         let per = spec.requests / spec.clients as u64
@@ -237,21 +277,38 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
             Ok::<ClientOut, BenchError>(out)
         }));
     }
-    barrier.wait().await;
+    handles
+}
+
+/// What the measured phase produced: every client's output merged, and the time and
+/// CPU it took.
+struct Phase {
+    total: ClientOut,
+    elapsed_s: f64,
+    generator_cpu_s: f64,
+    server_cpu_s: f64,
+}
+
+/// Waits for every client to finish (the clients are already past the barrier),
+/// timing it and measuring the CPU used meanwhile. The first client error fails it.
+async fn measured_phase(
+    server_pids: &[u32],
+    handles: Vec<ClientTask>,
+) -> Result<Phase, BenchError> {
     let server_cpu = |pids: &[u32]| -> f64 {
         pids.iter()
             .filter_map(|p| stats::proc_cpu_seconds(&p.to_string()))
             .sum()
     };
-    let server0 = server_cpu(&spec.server_pids);
+    let server0 = server_cpu(server_pids);
     let cpu0 = stats::process_cpu_seconds();
     let t0 = Instant::now();
 
-    let mut outs = Vec::with_capacity(handles.len());
+    let mut total = ClientOut::default();
     let mut first_err = None;
     for h in handles {
         match h.await {
-            Ok(Ok(o)) => outs.push(o),
+            Ok(Ok(o)) => total.merge(o),
             Ok(Err(e)) => {
                 first_err.get_or_insert(e);
             }
@@ -260,75 +317,60 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
             }
         }
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = stats::process_cpu_seconds() - cpu0;
-    let server = server_cpu(&spec.server_pids) - server0;
+    let elapsed_s = t0.elapsed().as_secs_f64();
+    let generator_cpu_s = stats::process_cpu_seconds() - cpu0;
+    let server_cpu_s = server_cpu(server_pids) - server0;
     if let Some(e) = first_err {
         return Err(e);
     }
+    Ok(Phase {
+        total,
+        elapsed_s,
+        generator_cpu_s,
+        server_cpu_s,
+    })
+}
 
-    let mut acquire = Histogram::default();
-    let mut release = Histogram::default();
-    let mut r = RunResult {
+/// The result line of a run.
+fn summarize(spec: &RunSpec, tracker: &Tracker, phase: Phase) -> RunResult {
+    let Phase {
+        total: mut t,
+        elapsed_s: elapsed,
+        generator_cpu_s: cpu,
+        server_cpu_s: server,
+    } = phase;
+    let mut all = t.acquire.clone();
+    all.merge(t.release.clone());
+    RunResult {
         system: spec.system.name().to_owned(),
         workload: spec.workload.name().to_owned(),
         variant: spec.variant.clone(),
         clients: spec.clients,
         requests: spec.requests,
-        attempts: 0,
-        ops: 0,
-        granted: 0,
-        denied: 0,
-        errors: 0,
-        error_kinds: Vec::new(),
+        attempts: t.attempts,
+        ops: t.ops,
+        granted: t.granted,
+        denied: t.denied,
+        errors: t.errors,
+        error_kinds: std::mem::take(&mut t.error_kinds),
         over_admissions: tracker.over.load(Ordering::SeqCst),
         max_held: tracker.max_held.load(Ordering::SeqCst),
-        conflicts: 0,
+        conflicts: t.conflicts,
         elapsed_s: elapsed,
-        ops_per_s: 0.0,
-        p50_ms: 0.0,
-        p99_ms: 0.0,
-        p999_ms: 0.0,
-        max_ms: 0.0,
-        acquire_p50_ms: 0.0,
-        acquire_p99_ms: 0.0,
-        release_p50_ms: 0.0,
-        release_p99_ms: 0.0,
-        capped: false,
+        ops_per_s: t.ops as f64 / elapsed.max(1e-9),
+        p50_ms: all.quantile_ms(0.50),
+        p99_ms: all.quantile_ms(0.99),
+        p999_ms: all.quantile_ms(0.999),
+        max_ms: all.quantile_ms(1.0),
+        acquire_p50_ms: t.acquire.quantile_ms(0.50),
+        acquire_p99_ms: t.acquire.quantile_ms(0.99),
+        release_p50_ms: t.release.quantile_ms(0.50),
+        release_p99_ms: t.release.quantile_ms(0.99),
+        capped: t.capped,
         generator_cpu_pct: 100.0 * cpu / elapsed.max(1e-9),
         server_cpu_pct: 100.0 * server / elapsed.max(1e-9),
         loadavg_1m: stats::loadavg_1m(),
-    };
-    for o in outs {
-        r.attempts += o.attempts;
-        r.ops += o.ops;
-        r.granted += o.granted;
-        r.denied += o.denied;
-        r.errors += o.errors;
-        r.conflicts += o.conflicts;
-        r.capped |= o.capped;
-        for (k, n) in o.error_kinds {
-            if let Some(slot) = r.error_kinds.iter_mut().find(|(kk, _)| *kk == k) {
-                slot.1 += n;
-            } else {
-                r.error_kinds.push((k, n));
-            }
-        }
-        acquire.merge(o.acquire);
-        release.merge(o.release);
     }
-    let mut all = acquire.clone();
-    all.merge(release.clone());
-    r.ops_per_s = r.ops as f64 / elapsed.max(1e-9);
-    r.p50_ms = all.quantile_ms(0.50);
-    r.p99_ms = all.quantile_ms(0.99);
-    r.p999_ms = all.quantile_ms(0.999);
-    r.max_ms = all.quantile_ms(1.0);
-    r.acquire_p50_ms = acquire.quantile_ms(0.50);
-    r.acquire_p99_ms = acquire.quantile_ms(0.99);
-    r.release_p50_ms = release.quantile_ms(0.50);
-    r.release_p99_ms = release.quantile_ms(0.99);
-    Ok(r)
 }
 
 async fn client_loop(
@@ -356,67 +398,83 @@ async fn client_loop(
                     (format!("org:{n}"), n as usize)
                 };
                 let lease_id = format!("{}-c{client}-{seq}", spec.run_tag);
-                let t = Instant::now();
-                let res = conn.acquire(&org, &lease_id).await;
-                out.acquire.record(t.elapsed());
-                match res {
-                    Ok((Acquired::Granted(g), conflicts)) => {
-                        out.conflicts += u64::from(conflicts);
-                        out.ops += 1;
-                        out.granted += 1;
-                        tracker.grant(idx);
-                        // "Use" the slot, then give it back.
-                        if !spec.hold.is_zero() {
-                            tokio::time::sleep(spec.hold).await;
-                        }
-                        tracker.release(idx);
-                        let t = Instant::now();
-                        let rel = conn.release(&g).await;
-                        out.release.record(t.elapsed());
-                        match rel {
-                            Ok(true) => out.ops += 1,
-                            Ok(false) => {
-                                out.error(&BenchError::Protocol("release: lease unknown".into()))
-                            }
-                            Err(e) => out.error(&e),
-                        }
-                    }
-                    Ok((Acquired::Denied, conflicts)) => {
-                        out.conflicts += u64::from(conflicts);
-                        out.ops += 1;
-                        out.denied += 1;
-                        if !spec.deny_backoff.is_zero() {
-                            tokio::time::sleep(spec.deny_backoff).await;
-                        }
-                    }
-                    Err(e) => {
-                        out.error(&e);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                slot_attempt(spec, conn, &org, idx, &lease_id, tracker, &mut out).await;
             }
             Workload::Rate => {
                 let key = format!("user:{}", rng.below(spec.rate_keys));
-                let t = Instant::now();
-                let res = conn.rate(&key).await;
-                out.acquire.record(t.elapsed());
-                match res {
-                    Ok((allowed, conflicts)) => {
-                        out.conflicts += u64::from(conflicts);
-                        out.ops += 1;
-                        if allowed {
-                            out.granted += 1;
-                        } else {
-                            out.denied += 1;
-                        }
-                    }
-                    Err(e) => {
-                        out.error(&e);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                rate_attempt(conn, &key, &mut out).await;
             }
         }
     }
     out
+}
+
+/// One acquire on `org` (tracked as org slot `idx`); if granted, the hold and release.
+async fn slot_attempt(
+    spec: &RunSpec,
+    conn: &mut Conn,
+    org: &str,
+    idx: usize,
+    lease_id: &str,
+    tracker: &Tracker,
+    out: &mut ClientOut,
+) {
+    let t = Instant::now();
+    let res = conn.acquire(org, lease_id).await;
+    out.acquire.record(t.elapsed());
+    match res {
+        Ok((Acquired::Granted(g), conflicts)) => {
+            out.conflicts += u64::from(conflicts);
+            out.ops += 1;
+            out.granted += 1;
+            tracker.grant(idx);
+            // "Use" the slot, then give it back.
+            if !spec.hold.is_zero() {
+                tokio::time::sleep(spec.hold).await;
+            }
+            tracker.release(idx);
+            let t = Instant::now();
+            let rel = conn.release(&g).await;
+            out.release.record(t.elapsed());
+            match rel {
+                Ok(true) => out.ops += 1,
+                Ok(false) => out.error(&BenchError::Protocol("release: lease unknown".into())),
+                Err(e) => out.error(&e),
+            }
+        }
+        Ok((Acquired::Denied, conflicts)) => {
+            out.conflicts += u64::from(conflicts);
+            out.ops += 1;
+            out.denied += 1;
+            if !spec.deny_backoff.is_zero() {
+                tokio::time::sleep(spec.deny_backoff).await;
+            }
+        }
+        Err(e) => {
+            out.error(&e);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// One rate check on `key`.
+async fn rate_attempt(conn: &mut Conn, key: &str, out: &mut ClientOut) {
+    let t = Instant::now();
+    let res = conn.rate(key).await;
+    out.acquire.record(t.elapsed());
+    match res {
+        Ok((allowed, conflicts)) => {
+            out.conflicts += u64::from(conflicts);
+            out.ops += 1;
+            if allowed {
+                out.granted += 1;
+            } else {
+                out.denied += 1;
+            }
+        }
+        Err(e) => {
+            out.error(&e);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -85,6 +85,16 @@ pub enum Acquired {
     Denied,
 }
 
+impl Acquired {
+    /// A grant of `lease_id` on `org` (and `global`).
+    fn granted(org: &str, lease_id: &str) -> Self {
+        Acquired::Granted(Grant {
+            org: org.to_owned(),
+            lease_id: lease_id.to_owned(),
+        })
+    }
+}
+
 /// One client's connection to one system.
 // One per client, created once: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -105,8 +115,9 @@ pub fn http_client() -> Result<reqwest::Client, BenchError> {
         .build()?)
 }
 
-fn base_url(target: &str) -> String {
-    if target.starts_with("http://") {
+/// The base URL of a node given as `host:port` or as a URL.
+pub fn base_url(target: &str) -> String {
+    if target.starts_with("http") {
         target.trim_end_matches('/').to_owned()
     } else {
         format!("http://{target}")
@@ -124,12 +135,7 @@ impl Conn {
     ) -> Result<Self, BenchError> {
         match system {
             System::Quorate => {
-                let c = QuorateConn {
-                    http: http.clone(),
-                    base: base_url(target),
-                    ttl_ms: params.ttl_ms,
-                    rate: params.clone(),
-                };
+                let c = QuorateConn::new(http.clone(), target, params);
                 c.warm_up().await?;
                 Ok(Conn::Quorate(c))
             }
@@ -204,16 +210,7 @@ pub async fn setup(
             }
             // Every other org:* key: a concurrency policy (the generated cluster.toml has
             // the same one; this makes the run independent of that file).
-            let resp = http
-                .put(format!("{base}/v1/policies/bench-orgs"))
-                .json(&proto::PolicySpec::Concurrency {
-                    pattern: "org:*".into(),
-                    limit: params.org_limit,
-                })
-                .send()
-                .await?;
-            check_status(resp).await?;
-            Ok(())
+            put_concurrency_policy(http, &base, "bench-orgs", "org:*", params.org_limit).await
         }
         System::Redis => {
             let mut c = resp::Conn::connect(target).await?;
@@ -240,6 +237,26 @@ pub async fn setup(
             Ok(())
         }
     }
+}
+
+/// Puts (creates or replaces) the quorate concurrency policy `name`.
+pub(crate) async fn put_concurrency_policy(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    pattern: &str,
+    limit: u32,
+) -> Result<(), BenchError> {
+    let resp = http
+        .put(format!("{base}/v1/policies/{name}"))
+        .json(&proto::PolicySpec::Concurrency {
+            pattern: pattern.into(),
+            limit,
+        })
+        .send()
+        .await?;
+    check_status(resp).await?;
+    Ok(())
 }
 
 async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, BenchError> {
@@ -294,10 +311,7 @@ impl QuorateConn {
             .await
             .map(|granted| {
                 if granted {
-                    Acquired::Granted(Grant {
-                        org: org.to_owned(),
-                        lease_id: lease_id.to_owned(),
-                    })
+                    Acquired::granted(org, lease_id)
                 } else {
                     Acquired::Denied
                 }
@@ -427,10 +441,7 @@ impl RedisConn {
             .and_then(resp::Value::as_int)
             .ok_or_else(|| BenchError::Protocol(format!("acquire reply {v:?}")))?;
         Ok(if granted == 1 {
-            Acquired::Granted(Grant {
-                org: org.to_owned(),
-                lease_id: lease_id.to_owned(),
-            })
+            Acquired::granted(org, lease_id)
         } else {
             Acquired::Denied
         })
@@ -486,6 +497,17 @@ struct SemState {
     limit_global: i64,
 }
 
+/// The limit stored in the value read by op `i` of `r`, or `default` if none is stored.
+fn stored_limit(r: &etcd::TxnResponse, i: usize, default: i64) -> Result<i64, BenchError> {
+    match r.range(i).value()? {
+        None => Ok(default),
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| BenchError::Protocol("bad limit value".into())),
+    }
+}
+
 fn now_ms_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -525,23 +547,14 @@ impl EtcdConn {
     }
 
     fn parse_state(&self, r: &etcd::TxnResponse) -> Result<SemState, BenchError> {
-        let limit = |i: usize, default: i64| -> Result<i64, BenchError> {
-            match r.range(i).value()? {
-                None => Ok(default),
-                Some(v) => std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| BenchError::Protocol("bad limit value".into())),
-            }
-        };
         Ok(SemState {
             count_org: r.range(0).count,
             count_global: r.range(1).count,
             guard_org: r.range(2).mod_revision(),
             guard_global: r.range(3).mod_revision(),
-            limit_org: limit(4, i64::from(self.org_limit))?,
+            limit_org: stored_limit(r, 4, i64::from(self.org_limit))?,
             // No stored global limit means unlimited.
-            limit_global: limit(5, i64::MAX)?,
+            limit_global: stored_limit(r, 5, i64::MAX)?,
         })
     }
 
@@ -580,22 +593,10 @@ impl EtcdConn {
                 failure: vec![],
             })
             .await?;
-        let limit = |i: usize, default: i64| -> Result<i64, BenchError> {
-            match r.range(i).value()? {
-                None => Ok(default),
-                Some(v) => std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| BenchError::Protocol("bad limit value".into())),
-            }
-        };
-        let admitted = r.range(2).count <= limit(4, i64::from(self.org_limit))?
-            && r.range(3).count <= limit(5, i64::MAX)?;
+        let admitted = r.range(2).count <= stored_limit(&r, 4, i64::from(self.org_limit))?
+            && r.range(3).count <= stored_limit(&r, 5, i64::MAX)?;
         if admitted {
-            return Ok(Acquired::Granted(Grant {
-                org: org.to_owned(),
-                lease_id: holder.to_owned(),
-            }));
+            return Ok(Acquired::granted(org, holder));
         }
         self.client
             .txn(&TxnRequest {
@@ -662,13 +663,7 @@ impl EtcdConn {
             };
             let r = self.client.txn(&txn).await?;
             if r.succeeded {
-                return Ok((
-                    Acquired::Granted(Grant {
-                        org: org.to_owned(),
-                        lease_id: holder.to_owned(),
-                    }),
-                    conflicts,
-                ));
+                return Ok((Acquired::granted(org, holder), conflicts));
             }
             conflicts += 1;
             if conflicts >= ETCD_MAX_CONFLICTS {
