@@ -73,6 +73,8 @@ pub struct Metrics {
     pub batched_ops: Counter,
     /// Time from a write entering the batcher to its reply.
     pub write_seconds: Histogram,
+    /// In-flight entries whose slot was given back unanswered (term ended, timeout).
+    pub batches_abandoned: Counter,
     /// Dead leases purged by housekeeping (leader's count).
     pub expired_leases: Counter,
     pub raft_term: Gauge,
@@ -109,6 +111,7 @@ impl Metrics {
             batches: Counter::default(),
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
+            batches_abandoned: Counter::default(),
             expired_leases: Counter::default(),
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
@@ -157,6 +160,11 @@ impl Metrics {
             "quorate_write_seconds",
             "Time from a write entering the leader's batcher to its reply (applied).",
             m.write_seconds.clone(),
+        );
+        r.register(
+            "quorate_batches_abandoned",
+            "In-flight entries whose slot the batcher took back unanswered (term ended or timeout).",
+            m.batches_abandoned.clone(),
         );
         r.register(
             "quorate_expired_leases",

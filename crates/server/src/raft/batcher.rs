@@ -9,29 +9,105 @@
 //! 2. take the first queued op, then whatever else is already queued, up to
 //!    `max_ops`: requests that arrived while earlier entries were in flight share the
 //!    next one;
-//! 3. stamp the entry with the leader's wall clock (`Command::time_ms`; the state
-//!    machine never reads a clock) and hand it to openraft (`client_write_ff`, in queue
-//!    order, so entries are appended in the order ops were taken);
+//! 3. stamp the entry with cluster time ([`ClusterClock`]: the applied time plus the
+//!    leader's monotonic clock, never its wall clock) and hand it to openraft
+//!    (`client_write_ff`, in queue order, so entries are appended in the order ops
+//!    were taken);
 //! 4. when the entry is applied, give each caller the reply at its own index.
 //!
 //! A caller only ever hears "applied, here is your reply" or an error: never success
-//! for an entry that was not committed. `NotLeader` means the entry was rejected or
-//! truncated (never applied), so the caller may retry elsewhere; `Unavailable` means
-//! the outcome is unknown. Ops whose caller has already given up (timed out) are
-//! dropped before they are proposed.
+//! for an entry that was not committed. `NotLeader` means the entry was never
+//! proposed or was truncated (never applied), so the caller may retry elsewhere;
+//! `Unavailable` means the outcome is unknown. Ops whose caller has already given up
+//! (timed out) are dropped before they are proposed.
+//!
+//! **Abandoned proposals give their slot back.** openraft 0.9 answers a proposal when
+//! its entry is applied or truncated — but not when the node, cut off while the entry
+//! was in flight, is later brought up to date by a snapshot that covers the entry's
+//! index: that answer never comes (`RaftCore::client_resp_channels` keeps the
+//! responder forever). Waiting for it would keep the in-flight slot forever, and after
+//! `max_in_flight` such entries a re-elected leader would answer 503 to every write.
+//! So an entry's slot comes back when it is applied, when the term it was proposed in
+//! ends, or after the abandon timeout, whichever is first; its callers then hear
+//! `Unavailable` (it may still be applied by the new leader: retry with the same
+//! lease id is safe).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use openraft::error::ClientWriteError;
-use openraft::Raft;
+use openraft::raft::ClientWriteResponse;
+use openraft::{Raft, ServerState};
 use quorate_core::{Command, Op, Reply};
-use quorate_store::TypeConfig;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use quorate_store::{NodeInfo, StateMachineStore, TypeConfig};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::clock::ClusterClock;
 use crate::backend::NodeError;
 use crate::telemetry::Metrics;
+
+/// What openraft answers about one proposed entry.
+pub type WriteOutcome = Result<ClientWriteResponse<TypeConfig>, ClientWriteError<u64, NodeInfo>>;
+
+/// What the batcher needs from Raft. A trait so that tests can hold answers back
+/// (the abandoned-proposal case above) without a cluster.
+pub trait Proposer: Send + Sync + 'static {
+    /// Hand an entry to Raft; the receiver resolves with its outcome (or never).
+    fn propose(&self, cmd: Command) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>>;
+    /// The term this node leads in, if it leads.
+    fn leading_term(&self) -> Option<u64>;
+    /// Resolves once this node no longer leads in `term`.
+    fn term_ended(&self, term: u64) -> BoxFuture<'static, ()>;
+    /// Cluster time of the last applied entry.
+    fn applied_ms(&self) -> u64;
+}
+
+/// The production [`Proposer`]: openraft plus the state machine it applies to.
+#[derive(Clone)]
+pub struct RaftProposer {
+    pub raft: Raft<TypeConfig>,
+    pub sm: StateMachineStore,
+}
+
+impl Proposer for RaftProposer {
+    fn propose(&self, cmd: Command) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>> {
+        Box::pin(async move {
+            self.raft
+                .client_write_ff(cmd)
+                .await
+                .map_err(|fatal| format!("raft stopped: {fatal}"))
+        })
+    }
+
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
+    fn term_ended(&self, term: u64) -> BoxFuture<'static, ()> {
+        let mut rx = self.raft.metrics();
+        Box::pin(async move {
+            loop {
+                {
+                    let m = rx.borrow_and_update();
+                    if m.state != ServerState::Leader || m.current_term != term {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return; // Raft stopped: the term is over for us.
+                }
+            }
+        })
+    }
+
+    fn applied_ms(&self) -> u64 {
+        self.sm.read(|s| s.now_ms())
+    }
+}
 
 struct Pending {
     op: Op,
@@ -40,12 +116,21 @@ struct Pending {
 }
 
 /// Handle to the batching loop. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
+    clock: Arc<ClusterClock>,
+    proposer: Arc<dyn Proposer>,
 }
 
-/// Unix milliseconds of the leader's clock (0 if the clock is before 1970).
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batcher")
+    }
+}
+
+/// Unix milliseconds of this node's wall clock (0 if the clock is before 1970). Only
+/// for the cluster's epoch and for measuring clock offsets, never for decisions.
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -53,22 +138,36 @@ pub fn wall_clock_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most ops in one entry.
+    pub max_ops: usize,
+    /// Most entries in flight at once.
+    pub max_in_flight: usize,
+    /// How long an unanswered entry may hold its in-flight slot.
+    pub abandon_after: Duration,
+}
+
 impl Batcher {
     /// Start the loop. It ends when every [`Batcher`] handle is dropped, or when the
     /// returned task is aborted.
     pub fn spawn(
-        raft: Raft<TypeConfig>,
-        max_ops: usize,
-        max_in_flight: usize,
+        proposer: Arc<dyn Proposer>,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> (Batcher, JoinHandle<()>) {
-        let max_ops = max_ops.max(1);
-        let max_in_flight = max_in_flight.max(1);
+        let limits = Limits {
+            max_ops: limits.max_ops.max(1),
+            max_in_flight: limits.max_in_flight.max(1),
+            ..limits
+        };
         // Room for a few full batches; beyond that, submitters wait (backpressure,
         // bounded by their request timeout).
-        let (tx, rx) = mpsc::channel(max_ops * (max_in_flight + 2));
-        let task = tokio::spawn(run(raft, rx, max_ops, max_in_flight, metrics));
-        (Batcher { tx }, task)
+        let (tx, rx) = mpsc::channel(limits.max_ops * (limits.max_in_flight + 2));
+        let clock = Arc::new(ClusterClock::new());
+        let task = tokio::spawn(run(proposer.clone(), clock.clone(), rx, limits, metrics));
+        (Batcher { tx, clock, proposer }, task)
     }
 
     /// Queue `op` and wait for its reply. The caller bounds the wait (dropping this
@@ -90,16 +189,24 @@ impl Batcher {
             )),
         }
     }
+
+    /// Cluster time now, as the next entry would be stamped (for leader reads), or
+    /// `None` when this node does not lead.
+    pub fn cluster_time(&self) -> Option<u64> {
+        let term = self.proposer.leading_term()?;
+        let applied = self.proposer.applied_ms();
+        Some(self.clock.peek(term, applied, Instant::now(), wall_clock_ms()))
+    }
 }
 
 async fn run(
-    raft: Raft<TypeConfig>,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<ClusterClock>,
     mut rx: mpsc::Receiver<Pending>,
-    max_ops: usize,
-    max_in_flight: usize,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     loop {
         // Wait for a slot before taking ops, so ops keep accumulating meanwhile.
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -108,9 +215,9 @@ async fn run(
         let Some(first) = rx.recv().await else {
             return;
         };
-        let mut batch = Vec::with_capacity(max_ops.min(64));
+        let mut batch = Vec::with_capacity(limits.max_ops.min(64));
         batch.push(first);
-        while batch.len() < max_ops {
+        while batch.len() < limits.max_ops {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
@@ -121,8 +228,6 @@ async fn run(
         if batch.is_empty() {
             continue;
         }
-
-        let time_ms = wall_clock_ms();
         let (ops, waiters): (Vec<Op>, Vec<Waiter>) = batch
             .into_iter()
             .map(|p| {
@@ -135,27 +240,70 @@ async fn run(
                 )
             })
             .unzip();
+        let Some(term) = proposer.leading_term() else {
+            // Never proposed: the callers may retry on the leader.
+            answer_all(waiters, Err(NodeError::NotLeader { leader: None }));
+            continue;
+        };
+        let time_ms = clock.stamp(term, proposer.applied_ms(), Instant::now(), wall_clock_ms());
         let n = ops.len();
         metrics.batches.inc();
         metrics.batched_ops.inc_by(n as u64);
-        tracing::trace!(ops = n, time_ms, "proposing batch");
+        tracing::trace!(ops = n, time_ms, term, "proposing batch");
 
-        match raft.client_write_ff(Command { time_ms, ops }).await {
-            Err(fatal) => {
-                let msg = format!("raft stopped: {fatal}");
-                for w in waiters {
-                    let _ = w.reply.send(Err(NodeError::Unavailable(msg.clone())));
-                }
-            }
+        match proposer.propose(Command { time_ms, ops }).await {
+            Err(msg) => answer_all(waiters, Err(NodeError::Unavailable(msg))),
             Ok(applied) => {
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let result = applied.await;
-                    drop(permit);
-                    deliver(result, waiters, &metrics);
-                });
+                let ended = proposer.term_ended(term);
+                tokio::spawn(await_outcome(
+                    applied,
+                    ended,
+                    permit,
+                    waiters,
+                    limits.abandon_after,
+                    metrics.clone(),
+                ));
             }
         }
+    }
+}
+
+/// Wait for an entry's outcome — or for its term to end, or the abandon timeout —
+/// then give its in-flight slot back and answer its callers.
+async fn await_outcome(
+    applied: oneshot::Receiver<WriteOutcome>,
+    term_ended: BoxFuture<'static, ()>,
+    permit: OwnedSemaphorePermit,
+    waiters: Vec<Waiter>,
+    abandon_after: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let outcome = tokio::select! {
+        // An answer that is ready wins over a term change noticed at the same time.
+        biased;
+        r = applied => Ok(r),
+        _ = term_ended => Err("this node's leadership term ended before the entry was applied"),
+        _ = tokio::time::sleep(abandon_after) => Err("the entry was not applied within the abandon timeout"),
+    };
+    drop(permit);
+    match outcome {
+        Ok(result) => deliver(result, waiters, &metrics),
+        Err(why) => {
+            metrics.batches_abandoned.inc();
+            tracing::debug!(why, "abandoned an in-flight entry; its slot is free again");
+            answer_all(
+                waiters,
+                Err(NodeError::Unavailable(format!(
+                    "{why}; it may still be applied (retry with the same lease id is safe)"
+                ))),
+            );
+        }
+    }
+}
+
+fn answer_all(waiters: Vec<Waiter>, r: Result<Reply, NodeError>) {
+    for w in waiters {
+        let _ = w.reply.send(r.clone());
     }
 }
 
@@ -164,13 +312,7 @@ struct Waiter {
     reply: oneshot::Sender<Result<Reply, NodeError>>,
 }
 
-type Applied = Result<
-    Result<
-        openraft::raft::ClientWriteResponse<TypeConfig>,
-        ClientWriteError<u64, quorate_store::NodeInfo>,
-    >,
-    oneshot::error::RecvError,
->;
+type Applied = Result<WriteOutcome, oneshot::error::RecvError>;
 
 fn deliver(result: Applied, waiters: Vec<Waiter>, metrics: &Metrics) {
     match result {
@@ -198,13 +340,12 @@ fn deliver(result: Applied, waiters: Vec<Waiter>, metrics: &Metrics) {
                 let _ = w.reply.send(r);
             }
         }
-        Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
-            for w in waiters {
-                let _ = w.reply.send(Err(NodeError::NotLeader {
-                    leader: f.leader_id,
-                }));
-            }
-        }
+        Ok(Err(ClientWriteError::ForwardToLeader(f))) => answer_all(
+            waiters,
+            Err(NodeError::NotLeader {
+                leader: f.leader_id,
+            }),
+        ),
         Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
             // Only membership entries can fail this way; ours are normal entries.
             let msg = format!("unexpected membership error: {e}");
@@ -227,4 +368,156 @@ fn deliver(result: Applied, waiters: Vec<Waiter>, metrics: &Metrics) {
 fn elapsed(since: Instant) -> f64 {
     let d: Duration = since.elapsed();
     d.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use openraft::{CommittedLeaderId, LogId};
+    use quorate_core::Outcome;
+    use quorate_store::Response;
+    use tokio::sync::watch;
+
+    /// A Raft stand-in whose answers the test hands out (or withholds).
+    struct Fake {
+        term: watch::Sender<Option<u64>>,
+        proposed: Mutex<Vec<(Command, oneshot::Sender<WriteOutcome>)>>,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                term: watch::channel(Some(1)).0,
+                proposed: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn count(&self) -> usize {
+            self.proposed.lock().unwrap().len()
+        }
+
+        /// Answer the `i`-th proposal as applied, one `Noop` reply per op.
+        fn apply(&self, i: usize) {
+            let mut p = self.proposed.lock().unwrap();
+            let (cmd, tx) = &mut p[i];
+            let replies = cmd.ops.iter().map(|_| Ok(Outcome::Noop)).collect();
+            let (dead, _) = oneshot::channel();
+            let tx = std::mem::replace(tx, dead);
+            let _ = tx.send(Ok(ClientWriteResponse {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+                data: Response(replies),
+                membership: None,
+            }));
+        }
+    }
+
+    impl Proposer for Fake {
+        fn propose(
+            &self,
+            cmd: Command,
+        ) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>> {
+            let (tx, rx) = oneshot::channel();
+            self.proposed.lock().unwrap().push((cmd, tx));
+            Box::pin(async { Ok(rx) })
+        }
+
+        fn leading_term(&self) -> Option<u64> {
+            *self.term.borrow()
+        }
+
+        fn term_ended(&self, term: u64) -> BoxFuture<'static, ()> {
+            let mut rx = self.term.subscribe();
+            Box::pin(async move {
+                let _ = rx.wait_for(|t| *t != Some(term)).await;
+            })
+        }
+
+        fn applied_ms(&self) -> u64 {
+            1_000
+        }
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The scenario of the module docs: entries proposed by a leader that is then cut
+    /// off are never answered by openraft. Their in-flight slots must come back when
+    /// the term ends, so the re-elected node's writes succeed (before this, every
+    /// write waited for a slot that never came back and answered 503).
+    #[tokio::test]
+    async fn abandoned_entries_give_their_slots_back_when_the_term_ends() {
+        let fake = Fake::new();
+        let limits = Limits {
+            max_ops: 1,
+            max_in_flight: 2,
+            abandon_after: Duration::from_secs(3600),
+        };
+        let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
+        let op = || Op::Release {
+            lease_id: "l".into(),
+        };
+        let stuck: Vec<_> = (0..2)
+            .map(|_| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(op()).await })
+            })
+            .collect();
+        eventually("two proposals", || fake.count() == 2).await;
+        // Both slots are taken by entries openraft will never answer.
+        let b = batcher.clone();
+        let third = tokio::spawn(async move { b.submit(op()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.count(), 2, "a third entry must wait for a slot");
+
+        // Leadership moves on (this node is re-elected in a later term).
+        fake.term.send_replace(Some(3));
+        for s in stuck {
+            let r = s.await.unwrap();
+            assert!(matches!(r, Err(NodeError::Unavailable(_))), "{r:?}");
+        }
+        eventually("the third entry to be proposed", || fake.count() == 3).await;
+        fake.apply(2);
+        assert_eq!(third.await.unwrap(), Ok(Ok(Outcome::Noop)));
+    }
+
+    #[tokio::test]
+    async fn unanswered_entries_give_their_slots_back_after_the_abandon_timeout() {
+        let fake = Fake::new();
+        let limits = Limits {
+            max_ops: 1,
+            max_in_flight: 1,
+            abandon_after: Duration::from_millis(100),
+        };
+        let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
+        let first = batcher.submit(Op::Noop).await;
+        assert!(matches!(first, Err(NodeError::Unavailable(_))), "{first:?}");
+        let b = batcher.clone();
+        let second = tokio::spawn(async move { b.submit(Op::Noop).await });
+        eventually("the second entry to be proposed", || fake.count() == 2).await;
+        fake.apply(1);
+        assert_eq!(second.await.unwrap(), Ok(Ok(Outcome::Noop)));
+    }
+
+    #[tokio::test]
+    async fn a_follower_never_proposes_and_answers_not_leader() {
+        let fake = Fake::new();
+        fake.term.send_replace(None);
+        let limits = Limits {
+            max_ops: 4,
+            max_in_flight: 1,
+            abandon_after: Duration::from_secs(1),
+        };
+        let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
+        let r = batcher.submit(Op::Noop).await;
+        assert_eq!(r, Err(NodeError::NotLeader { leader: None }));
+        assert_eq!(fake.count(), 0);
+        assert_eq!(batcher.cluster_time(), None);
+    }
 }

@@ -17,7 +17,6 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use quorate_core::{Op, Query, Reply};
 use tokio::time::timeout_at;
 
-use super::batcher::wall_clock_ms;
 use super::{tokio_deadline, Node};
 use crate::backend::NodeError;
 
@@ -94,7 +93,9 @@ impl Node {
     /// Answer `q` linearizably, if this node is the leader.
     pub async fn leader_read(&self, q: Query, deadline: Instant) -> Result<Reply, NodeError> {
         self.read_barrier(deadline).await?;
-        let now = wall_clock_ms();
+        // Cluster time as the next entry would be stamped (never a wall clock), so a
+        // read sees expiry exactly as the next write will.
+        let now = self.batcher.cluster_time().unwrap_or(0);
         Ok(self.sm.read(|s| s.query(&q, now.max(s.now_ms()))))
     }
 }

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `mod.rs` | lifecycle: start, shutdown, fatal errors; who leads |
 //! | [`batcher`] | the leader's write pipeline: many ops, few log entries |
+//! | [`clock`] | cluster time: applied time + the leader's monotonic clock |
 //! | `routing.rs` | leader-or-forward, retries, and the `Backend` entry points |
 //! | `leader.rs` | leader-side writes and linearizable reads |
 //! | `membership.rs` | adding and removing nodes |
@@ -36,6 +37,7 @@ use crate::peer::PeerClient;
 use crate::telemetry::Metrics;
 
 pub mod batcher;
+pub mod clock;
 mod leader;
 mod membership;
 #[cfg(feature = "planted-bugs")]
@@ -117,10 +119,19 @@ impl Node {
         let raft = Raft::new(id, raft_config, network, log.clone(), sm.clone())
             .await
             .map_err(|e| ServerError::Raft(format!("cannot start: {e}")))?;
+        let proposer = Arc::new(batcher::RaftProposer {
+            raft: raft.clone(),
+            sm: sm.clone(),
+        });
         let (batcher, batcher_task) = Batcher::spawn(
-            raft.clone(),
-            config.server.batch_max_ops.get(),
-            config.server.batch_max_in_flight.get(),
+            proposer,
+            batcher::Limits {
+                max_ops: config.server.batch_max_ops.get(),
+                max_in_flight: config.server.batch_max_in_flight.get(),
+                // Every caller of an entry has given up by then (their deadline is
+                // the request timeout), so nobody waits for it any more.
+                abandon_after: config.request_timeout(),
+            },
             metrics.clone(),
         );
         let node = Arc::new(Node {
