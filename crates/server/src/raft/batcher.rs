@@ -55,7 +55,10 @@ pub type WriteOutcome = Result<ClientWriteResponse<TypeConfig>, ClientWriteError
 /// (the abandoned-proposal case above) without a cluster.
 pub trait Proposer: Send + Sync + 'static {
     /// Hand an entry to Raft; the receiver resolves with its outcome (or never).
-    fn propose(&self, cmd: Command) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>>;
+    fn propose(
+        &self,
+        cmd: Command,
+    ) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>>;
     /// The term this node leads in, if it leads.
     fn leading_term(&self) -> Option<u64>;
     /// Resolves once this node no longer leads in `term`.
@@ -72,7 +75,10 @@ pub struct RaftProposer {
 }
 
 impl Proposer for RaftProposer {
-    fn propose(&self, cmd: Command) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>> {
+    fn propose(
+        &self,
+        cmd: Command,
+    ) -> BoxFuture<'_, Result<oneshot::Receiver<WriteOutcome>, String>> {
         Box::pin(async move {
             self.raft
                 .client_write_ff(cmd)
@@ -167,7 +173,14 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(limits.max_ops * (limits.max_in_flight + 2));
         let clock = Arc::new(ClusterClock::new());
         let task = tokio::spawn(run(proposer.clone(), clock.clone(), rx, limits, metrics));
-        (Batcher { tx, clock, proposer }, task)
+        (
+            Batcher {
+                tx,
+                clock,
+                proposer,
+            },
+            task,
+        )
     }
 
     /// Queue `op` and wait for its reply. The caller bounds the wait (dropping this
@@ -195,7 +208,10 @@ impl Batcher {
     pub fn cluster_time(&self) -> Option<u64> {
         let term = self.proposer.leading_term()?;
         let applied = self.proposer.applied_ms();
-        Some(self.clock.peek(term, applied, Instant::now(), wall_clock_ms()))
+        Some(
+            self.clock
+                .peek(term, applied, Instant::now(), wall_clock_ms()),
+        )
     }
 }
 
@@ -439,6 +455,14 @@ mod tests {
         }
     }
 
+    /// A submit's answer, or a test failure after 5 s (never a hang).
+    async fn within(h: JoinHandle<Result<Reply, NodeError>>) -> Result<Reply, NodeError> {
+        tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .expect("no answer within 5 s: the write is stuck")
+            .expect("join")
+    }
+
     async fn eventually(what: &str, f: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !f() {
@@ -479,12 +503,12 @@ mod tests {
         // Leadership moves on (this node is re-elected in a later term).
         fake.term.send_replace(Some(3));
         for s in stuck {
-            let r = s.await.unwrap();
+            let r = within(s).await;
             assert!(matches!(r, Err(NodeError::Unavailable(_))), "{r:?}");
         }
         eventually("the third entry to be proposed", || fake.count() == 3).await;
         fake.apply(2);
-        assert_eq!(third.await.unwrap(), Ok(Ok(Outcome::Noop)));
+        assert_eq!(within(third).await, Ok(Ok(Outcome::Noop)));
     }
 
     #[tokio::test]
@@ -496,13 +520,14 @@ mod tests {
             abandon_after: Duration::from_millis(100),
         };
         let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
-        let first = batcher.submit(Op::Noop).await;
+        let b = batcher.clone();
+        let first = within(tokio::spawn(async move { b.submit(Op::Noop).await })).await;
         assert!(matches!(first, Err(NodeError::Unavailable(_))), "{first:?}");
         let b = batcher.clone();
         let second = tokio::spawn(async move { b.submit(Op::Noop).await });
         eventually("the second entry to be proposed", || fake.count() == 2).await;
         fake.apply(1);
-        assert_eq!(second.await.unwrap(), Ok(Ok(Outcome::Noop)));
+        assert_eq!(within(second).await, Ok(Ok(Outcome::Noop)));
     }
 
     #[tokio::test]

@@ -110,8 +110,8 @@ impl ClusterClock {
     /// `anchor + elapsed`, not below the last stamp or the applied time, and at most
     /// [`MAX_STEP_MS`] past the later of them.
     fn reading(a: &Anchor, applied_ms: u64, now: Instant) -> u64 {
-        let elapsed = u64::try_from(now.saturating_duration_since(a.at).as_millis())
-            .unwrap_or(u64::MAX);
+        let elapsed =
+            u64::try_from(now.saturating_duration_since(a.at).as_millis()).unwrap_or(u64::MAX);
         let floor = a.last_ms.max(applied_ms);
         a.cluster_ms
             .saturating_add(elapsed)
