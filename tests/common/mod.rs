@@ -218,7 +218,13 @@ impl Cluster {
             .open(self.log_path(id))
             .expect("open node log");
         let err = log.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorate"));
+        // QUORATE_TEST_BIN runs the suite against another build (e.g. to show that a
+        // regression test fails on an older binary).
+        let bin = std::env::var_os("QUORATE_TEST_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
+            PathBuf::from,
+        );
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -535,4 +541,30 @@ impl Drop for Cluster {
             self.kill(id);
         }
     }
+}
+
+/// Environment that runs a node with its wall clock shifted by `offset` (libfaketime
+/// syntax: `"+600s"`, `"-10m"`), keeping its monotonic clock true. Panics with the
+/// install command when libfaketime is missing: a clock-skew test must never pass by
+/// not skewing anything.
+pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ];
+    let lib = candidates
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime not found (apt-get install faketime); looked in {candidates:?}")
+        });
+    vec![
+        ("LD_PRELOAD".into(), lib.to_string()),
+        ("FAKETIME".into(), offset.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        // Do not cache the offset file lookups; the value is fixed anyway.
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+    ]
 }
