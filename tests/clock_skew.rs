@@ -37,6 +37,42 @@ async fn a_leader_with_a_wrong_wall_clock_neither_expires_leases_early_nor_freez
     let mut c = Cluster::start_with(options).await;
     let first = c.leader_id().await;
 
+    // Node 1 (true clock) measures its peers ten minutes ahead and behind, and says so.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let offsets = c
+            .cluster_view(1)
+            .await
+            .map(|v| v.clock_offsets)
+            .unwrap_or_default();
+        let of = |id| {
+            offsets
+                .iter()
+                .find(|o| o.node_id == id)
+                .map(|o| o.offset_ms)
+        };
+        if let (Some(two), Some(three)) = (of(2), of(3)) {
+            assert!((two - 600_000).abs() < 2_000, "node 2 offset {two} ms");
+            assert!((three + 600_000).abs() < 2_000, "node 3 offset {three} ms");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clock offsets measured: {offsets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        c.metrics(1)
+            .await
+            .contains("quorate_clock_offset_ms{peer=\"2\"}"),
+        "no clock offset gauge"
+    );
+    assert!(
+        c.logs(1).contains("peer's wall clock differs"),
+        "no clock offset warning in node 1's log"
+    );
+
     let (s, b) = c.put(first, "/v1/limits/skew:k", json!({"limit": 1})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let asked = Instant::now();

@@ -377,6 +377,22 @@ pub struct ClusterResponse {
     /// Digest of the replicated state at `applied_index`: equal on every node that has
     /// applied the same log prefix.
     pub state_digest: String,
+    /// This node's last measurement of each peer's wall clock against its own.
+    /// Informational: no decision uses wall clocks (cluster time comes from the
+    /// leader's monotonic clock), but a host whose clock is off is misconfigured.
+    #[serde(default)]
+    pub clock_offsets: Vec<ClockOffset>,
+}
+
+/// One peer's wall clock offset, as measured by a probe round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClockOffset {
+    pub node_id: u64,
+    /// Peer's wall clock minus this node's, at the midpoint of the round trip (ms;
+    /// positive = the peer is ahead).
+    pub offset_ms: i64,
+    /// Round trip of the measuring probe (ms): the offset is good to about half of it.
+    pub rtt_ms: u64,
 }
 
 /// `POST /v1/members`: add a node as learner, then (unless `learner_only`) make it a voter.

@@ -253,6 +253,7 @@ fn metrics() {}
         PoliciesResponse,
         Member,
         ClusterResponse,
+        ClockOffset,
         AddMemberRequest,
         MembersResponse,
         Health

@@ -102,6 +102,7 @@ impl Backend for LocalBackend {
                 committed_index: None,
                 applied_index: None,
                 state_digest: st.digest(),
+                clock_offsets: Vec::new(),
             })
         }
         .boxed()

@@ -53,6 +53,11 @@ struct KindOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Peer {
+    peer: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
 }
@@ -67,6 +72,7 @@ pub struct Metrics {
     decisions: Family<KindOutcome, Counter>,
     forwarded: Family<KindOutcome, Counter>,
     peer_rejected: Family<Reason, Counter>,
+    clock_offsets: Family<Peer, Gauge>,
     /// Log entries proposed by the leader's batcher.
     pub batches: Counter,
     /// Client ops proposed by the batcher (ops / batches = mean batch size).
@@ -108,6 +114,7 @@ impl Metrics {
             decisions: Family::default(),
             forwarded: Family::default(),
             peer_rejected: Family::default(),
+            clock_offsets: Family::default(),
             batches: Counter::default(),
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
@@ -145,6 +152,11 @@ impl Metrics {
             "quorate_peer_rejected",
             "Peer (Raft/forwarding) requests refused, by reason.",
             m.peer_rejected.clone(),
+        );
+        r.register(
+            "quorate_clock_offset_ms",
+            "Each peer's wall clock minus this node's, last measured (informational: decisions use cluster time).",
+            m.clock_offsets.clone(),
         );
         r.register(
             "quorate_batches",
@@ -236,6 +248,13 @@ impl Metrics {
     /// A peer request refused before decoding.
     pub fn peer_rejected(&self, reason: &'static str) {
         self.peer_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// The last measured wall clock offset of `peer` (ms).
+    pub fn clock_offset(&self, peer: u64, offset_ms: i64) {
+        self.clock_offsets
+            .get_or_create(&Peer { peer })
+            .set(offset_ms);
     }
 
     /// How many peer requests were refused for `reason` (tests, status).

@@ -193,6 +193,9 @@ pub struct ServerSection {
     /// A client must send its complete request headers within this time, or the
     /// connection is closed (slowloris).
     pub header_read_timeout_ms: NonZeroMillis,
+    /// Warn when a peer's wall clock differs from this node's by more than this.
+    /// Informational only: decisions run on cluster time, never on wall clocks.
+    pub clock_offset_warn_ms: NonZeroMillis,
 }
 
 /// `NonZeroUsize` for constants known to be positive.
@@ -214,6 +217,7 @@ impl Default for ServerSection {
             drain_timeout_ms: Millis::new(10_000),
             max_connections: nz(4096),
             header_read_timeout_ms: nz_ms(10_000),
+            clock_offset_warn_ms: nz_ms(1_000),
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct ProbeResponse {
     pub cluster_id: String,
     /// True while this node has never been part of a cluster (no vote, no log).
     pub fresh: bool,
+    /// The answering node's wall clock (Unix ms) when it answered, for measuring clock
+    /// offsets between nodes (0 from nodes that predate the field).
+    #[serde(default)]
+    pub wall_clock_ms: u64,
 }
 
 #[cfg(test)]

@@ -15,17 +15,19 @@
 //! | `leader.rs` | leader-side writes and linearizable reads |
 //! | `membership.rs` | adding and removing nodes |
 //! | `status.rs` | cluster view, readiness, probe answers, sampled gauges |
-//! | `tasks.rs` | bootstrap, housekeeping, configuration push |
+//! | `tasks.rs` | bootstrap, housekeeping, configuration push, peer clock offsets |
 //!
 //! Nothing here knows HTTP: the API and the peer endpoints (`http::`) call in, and the
 //! node calls out only through `peer::` (the wire contract and the pooled client).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::RaftLogStorage;
 use openraft::{Raft, ServerState};
+use quorate_proto::ClockOffset;
 use quorate_store::{LogStore, StateMachineStore, Storage, TypeConfig};
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
@@ -83,6 +85,8 @@ pub struct Node {
     /// best, and a change proposed while a previous one is still taking effect is
     /// where its leader-only assertions live.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Last measured wall clock offset of each peer (`tasks.rs`), for `/v1/cluster`.
+    clock_offsets: Mutex<BTreeMap<u64, ClockOffset>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -147,12 +151,14 @@ impl Node {
             startup_log_index,
             tasks: Mutex::new(vec![batcher_task]),
             membership_lock: tokio::sync::Mutex::new(()),
+            clock_offsets: Mutex::new(BTreeMap::new()),
         });
         tracing::info!(node = id, fresh, "raft started");
 
         let mut tasks = vec![
             tokio::spawn(node.clone().housekeeping_loop()),
             tokio::spawn(node.clone().leader_loop()),
+            tokio::spawn(node.clone().clock_watch_loop()),
         ];
         if fresh && node.is_bootstrapper() {
             tasks.push(tokio::spawn(node.clone().bootstrap()));

@@ -10,6 +10,7 @@ use openraft::ServerState;
 use quorate_proto::ClusterResponse;
 use tokio::time::timeout;
 
+use super::batcher::wall_clock_ms;
 use super::membership::members_of;
 use super::{Node, NONE};
 use crate::backend::NodeError;
@@ -63,6 +64,7 @@ impl Node {
             committed_index,
             applied_index,
             state_digest,
+            clock_offsets: self.clock_offsets(),
         })
     }
 
@@ -95,6 +97,7 @@ impl Node {
             node_id: self.id,
             cluster_id: self.config.cluster_id.clone(),
             fresh: !initialized,
+            wall_clock_ms: wall_clock_ms(),
         }
     }
 

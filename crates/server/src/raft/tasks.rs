@@ -11,6 +11,12 @@
 //! - *Configuration*: whenever this node becomes leader for a new term, it compares the
 //!   replicated policies digest with `cluster.toml`'s and proposes `Op::Configure` if
 //!   they differ.
+//! - *Clock watch*: every few seconds, probe each peer and estimate its wall clock
+//!   offset from the probe's answer and round trip (NTP's midpoint estimate). No
+//!   decision uses wall clocks (see `clock.rs`), but a host whose clock is off by more
+//!   than `server.clock_offset_warn_ms` is misconfigured, and operators hear about it:
+//!   a gauge per peer, `/v1/cluster`, and a warning at the first measurement and then
+//!   once a minute while it lasts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,9 +25,11 @@ use std::time::{Duration, Instant};
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use quorate_core::{Op, Outcome};
+use quorate_proto::ClockOffset;
 use quorate_store::NodeInfo;
 use tokio::time::sleep;
 
+use super::batcher::wall_clock_ms;
 use super::Node;
 use crate::backend::NodeError;
 use crate::config::NodeConfig;
@@ -35,6 +43,12 @@ const EXPIRE_OP: Op = Op::Expire {
 
 /// How often the bootstrapping node polls its peers.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often every node measures its peers' clocks.
+const CLOCK_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often a persisting clock offset is warned about again.
+const CLOCK_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Node {
     /// Forms a fresh cluster (lowest-id node only; see the module docs).
@@ -226,5 +240,94 @@ impl Node {
             Err(NodeError::NotLeader { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Measure every peer's wall clock offset, forever (see the module docs).
+    pub(super) async fn clock_watch_loop(self: Arc<Self>) {
+        let warn_ms =
+            i64::try_from(self.config.server.clock_offset_warn_ms.ms()).unwrap_or(i64::MAX);
+        let mut warned: BTreeMap<u64, Instant> = BTreeMap::new();
+        let mut tick = tokio::time::interval(CLOCK_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for peer in self.peer_nodes() {
+                let Some(offset) = self.measure_offset(&peer).await else {
+                    continue;
+                };
+                self.metrics.clock_offset(peer.id, offset.offset_ms);
+                let off = offset.offset_ms.abs() > warn_ms;
+                let due = warned
+                    .get(&peer.id)
+                    .is_none_or(|at| at.elapsed() >= CLOCK_WARN_EVERY);
+                if off && due {
+                    warned.insert(peer.id, Instant::now());
+                    tracing::warn!(
+                        peer = peer.id,
+                        offset_ms = offset.offset_ms,
+                        rtt_ms = offset.rtt_ms,
+                        threshold_ms = warn_ms,
+                        "peer's wall clock differs from this node's; limits are not \
+                         affected (cluster time is monotonic), but fix the host's time \
+                         sync (NTP)"
+                    );
+                } else if !off {
+                    warned.remove(&peer.id);
+                }
+                self.lock_offsets().insert(peer.id, offset);
+            }
+        }
+    }
+
+    /// Every other node: the replicated membership, else the file.
+    fn peer_nodes(&self) -> Vec<NodeConfig> {
+        let from_membership: Vec<NodeConfig> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| NodeConfig {
+                id: *id,
+                api_addr: n.api_addr.clone(),
+                raft_addr: n.raft_addr.clone(),
+            })
+            .collect();
+        let nodes = if from_membership.is_empty() {
+            self.config.nodes.clone()
+        } else {
+            from_membership
+        };
+        nodes.into_iter().filter(|n| n.id != self.id).collect()
+    }
+
+    /// One probe round trip to `peer`: its clock minus ours at the midpoint.
+    async fn measure_offset(&self, peer: &NodeConfig) -> Option<ClockOffset> {
+        let sent_wall = wall_clock_ms();
+        let sent = Instant::now();
+        let probe = self.probe_peer(peer).await.ok()?;
+        let rtt = sent.elapsed();
+        if probe.wall_clock_ms == 0 {
+            return None; // an older node that does not report its clock
+        }
+        let rtt_ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX);
+        let midpoint = i128::from(sent_wall) + i128::from(rtt_ms / 2);
+        let offset = i128::from(probe.wall_clock_ms) - midpoint;
+        Some(ClockOffset {
+            node_id: peer.id,
+            offset_ms: i64::try_from(offset).unwrap_or(i64::MAX),
+            rtt_ms,
+        })
+    }
+
+    fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClockOffset>> {
+        // Only inserts happen under this lock; a poisoned map is still consistent.
+        self.clock_offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last measured offsets, by peer id.
+    pub(super) fn clock_offsets(&self) -> Vec<ClockOffset> {
+        self.lock_offsets().values().cloned().collect()
     }
 }
