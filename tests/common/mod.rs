@@ -301,6 +301,21 @@ impl Cluster {
         }
     }
 
+    /// Wait (polling, up to [`DEADLINE`]) for node `id` to exit on its own; its exit
+    /// status, or `None` if it is still running at the deadline.
+    pub async fn wait_exit(&mut self, id: u64) -> Option<ExitStatus> {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            let child = self.procs.get_mut(&id).expect("node was started");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs.remove(&id);
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Start a stopped or killed node again and wait until it is ready.
     pub async fn restart(&mut self, id: u64) {
         self.kill(id);

@@ -5,7 +5,8 @@
 //! batcher) and answered with `Result<_, NodeError>`. Every request is first checked
 //! by [`authenticate_peer`] — cluster id and, when configured, the cluster secret —
 //! before any body is decoded, so a forged append never reaches openraft. Bodies that
-//! do not decode get 400, never a panic.
+//! do not decode get 400, never a panic. Raft RPCs to a node that started empty wait
+//! (503) until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -123,6 +124,9 @@ fn deadline(node: &Node, headers: &HeaderMap) -> Instant {
 }
 
 async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    if let Err(why) = st.node.raft_gate() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     rpc(bytes, "append", |req: AppendEntriesRequest<TypeConfig>| async move {
         st.node.raft().append_entries(req).await
     })
@@ -130,6 +134,9 @@ async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
 }
 
 async fn vote(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    if let Err(why) = st.node.raft_gate() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     rpc(bytes, "vote", |req: VoteRequest<u64>| async move {
         st.node.raft().vote(req).await
     })
@@ -137,6 +144,9 @@ async fn vote(State(st): State<PeerState>, bytes: Bytes) -> Response {
 }
 
 async fn snapshot(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    if let Err(why) = st.node.raft_gate() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     rpc(
         bytes,
         "snapshot",

@@ -67,6 +67,19 @@ pub struct ProbeResponse {
     /// offsets between nodes (0 from nodes that predate the field).
     #[serde(default)]
     pub wall_clock_ms: u64,
+    /// Voters in the answering node's membership (empty while fresh).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// The answering node's committed index, if anything is committed.
+    #[serde(default)]
+    pub committed: Option<u64>,
+    /// The leader the answering node knows.
+    #[serde(default)]
+    pub leader_id: Option<u64>,
+    /// When the answering node leads: the followers it has seen acknowledge at least
+    /// one entry (a fresh node listed here lost its data; see `raft/rejoin.rs`).
+    #[serde(default)]
+    pub matched: Vec<u64>,
 }
 
 #[cfg(test)]

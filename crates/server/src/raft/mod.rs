@@ -16,6 +16,7 @@
 //! | `membership.rs` | adding and removing nodes |
 //! | `status.rs` | cluster view, readiness, probe answers, sampled gauges |
 //! | `tasks.rs` | bootstrap, housekeeping, configuration push, peer clock offsets |
+//! | [`rejoin`] | a node that starts empty proves it is not a voter that lost its data |
 //!
 //! Nothing here knows HTTP: the API and the peer endpoints (`http::`) call in, and the
 //! node calls out only through `peer::` (the wire contract and the pooled client).
@@ -42,6 +43,7 @@ pub mod batcher;
 pub mod clock;
 mod leader;
 mod membership;
+pub mod rejoin;
 #[cfg(feature = "planted-bugs")]
 mod planted;
 mod routing;
@@ -87,6 +89,9 @@ pub struct Node {
     membership_lock: tokio::sync::Mutex<()>,
     /// Last measured wall clock offset of each peer (`tasks.rs`), for `/v1/cluster`.
     clock_offsets: Mutex<BTreeMap<u64, ClockOffset>>,
+    /// Whether Raft RPCs are served yet: a node that starts empty must first show it
+    /// is not a voter that lost its data (`rejoin.rs`).
+    gate: tokio::sync::watch::Sender<rejoin::Gate>,
 }
 
 impl std::fmt::Debug for Node {
@@ -152,6 +157,11 @@ impl Node {
             tasks: Mutex::new(vec![batcher_task]),
             membership_lock: tokio::sync::Mutex::new(()),
             clock_offsets: Mutex::new(BTreeMap::new()),
+            gate: tokio::sync::watch::Sender::new(if fresh {
+                rejoin::Gate::Checking
+            } else {
+                rejoin::Gate::Open
+            }),
         });
         tracing::info!(node = id, fresh, "raft started");
 
@@ -160,6 +170,9 @@ impl Node {
             tokio::spawn(node.clone().leader_loop()),
             tokio::spawn(node.clone().clock_watch_loop()),
         ];
+        if fresh {
+            tasks.push(tokio::spawn(node.clone().check_rejoin()));
+        }
         if fresh && node.is_bootstrapper() {
             tasks.push(tokio::spawn(node.clone().bootstrap()));
         }
@@ -192,15 +205,21 @@ impl Node {
     }
 
     /// Resolves with a message if the Raft core stops with a fatal error (storage
-    /// failure), so the process can exit instead of serving 503s forever.
+    /// failure) or the node refuses to rejoin (it lost its data), so the process can
+    /// exit instead of serving 503s forever.
     pub async fn fatal(&self) -> String {
         let mut rx = self.raft.metrics();
+        let mut gate = self.gate.subscribe();
         loop {
             if let Err(e) = &rx.borrow_and_update().running_state {
                 return e.to_string();
             }
-            if rx.changed().await.is_err() {
-                return "raft core stopped".into();
+            if let rejoin::Gate::Refused(msg) = &*gate.borrow_and_update() {
+                return msg.clone();
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return "raft core stopped".into() },
+                _ = gate.changed() => {}
             }
         }
     }

@@ -93,11 +93,32 @@ impl Node {
     /// What `GET /raft/probe` answers.
     pub async fn probe(&self) -> ProbeResponse {
         let initialized = self.raft.is_initialized().await.unwrap_or(true);
+        let committed = self.committed_index().await.ok().flatten();
+        let (voters, leader_id, matched) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voters = m.membership_config.membership().voter_ids().collect();
+            let matched = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(_, l)| l.is_some())
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (voters, m.current_leader, matched)
+        };
         ProbeResponse {
             node_id: self.id,
             cluster_id: self.config.cluster_id.clone(),
             fresh: !initialized,
             wall_clock_ms: wall_clock_ms(),
+            voters,
+            committed,
+            leader_id,
+            matched,
         }
     }
 

@@ -139,7 +139,7 @@ impl Node {
     }
 
     /// One `GET /raft/probe` to `peer`.
-    async fn probe_peer(&self, peer: &NodeConfig) -> Result<ProbeResponse, String> {
+    pub(super) async fn probe_peer(&self, peer: &NodeConfig) -> Result<ProbeResponse, String> {
         let body = self
             .peers
             .get(
