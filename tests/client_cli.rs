@@ -159,34 +159,47 @@ fn ok(c: &Cluster, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cli_command_end_to_end() {
+    // One cluster for all commands (starting it is the slow part). The steps share its
+    // state, so their order matters: the limits listing counts the `org:` keys set so
+    // far, before the denial step adds `org:full`.
     let c = Cluster::start(3).await;
+    cli_status(&c);
+    cli_limits_acquire_release(&c);
+    cli_denied_acquire(&c);
+    cli_rate_check(&c);
+    cli_policies(&c);
+    cli_errors(&c);
+}
 
-    // status: one row per node, exactly one leader.
-    let out = ok(&c, &["status"]);
+/// status: one row per node, exactly one leader.
+fn cli_status(c: &Cluster) {
+    let out = ok(c, &["status"]);
     let role = |r: &str| {
         out.lines()
             .filter(|l| l.split_whitespace().nth(2) == Some(r))
             .count()
     };
     assert_eq!((role("leader"), role("follower")), (1, 2), "{out}");
-    let json: Value = serde_json::from_str(&ok(&c, &["status", "--json"])).expect("status json");
+    let json: Value = serde_json::from_str(&ok(c, &["status", "--json"])).expect("status json");
     assert_eq!(json.as_array().map(Vec::len), Some(3));
+}
 
-    // limits: set, get, list with usage, delete.
-    let out = ok(&c, &["limits", "set", "org:acme", "7"]);
+/// limits: set, get, list with usage, delete; acquire / slots show / release.
+fn cli_limits_acquire_release(c: &Cluster) {
+    let out = ok(c, &["limits", "set", "org:acme", "7"]);
     assert!(out.contains("limit of org:acme set to 7"), "{out}");
-    let out = ok(&c, &["limits", "get", "org:acme"]);
+    let out = ok(c, &["limits", "get", "org:acme"]);
     assert!(
         out.contains("org:acme") && out.contains(" 7 ") && out.contains("override"),
         "{out}"
     );
-    let out = ok(&c, &["limits", "get", "org:other"]);
+    let out = ok(c, &["limits", "get", "org:other"]);
     assert!(out.contains("policy:orgs"), "{out}");
-    ok(&c, &["limits", "set", "org:beta", "3"]);
+    ok(c, &["limits", "set", "org:beta", "3"]);
 
     // acquire / slots show / release.
     let out = ok(
-        &c,
+        c,
         &[
             "acquire",
             "org:acme",
@@ -200,12 +213,12 @@ async fn every_cli_command_end_to_end() {
         ],
     );
     assert!(out.contains("granted lease cli-1"), "{out}");
-    let out = ok(&c, &["slots", "show", "org:acme"]);
+    let out = ok(c, &["slots", "show", "org:acme"]);
     assert!(
         out.contains("1/7 slots in use") && out.contains("cli-1") && out.contains("ops-shell"),
         "{out}"
     );
-    let out = ok(&c, &["limits", "list", "--prefix", "org:", "--with-usage"]);
+    let out = ok(c, &["limits", "list", "--prefix", "org:", "--with-usage"]);
     assert!(out.contains("USED"), "{out}");
     let acme = out
         .lines()
@@ -217,53 +230,44 @@ async fn every_cli_command_end_to_end() {
     );
     assert!(out.contains("org:beta"), "{out}");
     let listed: Value =
-        serde_json::from_str(&ok(&c, &["limits", "list", "--prefix", "org:", "--json"]))
+        serde_json::from_str(&ok(c, &["limits", "list", "--prefix", "org:", "--json"]))
             .expect("json");
     assert_eq!(
         listed["limits"].as_array().map(Vec::len),
         Some(2),
         "{listed}"
     );
-    let out = ok(&c, &["release", "cli-1"]);
+    let out = ok(c, &["release", "cli-1"]);
     assert!(out.contains("released cli-1"), "{out}");
-    let out = ok(&c, &["release", "cli-1"]);
+    let out = ok(c, &["release", "cli-1"]);
     assert!(out.contains("was not live"), "{out}");
-    let out = ok(&c, &["limits", "delete", "org:beta"]);
+    let out = ok(c, &["limits", "delete", "org:beta"]);
     assert!(out.contains("deleted"), "{out}");
+}
 
-    // A denied acquire exits 3.
-    ok(&c, &["limits", "set", "org:full", "1"]);
-    ok(&c, &["acquire", "org:full", "--lease-id", "f1"]);
-    let o = cli(&c, &["acquire", "org:full", "--lease-id", "f2"]);
+/// A denied acquire exits 3.
+fn cli_denied_acquire(c: &Cluster) {
+    ok(c, &["limits", "set", "org:full", "1"]);
+    ok(c, &["acquire", "org:full", "--lease-id", "f1"]);
+    let o = cli(c, &["acquire", "org:full", "--lease-id", "f2"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("limit exceeded"), "{}", stderr(&o));
+}
 
-    // rate check: allowed (0), then limited (3).
-    let out = ok(
-        &c,
-        &[
-            "rate",
-            "check",
-            "ip:203.0.113.9",
-            "--limit",
-            "1",
-            "--period-ms",
-            "60000",
-        ],
-    );
+/// rate check: allowed (0), then limited (3).
+fn cli_rate_check(c: &Cluster) {
+    let once_a_minute = [
+        "rate",
+        "check",
+        "ip:203.0.113.9",
+        "--limit",
+        "1",
+        "--period-ms",
+        "60000",
+    ];
+    let out = ok(c, &once_a_minute);
     assert!(out.starts_with("allowed"), "{out}");
-    let o = cli(
-        &c,
-        &[
-            "rate",
-            "check",
-            "ip:203.0.113.9",
-            "--limit",
-            "1",
-            "--period-ms",
-            "60000",
-        ],
-    );
+    let o = cli(c, &once_a_minute);
     assert_eq!(o.status.code(), Some(3));
     assert!(
         stdout(&o).starts_with("rate limited") && stdout(&o).contains("retry in"),
@@ -271,15 +275,17 @@ async fn every_cli_command_end_to_end() {
         stdout(&o)
     );
     let out = ok(
-        &c,
+        c,
         &["rate", "check", "user:1", "--policy", "user", "--json"],
     );
     let v: Value = serde_json::from_str(&out).expect("rate json");
     assert_eq!(v["allowed"], true);
+}
 
-    // policies list / set / delete.
+/// policies list / set / delete.
+fn cli_policies(c: &Cluster) {
     let out = ok(
-        &c,
+        c,
         &[
             "policies",
             "set",
@@ -293,23 +299,25 @@ async fn every_cli_command_end_to_end() {
         ],
     );
     assert!(out.contains("policy batch set"), "{out}");
-    let out = ok(&c, &["policies", "list"]);
+    let out = ok(c, &["policies", "list"]);
     assert!(
         out.contains("batch") && out.contains("orgs") && out.contains("concurrency"),
         "{out}"
     );
-    let out = ok(&c, &["policies", "delete", "batch"]);
+    let out = ok(c, &["policies", "delete", "batch"]);
     assert!(out.contains("deleted"), "{out}");
+}
 
-    // Errors: invalid limit (1), unknown member (1), unreachable cluster (4), usage (2).
-    let o = cli(&c, &["limits", "set", "org:acme", "0"]);
+/// Errors: invalid limit (1), unknown member (1), unreachable cluster (4), usage (2).
+fn cli_errors(c: &Cluster) {
+    let o = cli(c, &["limits", "set", "org:acme", "0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("invalid_request") && stderr(&o).contains("limit"),
         "{}",
         stderr(&o)
     );
-    let o = cli(&c, &["members", "remove", "99"]);
+    let o = cli(c, &["members", "remove", "99"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a member"), "{}", stderr(&o));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_quorate"))
@@ -326,6 +334,6 @@ async fn every_cli_command_end_to_end() {
         .expect("run");
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("unavailable"), "{}", stderr(&o));
-    let o = cli(&c, &["limits", "set", "org:acme", "not-a-number"]);
+    let o = cli(c, &["limits", "set", "org:acme", "not-a-number"]);
     assert_eq!(o.status.code(), Some(2));
 }

@@ -42,6 +42,35 @@ async fn leases(c: &Cluster, via: u64, key: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Acquires a `job:crash` slot (lease `<prefix>-<id>`) through each node of `via` in
+/// turn, checking that fencing tokens keep increasing after `last_token`; adds the
+/// leases to `acked` and returns the last token.
+async fn acquire_via_each(
+    c: &Cluster,
+    via: &[u64],
+    prefix: &str,
+    mut last_token: u64,
+    acked: &mut BTreeSet<String>,
+) -> u64 {
+    for id in via {
+        let (lease, token) = acquire(c, *id, "job:crash", &format!("{prefix}-{id}")).await;
+        assert!(
+            token > last_token,
+            "fencing tokens must increase: {token} after {last_token}"
+        );
+        last_token = token;
+        acked.insert(lease);
+    }
+    last_token
+}
+
+/// A linearizable read of `key` through each node of `via` lists exactly `acked`.
+async fn assert_each_reads(c: &Cluster, via: &[u64], key: &str, acked: &BTreeSet<String>) {
+    for id in via {
+        assert_eq!(&leases(c, *id, key).await, acked, "read via node {id}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
     let mut c = Cluster::start(3).await;
@@ -73,23 +102,8 @@ async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut acked = BTreeSet::new();
-    let mut last_token = 0;
-    for id in c.ids() {
-        let (lease, token) = acquire(&c, id, "job:crash", &format!("lease-{id}")).await;
-        assert!(
-            token > last_token,
-            "fencing tokens must increase: {token} after {last_token}"
-        );
-        last_token = token;
-        acked.insert(lease);
-    }
-    for id in c.ids() {
-        assert_eq!(
-            leases(&c, id, "job:crash").await,
-            acked,
-            "read via node {id}"
-        );
-    }
+    let last_token = acquire_via_each(&c, &c.ids(), "lease", 0, &mut acked).await;
+    assert_each_reads(&c, &c.ids(), "job:crash", &acked).await;
     let follower = *c.ids().iter().find(|id| **id != leader).unwrap_or(&1);
     let forwarded = metric_sum(
         &c.metrics(follower).await,
@@ -102,22 +116,8 @@ async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
     let new_leader = c.leader_id().await;
     assert_ne!(new_leader, leader);
     let survivors: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
-    for id in &survivors {
-        let (lease, token) = acquire(&c, *id, "job:crash", &format!("after-{id}")).await;
-        assert!(
-            token > last_token,
-            "fencing tokens must increase across leaders"
-        );
-        last_token = token;
-        acked.insert(lease);
-    }
-    for id in &survivors {
-        assert_eq!(
-            leases(&c, *id, "job:crash").await,
-            acked,
-            "read via node {id}"
-        );
-    }
+    acquire_via_each(&c, &survivors, "after", last_token, &mut acked).await;
+    assert_each_reads(&c, &survivors, "job:crash", &acked).await;
 
     // The crashed node comes back on its data and catches up.
     c.restart(leader).await;

@@ -308,34 +308,15 @@ fn check_reads(
     out: &mut Vec<Violation>,
     stats: &mut Stats,
 ) {
-    // Per key, certainly-live intervals sorted by start, and the longest one.
-    let mut by_key: BTreeMap<&str, Vec<(Micros, Micros, &str)>> = BTreeMap::new();
-    let mut longest = 0;
-    for (id, (s, e)) in intervals {
-        longest = longest.max(e - s);
-        for k in &leases[*id].keys {
-            by_key.entry(k.as_str()).or_default().push((*s, *e, id));
-        }
-    }
-    for v in by_key.values_mut() {
-        v.sort();
-    }
-    let mut reported: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    let mut report = |kind: &'static str, key: &str, detail: String| {
-        let n = reported.entry((kind, key.to_string())).or_default();
-        *n += 1;
-        if *n <= MAX_PER_KEY {
-            out.push(Violation { kind, detail });
-        }
-    };
+    let certain = CertainByKey::new(leases, intervals);
+    let mut report = CappedPerKey::new(out);
     for op in ops {
         let (Call::Read { key }, Outcome::Leases(listed)) = (&op.call, &op.outcome) else {
             continue;
         };
-        let listed_ids: BTreeSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
         if let Some(&limit) = model.limits.get(key) {
             if listed.len() > limit as usize {
-                report(
+                report.push(
                     "over_admission",
                     key,
                     format!(
@@ -347,71 +328,148 @@ fn check_reads(
                 );
             }
         }
-        // Lost acknowledgements: certainly live over the whole read, yet absent.
-        if let Some(cands) = by_key.get(key.as_str()) {
-            let lo = op.ret.saturating_sub(longest);
-            let from = cands.partition_point(|c| c.0 < lo);
-            for (s, e, id) in &cands[from..] {
-                if *s > op.invoke {
-                    break;
-                }
-                if *e < op.ret {
-                    continue;
-                }
-                stats.presence_checks += 1;
-                if !listed_ids.contains(id) {
-                    report(
-                        "lost_ack",
-                        key,
-                        format!(
-                            "lease {id} certainly live on {key} during [{}, {}) is missing from a \
-                             read via node {} over [{}, {}]",
-                            ms(*s),
-                            ms(*e),
-                            op.node,
-                            ms(op.invoke),
-                            ms(op.ret)
-                        ),
-                    );
-                }
+        check_read_presence(op, key, listed, &certain, stats, &mut report);
+        check_read_listed(op, key, listed, leases, &mut report);
+    }
+}
+
+/// Per key, the certainly-live intervals `(start, end, lease id)` sorted by start, and
+/// the longest interval of all (bounds how far back one can start and still cover).
+struct CertainByKey<'a> {
+    by_key: BTreeMap<&'a str, Vec<(Micros, Micros, &'a str)>>,
+    longest: Micros,
+}
+
+impl<'a> CertainByKey<'a> {
+    fn new(
+        leases: &'a BTreeMap<String, Lease>,
+        intervals: &BTreeMap<&'a str, (Micros, Micros)>,
+    ) -> Self {
+        let mut by_key: BTreeMap<&str, Vec<(Micros, Micros, &str)>> = BTreeMap::new();
+        let mut longest = 0;
+        for (id, (s, e)) in intervals {
+            longest = longest.max(e - s);
+            for k in &leases[*id].keys {
+                by_key.entry(k.as_str()).or_default().push((*s, *e, id));
             }
         }
-        for (id, _) in listed {
-            match leases.get(id) {
-                None => report(
-                    "phantom_lease",
+        for v in by_key.values_mut() {
+            v.sort();
+        }
+        CertainByKey { by_key, longest }
+    }
+
+    /// The leases certainly live on `key` over the whole of `[invoke, ret]`.
+    fn covering(&self, key: &str, invoke: Micros, ret: Micros) -> Vec<(Micros, Micros, &'a str)> {
+        let Some(cands) = self.by_key.get(key) else {
+            return Vec::new();
+        };
+        let lo = ret.saturating_sub(self.longest);
+        let from = cands.partition_point(|c| c.0 < lo);
+        cands[from..]
+            .iter()
+            .take_while(|(s, _, _)| *s <= invoke)
+            .filter(|(_, e, _)| *e >= ret)
+            .copied()
+            .collect()
+    }
+}
+
+/// Collects violations, at most [`MAX_PER_KEY`] of each kind per key.
+struct CappedPerKey<'o> {
+    out: &'o mut Vec<Violation>,
+    reported: BTreeMap<(&'static str, String), usize>,
+}
+
+impl<'o> CappedPerKey<'o> {
+    fn new(out: &'o mut Vec<Violation>) -> Self {
+        CappedPerKey {
+            out,
+            reported: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, kind: &'static str, key: &str, detail: String) {
+        let n = self.reported.entry((kind, key.to_string())).or_default();
+        *n += 1;
+        if *n <= MAX_PER_KEY {
+            self.out.push(Violation { kind, detail });
+        }
+    }
+}
+
+/// Lost acknowledgements: a lease certainly live over the whole read, yet absent.
+fn check_read_presence(
+    op: &Op,
+    key: &str,
+    listed: &[(String, u64)],
+    certain: &CertainByKey<'_>,
+    stats: &mut Stats,
+    report: &mut CappedPerKey<'_>,
+) {
+    let listed_ids: BTreeSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+    for (s, e, id) in certain.covering(key, op.invoke, op.ret) {
+        stats.presence_checks += 1;
+        if !listed_ids.contains(id) {
+            report.push(
+                "lost_ack",
+                key,
+                format!(
+                    "lease {id} certainly live on {key} during [{}, {}) is missing from a \
+                     read via node {} over [{}, {}]",
+                    ms(s),
+                    ms(e),
+                    op.node,
+                    ms(op.invoke),
+                    ms(op.ret)
+                ),
+            );
+        }
+    }
+}
+
+/// Every listed lease was asked for, on this key, and not released before the read.
+fn check_read_listed(
+    op: &Op,
+    key: &str,
+    listed: &[(String, u64)],
+    leases: &BTreeMap<String, Lease>,
+    report: &mut CappedPerKey<'_>,
+) {
+    for (id, _) in listed {
+        let Some(l) = leases.get(id) else {
+            report.push(
+                "phantom_lease",
+                key,
+                format!(
+                    "read of {key} via node {} at {} lists {id}, which nobody acquired",
+                    op.node,
+                    ms(op.invoke)
+                ),
+            );
+            continue;
+        };
+        if let Some(released) = l.release_acked {
+            if !l.indefinite_acquire && op.invoke > released {
+                report.push(
+                    "resurrected_lease",
                     key,
                     format!(
-                        "read of {key} via node {} at {} lists {id}, which nobody acquired",
+                        "lease {id}, released (acknowledged at {}), reappears in a \
+                         read of {key} via node {} invoked at {}",
+                        ms(released),
                         op.node,
                         ms(op.invoke)
                     ),
-                ),
-                Some(l) => {
-                    if let Some(released) = l.release_acked {
-                        if !l.indefinite_acquire && op.invoke > released {
-                            report(
-                                "resurrected_lease",
-                                key,
-                                format!(
-                                    "lease {id}, released (acknowledged at {}), reappears in a \
-                                     read of {key} via node {} invoked at {}",
-                                    ms(released),
-                                    op.node,
-                                    ms(op.invoke)
-                                ),
-                            );
-                        }
-                    }
-                    if !l.keys.contains(key) {
-                        report(
-                            "phantom_lease",
-                            key,
-                            format!("read of {key} lists {id}, which holds {:?}", l.keys),
-                        );
-                    }
-                }
+                );
             }
+        }
+        if !l.keys.iter().any(|k| k == key) {
+            report.push(
+                "phantom_lease",
+                key,
+                format!("read of {key} lists {id}, which holds {:?}", l.keys),
+            );
         }
     }
 }
@@ -645,6 +703,14 @@ mod tests {
         Outcome::Leases(ls.iter().map(|(i, t)| (i.to_string(), *t)).collect())
     }
 
+    fn rate(key: &str) -> Call {
+        Call::Rate { key: key.into() }
+    }
+
+    fn released() -> Outcome {
+        Outcome::Released { released: true }
+    }
+
     fn granted(token: u64) -> Outcome {
         Outcome::Granted { token }
     }
@@ -664,25 +730,13 @@ mod tests {
             op(1, 5, 12, acquire("b", &["one"]), Outcome::Denied),
             op(2, 20, 25, read("one"), listed(&[("a", 1)])),
             op(0, 30, 35, renew("a"), Outcome::Renewed),
-            op(
-                0,
-                40,
-                45,
-                release("a"),
-                Outcome::Released { released: true },
-            ),
+            op(0, 40, 45, release("a"), released()),
             op(1, 50, 60, acquire("b", &["one"]), granted(2)),
             op(2, 70, 75, read("one"), listed(&[("b", 2)])),
-            op(3, 0, 1, Call::Rate { key: "r".into() }, Outcome::Allowed),
-            op(3, 2, 3, Call::Rate { key: "r".into() }, Outcome::Allowed),
-            op(3, 4, 5, Call::Rate { key: "r".into() }, Outcome::Denied),
-            op(
-                3,
-                200,
-                201,
-                Call::Rate { key: "r".into() },
-                Outcome::Allowed,
-            ),
+            op(3, 0, 1, rate("r"), Outcome::Allowed),
+            op(3, 2, 3, rate("r"), Outcome::Allowed),
+            op(3, 4, 5, rate("r"), Outcome::Denied),
+            op(3, 200, 201, rate("r"), Outcome::Allowed),
         ];
         assert_eq!(check(&ops, &model()), vec![]);
     }
@@ -725,13 +779,7 @@ mod tests {
     fn a_released_lease_must_not_come_back() {
         let ops = vec![
             op(0, 0, 10, acquire("a", &["one"]), granted(1)),
-            op(
-                0,
-                20,
-                30,
-                release("a"),
-                Outcome::Released { released: true },
-            ),
+            op(0, 20, 30, release("a"), released()),
             op(1, 40, 50, read("one"), listed(&[("a", 1)])),
         ];
         assert_eq!(kinds(&ops), vec!["resurrected_lease"]);
@@ -748,13 +796,7 @@ mod tests {
             op(2, 20, 30, read("one"), listed(&[("ghost", 1)])),
             // The ghost's owner gives up and releases; the release is acknowledged, but
             // the unknown attempt may be applied later still, so a reappearance is fine.
-            op(
-                0,
-                3000,
-                3010,
-                release("ghost"),
-                Outcome::Released { released: true },
-            ),
+            op(0, 3000, 3010, release("ghost"), released()),
             op(2, 3020, 3030, read("one"), listed(&[("ghost", 1)])),
             // A release with an unknown outcome may have happened: absence is fine.
             op(1, 3100, 3110, acquire("b", &["one"]), granted(2)),
@@ -831,30 +873,14 @@ mod tests {
     fn too_many_allowed_rate_checks_are_caught() {
         // 10 per second, burst 2: five allowed within 20 ms is impossible.
         let ops: Vec<Op> = (0..5)
-            .map(|i| {
-                op(
-                    0,
-                    i * 4,
-                    i * 4 + 2,
-                    Call::Rate { key: "r".into() },
-                    Outcome::Allowed,
-                )
-            })
+            .map(|i| op(0, i * 4, i * 4 + 2, rate("r"), Outcome::Allowed))
             .collect();
         assert_eq!(kinds(&ops), vec!["rate_exceeded"]);
         // The same five spread over a second are fine; unknown ones are not counted.
         let mut ops: Vec<Op> = (0..5)
-            .map(|i| {
-                op(
-                    0,
-                    i * 250,
-                    i * 250 + 2,
-                    Call::Rate { key: "r".into() },
-                    Outcome::Allowed,
-                )
-            })
+            .map(|i| op(0, i * 250, i * 250 + 2, rate("r"), Outcome::Allowed))
             .collect();
-        ops.extend((0..5).map(|i| op(1, i, i + 1, Call::Rate { key: "r".into() }, unknown())));
+        ops.extend((0..5).map(|i| op(1, i, i + 1, rate("r"), unknown())));
         assert_eq!(check(&ops, &model()), vec![]);
     }
 

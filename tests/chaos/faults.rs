@@ -251,7 +251,45 @@ impl Injector<'_> {
             .collect();
         let follower = followers[(step.pick as usize) % followers.len()];
         let injected = self.rec.now();
-        let target = match step.kind {
+        let target = self.inject_and_heal(step, leader, follower).await?;
+        let healed = self.rec.now();
+        let stable = match self.wait_stable().await {
+            Ok(_) => Some(self.rec.now()),
+            Err(e) => {
+                self.liveness
+                    .push(format!("{} {target}: no recovery: {e}", step.kind.name()));
+                None
+            }
+        };
+        println!(
+            "[chaos {:>8.3}s]   {} {target}: healed, stable {}",
+            self.rec.now() as f64 / 1e6,
+            step.kind.name(),
+            match stable {
+                Some(t) => format!("{:.2}s after healing", (t - healed) as f64 / 1e6),
+                None => "never".into(),
+            }
+        );
+        self.rec.fault(FaultRecord {
+            kind: step.kind.name(),
+            target,
+            injected,
+            healed,
+            stable,
+        });
+        self.hold(step.calm_ms).await;
+        Ok(())
+    }
+
+    /// Injects the step's fault, holds it for `hold_ms` and undoes it. Returns what it
+    /// hit, for the fault record.
+    async fn inject_and_heal(
+        &mut self,
+        step: &Step,
+        leader: u64,
+        follower: u64,
+    ) -> Result<String, String> {
+        Ok(match step.kind {
             FaultKind::KillLeader | FaultKind::KillFollower => {
                 let victim = if step.kind == FaultKind::KillLeader {
                     leader
@@ -303,34 +341,7 @@ impl Injector<'_> {
                 format!("{from}->{to}")
             }
             FaultKind::ReplaceNode => self.replace(follower).await?,
-        };
-        let healed = self.rec.now();
-        let stable = match self.wait_stable().await {
-            Ok(_) => Some(self.rec.now()),
-            Err(e) => {
-                self.liveness
-                    .push(format!("{} {target}: no recovery: {e}", step.kind.name()));
-                None
-            }
-        };
-        println!(
-            "[chaos {:>8.3}s]   {} {target}: healed, stable {}",
-            self.rec.now() as f64 / 1e6,
-            step.kind.name(),
-            match stable {
-                Some(t) => format!("{:.2}s after healing", (t - healed) as f64 / 1e6),
-                None => "never".into(),
-            }
-        );
-        self.rec.fault(FaultRecord {
-            kind: step.kind.name(),
-            target,
-            injected,
-            healed,
-            stable,
-        });
-        self.hold(step.calm_ms).await;
-        Ok(())
+        })
     }
 
     /// Kill `victim` for good, remove it, add a fresh node in its place.

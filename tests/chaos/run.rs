@@ -97,8 +97,75 @@ fn log(rec: &Recorder, msg: impl AsRef<str>) {
 pub async fn run(cfg: RunConfig) -> RunResult {
     let rec = Recorder::new();
     let started = Instant::now();
+    log_schedule(&rec, &cfg);
+
+    // Cluster with every peer link behind a proxy.
+    let max_id = 3 + cfg.max_replacements;
+    let ids: Vec<u64> = (1..=max_id).collect();
+    let mesh = Mesh::new(&ids);
+    let mut cluster = start_cluster(&cfg, &mesh, &ids, &rec).await;
+    let targets = Targets::default();
+    for (id, n) in &cluster.nodes {
+        targets.set(*id, &n.api_addr);
+    }
+    let workload = start_workload(&cfg, &targets, &rec);
+
+    let mut injector = Injector {
+        members: cluster.ids().into_iter().collect(),
+        cluster: &mut cluster,
+        mesh: &mesh,
+        targets: &targets,
+        rec: &rec,
+        max_id,
+        liveness: Vec::new(),
+    };
+    // Let the load settle before the first fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    apply_plan(&mut injector, &cfg, &rec).await;
+
+    // Heal everything, let the clients see a healthy cluster, stop them.
+    mesh.heal_all();
+    if let Err(e) = injector.wait_stable().await {
+        injector.liveness.push(format!("after healing: {e}"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let members = injector.members.clone();
+    let mut liveness = std::mem::take(&mut injector.liveness);
+    log(&rec, "stopping clients");
+    workload.stop().await;
+
+    let mut violations = Vec::new();
+    let convergence =
+        check_convergence(&mut cluster, &members, &mut violations, &mut liveness, &rec).await;
+    let ops = rec.ops();
+    let report = check_history(&ops, &rec);
+    violations.extend(report.violations);
+    let summary = render(
+        &cfg,
+        started.elapsed(),
+        &ops,
+        &rec.faults(),
+        &Verdict {
+            convergence: &convergence,
+            stats: &report.stats,
+            violations: &violations,
+            liveness: &liveness,
+        },
+    );
+    if !violations.is_empty() || !liveness.is_empty() {
+        keep_evidence(&mut cluster, &ops, &rec);
+    }
+    RunResult {
+        violations,
+        liveness,
+        summary,
+    }
+}
+
+/// Prints the seed (how to replay) and the schedule, before anything happens.
+fn log_schedule(rec: &Recorder, cfg: &RunConfig) {
     log(
-        &rec,
+        rec,
         format!(
             "seed {} (replay: QUORATE_CHAOS_SEED={}), planted bug: {}",
             cfg.seed, cfg.seed, cfg.planted_bug
@@ -107,20 +174,20 @@ pub async fn run(cfg: RunConfig) -> RunResult {
     match &cfg.plan {
         Plan::Steps(steps) => {
             for (i, s) in steps.iter().enumerate() {
-                log(&rec, format!("schedule step {i}: {s}"));
+                log(rec, format!("schedule step {i}: {s}"));
             }
         }
         Plan::For(d) => log(
-            &rec,
+            rec,
             format!("schedule: random steps from the seed for {:?}", d),
         ),
-        Plan::Quiet(d) => log(&rec, format!("schedule: no faults, load for {d:?}")),
+        Plan::Quiet(d) => log(rec, format!("schedule: no faults, load for {d:?}")),
     }
+}
 
-    // Cluster with every peer link behind a proxy.
-    let max_id = 3 + cfg.max_replacements;
-    let ids: Vec<u64> = (1..=max_id).collect();
-    let mesh = Mesh::new(&ids);
+/// Starts three nodes whose peer links go through `mesh` (which has proxies for every
+/// id in `ids`), waits until they are ready and sets the limits.
+async fn start_cluster(cfg: &RunConfig, mesh: &Mesh, ids: &[u64], rec: &Recorder) -> Cluster {
     let mut options = Options::new(3);
     options.request_timeout_ms = REQUEST_TIMEOUT_MS;
     options.default_ttl_ms = TTL_MS;
@@ -137,7 +204,7 @@ pub async fn run(cfg: RunConfig) -> RunResult {
             .env
             .push(("QUORATE_PLANTED_BUG".into(), "follower-local-grant".into()));
     }
-    for id in &ids {
+    for id in ids {
         options.node_env.insert(
             *id,
             vec![("QUORATE_PEER_ADDRS".into(), mesh.peer_addrs_env(*id))],
@@ -150,7 +217,7 @@ pub async fn run(cfg: RunConfig) -> RunResult {
     cluster.wait_all_ready().await;
     let leader = cluster.leader_id().await;
     log(
-        &rec,
+        rec,
         format!(
             "cluster up in {}, leader {leader}",
             cluster.dir.path().display()
@@ -168,14 +235,14 @@ pub async fn run(cfg: RunConfig) -> RunResult {
             .await;
         assert_eq!(status, StatusCode::OK, "set limit of {key}: {body}");
     }
+    cluster
+}
 
-    let targets = Targets::default();
-    for (id, n) in &cluster.nodes {
-        targets.set(*id, &n.api_addr);
-    }
+/// Starts the clients on every limited key (and `global`) and the rate keys.
+fn start_workload(cfg: &RunConfig, targets: &Targets, rec: &Recorder) -> Workload {
     let mut keys: Vec<String> = limits().into_keys().collect();
     keys.retain(|k| k != "global");
-    let workload = Workload::spawn(
+    Workload::spawn(
         WorkloadConfig {
             seed: cfg.seed,
             run: format!("s{}", cfg.seed),
@@ -190,60 +257,40 @@ pub async fn run(cfg: RunConfig) -> RunResult {
         },
         targets.clone(),
         rec.clone(),
-    );
+    )
+}
 
-    let mut injector = Injector {
-        members: cluster.ids().into_iter().collect(),
-        cluster: &mut cluster,
-        mesh: &mesh,
-        targets: &targets,
-        rec: &rec,
-        max_id,
-        liveness: Vec::new(),
-    };
-    // Let the load settle before the first fault.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+/// The fault phase: the plan's steps in order, random ones until its time is up, or
+/// just waiting. A step that fails is a liveness problem, and the run goes on.
+async fn apply_plan(injector: &mut Injector<'_>, cfg: &RunConfig, rec: &Recorder) {
     let fault_phase = Instant::now();
-    let apply = |i: usize, step: Step| {
-        log(&rec, format!("step {i}: {step}"));
-        step
-    };
-    match cfg.plan.clone() {
-        Plan::Steps(steps) => {
-            for (i, step) in steps.into_iter().enumerate() {
-                let step = apply(i, step);
-                if let Err(e) = injector.apply(&step).await {
-                    injector.liveness.push(format!("step {i} ({step}): {e}"));
-                }
-            }
-        }
+    let steps: Box<dyn Iterator<Item = Step>> = match cfg.plan.clone() {
+        Plan::Steps(steps) => Box::new(steps.into_iter()),
         Plan::For(d) => {
-            for (i, step) in faults::random(cfg.seed).enumerate() {
-                if fault_phase.elapsed() >= d {
-                    break;
-                }
-                let step = apply(i, step);
-                if let Err(e) = injector.apply(&step).await {
-                    injector.liveness.push(format!("step {i} ({step}): {e}"));
-                }
-            }
+            Box::new(faults::random(cfg.seed).take_while(move |_| fault_phase.elapsed() < d))
         }
-        Plan::Quiet(d) => tokio::time::sleep(d).await,
+        Plan::Quiet(d) => {
+            tokio::time::sleep(d).await;
+            return;
+        }
+    };
+    for (i, step) in steps.enumerate() {
+        log(rec, format!("step {i}: {step}"));
+        if let Err(e) = injector.apply(&step).await {
+            injector.liveness.push(format!("step {i} ({step}): {e}"));
+        }
     }
+}
 
-    // Heal everything, let the clients see a healthy cluster, stop them.
-    mesh.heal_all();
-    if let Err(e) = injector.wait_stable().await {
-        injector.liveness.push(format!("after healing: {e}"));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let members = injector.members.clone();
-    let mut liveness = std::mem::take(&mut injector.liveness);
-    log(&rec, "stopping clients");
-    workload.stop().await;
-
-    // Every member applies the same log to the same state.
-    let mut violations = Vec::new();
+/// Every member applies the same log to the same state, and only members run.
+/// Returns the convergence line of the summary.
+async fn check_convergence(
+    cluster: &mut Cluster,
+    members: &BTreeSet<u64>,
+    violations: &mut Vec<Violation>,
+    liveness: &mut Vec<String>,
+    rec: &Recorder,
+) -> String {
     let convergence = match cluster
         .try_converged(Instant::now() + Duration::from_secs(60))
         .await
@@ -259,68 +306,56 @@ pub async fn run(cfg: RunConfig) -> RunResult {
             format!("FAILED: {e}")
         }
     };
-    if cluster.running().into_iter().collect::<BTreeSet<_>>() != members {
+    if cluster.running().into_iter().collect::<BTreeSet<_>>() != *members {
         liveness.push(format!(
             "running nodes {:?} are not the members {members:?}",
             cluster.running()
         ));
     }
-    log(&rec, format!("convergence: {convergence}"));
+    log(rec, format!("convergence: {convergence}"));
+    convergence
+}
 
-    let ops = rec.ops();
+/// Runs the checker over the recorded history against this run's limits.
+fn check_history(ops: &[Op], rec: &Recorder) -> checker::Report {
     let model = Model {
         limits: limits(),
         rates: rates(),
         clock_slack: CLOCK_SLACK,
     };
     let check_started = Instant::now();
-    let report = checker::check_report(&ops, &model);
-    violations.extend(report.violations);
+    let report = checker::check_report(ops, &model);
     log(
-        &rec,
+        rec,
         format!(
             "checked {} operations in {:.1}s",
             ops.len(),
             check_started.elapsed().as_secs_f64()
         ),
     );
-    let summary = render(
-        &cfg,
-        started.elapsed(),
-        &ops,
-        &rec.faults(),
-        &Verdict {
-            convergence: &convergence,
-            stats: &report.stats,
-            violations: &violations,
-            liveness: &liveness,
-        },
+    report
+}
+
+/// Keeps data and logs of a failing run, writes the history next to them and prints
+/// the end of every node log.
+fn keep_evidence(cluster: &mut Cluster, ops: &[Op], rec: &Recorder) {
+    cluster.dir.disable_cleanup(true);
+    let mut history = String::new();
+    for op in ops {
+        let _ = writeln!(history, "{op:?}");
+    }
+    for f in rec.faults() {
+        let _ = writeln!(history, "{f:?}");
+    }
+    let path = cluster.dir.path().join("history.txt");
+    if let Err(e) = std::fs::write(&path, history) {
+        println!("cannot write {}: {e}", path.display());
+    }
+    println!("{}", cluster.tails(40));
+    println!(
+        "kept data, node logs and history.txt in {}",
+        cluster.dir.path().display()
     );
-    if !violations.is_empty() || !liveness.is_empty() {
-        // Keep data and logs of a failing run; print the end of every node log.
-        cluster.dir.disable_cleanup(true);
-        let mut history = String::new();
-        for op in &ops {
-            let _ = writeln!(history, "{op:?}");
-        }
-        for f in rec.faults() {
-            let _ = writeln!(history, "{f:?}");
-        }
-        let path = cluster.dir.path().join("history.txt");
-        if let Err(e) = std::fs::write(&path, history) {
-            println!("cannot write {}: {e}", path.display());
-        }
-        println!("{}", cluster.tails(40));
-        println!(
-            "kept data, node logs and history.txt in {}",
-            cluster.dir.path().display()
-        );
-    }
-    RunResult {
-        violations,
-        liveness,
-        summary,
-    }
 }
 
 fn secs(us: Micros) -> String {
@@ -348,12 +383,6 @@ pub fn render(
     faults: &[FaultRecord],
     verdict: &Verdict<'_>,
 ) -> String {
-    let Verdict {
-        convergence,
-        stats,
-        violations,
-        liveness,
-    } = verdict;
     let mut s = String::new();
     let _ = writeln!(s, "== chaos summary ==");
     let _ = writeln!(
@@ -363,7 +392,14 @@ pub fn render(
         elapsed.as_secs_f64(),
         cfg.planted_bug
     );
-    // Operations by kind and outcome.
+    render_operations(&mut s, ops);
+    render_faults(&mut s, ops, faults);
+    render_verdict(&mut s, verdict);
+    s
+}
+
+/// Operations by kind and outcome.
+fn render_operations(s: &mut String, ops: &[Op]) {
     let mut by_kind: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
     for op in ops {
         *by_kind
@@ -384,8 +420,10 @@ pub fn render(
         "unknown outcomes: {unknown} ({:.1}%)",
         100.0 * unknown as f64 / ops.len().max(1) as f64
     );
+}
 
-    // Faults by kind, with recovery times.
+/// Faults by kind, with recovery times.
+fn render_faults(s: &mut String, ops: &[Op], faults: &[FaultRecord]) {
     let mut grants: Vec<(Micros, Micros)> = ops
         .iter()
         .filter(|o| matches!(o.call, Call::Acquire { .. }))
@@ -439,6 +477,16 @@ pub fn render(
             fmt(&stable)
         );
     }
+}
+
+/// Convergence, what the checker verified, liveness problems and violations.
+fn render_verdict(s: &mut String, verdict: &Verdict<'_>) {
+    let Verdict {
+        convergence,
+        stats,
+        violations,
+        liveness,
+    } = verdict;
     let _ = writeln!(s, "convergence: {convergence}");
     let peaks: Vec<String> = stats
         .peak
@@ -466,5 +514,4 @@ pub fn render(
     for v in violations.iter().take(20) {
         let _ = writeln!(s, "  {v}");
     }
-    s
 }

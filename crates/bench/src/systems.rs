@@ -296,6 +296,20 @@ impl QuorateConn {
         }
     }
 
+    /// POSTs `body` as JSON to `path` on this node; any status is returned.
+    async fn post<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, BenchError> {
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await?)
+    }
+
     async fn warm_up(&self) -> Result<(), BenchError> {
         let resp = self
             .http
@@ -326,12 +340,7 @@ impl QuorateConn {
             ttl_ms: Some(self.ttl_ms),
             holder: None,
         };
-        let resp = self
-            .http
-            .post(format!("{}/v1/slots/acquire", self.base))
-            .json(&req)
-            .send()
-            .await?;
+        let resp = self.post("/v1/slots/acquire", &req).await?;
         match resp.status().as_u16() {
             200 => {
                 let g: proto::AcquireGranted = resp.json().await?;
@@ -351,14 +360,10 @@ impl QuorateConn {
     }
 
     pub async fn release(&self, g: &Grant) -> Result<bool, BenchError> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/slots/release", self.base))
-            .json(&proto::ReleaseRequest {
-                lease_id: g.lease_id.clone(),
-            })
-            .send()
-            .await?;
+        let req = proto::ReleaseRequest {
+            lease_id: g.lease_id.clone(),
+        };
+        let resp = self.post("/v1/slots/release", &req).await?;
         let resp = check_status(resp).await?;
         let r: proto::ReleaseResponse = resp.json().await?;
         Ok(r.released)
@@ -372,12 +377,7 @@ impl QuorateConn {
             burst: Some(self.rate.rate_burst),
             ..Default::default()
         };
-        let resp = self
-            .http
-            .post(format!("{}/v1/rate/check", self.base))
-            .json(&req)
-            .send()
-            .await?;
+        let resp = self.post("/v1/rate/check", &req).await?;
         match resp.status().as_u16() {
             200 | 429 => {
                 let r: proto::RateCheckResponse = resp.json().await?;
