@@ -24,7 +24,8 @@ pub mod codes {
     pub const INVALID_REQUEST: &str = "invalid_request";
     /// 401: missing or wrong bearer token.
     pub const UNAUTHORIZED: &str = "unauthorized";
-    /// 403: valid token whose role may not do this.
+    /// 403: valid token whose role may not do this, or a release/renew/re-acquire of a
+    /// lease another token acquired.
     pub const FORBIDDEN: &str = "forbidden";
     /// 404: unknown route or resource.
     pub const NOT_FOUND: &str = "not_found";
@@ -46,6 +47,11 @@ pub mod codes {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// 503: no leader or no quorum answered within the request timeout. Never a grant.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 503: the cluster holds as many leases, keys with leases or rate buckets as its
+    /// `[limits]` caps allow, so an op that would create a new one was refused (the
+    /// message names the cap and its value; `Retry-After` set). Existing leases and
+    /// known rate keys keep working; room returns as leases end and buckets refill.
+    pub const STATE_FULL: &str = "state_full";
     /// 500: a bug. The server is built so this never happens; tests assert it.
     pub const INTERNAL: &str = "internal";
 }
@@ -147,6 +153,10 @@ pub struct RenewResponse {
 /// One live lease on a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseInfo {
+    /// Absent (empty once parsed) when the lease belongs to another token and the
+    /// caller is not admin: a lease id is what releases and renews a lease, so only
+    /// its owner sees it. Lease ids are never empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lease_id: String,
     pub holder: String,
     pub fencing_token: u64,
@@ -420,6 +430,31 @@ mod tests {
     fn unknown_fields_are_rejected() {
         let err = serde_json::from_str::<AcquireRequest>(r#"{"keys":["a"],"ttl":5}"#);
         assert!(err.is_err());
+    }
+
+    /// A lease listed to its owner serializes exactly as before ownership existed; one
+    /// listed to another token leaves out `lease_id`, and old JSON still parses.
+    #[test]
+    fn lease_info_hides_only_other_tokens_ids() {
+        let mut l = LeaseInfo {
+            lease_id: "l1".into(),
+            holder: "w".into(),
+            fencing_token: 3,
+            expires_at_ms: 9,
+        };
+        let own = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            own,
+            r#"{"lease_id":"l1","holder":"w","fencing_token":3,"expires_at_ms":9}"#
+        );
+        assert_eq!(serde_json::from_str::<LeaseInfo>(&own).unwrap(), l);
+        l.lease_id.clear();
+        let other = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            other,
+            r#"{"holder":"w","fencing_token":3,"expires_at_ms":9}"#
+        );
+        assert_eq!(serde_json::from_str::<LeaseInfo>(&other).unwrap(), l);
     }
 
     #[test]

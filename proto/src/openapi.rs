@@ -28,9 +28,10 @@ pub struct Health {
     responses(
         (status = 200, description = "Granted: one slot taken on every key", body = AcquireGranted),
         (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 403, description = "forbidden: lease_id is live and belongs to another token (admins excepted)", body = ErrorBody),
         (status = 409, description = "lease_id is live on other keys", body = ErrorBody),
         (status = 429, description = "A key is at its limit (Retry-After set)", body = AcquireDenied),
-        (status = 503, description = "No quorum: nothing was granted (Retry-After set)", body = ErrorBody),
+        (status = 503, description = "Nothing was granted (Retry-After set): unavailable (no quorum), or state_full (the cluster holds max_leases leases, or the new keys would exceed max_slot_keys; the message names the cap)", body = ErrorBody),
     ))]
 fn acquire() {}
 
@@ -39,6 +40,7 @@ fn acquire() {}
     responses(
         (status = 200, description = "released is false for unknown, expired or released leases", body = ReleaseResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 403, description = "forbidden: the lease belongs to another token (admins excepted)", body = ErrorBody),
         (status = 503, description = "No quorum", body = ErrorBody),
     ))]
 fn release() {}
@@ -48,6 +50,7 @@ fn release() {}
     responses(
         (status = 200, description = "New expiry", body = RenewResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 403, description = "forbidden: the lease belongs to another token (admins excepted)", body = ErrorBody),
         (status = 404, description = "lease_not_found", body = ErrorBody),
         (status = 503, description = "No quorum", body = ErrorBody),
     ))]
@@ -56,7 +59,7 @@ fn renew() {}
 #[utoipa::path(get, path = "/v1/slots/{key}", tag = "slots",
     params(("key" = String, Path, description = "Slot key")),
     responses(
-        (status = 200, description = "Usage and live leases (linearizable)", body = SlotsResponse),
+        (status = 200, description = "Usage and live leases (linearizable); leases of other tokens are listed without lease_id unless the caller is admin", body = SlotsResponse),
         (status = 400, description = "Invalid key", body = ErrorBody),
         (status = 503, description = "No quorum", body = ErrorBody),
     ))]
@@ -109,7 +112,7 @@ fn list_limits() {}
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "policy_not_found", body = ErrorBody),
         (status = 429, description = "Rate limited; nothing charged (Retry-After set)", body = RateCheckResponse),
-        (status = 503, description = "No quorum", body = ErrorBody),
+        (status = 503, description = "Nothing charged (Retry-After set): unavailable (no quorum), or state_full (a new key would exceed max_rate_keys buckets; known keys are still checked)", body = ErrorBody),
     ))]
 fn rate_check() {}
 

@@ -66,6 +66,98 @@ pub enum Op {
     Configure(Box<Configuration>),
     /// Does nothing but advance time (used to commit a leader's first entry).
     Noop,
+    /// `op` submitted on behalf of an API caller. The core checks the caller's role
+    /// against the op ([`Op::needs_admin`]) and, for lease ops, that the caller owns the
+    /// lease; the caller's name becomes the owner of a lease it acquires. Because the
+    /// identity travels inside the op, every replica makes the same decision and a
+    /// forwarded op carries the role the receiving node authenticated.
+    ///
+    /// An op without this wrapper is the system's own (housekeeping, configuration,
+    /// entries written before ownership existed): it acts as owner `""` with admin
+    /// rights, exactly as every op did before. It is appended as the last variant so
+    /// that log entries written by earlier versions still decode.
+    As { caller: Caller, op: Box<Op> },
+}
+
+impl Op {
+    /// True when only an admin caller may submit this op: everything that changes
+    /// limits, policies, tiers or settings (and the leader's own housekeeping).
+    /// Acquire, release, renew and rate checks are what a client may do.
+    pub fn needs_admin(&self) -> bool {
+        match self {
+            Op::Acquire(_) | Op::Release { .. } | Op::Renew { .. } | Op::RateCheck { .. } => false,
+            Op::Expire { .. }
+            | Op::SetLimit { .. }
+            | Op::DeleteLimit { .. }
+            | Op::PutPolicy { .. }
+            | Op::DeletePolicy { .. }
+            | Op::PutTier { .. }
+            | Op::DeleteTier { .. }
+            | Op::Configure(_)
+            | Op::Noop => true,
+            Op::As { op, .. } => op.needs_admin(),
+        }
+    }
+
+    /// A short stable name of the op's kind (`"set_limit"`), for messages and labels.
+    pub fn kind(&self) -> &'static str {
+        match self.inner() {
+            Op::Acquire(_) => "acquire",
+            Op::Release { .. } => "release",
+            Op::Renew { .. } => "renew",
+            Op::Expire { .. } => "expire",
+            Op::SetLimit { .. } => "set_limit",
+            Op::DeleteLimit { .. } => "delete_limit",
+            Op::RateCheck { .. } => "rate_check",
+            Op::PutPolicy { .. } => "put_policy",
+            Op::DeletePolicy { .. } => "delete_policy",
+            Op::PutTier { .. } => "put_tier",
+            Op::DeleteTier { .. } => "delete_tier",
+            Op::Configure(_) => "configure",
+            Op::Noop => "noop",
+            Op::As { .. } => "as",
+        }
+    }
+
+    /// The op itself, without its [`Op::As`] wrapper (for labels and routing).
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::As { op, .. } => op.inner(),
+            op => op,
+        }
+    }
+
+    /// `self` on behalf of `caller`.
+    pub fn by(self, caller: Caller) -> Op {
+        Op::As {
+            caller,
+            op: Box::new(self),
+        }
+    }
+}
+
+/// Who submitted an op: the API token's name and whether its role is admin. In open
+/// mode (no tokens configured) every caller is `Caller::system()`: name `""`, admin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// The identity of ops without an [`Op::As`] wrapper, and of every caller in open
+    /// mode: the empty owner, with admin rights.
+    pub fn system() -> Self {
+        Self {
+            name: String::new(),
+            admin: true,
+        }
+    }
+
+    /// May this caller touch a lease owned by `owner`?
+    pub fn may_use(&self, owner: &str) -> bool {
+        self.admin || self.name == owner
+    }
 }
 
 /// Arguments of [`Op::Acquire`].
@@ -132,7 +224,29 @@ pub struct Settings {
     pub max_retry_after_ms: u64,
     /// Longest rate period a policy or inline check may use.
     pub max_period_ms: u64,
+    /// Most leases the state holds (live, or dead and not yet purged). An acquire that
+    /// would create one more is refused with [`crate::CoreError::StateFull`].
+    pub max_leases: u64,
+    /// Most distinct keys with leases on them.
+    pub max_slot_keys: u64,
+    /// Most rate buckets (keys whose bucket is not full).
+    pub max_rate_keys: u64,
 }
+
+/// Default state caps, sized for about 1 GiB of replicated state per node with
+/// typical shapes. Measured (allocator bytes, this code): a lease on one short key
+/// with a uuid lease id costs ≈ 730 B (lease, id index, expiry index, slot entry),
+/// each further key ≈ 340 B; a rate bucket on a short key ≈ 93 B. So 1M one-key
+/// leases ≈ 730 MB plus 4M buckets ≈ 370 MB. The worst shapes the validation allows
+/// (8 keys of 256 B, 128-B ids, 256-B holders, 256-B rate keys) cost ≈ 3.2 KB per
+/// lease on known keys, ≈ 360 B per slot key and ≈ 335 B per bucket: ≈ 5 GB at these
+/// caps. Nodes with less memory should lower them in `cluster.toml` `[limits]`.
+/// Building a snapshot briefly holds a serialized copy as well.
+pub const DEFAULT_MAX_LEASES: u64 = 1_000_000;
+/// See [`DEFAULT_MAX_LEASES`].
+pub const DEFAULT_MAX_SLOT_KEYS: u64 = 1_000_000;
+/// See [`DEFAULT_MAX_LEASES`].
+pub const DEFAULT_MAX_RATE_KEYS: u64 = 4_000_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -142,6 +256,9 @@ impl Default for Settings {
             max_ttl_ms: 24 * 3600 * 1000,
             max_retry_after_ms: 60_000,
             max_period_ms: 7 * 24 * 3600 * 1000,
+            max_leases: DEFAULT_MAX_LEASES,
+            max_slot_keys: DEFAULT_MAX_SLOT_KEYS,
+            max_rate_keys: DEFAULT_MAX_RATE_KEYS,
         }
     }
 }

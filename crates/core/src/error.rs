@@ -32,6 +32,20 @@ pub enum CoreError {
     /// Snapshot bytes could not be decoded.
     #[error("corrupt snapshot: {0}")]
     CorruptSnapshot(String),
+    /// The op would create a new lease, slot key or rate bucket, and the state already
+    /// holds `limit` of them (`cap` names the setting). Nothing was created; existing
+    /// leases and buckets keep working, and room returns as leases end and buckets
+    /// refill.
+    #[error("state full: {cap} ({limit}) reached; {what} are refused until some expire")]
+    StateFull {
+        cap: String,
+        limit: u64,
+        what: String,
+    },
+    /// The caller may not do this: its role is too weak for the op, or the lease
+    /// belongs to another caller.
+    #[error("forbidden: {reason}")]
+    Forbidden { reason: String },
 }
 
 impl CoreError {

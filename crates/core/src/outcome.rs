@@ -126,6 +126,8 @@ pub struct RateResult {
 pub struct LeaseInfo {
     pub lease_id: String,
     pub holder: String,
+    /// The caller that acquired the lease (`""` for the system / open mode).
+    pub owner: String,
     pub fencing_token: u64,
     pub expires_at_ms: u64,
     pub keys: Vec<String>,

@@ -30,7 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Acquire, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec, Settings,
+    Acquire, Caller, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
+    Settings,
 };
 use crate::error::CoreError;
 use crate::gcra;
@@ -40,8 +41,16 @@ use crate::outcome::{
 };
 use crate::validate;
 
-/// Snapshot format version; bumped when the layout changes.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot format version; bumped when the layout changes. Version 2 added the
+/// state caps to the settings and the owner to every lease; version 1 snapshots
+/// still restore (see [`v1`]).
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// Dead leases an acquire at a cap may purge to make room (bounded, so one op's
+/// work stays bounded however much garbage has piled up).
+const ROOM_SWEEP_LEASES: u32 = 64;
+/// Rate buckets a check at the cap may examine for full (droppable) ones.
+const ROOM_SWEEP_RATE_KEYS: u32 = 256;
 
 /// One live lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +59,8 @@ struct Lease {
     holder: String,
     keys: Vec<String>,
     expires_at_ms: u64,
+    /// The caller that acquired it; only it (or an admin) may release or renew it.
+    owner: String,
 }
 
 /// A concurrency policy in match order.
@@ -175,12 +186,32 @@ impl State {
     }
 
     fn apply_op(&mut self, op: &Op) -> Reply {
+        self.apply_as(&Caller::system(), op)
+    }
+
+    /// Apply `op` on behalf of `caller` (the system for unwrapped ops).
+    fn apply_as(&mut self, caller: &Caller, op: &Op) -> Reply {
         match op {
-            Op::Acquire(a) => self.acquire(a),
+            Op::As { caller, op } => {
+                if matches!(**op, Op::As { .. }) {
+                    return Err(CoreError::invalid("op", "an op has at most one caller"));
+                }
+                if op.needs_admin() && !caller.admin {
+                    return Err(CoreError::Forbidden {
+                        reason: format!(
+                            "{} needs an admin token; {:?} is a client",
+                            op.kind(),
+                            caller.name
+                        ),
+                    });
+                }
+                self.apply_as(caller, op)
+            }
+            Op::Acquire(a) => self.acquire(a, caller),
             Op::Release { lease_id } => Ok(Outcome::Released {
-                released: self.release(lease_id),
+                released: self.release(lease_id, caller)?,
             }),
-            Op::Renew { lease_id, ttl_ms } => self.renew(lease_id, *ttl_ms),
+            Op::Renew { lease_id, ttl_ms } => self.renew(lease_id, *ttl_ms, caller),
             Op::Expire {
                 max_leases,
                 max_rate_keys,
@@ -390,7 +421,47 @@ impl State {
         Some(token)
     }
 
-    fn acquire(&mut self, a: &Acquire) -> Reply {
+    /// Refuse a lease op by `caller` on the lease `token` unless the caller owns it
+    /// (or is admin).
+    fn check_owner(&self, token: u64, caller: &Caller) -> Result<(), CoreError> {
+        match self.leases.get(&token) {
+            Some(l) if !caller.may_use(&l.owner) => Err(CoreError::Forbidden {
+                reason: format!("lease {} belongs to another caller", l.lease_id),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Room for one more lease on `keys`: under `max_leases`, and `keys` adding no
+    /// more slot keys than `max_slot_keys` allows. At a cap, first purge a bounded
+    /// number of dead leases (they would be purged anyway, and may be all that fills
+    /// the state).
+    fn room_for_lease(&mut self, keys: &[String]) -> Result<(), CoreError> {
+        let over = |st: &Self| {
+            let new_keys = keys.iter().filter(|k| !st.slots.contains_key(*k)).count();
+            let s = &st.settings;
+            if st.leases.len() as u64 >= s.max_leases {
+                Some(("max_leases", s.max_leases, "new leases"))
+            } else if (st.slots.len() + new_keys) as u64 > s.max_slot_keys {
+                Some(("max_slot_keys", s.max_slot_keys, "leases on new keys"))
+            } else {
+                None
+            }
+        };
+        if over(self).is_some() {
+            self.purge_dead_leases(ROOM_SWEEP_LEASES);
+        }
+        match over(self) {
+            Some((cap, limit, what)) => Err(CoreError::StateFull {
+                cap: cap.into(),
+                limit,
+                what: what.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn acquire(&mut self, a: &Acquire, caller: &Caller) -> Reply {
         validate::acquire_keys(&a.keys)?;
         validate::lease_id(&a.lease_id)?;
         validate::holder(&a.holder)?;
@@ -399,12 +470,15 @@ impl State {
         // Idempotent retry: the same live lease_id on the same key set returns the
         // original grant (no second slot, same token, same expiry).
         if let Some(token) = self.live_token(&a.lease_id) {
+            self.check_owner(token, caller)?;
             return self.regrant(token, a);
         }
         let mut slots = match self.free_slots(&a.keys) {
             Ok(slots) => slots,
             Err(denial) => return Ok(Outcome::Denied(denial)),
         };
+        // A denial creates nothing, so the caps are checked only for a grant.
+        self.room_for_lease(&a.keys)?;
 
         self.last_token += 1;
         let token = self.last_token;
@@ -416,6 +490,7 @@ impl State {
                 holder: a.holder.clone(),
                 keys: a.keys.clone(),
                 expires_at_ms,
+                owner: caller.name.clone(),
             },
         );
         for s in &mut slots {
@@ -491,15 +566,19 @@ impl State {
         })
     }
 
-    /// Release is idempotent: unknown, expired or already released → false.
-    fn release(&mut self, lease_id: &str) -> bool {
+    /// Release is idempotent: unknown, expired or already released → false. Another
+    /// caller's live lease is refused (unless the caller is admin).
+    fn release(&mut self, lease_id: &str, caller: &Caller) -> Result<bool, CoreError> {
         match self.live_token(lease_id) {
-            Some(token) => self.remove_lease(token).is_some(),
-            None => false,
+            Some(token) => {
+                self.check_owner(token, caller)?;
+                Ok(self.remove_lease(token).is_some())
+            }
+            None => Ok(false),
         }
     }
 
-    fn renew(&mut self, lease_id: &str, ttl_ms: u64) -> Reply {
+    fn renew(&mut self, lease_id: &str, ttl_ms: u64, caller: &Caller) -> Reply {
         validate::lease_id(lease_id)?;
         validate::ttl(ttl_ms, &self.settings)?;
         let Some(token) = self.live_token(lease_id) else {
@@ -507,6 +586,7 @@ impl State {
                 lease_id: lease_id.to_string(),
             });
         };
+        self.check_owner(token, caller)?;
         let Some(mut lease) = self.remove_lease(token) else {
             return Err(CoreError::LeaseNotFound {
                 lease_id: lease_id.to_string(),
@@ -524,8 +604,15 @@ impl State {
     /// Bounded housekeeping: purge up to `max_leases` dead leases (soonest first) and
     /// scan up to `max_rate_keys` buckets from the cursor, dropping full ones.
     fn expire(&mut self, max_leases: u32, max_rate_keys: u32) -> Outcome {
+        let leases = self.purge_dead_leases(max_leases);
+        let rate_keys = self.sweep_rate(max_rate_keys);
+        Outcome::Expired { leases, rate_keys }
+    }
+
+    /// Purge up to `max` dead leases, soonest expiry first; returns how many.
+    fn purge_dead_leases(&mut self, max: u32) -> u32 {
         let mut leases = 0u32;
-        while leases < max_leases {
+        while leases < max {
             match self.expiry.first() {
                 Some(&(exp, token)) if exp <= self.now_ms => {
                     self.remove_lease(token);
@@ -534,7 +621,12 @@ impl State {
                 _ => break,
             }
         }
+        leases
+    }
 
+    /// Examine up to `max_rate_keys` buckets from the cursor and drop the full ones;
+    /// returns how many were dropped.
+    fn sweep_rate(&mut self, max_rate_keys: u32) -> u32 {
         let now_ns = gcra::now_ns(self.now_ms);
         let mut scanned = 0u32;
         let mut dead = Vec::new();
@@ -568,7 +660,32 @@ impl State {
         for k in dead {
             self.rate.remove(&k);
         }
-        Outcome::Expired { leases, rate_keys }
+        rate_keys
+    }
+
+    /// Whether `checks` would push the bucket count over `max_rate_keys` (after a
+    /// bounded sweep for full buckets, which carry no information). Checked before
+    /// deciding: a swept bucket decides exactly like an absent one.
+    fn rate_room(&mut self, checks: &[RateCheck]) -> Option<CoreError> {
+        let new = |st: &Self| {
+            checks
+                .iter()
+                .filter(|c| !st.rate.contains_key(&c.key))
+                .count()
+        };
+        let max = self.settings.max_rate_keys;
+        let over = |st: &Self| {
+            let n = new(st);
+            n > 0 && (st.rate.len() + n) as u64 > max
+        };
+        if over(self) {
+            self.sweep_rate(ROOM_SWEEP_RATE_KEYS);
+        }
+        over(self).then(|| CoreError::StateFull {
+            cap: "max_rate_keys".into(),
+            limit: max,
+            what: "rate checks on new keys".into(),
+        })
     }
 
     // ----------------------------------------------------------------------------
@@ -639,6 +756,7 @@ impl State {
             specs.push(spec);
         }
 
+        let full = self.rate_room(checks);
         let now_ns = gcra::now_ns(self.now_ms);
         let decisions: Vec<_> = checks
             .iter()
@@ -652,6 +770,11 @@ impl State {
             })
             .collect();
         let allowed = decisions.iter().all(|(d, _)| d.allowed);
+        // A denial charges (and creates) nothing, so it is answered even at the cap;
+        // only a charge that would add buckets beyond it is refused.
+        if let (true, Some(e)) = (allowed, full) {
+            return Err(e);
+        }
         let mut results = Vec::with_capacity(checks.len());
         for ((c, spec), (d, p)) in checks.iter().zip(&specs).zip(&decisions) {
             // All charged or none: when the whole request is denied, the checks that
@@ -696,6 +819,7 @@ impl State {
         LeaseInfo {
             lease_id: lease.lease_id.clone(),
             holder: lease.holder.clone(),
+            owner: lease.owner.clone(),
             fencing_token: token,
             expires_at_ms: lease.expires_at_ms,
             keys: lease.keys.clone(),
@@ -725,21 +849,36 @@ impl State {
         bincode::serialize(&s).unwrap_or_default()
     }
 
-    /// Rebuild a state from [`State::snapshot`] bytes, checking its invariants.
+    /// Rebuild a state from [`State::snapshot`] bytes (this version's or an earlier
+    /// one's), checking its invariants.
     pub fn restore(bytes: &[u8]) -> Result<State, CoreError> {
         use bincode::Options;
-        let s: Snapshot = bincode::DefaultOptions::new()
+        let decode = bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .allow_trailing_bytes()
-            .with_limit(bytes.len() as u64 + 1024)
-            .deserialize(bytes)
-            .map_err(|e| CoreError::CorruptSnapshot(e.to_string()))?;
-        if s.version != SNAPSHOT_VERSION {
-            return Err(CoreError::CorruptSnapshot(format!(
-                "unsupported snapshot version {}",
-                s.version
-            )));
-        }
+            .with_limit(bytes.len() as u64 + 1024);
+        let corrupt = |e: bincode::Error| CoreError::CorruptSnapshot(e.to_string());
+        // The version is the first field: a fixed-width little-endian u32.
+        let version = match bytes.get(..4) {
+            Some(v) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            None => {
+                return Err(CoreError::CorruptSnapshot(
+                    "shorter than its version".into(),
+                ))
+            }
+        };
+        let s: Snapshot = match version {
+            SNAPSHOT_VERSION => decode.deserialize(bytes).map_err(corrupt)?,
+            1 => decode
+                .deserialize::<v1::Snapshot>(bytes)
+                .map_err(corrupt)?
+                .upgrade(),
+            v => {
+                return Err(CoreError::CorruptSnapshot(format!(
+                    "unsupported snapshot version {v}"
+                )))
+            }
+        };
         let mut state = State {
             now_ms: s.now_ms,
             last_token: s.last_token,
@@ -777,6 +916,92 @@ impl State {
     /// Hex digest of the snapshot bytes: equal on replicas with equal state.
     pub fn digest(&self) -> String {
         format!("{:016x}", fnv1a(&self.snapshot()))
+    }
+}
+
+/// The version 1 snapshot layout (before state caps and lease owners), decoded only
+/// to upgrade: its settings get the default caps and its leases the system owner
+/// `""` (they were acquired before ownership existed, so nobody is locked out).
+mod v1 {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{ConcurrencyPolicy, RateSpec};
+
+    #[derive(Deserialize)]
+    struct Settings {
+        default_limit: u32,
+        max_limit: u32,
+        max_ttl_ms: u64,
+        max_retry_after_ms: u64,
+        max_period_ms: u64,
+    }
+
+    #[derive(Deserialize)]
+    struct Lease {
+        lease_id: String,
+        holder: String,
+        keys: Vec<String>,
+        expires_at_ms: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Snapshot {
+        version: u32,
+        now_ms: u64,
+        last_token: u64,
+        settings: Settings,
+        config_digest: Option<u64>,
+        overrides: BTreeMap<String, u32>,
+        concurrency: Vec<ConcurrencyPolicy>,
+        rate_policies: BTreeMap<String, RateSpec>,
+        tiers: BTreeMap<String, u32>,
+        leases: BTreeMap<u64, Lease>,
+        rate: BTreeMap<String, u128>,
+        rate_cursor: Option<String>,
+    }
+
+    impl Snapshot {
+        pub(super) fn upgrade(self) -> super::Snapshot<'static> {
+            let s = self.settings;
+            let leases = self
+                .leases
+                .into_iter()
+                .map(|(token, l)| {
+                    let lease = super::Lease {
+                        lease_id: l.lease_id,
+                        holder: l.holder,
+                        keys: l.keys,
+                        expires_at_ms: l.expires_at_ms,
+                        owner: String::new(),
+                    };
+                    (token, lease)
+                })
+                .collect();
+            super::Snapshot {
+                version: self.version,
+                now_ms: self.now_ms,
+                last_token: self.last_token,
+                settings: super::Settings {
+                    default_limit: s.default_limit,
+                    max_limit: s.max_limit,
+                    max_ttl_ms: s.max_ttl_ms,
+                    max_retry_after_ms: s.max_retry_after_ms,
+                    max_period_ms: s.max_period_ms,
+                    ..super::Settings::default()
+                },
+                config_digest: self.config_digest,
+                overrides: Cow::Owned(self.overrides),
+                concurrency: Cow::Owned(self.concurrency),
+                rate_policies: Cow::Owned(self.rate_policies),
+                tiers: Cow::Owned(self.tiers),
+                leases: Cow::Owned(leases),
+                rate: Cow::Owned(self.rate),
+                rate_cursor: Cow::Owned(self.rate_cursor),
+            }
+        }
     }
 }
 
@@ -932,5 +1157,94 @@ mod tests {
         ));
         assert!(matches!(replies[0], Ok(Outcome::Granted(_))), "{replies:?}");
         assert_eq!(s.slots["k"].len(), 1, "only the new lease is indexed");
+    }
+
+    /// A snapshot written by the version before caps and owners (bytes produced by
+    /// that code, checked in) restores: same leases, limits, policies and buckets,
+    /// default caps, system-owned leases — and it re-snapshots in the new format.
+    #[test]
+    fn a_version_1_snapshot_restores_with_defaults() {
+        let hex = include_str!("../tests/fixtures/snapshot_v1.hex").trim();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(&bytes[..4], &1u32.to_le_bytes());
+        let mut s = State::restore(&bytes).unwrap();
+        assert_eq!(s.settings().default_limit, 5);
+        assert_eq!(s.settings().max_leases, Settings::default().max_leases);
+        assert_eq!(
+            s.settings().max_rate_keys,
+            Settings::default().max_rate_keys
+        );
+        assert_eq!(s.policies_digest(), Some(7));
+        let st = s.stats();
+        assert_eq!((st.leases, st.slot_keys, st.rate_keys), (2, 3, 1));
+        assert_eq!((st.overrides, st.policies, st.last_token), (1, 1, 2));
+        let usage = s
+            .query(
+                &Query::Usage {
+                    key: "org:a".into(),
+                },
+                2000,
+            )
+            .unwrap();
+        let Outcome::Usage(u) = usage else {
+            panic!("{usage:?}")
+        };
+        assert_eq!((u.used, u.limit), (1, 3));
+        assert_eq!(u.leases[0].lease_id, "L1");
+        assert_eq!(u.leases[0].owner, "");
+        // A lease from before ownership is the system's: a client may not take it
+        // over, an admin (or open mode) may.
+        let client = Caller {
+            name: "svc".into(),
+            admin: false,
+        };
+        let release = |c: Caller| {
+            Op::Release {
+                lease_id: "L2".into(),
+            }
+            .by(c)
+        };
+        let r = s.apply(&Command::single(2001, release(client)));
+        assert!(matches!(r[0], Err(CoreError::Forbidden { .. })), "{r:?}");
+        let again = State::restore(&s.snapshot()).unwrap();
+        assert_eq!(again.digest(), s.digest());
+        let r = s.apply(&Command::single(2002, release(Caller::system())));
+        assert_eq!(r[0], Ok(Outcome::Released { released: true }));
+    }
+
+    #[test]
+    fn unknown_snapshot_versions_are_refused() {
+        let mut bytes = State::new().snapshot();
+        bytes[..4].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(
+            State::restore(&bytes),
+            Err(CoreError::CorruptSnapshot(m)) if m.contains("version 3")
+        ));
+        assert!(State::restore(&[2, 0]).is_err());
+    }
+
+    /// An op carries at most one caller: a wrapped wrapper could otherwise let the
+    /// outer (say, a forwarding node's system identity) vouch for the inner.
+    #[test]
+    fn nested_callers_are_refused() {
+        let mut s = State::new();
+        let op = Op::SetLimit {
+            key: "k".into(),
+            limit: 3,
+        }
+        .by(Caller {
+            name: "svc".into(),
+            admin: false,
+        })
+        .by(Caller::system());
+        let r = s.apply(&Command::single(1, op));
+        assert!(
+            matches!(&r[0], Err(CoreError::Invalid { field, .. }) if field == "op"),
+            "{r:?}"
+        );
+        assert_eq!(s.stats().overrides, 0);
     }
 }

@@ -168,6 +168,17 @@ pub fn settings(s: &Settings) -> Result<(), CoreError> {
     if s.max_period_ms == 0 {
         return Err(CoreError::invalid("max_period_ms", "must be at least 1"));
     }
+    // Zero caps would refuse every new lease or bucket: a misconfiguration, not a
+    // policy (the way to forbid acquires is a token's role).
+    for (field, v) in [
+        ("max_leases", s.max_leases),
+        ("max_slot_keys", s.max_slot_keys),
+        ("max_rate_keys", s.max_rate_keys),
+    ] {
+        if v == 0 {
+            return Err(CoreError::invalid(field, "must be at least 1"));
+        }
+    }
     Ok(())
 }
 

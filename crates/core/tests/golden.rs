@@ -28,8 +28,13 @@
 //! - `policy put NAME concurrency PATTERN LIMIT`, `policy put NAME rate LIMIT PERIOD
 //!   BURST`, `policy delete NAME`, `tier put NAME MILLI`, `tier delete NAME`
 //! - `configure digest=N [default_limit=N] [max_limit=N] [max_ttl=MS]
-//!   [max_retry_after=MS] [max_period=MS] [policy=...] [tier=...]` where a policy is
+//!   [max_retry_after=MS] [max_period=MS] [max_leases=N] [max_slot_keys=N]
+//!   [max_rate_keys=N] [policy=...] [tier=...]` where a policy is
 //!   `"NAME,concurrency,PATTERN,LIMIT"` or `"NAME,rate,L,P,B"` and a tier `"NAME,MILLI"`
+//!
+//! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
+//! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
+//! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
 //! `policies`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
@@ -47,8 +52,8 @@ use std::path::{Path, PathBuf};
 
 use goldenscript::{Argument, ArgumentConsumer, Block, Context};
 use quorate_core::{
-    Acquire, Command, Configuration, LeaseInfo, LimitInfo, LimitSource, Op, Outcome, Policy, Query,
-    RateCheck, RateLimitRef, RateSpec, Reply, Settings, SlotUsage, State,
+    Acquire, Caller, Command, Configuration, LeaseInfo, LimitInfo, LimitSource, Op, Outcome,
+    Policy, Query, RateCheck, RateLimitRef, RateSpec, Reply, Settings, SlotUsage, State,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -105,7 +110,41 @@ enum Line {
     Roundtrip,
 }
 
+/// Takes `caller=NAME` / `admin=NAME` off a command's arguments.
+fn take_caller(cmd: &mut goldenscript::Command) -> Result<Option<Caller>> {
+    let mut caller = None;
+    let mut err = None;
+    cmd.args.retain(|a| match a {
+        Argument::KeyValue(k, v) if k == "caller" || k == "admin" => {
+            if caller.is_some() {
+                err = Some("at most one caller= or admin=");
+            }
+            caller = Some(Caller {
+                name: expand(v),
+                admin: k == "admin",
+            });
+            false
+        }
+        _ => true,
+    });
+    match err {
+        Some(e) => Err(e.into()),
+        None => Ok(caller),
+    }
+}
+
 fn parse(cmd: &goldenscript::Command) -> Result<Line> {
+    let mut cmd = cmd.clone();
+    let caller = take_caller(&mut cmd)?;
+    let line = parse_bare(&cmd)?;
+    match (line, caller) {
+        (Line::Op(op), Some(c)) => Ok(Line::Op(op.by(c))),
+        (_, Some(_)) => Err("caller= and admin= apply to ops only".into()),
+        (line, None) => Ok(line),
+    }
+}
+
+fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
     let mut args = cmd.consume_args();
     let a = &mut args;
     let line = match cmd.name.as_str() {
@@ -226,6 +265,9 @@ fn configuration(args: &mut ArgumentConsumer) -> Result<Configuration> {
             "max_ttl" => s.max_ttl_ms = num(v)?,
             "max_retry_after" => s.max_retry_after_ms = num(v)?,
             "max_period" => s.max_period_ms = num(v)?,
+            "max_leases" => s.max_leases = num(v)?,
+            "max_slot_keys" => s.max_slot_keys = num(v)?,
+            "max_rate_keys" => s.max_rate_keys = num(v)?,
             "policy" => {
                 let (name, rest) = v.split_once(',').ok_or("policy=NAME,KIND,...")?;
                 let fields: Vec<&str> = rest.split(',').collect();
@@ -254,8 +296,13 @@ fn slots(s: &[SlotUsage]) -> String {
 }
 
 fn lease(l: &LeaseInfo) -> String {
+    let owner = if l.owner.is_empty() {
+        String::new()
+    } else {
+        format!(" owner={}", l.owner)
+    };
     format!(
-        "lease {} token={} expires={} holder={:?} keys={}",
+        "lease {} token={} expires={} holder={:?} keys={}{owner}",
         l.lease_id,
         l.fencing_token,
         l.expires_at_ms,
@@ -356,6 +403,11 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
                 s.max_retry_after_ms,
                 s.max_period_ms,
                 p.source_digest.map_or("none".to_string(), |d| d.to_string())
+            )?;
+            writeln!(
+                out,
+                "  caps max_leases={} max_slot_keys={} max_rate_keys={}",
+                s.max_leases, s.max_slot_keys, s.max_rate_keys
             )?;
             for (name, policy) in &p.policies {
                 match policy {
@@ -524,8 +576,10 @@ scripts!(
     idempotent_retry,
     limits,
     multi_check,
+    ownership,
     purge,
     renew_expiry,
+    state_caps,
     tiers,
     time,
     validation,

@@ -30,9 +30,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use quorate_core::{
-    Acquire, Command, Configuration, CoreError, Denial, Grant, LeaseInfo, Op, Outcome, Policy,
-    Query, RateCheck, RateDecision, RateLimitRef, RateResult, RateSpec, Reply, Settings, SlotUsage,
-    State,
+    Acquire, Caller, Command, Configuration, CoreError, Denial, Grant, LeaseInfo, Op, Outcome,
+    Policy, Query, RateCheck, RateDecision, RateLimitRef, RateResult, RateSpec, Reply, Settings,
+    SlotUsage, State,
 };
 
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "global"];
@@ -251,6 +251,7 @@ impl Model {
         LeaseInfo {
             lease_id: l.id.clone(),
             holder: l.holder.clone(),
+            owner: String::new(),
             fencing_token: l.token,
             expires_at_ms: l.exp,
             keys: l.keys.clone(),
@@ -737,6 +738,169 @@ proptest! {
 }
 
 // ------------------------------------------------------------------------------------
+// Callers and caps
+
+const CALLERS: [(&str, bool); 3] = [("alice", false), ("bob", false), ("ops", true)];
+const CAP_LEASES: u64 = 3;
+const CAP_SLOT_KEYS: u64 = 4;
+const CAP_RATE_KEYS: u64 = 2;
+
+/// Ops of the small universe, each from one of three callers (two clients and an
+/// admin) or from the system (unwrapped), over a wider key set than the caps allow.
+fn owned_op() -> impl Strategy<Value = Op> {
+    let keys = prop::sample::subsequence(vec!["k0", "k1", "k2", "k3", "k4", "k5"], 1..=3)
+        .prop_map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+    let check = (
+        prop::sample::select(vec!["r0", "r1", "r2", "r3"]),
+        1u64..2000,
+    )
+        .prop_map(|(key, period_ms)| RateCheck {
+            key: key.to_string(),
+            cost: 1,
+            limit: RateLimitRef::Inline(RateSpec {
+                limit: 2,
+                period_ms,
+                burst: 2,
+            }),
+        });
+    let bare = prop_oneof![
+        6 => (keys, lease_id(), 1u64..3000).prop_map(|(keys, lease_id, ttl_ms)| {
+            Op::Acquire(Acquire { keys, lease_id, holder: String::new(), ttl_ms })
+        }),
+        3 => lease_id().prop_map(|lease_id| Op::Release { lease_id }),
+        2 => (lease_id(), 1u64..3000).prop_map(|(lease_id, ttl_ms)| Op::Renew { lease_id, ttl_ms }),
+        3 => prop::collection::vec(check, 1..=2).prop_map(|mut checks| {
+            checks.dedup_by(|a, b| a.key == b.key);
+            Op::RateCheck { checks }
+        }),
+        1 => (prop::sample::select(vec!["k0", "k1"]), 1u32..3)
+            .prop_map(|(k, limit)| Op::SetLimit { key: k.to_string(), limit }),
+        1 => (0u32..3, 0u32..3).prop_map(|(max_leases, max_rate_keys)| Op::Expire { max_leases, max_rate_keys }),
+    ];
+    (
+        bare,
+        prop::option::of(prop::sample::select(CALLERS.to_vec())),
+    )
+        .prop_map(|(op, who)| match who {
+            Some((name, admin)) => op.by(Caller {
+                name: name.into(),
+                admin,
+            }),
+            None => op,
+        })
+}
+
+fn owned_sequence() -> impl Strategy<Value = Vec<Command>> {
+    prop::collection::vec((0u64..800, prop::collection::vec(owned_op(), 1..=3)), 1..60).prop_map(
+        |steps| {
+            let caps = Settings {
+                max_leases: CAP_LEASES,
+                max_slot_keys: CAP_SLOT_KEYS,
+                max_rate_keys: CAP_RATE_KEYS,
+                ..Settings::default()
+            };
+            let configure = Op::Configure(Box::new(Configuration {
+                source_digest: 1,
+                settings: caps,
+                policies: Vec::new(),
+                tiers: Vec::new(),
+            }));
+            let mut t = 1_000;
+            let mut cmds = vec![Command::single(t, configure)];
+            for (dt, ops) in steps {
+                t += dt;
+                cmds.push(Command::new(t, ops));
+            }
+            cmds
+        },
+    )
+}
+
+/// The owner of `lease_id` if it is live at `now`.
+fn owner_of(state: &State, lease_id: &str, now: u64) -> Option<String> {
+    match state.query(
+        &Query::Lease {
+            lease_id: lease_id.into(),
+        },
+        now,
+    ) {
+        Ok(Outcome::Lease(Some(l))) => Some(l.owner),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Replicas agree on every decision about callers and caps: a replica that applies
+    /// the log from the start and one restored from a snapshot at a random point give
+    /// the same replies and digests. And the decisions are right: the caps are never
+    /// exceeded, a client never releases or renews a lease it does not own, a refused
+    /// op is refused with the error naming why, and a client never does an admin op.
+    #[test]
+    fn replicas_agree_on_callers_and_caps(cmds in owned_sequence(), split in any::<Index>()) {
+        let split = split.index(cmds.len());
+        let mut a = State::new();
+        let mut b = State::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            if i == split {
+                b = State::restore(&a.snapshot()).unwrap();
+            }
+            let pre = a.clone();
+            let replies = a.apply(cmd);
+            if i >= split {
+                prop_assert_eq!(&b.apply(cmd), &replies);
+                prop_assert_eq!(b.digest(), a.digest());
+            }
+            let st = a.stats();
+            prop_assert!(st.leases as u64 <= CAP_LEASES, "{:?}", st);
+            prop_assert!(st.slot_keys as u64 <= CAP_SLOT_KEYS, "{:?}", st);
+            prop_assert!(st.rate_keys as u64 <= CAP_RATE_KEYS, "{:?}", st);
+            for (op, reply) in cmd.ops.iter().zip(&replies) {
+                let Op::As { caller, op } = op else { continue };
+                if caller.admin {
+                    prop_assert!(!matches!(reply, Err(CoreError::Forbidden { .. })), "{:?}", reply);
+                    continue;
+                }
+                if op.needs_admin() {
+                    prop_assert!(matches!(reply, Err(CoreError::Forbidden { .. })), "{:?}", reply);
+                    continue;
+                }
+                // Batches of several ops change ownership mid-command: check singles.
+                if cmd.ops.len() != 1 {
+                    continue;
+                }
+                let lease_id = match &**op {
+                    Op::Acquire(acq) => &acq.lease_id,
+                    Op::Release { lease_id } | Op::Renew { lease_id, .. } => lease_id,
+                    _ => continue,
+                };
+                let before = owner_of(&pre, lease_id, cmd.time_ms);
+                let mine = Some(caller.name.as_str());
+                match (&**op, reply) {
+                    // Touching a live lease: only its owner's own.
+                    (Op::Release { .. }, Ok(Outcome::Released { released: true }))
+                    | (Op::Renew { .. }, Ok(_)) => prop_assert_eq!(before.as_deref(), mine),
+                    (Op::Acquire(_), Ok(Outcome::Granted(g))) if g.reused => {
+                        prop_assert_eq!(before.as_deref(), mine)
+                    }
+                    // A new lease belongs to its caller.
+                    (Op::Acquire(_), Ok(Outcome::Granted(_))) => {
+                        let after = owner_of(&a, lease_id, cmd.time_ms);
+                        prop_assert_eq!(after.as_deref(), mine)
+                    }
+                    // Refused only when it is someone else's live lease.
+                    (_, Err(CoreError::Forbidden { .. })) => {
+                        prop_assert!(before.is_some_and(|o| o != caller.name), "refused its own lease")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
 // Wild inputs for the totality test
 
 fn wild_string() -> impl Strategy<Value = String> {
@@ -785,16 +949,26 @@ fn wild_op() -> impl Strategy<Value = Op> {
         ],
     )
         .prop_map(|(key, cost, limit)| RateCheck { key, cost, limit });
-    let settings = (wild_u32(), wild_u32(), wild_u64(), wild_u64(), wild_u64()).prop_map(
-        |(default_limit, max_limit, max_ttl_ms, max_retry_after_ms, max_period_ms)| Settings {
-            default_limit,
-            max_limit,
-            max_ttl_ms,
-            max_retry_after_ms,
-            max_period_ms,
-        },
-    );
-    prop_oneof![
+    let settings = (
+        (wild_u32(), wild_u32(), wild_u64(), wild_u64(), wild_u64()),
+        (wild_u64(), wild_u64(), wild_u64()),
+    )
+        .prop_map(
+            |(
+                (default_limit, max_limit, max_ttl_ms, max_retry_after_ms, max_period_ms),
+                (max_leases, max_slot_keys, max_rate_keys),
+            )| Settings {
+                default_limit,
+                max_limit,
+                max_ttl_ms,
+                max_retry_after_ms,
+                max_period_ms,
+                max_leases,
+                max_slot_keys,
+                max_rate_keys,
+            },
+        );
+    let bare = prop_oneof![
         (
             prop::collection::vec(wild_string(), 0..10),
             wild_string(),
@@ -838,7 +1012,24 @@ fn wild_op() -> impl Strategy<Value = Op> {
                 })
             )),
         Just(Op::Noop),
-    ]
+    ];
+    // Any op may come from any caller, wrapped once or (invalidly) twice.
+    (
+        bare,
+        prop::option::of((wild_string(), any::<bool>())),
+        any::<bool>(),
+    )
+        .prop_map(|(op, caller, twice)| match caller {
+            None => op,
+            Some((name, admin)) => {
+                let op = op.by(Caller { name, admin });
+                if twice {
+                    op.by(Caller::system())
+                } else {
+                    op
+                }
+            }
+        })
 }
 
 fn wild_command() -> impl Strategy<Value = Command> {
@@ -855,7 +1046,7 @@ fn wild_queries(c: &Command) -> Vec<Query> {
         },
     ];
     for op in &c.ops {
-        match op {
+        match op.inner() {
             Op::Acquire(a) => {
                 qs.push(Query::Lease {
                     lease_id: a.lease_id.clone(),

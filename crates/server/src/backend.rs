@@ -35,6 +35,11 @@ pub enum NodeError {
     /// A membership change was refused (unknown node, would lose quorum, ...): 400.
     #[error("membership change refused: {0}")]
     Refused(String),
+    /// A forwarded op was refused before it was proposed: it carries no caller, or its
+    /// caller's role may not do it (a follower must never vouch for more than it
+    /// checked): 403. Nothing was applied.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// What the HTTP API needs from a node.

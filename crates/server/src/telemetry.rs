@@ -13,6 +13,9 @@
 //! The HTTP layer and the Raft node share one `Arc<Metrics>`, so `/metrics` is one
 //! registry rendered once.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -62,7 +65,16 @@ struct Reason {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateKind {
+    /// `leases`, `slot_keys` or `rate_keys`.
+    kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Usage above this share of a cap is worth a warning (percent).
+const STATE_WARN_PERCENT: u64 = 90;
 
 /// The node's metrics. Create one per process and share it.
 pub struct Metrics {
@@ -89,6 +101,11 @@ pub struct Metrics {
     pub raft_applied_index: Gauge,
     pub raft_is_leader: Gauge,
     pub sled_size_bytes: Gauge,
+    state_entries: Family<StateKind, Gauge>,
+    state_cap: Family<StateKind, Gauge>,
+    /// Kinds whose usage is above the warning threshold (so the warning is logged
+    /// once per crossing, not at every scrape).
+    state_high: Mutex<HashMap<&'static str, bool>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +143,9 @@ impl Metrics {
             raft_applied_index: Gauge::default(),
             raft_is_leader: Gauge::default(),
             sled_size_bytes: Gauge::default(),
+            state_entries: Family::default(),
+            state_cap: Family::default(),
+            state_high: Mutex::new(HashMap::new()),
         };
         let mut r = Registry::default();
         r.register(
@@ -214,6 +234,16 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             r.register(name, help, gauge.clone());
         }
+        r.register(
+            "quorate_state_entries",
+            "Entries in the replicated state, by kind (leases, slot_keys, rate_keys).",
+            m.state_entries.clone(),
+        );
+        r.register(
+            "quorate_state_cap",
+            "The replicated cap on each kind of state entry ([limits] max_*); at the cap, new ones get 503 state_full.",
+            m.state_cap.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -262,6 +292,20 @@ impl Metrics {
         self.peer_rejected.get_or_create(&Reason { reason }).get()
     }
 
+    /// Record one kind of state entry against its cap. Returns true when the usage
+    /// has just risen above 90 % of the cap (once per crossing; it re-arms when the
+    /// usage falls back below), so the caller can log a warning.
+    pub fn state_usage(&self, kind: &'static str, used: u64, cap: u64) -> bool {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let label = StateKind { kind };
+        self.state_entries.get_or_create(&label).set(gauge(used));
+        self.state_cap.get_or_create(&label).set(gauge(cap));
+        let high = u128::from(used) * 100 > u128::from(cap) * u128::from(STATE_WARN_PERCENT);
+        let mut flags = self.state_high.lock().unwrap_or_else(|e| e.into_inner());
+        let was = flags.insert(kind, high).unwrap_or(false);
+        high && !was
+    }
+
     /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 << 10);
@@ -302,5 +346,44 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn state_usage_is_exported_and_warns_once_per_crossing() {
+        let m = Metrics::new();
+        assert!(
+            !m.state_usage("leases", 90, 100),
+            "exactly 90 % is not above"
+        );
+        assert!(m.state_usage("leases", 91, 100), "crossing warns");
+        assert!(
+            !m.state_usage("leases", 95, 100),
+            "staying above does not repeat"
+        );
+        assert!(!m.state_usage("leases", 10, 100));
+        assert!(
+            m.state_usage("leases", 100, 100),
+            "a new crossing warns again"
+        );
+        assert!(
+            m.state_usage("rate_keys", u64::MAX, u64::MAX),
+            "no overflow"
+        );
+        let text = m.render();
+        assert!(
+            text.contains(r#"quorate_state_entries{kind="leases"} 100"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"quorate_state_cap{kind="leases"} 100"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"quorate_state_cap{{kind="rate_keys"}} {}"#,
+                i64::MAX
+            )),
+            "{text}"
+        );
     }
 }

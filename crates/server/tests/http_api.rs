@@ -916,3 +916,173 @@ async fn serves_its_openapi_document_without_a_token() {
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert!(v["paths"]["/v1/rate/check"]["post"].is_object());
 }
+
+/// `call_as` with a JSON body, answering status, headers and the JSON body.
+async fn call_json(
+    app: &App,
+    token: &str,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    let (s, h, b) = call_as(app, Some(token), method, uri, body.map(|v| v.to_string())).await;
+    let v = serde_json::from_slice(&b).unwrap_or_else(|_| panic!("not JSON: {b:?}"));
+    (s, h, v)
+}
+
+/// At a state cap, an op that would create a new lease, slot key or rate bucket is a
+/// 503 `state_full` naming the cap, with `Retry-After`; what already exists keeps
+/// working (retry, renew, release, checks on known buckets), and nothing is granted.
+#[tokio::test]
+async fn state_caps_answer_503_state_full_and_keep_existing_entries() {
+    let app = app();
+    let caps = Configuration {
+        source_digest: 2,
+        settings: Settings {
+            max_leases: 2,
+            max_slot_keys: 2,
+            max_rate_keys: 1,
+            ..Settings::default()
+        },
+        policies: Vec::new(),
+        tiers: Vec::new(),
+    };
+    app.backend.apply(Op::Configure(Box::new(caps))).unwrap();
+    let acquire =
+        |key: &str, id: &str| Some(json!({"keys": [key], "lease_id": id, "ttl_ms": 60000}));
+    for (key, id) in [("a", "l1"), ("b", "l2")] {
+        let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire(key, id)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // The flood stops at the cap: a new lease (on a new key or a known one) is refused.
+    for (key, id) in [("c", "l3"), ("a", "l4")] {
+        let (s, h, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire(key, id)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_error(&v, "state_full");
+        assert_eq!(
+            v.as_object().unwrap().len(),
+            2,
+            "exactly error and message: {v}"
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("max_leases (2)"), "{m}");
+        assert_eq!(h["retry-after"], "5");
+    }
+    // Known leases keep working.
+    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire("a", "l1")).await;
+    assert_eq!((s, v["lease_id"].clone()), (StatusCode::OK, json!("l1")));
+    let renew = Some(json!({"lease_id": "l2", "ttl_ms": 90000}));
+    let (s, _, _) = call(&app, Method::POST, "/v1/slots/renew", renew).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, v) = call(&app, Method::GET, "/v1/slots/b", None).await;
+    assert_eq!(v["leases"][0]["lease_id"], "l2");
+    // The slot-key cap names itself; a release makes room.
+    let (s, _, v) = call(
+        &app,
+        Method::POST,
+        "/v1/slots/release",
+        Some(json!({"lease_id": "l1"})),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
+    let two_new = Some(json!({"keys": ["x", "y"], "lease_id": "l5"}));
+    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", two_new).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("max_slot_keys (2)"),
+        "{v}"
+    );
+    let (s, _, _) = call(&app, Method::POST, "/v1/slots/acquire", acquire("x", "l5")).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Rate buckets: one known key is served (allowed, then limited); a new one is 503.
+    let check = |key: &str| Some(json!({"key": key, "limit": 1, "period_ms": 60000}));
+    let (s, _, _) = call(&app, Method::POST, "/v1/rate/check", check("r1")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", check("r2")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "state_full");
+    assert!(
+        v["message"].as_str().unwrap().contains("max_rate_keys (1)"),
+        "{v}"
+    );
+    assert!(h.contains_key("retry-after"));
+    let (s, _, v) = call(&app, Method::POST, "/v1/rate/check", check("r1")).await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a known bucket keeps its answer: {v}"
+    );
+    assert_eq!(v["error"], "rate_limited");
+}
+
+const OTHER_CLIENT: &str = "other-client-token-0123456789";
+
+/// A lease belongs to the token that acquired it: another client token may not
+/// release, renew or re-acquire it (403 `forbidden`), and sees it in listings without
+/// its id; the owner and admins see and may do everything.
+#[tokio::test]
+async fn leases_belong_to_their_token() {
+    let rules = ApiAuth::with_tokens(vec![
+        ("svc".into(), Role::Client, Secret::new(CLIENT)),
+        ("svc2".into(), Role::Client, Secret::new(OTHER_CLIENT)),
+        ("ops".into(), Role::Admin, Secret::new(ADMIN)),
+    ]);
+    let app = app_with_auth(rules, [192, 0, 2, 10]);
+    let body = json!({"keys": ["org:own"], "lease_id": "mine", "holder": "w1", "ttl_ms": 60000});
+    let (s, _, v) = call_json(
+        &app,
+        CLIENT,
+        Method::POST,
+        "/v1/slots/acquire",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Another client: every lease op on it is refused with the JSON error shape.
+    for (uri, b) in [
+        ("/v1/slots/release", json!({"lease_id": "mine"})),
+        (
+            "/v1/slots/renew",
+            json!({"lease_id": "mine", "ttl_ms": 5000}),
+        ),
+        ("/v1/slots/acquire", body.clone()),
+    ] {
+        let (s, _, v) = call_json(&app, OTHER_CLIENT, Method::POST, uri, Some(b)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{uri}: {v}");
+        assert_error(&v, "forbidden");
+        assert!(
+            v["message"].as_str().unwrap().contains("another caller"),
+            "{v}"
+        );
+    }
+    // It lists the lease (it occupies a slot) without the id that would release it.
+    let (s, _, v) = call_json(&app, OTHER_CLIENT, Method::GET, "/v1/slots/org:own", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["used"], 1);
+    let lease = v["leases"][0].as_object().unwrap();
+    assert!(!lease.contains_key("lease_id"), "{v}");
+    assert_eq!(lease["holder"], "w1");
+    // The owner and an admin see the id: the owner's JSON is unchanged.
+    for token in [CLIENT, ADMIN] {
+        let (_, _, v) = call_json(&app, token, Method::GET, "/v1/slots/org:own", None).await;
+        assert_eq!(v["leases"][0]["lease_id"], "mine", "{v}");
+    }
+    // The owner may renew and retry; an admin may release anyone's lease.
+    let renew = json!({"lease_id": "mine", "ttl_ms": 5000});
+    let (s, _, _) = call_json(&app, CLIENT, Method::POST, "/v1/slots/renew", Some(renew)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, v) = call_json(&app, CLIENT, Method::POST, "/v1/slots/acquire", Some(body)).await;
+    assert_eq!((s, v["lease_id"].clone()), (StatusCode::OK, json!("mine")));
+    let release = json!({"lease_id": "mine"});
+    let (s, _, v) = call_json(
+        &app,
+        ADMIN,
+        Method::POST,
+        "/v1/slots/release",
+        Some(release),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use quorate_core::{Acquire, Op, Outcome, Query, Reply};
+use quorate_core::{Acquire, Caller, Op, Outcome, Query, Reply};
 use quorate_server::backend::{Backend, NodeError};
 use quorate_server::config::{NonZeroMillis, PolicyConfig};
 use quorate_server::http::peer;
@@ -76,6 +76,14 @@ fn acquire(key: &str, lease_id: &str) -> Op {
     })
 }
 
+/// A client token's identity, as a follower's API would put it into a forwarded op.
+fn client(name: &str) -> Caller {
+    Caller {
+        name: name.into(),
+        admin: false,
+    }
+}
+
 fn granted(reply: &Reply) -> bool {
     matches!(reply, Ok(Outcome::Granted(_)))
 }
@@ -128,6 +136,19 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
     let text = metrics_text(&node);
     assert!(text.contains("quorate_raft_is_leader 1"), "{text}");
     assert!(text.contains("quorate_write_seconds_count"), "{text}");
+    // Usage against the state caps, sampled from the state machine.
+    assert!(
+        text.contains(r#"quorate_state_entries{kind="leases"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"quorate_state_cap{kind="leases"} 1000000"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"quorate_state_cap{kind="rate_keys"} 4000000"#),
+        "{text}"
+    );
     node.shutdown().await;
 }
 
@@ -208,7 +229,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
     assert_eq!(probe.cluster_id, "single");
     assert!(!probe.fresh);
 
-    let op = protocol::encode(&acquire("job:fwd", "fwd-1")).expect("encode");
+    let op = protocol::encode(&acquire("job:fwd", "fwd-1").by(client("svc"))).expect("encode");
     let resp = router
         .clone()
         .oneshot(
@@ -244,6 +265,18 @@ async fn peer_router_decodes_strictly_and_forwards() {
             resp.status()
         );
     }
+    // The forwarded acquire belongs to the caller the follower named.
+    let lease = node
+        .read(Query::Lease {
+            lease_id: "fwd-1".into(),
+        })
+        .await
+        .expect("read");
+    assert!(
+        matches!(&lease, Ok(Outcome::Lease(Some(l))) if l.owner == "svc"),
+        "{lease:?}"
+    );
+
     let text = metrics_text(&node);
     assert!(
         text.contains("quorate_peer_rejected_total{reason=\"wrong_cluster\"} 1"),
@@ -252,6 +285,107 @@ async fn peer_router_decodes_strictly_and_forwards() {
     assert!(
         text.contains("quorate_peer_rejected_total{reason=\"missing_cluster\"} 1"),
         "{text}"
+    );
+    node.shutdown().await;
+}
+
+/// Post `op` to the leader's `/forward/write` as a peer would (right cluster id, no
+/// secret configured) and decode the answer.
+async fn forward(router: &axum::Router, op: &Op) -> Result<Reply, NodeError> {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::post("/forward/write")
+                .header(CLUSTER_HEADER, "single")
+                .header(protocol::TIMEOUT_HEADER, "2000")
+                .body(Body::from(protocol::encode(op).expect("encode")))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    protocol::decode(&body).expect("decode")
+}
+
+/// A forwarded op carries the role the receiving node checked, and the leader refuses
+/// ops that role may not do: a forged forward of an admin op (`SetLimit`) with a
+/// client's identity — or with none — is refused before it is proposed, and the
+/// limit stays what it was. The same op from an admin caller goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_ops_are_refused_beyond_their_callers_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let auth = config(dir.path()).security().expect("security").peer;
+    let router = peer::router(node.clone(), auth);
+    let set_limit = || Op::SetLimit {
+        key: "org:forged".into(),
+        limit: 999,
+    };
+    let limit = || async {
+        match node
+            .read(Query::Limit {
+                key: "org:forged".into(),
+            })
+            .await
+        {
+            Ok(Ok(Outcome::Limit(l))) => l.limit,
+            other => panic!("{other:?}"),
+        }
+    };
+    let before = limit().await;
+    assert_ne!(before, 999);
+
+    let forged = forward(&router, &set_limit().by(client("svc"))).await;
+    assert!(
+        matches!(&forged, Err(NodeError::Forbidden(m)) if m.contains("set_limit") && m.contains("admin")),
+        "{forged:?}"
+    );
+    let bare = forward(&router, &set_limit()).await;
+    assert!(
+        matches!(&bare, Err(NodeError::Forbidden(m)) if m.contains("caller")),
+        "{bare:?}"
+    );
+    // A client op without its caller would act as the system (admin, owner ""):
+    // refused as well.
+    let bare_release = forward(
+        &router,
+        &Op::Release {
+            lease_id: "x".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(bare_release, Err(NodeError::Forbidden(_))),
+        "{bare_release:?}"
+    );
+    assert_eq!(limit().await, before, "a refused forward changed the limit");
+
+    let admin = Caller {
+        name: "ops".into(),
+        admin: true,
+    };
+    let ok = forward(&router, &set_limit().by(admin)).await;
+    assert!(
+        matches!(ok, Ok(Ok(Outcome::LimitSet { limit: 999, .. }))),
+        "{ok:?}"
+    );
+    assert_eq!(limit().await, 999);
+
+    // A client's own lease op is forwarded, and judged by ownership in the core.
+    let mine = forward(&router, &acquire("job:own", "own-1").by(client("svc"))).await;
+    assert!(matches!(mine, Ok(ref r) if granted(r)), "{mine:?}");
+    let theirs = forward(
+        &router,
+        &Op::Release {
+            lease_id: "own-1".into(),
+        }
+        .by(client("other")),
+    )
+    .await;
+    assert!(
+        matches!(theirs, Ok(Err(quorate_core::CoreError::Forbidden { .. }))),
+        "{theirs:?}"
     );
     node.shutdown().await;
 }

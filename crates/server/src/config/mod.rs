@@ -154,6 +154,11 @@ pub struct LimitsSection {
     pub max_ttl_ms: u64,
     pub max_retry_after_ms: u64,
     pub max_period_ms: u64,
+    /// Caps on the replicated state (see `quorate_core::command::DEFAULT_MAX_LEASES`
+    /// for what they cost): live leases, keys with leases, rate buckets.
+    pub max_leases: u64,
+    pub max_slot_keys: u64,
+    pub max_rate_keys: u64,
 }
 
 impl Default for LimitsSection {
@@ -166,6 +171,9 @@ impl Default for LimitsSection {
             max_ttl_ms: s.max_ttl_ms,
             max_retry_after_ms: s.max_retry_after_ms,
             max_period_ms: s.max_period_ms,
+            max_leases: s.max_leases,
+            max_slot_keys: s.max_slot_keys,
+            max_rate_keys: s.max_rate_keys,
         }
     }
 }
@@ -427,6 +435,9 @@ impl ClusterConfig {
             max_ttl_ms: l.max_ttl_ms,
             max_retry_after_ms: l.max_retry_after_ms,
             max_period_ms: l.max_period_ms,
+            max_leases: l.max_leases,
+            max_slot_keys: l.max_slot_keys,
+            max_rate_keys: l.max_rate_keys,
         }
     }
 
@@ -457,7 +468,10 @@ impl ClusterConfig {
             b.extend_from_slice(&(s.len() as u64).to_le_bytes());
             b.extend_from_slice(s.as_bytes());
         };
-        put_str(&mut buf, "quorate-config-v1");
+        // v2: the state caps joined the settings. A new version string (not only new
+        // fields) so that every cluster re-proposes its configuration once after the
+        // upgrade and installs the caps, even where the file did not change.
+        put_str(&mut buf, "quorate-config-v2");
         let s = self.settings();
         for v in [
             u64::from(s.default_limit),
@@ -465,6 +479,9 @@ impl ClusterConfig {
             s.max_ttl_ms,
             s.max_retry_after_ms,
             s.max_period_ms,
+            s.max_leases,
+            s.max_slot_keys,
+            s.max_rate_keys,
         ] {
             put_u64(&mut buf, v);
         }
@@ -715,6 +732,38 @@ trial = 0.5
         assert_ne!(a.source_digest(), d.source_digest());
         let e = parse(&SAMPLE.replace("trial = 0.5", "trial = 0.25"), &[]).unwrap();
         assert_ne!(a.source_digest(), e.source_digest());
+        // Every state cap is part of the digest: changing one re-proposes the config.
+        for var in [
+            "QUORATE_LIMITS_MAX_LEASES",
+            "QUORATE_LIMITS_MAX_SLOT_KEYS",
+            "QUORATE_LIMITS_MAX_RATE_KEYS",
+        ] {
+            let f = parse(SAMPLE, &[(var, "12345")]).unwrap();
+            assert_ne!(a.source_digest(), f.source_digest(), "{var}");
+        }
+    }
+
+    #[test]
+    fn state_caps_come_from_limits_and_are_validated() {
+        let c = parse(SAMPLE, &[]).unwrap();
+        let d = Settings::default();
+        let s = c.core_configuration().settings;
+        assert_eq!(
+            (s.max_leases, s.max_slot_keys, s.max_rate_keys),
+            (d.max_leases, d.max_slot_keys, d.max_rate_keys)
+        );
+        let text = SAMPLE.replace(
+            "default_limit = 7",
+            "default_limit = 7\nmax_leases = 500\nmax_slot_keys = 600\nmax_rate_keys = 700",
+        );
+        let s = parse(&text, &[]).unwrap().settings();
+        assert_eq!(
+            (s.max_leases, s.max_slot_keys, s.max_rate_keys),
+            (500, 600, 700)
+        );
+        let m = message(parse(SAMPLE, &[("QUORATE_LIMITS_MAX_SLOT_KEYS", "0")]));
+        assert!(m.contains("max_slot_keys"), "{m}");
+        assert!(m.contains("at least 1"), "{m}");
     }
 
     #[test]

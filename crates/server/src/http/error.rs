@@ -17,6 +17,10 @@ use quorate_proto::{self as proto, codes};
 
 use crate::backend::NodeError;
 
+/// `Retry-After` of a `state_full` answer: long enough that a flood of refused
+/// creations does not become a flood of retries, short enough for a lease to end.
+const STATE_FULL_RETRY_MS: u64 = 5000;
+
 /// An error answer of the public API.
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -75,6 +79,15 @@ impl From<CoreError> for ApiError {
             CoreError::PolicyNotFound { .. } | CoreError::TierNotFound { .. } => {
                 (StatusCode::NOT_FOUND, codes::POLICY_NOT_FOUND)
             }
+            CoreError::Forbidden { .. } => (StatusCode::FORBIDDEN, codes::FORBIDDEN),
+            // Room returns as leases expire and buckets refill: worth a retry later,
+            // so a 503 with Retry-After, like an unavailable cluster.
+            CoreError::StateFull { .. } => {
+                return Self {
+                    retry_after_ms: Some(STATE_FULL_RETRY_MS),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, codes::STATE_FULL, message)
+                }
+            }
             CoreError::CorruptSnapshot(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         };
         Self::new(status, code, message)
@@ -85,6 +98,9 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
             NodeError::Refused(_) => Self::invalid(e.to_string()),
+            NodeError::Forbidden(_) => {
+                Self::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, e.to_string())
+            }
             // Not-leader and unreachable only escape the node's router at its deadline;
             // to a caller all three mean "no decision, try again".
             NodeError::Unavailable(_) | NodeError::NotLeader { .. } | NodeError::Unreachable(_) => {

@@ -11,6 +11,9 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
+use quorate_core::Caller;
+use quorate_proto::codes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -41,6 +44,34 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
         let axum::extract::Path(v) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Path(v))
+    }
+}
+
+/// The caller the access check authenticated (token name and role, as the core's
+/// [`Caller`]), recorded in the request's extensions by `http::api::authorize`.
+/// Handlers put it into the ops they submit, so the state machine — on every
+/// replica, after any forwarding — decides with the identity this node checked.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Absent only on a route the access check let through as open: no handler of
+        // such a route takes a caller, so refuse rather than guess an identity.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Authed)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    codes::UNAUTHORIZED,
+                    "this request has no authenticated caller",
+                )
+            })
     }
 }
 

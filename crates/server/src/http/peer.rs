@@ -25,6 +25,7 @@ use quorate_store::TypeConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backend::NodeError;
 use crate::peer::protocol::{decode, encode, paths, ProbeResponse, MAX_RPC_BYTES, TIMEOUT_HEADER};
 use crate::raft::Node;
 use crate::security::PeerAuth;
@@ -161,9 +162,38 @@ async fn probe(State(st): State<PeerState>) -> Json<ProbeResponse> {
     Json(st.node.probe().await)
 }
 
+/// A forwarded write must say who asked (`Op::As`: the caller the follower's API
+/// authenticated), and that caller's role must allow the op. Checked before anything
+/// is proposed, so a follower (or anyone holding the cluster secret) cannot get an
+/// admin op into the log by forwarding it with a client's identity, or with none.
+/// The core checks the same again when it applies the op, on every replica.
+fn forwarded_caller_may(op: &Op) -> Result<(), NodeError> {
+    let Op::As { caller, op } = op else {
+        return Err(NodeError::Forbidden(format!(
+            "a forwarded {} must carry its caller",
+            op.kind()
+        )));
+    };
+    if op.needs_admin() && !caller.admin {
+        return Err(NodeError::Forbidden(format!(
+            "{} needs an admin token; the forwarded caller {:?} is a client",
+            op.kind(),
+            caller.name
+        )));
+    }
+    Ok(())
+}
+
 async fn forward_write(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {
     let deadline = deadline(&st.node, &h);
-    rpc(bytes, "write", |op: Op| st.node.leader_write(op, deadline)).await
+    rpc(bytes, "write", |op: Op| async move {
+        if let Err(e) = forwarded_caller_may(&op) {
+            tracing::warn!(op = op.kind(), error = %e, "refused forwarded write");
+            return Err(e);
+        }
+        st.node.leader_write(op, deadline).await
+    })
+    .await
 }
 
 async fn forward_read(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {

@@ -51,7 +51,7 @@ impl Node {
     /// copy of the local state and answer without Raft. `None` = behave correctly.
     #[cfg(debug_assertions)]
     pub(super) fn planted_follower_local_grant(&self, op: &Op) -> Option<Reply> {
-        if !matches!(op, Op::Acquire(_)) || !follower_local_grant() || self.is_leader() {
+        if !matches!(op.inner(), Op::Acquire(_)) || !follower_local_grant() || self.is_leader() {
             return None;
         }
         let mut copy = self.sm.read(|s| s.clone());

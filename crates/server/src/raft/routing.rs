@@ -71,7 +71,11 @@ impl Node {
                 }
                 Err(NodeError::Unreachable(m)) => last = m,
                 Err(NodeError::Unavailable(m)) if idempotent => last = m,
-                Err(e @ (NodeError::Unavailable(_) | NodeError::Refused(_))) => return Err(e),
+                Err(
+                    e @ (NodeError::Unavailable(_)
+                    | NodeError::Refused(_)
+                    | NodeError::Forbidden(_)),
+                ) => return Err(e),
             }
             tracing::debug!(kind, leader, reason = %last, "retrying");
             let left = deadline.saturating_duration_since(Instant::now());
@@ -118,6 +122,7 @@ impl Node {
             Err(NodeError::Unreachable(_)) => "unreachable",
             Err(NodeError::Unavailable(_)) => "unavailable",
             Err(NodeError::Refused(_)) => "refused",
+            Err(NodeError::Forbidden(_)) => "forbidden",
         };
         self.metrics.forwarded(kind, outcome);
         result
@@ -200,6 +205,8 @@ fn op_kind(op: &Op) -> &'static str {
         Op::DeleteTier { .. } => "delete_tier",
         Op::Configure(_) => "configure",
         Op::Noop => "noop",
+        // Label by what is done, not by who asked.
+        Op::As { op, .. } => op_kind(op),
     }
 }
 

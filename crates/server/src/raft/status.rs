@@ -148,5 +148,37 @@ impl Node {
         g.raft_applied_index.set(idx(applied));
         g.raft_is_leader.set(i64::from(leader));
         g.sled_size_bytes.set(self.sm.size_on_disk() as i64);
+
+        // Counts and caps are map lengths and plain fields: O(1) under the read lock,
+        // nothing is serialized.
+        let (stats, caps) = self.sm.read(|s| (s.stats(), *s.settings()));
+        for (kind, used, cap, setting) in [
+            ("leases", stats.leases, caps.max_leases, "max_leases"),
+            (
+                "slot_keys",
+                stats.slot_keys,
+                caps.max_slot_keys,
+                "max_slot_keys",
+            ),
+            (
+                "rate_keys",
+                stats.rate_keys,
+                caps.max_rate_keys,
+                "max_rate_keys",
+            ),
+        ] {
+            let used = used as u64;
+            // Every replica holds the same state; one warning (the leader's) is enough.
+            if g.state_usage(kind, used, cap) && leader {
+                tracing::warn!(
+                    kind,
+                    used,
+                    cap,
+                    "replicated state above 90% of [limits] {setting}: at the cap, new \
+                     {kind} are refused with 503 state_full (raise the cap, or find the \
+                     caller creating them)"
+                );
+            }
+        }
     }
 }

@@ -234,6 +234,35 @@ impl ApiAuth {
             Some(_) => Err(Denied::Forbidden),
         }
     }
+
+    /// Like [`ApiAuth::check`], and on success also who the caller is: the matched
+    /// token's name and role. In open mode (no tokens) every allowed caller is the
+    /// same anonymous admin, `("", Admin)`. The API records this identity in the
+    /// request so that ops carry it to the state machine (lease ownership, roles).
+    pub fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        needed: Role,
+    ) -> Result<(String, Role), Denied> {
+        self.check(headers, peer, needed)?;
+        if self.is_open() {
+            return Ok((String::new(), Role::Admin));
+        }
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        // Every secret is compared (no early exit), as in `check`; secrets are
+        // distinct (`resolve` refuses duplicates), so at most one matches.
+        let mut found = None;
+        for (name, role, secret) in &self.tokens {
+            if secret.matches(token) && found.is_none() {
+                found = Some((name.clone(), *role));
+            }
+        }
+        found.ok_or(Denied::Unauthorized("unknown token"))
+    }
 }
 
 /// Resolved peer rules.

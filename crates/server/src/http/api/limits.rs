@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::ApiState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{Json, Path, Query};
+use crate::http::extract::{Authed, Json, Path, Query};
 
 /// Most rows one `GET /v1/limits` returns unless `max` says otherwise.
 const DEFAULT_LIST_MAX: u32 = 1000;
@@ -36,14 +36,18 @@ fn limit_to_wire(l: core::LimitInfo) -> proto::LimitEntry {
 
 pub(super) async fn put_limit(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(key): Path<String>,
     Json(req): Json<proto::PutLimitRequest>,
 ) -> ApiResult<JsonResponse<proto::PutLimitResponse>> {
     match st
-        .write(Op::SetLimit {
-            key,
-            limit: req.limit,
-        })
+        .write(
+            &caller,
+            Op::SetLimit {
+                key,
+                limit: req.limit,
+            },
+        )
         .await?
     {
         Outcome::LimitSet { key, limit } => {
@@ -65,9 +69,10 @@ pub(super) async fn get_limit(
 
 pub(super) async fn delete_limit(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(key): Path<String>,
 ) -> ApiResult<JsonResponse<proto::DeleteResponse>> {
-    match st.write(Op::DeleteLimit { key }).await? {
+    match st.write(&caller, Op::DeleteLimit { key }).await? {
         Outcome::LimitDeleted { deleted } => Ok(JsonResponse(proto::DeleteResponse { deleted })),
         other => Err(ApiError::unexpected(&other)),
     }

@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
-use quorate_core::{Op, Outcome, Query};
+use quorate_core::{Caller, Op, Outcome, Query};
 use quorate_proto::codes;
 use quorate_proto::routes::{self, Access, Method, Route, RouteId, ROUTES};
 use tracing::Instrument;
@@ -135,9 +135,11 @@ impl ApiState {
         }
     }
 
-    /// Replicate an op; the core's own error (invalid input, unknown lease) is the
-    /// caller's 4xx.
-    async fn write(&self, op: Op) -> ApiResult<Outcome> {
+    /// Replicate an op on behalf of `caller` (who travels inside it, so the core
+    /// judges role and lease ownership on every replica); the core's own error
+    /// (invalid input, unknown lease, forbidden, state full) is the caller's answer.
+    async fn write(&self, caller: &Caller, op: Op) -> ApiResult<Outcome> {
+        let op = op.by(caller.clone());
         Ok(self.within(1, self.backend.write(op)).await??)
     }
 
@@ -185,7 +187,7 @@ fn access_for(method: &HttpMethod, matched: Option<&str>) -> Option<Access> {
 async fn authorize(
     State(st): State<ApiState>,
     connect: Result<ConnectInfo<SocketAddr>, axum::extract::rejection::ExtensionRejection>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
@@ -207,8 +209,15 @@ async fn authorize(
     // No connect info (a server started without it) means "unknown peer": refused
     // in loopback-only mode, never assumed local.
     let peer = connect.ok().map(|c| c.0);
-    match st.config.auth.check(req.headers(), peer, needed) {
-        Ok(()) => next.run(req).await,
+    match st.config.auth.caller(req.headers(), peer, needed) {
+        Ok((name, role)) => {
+            // Handlers read it back with `http::extract::Authed` and put it into ops.
+            req.extensions_mut().insert(Caller {
+                name,
+                admin: role == Role::Admin,
+            });
+            next.run(req).await
+        }
         Err(Denied::Unauthorized(why)) => {
             tracing::info!(peer = ?peer, %route, why, "unauthorized request");
             ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED, why).into_response()

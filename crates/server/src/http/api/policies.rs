@@ -9,7 +9,7 @@ use quorate_proto as proto;
 
 use super::ApiState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{Json, Path};
+use crate::http::extract::{Authed, Json, Path};
 
 fn policy_to_wire(name: String, p: core::Policy) -> proto::PolicyEntry {
     let spec = match p {
@@ -51,6 +51,7 @@ pub(super) async fn policies(
 
 pub(super) async fn put_policy(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
     Json(spec): Json<proto::PolicySpec>,
 ) -> ApiResult<JsonResponse<proto::PolicyEntry>> {
@@ -69,10 +70,13 @@ pub(super) async fn put_policy(
         }),
     };
     match st
-        .write(Op::PutPolicy {
-            name: name.clone(),
-            policy: policy.clone(),
-        })
+        .write(
+            &caller,
+            Op::PutPolicy {
+                name: name.clone(),
+                policy: policy.clone(),
+            },
+        )
         .await?
     {
         Outcome::PolicyPut { name } => Ok(JsonResponse(policy_to_wire(name, policy))),
@@ -82,9 +86,10 @@ pub(super) async fn put_policy(
 
 pub(super) async fn delete_policy(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
 ) -> ApiResult<JsonResponse<proto::DeleteResponse>> {
-    match st.write(Op::DeletePolicy { name }).await? {
+    match st.write(&caller, Op::DeletePolicy { name }).await? {
         Outcome::PolicyDeleted { deleted } => Ok(JsonResponse(proto::DeleteResponse { deleted })),
         other => Err(ApiError::unexpected(&other)),
     }
@@ -92,6 +97,7 @@ pub(super) async fn delete_policy(
 
 pub(super) async fn put_tier(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
     Json(req): Json<proto::PutTierRequest>,
 ) -> ApiResult<JsonResponse<proto::TierEntry>> {
@@ -104,10 +110,13 @@ pub(super) async fn put_tier(
     // In range, so the cast cannot truncate.
     let multiplier_milli = milli.round() as u32;
     match st
-        .write(Op::PutTier {
-            name,
-            multiplier_milli,
-        })
+        .write(
+            &caller,
+            Op::PutTier {
+                name,
+                multiplier_milli,
+            },
+        )
         .await?
     {
         Outcome::TierPut { name } => Ok(JsonResponse(proto::TierEntry {
@@ -120,9 +129,10 @@ pub(super) async fn put_tier(
 
 pub(super) async fn delete_tier(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
 ) -> ApiResult<JsonResponse<proto::DeleteResponse>> {
-    match st.write(Op::DeleteTier { name }).await? {
+    match st.write(&caller, Op::DeleteTier { name }).await? {
         Outcome::TierDeleted { deleted } => Ok(JsonResponse(proto::DeleteResponse { deleted })),
         other => Err(ApiError::unexpected(&other)),
     }

@@ -14,7 +14,7 @@ use quorate_proto::{self as proto, codes};
 
 use super::ApiState;
 use crate::http::error::{set_retry_after, ApiError, ApiResult};
-use crate::http::extract::Json;
+use crate::http::extract::{Authed, Json};
 
 /// One wire check → core check. Named policy XOR inline limit; burst defaults to limit.
 fn rate_check_to_core(c: proto::RateCheck) -> ApiResult<core::RateCheck> {
@@ -123,10 +123,11 @@ fn rate_headers(headers: &mut HeaderMap, results: &[core::RateResult], top: &cor
 
 pub(super) async fn rate_check(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Json(req): Json<proto::RateCheckRequest>,
 ) -> ApiResult<Response> {
     let checks = rate_request_to_core(req)?;
-    let decision = match st.write(Op::RateCheck { checks }).await? {
+    let decision = match st.write(&caller, Op::RateCheck { checks }).await? {
         Outcome::Rate(d) => d,
         other => return Err(ApiError::unexpected(&other)),
     };

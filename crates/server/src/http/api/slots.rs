@@ -4,6 +4,11 @@
 //! lease id is the idempotency key, so a caller retrying after a lost response gets
 //! its original grant back. A denial is a 429 whose body names every blocking key and
 //! whose `Retry-After` is the time until enough leases on them expire.
+//!
+//! A lease belongs to the token that acquired it: the caller travels inside every op,
+//! and the core refuses another token's release, renew or re-acquire (403) unless it
+//! is admin. Listings show other tokens' leases without their ids (an id is what
+//! releases a lease).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +19,7 @@ use quorate_proto::{self as proto, codes};
 
 use super::ApiState;
 use crate::http::error::{set_retry_after, ApiError, ApiResult};
-use crate::http::extract::{Json, Path};
+use crate::http::extract::{Authed, Json, Path};
 
 fn slots_to_wire(slots: Vec<core::SlotUsage>) -> Vec<proto::SlotUsage> {
     slots
@@ -29,6 +34,7 @@ fn slots_to_wire(slots: Vec<core::SlotUsage>) -> Vec<proto::SlotUsage> {
 
 pub(super) async fn acquire(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Json(req): Json<proto::AcquireRequest>,
 ) -> ApiResult<Response> {
     let op = Op::Acquire(core::Acquire {
@@ -39,7 +45,7 @@ pub(super) async fn acquire(
         holder: req.holder.unwrap_or_default(),
         ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
     });
-    match st.write(op).await? {
+    match st.write(&caller, op).await? {
         Outcome::Granted(g) => {
             st.metrics
                 .decision("acquire", if g.reused { "reused" } else { "granted" });
@@ -77,15 +83,14 @@ pub(super) async fn acquire(
 
 pub(super) async fn release(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Json(req): Json<proto::ReleaseRequest>,
 ) -> ApiResult<JsonResponse<proto::ReleaseResponse>> {
     core::validate::lease_id(&req.lease_id)?;
-    match st
-        .write(Op::Release {
-            lease_id: req.lease_id,
-        })
-        .await?
-    {
+    let op = Op::Release {
+        lease_id: req.lease_id,
+    };
+    match st.write(&caller, op).await? {
         Outcome::Released { released } => {
             st.metrics
                 .decision("release", if released { "released" } else { "absent" });
@@ -97,13 +102,14 @@ pub(super) async fn release(
 
 pub(super) async fn renew(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Json(req): Json<proto::RenewRequest>,
 ) -> ApiResult<JsonResponse<proto::RenewResponse>> {
     let op = Op::Renew {
         lease_id: req.lease_id,
         ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
     };
-    match st.write(op).await {
+    match st.write(&caller, op).await {
         Ok(Outcome::Renewed {
             lease_id,
             expires_at_ms,
@@ -126,6 +132,7 @@ pub(super) async fn renew(
 
 pub(super) async fn slots(
     State(st): State<ApiState>,
+    Authed(caller): Authed,
     Path(key): Path<String>,
 ) -> ApiResult<JsonResponse<proto::SlotsResponse>> {
     match st.read(Query::Usage { key }).await? {
@@ -137,7 +144,13 @@ pub(super) async fn slots(
                 .leases
                 .into_iter()
                 .map(|l| proto::LeaseInfo {
-                    lease_id: l.lease_id,
+                    // Empty is left out of the JSON: another token's lease is listed
+                    // (it occupies a slot) but not handed over.
+                    lease_id: if caller.may_use(&l.owner) {
+                        l.lease_id
+                    } else {
+                        String::new()
+                    },
                     holder: l.holder,
                     fencing_token: l.fencing_token,
                     expires_at_ms: l.expires_at_ms,
