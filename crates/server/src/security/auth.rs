@@ -11,9 +11,12 @@
 //!   tiers and membership. Missing or wrong token → 401 `unauthorized`; a valid token
 //!   whose role is too weak → 403 `forbidden`. `/healthz`, `/readyz` and
 //!   `/v1/openapi.json` are open (probes and tooling must work without secrets).
-//! - **No tokens configured** → the node serves loopback callers only (and says so
-//!   at startup): a fresh `quorate up` on a laptop works, an accidental public bind
-//!   does not hand out admin rights.
+//! - **No tokens configured** ("open mode") → every route, admin included, is served
+//!   to loopback callers that did not come through a proxy, and to nobody else (the
+//!   node says so at startup): a fresh `quorate up` on a laptop works, an accidental
+//!   public bind does not hand out admin rights. A request carrying `Forwarded`,
+//!   `X-Forwarded-For` or `X-Real-IP` is refused even from loopback: a local reverse
+//!   proxy makes remote users look local.
 //! - **Peers.** Every Raft RPC and forwarded request carries the cluster id and, when
 //!   configured, the cluster secret. A node refuses RPCs whose cluster id differs from
 //!   its own (two clusters on one network must not merge) and, with a secret set,
@@ -177,22 +180,28 @@ pub struct ApiAuth {
     tokens: Vec<(String, Role, Secret)>,
 }
 
+/// Headers a reverse proxy adds: a request carrying one came through a proxy, so its
+/// loopback source address says nothing about where the caller is.
+pub const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    /// 401: no token, malformed header, unknown token, or (open mode) not loopback.
+    /// 401: no token, malformed header, unknown token, or (open mode) not loopback or
+    /// proxied.
     Unauthorized(&'static str),
     /// 403: valid token, role too weak.
     Forbidden,
 }
 
 impl ApiAuth {
-    /// Rules with the given tokens (empty: loopback callers only).
+    /// Rules with the given tokens (empty: open mode, loopback callers only).
     pub fn with_tokens(tokens: Vec<(String, Role, Secret)>) -> Self {
         Self { tokens }
     }
 
-    /// True when no tokens are configured (loopback-only mode).
+    /// True when no tokens are configured (open mode: every route, admin included,
+    /// for loopback callers that did not come through a proxy).
     pub fn is_open(&self) -> bool {
         self.tokens.is_empty()
     }
@@ -207,12 +216,22 @@ impl ApiAuth {
     ) -> Result<(), Denied> {
         if self.is_open() {
             // Unknown peer address (no connect info): refuse, never assume loopback.
-            return match peer {
-                Some(a) if a.ip().is_loopback() => Ok(()),
-                _ => Err(Denied::Unauthorized(
+            if !peer.is_some_and(|a| a.ip().to_canonical().is_loopback()) {
+                return Err(Denied::Unauthorized(
                     "no API tokens are configured, so only loopback callers are served",
-                )),
-            };
+                ));
+            }
+            // A local reverse proxy connects from loopback on behalf of remote users;
+            // the headers it adds are the only sign of them. Refuse rather than hand
+            // every route, admin included, to whoever reaches the proxy.
+            if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+                return Err(Denied::Unauthorized(
+                    "no API tokens are configured, so only local callers are served, and \
+                     this request came through a proxy (it carries Forwarded, \
+                     X-Forwarded-For or X-Real-IP): configure [auth] tokens to serve it",
+                ));
+            }
+            return Ok(());
         }
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(Denied::Unauthorized("missing bearer token"));
@@ -428,6 +447,24 @@ mod tests {
             )
             .is_err());
         assert!(r.check(&headers(None), None, Role::Client).is_err());
+    }
+
+    #[test]
+    fn open_mode_refuses_proxied_requests() {
+        let r = ApiAuth::default();
+        let lo = Some("127.0.0.1:9".parse().unwrap());
+        for h in PROXY_HEADERS {
+            let mut headers = HeaderMap::new();
+            headers.insert(h, HeaderValue::from_static("203.0.113.9"));
+            match r.check(&headers, lo, Role::Client) {
+                Err(Denied::Unauthorized(why)) => assert!(why.contains("proxy"), "{why}"),
+                other => panic!("{h}: {other:?}"),
+            }
+        }
+        // With tokens, proxies are fine: the token decides.
+        let mut headers = headers(Some("Bearer admin-token-0123456789"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(rules().check(&headers, lo, Role::Admin), Ok(()));
     }
 
     #[test]
