@@ -32,7 +32,7 @@ use crate::config::ClusterConfig;
 use crate::error::ServerError;
 use crate::http::api::{self, ApiConfig, ApiState};
 use crate::http::peer;
-use crate::http::server::{spawn_server, ConnLimits};
+use crate::http::server::{spawn_server, ConnLimits, ServerTls};
 use crate::peer::PeerClient;
 use crate::raft::Node;
 use crate::security::Security;
@@ -91,10 +91,10 @@ pub async fn serve_on(
     warn_about_open_access(&security);
     let storage = open_store(&config, node_id)?;
     let metrics = Arc::new(Metrics::new());
-    let peers = PeerClient::new(
+    let peers = PeerClient::for_node(
         config.raft.connect_timeout_ms.get(),
-        security.peer.outgoing_headers(),
-        security.tls.as_ref().map(|t| t.ca_pem.as_slice()),
+        &security.peer,
+        security.tls.as_ref(),
     )
     .map_err(|e| ServerError::Raft(format!("cannot build the peer HTTP client: {e}")))?
     .with_peer_addrs(config.peer_addrs.clone());
@@ -105,7 +105,7 @@ pub async fn serve_on(
 
     let api_router = api::router(ApiState {
         backend: node.clone(),
-        metrics,
+        metrics: metrics.clone(),
         config: ApiConfig {
             auth: security.api.clone(),
             node_id,
@@ -127,19 +127,26 @@ pub async fn serve_on(
         max_connections: config.server.max_connections.get(),
         header_read_timeout: config.server.header_read_timeout_ms.get(),
     };
-    let tls = security.tls.map(|t| t.acceptor);
+    // The API: server-only TLS (clients authenticate with tokens). The Raft port:
+    // mutual TLS, and a refused handshake (no or a foreign client certificate) is a
+    // refused peer request like any other: counted and logged with the address.
+    let api_tls = security
+        .tls
+        .as_ref()
+        .map(|t| ServerTls::new(t.api_acceptor.clone()));
+    let raft_tls = security.tls.as_ref().map(|t| ServerTls {
+        acceptor: t.peer_acceptor.clone(),
+        on_refused: Some(Arc::new(move |peer, why: &str| {
+            metrics.peer_rejected("tls_handshake");
+            tracing::warn!(%peer, reason = "tls_handshake", why, "refused peer connection");
+        })),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = Servers {
         api_addr: local_addr(&listeners.api),
         raft_addr: local_addr(&listeners.raft),
-        api: spawn_server(
-            listeners.api,
-            api_router,
-            stop_rx.clone(),
-            limits,
-            tls.clone(),
-        ),
-        raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, tls),
+        api: spawn_server(listeners.api, api_router, stop_rx.clone(), limits, api_tls),
+        raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, raft_tls),
     };
     let result = servers
         .run_until(
@@ -154,18 +161,34 @@ pub async fn serve_on(
     result
 }
 
+/// Say at startup what is open. (Configurations that would expose a peer link are
+/// refused before this, by `ClusterConfig::security`.)
 fn warn_about_open_access(security: &Security) {
     if security.api.is_open() {
         tracing::warn!(
-            "no [auth] tokens configured: the API serves loopback callers only; \
-             configure tokens to serve other hosts"
+            "no [auth] tokens configured (open mode): EVERY route, admin included \
+             (limits, policies, tiers, membership), is served without a token to any \
+             process on this host that connects from loopback and did not come through a \
+             proxy (requests carrying Forwarded, X-Forwarded-For or X-Real-IP are refused); \
+             other hosts are refused. Configure [auth] tokens before putting a proxy in \
+             front of it or sharing the host"
         );
     }
-    if security.peer.secret.is_none() {
-        tracing::warn!(
-            "no auth.cluster_secret configured: peers are checked by cluster id only; \
-             anyone who can reach the Raft port can talk Raft to this node"
-        );
+    match (security.peer.signs(), security.tls.is_some()) {
+        (true, true) => {}
+        (false, true) => tracing::info!(
+            "peers authenticate by mutual TLS only; set auth.cluster_secret_env or \
+             auth.cluster_secret_file to also sign every peer request"
+        ),
+        (true, false) => tracing::info!(
+            "peer requests are signed with the cluster secret; every peer link is \
+             loopback, so [tls] is not required"
+        ),
+        (false, false) => tracing::warn!(
+            "no auth.cluster_secret and no [tls]: peers are checked by cluster id only, \
+             so any process on this host can talk Raft to this node (allowed only \
+             because every peer link is loopback)"
+        ),
     }
 }
 

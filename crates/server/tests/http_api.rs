@@ -907,6 +907,60 @@ async fn without_tokens_only_loopback_is_served() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// Open mode is for local callers: a loopback connection that carries a proxy's
+/// headers is a remote user behind a local reverse proxy, and gets neither admin nor
+/// client routes.
+#[tokio::test]
+async fn without_tokens_proxied_loopback_requests_are_refused() {
+    let local = app_with_auth(ApiAuth::default(), [127, 0, 0, 1]);
+    let send = |proxy_header: Option<(&'static str, &'static str)>| {
+        let mut req = Request::builder()
+            .method(Method::PUT)
+            .uri("/v1/limits/org:p")
+            .header("content-type", "application/json");
+        if let Some((name, value)) = proxy_header {
+            req = req.header(name, value);
+        }
+        let req = req.body(Body::from(r#"{"limit":100}"#)).unwrap();
+        let router = local.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, body)
+        }
+    };
+    for header in [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7;proto=https"),
+        ("x-real-ip", "203.0.113.7"),
+    ] {
+        let (s, b) = send(Some(header)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{header:?}");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_error(&v, "unauthorized");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(message.contains("proxy"), "{message}");
+        assert!(message.contains("tokens"), "{message}");
+    }
+    // The refused change did not happen; the same request without a proxy header is
+    // served (admin route, open mode).
+    let (s, _, b) = call_as(&local, None, Method::GET, "/v1/limits/org:p", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["limit"], 2);
+    let (s, _) = send(None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Probes stay open to everyone, proxied or not.
+    let req = Request::get("/healthz")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(Body::empty())
+        .unwrap();
+    let resp = local.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn serves_its_openapi_document_without_a_token() {
     let app = app_with_auth(token_rules(), [192, 0, 2, 10]);

@@ -1,7 +1,11 @@
-//! With `[tls]`, a three-node cluster forms over TLS (votes, appends and forwarding all
-//! travel over https verified against the cluster CA) and serves its API over TLS: a
-//! client trusting the CA is served, plain HTTP and clients that do not trust the CA
-//! are not. Certificates come from `scripts/make_test_ca.sh` (openssl).
+//! With `[tls]`, a three-node cluster forms over mutual TLS (votes, appends and
+//! forwarding all travel over https, each node presenting its certificate and
+//! verifying its peer's against the cluster CA, every request also signed with the
+//! cluster secret) and serves its API over server-only TLS: a client trusting the CA
+//! is served without a certificate, plain HTTP and clients that do not trust the CA
+//! are not. On the Raft port, a caller without a client certificate, or with one from
+//! another CA, is refused in the handshake and counted. Certificates come from
+//! `scripts/make_test_ca.sh` (openssl).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,6 +16,10 @@ use quorate_server::security::tls::TlsSection;
 use quorate_server::ClusterConfig;
 use tokio::net::TcpListener;
 
+fn dir_path(root: &Path, sub: &str, file: &str) -> std::path::PathBuf {
+    root.join(sub).join(file)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_forms_and_serves_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -19,6 +27,13 @@ async fn a_cluster_forms_and_serves_over_tls() {
     let status = std::process::Command::new("bash")
         .arg(&script)
         .arg(dir.path().join("tls"))
+        .status()
+        .expect("run make_test_ca.sh (needs openssl)");
+    assert!(status.success());
+    // A second, unrelated CA: its certificates must not open the Raft port.
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir.path().join("foreign"))
         .status()
         .expect("run make_test_ca.sh (needs openssl)");
     assert!(status.success());
@@ -44,6 +59,12 @@ async fn a_cluster_forms_and_serves_over_tls() {
         key_file: "tls/node.key".into(),
         ca_file: "tls/ca.pem".into(),
     });
+    config.auth.cluster_secret = Some("tls-cluster-secret-0123456789".into());
+    let raft_urls: Vec<String> = config
+        .nodes
+        .iter()
+        .map(|n| format!("https://{}", n.raft_addr))
+        .collect();
     let urls: Vec<String> = config
         .nodes
         .iter()
@@ -63,6 +84,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
     }
 
     let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca");
+    let dir_root = dir.path().to_path_buf();
     let trusted = reqwest::Client::builder()
         .use_rustls_tls()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
@@ -117,6 +139,57 @@ async fn a_cluster_forms_and_serves_over_tls() {
         .send()
         .await
         .is_err());
+
+    // The Raft port: a client that trusts the CA but has no certificate does not get
+    // through the handshake (before this change it reached HTTP and got a status).
+    let probe = |client: reqwest::Client| {
+        let url = format!("{}/raft/probe", raft_urls[0]);
+        async move { client.get(url).send().await }
+    };
+    let r = probe(trusted.clone()).await;
+    assert!(r.is_err(), "no client certificate: {r:?}");
+    // Nor does one presenting a certificate from another CA.
+    let identity = |dir: &str| {
+        let mut pem = std::fs::read(dir_path(&dir_root, dir, "node.key")).expect("key");
+        pem.push(b'\n');
+        pem.extend(std::fs::read(dir_path(&dir_root, dir, "node.pem")).expect("cert"));
+        reqwest::Identity::from_pem(&pem).expect("identity")
+    };
+    let with_identity = |id: reqwest::Identity| {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+            .identity(id)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+    };
+    let r = probe(with_identity(identity("foreign"))).await;
+    assert!(r.is_err(), "foreign client certificate: {r:?}");
+    // The cluster's own certificate gets through TLS, and then still needs the
+    // cluster id and a signature.
+    let r = probe(with_identity(identity("tls")))
+        .await
+        .expect("a node certificate passes the handshake");
+    assert_eq!(r.status(), 401);
+    // The API port does not ask clients for certificates (served above), and the
+    // refused handshakes were counted on node 1.
+    let metrics = trusted
+        .get(format!("{}/metrics", urls[0]))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("quorate_peer_rejected_total{reason=\"tls_handshake\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quorate_peer_rejected_total{reason=\"missing_cluster\"} 1"),
+        "{metrics}"
+    );
 
     let _ = stop_tx.send(true);
     for t in tasks {

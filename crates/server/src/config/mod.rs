@@ -547,7 +547,9 @@ impl ClusterConfig {
     }
 
     /// Read the `[auth]` secrets and `[tls]` files, once (files relative to the
-    /// config file).
+    /// config file), and refuse a configuration whose peer traffic would leave the
+    /// host unprotected (`security::links`: any non-loopback `raft_addr` or
+    /// `QUORATE_PEER_ADDRS` override needs `[tls]`).
     pub fn security(&self) -> Result<Security, ServerError> {
         let base = self.source.parent().unwrap_or_else(|| Path::new("."));
         let err = |message: String| ServerError::Config {
@@ -555,6 +557,22 @@ impl ClusterConfig {
             message,
         };
         let (api, peer) = self.auth.resolve(&self.cluster_id, base).map_err(err)?;
+        let links = self
+            .nodes
+            .iter()
+            .map(|n| (format!("node {} raft_addr", n.id), n.raft_addr.as_str()))
+            .chain(self.peer_addrs.iter().map(|(id, a)| {
+                (
+                    format!("QUORATE_PEER_ADDRS override for node {id}"),
+                    a.as_str(),
+                )
+            }));
+        crate::security::links::require_protected_peer_links(
+            links,
+            peer.signs(),
+            self.tls.is_some(),
+        )
+        .map_err(err)?;
         let tls = self
             .tls
             .as_ref()

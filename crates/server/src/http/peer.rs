@@ -3,10 +3,13 @@
 //! Raft RPCs are handed straight to the local `Raft`; forwarded client requests are
 //! decided by the node as if it had received them itself (writes go through its
 //! batcher) and answered with `Result<_, NodeError>`. Every request is first checked
-//! by [`authenticate_peer`] — cluster id and, when configured, the cluster secret —
-//! before any body is decoded, so a forged append never reaches openraft. Bodies that
-//! do not decode get 400, never a panic. Raft RPCs to a node that started empty wait
-//! (503) until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
+//! by [`authenticate_peer`] — cluster id and, with a cluster secret, the request's
+//! HMAC signature, its freshness and its nonce (`security::signing`) — before any
+//! body is decoded, so a forged or replayed append never reaches openraft. Under
+//! `[tls]` the listener also requires a client certificate from the cluster CA
+//! (`security::tls`), checked in the handshake before any of this. Bodies that do not
+//! decode get 400, never a panic. Raft RPCs to a node that started empty wait (503)
+//! until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use serde::Serialize;
 use crate::backend::NodeError;
 use crate::peer::protocol::{decode, encode, paths, ProbeResponse, MAX_RPC_BYTES, TIMEOUT_HEADER};
 use crate::raft::Node;
-use crate::security::PeerAuth;
+use crate::security::{PeerAuth, PeerRefusal};
 
 /// What the peer handlers reach.
 #[derive(Clone, Debug)]
@@ -60,31 +63,74 @@ pub fn router(node: Arc<Node>, auth: PeerAuth) -> Router {
         .with_state(state)
 }
 
-/// Refuse peer requests from another cluster, or without the cluster secret when one
-/// is configured; count and log each refusal with the caller's address.
+/// Refuse peer requests from another cluster, and (with a cluster secret) requests
+/// whose signature is missing, wrong, stale or replayed; count and log each refusal
+/// with the caller's address. Runs before any handler, so nothing unauthenticated
+/// reaches openraft or the node. To check a signature the body is buffered here (at
+/// most [`MAX_RPC_BYTES`], the same limit the handlers apply) and handed on.
 async fn authenticate_peer(
     State(st): State<PeerState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match st.auth.check(req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(reason) => {
-            let peer = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.to_string())
-                .unwrap_or_else(|| "unknown".into());
-            st.node.metrics().peer_rejected(reason);
-            tracing::warn!(%peer, reason, path = %req.uri().path(), "refused peer request");
-            let status = if reason == "wrong_cluster" {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::UNAUTHORIZED
-            };
-            (status, format!("peer request refused: {reason}")).into_response()
-        }
+    let (parts, body) = req.into_parts();
+    let refuse = |refusal: PeerRefusal| {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let reason = refusal.reason();
+        st.node.metrics().peer_rejected(reason);
+        tracing::warn!(%peer, reason, path = %parts.uri.path(), "refused peer request: {refusal}");
+        let status = match refusal {
+            PeerRefusal::WrongCluster => StatusCode::FORBIDDEN,
+            PeerRefusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PeerRefusal::BadBody => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        (status, format!("peer request refused: {reason}")).into_response()
+    };
+    // The cluster id first: another cluster's traffic is refused without reading it.
+    if let Err(r) = st.auth.check_cluster(&parts.headers) {
+        return refuse(r);
     }
+    if !st.auth.signs() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_RPC_BYTES) {
+        return refuse(PeerRefusal::TooLarge);
+    }
+    let limit = usize::try_from(MAX_RPC_BYTES).unwrap_or(usize::MAX);
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read peer request body");
+            return refuse(PeerRefusal::BadBody);
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    if let Err(r) = st
+        .auth
+        .check(parts.method.as_str(), path, &parts.headers, &bytes)
+    {
+        return refuse(r);
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// Decode a `Req` body (400 if it does not decode), run `f`, answer its result in

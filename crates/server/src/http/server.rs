@@ -11,6 +11,10 @@
 //! turns true the loop stops accepting, every connection finishes its in-flight
 //! request and closes, and the task ends once every connection has (the caller bounds
 //! that wait with its drain timeout).
+//!
+//! TLS is per listener ([`ServerTls`]): the API and the Raft port use different
+//! acceptors (server-only TLS vs. mutual TLS), and the Raft port wants to hear about
+//! refused handshakes (a peer without a valid client certificate) to count them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,43 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// A handshake that failed on a listener: the caller's address and why.
+pub type HandshakeRefused = Arc<dyn Fn(std::net::SocketAddr, &str) + Send + Sync>;
+
+/// TLS of one listener.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Called when a handshake fails or times out (the connection is then closed
+    /// without reading any HTTP). `None`: log at debug level only.
+    pub on_refused: Option<HandshakeRefused>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("on_refused", &self.on_refused.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// TLS with `acceptor`, failed handshakes logged at debug level only.
+    pub fn new(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self {
+            acceptor,
+            on_refused: None,
+        }
+    }
+
+    fn refused(&self, peer: std::net::SocketAddr, why: &str) {
+        match &self.on_refused {
+            Some(f) => f(peer, why),
+            None => tracing::debug!(%peer, why, "TLS handshake failed"),
+        }
+    }
+}
 
 /// Per-listener connection limits (from `[server]`).
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +74,7 @@ pub fn spawn_server(
     router: axum::Router,
     stop: watch::Receiver<bool>,
     limits: ConnLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<ServerTls>,
 ) -> JoinHandle<std::io::Result<()>> {
     use tower::Service;
 
@@ -68,21 +109,19 @@ pub fn spawn_server(
             tokio::spawn(async move {
                 match tls {
                     None => serve_connection(stream, svc, limits, stop, peer).await,
-                    Some(acceptor) => {
+                    Some(tls) => {
                         // The handshake gets the same deadline as the headers.
                         match tokio::time::timeout(
                             limits.header_read_timeout,
-                            acceptor.accept(stream),
+                            tls.acceptor.accept(stream),
                         )
                         .await
                         {
                             Ok(Ok(tls_stream)) => {
                                 serve_connection(tls_stream, svc, limits, stop, peer).await
                             }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Ok(Err(e)) => tls.refused(peer, &e.to_string()),
+                            Err(_) => tls.refused(peer, "handshake timed out"),
                         }
                     }
                 }

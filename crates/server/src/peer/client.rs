@@ -8,6 +8,12 @@
 //!
 //! Bodies are bincode (see [`super::protocol`] for the codec and the endpoints).
 //!
+//! Authentication rides on every request: the cluster id header, and with a cluster
+//! secret an HMAC signature of the request ([`PeerAuth::sign`], one fresh nonce per
+//! request, so a retry is a new request and never looks like a replay). Under `[tls]`
+//! the client calls https, trusts only the cluster CA and presents the node's own
+//! certificate (the Raft port requires it: mutual TLS). See [`PeerClient::for_node`].
+//!
 //! Every request names its target peer by id; the address comes from the peer's
 //! `raft_addr` unless `QUORATE_PEER_ADDRS` overrides it for that id (used by the chaos
 //! tests to put a fault-injecting proxy on each directed link; see
@@ -24,7 +30,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 
-use super::protocol::TIMEOUT_HEADER;
+use super::protocol::{AUTH_HEADER, TIMEOUT_HEADER};
+use crate::security::{PeerAuth, Tls};
 
 /// Why a request to a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,23 +87,55 @@ pub struct PeerClient {
     peer_addrs: Arc<BTreeMap<u64, String>>,
     /// `https` when `[tls]` is configured (peers are then verified against its CA).
     scheme: &'static str,
+    /// Signs each request when it holds a cluster secret.
+    auth: Option<Arc<PeerAuth>>,
 }
 
 impl PeerClient {
-    /// `headers` go on every request (cluster id and secret, see `auth.rs`).
-    /// With `tls_ca` (PEM), peers are called over https and must present a
-    /// certificate signed by that CA.
+    /// A node's peer client: the cluster id on every request, each request signed
+    /// when `auth` holds a secret, and under `tls` https trusting only the cluster
+    /// CA, presenting this node's certificate.
+    pub fn for_node(
+        connect_timeout: Duration,
+        auth: &PeerAuth,
+        tls: Option<&Tls>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut client = Self::build(
+            connect_timeout,
+            auth.outgoing_headers(),
+            tls.map(|t| (t.ca_pem.as_slice(), Some(t.identity_pem.as_slice()))),
+        )?;
+        client.auth = auth.signs().then(|| Arc::new(auth.clone()));
+        Ok(client)
+    }
+
+    /// A client that sends `headers` on every request and signs nothing. With
+    /// `tls_ca` (PEM), peers are called over https and must present a certificate
+    /// signed by that CA; this client presents none (a Raft port under `[tls]`
+    /// refuses it: use [`PeerClient::for_node`]).
     pub fn new(
         connect_timeout: Duration,
         headers: reqwest::header::HeaderMap,
         tls_ca: Option<&[u8]>,
     ) -> Result<Self, reqwest::Error> {
+        Self::build(connect_timeout, headers, tls_ca.map(|ca| (ca, None)))
+    }
+
+    /// `tls`: the CA to trust and, optionally, the identity (key + chain PEM).
+    fn build(
+        connect_timeout: Duration,
+        headers: reqwest::header::HeaderMap,
+        tls: Option<(&[u8], Option<&[u8]>)>,
+    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder();
-        let scheme = match tls_ca {
-            Some(pem) => {
+        let scheme = match tls {
+            Some((ca, identity)) => {
                 builder = builder
                     .use_rustls_tls()
-                    .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+                    .add_root_certificate(reqwest::Certificate::from_pem(ca)?);
+                if let Some(pem) = identity {
+                    builder = builder.identity(reqwest::Identity::from_pem(pem)?);
+                }
                 "https"
             }
             None => "http",
@@ -116,6 +155,7 @@ impl PeerClient {
             http,
             peer_addrs: Arc::default(),
             scheme,
+            auth: None,
         })
     }
 
@@ -151,8 +191,8 @@ impl PeerClient {
             .post(format!("{}://{addr}{path}", self.scheme))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(TIMEOUT_HEADER, timeout.as_millis().to_string())
-            .timeout(timeout)
-            .body(body);
+            .timeout(timeout);
+        let req = self.sign(req, "POST", path, &body)?.body(body);
         Self::finish(req).await
     }
 
@@ -169,7 +209,28 @@ impl PeerClient {
             .http
             .get(format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout);
+        let req = self.sign(req, "GET", path, &[])?;
         Self::finish(req).await
+    }
+
+    /// Add the signature header when this client signs. `path` must be exactly the
+    /// path the request goes to: the receiver verifies the MAC over its own URI.
+    fn sign(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<reqwest::RequestBuilder, PeerError> {
+        let Some(auth) = &self.auth else {
+            return Ok(req);
+        };
+        match auth.sign(method, path, body) {
+            Ok(Some(v)) => Ok(req.header(AUTH_HEADER, v)),
+            Ok(None) => Ok(req),
+            // Never send unsigned: the peer would refuse it anyway. Not delivered.
+            Err(e) => Err(PeerError::Connect(e.to_string())),
+        }
     }
 
     async fn finish(req: reqwest::RequestBuilder) -> Result<Bytes, PeerError> {

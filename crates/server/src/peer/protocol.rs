@@ -38,6 +38,10 @@ pub const TIMEOUT_HEADER: &str = "x-quorate-timeout-ms";
 /// Header carrying the cluster id on peer requests.
 pub const CLUSTER_HEADER: &str = "x-quorate-cluster";
 
+/// Header carrying a peer request's signature when a cluster secret is configured:
+/// `v1 ts=<unix ms> nonce=<32 hex> mac=<64 hex>` (see `security::signing`).
+pub const AUTH_HEADER: &str = "x-quorate-auth";
+
 /// Largest body either side encodes or accepts: an append of `max_payload_entries`
 /// full batches, or a snapshot chunk, fits with room to spare.
 pub const MAX_RPC_BYTES: u64 = 64 << 20;

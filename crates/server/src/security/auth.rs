@@ -1,5 +1,5 @@
-//! Access control: bearer tokens with roles on the public API, a shared cluster secret
-//! between peers.
+//! Access control: bearer tokens with roles on the public API, a cluster id and a
+//! shared secret (as HMAC signatures) between peers.
 //!
 //! A limiter sits in front of every expensive operation, so whoever can call its admin
 //! API can raise their own limits, and whoever can reach the Raft port can forge log
@@ -11,13 +11,20 @@
 //!   tiers and membership. Missing or wrong token → 401 `unauthorized`; a valid token
 //!   whose role is too weak → 403 `forbidden`. `/healthz`, `/readyz` and
 //!   `/v1/openapi.json` are open (probes and tooling must work without secrets).
-//! - **No tokens configured** → the node serves loopback callers only (and says so
-//!   at startup): a fresh `quorate up` on a laptop works, an accidental public bind
-//!   does not hand out admin rights.
-//! - **Peers.** Every Raft RPC and forwarded request carries the cluster id and, when
-//!   configured, the cluster secret. A node refuses RPCs whose cluster id differs from
-//!   its own (two clusters on one network must not merge) and, with a secret set,
-//!   RPCs without it; refusals are counted and logged with the peer's address.
+//! - **No tokens configured** ("open mode") → every route, admin included, is served
+//!   to loopback callers that did not come through a proxy, and to nobody else (the
+//!   node says so at startup): a fresh `quorate up` on a laptop works, an accidental
+//!   public bind does not hand out admin rights. A request carrying `Forwarded`,
+//!   `X-Forwarded-For` or `X-Real-IP` is refused even from loopback: a local reverse
+//!   proxy makes remote users look local.
+//! - **Peers.** Every Raft RPC and forwarded request carries the cluster id; a node
+//!   refuses RPCs whose cluster id differs from its own (two clusters on one network
+//!   must not merge). With a cluster secret, every request is also signed with it
+//!   (HMAC-SHA256 with a timestamp and a nonce, [`super::signing`]): the secret itself
+//!   never crosses the wire, and a captured request cannot be altered or replayed.
+//!   Refusals are counted and logged with the peer's address. Which links need more
+//!   than the cluster id (any that leaves the host) is decided at startup by
+//!   [`super::links`].
 //!
 //! Secrets come inline (`token = "..."`), from a file (`token_file`) or from an
 //! environment variable (`token_env`); they never appear in `Debug` output or logs,
@@ -25,11 +32,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use crate::peer::protocol::CLUSTER_HEADER;
+use super::signing::{self, NonceError, PeerRefusal, ReplayGuard, Signature, Signed};
+use crate::peer::protocol::{AUTH_HEADER, CLUSTER_HEADER};
 
 /// What a token may do. `Admin` includes everything `Client` may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -117,14 +126,9 @@ impl Secret {
         std::hint::black_box(diff) == 0
     }
 
-    /// As an `Authorization: Bearer` header value.
-    pub fn bearer(&self) -> Option<HeaderValue> {
-        let mut v = Vec::with_capacity(7 + self.0.len());
-        v.extend_from_slice(b"Bearer ");
-        v.extend_from_slice(&self.0);
-        let mut h = HeaderValue::from_bytes(&v).ok()?;
-        h.set_sensitive(true);
-        Some(h)
+    /// The secret's bytes, as an HMAC key (never put them on the wire).
+    fn key(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -177,22 +181,28 @@ pub struct ApiAuth {
     tokens: Vec<(String, Role, Secret)>,
 }
 
+/// Headers a reverse proxy adds: a request carrying one came through a proxy, so its
+/// loopback source address says nothing about where the caller is.
+pub const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    /// 401: no token, malformed header, unknown token, or (open mode) not loopback.
+    /// 401: no token, malformed header, unknown token, or (open mode) not loopback or
+    /// proxied.
     Unauthorized(&'static str),
     /// 403: valid token, role too weak.
     Forbidden,
 }
 
 impl ApiAuth {
-    /// Rules with the given tokens (empty: loopback callers only).
+    /// Rules with the given tokens (empty: open mode, loopback callers only).
     pub fn with_tokens(tokens: Vec<(String, Role, Secret)>) -> Self {
         Self { tokens }
     }
 
-    /// True when no tokens are configured (loopback-only mode).
+    /// True when no tokens are configured (open mode: every route, admin included,
+    /// for loopback callers that did not come through a proxy).
     pub fn is_open(&self) -> bool {
         self.tokens.is_empty()
     }
@@ -207,12 +217,22 @@ impl ApiAuth {
     ) -> Result<(), Denied> {
         if self.is_open() {
             // Unknown peer address (no connect info): refuse, never assume loopback.
-            return match peer {
-                Some(a) if a.ip().is_loopback() => Ok(()),
-                _ => Err(Denied::Unauthorized(
+            if !peer.is_some_and(|a| a.ip().to_canonical().is_loopback()) {
+                return Err(Denied::Unauthorized(
                     "no API tokens are configured, so only loopback callers are served",
-                )),
-            };
+                ));
+            }
+            // A local reverse proxy connects from loopback on behalf of remote users;
+            // the headers it adds are the only sign of them. Refuse rather than hand
+            // every route, admin included, to whoever reaches the proxy.
+            if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+                return Err(Denied::Unauthorized(
+                    "no API tokens are configured, so only local callers are served, and \
+                     this request came through a proxy (it carries Forwarded, \
+                     X-Forwarded-For or X-Real-IP): configure [auth] tokens to serve it",
+                ));
+            }
+            return Ok(());
         }
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(Denied::Unauthorized("missing bearer token"));
@@ -265,45 +285,134 @@ impl ApiAuth {
     }
 }
 
-/// Resolved peer rules.
+/// Resolved peer rules: the cluster id every peer request carries, and the secret
+/// that signs it (when configured). Clones share the replay store.
 #[derive(Debug, Clone)]
 pub struct PeerAuth {
     pub cluster_id: String,
     pub secret: Option<Secret>,
+    /// Recently accepted signatures (receiving side only).
+    seen: Arc<ReplayGuard>,
 }
 
 impl PeerAuth {
-    /// Headers every outgoing peer request carries.
+    pub fn new(cluster_id: impl Into<String>, secret: Option<Secret>) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            secret,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Whether peer requests are signed (and must be): a cluster secret is configured.
+    pub fn signs(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Headers every outgoing peer request carries: the cluster id. The secret is
+    /// never among them; each request is signed instead ([`PeerAuth::sign`]).
     pub fn outgoing_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&self.cluster_id) {
             h.insert(CLUSTER_HEADER, v);
         }
-        if let Some(v) = self.secret.as_ref().and_then(Secret::bearer) {
-            h.insert(axum::http::header::AUTHORIZATION, v);
-        }
         h
     }
 
-    /// Check an incoming peer request; `Err` names the reason (a metric label).
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
-        match headers.get(CLUSTER_HEADER) {
-            Some(v) if v.as_bytes() == self.cluster_id.as_bytes() => {}
-            Some(_) => return Err("wrong_cluster"),
-            None => return Err("missing_cluster"),
+    /// The [`AUTH_HEADER`] value for a request (`None` without a cluster secret).
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Option<HeaderValue>, NonceError> {
+        let Some(secret) = &self.secret else {
+            return Ok(None);
+        };
+        let sig = self.signed(method, path, body).sign_now(secret.key())?;
+        Ok(Some(header_value(&sig)))
+    }
+
+    /// [`PeerAuth::sign`] at a given time with a given nonce (tests: stale and
+    /// replayed requests).
+    pub fn sign_at(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ts_ms: u64,
+        nonce: [u8; signing::NONCE_LEN],
+    ) -> Option<HeaderValue> {
+        let secret = self.secret.as_ref()?;
+        let sig = self
+            .signed(method, path, body)
+            .sign(secret.key(), ts_ms, nonce);
+        Some(header_value(&sig))
+    }
+
+    fn signed<'a>(&'a self, method: &'a str, path: &'a str, body: &'a [u8]) -> Signed<'a> {
+        Signed {
+            cluster_id: &self.cluster_id,
+            method,
+            path,
+            body,
         }
+    }
+
+    /// Check the cluster id of an incoming peer request (before reading its body).
+    pub fn check_cluster(&self, headers: &HeaderMap) -> Result<(), PeerRefusal> {
+        match headers.get(CLUSTER_HEADER) {
+            Some(v) if v.as_bytes() == self.cluster_id.as_bytes() => Ok(()),
+            Some(_) => Err(PeerRefusal::WrongCluster),
+            None => Err(PeerRefusal::MissingCluster),
+        }
+    }
+
+    /// Check an incoming peer request completely: cluster id, then (with a secret)
+    /// signature, freshness against this host's clock, and replay.
+    pub fn check(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), PeerRefusal> {
+        self.check_at(method, path, headers, body, signing::wall_clock_ms())
+    }
+
+    /// [`PeerAuth::check`] with the receiver's clock at `now_ms`.
+    pub fn check_at(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<(), PeerRefusal> {
+        self.check_cluster(headers)?;
         let Some(secret) = &self.secret else {
             return Ok(());
         };
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match token {
-            Some(t) if secret.matches(t) => Ok(()),
-            Some(_) => Err("bad_secret"),
-            None => Err("missing_secret"),
+        let value = headers.get(AUTH_HEADER).ok_or(PeerRefusal::MissingAuth)?;
+        let sig = Signature::parse(value.as_bytes()).ok_or(PeerRefusal::MalformedAuth)?;
+        if !signing::fresh(sig.ts_ms, now_ms) {
+            return Err(PeerRefusal::Stale);
         }
+        if !self.signed(method, path, body).verify(secret.key(), &sig) {
+            return Err(PeerRefusal::BadMac);
+        }
+        // Only now, authenticated: remember it (so forgeries cannot fill the store).
+        self.seen.admit(sig.ts_ms, sig.nonce, now_ms)
     }
+}
+
+fn header_value(sig: &Signature) -> HeaderValue {
+    // Printable ASCII by construction (digits, hex, spaces, `=`).
+    let mut v = HeaderValue::from_str(&sig.to_header())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    // A signature is no secret, but keep it out of debug logs of headers anyway.
+    v.set_sensitive(true);
+    v
 }
 
 impl AuthSection {
@@ -334,10 +443,7 @@ impl AuthSection {
         )?;
         Ok((
             ApiAuth::with_tokens(tokens),
-            PeerAuth {
-                cluster_id: cluster_id.to_string(),
-                secret,
-            },
+            PeerAuth::new(cluster_id, secret),
         ))
     }
 }
@@ -460,31 +566,119 @@ mod tests {
     }
 
     #[test]
-    fn peers_need_cluster_id_and_secret() {
-        let p = PeerAuth {
-            cluster_id: "prod".into(),
-            secret: Some(Secret::new("cluster-secret-0123456789")),
-        };
-        assert_eq!(p.check(&p.outgoing_headers()), Ok(()));
-        let other = PeerAuth {
-            cluster_id: "staging".into(),
-            secret: Some(Secret::new("cluster-secret-0123456789")),
-        };
-        assert_eq!(p.check(&other.outgoing_headers()), Err("wrong_cluster"));
-        let no_secret = PeerAuth {
-            cluster_id: "prod".into(),
-            secret: None,
-        };
+    fn open_mode_refuses_proxied_requests() {
+        let r = ApiAuth::default();
+        let lo = Some("127.0.0.1:9".parse().unwrap());
+        for h in PROXY_HEADERS {
+            let mut headers = HeaderMap::new();
+            headers.insert(h, HeaderValue::from_static("203.0.113.9"));
+            match r.check(&headers, lo, Role::Client) {
+                Err(Denied::Unauthorized(why)) => assert!(why.contains("proxy"), "{why}"),
+                other => panic!("{h}: {other:?}"),
+            }
+        }
+        // With tokens, proxies are fine: the token decides.
+        let mut headers = headers(Some("Bearer admin-token-0123456789"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(rules().check(&headers, lo, Role::Admin), Ok(()));
+    }
+
+    fn request(p: &PeerAuth, path: &str, body: &[u8]) -> HeaderMap {
+        let mut h = p.outgoing_headers();
+        if let Some(v) = p.sign("POST", path, body).unwrap() {
+            h.insert(AUTH_HEADER, v);
+        }
+        h
+    }
+
+    #[test]
+    fn peers_need_cluster_id_and_a_valid_signature() {
+        let secret = || Some(Secret::new("cluster-secret-0123456789"));
+        let p = PeerAuth::new("prod", secret());
+        let check = |h: &HeaderMap| p.check("POST", "/raft/vote", h, b"body");
+        assert_eq!(check(&request(&p, "/raft/vote", b"body")), Ok(()));
+        // The secret itself is on no header.
+        let h = request(&p, "/raft/vote", b"body");
+        assert!(h
+            .iter()
+            .all(|(_, v)| !v.as_bytes().windows(10).any(|w| w == b"secret-012")));
+        let other = PeerAuth::new("staging", secret());
         assert_eq!(
-            p.check(&no_secret.outgoing_headers()),
-            Err("missing_secret")
+            check(&request(&other, "/raft/vote", b"body")),
+            Err(PeerRefusal::WrongCluster)
         );
-        let wrong = PeerAuth {
-            cluster_id: "prod".into(),
-            secret: Some(Secret::new("cluster-secret-9999999999")),
-        };
-        assert_eq!(p.check(&wrong.outgoing_headers()), Err("bad_secret"));
-        assert_eq!(p.check(&HeaderMap::new()), Err("missing_cluster"));
+        let unsigned = PeerAuth::new("prod", None);
+        assert_eq!(
+            check(&request(&unsigned, "/raft/vote", b"body")),
+            Err(PeerRefusal::MissingAuth)
+        );
+        let wrong = PeerAuth::new("prod", Some(Secret::new("cluster-secret-9999999999")));
+        assert_eq!(
+            check(&request(&wrong, "/raft/vote", b"body")),
+            Err(PeerRefusal::BadMac)
+        );
+        // Signed for another path or body: the MAC does not match.
+        assert_eq!(
+            check(&request(&p, "/forward/write", b"body")),
+            Err(PeerRefusal::BadMac)
+        );
+        assert_eq!(
+            check(&request(&p, "/raft/vote", b"bodz")),
+            Err(PeerRefusal::BadMac)
+        );
+        let mut garbled = p.outgoing_headers();
+        garbled.insert(AUTH_HEADER, HeaderValue::from_static("Bearer x"));
+        assert_eq!(check(&garbled), Err(PeerRefusal::MalformedAuth));
+        assert_eq!(check(&HeaderMap::new()), Err(PeerRefusal::MissingCluster));
+
+        // Without a secret, the cluster id is all that is checked (loopback or mTLS
+        // links only; see `links`).
+        assert_eq!(
+            unsigned.check("POST", "/raft/vote", &unsigned.outgoing_headers(), b""),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn captured_and_old_requests_are_refused() {
+        let p = PeerAuth::new("prod", Some(Secret::new("cluster-secret-0123456789")));
+        let now = signing::wall_clock_ms();
+        let captured = request(&p, "/raft/append", b"entries");
+        assert_eq!(
+            p.check("POST", "/raft/append", &captured, b"entries"),
+            Ok(())
+        );
+        assert_eq!(
+            p.check("POST", "/raft/append", &captured, b"entries"),
+            Err(PeerRefusal::Replayed)
+        );
+        // A clone (the router's copy) shares what was seen.
+        assert_eq!(
+            p.clone()
+                .check("POST", "/raft/append", &captured, b"entries"),
+            Err(PeerRefusal::Replayed)
+        );
+        let window = u64::try_from(signing::SIGNATURE_WINDOW.as_millis()).unwrap();
+        for ts in [now - window - 1_000, now + window + 1_000] {
+            let mut h = p.outgoing_headers();
+            h.insert(
+                AUTH_HEADER,
+                p.sign_at("POST", "/raft/append", b"e", ts, [3; 16])
+                    .unwrap(),
+            );
+            assert_eq!(
+                p.check_at("POST", "/raft/append", &h, b"e", now),
+                Err(PeerRefusal::Stale)
+            );
+        }
+        // Skew within the window is fine.
+        let mut h = p.outgoing_headers();
+        h.insert(
+            AUTH_HEADER,
+            p.sign_at("POST", "/raft/append", b"e", now - 5_000, [4; 16])
+                .unwrap(),
+        );
+        assert_eq!(p.check_at("POST", "/raft/append", &h, b"e", now), Ok(()));
     }
 
     #[test]

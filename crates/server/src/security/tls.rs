@@ -1,14 +1,22 @@
-//! Optional TLS (rustls, ring provider) for the public API and between peers.
+//! Optional TLS (rustls, ring provider) for the public API, and mutual TLS between
+//! peers.
 //!
-//! With a `[tls]` section in `cluster.toml`, every listener of the node (API and Raft)
-//! speaks TLS with `cert_file`/`key_file`, and the node talks to its peers over https,
-//! trusting only the CA in `ca_file` (not the system's roots: peers are ours). Clients
-//! and the CLI trust the same CA (`--ca-file`). `scripts/make_test_ca.sh` makes a CA
-//! and a loopback certificate for local use.
+//! With a `[tls]` section in `cluster.toml`, every listener of the node speaks TLS with
+//! `cert_file`/`key_file`:
+//! - the **API listener** with server authentication only: clients trust the CA in
+//!   `ca_file` (`--ca-file`) and authenticate with bearer tokens, not certificates;
+//! - the **Raft listener** with *mutual* TLS: a caller must present a certificate
+//!   signed by `ca_file` (rustls `WebPkiClientVerifier`), or the handshake fails
+//!   before any HTTP is read. The node's own client presents `cert_file`/`key_file`
+//!   to its peers and trusts only `ca_file` (not the system's roots: peers are ours).
 //!
-//! Peer authentication stays with the cluster secret (`auth.rs`); TLS adds
-//! confidentiality and server authentication on the wire. The files are read once,
-//! at startup ([`super::Security`]).
+//! So the node certificate must be valid for both `serverAuth` and `clientAuth`
+//! (`scripts/make_test_ca.sh` makes such a CA and certificate); [`TlsSection::load`]
+//! checks its own certificate against the client verifier at startup, so a
+//! certificate peers would refuse stops the node with a message instead of a cluster
+//! that never forms. Any certificate `ca_file` signed is a peer: that CA must sign
+//! node certificates only. The files are read once, at startup
+//! ([`super::Security`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,14 +39,20 @@ pub struct TlsSection {
 /// Loaded TLS material.
 #[derive(Clone)]
 pub struct Tls {
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// For the public API: server certificate only, no client certificates.
+    pub api_acceptor: tokio_rustls::TlsAcceptor,
+    /// For the Raft port: requires a client certificate signed by the CA.
+    pub peer_acceptor: tokio_rustls::TlsAcceptor,
     /// The CA, for the peer client.
     pub ca_pem: Vec<u8>,
+    /// This node's private key and certificate chain in PEM, the peer client's
+    /// identity (`reqwest::Identity::from_pem`). Never shown by `Debug`.
+    pub identity_pem: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tls(<acceptor>)")
+        f.write_str("Tls(<acceptors, identity redacted>)")
     }
 }
 
@@ -88,16 +102,60 @@ impl TlsSection {
         // An explicit provider: never depend on which crypto backend another crate
         // in the build happened to enable as the process default.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("tls: certificate and key do not fit together: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|e| format!("tls.ca_file {}: {e}", ca_path.display()))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("tls.ca_file {}: {e}", ca_path.display()))?;
+        // Our peers will run this very check on our certificate: run it now, so a
+        // certificate without clientAuth (or from another CA) is a startup error
+        // rather than a cluster that silently never forms.
+        if let Some((leaf, chain)) = certs.split_first() {
+            verifier
+                .verify_client_cert(leaf, chain, rustls::pki_types::UnixTime::now())
+                .map_err(|e| {
+                    format!(
+                        "tls.cert_file {}: peers would refuse this certificate as a client \
+                         certificate ({e}); node certificates must be signed by ca_file and \
+                         have extendedKeyUsage serverAuth and clientAuth \
+                         (see scripts/make_test_ca.sh)",
+                        cert_path.display()
+                    )
+                })?;
+        }
+        let server_config =
+            |client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+                let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("tls: {e}"))?;
+                let builder = match client_auth {
+                    Some(v) => builder.with_client_cert_verifier(v),
+                    None => builder.with_no_client_auth(),
+                };
+                let mut config = builder
+                    .with_single_cert(certs.clone(), key.clone_key())
+                    .map_err(|e| format!("tls: certificate and key do not fit together: {e}"))?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Ok::<_, String>(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            };
+        let api_acceptor = server_config(None)?;
+        let peer_acceptor = server_config(Some(verifier))?;
+        // reqwest's rustls identity reads the key and the chain from one PEM buffer.
+        let mut identity_pem = key_pem;
+        identity_pem.push(b'\n');
+        identity_pem.extend_from_slice(&cert_pem);
         Ok(Tls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            api_acceptor,
+            peer_acceptor,
             ca_pem,
+            identity_pem,
         })
     }
 }
