@@ -258,6 +258,33 @@ async fn a_wiped_voter_refuses_to_rejoin_and_is_replaced_through_the_membership_
     for i in 0..30 {
         acked.insert(acquire(&c, leader, "job:wipe", &format!("w{i}")).await.0);
     }
+    // The cluster records node 1 as holding data as soon as it acknowledges entries;
+    // a node wiped before that commit is indistinguishable from one that never had any.
+    let probe = format!("http://{}/raft/probe", c.nodes[&2].raft_addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer: Value = c
+            .http
+            .get(&probe)
+            .header("x-quorate-cluster", "test")
+            .send()
+            .await
+            .expect("probe")
+            .json()
+            .await
+            .expect("probe json");
+        if answer["seen"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!(1)))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never recorded as seen: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Node 1 is the bootstrapper: wipe it, so it starts fresh while its peers are not.
     c.kill(1);
     std::fs::remove_dir_all(c.data_dir(1)).expect("wipe node 1");
@@ -267,7 +294,10 @@ async fn a_wiped_voter_refuses_to_rejoin_and_is_replaced_through_the_membership_
     }
 
     c.spawn(1);
-    let status = c.wait_exit(1).await.expect("the wiped voter must stop by itself");
+    let status = c
+        .wait_exit(1)
+        .await
+        .expect("the wiped voter must stop by itself");
     assert!(!status.success(), "{status:?}");
     let logs = c.logs(1);
     assert!(logs.contains("lost its data"), "{logs}");

@@ -77,6 +77,14 @@ pub enum Op {
     /// rights, exactly as every op did before. It is appended as the last variant so
     /// that log entries written by earlier versions still decode.
     As { caller: Caller, op: Box<Op> },
+    /// The leader's record that these nodes have acknowledged log entries (so hold
+    /// data). A node that later starts with an empty data directory while the state
+    /// lists it has lost its data and must not rejoin as the same voter (see the
+    /// server's `raft/rejoin.rs`). System-only; idempotent.
+    MarkSeen { nodes: Vec<u64> },
+    /// Forget that these nodes held data: they were removed from the cluster, and may
+    /// come back empty as new members (the replace procedure). System-only.
+    ForgetSeen { nodes: Vec<u64> },
 }
 
 impl Op {
@@ -94,6 +102,8 @@ impl Op {
             | Op::PutTier { .. }
             | Op::DeleteTier { .. }
             | Op::Configure(_)
+            | Op::MarkSeen { .. }
+            | Op::ForgetSeen { .. }
             | Op::Noop => true,
             Op::As { op, .. } => op.needs_admin(),
         }
@@ -116,6 +126,8 @@ impl Op {
             Op::Configure(_) => "configure",
             Op::Noop => "noop",
             Op::As { .. } => "as",
+            Op::MarkSeen { .. } => "mark_seen",
+            Op::ForgetSeen { .. } => "forget_seen",
         }
     }
 

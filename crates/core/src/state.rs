@@ -42,7 +42,7 @@ use crate::outcome::{
 use crate::validate;
 
 /// Snapshot format version; bumped when the layout changes. Version 2 added the
-/// state caps to the settings and the owner to every lease; version 1 snapshots
+/// state caps to the settings, the owner to every lease and the seen nodes; version 1 snapshots
 /// still restore (see [`v1`]).
 const SNAPSHOT_VERSION: u32 = 2;
 
@@ -110,6 +110,8 @@ pub struct State {
     rate: BTreeMap<String, u128>,
     /// Where the next `Expire` resumes its scan of rate buckets.
     rate_cursor: Option<String>,
+    /// Nodes the leader has seen acknowledge log entries (`Op::MarkSeen`).
+    seen: BTreeSet<u64>,
     // --- derived (rebuilt on restore) ---
     lease_ids: BTreeMap<String, u64>,
     /// Per key: (expires_at_ms, token) of its live leases.
@@ -134,6 +136,7 @@ struct Snapshot<'a> {
     leases: Cow<'a, BTreeMap<u64, Lease>>,
     rate: Cow<'a, BTreeMap<String, u128>>,
     rate_cursor: Cow<'a, Option<String>>,
+    seen: Cow<'a, BTreeSet<u64>>,
 }
 
 /// FNV-1a, 64 bit: a stable, dependency-free digest for comparing replicas (not a
@@ -156,6 +159,11 @@ impl State {
     /// Cluster time as of the last applied command.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    /// Nodes recorded as having acknowledged log entries ([`Op::MarkSeen`]).
+    pub fn seen(&self) -> &BTreeSet<u64> {
+        &self.seen
     }
 
     pub fn settings(&self) -> &Settings {
@@ -264,6 +272,16 @@ impl State {
             }
             Op::Configure(c) => self.configure(c),
             Op::Noop => Ok(Outcome::Noop),
+            Op::MarkSeen { nodes } => {
+                self.seen.extend(nodes.iter().copied());
+                Ok(Outcome::Noop)
+            }
+            Op::ForgetSeen { nodes } => {
+                for n in nodes {
+                    self.seen.remove(n);
+                }
+                Ok(Outcome::Noop)
+            }
         }
     }
 
@@ -844,6 +862,7 @@ impl State {
             leases: Cow::Borrowed(&self.leases),
             rate: Cow::Borrowed(&self.rate),
             rate_cursor: Cow::Borrowed(&self.rate_cursor),
+            seen: Cow::Borrowed(&self.seen),
         };
         // Serializing plain owned data into a Vec cannot fail.
         bincode::serialize(&s).unwrap_or_default()
@@ -891,6 +910,7 @@ impl State {
             leases: BTreeMap::new(),
             rate: s.rate.into_owned(),
             rate_cursor: s.rate_cursor.into_owned(),
+            seen: s.seen.into_owned(),
             lease_ids: BTreeMap::new(),
             slots: BTreeMap::new(),
             expiry: BTreeSet::new(),
@@ -1000,6 +1020,8 @@ mod v1 {
                 leases: Cow::Owned(leases),
                 rate: Cow::Owned(self.rate),
                 rate_cursor: Cow::Owned(self.rate_cursor),
+                // Filled by the leader within a housekeeping interval of the upgrade.
+                seen: Cow::Owned(std::collections::BTreeSet::new()),
             }
         }
     }
@@ -1246,5 +1268,37 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(s.stats().overrides, 0);
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+    use crate::command::{Caller, Command};
+
+    #[test]
+    fn mark_seen_is_recorded_kept_in_snapshots_and_system_only() {
+        let mut s = State::new();
+        let r = s.apply(&Command::single(5, Op::MarkSeen { nodes: vec![1, 3] }));
+        assert_eq!(r, vec![Ok(Outcome::Noop)]);
+        assert_eq!(s.seen().iter().copied().collect::<Vec<_>>(), vec![1, 3]);
+        let back = State::restore(&s.snapshot()).unwrap();
+        assert_eq!(back.seen(), s.seen());
+        assert_eq!(back.digest(), s.digest());
+        let client = Caller {
+            name: "svc".into(),
+            admin: false,
+        };
+        let r = s.apply(&Command::single(
+            6,
+            Op::As {
+                caller: client,
+                op: Box::new(Op::MarkSeen { nodes: vec![2] }),
+            },
+        ));
+        assert!(r[0].is_err(), "{r:?}");
+        assert!(!s.seen().contains(&2));
+        s.apply(&Command::single(7, Op::ForgetSeen { nodes: vec![1] }));
+        assert_eq!(s.seen().iter().copied().collect::<Vec<_>>(), vec![3]);
     }
 }

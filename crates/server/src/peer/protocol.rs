@@ -80,10 +80,10 @@ pub struct ProbeResponse {
     /// The leader the answering node knows.
     #[serde(default)]
     pub leader_id: Option<u64>,
-    /// When the answering node leads: the followers it has seen acknowledge at least
-    /// one entry (a fresh node listed here lost its data; see `raft/rejoin.rs`).
+    /// Nodes the replicated state records as having acknowledged log entries (a
+    /// fresh node listed here lost its data; see `raft/rejoin.rs`).
     #[serde(default)]
-    pub matched: Vec<u64>,
+    pub seen: Vec<u64>,
 }
 
 #[cfg(test)]

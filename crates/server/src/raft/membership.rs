@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
+use quorate_core::Op;
 use quorate_proto::{AddMemberRequest, Member, MembersResponse};
 use quorate_store::NodeInfo;
 use tokio::time::timeout_at;
@@ -121,6 +122,16 @@ impl Node {
             )),
             Ok(r) => {
                 let resp = r.map_err(membership_error)?;
+                // A removed node may come back empty as a new member (the replace
+                // procedure): forget that it held data, so its rejoin check lets it
+                // in (`rejoin.rs`). Before answering, so the operator's next step
+                // (starting it) sees the record gone.
+                let forget = Op::ForgetSeen { nodes: vec![id] };
+                match self.leader_write(forget, deadline).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "state machine refused ForgetSeen"),
+                    Err(e) => return Err(e),
+                }
                 Ok(self.members_after(resp.membership.as_ref()))
             }
         }

@@ -43,9 +43,9 @@ pub mod batcher;
 pub mod clock;
 mod leader;
 mod membership;
-pub mod rejoin;
 #[cfg(feature = "planted-bugs")]
 mod planted;
+pub mod rejoin;
 mod routing;
 mod status;
 mod tasks;
@@ -169,6 +169,7 @@ impl Node {
             tokio::spawn(node.clone().housekeeping_loop()),
             tokio::spawn(node.clone().leader_loop()),
             tokio::spawn(node.clone().clock_watch_loop()),
+            tokio::spawn(node.clone().seen_loop()),
         ];
         if fresh {
             tasks.push(tokio::spawn(node.clone().check_rejoin()));

@@ -9,18 +9,20 @@
 //! but append, vote and snapshot RPCs get 503 until [`decide`] says it may take part.
 //! It asks its peers (`GET /raft/probe`) and:
 //!
+//! - **refuses to start** when the replicated state records this node as having
+//!   acknowledged log entries (the leader proposes `Op::MarkSeen` for every follower
+//!   it sees acknowledge, within a housekeeping interval): it lost its data. The
+//!   message gives the replace procedure (remove it through another node, start it
+//!   empty, add it back);
 //! - **opens** when no peer knows a committed cluster (a new cluster is forming), or
 //!   the cluster does not count this node as a voter (a replacement waiting to be
-//!   added, or a learner), or the leader says this node has never acknowledged an
-//!   entry (it starts late into a cluster formed without it);
-//! - **refuses to start** when the cluster counts it as a voter and its leader has seen
-//!   it acknowledge entries: it lost its data. The message gives the replace procedure
-//!   (remove it through another node, start it empty, add it back);
+//!   added, or a learner), or the leader does not record it as seen (a voter that
+//!   starts late into a cluster formed without it);
 //! - otherwise keeps asking (peers unreachable, no leader yet), logging as it waits.
 //!
-//! What this cannot see: a leader that restarted after the wiped node's last
-//! acknowledgement has no memory of it, and the node is let in. Replacing a node
-//! through the membership API is the procedure that is safe in every case.
+//! What this cannot see: a voter wiped within a housekeeping interval of its first
+//! acknowledgement, before the leader recorded it. Replacing a node through the
+//! membership API is the procedure that is safe in every case.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,10 @@ pub enum Gate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Open(&'static str),
-    Refuse { leader: u64 },
+    /// The state, as node `told_by` has applied it, records this node as holding data.
+    Refuse {
+        told_by: u64,
+    },
     Wait,
 }
 
@@ -58,15 +63,24 @@ pub fn decide(me: u64, peers: usize, answers: &[ProbeResponse]) -> Verdict {
             Verdict::Wait
         };
     }
-    if committed.iter().all(|a| !a.voters.contains(&me)) {
+    let voter = committed.iter().filter(|a| a.voters.contains(&me)).count();
+    if voter == 0 {
+        // Removed (the replace procedure) or never added: it joins as a new node.
         return Verdict::Open("the cluster does not count this node as a voter");
     }
-    match answers.iter().find(|a| a.leader_id == Some(a.node_id)) {
-        Some(leader) if leader.matched.contains(&me) => Verdict::Refuse {
-            leader: leader.node_id,
-        },
-        Some(_) => Verdict::Open("the leader has never seen this node acknowledge an entry"),
-        None => Verdict::Wait,
+    if voter < committed.len() {
+        return Verdict::Wait; // a membership change is still spreading
+    }
+    if let Some(a) = committed.iter().find(|a| a.seen.contains(&me)) {
+        return Verdict::Refuse { told_by: a.node_id };
+    }
+    // A voter that never acknowledged anything (it starts late into a cluster formed
+    // without it). Only the leader's answer is current enough to say so: a lagging
+    // follower may not have applied the record yet.
+    if committed.iter().any(|a| a.leader_id == Some(a.node_id)) {
+        Verdict::Open("this node is a voter that has never acknowledged an entry")
+    } else {
+        Verdict::Wait
     }
 }
 
@@ -101,8 +115,8 @@ impl Node {
                     self.gate.send_replace(Gate::Open);
                     return;
                 }
-                Verdict::Refuse { leader } => {
-                    let msg = self.refusal(leader);
+                Verdict::Refuse { told_by } => {
+                    let msg = self.refusal(told_by);
                     tracing::error!("{msg}");
                     self.gate.send_replace(Gate::Refused(msg));
                     return;
@@ -122,7 +136,7 @@ impl Node {
         }
     }
 
-    fn refusal(&self, leader: u64) -> String {
+    fn refusal(&self, told_by: u64) -> String {
         let id = self.id;
         let dir = self.config.node_data_dir(id);
         let (api, raft) = self
@@ -131,8 +145,8 @@ impl Node {
             .map(|n| (n.api_addr.clone(), n.raft_addr.clone()))
             .unwrap_or_default();
         format!(
-            "node {id} starts with an empty data directory ({}), but the cluster (leader \
-             {leader}) counts node {id} as a voter that has acknowledged its log: this node \
+            "node {id} starts with an empty data directory ({}), but the cluster (as node \
+             {told_by} knows it) records node {id} as having acknowledged its log: this node \
              lost its data, and a voter that forgot its vote must not rejoin under its old \
              id. Replace it: run `quorate members remove {id}` against another node, start \
              this node again (its data directory stays empty), then run `quorate members \
@@ -165,14 +179,14 @@ mod tests {
             voters: voters.to_vec(),
             committed,
             leader_id: None,
-            matched: vec![],
+            seen: vec![],
         }
     }
 
-    fn leader(node: u64, voters: &[u64], matched: &[u64]) -> ProbeResponse {
+    fn leader(node: u64, voters: &[u64], seen: &[u64]) -> ProbeResponse {
         ProbeResponse {
             leader_id: Some(node),
-            matched: matched.to_vec(),
+            seen: seen.to_vec(),
             ..answer(node, Some(10), voters)
         }
     }
@@ -190,11 +204,21 @@ mod tests {
     fn a_wiped_voter_is_refused_and_a_late_joiner_is_not() {
         let follower = answer(3, Some(10), &[1, 2, 3]);
         assert_eq!(
-            decide(2, 2, &[leader(1, &[1, 2, 3], &[2, 3]), follower.clone()]),
-            Verdict::Refuse { leader: 1 }
+            decide(2, 2, &[leader(1, &[1, 2, 3], &[1, 2, 3]), follower.clone()]),
+            Verdict::Refuse { told_by: 1 }
+        );
+        // Any peer that has applied the record is enough, leader or not.
+        let lagging_leader = leader(1, &[1, 2, 3], &[1, 3]);
+        let knows = ProbeResponse {
+            seen: vec![1, 2, 3],
+            ..follower.clone()
+        };
+        assert_eq!(
+            decide(2, 2, &[lagging_leader, knows]),
+            Verdict::Refuse { told_by: 3 }
         );
         assert!(matches!(
-            decide(2, 2, &[leader(1, &[1, 2, 3], &[3]), follower.clone()]),
+            decide(2, 2, &[leader(1, &[1, 2, 3], &[1, 3]), follower.clone()]),
             Verdict::Open(_)
         ));
         // No leader among the answers yet: keep asking.
@@ -203,9 +227,27 @@ mod tests {
 
     #[test]
     fn a_removed_node_may_come_back_empty() {
+        // Still recorded as having held data, but no longer a voter: it was removed
+        // (the replace procedure) and joins as a new node.
         assert!(matches!(
-            decide(2, 2, &[leader(1, &[1, 3], &[3]), answer(3, Some(9), &[1, 3])]),
+            decide(
+                2,
+                2,
+                &[leader(1, &[1, 3], &[1, 2, 3]), answer(3, Some(9), &[1, 3])]
+            ),
             Verdict::Open(_)
         ));
+        // While the removal is still spreading, wait.
+        assert_eq!(
+            decide(
+                2,
+                2,
+                &[
+                    leader(1, &[1, 3], &[1, 2, 3]),
+                    answer(3, Some(9), &[1, 2, 3])
+                ]
+            ),
+            Verdict::Wait
+        );
     }
 }

@@ -128,7 +128,7 @@ impl Node {
         result
     }
 
-    #[tracing::instrument(name = "write", skip_all, fields(node = self.id, op = op_kind(&op)))]
+    #[tracing::instrument(name = "write", skip_all, fields(node = self.id, op = op.kind()))]
     pub(super) async fn write_op(&self, op: Op) -> Result<Reply, NodeError> {
         #[cfg(feature = "planted-bugs")]
         if let Some(reply) = self.planted_follower_local_grant(&op) {
@@ -187,26 +187,6 @@ impl Node {
             || self.leader_remove_member(id, deadline),
         )
         .await
-    }
-}
-
-fn op_kind(op: &Op) -> &'static str {
-    match op {
-        Op::Acquire(_) => "acquire",
-        Op::Release { .. } => "release",
-        Op::Renew { .. } => "renew",
-        Op::Expire { .. } => "expire",
-        Op::SetLimit { .. } => "set_limit",
-        Op::DeleteLimit { .. } => "delete_limit",
-        Op::RateCheck { .. } => "rate_check",
-        Op::PutPolicy { .. } => "put_policy",
-        Op::DeletePolicy { .. } => "delete_policy",
-        Op::PutTier { .. } => "put_tier",
-        Op::DeleteTier { .. } => "delete_tier",
-        Op::Configure(_) => "configure",
-        Op::Noop => "noop",
-        // Label by what is done, not by who asked.
-        Op::As { op, .. } => op_kind(op),
     }
 }
 

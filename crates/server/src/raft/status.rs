@@ -94,22 +94,13 @@ impl Node {
     pub async fn probe(&self) -> ProbeResponse {
         let initialized = self.raft.is_initialized().await.unwrap_or(true);
         let committed = self.committed_index().await.ok().flatten();
-        let (voters, leader_id, matched) = {
+        let (voters, leader_id) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let voters = m.membership_config.membership().voter_ids().collect();
-            let matched = m
-                .replication
-                .as_ref()
-                .map(|r| {
-                    r.iter()
-                        .filter(|(_, l)| l.is_some())
-                        .map(|(id, _)| *id)
-                        .collect()
-                })
-                .unwrap_or_default();
-            (voters, m.current_leader, matched)
+            (voters, m.current_leader)
         };
+        let seen = self.sm.read(|s| s.seen().iter().copied().collect());
         ProbeResponse {
             node_id: self.id,
             cluster_id: self.config.cluster_id.clone(),
@@ -118,7 +109,7 @@ impl Node {
             voters,
             committed,
             leader_id,
-            matched,
+            seen,
         }
     }
 

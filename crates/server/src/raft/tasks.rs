@@ -8,6 +8,9 @@
 //! - *Housekeeping*: every `expire_interval_ms` the leader proposes `Op::Expire`, which
 //!   advances cluster time and purges dead leases and idle rate buckets even when no
 //!   client writes.
+//! - *Seen nodes*: as soon as the leader sees a node acknowledge entries, it records
+//!   it in the replicated state (`Op::MarkSeen`), so a node that later starts with an
+//!   empty data directory learns it lost its data (`rejoin.rs`).
 //! - *Configuration*: whenever this node becomes leader for a new term, it compares the
 //!   replicated policies digest with `cluster.toml`'s and proposes `Op::Configure` if
 //!   they differ.
@@ -329,5 +332,49 @@ impl Node {
     /// The last measured offsets, by peer id.
     pub(super) fn clock_offsets(&self) -> Vec<ClockOffset> {
         self.lock_offsets().values().cloned().collect()
+    }
+
+    /// On the leader, as soon as openraft reports a follower's first acknowledgement:
+    /// record every node that holds data (itself, and the followers with a matched
+    /// log id) and is not recorded yet, so a node that later starts empty knows it
+    /// lost its data (`rejoin.rs`). Event-driven rather than on the housekeeping tick,
+    /// to keep the window in which a wiped node goes unnoticed as short as a commit.
+    pub(super) async fn seen_loop(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if self.is_leader() {
+                self.mark_seen(Instant::now() + self.request_timeout())
+                    .await;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn mark_seen(&self, deadline: Instant) {
+        let matched: BTreeSet<u64> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let followers = m.replication.iter().flatten();
+            followers
+                .filter(|(_, l)| l.is_some())
+                .map(|(id, _)| *id)
+                .chain(std::iter::once(self.id))
+                .collect()
+        };
+        let new: Vec<u64> = self
+            .sm
+            .read(|s| matched.difference(s.seen()).copied().collect());
+        if new.is_empty() {
+            return;
+        }
+        match self
+            .leader_write(Op::MarkSeen { nodes: new.clone() }, deadline)
+            .await
+        {
+            Ok(_) => tracing::debug!(nodes = ?new, "recorded nodes that hold data"),
+            Err(e) => tracing::debug!(error = %e, "could not record nodes that hold data"),
+        }
     }
 }
