@@ -8,7 +8,8 @@
 //! - state memory per live lease and per rate key at 1M items, measured with a counting
 //!   `#[global_allocator]` (bytes requested and still live after building the state,
 //!   divided by the number of items; allocator overhead not included);
-//! - snapshot size and snapshot / restore time of those 1M-item states.
+//! - snapshot size and snapshot / restore time of those 1M-item states, and the time of
+//!   a state digest (what a `/v1/cluster` poll costs under the read lock).
 //!
 //! Times are the benchmark thread's own on-CPU time (first field of Linux's
 //! `/proc/thread-self/schedstat`), so other processes competing for the cores do not
@@ -308,14 +309,15 @@ fn memory_and_snapshots() {
     ];
     println!();
     println!(
-        "{:<44} {:>9} {:>11} {:>10} | {:>10} {:>13} {:>12}",
+        "{:<44} {:>9} {:>11} {:>10} | {:>10} {:>13} {:>12} {:>10}",
         "state at 1M items (counting allocator)",
         "items",
         "live bytes",
         "B/item",
         "snapshot",
         "snapshot ms",
-        "restore ms"
+        "restore ms",
+        "digest µs"
     );
     for (name, op) in cases {
         let (state, bytes) = build(n, op);
@@ -324,6 +326,7 @@ fn memory_and_snapshots() {
         assert_eq!(items, n, "{name}: every op must have been granted");
         let mut snap_t = Vec::new();
         let mut restore_t = Vec::new();
+        let mut digest_t = Vec::new();
         let mut size = 0;
         for _ in 0..RUNS {
             let t = Stopwatch::start();
@@ -335,14 +338,19 @@ fn memory_and_snapshots() {
             restore_t.push(t.elapsed());
             assert_eq!(restored.stats(), st);
             drop(restored);
+            // What a `/v1/cluster` poll costs under the state's read lock.
+            let t = Stopwatch::start();
+            black_box(state.digest());
+            digest_t.push(t.elapsed());
         }
         println!(
-            "{name:<44} {items:>9} {:>8.1} MB {:>10.1} | {:>7.1} MB {:>13.1} {:>12.1}",
+            "{name:<44} {items:>9} {:>8.1} MB {:>10.1} | {:>7.1} MB {:>13.1} {:>12.1} {:>10.1}",
             bytes as f64 / 1e6,
             bytes as f64 / items as f64,
             size as f64 / 1e6,
             median(snap_t).as_secs_f64() * 1e3,
             median(restore_t).as_secs_f64() * 1e3,
+            median(digest_t).as_secs_f64() * 1e6,
         );
     }
 }
