@@ -14,7 +14,10 @@
 //! - `isolate-leader`: cut every link to and from the leader;
 //! - `one-way-cut`: cut one direction between the leader and a follower;
 //! - `replace-node`: SIGKILL a follower, remove it (`DELETE /v1/members/{id}`), start
-//!   a fresh node with a new id and add it (`POST /v1/members`).
+//!   a fresh node with a new id and add it (`POST /v1/members`);
+//! - `clock-skew`: restart a follower with its wall clock 2–10 minutes ahead or behind
+//!   (libfaketime), crash the leader so the skewed node may be elected, hold, then
+//!   restart both with true clocks (cluster time must neither jump nor freeze).
 //!
 //! After healing, the injector waits (polling, with a deadline) until every member is
 //! ready and all agree on one leader, and records how long that took.
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::Cluster;
+use crate::common::{faketime_env, Cluster};
 use crate::history::{FaultRecord, Recorder};
 use crate::proxy::Mesh;
 use crate::workload::Targets;
@@ -77,10 +80,11 @@ pub enum FaultKind {
     IsolateLeader,
     OneWayCut,
     ReplaceNode,
+    ClockSkew,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillAll,
@@ -89,6 +93,7 @@ impl FaultKind {
         FaultKind::IsolateLeader,
         FaultKind::OneWayCut,
         FaultKind::ReplaceNode,
+        FaultKind::ClockSkew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +106,7 @@ impl FaultKind {
             FaultKind::IsolateLeader => "isolate-leader",
             FaultKind::OneWayCut => "one-way-cut",
             FaultKind::ReplaceNode => "replace-node",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 
@@ -341,7 +347,45 @@ impl Injector<'_> {
                 format!("{from}->{to}")
             }
             FaultKind::ReplaceNode => self.replace(follower).await?,
+            FaultKind::ClockSkew => self.skew(step, leader, follower).await?,
         })
+    }
+
+    /// Restart `follower` with its wall clock minutes ahead or behind (libfaketime),
+    /// then crash the leader so that the skewed node may be elected; hold; restart
+    /// both with true clocks. Cluster time must not jump or freeze: the checker sees
+    /// an over-admission if a lease expires early, and a rate bound violation if a
+    /// bucket refills at once.
+    async fn skew(&mut self, step: &Step, leader: u64, follower: u64) -> Result<String, String> {
+        let minutes = 2 + step.pick % 9; // 2..=10
+        let offset = if step.pick.is_multiple_of(2) {
+            format!("+{minutes}m")
+        } else {
+            format!("-{minutes}m")
+        };
+        let true_env = self
+            .cluster
+            .options
+            .node_env
+            .get(&follower)
+            .cloned()
+            .unwrap_or_default();
+        let mut skewed = true_env.clone();
+        skewed.extend(faketime_env(&offset));
+        self.cluster.options.node_env.insert(follower, skewed);
+        self.kill_node(follower);
+        self.start_node(follower).await?;
+        self.wait_stable().await?;
+        self.kill_node(leader);
+        self.hold(step.hold_ms).await;
+        self.start_node(leader).await?;
+        self.wait_stable().await?;
+        self.cluster.options.node_env.insert(follower, true_env);
+        self.kill_node(follower);
+        self.start_node(follower).await?;
+        Ok(format!(
+            "node {follower} at {offset}, leader {leader} crashed"
+        ))
     }
 
     /// Kill `victim` for good, remove it, add a fresh node in its place.

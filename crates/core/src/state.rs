@@ -944,10 +944,9 @@ impl State {
             slots: BTreeMap::new(),
             expiry: BTreeSet::new(),
         };
-        state.rate_sum = state
-            .rate
-            .iter()
-            .fold(0u64, |acc, (k, tat)| acc.wrapping_add(entry_hash(&(k, *tat))));
+        state.rate_sum = state.rate.iter().fold(0u64, |acc, (k, tat)| {
+            acc.wrapping_add(entry_hash(&(k, *tat)))
+        });
         state.override_sum = state
             .overrides
             .iter()
@@ -1426,7 +1425,10 @@ mod seen_tests {
         assert!(seen_digests.insert(s.digest()));
         for (i, op) in ops.into_iter().enumerate() {
             s.apply(&Command::single(10 + i as u64, op));
-            assert!(seen_digests.insert(s.digest()), "step {i} left the digest unchanged");
+            assert!(
+                seen_digests.insert(s.digest()),
+                "step {i} left the digest unchanged"
+            );
             let back = State::restore(&s.snapshot()).unwrap();
             assert_eq!(back.digest(), s.digest(), "step {i}");
         }
