@@ -144,6 +144,23 @@ fn rate(key: String) -> Op {
 /// A state where "global" allows everything the benchmark throws at it.
 fn base_state() -> State {
     let mut s = State::new();
+    // Caps above what the 1M-item cases hold (the defaults stop at 1M slot keys, and
+    // the "[own key, global]" case needs one more).
+    let settings = quorate_core::Settings {
+        max_leases: 4_000_000,
+        max_slot_keys: 4_000_000,
+        max_rate_keys: 4_000_000,
+        ..quorate_core::Settings::default()
+    };
+    s.apply(&Command::single(
+        T0,
+        Op::Configure(Box::new(quorate_core::Configuration {
+            source_digest: 1,
+            settings,
+            policies: Vec::new(),
+            tiers: Vec::new(),
+        })),
+    ));
     s.apply(&Command::single(
         T0,
         Op::SetLimit {
