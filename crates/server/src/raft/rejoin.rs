@@ -26,7 +26,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::NodeConfig;
 use crate::peer::protocol::ProbeResponse;
 
 use super::Node;
@@ -90,13 +89,7 @@ const ASK_EVERY: Duration = Duration::from_millis(200);
 impl Node {
     /// Ask the peers until [`decide`] opens or refuses the gate.
     pub(super) async fn check_rejoin(self: std::sync::Arc<Self>) {
-        let peers: Vec<NodeConfig> = self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.id != self.id)
-            .cloned()
-            .collect();
+        let peers = self.file_peers();
         let started = Instant::now();
         let mut last_report = Instant::now();
         loop {

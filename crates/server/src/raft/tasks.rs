@@ -86,13 +86,7 @@ impl Node {
     /// Probe every peer of the file until each has answered "fresh, same cluster,
     /// expected id" (true), or one answers that it is not (false: do not bootstrap).
     async fn every_peer_is_fresh(&self) -> bool {
-        let peers: Vec<_> = self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.id != self.id)
-            .cloned()
-            .collect();
+        let peers = self.file_peers();
         let mut waiting: BTreeSet<u64> = peers.iter().map(|n| n.id).collect();
         let started = Instant::now();
         let mut last_report = Instant::now();
@@ -139,6 +133,12 @@ impl Node {
             }
             sleep(PROBE_INTERVAL).await;
         }
+    }
+
+    /// The other nodes of `cluster.toml`.
+    pub(super) fn file_peers(&self) -> Vec<NodeConfig> {
+        let others = self.config.nodes.iter().filter(|n| n.id != self.id);
+        others.cloned().collect()
     }
 
     /// One `GET /raft/probe` to `peer`.
