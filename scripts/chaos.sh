@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Chaos soak (issue #5): three real `quorate serve` processes on loopback, peer links
 # through fault-injecting proxies, clients on every node, random faults from a seed
-# (kills, SIGSTOP pauses, partitions, one-way cuts, node replacement), then a checker
+# (kills, SIGSTOP pauses, partitions, one-way cuts, node replacement, clock skew), then a checker
 # that must find 0 violations. Prints the full log and, at the end, the summary:
 # operations, faults injected by kind, unknown outcomes, recovery times, violations.
 #
