@@ -128,6 +128,32 @@ async fn call(
     (s, h, v)
 }
 
+/// `call` on `POST uri` with a JSON body.
+async fn post(app: &App, uri: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+    call(app, Method::POST, uri, Some(body)).await
+}
+
+/// `call` on `PUT uri` with a JSON body.
+async fn put(app: &App, uri: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+    call(app, Method::PUT, uri, Some(body)).await
+}
+
+/// `call` on `GET uri`.
+async fn get(app: &App, uri: &str) -> (StatusCode, HeaderMap, Value) {
+    call(app, Method::GET, uri, None).await
+}
+
+/// `call` on `DELETE uri`.
+async fn delete(app: &App, uri: &str) -> (StatusCode, HeaderMap, Value) {
+    call(app, Method::DELETE, uri, None).await
+}
+
+/// A refusal: the status, and an error body with the code.
+fn assert_refused(s: StatusCode, v: &Value, status: StatusCode, code: &str) {
+    assert_eq!(s, status, "body: {v}");
+    assert_error(v, code);
+}
+
 /// Every error body has exactly the documented shape.
 fn assert_error(v: &Value, code: &str) {
     assert_eq!(v["error"], code, "body: {v}");
@@ -140,8 +166,12 @@ fn assert_error(v: &Value, code: &str) {
 #[tokio::test]
 async fn acquire_grants_then_denies_with_retry_after() {
     let app = app();
-    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire",
-        Some(json!({"keys": ["org:acme", "global"], "lease_id": "a", "ttl_ms": 5000, "holder": "w1"}))).await;
+    let (s, _, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["org:acme", "global"], "lease_id": "a", "ttl_ms": 5000, "holder": "w1"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["granted"], true);
     assert_eq!(v["lease_id"], "a");
@@ -152,11 +182,10 @@ async fn acquire_grants_then_denies_with_retry_after() {
     );
     let t1 = v["fencing_token"].as_u64().unwrap();
 
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/slots/acquire",
-        Some(json!({"keys": ["org:acme", "global"], "lease_id": "b", "ttl_ms": 9000})),
+        json!({"keys": ["org:acme", "global"], "lease_id": "b", "ttl_ms": 9000}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -164,13 +193,8 @@ async fn acquire_grants_then_denies_with_retry_after() {
 
     // org:acme is full (2/2): denied, naming the blocker, with an honest hint: the
     // earliest lease on it expires in 5 s.
-    let (s, h, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["org:acme", "global"], "lease_id": "c"})),
-    )
-    .await;
+    let third = json!({"keys": ["org:acme", "global"], "lease_id": "c"});
+    let (s, h, v) = post(&app, "/v1/slots/acquire", third.clone()).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["granted"], false);
     assert_error(&v, "limit_exceeded");
@@ -180,13 +204,7 @@ async fn acquire_grants_then_denies_with_retry_after() {
 
     // After the first lease expires the slot is free again, without any release.
     app.backend.advance(5000);
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["org:acme", "global"], "lease_id": "c"})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/slots/acquire", third).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
@@ -194,26 +212,24 @@ async fn acquire_grants_then_denies_with_retry_after() {
 async fn global_key_caps_all_orgs() {
     let app = app();
     for (i, org) in ["org:a", "org:b", "org:c"].iter().enumerate() {
-        let (s, _, _) = call(
+        let (s, _, _) = post(
             &app,
-            Method::POST,
             "/v1/slots/acquire",
-            Some(json!({"keys": [org, "global"], "lease_id": format!("l{i}")})),
+            json!({"keys": [org, "global"], "lease_id": format!("l{i}")}),
         )
         .await;
         assert_eq!(s, StatusCode::OK);
     }
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/slots/acquire",
-        Some(json!({"keys": ["org:d", "global"], "lease_id": "l4"})),
+        json!({"keys": ["org:d", "global"], "lease_id": "l4"}),
     )
     .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(v["blocked_by"], json!(["global"]));
     // Nothing was taken on org:d by the denied request.
-    let (_, _, v) = call(&app, Method::GET, "/v1/slots/org:d", None).await;
+    let (_, _, v) = get(&app, "/v1/slots/org:d").await;
     assert_eq!(v["used"], 0);
 }
 
@@ -221,34 +237,26 @@ async fn global_key_caps_all_orgs() {
 async fn lease_id_is_idempotent_and_conflicts_are_409() {
     let app = app();
     let body = json!({"keys": ["org:x"], "lease_id": "retry-me"});
-    let (_, _, v1) = call(&app, Method::POST, "/v1/slots/acquire", Some(body.clone())).await;
-    let (s, _, v2) = call(&app, Method::POST, "/v1/slots/acquire", Some(body)).await;
+    let (_, _, v1) = post(&app, "/v1/slots/acquire", body.clone()).await;
+    let (s, _, v2) = post(&app, "/v1/slots/acquire", body).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v1["fencing_token"], v2["fencing_token"]);
-    let (_, _, u) = call(&app, Method::GET, "/v1/slots/org:x", None).await;
+    let (_, _, u) = get(&app, "/v1/slots/org:x").await;
     assert_eq!(u["used"], 1, "a retry must not take a second slot");
 
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/slots/acquire",
-        Some(json!({"keys": ["org:y"], "lease_id": "retry-me"})),
+        json!({"keys": ["org:y"], "lease_id": "retry-me"}),
     )
     .await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    assert_error(&v, "lease_conflict");
+    assert_refused(s, &v, StatusCode::CONFLICT, "lease_conflict");
 }
 
 #[tokio::test]
 async fn missing_lease_id_is_generated() {
     let app = app();
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["k"]})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/slots/acquire", json!({"keys": ["k"]})).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         v["lease_id"].as_str().is_some_and(|id| id.len() >= 32),
@@ -264,102 +272,63 @@ async fn missing_lease_id_is_generated() {
 #[tokio::test]
 async fn release_renew_and_usage() {
     let app = app();
-    call(
+    post(
         &app,
-        Method::POST,
         "/v1/slots/acquire",
-        Some(json!({"keys": ["org:acme"], "lease_id": "l1", "holder": "worker-7", "ttl_ms": 1000})),
+        json!({"keys": ["org:acme"], "lease_id": "l1", "holder": "worker-7", "ttl_ms": 1000}),
     )
     .await;
-    let (s, _, v) = call(&app, Method::GET, "/v1/slots/org:acme", None).await;
+    let (s, _, v) = get(&app, "/v1/slots/org:acme").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["used"], 1);
     assert_eq!(v["limit"], 2);
     assert_eq!(v["leases"][0]["lease_id"], "l1");
     assert_eq!(v["leases"][0]["holder"], "worker-7");
 
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/slots/renew",
-        Some(json!({"lease_id": "l1", "ttl_ms": 60000})),
+        json!({"lease_id": "l1", "ttl_ms": 60000}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v, json!({"lease_id": "l1", "expires_at_ms": 1_060_000}));
     app.backend.advance(2000);
-    let (_, _, v) = call(&app, Method::GET, "/v1/slots/org:acme", None).await;
+    let (_, _, v) = get(&app, "/v1/slots/org:acme").await;
     assert_eq!(v["used"], 1, "renewed lease outlives its first TTL");
 
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/release",
-        Some(json!({"lease_id": "l1"})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/slots/release", json!({"lease_id": "l1"})).await;
     assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/release",
-        Some(json!({"lease_id": "l1"})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/slots/release", json!({"lease_id": "l1"})).await;
     assert_eq!((s, v), (StatusCode::OK, json!({"released": false})));
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/renew",
-        Some(json!({"lease_id": "l1"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_error(&v, "lease_not_found");
+    let (s, _, v) = post(&app, "/v1/slots/renew", json!({"lease_id": "l1"})).await;
+    assert_refused(s, &v, StatusCode::NOT_FOUND, "lease_not_found");
 }
 
 #[tokio::test]
 async fn limits_override_policy_default() {
     let app = app();
-    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:acme", None).await;
+    let (_, _, v) = get(&app, "/v1/limits/org:acme").await;
     assert_eq!(
         v,
         json!({"key": "org:acme", "limit": 2, "source": "policy", "policy": "orgs", "used": 0})
     );
-    let (_, _, v) = call(&app, Method::GET, "/v1/limits/other", None).await;
+    let (_, _, v) = get(&app, "/v1/limits/other").await;
     assert_eq!(v["source"], "default");
     assert_eq!(v["limit"], 10);
 
-    let (s, _, v) = call(
-        &app,
-        Method::PUT,
-        "/v1/limits/org:acme",
-        Some(json!({"limit": 7})),
-    )
-    .await;
+    let (s, _, v) = put(&app, "/v1/limits/org:acme", json!({"limit": 7})).await;
     assert_eq!(
         (s, v),
         (StatusCode::OK, json!({"key": "org:acme", "limit": 7}))
     );
-    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:acme", None).await;
+    let (_, _, v) = get(&app, "/v1/limits/org:acme").await;
     assert_eq!(v["source"], "override");
     assert_eq!(v["limit"], 7);
 
-    call(
-        &app,
-        Method::PUT,
-        "/v1/limits/org:beta",
-        Some(json!({"limit": 3})),
-    )
-    .await;
-    call(
-        &app,
-        Method::PUT,
-        "/v1/limits/zzz",
-        Some(json!({"limit": 3})),
-    )
-    .await;
-    let (s, _, v) = call(&app, Method::GET, "/v1/limits?prefix=org:", None).await;
+    put(&app, "/v1/limits/org:beta", json!({"limit": 3})).await;
+    put(&app, "/v1/limits/zzz", json!({"limit": 3})).await;
+    let (s, _, v) = get(&app, "/v1/limits?prefix=org:").await;
     assert_eq!(s, StatusCode::OK);
     let keys: Vec<_> = v["limits"]
         .as_array()
@@ -369,9 +338,9 @@ async fn limits_override_policy_default() {
         .collect();
     assert_eq!(keys, vec![json!("org:acme"), json!("org:beta")]);
 
-    let (_, _, v) = call(&app, Method::DELETE, "/v1/limits/org:acme", None).await;
+    let (_, _, v) = delete(&app, "/v1/limits/org:acme").await;
     assert_eq!(v, json!({"deleted": true}));
-    let (_, _, v) = call(&app, Method::DELETE, "/v1/limits/org:acme", None).await;
+    let (_, _, v) = delete(&app, "/v1/limits/org:acme").await;
     assert_eq!(v, json!({"deleted": false}));
 
     for bad in [
@@ -380,9 +349,8 @@ async fn limits_override_policy_default() {
         json!({"limit": "x"}),
         json!({}),
     ] {
-        let (s, _, v) = call(&app, Method::PUT, "/v1/limits/k", Some(bad)).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
-        assert_error(&v, "invalid_request");
+        let (s, _, v) = put(&app, "/v1/limits/k", bad).await;
+        assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
 
@@ -391,36 +359,33 @@ async fn rate_checks_single_inline_multi_and_headers() {
     let app = app();
     // Named policy: 60/min with a burst of 2.
     let req = json!({"key": "user:42", "policy": "user"});
-    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", Some(req.clone())).await;
+    let (s, h, v) = post(&app, "/v1/rate/check", req.clone()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["allowed"], true);
     assert_eq!(v["remaining"], 1);
     assert_eq!(v["retry_after_ms"], 0);
     assert_eq!(h["ratelimit-policy"], "\"user:42\";q=60;w=60;burst=2");
     assert_eq!(h["ratelimit"], "\"user:42\";r=1;t=1");
-    call(&app, Method::POST, "/v1/rate/check", Some(req.clone())).await;
-    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", Some(req)).await;
-    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
-    assert_error(&v, "rate_limited");
+    post(&app, "/v1/rate/check", req.clone()).await;
+    let (s, h, v) = post(&app, "/v1/rate/check", req).await;
+    assert_refused(s, &v, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     assert_eq!(v["retry_after_ms"], 1000);
     assert_eq!(h["retry-after"], "1");
 
     // A tier multiplies the policy.
-    let (_, _, v) = call(
+    let (_, _, v) = post(
         &app,
-        Method::POST,
         "/v1/rate/check",
-        Some(json!({"key": "user:7", "policy": "user", "tier": "superuser"})),
+        json!({"key": "user:7", "policy": "user", "tier": "superuser"}),
     )
     .await;
     assert_eq!(v["limit"], 600);
 
     // Inline, with burst defaulting to limit.
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/rate/check",
-        Some(json!({"key": "ip:203.0.113.9", "limit": 5, "period_ms": 1000})),
+        json!({"key": "ip:203.0.113.9", "limit": 5, "period_ms": 1000}),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -428,23 +393,14 @@ async fn rate_checks_single_inline_multi_and_headers() {
 
     // Multi-check: all charged or none. user:42 is exhausted, so ip:198.51.100.1 must
     // not be charged either.
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/rate/check",
-        Some(json!({"checks": [
-        {"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000},
-        {"key": "user:42", "policy": "user"}]})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/rate/check", json!({"checks": [ {"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000}, {"key": "user:42", "policy": "user"}]})).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["results"][0]["allowed"], true);
     assert_eq!(v["results"][1]["allowed"], false);
-    let (s, _, _) = call(
+    let (s, _, _) = post(
         &app,
-        Method::POST,
         "/v1/rate/check",
-        Some(json!({"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000})),
+        json!({"key": "ip:198.51.100.1", "limit": 1, "period_ms": 60000}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "the denied multi-check charged nothing");
@@ -459,52 +415,42 @@ async fn rate_checks_single_inline_multi_and_headers() {
         json!({"checks": [{"key": "a", "policy": "user"}], "key": "b"}),
         json!({}),
     ] {
-        let (s, _, v) = call(&app, Method::POST, "/v1/rate/check", Some(bad.clone())).await;
+        let (s, _, v) = post(&app, "/v1/rate/check", bad.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {v}");
         assert_error(&v, "invalid_request");
     }
-    let (s, _, v) = call(
+    let (s, _, v) = post(
         &app,
-        Method::POST,
         "/v1/rate/check",
-        Some(json!({"key": "k", "policy": "nope"})),
+        json!({"key": "k", "policy": "nope"}),
     )
     .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_error(&v, "policy_not_found");
+    assert_refused(s, &v, StatusCode::NOT_FOUND, "policy_not_found");
 }
 
 #[tokio::test]
 async fn policies_and_tiers_change_at_runtime() {
     let app = app();
-    let (s, _, v) = call(
+    let (s, _, v) = put(
         &app,
-        Method::PUT,
         "/v1/policies/worker",
-        Some(json!({"kind": "rate", "limit": 30, "period_ms": 60000, "burst": 5})),
+        json!({"kind": "rate", "limit": 30, "period_ms": 60000, "burst": 5}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _, v) = call(
+    let (s, _, v) = put(
         &app,
-        Method::PUT,
         "/v1/policies/orgs",
-        Some(json!({"kind": "concurrency", "pattern": "org:*", "limit": 4})),
+        json!({"kind": "concurrency", "pattern": "org:*", "limit": 4}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (_, _, v) = call(&app, Method::GET, "/v1/limits/org:new", None).await;
+    let (_, _, v) = get(&app, "/v1/limits/org:new").await;
     assert_eq!(
         v["limit"], 4,
         "the changed policy applies at once, nothing cached"
     );
-    let (s, _, v) = call(
-        &app,
-        Method::PUT,
-        "/v1/tiers/authenticated",
-        Some(json!({"multiplier": 2.0})),
-    )
-    .await;
+    let (s, _, v) = put(&app, "/v1/tiers/authenticated", json!({"multiplier": 2.0})).await;
     assert_eq!(
         (s, v),
         (
@@ -512,7 +458,7 @@ async fn policies_and_tiers_change_at_runtime() {
             json!({"name": "authenticated", "multiplier": 2.0})
         )
     );
-    let (_, _, v) = call(&app, Method::GET, "/v1/policies", None).await;
+    let (_, _, v) = get(&app, "/v1/policies").await;
     let names: Vec<_> = v["policies"]
         .as_array()
         .unwrap()
@@ -529,167 +475,68 @@ async fn policies_and_tiers_change_at_runtime() {
         ]
     );
     assert_eq!(v["tiers"].as_array().unwrap().len(), 2);
-    let (_, _, v) = call(&app, Method::DELETE, "/v1/policies/worker", None).await;
+    let (_, _, v) = delete(&app, "/v1/policies/worker").await;
     assert_eq!(v, json!({"deleted": true}));
-    let (s, _, _) = call(
-        &app,
-        Method::PUT,
-        "/v1/tiers/x",
-        Some(json!({"multiplier": 0})),
-    )
-    .await;
+    let (s, _, _) = put(&app, "/v1/tiers/x", json!({"multiplier": 0})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _, _) = call(
-        &app,
-        Method::PUT,
-        "/v1/policies/p",
-        Some(json!({"kind": "other"})),
-    )
-    .await;
+    let (s, _, _) = put(&app, "/v1/policies/p", json!({"kind": "other"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn bad_input_is_a_4xx_json_error_never_a_500() {
     let app = app();
-    let cases: Vec<(Method, &str, Option<String>, StatusCode, &str)> = vec![
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some("{not json".into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["a"],"ttl":5}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":[]}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["a","a"]}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["1","2","3","4","5","6","7","8","9"]}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["has space"]}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(format!(r#"{{"keys":["{}"]}}"#, "k".repeat(257))),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["a"],"ttl_ms":0}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["a"],"ttl_ms":99999999999}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(r#"{"keys":["a"],"ttl_ms":-5}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            None,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
+    // Most bad input is a 400 `invalid_request`; most of that is a bad acquire body.
+    let acquire = |body: &str| (Method::POST, "/v1/slots/acquire", Some(body.to_string()));
+    let invalid: Vec<(Method, &str, Option<String>)> = vec![
+        acquire("{not json"),
+        acquire(r#"{"keys":["a"],"ttl":5}"#),
+        acquire(r#"{"keys":[]}"#),
+        acquire(r#"{"keys":["a","a"]}"#),
+        acquire(r#"{"keys":["1","2","3","4","5","6","7","8","9"]}"#),
+        acquire(r#"{"keys":["has space"]}"#),
+        acquire(&format!(r#"{{"keys":["{}"]}}"#, "k".repeat(257))),
+        acquire(r#"{"keys":["a"],"ttl_ms":0}"#),
+        acquire(r#"{"keys":["a"],"ttl_ms":99999999999}"#),
+        acquire(r#"{"keys":["a"],"ttl_ms":-5}"#),
+        (Method::POST, "/v1/slots/acquire", None),
         (
             Method::POST,
             "/v1/slots/release",
             Some(r#"{"lease_id":""}"#.into()),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
         ),
-        (
-            Method::GET,
-            "/v1/slots/bad%20key",
-            None,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::GET,
-            "/v1/limits?max=0",
-            None,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::GET,
-            "/v1/limits?bogus=1",
-            None,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::DELETE,
-            "/v1/members/notanumber",
-            None,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            Method::GET,
-            "/v1/nope",
-            None,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        ),
-        (
-            Method::DELETE,
-            "/v1/slots/acquire",
-            None,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-        ),
-        (
-            Method::POST,
-            "/v1/slots/acquire",
-            Some(format!(
-                r#"{{"keys":["a"],"holder":"{}"}}"#,
-                "x".repeat(70_000)
-            )),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
+        (Method::GET, "/v1/slots/bad%20key", None),
+        (Method::GET, "/v1/limits?max=0", None),
+        (Method::GET, "/v1/limits?bogus=1", None),
+        (Method::DELETE, "/v1/members/notanumber", None),
     ];
+    let too_large = format!(r#"{{"keys":["a"],"holder":"{}"}}"#, "x".repeat(70_000));
+    let cases = invalid
+        .into_iter()
+        .map(|(m, uri, body)| (m, uri, body, StatusCode::BAD_REQUEST, "invalid_request"))
+        .chain([
+            (
+                Method::GET,
+                "/v1/nope",
+                None,
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                Method::DELETE,
+                "/v1/slots/acquire",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                Method::POST,
+                "/v1/slots/acquire",
+                Some(too_large),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            ),
+        ]);
     for (method, uri, body, status, code) in cases {
         let (s, _, b) = call_raw(&app, method.clone(), uri, body).await;
         let v: Value = serde_json::from_slice(&b).unwrap_or_else(|_| {
@@ -707,43 +554,24 @@ async fn bad_input_is_a_4xx_json_error_never_a_500() {
 async fn no_quorum_means_503_never_granted() {
     let app = app();
     app.backend.set_available(false);
-    let (s, h, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["a"]})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert_error(&v, "unavailable");
+    let (s, h, v) = post(&app, "/v1/slots/acquire", json!({"keys": ["a"]})).await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert!(h.contains_key("retry-after"));
     assert!(v.get("granted").is_none());
-    let (s, _, _) = call(&app, Method::GET, "/readyz", None).await;
+    let (s, _, _) = get(&app, "/readyz").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    let (s, _, _) = call(&app, Method::GET, "/healthz", None).await;
+    let (s, _, _) = get(&app, "/healthz").await;
     assert_eq!(s, StatusCode::OK, "the process still serves");
     app.backend.set_available(true);
-    let (s, _, _) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["a"]})),
-    )
-    .await;
+    let (s, _, _) = post(&app, "/v1/slots/acquire", json!({"keys": ["a"]})).await;
     assert_eq!(s, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_and_decisions() {
     let app = app();
-    call(
-        &app,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(json!({"keys": ["m"]})),
-    )
-    .await;
-    call(&app, Method::GET, "/v1/nope", None).await;
+    post(&app, "/v1/slots/acquire", json!({"keys": ["m"]})).await;
+    get(&app, "/v1/nope").await;
     let (s, h, b) = call_raw(&app, Method::GET, "/metrics", None).await;
     assert_eq!(s, StatusCode::OK);
     // OpenMetrics text (what Prometheus asks for first), ending in `# EOF`.
@@ -781,48 +609,34 @@ async fn tokens_and_roles_401_403() {
     // Callers from another host, tokens configured.
     let app = app_with_auth(token_rules(), [192, 0, 2, 10]);
     let acquire = Some(r#"{"keys":["org:a"]}"#.to_string());
-    let set_limit = Some(r#"{"limit":100}"#.to_string());
+    let set_limit = |token| {
+        let body = Some(r#"{"limit":100}"#.to_string());
+        call_as(&app, Some(token), Method::PUT, "/v1/limits/org:a", body)
+    };
 
-    let (s, _, b) = call_as(
-        &app,
-        None,
-        Method::POST,
-        "/v1/slots/acquire",
-        acquire.clone(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_error(&serde_json::from_slice(&b).unwrap(), "unauthorized");
-    let (s, _, _) = call_as(
-        &app,
-        Some("wrong-token-0123456789"),
-        Method::POST,
-        "/v1/slots/acquire",
-        acquire.clone(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _, _) = call_as(
-        &app,
-        Some(CLIENT),
-        Method::POST,
-        "/v1/slots/acquire",
-        acquire.clone(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("wrong-token-0123456789"), StatusCode::UNAUTHORIZED),
+        (Some(CLIENT), StatusCode::OK),
+    ] {
+        let (s, _, b) = call_as(
+            &app,
+            token,
+            Method::POST,
+            "/v1/slots/acquire",
+            acquire.clone(),
+        )
+        .await;
+        assert_eq!(s, status, "{token:?}");
+        if s == StatusCode::UNAUTHORIZED {
+            assert_error(&serde_json::from_slice(&b).unwrap(), "unauthorized");
+        }
+    }
     let (s, _, _) = call_as(&app, Some(CLIENT), Method::GET, "/v1/limits/org:a", None).await;
     assert_eq!(s, StatusCode::OK, "clients may read limits");
 
     // A client token cannot raise its own limits.
-    let (s, _, b) = call_as(
-        &app,
-        Some(CLIENT),
-        Method::PUT,
-        "/v1/limits/org:a",
-        set_limit.clone(),
-    )
-    .await;
+    let (s, _, b) = set_limit(CLIENT).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_error(&serde_json::from_slice(&b).unwrap(), "forbidden");
     let (_, _, b) = call_as(&app, Some(CLIENT), Method::GET, "/v1/limits/org:a", None).await;
@@ -854,14 +668,7 @@ async fn tokens_and_roles_401_403() {
         let (s, _, _) = call_as(&app, Some(CLIENT), m.clone(), uri, body).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{m} {uri}");
     }
-    let (s, _, _) = call_as(
-        &app,
-        Some(ADMIN),
-        Method::PUT,
-        "/v1/limits/org:a",
-        set_limit,
-    )
-    .await;
+    let (s, _, _) = set_limit(ADMIN).await;
     assert_eq!(s, StatusCode::OK);
 
     // Probes stay open; metrics need a token.
@@ -884,27 +691,17 @@ async fn tokens_and_roles_401_403() {
 
 #[tokio::test]
 async fn without_tokens_only_loopback_is_served() {
-    let remote = app_with_auth(ApiAuth::default(), [192, 0, 2, 10]);
-    let (s, _, b) = call_as(
-        &remote,
-        None,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(r#"{"keys":["a"]}"#.into()),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_error(&serde_json::from_slice(&b).unwrap(), "unauthorized");
-    let local = app_with_auth(ApiAuth::default(), [127, 0, 0, 1]);
-    let (s, _, _) = call_as(
-        &local,
-        None,
-        Method::POST,
-        "/v1/slots/acquire",
-        Some(r#"{"keys":["a"]}"#.into()),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    for (peer_ip, status) in [
+        ([192, 0, 2, 10], StatusCode::UNAUTHORIZED),
+        ([127, 0, 0, 1], StatusCode::OK),
+    ] {
+        let app = app_with_auth(ApiAuth::default(), peer_ip);
+        let (s, _, v) = post(&app, "/v1/slots/acquire", json!({"keys": ["a"]})).await;
+        assert_eq!(s, status, "{peer_ip:?}: {v}");
+        if s == StatusCode::UNAUTHORIZED {
+            assert_error(&v, "unauthorized");
+        }
+    }
 }
 
 /// Open mode is for local callers: a loopback connection that carries a proxy's
@@ -1002,17 +799,15 @@ async fn state_caps_answer_503_state_full_and_keep_existing_entries() {
         tiers: Vec::new(),
     };
     app.backend.apply(Op::Configure(Box::new(caps))).unwrap();
-    let acquire =
-        |key: &str, id: &str| Some(json!({"keys": [key], "lease_id": id, "ttl_ms": 60000}));
+    let acquire = |key: &str, id: &str| json!({"keys": [key], "lease_id": id, "ttl_ms": 60000});
     for (key, id) in [("a", "l1"), ("b", "l2")] {
-        let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire(key, id)).await;
+        let (s, _, v) = post(&app, "/v1/slots/acquire", acquire(key, id)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
     // The flood stops at the cap: a new lease (on a new key or a known one) is refused.
     for (key, id) in [("c", "l3"), ("a", "l4")] {
-        let (s, h, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire(key, id)).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-        assert_error(&v, "state_full");
+        let (s, h, v) = post(&app, "/v1/slots/acquire", acquire(key, id)).await;
+        assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "state_full");
         assert_eq!(
             v.as_object().unwrap().len(),
             2,
@@ -1023,45 +818,38 @@ async fn state_caps_answer_503_state_full_and_keep_existing_entries() {
         assert_eq!(h["retry-after"], "5");
     }
     // Known leases keep working.
-    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", acquire("a", "l1")).await;
+    let (s, _, v) = post(&app, "/v1/slots/acquire", acquire("a", "l1")).await;
     assert_eq!((s, v["lease_id"].clone()), (StatusCode::OK, json!("l1")));
-    let renew = Some(json!({"lease_id": "l2", "ttl_ms": 90000}));
-    let (s, _, _) = call(&app, Method::POST, "/v1/slots/renew", renew).await;
+    let renew = json!({"lease_id": "l2", "ttl_ms": 90000});
+    let (s, _, _) = post(&app, "/v1/slots/renew", renew).await;
     assert_eq!(s, StatusCode::OK);
-    let (_, _, v) = call(&app, Method::GET, "/v1/slots/b", None).await;
+    let (_, _, v) = get(&app, "/v1/slots/b").await;
     assert_eq!(v["leases"][0]["lease_id"], "l2");
     // The slot-key cap names itself; a release makes room.
-    let (s, _, v) = call(
-        &app,
-        Method::POST,
-        "/v1/slots/release",
-        Some(json!({"lease_id": "l1"})),
-    )
-    .await;
+    let (s, _, v) = post(&app, "/v1/slots/release", json!({"lease_id": "l1"})).await;
     assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
-    let two_new = Some(json!({"keys": ["x", "y"], "lease_id": "l5"}));
-    let (s, _, v) = call(&app, Method::POST, "/v1/slots/acquire", two_new).await;
+    let two_new = json!({"keys": ["x", "y"], "lease_id": "l5"});
+    let (s, _, v) = post(&app, "/v1/slots/acquire", two_new).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert!(
         v["message"].as_str().unwrap().contains("max_slot_keys (2)"),
         "{v}"
     );
-    let (s, _, _) = call(&app, Method::POST, "/v1/slots/acquire", acquire("x", "l5")).await;
+    let (s, _, _) = post(&app, "/v1/slots/acquire", acquire("x", "l5")).await;
     assert_eq!(s, StatusCode::OK);
 
     // Rate buckets: one known key is served (allowed, then limited); a new one is 503.
-    let check = |key: &str| Some(json!({"key": key, "limit": 1, "period_ms": 60000}));
-    let (s, _, _) = call(&app, Method::POST, "/v1/rate/check", check("r1")).await;
+    let check = |key: &str| json!({"key": key, "limit": 1, "period_ms": 60000});
+    let (s, _, _) = post(&app, "/v1/rate/check", check("r1")).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, h, v) = call(&app, Method::POST, "/v1/rate/check", check("r2")).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert_error(&v, "state_full");
+    let (s, h, v) = post(&app, "/v1/rate/check", check("r2")).await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "state_full");
     assert!(
         v["message"].as_str().unwrap().contains("max_rate_keys (1)"),
         "{v}"
     );
     assert!(h.contains_key("retry-after"));
-    let (s, _, v) = call(&app, Method::POST, "/v1/rate/check", check("r1")).await;
+    let (s, _, v) = post(&app, "/v1/rate/check", check("r1")).await;
     assert_eq!(
         s,
         StatusCode::TOO_MANY_REQUESTS,
