@@ -3,42 +3,27 @@
 //! beyond `max_connections` are closed at once, while well-behaved requests are still
 //! served. Runs a real single-node server (`serve_on`) on loopback.
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::num::NonZeroUsize;
 
 use quorate_server::config::{Millis, NonZeroMillis};
-use quorate_server::run::{serve_on, Listeners};
 use quorate_server::ClusterConfig;
+use support::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-async fn start(
-    dir: &Path,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let api_addr = api.local_addr().expect("addr").to_string();
-    let raft_addr = raft.local_addr().expect("addr").to_string();
-    let mut config = ClusterConfig::single_node("hard", &api_addr, &raft_addr, &dir.join("data"));
+async fn start(dir: &Path) -> (String, Running) {
+    let bound = support::bind().await;
+    let mut config =
+        ClusterConfig::single_node("hard", &bound.api_addr, &bound.raft_addr, &dir.join("data"));
     config.server.max_connections = NonZeroUsize::new(3).expect("positive");
     config.server.header_read_timeout_ms = NonZeroMillis::new(300).expect("positive");
     config.server.drain_timeout_ms = Millis::new(1000);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = rx.await;
-        };
-        serve_on(config, 1, Listeners { api, raft }, shutdown)
-            .await
-            .expect("serve");
-    });
-    (api_addr, tx, task)
+    (bound.api_addr, support::serve(config, 1, bound.listeners))
 }
 
 async fn healthz(addr: &str) -> Option<u16> {
@@ -71,7 +56,7 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_and_connections_are_capped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, stop, task) = start(dir.path()).await;
+    let (addr, node) = start(dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while healthz(&addr).await != Some(200) {
         assert!(Instant::now() < deadline, "node never served /healthz");
@@ -114,9 +99,5 @@ async fn slow_headers_are_cut_off_and_connections_are_capped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("shut down")
-        .expect("join");
+    node.stop().await;
 }

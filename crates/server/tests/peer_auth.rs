@@ -4,6 +4,8 @@
 //! counted in `quorate_peer_rejected_total` and never applied; and a node whose peer
 //! links leave the host refuses to start unless they are protected.
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,14 +13,12 @@ use quorate_core::{Acquire, Op, Outcome, Reply};
 use quorate_server::backend::NodeError;
 use quorate_server::config::NodeConfig;
 use quorate_server::peer::protocol::{self, paths, AUTH_HEADER, CLUSTER_HEADER, TIMEOUT_HEADER};
-use quorate_server::run::{serve_on, Listeners};
+use quorate_server::run::serve_on;
 use quorate_server::security::signing::{wall_clock_ms, SIGNATURE_WINDOW};
-use quorate_server::security::tls::TlsSection;
 use quorate_server::security::{PeerAuth, Secret};
 use quorate_server::ClusterConfig;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
-use tokio::net::TcpListener;
 
 const CLUSTER: &str = "peer-auth";
 const SECRET: &str = "cluster-secret-for-tests-0123";
@@ -80,44 +80,23 @@ fn signed(auth: &PeerAuth, body: &[u8]) -> HeaderMap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let bound = support::bind().await;
     let peer = Peer {
         http: reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client"),
-        api: api.local_addr().expect("addr").to_string(),
-        raft: raft.local_addr().expect("addr").to_string(),
+        api: bound.api_addr,
+        raft: bound.raft_addr,
     };
     let mut config =
         ClusterConfig::single_node(CLUSTER, &peer.api, &peer.raft, &dir.path().join("data"));
     config.auth.cluster_secret = Some(SECRET.into());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stop_rx.await;
-        };
-        serve_on(config, 1, Listeners { api, raft }, shutdown)
-            .await
-            .expect("serve");
-    });
+    let node = support::serve(config, 1, bound.listeners);
     // Ready = the node's own signed peer traffic (bootstrap probe) was accepted.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = peer
-            .http
-            .get(format!("http://{}/readyz", peer.api))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_ready(&peer.http, &format!("http://{}", peer.api), deadline).await;
 
     let ours = PeerAuth::new(CLUSTER, Some(Secret::new(SECRET)));
     let forged_body = acquire("job:forged", "forged");
@@ -203,20 +182,15 @@ async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
 
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("shut down")
-        .expect("join");
+    node.stop().await;
 }
 
 /// Start node 1 of `config` on fresh loopback listeners; the error it stops with.
 async fn start_error(config: ClusterConfig) -> String {
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let bound = support::bind().await;
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        serve_on(config, 1, Listeners { api, raft }, std::future::pending()),
+        serve_on(config, 1, bound.listeners, std::future::pending()),
     )
     .await
     .expect("a refused configuration must fail at once, not serve");
@@ -273,20 +247,9 @@ async fn non_loopback_peer_links_without_tls_refuse_to_start() {
 #[test]
 fn non_loopback_peer_links_with_tls_are_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_test_ca.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir.path().join("tls"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run make_test_ca.sh (needs openssl)");
-    assert!(status.success());
+    support::make_test_ca(&dir.path().join("tls"));
     let mut c = two_nodes(dir.path(), "10.0.0.1:7201", "10.0.0.2:7202");
-    c.tls = Some(TlsSection {
-        cert_file: "tls/node.pem".into(),
-        key_file: "tls/node.key".into(),
-        ca_file: "tls/ca.pem".into(),
-    });
+    c.tls = Some(support::test_ca_tls());
     let security = c.security().expect("mutual TLS protects every peer link");
     assert!(security.tls.is_some());
     assert!(!security.peer.signs());

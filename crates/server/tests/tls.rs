@@ -7,14 +7,13 @@
 //! another CA, is refused in the handshake and counted. Certificates come from
 //! `scripts/make_test_ca.sh` (openssl).
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quorate_server::config::{NodeConfig, NonZeroMillis};
-use quorate_server::run::{serve_on, Listeners};
-use quorate_server::security::tls::TlsSection;
 use quorate_server::ClusterConfig;
-use tokio::net::TcpListener;
 
 fn dir_path(root: &Path, sub: &str, file: &str) -> std::path::PathBuf {
     root.join(sub).join(file)
@@ -23,42 +22,26 @@ fn dir_path(root: &Path, sub: &str, file: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_forms_and_serves_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_test_ca.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir.path().join("tls"))
-        .status()
-        .expect("run make_test_ca.sh (needs openssl)");
-    assert!(status.success());
+    support::make_test_ca(&dir.path().join("tls"));
     // A second, unrelated CA: its certificates must not open the Raft port.
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir.path().join("foreign"))
-        .status()
-        .expect("run make_test_ca.sh (needs openssl)");
-    assert!(status.success());
+    support::make_test_ca(&dir.path().join("foreign"));
 
     let mut listeners = Vec::new();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let raft = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let bound = support::bind().await;
         nodes.push(NodeConfig {
             id,
-            api_addr: api.local_addr().expect("addr").to_string(),
-            raft_addr: raft.local_addr().expect("addr").to_string(),
+            api_addr: bound.api_addr,
+            raft_addr: bound.raft_addr,
         });
-        listeners.push((id, Listeners { api, raft }));
+        listeners.push((id, bound.listeners));
     }
     let mut config = ClusterConfig::single_node("tls", "-", "-", &dir.path().join("data"));
     config.nodes = nodes;
     config.raft.election_timeout_min_ms = NonZeroMillis::new(300).expect("positive");
     config.raft.election_timeout_max_ms = NonZeroMillis::new(600).expect("positive");
-    config.tls = Some(TlsSection {
-        cert_file: "tls/node.pem".into(),
-        key_file: "tls/node.key".into(),
-        ca_file: "tls/ca.pem".into(),
-    });
+    config.tls = Some(support::test_ca_tls());
     config.auth.cluster_secret = Some("tls-cluster-secret-0123456789".into());
     let raft_urls: Vec<String> = config
         .nodes
@@ -70,18 +53,10 @@ async fn a_cluster_forms_and_serves_over_tls() {
         .iter()
         .map(|n| format!("https://{}", n.api_addr))
         .collect();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    for (id, l) in listeners {
-        let config = config.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            serve_on(config, id, l, shutdown).await.expect("serve");
-        }));
-    }
+    let running: Vec<_> = listeners
+        .into_iter()
+        .map(|(id, l)| support::serve(config.clone(), id, l))
+        .collect();
 
     let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca");
     let dir_root = dir.path().to_path_buf();
@@ -94,18 +69,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
     // Ready on every node = a leader was elected over TLS peer traffic.
     let deadline = Instant::now() + Duration::from_secs(30);
     for u in &urls {
-        loop {
-            let ok = trusted
-                .get(format!("{u}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{u} never became ready over TLS");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_ready(&trusted, u, deadline).await;
     }
     // Writes through every node (followers forward to the leader over TLS).
     for (i, u) in urls.iter().enumerate() {
@@ -191,11 +155,5 @@ async fn a_cluster_forms_and_serves_over_tls() {
         "{metrics}"
     );
 
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(20), t)
-            .await
-            .expect("shut down")
-            .expect("join");
-    }
+    support::stop_all(running).await;
 }
