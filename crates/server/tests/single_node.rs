@@ -61,6 +61,22 @@ async fn start(dir: &Path) -> Arc<Node> {
     node
 }
 
+/// A started node and its peer-facing router, as a follower would reach it (right
+/// cluster id, no secret configured).
+async fn start_with_peer_router(dir: &Path) -> (Arc<Node>, axum::Router) {
+    let node = start(dir).await;
+    let auth = config(dir).security().expect("security").peer;
+    let router = peer::router(node.clone(), auth);
+    (node, router)
+}
+
+/// `text` has every one of `lines` (metrics output).
+fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
+
 /// Node `node`'s metrics as scraped (sampled gauges refreshed first).
 fn metrics_text(node: &Node) -> String {
     node.refresh_metrics();
@@ -133,21 +149,16 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
         other => panic!("unexpected {other:?}"),
     }
 
-    let text = metrics_text(&node);
-    assert!(text.contains("quorate_raft_is_leader 1"), "{text}");
-    assert!(text.contains("quorate_write_seconds_count"), "{text}");
-    // Usage against the state caps, sampled from the state machine.
-    assert!(
-        text.contains(r#"quorate_state_entries{kind="leases"} 2"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"quorate_state_cap{kind="leases"} 1000000"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"quorate_state_cap{kind="rate_keys"} 4000000"#),
-        "{text}"
+    assert_has_lines(
+        &metrics_text(&node),
+        &[
+            "quorate_raft_is_leader 1",
+            "quorate_write_seconds_count",
+            // Usage against the state caps, sampled from the state machine.
+            r#"quorate_state_entries{kind="leases"} 2"#,
+            r#"quorate_state_cap{kind="leases"} 1000000"#,
+            r#"quorate_state_cap{kind="rate_keys"} 4000000"#,
+        ],
     );
     node.shutdown().await;
 }
@@ -188,9 +199,7 @@ fn batches(text: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_router_decodes_strictly_and_forwards() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = start(dir.path()).await;
-    let auth = config(dir.path()).security().expect("security").peer;
-    let router = peer::router(node.clone(), auth);
+    let (node, router) = start_with_peer_router(dir.path()).await;
 
     for path in [
         "/raft/append",
@@ -229,21 +238,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
     assert_eq!(probe.cluster_id, "single");
     assert!(!probe.fresh);
 
-    let op = protocol::encode(&acquire("job:fwd", "fwd-1").by(client("svc"))).expect("encode");
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::post("/forward/write")
-                .header(CLUSTER_HEADER, "single")
-                .header(protocol::TIMEOUT_HEADER, "2000")
-                .body(Body::from(op))
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-    let reply: Result<Reply, NodeError> = protocol::decode(&body).expect("decode");
+    let reply = forward(&router, &acquire("job:fwd", "fwd-1").by(client("svc"))).await;
     assert!(matches!(reply, Ok(ref r) if granted(r)), "{reply:?}");
 
     // Another cluster's node, or a caller without the cluster id, is refused before
@@ -277,14 +272,12 @@ async fn peer_router_decodes_strictly_and_forwards() {
         "{lease:?}"
     );
 
-    let text = metrics_text(&node);
-    assert!(
-        text.contains("quorate_peer_rejected_total{reason=\"wrong_cluster\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("quorate_peer_rejected_total{reason=\"missing_cluster\"} 1"),
-        "{text}"
+    assert_has_lines(
+        &metrics_text(&node),
+        &[
+            r#"quorate_peer_rejected_total{reason="wrong_cluster"} 1"#,
+            r#"quorate_peer_rejected_total{reason="missing_cluster"} 1"#,
+        ],
     );
     node.shutdown().await;
 }
@@ -315,9 +308,7 @@ async fn forward(router: &axum::Router, op: &Op) -> Result<Reply, NodeError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_ops_are_refused_beyond_their_callers_role() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = start(dir.path()).await;
-    let auth = config(dir.path()).security().expect("security").peer;
-    let router = peer::router(node.clone(), auth);
+    let (node, router) = start_with_peer_router(dir.path()).await;
     let set_limit = || Op::SetLimit {
         key: "org:forged".into(),
         limit: 999,
