@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use quorate_core::{Acquire, Op, Outcome, Reply};
+use quorate_core::{Acquire, Caller, Op, Outcome, Reply};
 use quorate_server::backend::NodeError;
 use quorate_server::config::NodeConfig;
 use quorate_server::peer::protocol::{self, paths, AUTH_HEADER, CLUSTER_HEADER, TIMEOUT_HEADER};
@@ -23,14 +23,20 @@ use reqwest::StatusCode;
 const CLUSTER: &str = "peer-auth";
 const SECRET: &str = "cluster-secret-for-tests-0123";
 
+/// A forwarded acquire, as a follower sends it: carrying the caller its API
+/// authenticated (the leader refuses forwarded ops without one).
 fn acquire(key: &str, lease_id: &str) -> Vec<u8> {
-    protocol::encode(&Op::Acquire(Acquire {
+    let op = Op::Acquire(Acquire {
         keys: vec![key.to_string()],
         lease_id: lease_id.to_string(),
         holder: "test".to_string(),
         ttl_ms: 60_000,
-    }))
-    .expect("encode")
+    });
+    let caller = Caller {
+        name: "svc".into(),
+        admin: false,
+    };
+    protocol::encode(&op.by(caller)).expect("encode")
 }
 
 struct Peer {
