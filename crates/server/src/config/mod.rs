@@ -660,6 +660,23 @@ trial = 0.5
         }
     }
 
+    /// `SAMPLE` with each `from` replaced by its `to` is refused with a message
+    /// containing the case's `why`.
+    fn assert_edits_refused(cases: &[(&str, &str, &str)]) {
+        for (from, to, why) in cases {
+            let m = message(parse(&SAMPLE.replace(from, to), &[]));
+            assert!(m.contains(why), "{from} -> {to}: {m}");
+        }
+    }
+
+    /// `SAMPLE` under `env` is refused with a message containing each of `whys`.
+    fn assert_env_refused(env: &[(&str, &str)], whys: &[&str]) {
+        let m = message(parse(SAMPLE, env));
+        for why in whys {
+            assert!(m.contains(why), "{env:?}: {m}");
+        }
+    }
+
     #[test]
     fn parses_sample_with_defaults() {
         let c = parse(SAMPLE, &[]).unwrap();
@@ -779,9 +796,10 @@ trial = 0.5
             (s.max_leases, s.max_slot_keys, s.max_rate_keys),
             (500, 600, 700)
         );
-        let m = message(parse(SAMPLE, &[("QUORATE_LIMITS_MAX_SLOT_KEYS", "0")]));
-        assert!(m.contains("max_slot_keys"), "{m}");
-        assert!(m.contains("at least 1"), "{m}");
+        assert_env_refused(
+            &[("QUORATE_LIMITS_MAX_SLOT_KEYS", "0")],
+            &["max_slot_keys", "at least 1"],
+        );
     }
 
     #[test]
@@ -848,87 +866,77 @@ trial = 0.5
 
     #[test]
     fn bad_env_values_are_named() {
-        let m = message(parse(
-            SAMPLE,
+        assert_env_refused(
             &[("QUORATE_RAFT_HEARTBEAT_INTERVAL_MS", "fast")],
-        ));
-        assert!(m.contains("QUORATE_RAFT_HEARTBEAT_INTERVAL_MS"), "{m}");
-        assert!(m.contains("/etc/quorate/cluster.toml"), "{m}");
-        let m = message(parse(SAMPLE, &[("QUORATE_SERVER_REQUEST_TIMOUT_MS", "5")]));
-        assert!(m.contains("request_timout_ms"), "{m}");
-        assert!(m.contains("QUORATE_SERVER_REQUEST_TIMOUT_MS"), "{m}");
+            &[
+                "QUORATE_RAFT_HEARTBEAT_INTERVAL_MS",
+                "/etc/quorate/cluster.toml",
+            ],
+        );
+        assert_env_refused(
+            &[("QUORATE_SERVER_REQUEST_TIMOUT_MS", "5")],
+            &["request_timout_ms", "QUORATE_SERVER_REQUEST_TIMOUT_MS"],
+        );
     }
 
     #[test]
     fn unknown_keys_are_rejected_with_the_file_name() {
-        let m = message(parse(
-            &SAMPLE.replace("[raft]", "[raft]\nheartbeat_ms = 5"),
-            &[],
-        ));
-        assert!(m.contains("/etc/quorate/cluster.toml"), "{m}");
-        assert!(m.contains("heartbeat_ms"), "{m}");
+        assert_edits_refused(&[
+            (
+                "[raft]",
+                "[raft]\nheartbeat_ms = 5",
+                "/etc/quorate/cluster.toml",
+            ),
+            ("[raft]", "[raft]\nheartbeat_ms = 5", "heartbeat_ms"),
+            ("kind = \"rate\"", "kind = \"speed\"", "speed"),
+        ]);
         let m = message(parse(&format!("extra = 1\n{SAMPLE}"), &[]));
         assert!(m.contains("extra"), "{m}");
-        let m = message(parse(
-            &SAMPLE.replace("kind = \"rate\"", "kind = \"speed\""),
-            &[],
-        ));
-        assert!(m.contains("speed"), "{m}");
     }
 
     #[test]
     fn validation_catches_inconsistent_clusters() {
-        let dup_id = SAMPLE.replace("id = 2", "id = 1");
-        assert!(message(parse(&dup_id, &[])).contains("duplicate node id 1"));
+        assert_edits_refused(&[
+            ("id = 2", "id = 1", "duplicate node id 1"),
+            // One address shared by two nodes, or by one node's two ports.
+            ("127.0.0.1:7202", "127.0.0.1:7102", "used twice"),
+            ("127.0.0.1:7201", "127.0.0.1:7101", "used twice"),
+            ("127.0.0.1:7201", "127.0.0.1", "port"),
+        ]);
 
-        let shared = SAMPLE.replace("127.0.0.1:7202", "127.0.0.1:7102");
-        assert!(message(parse(&shared, &[])).contains("used twice"));
-
-        let same_node = SAMPLE.replace("127.0.0.1:7201", "127.0.0.1:7101");
-        assert!(message(parse(&same_node, &[])).contains("used twice"));
-
-        let no_port = SAMPLE.replace("127.0.0.1:7201", "127.0.0.1");
-        assert!(message(parse(&no_port, &[])).contains("port"));
-
-        let m = message(parse(
-            SAMPLE,
+        assert_env_refused(
             &[
                 ("QUORATE_RAFT_ELECTION_TIMEOUT_MIN_MS", "40"),
                 ("QUORATE_RAFT_HEARTBEAT_INTERVAL_MS", "50"),
             ],
-        ));
-        assert!(m.contains("election_timeout_min_ms"), "{m}");
-
-        let m = message(parse(
-            SAMPLE,
+            &["election_timeout_min_ms"],
+        );
+        assert_env_refused(
             &[
                 ("QUORATE_RAFT_ELECTION_TIMEOUT_MIN_MS", "800"),
                 ("QUORATE_RAFT_ELECTION_TIMEOUT_MAX_MS", "800"),
             ],
-        ));
-        assert!(m.contains("election_timeout_max_ms"), "{m}");
-
-        let m = message(parse(SAMPLE, &[("QUORATE_SERVER_REQUEST_TIMEOUT_MS", "0")]));
-        assert!(m.contains("QUORATE_SERVER_REQUEST_TIMEOUT_MS"), "{m}");
-        assert!(m.contains("at least 1"), "{m}");
+            &["election_timeout_max_ms"],
+        );
+        assert_env_refused(
+            &[("QUORATE_SERVER_REQUEST_TIMEOUT_MS", "0")],
+            &["QUORATE_SERVER_REQUEST_TIMEOUT_MS", "at least 1"],
+        );
     }
 
     #[test]
     fn validation_applies_core_rules_to_policies_and_tiers() {
-        let dup = SAMPLE.replace("name = \"anon\"", "name = \"orgs\"");
-        assert!(message(parse(&dup, &[])).contains("duplicate policy name"));
-
-        let bad_pattern = SAMPLE.replace("org:*", "org:*:x");
-        assert!(message(parse(&bad_pattern, &[])).contains("orgs"));
-
-        let zero_limit = SAMPLE.replace("limit = 5", "limit = 0");
-        assert!(message(parse(&zero_limit, &[])).contains("orgs"));
-
-        let zero_tier = SAMPLE.replace("trial = 0.5", "trial = 0");
-        assert!(message(parse(&zero_tier, &[])).contains("trial"));
-
-        let neg_tier = SAMPLE.replace("trial = 0.5", "trial = -2");
-        assert!(message(parse(&neg_tier, &[])).contains("trial"));
+        assert_edits_refused(&[
+            (
+                "name = \"anon\"",
+                "name = \"orgs\"",
+                "duplicate policy name",
+            ),
+            ("org:*", "org:*:x", "orgs"),
+            ("limit = 5", "limit = 0", "orgs"),
+            ("trial = 0.5", "trial = 0", "trial"),
+            ("trial = 0.5", "trial = -2", "trial"),
+        ]);
 
         let long_ttl = parse(SAMPLE, &[("QUORATE_LIMITS_DEFAULT_TTL_MS", "999999999999")]);
         assert!(message(long_ttl).contains("default_ttl_ms"));
@@ -988,8 +996,7 @@ trial = 0.5
             ("QUORATE_SERVER_MAX_BODY_BYTES", "0"),
             ("QUORATE_LIMITS_DEFAULT_TTL_MS", "0"),
         ] {
-            let m = message(parse(SAMPLE, &[(k, v)]));
-            assert!(m.contains(k), "{k}: {m}");
+            assert_env_refused(&[(k, v)], &[k]);
         }
         // A zero drain timeout is allowed: stop at once.
         assert!(parse(SAMPLE, &[("QUORATE_SERVER_DRAIN_TIMEOUT_MS", "0")]).is_ok());
