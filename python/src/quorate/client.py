@@ -5,10 +5,12 @@
 returning a coroutine. Both are built on the same pieces, so they cannot drift:
 
 - every API call is described once as a :class:`_Call` (method, path, body, how to read
-  the answer) by the functions in the "Calls" section below;
-- :class:`_Attempts` decides which node to try next, how long one attempt may take and
-  when to back off or give up;
-- the two ``_run`` loops only do the I/O.
+  the answer, what to do when no node decides) by the functions in the "Calls" section
+  below and the ``_*_call`` methods of :class:`_BaseClient`;
+- :class:`_Exchange` is one call without I/O: which node to try next, how long one
+  attempt may take, what an answer means, when to back off or give up;
+- the two ``_run`` loops only send requests and sleep, and each client only adds how it
+  opens its HTTP client and releases a lease in the background (a thread, a task).
 
 Behaviour that matters for a limiter:
 
@@ -40,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -77,6 +79,7 @@ __all__ = ["AsyncClient", "Client", "FailurePolicy"]
 logger = logging.getLogger("quorate")
 
 T = TypeVar("T")
+_TransportT = TypeVar("_TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 # Statuses that mean "this node could not decide; another may": 503 is quorate's own
 # (no quorum, election); 502/504 come from a proxy in front of a dead node.
@@ -118,6 +121,28 @@ class _Call(Generic[T]):
     params: Mapping[str, str] | None = None
     #: How to read a 429 (acquire: raise LimitExceeded; rate check: a decision).
     on_429: Callable[[Any, httpx.Headers], T] | None = None
+    #: What an undecided call comes to (given the :class:`Unavailable` it would raise):
+    #: ``None`` raises it; acquire releases its lease id first, a rate check may fail open.
+    undecided: Callable[[Unavailable], T] | None = None
+
+
+def _interpret(call: _Call[T], response: httpx.Response) -> T:
+    """A deciding node's answer: the call's result, or the API error it stands for."""
+    try:
+        body: Any = response.json() if response.content else None
+    except ValueError:
+        body = None
+    status = response.status_code
+    if 200 <= status < 300:
+        if body is None:
+            raise DecodeError(f"{call.method} {call.path}: {status} without a JSON body")
+        try:
+            return call.parse(body, response.headers)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecodeError(f"{call.method} {call.path}: unexpected body: {e}") from e
+    if status == 429 and call.on_429 is not None:
+        return call.on_429(body, response.headers)
+    raise error_from_response(status, body, response.text)
 
 
 def _denied(body: Any, _headers: httpx.Headers) -> NoReturn:
@@ -148,14 +173,25 @@ def _decision(body: Any, headers: httpx.Headers) -> RateDecision:
 
 
 def _acquire_call(
-    keys: Sequence[str], ttl: float, lease_id: str, holder: str | None
+    keys: Sequence[str],
+    ttl: float,
+    lease_id: str,
+    holder: str | None,
+    undecided: Callable[[Unavailable], Lease],
 ) -> _Call[Lease]:
     if isinstance(keys, str):
         keys = [keys]
     body: dict[str, Any] = {"keys": list(keys), "lease_id": lease_id, "ttl_ms": to_ms(ttl)}
     if holder:
         body["holder"] = holder
-    return _Call("POST", "/v1/slots/acquire", lambda b, _: Lease.from_json(b), body, on_429=_denied)
+    return _Call(
+        "POST",
+        "/v1/slots/acquire",
+        lambda b, _: Lease.from_json(b),
+        body,
+        on_429=_denied,
+        undecided=undecided,
+    )
 
 
 def _release_call(lease_id: str) -> _Call[bool]:
@@ -175,11 +211,22 @@ def _slots_call(key: str) -> _Call[SlotsInfo]:
     return _Call("GET", f"/v1/slots/{_seg(key)}", lambda b, _: SlotsInfo.from_json(b))
 
 
-def _rate_call(checks: Sequence[RateCheck]) -> _Call[RateDecision]:
+def _rate_call(
+    checks: Sequence[RateCheck],
+    raise_on_limit: bool,
+    undecided: Callable[[Unavailable], RateDecision],
+) -> _Call[RateDecision]:
     if not checks:
         raise ValueError("at least one rate check is required")
     body = checks[0].to_json() if len(checks) == 1 else {"checks": [c.to_json() for c in checks]}
-    return _Call("POST", "/v1/rate/check", _decision, body, on_429=_decision)
+
+    def read(body: Any, headers: httpx.Headers) -> RateDecision:
+        decision = _decision(body, headers)
+        if raise_on_limit and not decision.allowed:
+            raise RateLimited(decision.message or "rate limited", decision=decision)
+        return decision
+
+    return _Call("POST", "/v1/rate/check", read, body, on_429=read, undecided=undecided)
 
 
 def _set_limit_call(key: str, limit: int) -> _Call[int]:
@@ -232,54 +279,89 @@ def _as_checks(checks: Iterable[RateCheck | Mapping[str, Any]]) -> list[RateChec
 
 
 # ---------------------------------------------------------------------------------------
-# Shared configuration and retry plan
+# One call without I/O: the retry plan and what each answer means
 
 
-class _Attempts:
-    """The retry plan of one call: which node next, how long an attempt may take,
-    whether to back off or give up."""
+class _Exchange(Generic[T]):
+    """One call from its first attempt to its outcome, with no I/O: which node to try
+    next and for how long, whether an answer decides the call or moves on to the next
+    node, how long to back off, when to give up. The clients' ``_run`` loops do only
+    the sending and the sleeping."""
 
-    def __init__(self, base: _BaseClient, deadline: float | None) -> None:
-        self.base = base
-        self.deadline = time.monotonic() + (base.deadline if deadline is None else deadline)
+    def __init__(self, client: _BaseClient[Any], call: _Call[T], deadline: float | None) -> None:
+        self.client = client
+        self.call = call
+        self.deadline = time.monotonic() + (client.deadline if deadline is None else deadline)
         self.attempt = 0
-        self.backoff = base.backoff
+        self.backoff = client.backoff
         self.last_error = "no attempt made"
         self.retry_after: float | None = None
+        #: Seconds to wait before the next attempt (0: at once).
+        self.wait = 0.0
+        self._node = 0
+        self._answer: httpx.Response | None = None
+        self._gave_up: Unavailable | None = None
 
-    def next(self) -> tuple[int, str, float]:
-        n = len(self.base.nodes)
-        idx = (self.base._preferred + self.attempt) % n
+    @property
+    def done(self) -> bool:
+        return self._answer is not None or self._gave_up is not None
+
+    def next(self) -> tuple[str, float]:
+        """The URL of the next attempt and how long it may take."""
+        n = len(self.client.nodes)
+        self._node = (self.client._preferred + self.attempt) % n
         remaining = self.deadline - time.monotonic()
         # Never let one attempt outlive the call's deadline, but give it a sliver of
         # time even at the end so a last try is a real try.
-        timeout = max(0.05, min(self.base.timeout, remaining))
-        return idx, self.base.nodes[idx], timeout
+        timeout = max(0.05, min(self.client.timeout, remaining))
+        return self.client.nodes[self._node] + self.call.path, timeout
 
-    def failed(self, why: str) -> float:
-        """Record a failed attempt; the seconds to wait before the next one, or raise."""
+    def answered(self, response: httpx.Response) -> None:
+        if response.status_code not in _RETRY_STATUSES:
+            self.client._preferred = self._node
+            self._answer = response
+            return
+        self.retry_after = _retry_after(response.headers)
+        node = self.client.nodes[self._node]
+        self._failed(f"{node}: {response.status_code} {response.text[:200]}")
+
+    def unreachable(self, error: httpx.TransportError) -> None:
+        node = self.client.nodes[self._node]
+        self._failed(f"{node}: {type(error).__name__}: {error}")
+
+    def _failed(self, why: str) -> None:
+        """Record a failed attempt: set the wait before the next one, or give up."""
         self.last_error = why
         logger.debug("quorate node did not decide (%s); trying the next", why)
         self.attempt += 1
+        self.wait = 0.0
         now = time.monotonic()
-        if self.attempt % len(self.base.nodes) == 0:
+        if self.attempt % len(self.client.nodes) == 0:
             # Every node failed once in this round: back off before the next round.
             if now + self.backoff >= self.deadline:
-                raise self.give_up()
-            wait = self.backoff
-            self.backoff = min(self.backoff * 2, self.base.max_backoff)
-            return wait
-        if now >= self.deadline:
-            raise self.give_up()
-        return 0.0
+                self._give_up()
+                return
+            self.wait = self.backoff
+            self.backoff = min(self.backoff * 2, self.client.max_backoff)
+        elif now >= self.deadline:
+            self._give_up()
 
-    def give_up(self) -> Unavailable:
-        with self.base._lock:
-            self.base.unavailable_count += 1
-        return Unavailable(
+    def _give_up(self) -> None:
+        with self.client._lock:
+            self.client.unavailable_count += 1
+        self._gave_up = Unavailable(
             f"no quorate node decided within the deadline; last error: {self.last_error}",
             retry_after=self.retry_after,
         )
+
+    def outcome(self) -> T:
+        """The call's result once :attr:`done` (raising what the answer stands for)."""
+        if self._answer is not None:
+            return _interpret(self.call, self._answer)
+        gave_up = cast(Unavailable, self._gave_up)
+        if self.call.undecided is None:
+            raise gave_up
+        return self.call.undecided(gave_up)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -289,8 +371,14 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-class _BaseClient:
-    """Configuration and bookkeeping shared by :class:`Client` and :class:`AsyncClient`."""
+# ---------------------------------------------------------------------------------------
+# Configuration and calls shared by both clients
+
+
+class _BaseClient(Generic[_TransportT]):
+    """Configuration, bookkeeping and call building shared by :class:`Client` and
+    :class:`AsyncClient`, which add only their I/O. ``transport`` is an httpx transport:
+    a sync one for :class:`Client`, an async one for :class:`AsyncClient`."""
 
     def __init__(
         self,
@@ -305,6 +393,7 @@ class _BaseClient:
         failure_policy: FailurePolicy | str = FailurePolicy.CLOSED,
         holder: str | None = None,
         trust_env: bool = False,
+        transport: _TransportT | None = None,
     ) -> None:
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
@@ -336,26 +425,25 @@ class _BaseClient:
             self._headers["authorization"] = f"Bearer {token}"
         self._verify = verify
         self._trust_env = trust_env
+        self._open(
+            transport,
+            {
+                "headers": self._headers,
+                "verify": verify,
+                "trust_env": trust_env,
+                "timeout": timeout,
+            },
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} nodes={self.nodes} policy={self.failure_policy.value}>"
 
-    def _finish(self, call: _Call[T], response: httpx.Response) -> T:
-        try:
-            body: Any = response.json() if response.content else None
-        except ValueError:
-            body = None
-        status = response.status_code
-        if 200 <= status < 300:
-            if body is None:
-                raise DecodeError(f"{call.method} {call.path}: {status} without a JSON body")
-            try:
-                return call.parse(body, response.headers)
-            except (KeyError, TypeError, ValueError) as e:
-                raise DecodeError(f"{call.method} {call.path}: unexpected body: {e}") from e
-        if status == 429 and call.on_429 is not None:
-            return call.on_429(body, response.headers)
-        raise error_from_response(status, body, response.text)
+    def _open(self, transport: _TransportT | None, options: dict[str, Any]) -> None:
+        """Make the HTTP client (``options`` are httpx client arguments)."""
+        raise NotImplementedError
+
+    def _release_in_background(self, lease_id: str) -> None:
+        raise NotImplementedError
 
     def _fails_open(
         self, exc: Unavailable, what: str, override: FailurePolicy | str | None
@@ -373,12 +461,44 @@ class _BaseClient:
     def _new_lease_id(self) -> str:
         return str(uuid.uuid4())
 
+    def _acquire_call(
+        self, keys: Sequence[str], ttl: float, lease_id: str | None, holder: str | None
+    ) -> _Call[Lease]:
+        lid = lease_id or self._new_lease_id()
+
+        def abandon(exc: Unavailable) -> NoReturn:
+            # The grant may have been made with its answer lost: free it if we can.
+            self._release_in_background(lid)
+            raise exc
+
+        return _acquire_call(keys, ttl, lid, holder or self.holder, abandon)
+
+    def _check_all_call(
+        self,
+        checks: Iterable[RateCheck | Mapping[str, Any]],
+        failure_policy: FailurePolicy | str | None,
+        raise_on_limit: bool,
+    ) -> _Call[RateDecision]:
+        def undecided(exc: Unavailable) -> RateDecision:
+            if self._fails_open(exc, "rate check", failure_policy):
+                return RateDecision.fail_open(str(exc))
+            raise exc
+
+        return _rate_call(_as_checks(checks), raise_on_limit, undecided)
+
+    def _slot_args(
+        self, keys: Sequence[str], lease_id: str | None, holder: str | None
+    ) -> tuple[list[str], str, str]:
+        """A new slot's keys, lease id and holder."""
+        keys = [keys] if isinstance(keys, str) else keys
+        return list(keys), lease_id or self._new_lease_id(), holder or self.holder
+
 
 # ---------------------------------------------------------------------------------------
 # The sync client
 
 
-class Client(_BaseClient):
+class Client(_BaseClient[httpx.BaseTransport]):
     """A blocking client. Thread-safe; share one per process (create it after a fork).
 
     ``nodes`` is a list of base URLs (``["http://127.0.0.1:7101", ...]``) or one
@@ -387,40 +507,8 @@ class Client(_BaseClient):
     path (the cluster's ``tls.ca_file``) or an ``ssl.SSLContext``.
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[str] | str,
-        *,
-        token: str | None = None,
-        verify: ssl.SSLContext | str | bool = True,
-        timeout: float = 3.0,
-        deadline: float = 10.0,
-        backoff: float = 0.05,
-        max_backoff: float = 1.0,
-        failure_policy: FailurePolicy | str = FailurePolicy.CLOSED,
-        holder: str | None = None,
-        trust_env: bool = False,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            nodes,
-            token=token,
-            verify=verify,
-            timeout=timeout,
-            deadline=deadline,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            failure_policy=failure_policy,
-            holder=holder,
-            trust_env=trust_env,
-        )
-        self._http = httpx.Client(
-            headers=self._headers,
-            verify=verify,
-            trust_env=trust_env,
-            transport=transport,
-            timeout=timeout,
-        )
+    def _open(self, transport: httpx.BaseTransport | None, options: dict[str, Any]) -> None:
+        self._http = httpx.Client(transport=transport, **options)
         self._threads: set[threading.Thread] = set()
 
     def __enter__(self) -> Client:
@@ -436,27 +524,34 @@ class Client(_BaseClient):
         self._http.close()
 
     def _run(self, call: _Call[T], *, deadline: float | None = None) -> T:
-        plan = _Attempts(self, deadline)
+        x = _Exchange(self, call, deadline)
         while True:
-            idx, node, timeout = plan.next()
+            url, timeout = x.next()
             try:
-                response = self._http.request(
-                    call.method,
-                    node + call.path,
-                    json=call.body,
-                    params=call.params,
-                    timeout=timeout,
+                x.answered(
+                    self._http.request(
+                        call.method, url, json=call.body, params=call.params, timeout=timeout
+                    )
                 )
             except httpx.TransportError as e:
-                wait = plan.failed(f"{node}: {type(e).__name__}: {e}")
-            else:
-                if response.status_code not in _RETRY_STATUSES:
-                    self._preferred = idx
-                    return self._finish(call, response)
-                plan.retry_after = _retry_after(response.headers)
-                wait = plan.failed(f"{node}: {response.status_code} {response.text[:200]}")
-            if wait > 0:
-                time.sleep(wait)  # backoff between rounds, bounded by the deadline
+                x.unreachable(e)
+            if x.done:
+                return x.outcome()
+            if x.wait > 0:
+                time.sleep(x.wait)  # backoff between rounds, bounded by the deadline
+
+    def _release_in_background(self, lease_id: str) -> None:
+        def work() -> None:
+            try:
+                self._run(_release_call(lease_id), deadline=min(self.deadline, 2.0))
+            except (QuorateError, RuntimeError) as e:  # RuntimeError: client closed
+                logger.debug("background release of %s failed: %s", lease_id, e)
+            finally:
+                self._threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=work, name=f"quorate-release-{lease_id}", daemon=True)
+        self._threads.add(t)
+        t.start()
 
     # -- slots ------------------------------------------------------------------------
 
@@ -471,26 +566,7 @@ class Client(_BaseClient):
         """Take one slot on every key, all or nothing; raise :class:`LimitExceeded`
         when a key is full. The raw call: nothing renews or releases the lease (use
         :meth:`slot` for that). Retries reuse ``lease_id`` (generated if absent)."""
-        lease_id = lease_id or self._new_lease_id()
-        try:
-            return self._run(_acquire_call(keys, ttl, lease_id, holder or self.holder))
-        except Unavailable:
-            self._release_in_background(lease_id)
-            raise
-
-    def _release_in_background(self, lease_id: str) -> None:
-        # The grant may have been made with its answer lost: free it if we can.
-        def work() -> None:
-            try:
-                self._run(_release_call(lease_id), deadline=min(self.deadline, 2.0))
-            except (QuorateError, RuntimeError) as e:  # RuntimeError: client closed
-                logger.debug("background release of %s failed: %s", lease_id, e)
-            finally:
-                self._threads.discard(threading.current_thread())
-
-        t = threading.Thread(target=work, name=f"quorate-release-{lease_id}", daemon=True)
-        self._threads.add(t)
-        t.start()
+        return self._run(self._acquire_call(keys, ttl, lease_id, holder))
 
     def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         """Release a lease; ``False`` if it was not live. Idempotent."""
@@ -522,13 +598,9 @@ class Client(_BaseClient):
 
         Acquires on entry (raising :class:`LimitExceeded` when full), renews in the
         background every ``ttl / 3``, releases on exit whatever the exit."""
+        keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return Slot(
-            self,
-            list([keys] if isinstance(keys, str) else keys),
-            ttl,
-            lease_id=lease_id or self._new_lease_id(),
-            holder=holder or self.holder,
-            failure_policy=failure_policy,
+            self, keys, ttl, lease_id=lease_id, holder=holder, failure_policy=failure_policy
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> Slot:
@@ -566,16 +638,7 @@ class Client(_BaseClient):
         raise_on_limit: bool = False,
     ) -> RateDecision:
         """Several checks charged all together or not at all (at most 16)."""
-        call = _rate_call(_as_checks(checks))
-        try:
-            decision = self._run(call)
-        except Unavailable as e:
-            if self._fails_open(e, "rate check", failure_policy):
-                return RateDecision.fail_open(str(e))
-            raise
-        if raise_on_limit and not decision.allowed:
-            raise RateLimited(decision.message or "rate limited", decision=decision)
-        return decision
+        return self._run(self._check_all_call(checks, failure_policy, raise_on_limit))
 
     # -- limits, policies, tiers (admin) ----------------------------------------------
 
@@ -619,43 +682,11 @@ class Client(_BaseClient):
 # The async client
 
 
-class AsyncClient(_BaseClient):
+class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     """The same surface as :class:`Client`, with coroutines. Use it from one event loop."""
 
-    def __init__(
-        self,
-        nodes: Sequence[str] | str,
-        *,
-        token: str | None = None,
-        verify: ssl.SSLContext | str | bool = True,
-        timeout: float = 3.0,
-        deadline: float = 10.0,
-        backoff: float = 0.05,
-        max_backoff: float = 1.0,
-        failure_policy: FailurePolicy | str = FailurePolicy.CLOSED,
-        holder: str | None = None,
-        trust_env: bool = False,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            nodes,
-            token=token,
-            verify=verify,
-            timeout=timeout,
-            deadline=deadline,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            failure_policy=failure_policy,
-            holder=holder,
-            trust_env=trust_env,
-        )
-        self._http = httpx.AsyncClient(
-            headers=self._headers,
-            verify=verify,
-            trust_env=trust_env,
-            transport=transport,
-            timeout=timeout,
-        )
+    def _open(self, transport: httpx.AsyncBaseTransport | None, options: dict[str, Any]) -> None:
+        self._http = httpx.AsyncClient(transport=transport, **options)
         # Background releases are kept referenced until done (asyncio holds tasks weakly).
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -672,27 +703,32 @@ class AsyncClient(_BaseClient):
         await self._http.aclose()
 
     async def _run(self, call: _Call[T], *, deadline: float | None = None) -> T:
-        plan = _Attempts(self, deadline)
+        x = _Exchange(self, call, deadline)
         while True:
-            idx, node, timeout = plan.next()
+            url, timeout = x.next()
             try:
-                response = await self._http.request(
-                    call.method,
-                    node + call.path,
-                    json=call.body,
-                    params=call.params,
-                    timeout=timeout,
+                x.answered(
+                    await self._http.request(
+                        call.method, url, json=call.body, params=call.params, timeout=timeout
+                    )
                 )
             except httpx.TransportError as e:
-                wait = plan.failed(f"{node}: {type(e).__name__}: {e}")
-            else:
-                if response.status_code not in _RETRY_STATUSES:
-                    self._preferred = idx
-                    return self._finish(call, response)
-                plan.retry_after = _retry_after(response.headers)
-                wait = plan.failed(f"{node}: {response.status_code} {response.text[:200]}")
-            if wait > 0:
-                await asyncio.sleep(wait)  # backoff between rounds, bounded by the deadline
+                x.unreachable(e)
+            if x.done:
+                return x.outcome()
+            if x.wait > 0:
+                await asyncio.sleep(x.wait)  # backoff between rounds, bounded by the deadline
+
+    def _release_in_background(self, lease_id: str) -> None:
+        async def work() -> None:
+            try:
+                await self._run(_release_call(lease_id), deadline=min(self.deadline, 2.0))
+            except (QuorateError, RuntimeError) as e:  # RuntimeError: client closed
+                logger.debug("background release of %s failed: %s", lease_id, e)
+
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- slots ------------------------------------------------------------------------
 
@@ -705,23 +741,7 @@ class AsyncClient(_BaseClient):
         holder: str | None = None,
     ) -> Lease:
         """See :meth:`Client.acquire`."""
-        lease_id = lease_id or self._new_lease_id()
-        try:
-            return await self._run(_acquire_call(keys, ttl, lease_id, holder or self.holder))
-        except Unavailable:
-            self._release_in_background(lease_id)
-            raise
-
-    def _release_in_background(self, lease_id: str) -> None:
-        async def work() -> None:
-            try:
-                await self._run(_release_call(lease_id), deadline=min(self.deadline, 2.0))
-            except (QuorateError, RuntimeError) as e:  # RuntimeError: client closed
-                logger.debug("background release of %s failed: %s", lease_id, e)
-
-        task = asyncio.get_running_loop().create_task(work())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return await self._run(self._acquire_call(keys, ttl, lease_id, holder))
 
     async def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         return await self._run(_release_call(lease_id), deadline=deadline)
@@ -744,13 +764,9 @@ class AsyncClient(_BaseClient):
         failure_policy: FailurePolicy | str | None = None,
     ) -> AsyncSlot:
         """``async with client.slot(keys, ttl) as s:`` -- see :meth:`Client.slot`."""
+        keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return AsyncSlot(
-            self,
-            list([keys] if isinstance(keys, str) else keys),
-            ttl,
-            lease_id=lease_id or self._new_lease_id(),
-            holder=holder or self.holder,
-            failure_policy=failure_policy,
+            self, keys, ttl, lease_id=lease_id, holder=holder, failure_policy=failure_policy
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> AsyncSlot:
@@ -784,16 +800,7 @@ class AsyncClient(_BaseClient):
         failure_policy: FailurePolicy | str | None = None,
         raise_on_limit: bool = False,
     ) -> RateDecision:
-        call = _rate_call(_as_checks(checks))
-        try:
-            decision = await self._run(call)
-        except Unavailable as e:
-            if self._fails_open(e, "rate check", failure_policy):
-                return RateDecision.fail_open(str(e))
-            raise
-        if raise_on_limit and not decision.allowed:
-            raise RateLimited(decision.message or "rate limited", decision=decision)
-        return decision
+        return await self._run(self._check_all_call(checks, failure_policy, raise_on_limit))
 
     # -- limits, policies, tiers (admin) ----------------------------------------------
 

@@ -30,14 +30,21 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import LeaseLost, LeaseNotFound, QuorateError, Unavailable
 from .types import Lease
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client, FailurePolicy
+    # Client and AsyncClient are named (quoted) in the flavours' base classes.
+    from .client import (
+        AsyncClient,  # noqa: F401
+        Client,  # noqa: F401
+        FailurePolicy,
+        _BaseClient,
+    )
 
 __all__ = ["AsyncSlot", "Slot"]
 
@@ -46,22 +53,28 @@ logger = logging.getLogger("quorate")
 #: The shortest renewal interval, so a tiny TTL cannot turn into a busy loop.
 _MIN_INTERVAL = 0.01
 
+_C = TypeVar("_C", bound="_BaseClient[Any]")
 
-class _SlotState:
-    """What both slot flavours track; no I/O here."""
+
+class _SlotState(Generic[_C]):
+    """What both slot flavours track and decide: the lease, its local deadline, when to
+    renew, what a renewal's outcome means, whether to release. No I/O here; the
+    flavours only call the client and run the renewer (a thread, a task)."""
 
     def __init__(
         self,
+        client: _C,
         keys: Sequence[str],
         ttl: float,
         *,
         lease_id: str,
         holder: str,
-        failure_policy: FailurePolicy | str | None,
-        adopt: bool,
+        failure_policy: FailurePolicy | str | None = None,
+        adopt: bool = False,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
+        self._client = client
         self.keys = list(keys)
         self.ttl = float(ttl)
         #: The lease id, fixed before the first attempt and reused by every retry.
@@ -79,6 +92,7 @@ class _SlotState:
         self._detached = False
         self._lost_reason: str | None = None
         self._deadline = 0.0  # monotonic; see `lost`
+        self._failed = False  # the last renewal failed: retry sooner
         self.renewals = 0
 
     def __repr__(self) -> str:
@@ -119,12 +133,40 @@ class _SlotState:
         if self.lost:
             raise LeaseLost(f"lease {self.lease_id} lost: {self._lost_reason}")
 
+    # -- acquire ----------------------------------------------------------------------
+
+    def _needs_acquire(self) -> bool:
+        return not (self._held or self.degraded)
+
+    def _undecided(self, exc: Unavailable) -> None:
+        """The acquire got no decision: go on degraded if the failure policy allows
+        (never for an adopted lease), else raise."""
+        if self._adopt or not self._client._fails_open(
+            exc, f"slot {self.keys}", self._failure_policy
+        ):
+            raise exc
+        self.degraded = True
+
     def _granted(self, started: float) -> None:
         self._held = True
+        self._failed = False
         self._deadline = started + self.ttl
 
+    # -- renewal ----------------------------------------------------------------------
+
+    def _next_wait(self) -> float:
+        if not self._failed:
+            return self.interval
+        # Retry sooner after a failure, but never past the deadline.
+        return max(_MIN_INTERVAL, min(self.interval, self.remaining / 3))
+
+    def _renew_budget(self) -> float:
+        return max(0.05, self.remaining)
+
     def _renewed(self, started: float) -> bool:
-        """Record a successful renewal; False if the lease was lost meanwhile."""
+        """Record a successful renewal; False (stop renewing) if the lease was lost
+        meanwhile."""
+        self._failed = False
         # A success that arrives after the deadline does not undo the loss: for a while
         # nobody could tell whether the lease was still ours.
         if self.lost:
@@ -133,19 +175,34 @@ class _SlotState:
         self.renewals += 1
         return True
 
+    def _renew_failed(self, exc: QuorateError) -> bool:
+        """Record a failed renewal; False (stop renewing) when the lease is gone."""
+        if isinstance(exc, LeaseNotFound):
+            self._mark_lost("the cluster no longer has the lease (lease_not_found)")
+            return False
+        self._failed = True
+        logger.warning("renewal of lease %s failed: %s", self.lease_id, exc)
+        return True
+
     def _mark_lost(self, reason: str) -> None:
         if self._lost_reason is None:
             self._lost_reason = reason
             logger.warning("lease %s lost: %s", self.lease_id, reason)
 
-    def _next_wait(self, failed: bool) -> float:
-        if not failed:
-            return self.interval
-        # Retry sooner after a failure, but never past the deadline.
-        return max(_MIN_INTERVAL, min(self.interval, self.remaining / 3))
+    # -- release ----------------------------------------------------------------------
 
-    def _renew_budget(self) -> float:
-        return max(0.05, self.remaining)
+    def _begin_release(self) -> bool:
+        """True when there is a lease to release now (and it is no longer held)."""
+        if not self._held or self._detached or self.released is not None:
+            return False
+        self._held = False
+        return True
+
+    def _release_deadline(self) -> float:
+        return min(self._client.deadline, max(1.0, self.ttl))
+
+    def _release_failed(self, exc: QuorateError) -> None:
+        logger.warning("release of lease %s failed (it will expire): %s", self.lease_id, exc)
 
     def detach(self) -> str:
         """Hand the lease over: stop renewing, do not release on exit. Returns the id."""
@@ -153,31 +210,15 @@ class _SlotState:
         return self.lease_id
 
 
-class Slot(_SlotState):
+class Slot(_SlotState["Client"]):
     """A held slot for blocking code; see the module docs. Made by ``Client.slot``."""
 
-    def __init__(
-        self,
-        client: Client,
-        keys: Sequence[str],
-        ttl: float,
-        *,
-        lease_id: str,
-        holder: str,
-        failure_policy: FailurePolicy | str | None = None,
-        adopt: bool = False,
-    ) -> None:
-        super().__init__(
-            keys,
-            ttl,
-            lease_id=lease_id,
-            holder=holder,
-            failure_policy=failure_policy,
-            adopt=adopt,
-        )
-        self._client = client
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    _thread: threading.Thread | None = None
+
+    @cached_property
+    def _stop(self) -> threading.Event:
+        """Set to stop the renewer (its timer: it waits on this event)."""
+        return threading.Event()
 
     def __enter__(self) -> Slot:
         self.acquire()
@@ -193,45 +234,41 @@ class Slot(_SlotState):
 
     def acquire(self) -> Slot:
         """Acquire (or, for ``hold()``, confirm) the lease and start renewing it."""
-        if self._held or self.degraded:
+        if not self._needs_acquire():
             return self
         started = time.monotonic()
-        if self._adopt:
-            self._client.renew(self.lease_id, self.ttl)  # LeaseNotFound if gone
-        else:
-            try:
+        try:
+            if self._adopt:
+                self._client.renew(self.lease_id, self.ttl)  # LeaseNotFound if gone
+            else:
                 self.lease = self._client.acquire(
                     self.keys, self.ttl, lease_id=self.lease_id, holder=self.holder
                 )
-            except Unavailable as e:
-                if self._client._fails_open(e, f"slot {self.keys}", self._failure_policy):
-                    self.degraded = True
-                    return self
-                raise
+        except Unavailable as e:
+            self._undecided(e)
+            return self
         self._granted(started)
         self._thread = threading.Thread(
-            target=self._renew_loop, name=f"quorate-renew-{self.lease_id}", daemon=True
+            target=self._renew_loop,
+            args=(self._stop,),
+            name=f"quorate-renew-{self.lease_id}",
+            daemon=True,
         )
         self._thread.start()
         return self
 
-    def _renew_loop(self) -> None:
-        failed = False
+    def _renew_loop(self, stop: threading.Event) -> None:
         # Event.wait is the timer; release() sets the event to stop at once.
-        while not self._stop.wait(self._next_wait(failed)):
+        while not stop.wait(self._next_wait()):
             if self.lost:
                 return
             started = time.monotonic()
             try:
                 self._client.renew(self.lease_id, self.ttl, deadline=self._renew_budget())
-            except LeaseNotFound:
-                self._mark_lost("the cluster no longer has the lease (lease_not_found)")
-                return
             except QuorateError as e:
-                failed = True
-                logger.warning("renewal of lease %s failed: %s", self.lease_id, e)
+                if not self._renew_failed(e):
+                    return
             else:
-                failed = False
                 if not self._renewed(started):
                     return
 
@@ -246,15 +283,12 @@ class Slot(_SlotState):
         """Stop renewing and release the lease now (idempotent). Returns the server's
         answer, or ``None`` when there was nothing to release or the release failed."""
         self._stop_renewing()
-        if not self._held or self._detached or self.released is not None:
+        if not self._begin_release():
             return self.released
-        self._held = False
         try:
-            self.released = self._client.release(
-                self.lease_id, deadline=min(self._client.deadline, max(1.0, self.ttl))
-            )
+            self.released = self._client.release(self.lease_id, deadline=self._release_deadline())
         except QuorateError as e:
-            logger.warning("release of lease %s failed (it will expire): %s", self.lease_id, e)
+            self._release_failed(e)
             return None
         return self.released
 
@@ -264,30 +298,10 @@ class Slot(_SlotState):
         return self.lease_id
 
 
-class AsyncSlot(_SlotState):
+class AsyncSlot(_SlotState["AsyncClient"]):
     """A held slot for asyncio code; see the module docs. Made by ``AsyncClient.slot``."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        keys: Sequence[str],
-        ttl: float,
-        *,
-        lease_id: str,
-        holder: str,
-        failure_policy: FailurePolicy | str | None = None,
-        adopt: bool = False,
-    ) -> None:
-        super().__init__(
-            keys,
-            ttl,
-            lease_id=lease_id,
-            holder=holder,
-            failure_policy=failure_policy,
-            adopt=adopt,
-        )
-        self._client = client
-        self._task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncSlot:
         await self.acquire()
@@ -303,21 +317,19 @@ class AsyncSlot(_SlotState):
 
     async def acquire(self) -> AsyncSlot:
         """Acquire (or, for ``hold()``, confirm) the lease and start renewing it."""
-        if self._held or self.degraded:
+        if not self._needs_acquire():
             return self
         started = time.monotonic()
-        if self._adopt:
-            await self._client.renew(self.lease_id, self.ttl)
-        else:
-            try:
+        try:
+            if self._adopt:
+                await self._client.renew(self.lease_id, self.ttl)
+            else:
                 self.lease = await self._client.acquire(
                     self.keys, self.ttl, lease_id=self.lease_id, holder=self.holder
                 )
-            except Unavailable as e:
-                if self._client._fails_open(e, f"slot {self.keys}", self._failure_policy):
-                    self.degraded = True
-                    return self
-                raise
+        except Unavailable as e:
+            self._undecided(e)
+            return self
         self._granted(started)
         self._task = asyncio.get_running_loop().create_task(
             self._renew_loop(), name=f"quorate-renew-{self.lease_id}"
@@ -325,22 +337,17 @@ class AsyncSlot(_SlotState):
         return self
 
     async def _renew_loop(self) -> None:
-        failed = False
         while True:
-            await asyncio.sleep(self._next_wait(failed))  # the timer; cancelled on release
+            await asyncio.sleep(self._next_wait())  # the timer; cancelled on release
             if self.lost:
                 return
             started = time.monotonic()
             try:
                 await self._client.renew(self.lease_id, self.ttl, deadline=self._renew_budget())
-            except LeaseNotFound:
-                self._mark_lost("the cluster no longer has the lease (lease_not_found)")
-                return
             except QuorateError as e:
-                failed = True
-                logger.warning("renewal of lease %s failed: %s", self.lease_id, e)
+                if not self._renew_failed(e):
+                    return
             else:
-                failed = False
                 if not self._renewed(started):
                     return
 
@@ -355,15 +362,14 @@ class AsyncSlot(_SlotState):
     async def release(self) -> bool | None:
         """Stop renewing and release the lease now (idempotent)."""
         await self._stop_renewing()
-        if not self._held or self._detached or self.released is not None:
+        if not self._begin_release():
             return self.released
-        self._held = False
         try:
             self.released = await self._client.release(
-                self.lease_id, deadline=min(self._client.deadline, max(1.0, self.ttl))
+                self.lease_id, deadline=self._release_deadline()
             )
         except QuorateError as e:
-            logger.warning("release of lease %s failed (it will expire): %s", self.lease_id, e)
+            self._release_failed(e)
             return None
         return self.released
 
