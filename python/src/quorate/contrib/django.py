@@ -30,8 +30,8 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable, MutableMapping
+from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -67,39 +67,42 @@ def quorate_settings() -> dict[str, Any]:
     return conf
 
 
-def _client_options(conf: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "token": conf.get("TOKEN"),
-        "verify": conf.get("VERIFY", True),
-        "timeout": float(conf.get("TIMEOUT", 3.0)),
-        "deadline": float(conf.get("DEADLINE", 10.0)),
-        "failure_policy": conf.get("FAILURE_POLICY", "closed"),
-    }
+_K = TypeVar("_K", bound=Hashable)
+_C = TypeVar("_C", Client, AsyncClient)
+
+
+def _cached_client(
+    clients: MutableMapping[_K, _C], key: _K, make: Callable[..., _C], *, only: bool = False
+) -> _C:
+    """The client kept under ``key``, built from ``settings.QUORATE`` on first use;
+    ``only``: forget the others when building it."""
+    with _lock:
+        client = clients.get(key)
+        if client is None:
+            conf = quorate_settings()
+            client = make(
+                conf["NODES"],
+                token=conf.get("TOKEN"),
+                verify=conf.get("VERIFY", True),
+                timeout=float(conf.get("TIMEOUT", 3.0)),
+                deadline=float(conf.get("DEADLINE", 10.0)),
+                failure_policy=conf.get("FAILURE_POLICY", "closed"),
+            )
+            if only:
+                clients.clear()
+            clients[key] = client
+        return client
 
 
 def get_client() -> Client:
     """This process's sync client, built from ``settings.QUORATE``."""
-    pid = os.getpid()
-    with _lock:
-        client = _sync_clients.get(pid)
-        if client is None:
-            conf = quorate_settings()
-            client = Client(conf["NODES"], **_client_options(conf))
-            _sync_clients.clear()  # a forked child must not use its parent's sockets
-            _sync_clients[pid] = client
-        return client
+    # Keyed by pid, and only one: a forked child must not use its parent's sockets.
+    return _cached_client(_sync_clients, os.getpid(), Client, only=True)
 
 
 def get_async_client() -> AsyncClient:
     """The running event loop's async client, built from ``settings.QUORATE``."""
-    loop = asyncio.get_running_loop()
-    with _lock:
-        client = _async_clients.get(loop)
-        if client is None:
-            conf = quorate_settings()
-            client = AsyncClient(conf["NODES"], **_client_options(conf))
-            _async_clients[loop] = client
-        return client
+    return _cached_client(_async_clients, asyncio.get_running_loop(), AsyncClient)
 
 
 def _proxies() -> TrustedProxies:
