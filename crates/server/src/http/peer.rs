@@ -170,35 +170,55 @@ fn deadline(node: &Node, headers: &HeaderMap) -> Instant {
     Instant::now() + theirs.min(ours)
 }
 
-async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
-    if let Err(why) = st.node.raft_gate() {
+/// A Raft RPC: refused (503) while this node may not take part in Raft yet
+/// ([`Node::raft_gate`]), else decoded and handed to `f` like any peer RPC.
+async fn raft_rpc<Req, Resp, F, Fut>(
+    node: Arc<Node>,
+    bytes: Bytes,
+    what: &'static str,
+    f: F,
+) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Arc<Node>, Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    if let Err(why) = node.raft_gate() {
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
-    rpc(bytes, "append", |req: AppendEntriesRequest<TypeConfig>| async move {
-        st.node.raft().append_entries(req).await
-    })
+    rpc(bytes, what, |req| f(node, req)).await
+}
+
+async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
+    raft_rpc(
+        st.node,
+        bytes,
+        "append",
+        |node, req: AppendEntriesRequest<TypeConfig>| async move {
+            node.raft().append_entries(req).await
+        },
+    )
     .await
 }
 
 async fn vote(State(st): State<PeerState>, bytes: Bytes) -> Response {
-    if let Err(why) = st.node.raft_gate() {
-        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-    }
-    rpc(bytes, "vote", |req: VoteRequest<u64>| async move {
-        st.node.raft().vote(req).await
-    })
+    raft_rpc(
+        st.node,
+        bytes,
+        "vote",
+        |node, req: VoteRequest<u64>| async move { node.raft().vote(req).await },
+    )
     .await
 }
 
 async fn snapshot(State(st): State<PeerState>, bytes: Bytes) -> Response {
-    if let Err(why) = st.node.raft_gate() {
-        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-    }
-    rpc(
+    raft_rpc(
+        st.node,
         bytes,
         "snapshot",
-        |req: InstallSnapshotRequest<TypeConfig>| async move {
-            st.node.raft().install_snapshot(req).await
+        |node, req: InstallSnapshotRequest<TypeConfig>| async move {
+            node.raft().install_snapshot(req).await
         },
     )
     .await
