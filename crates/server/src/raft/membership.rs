@@ -20,17 +20,25 @@ use super::{tokio_deadline, Node};
 use crate::backend::NodeError;
 
 impl Node {
+    /// Membership changes are made by the leader only; a follower answers
+    /// `NotLeader` with its hint, so the caller can forward or retry there.
+    fn ensure_leader(&self) -> Result<(), NodeError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(NodeError::NotLeader {
+                leader: self.current_leader(),
+            })
+        }
+    }
+
     /// Add a learner (waiting until it has caught up), then promote it to voter.
     pub async fn leader_add_member(
         &self,
         req: AddMemberRequest,
         deadline: Instant,
     ) -> Result<MembersResponse, NodeError> {
-        if !self.is_leader() {
-            return Err(NodeError::NotLeader {
-                leader: self.current_leader(),
-            });
-        }
+        self.ensure_leader()?;
         let _one_at_a_time = self.membership_lock.lock().await;
         if req.id == 0 {
             return Err(NodeError::Refused("node id 0 is reserved".into()));
@@ -77,11 +85,7 @@ impl Node {
         id: u64,
         deadline: Instant,
     ) -> Result<MembersResponse, NodeError> {
-        if !self.is_leader() {
-            return Err(NodeError::NotLeader {
-                leader: self.current_leader(),
-            });
-        }
+        self.ensure_leader()?;
         // A leader removing itself leaves openraft 0.9 proposing membership entries
         // as a leader that is no longer in the config, which trips its internal
         // leader-only assertion and stops Raft on this node (found by the API fuzz
