@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use quorate_core::{Op, Query, Reply};
 use quorate_proto::{AddMemberRequest, ClusterResponse, MembersResponse};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::time::sleep;
 
 use super::{Node, MEMBERSHIP_TIMEOUT_FACTOR};
@@ -135,8 +136,7 @@ impl Node {
             return Ok(reply);
         }
         let deadline = Instant::now() + self.request_timeout();
-        let body = protocol::encode(&op)
-            .map_err(|e| NodeError::Unavailable(format!("cannot encode op: {e}")))?;
+        let body = encoded(&op, "op")?;
         self.route("write", paths::FORWARD_WRITE, body, deadline, false, || {
             self.leader_write(op.clone(), deadline)
         })
@@ -146,8 +146,7 @@ impl Node {
     #[tracing::instrument(name = "read", skip_all, fields(node = self.id, query = query_kind(&q)))]
     pub(super) async fn read_query(&self, q: Query) -> Result<Reply, NodeError> {
         let deadline = Instant::now() + self.request_timeout();
-        let body = protocol::encode(&q)
-            .map_err(|e| NodeError::Unavailable(format!("cannot encode query: {e}")))?;
+        let body = encoded(&q, "query")?;
         self.route("read", paths::FORWARD_READ, body, deadline, true, || {
             self.leader_read(q.clone(), deadline)
         })
@@ -159,35 +158,48 @@ impl Node {
         &self,
         req: AddMemberRequest,
     ) -> Result<MembersResponse, NodeError> {
-        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
-        let body = protocol::encode(&req)
-            .map_err(|e| NodeError::Unavailable(format!("cannot encode request: {e}")))?;
-        self.route(
-            "add_member",
-            paths::FORWARD_ADD_MEMBER,
-            body,
-            deadline,
-            false,
-            || self.leader_add_member(req.clone(), deadline),
-        )
+        let path = paths::FORWARD_ADD_MEMBER;
+        self.route_membership("add_member", path, &req, |deadline| {
+            self.leader_add_member(req.clone(), deadline)
+        })
         .await
     }
 
     #[tracing::instrument(name = "remove_member", skip_all, fields(node = self.id, id))]
     pub(super) async fn remove_member_op(&self, id: u64) -> Result<MembersResponse, NodeError> {
-        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
-        let body = protocol::encode(&id)
-            .map_err(|e| NodeError::Unavailable(format!("cannot encode request: {e}")))?;
-        self.route(
-            "remove_member",
-            paths::FORWARD_REMOVE_MEMBER,
-            body,
-            deadline,
-            false,
-            || self.leader_remove_member(id, deadline),
-        )
+        let path = paths::FORWARD_REMOVE_MEMBER;
+        self.route_membership("remove_member", path, &id, |deadline| {
+            self.leader_remove_member(id, deadline)
+        })
         .await
     }
+
+    /// Route a membership change: never retried after a failure that may have had
+    /// an effect, and given several request timeouts (a learner catches up first).
+    async fn route_membership<R, L, Fut>(
+        &self,
+        kind: &'static str,
+        path: &'static str,
+        req: &R,
+        local: L,
+    ) -> Result<MembersResponse, NodeError>
+    where
+        R: Serialize,
+        L: Fn(Instant) -> Fut,
+        Fut: Future<Output = Result<MembersResponse, NodeError>>,
+    {
+        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
+        let body = encoded(req, "request")?;
+        self.route(kind, path, body, deadline, false, || local(deadline))
+            .await
+    }
+}
+
+/// `value` encoded once for forwarding, whoever ends up deciding it; `noun` names it
+/// in the (never expected) error.
+fn encoded<T: Serialize>(value: &T, noun: &str) -> Result<Vec<u8>, NodeError> {
+    protocol::encode(value)
+        .map_err(|e| NodeError::Unavailable(format!("cannot encode {noun}: {e}")))
 }
 
 fn query_kind(q: &Query) -> &'static str {
