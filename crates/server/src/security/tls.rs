@@ -60,6 +60,24 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("tls.{what}: cannot read {}: {e}", path.display()))
 }
 
+/// The PEM file `tls.<what>` at `path`, and the certificates in it (at least one).
+fn read_certs(
+    path: &Path,
+    what: &str,
+) -> Result<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
+    let pem = read(path, what)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.{what} {}: no certificate found",
+            path.display()
+        ));
+    }
+    Ok((pem, certs))
+}
+
 impl TlsSection {
     /// Load certificate, key and CA (paths relative to `base`).
     pub fn load(&self, base: &Path) -> Result<Tls, String> {
@@ -75,30 +93,12 @@ impl TlsSection {
             abs(&self.key_file),
             abs(&self.ca_file),
         );
-        let cert_pem = read(&cert_path, "cert_file")?;
-        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("tls.cert_file {}: {e}", cert_path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "tls.cert_file {}: no certificate found",
-                cert_path.display()
-            ));
-        }
+        let (cert_pem, certs) = read_certs(&cert_path, "cert_file")?;
         let key_pem = read(&key_path, "key_file")?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|e| format!("tls.key_file {}: {e}", key_path.display()))?
             .ok_or_else(|| format!("tls.key_file {}: no private key found", key_path.display()))?;
-        let ca_pem = read(&ca_path, "ca_file")?;
-        let cas = rustls_pemfile::certs(&mut ca_pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("tls.ca_file {}: {e}", ca_path.display()))?;
-        if cas.is_empty() {
-            return Err(format!(
-                "tls.ca_file {}: no certificate found",
-                ca_path.display()
-            ));
-        }
+        let (ca_pem, cas) = read_certs(&ca_path, "ca_file")?;
         // An explicit provider: never depend on which crypto backend another crate
         // in the build happened to enable as the process default.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
