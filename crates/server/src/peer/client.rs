@@ -185,13 +185,10 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
-        let addr = self.addr_of(peer, addr);
         let req = self
-            .http
-            .post(format!("{}://{addr}{path}", self.scheme))
+            .request(reqwest::Method::POST, peer, addr, path, timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(TIMEOUT_HEADER, timeout.as_millis().to_string())
-            .timeout(timeout);
+            .header(TIMEOUT_HEADER, timeout.as_millis().to_string());
         let req = self.sign(req, "POST", path, &body)?.body(body);
         Self::finish(req).await
     }
@@ -204,13 +201,25 @@ impl PeerClient {
         path: &str,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
-        let addr = self.addr_of(peer, addr);
-        let req = self
-            .http
-            .get(format!("{}://{addr}{path}", self.scheme))
-            .timeout(timeout);
+        let req = self.request(reqwest::Method::GET, peer, addr, path, timeout);
         let req = self.sign(req, "GET", path, &[])?;
         Self::finish(req).await
+    }
+
+    /// A request to `<scheme>://<addr><path>` of peer `peer` (at `addr` unless
+    /// overridden), given up after `timeout`.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        peer: u64,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let addr = self.addr_of(peer, addr);
+        self.http
+            .request(method, format!("{}://{addr}{path}", self.scheme))
+            .timeout(timeout)
     }
 
     /// Add the signature header when this client signs. `path` must be exactly the
