@@ -81,31 +81,19 @@ fn sf_string(s: &str) -> String {
 /// ratelimit-headers), one list member per check, named by the check's key, plus the
 /// `X-RateLimit-*` trio of the most restrictive check for older clients.
 fn rate_headers(headers: &mut HeaderMap, results: &[core::RateResult], top: &core::RateResult) {
-    let policy = results
-        .iter()
-        .map(|r| {
-            format!(
-                "{};q={};w={};burst={}",
-                sf_string(&r.key),
-                r.limit,
-                r.period_ms.div_ceil(1000).max(1),
-                r.burst
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = results
-        .iter()
-        .map(|r| {
-            format!(
-                "{};r={};t={}",
-                sf_string(&r.key),
-                r.remaining,
-                r.reset_after_ms.div_ceil(1000)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    // One list member per check: the check's key, then `params`.
+    let list = |params: fn(&core::RateResult) -> String| {
+        results
+            .iter()
+            .map(|r| format!("{};{}", sf_string(&r.key), params(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let policy = list(|r| {
+        let window = r.period_ms.div_ceil(1000).max(1);
+        format!("q={};w={window};burst={}", r.limit, r.burst)
+    });
+    let state = list(|r| format!("r={};t={}", r.remaining, r.reset_after_ms.div_ceil(1000)));
     let mut put = |name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             headers.insert(HeaderName::from_static(name), v);
