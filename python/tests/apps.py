@@ -93,6 +93,32 @@ def start_apps(
     return apps
 
 
+class Workers:
+    """The workers of one example that a test started (the ``apps`` fixture): every one
+    is stopped when the test ends, whatever the end."""
+
+    def __init__(self, example: str, args: Sequence[str] = ()) -> None:
+        self.example = example
+        self.args = args
+        self.started: list[App] = []
+
+    def start(self, env: dict[str, str], n: int = 1) -> list[App]:
+        """Start ``n`` workers with ``env`` (see :func:`start_apps`)."""
+        apps = start_apps(self.example, env, n, self.args)
+        self.started.extend(apps)
+        return apps
+
+    def start_closed_and_open(self, env: dict[str, str]) -> tuple[App, App]:
+        """One fail-closed and one fail-open worker, otherwise alike."""
+        (closed,) = self.start({**env, "QUORATE_FAILURE_POLICY": "closed"})
+        (opened,) = self.start({**env, "QUORATE_FAILURE_POLICY": "open"})
+        return closed, opened
+
+    def stop(self) -> None:
+        for a in self.started:
+            a.stop()
+
+
 def spread(
     apps: Iterable[App],
     requests: int,

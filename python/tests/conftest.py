@@ -1,5 +1,8 @@
 """Shared fixtures: one healthy session-wide cluster, one cluster for faults.
 
+Example tests get ``apps``: the workers of their module's ``EXAMPLE`` (started with
+its ``ARGS``, if any), stopped at the end of each test.
+
 Most tests share ``cluster`` (started once per session; tests use unique keys so they
 do not see each other's slots or buckets). Tests that kill nodes use ``chaos_cluster``,
 a second cluster that is healed (every node started, a leader agreed) before each
@@ -17,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from apps import Workers
 from quorate_cluster import Cluster, find_binary
 
 
@@ -57,3 +61,13 @@ def chaos_cluster(_chaos_cluster: Cluster) -> Iterator[Cluster]:
 def uid() -> str:
     """A short unique suffix for keys, so tests sharing a cluster never collide."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def apps(request: pytest.FixtureRequest) -> Iterator[Workers]:
+    """Starts the workers of the test module's ``EXAMPLE``; stops them afterwards."""
+    workers = Workers(request.module.EXAMPLE, getattr(request.module, "ARGS", ()))
+    try:
+        yield workers
+    finally:
+        workers.stop()

@@ -29,44 +29,24 @@ T = TypeVar("T")
 #: How long to wait for a cluster to become ready or elect a leader.
 DEADLINE = 30.0
 
-#: The repository's seed policies (same as cluster.toml and tests/common/mod.rs).
-DEFAULT_POLICIES = """
-[[policies]]
-name = "orgs"
-kind = "concurrency"
-pattern = "org:*"
-limit = 5
+#: The repository's root (its ``cluster.toml`` holds the seed policies and tiers).
+ROOT = Path(__file__).resolve().parents[2]
 
-[[policies]]
-name = "global"
-kind = "concurrency"
-pattern = "global"
-limit = 50
 
-[[policies]]
-name = "anon"
-kind = "rate"
-limit = 60
-period_ms = 60000
+def seed_policies(path: Path = ROOT / "cluster.toml") -> str:
+    """The ``[[policies]]`` and ``[tiers]`` tables of the repository's ``cluster.toml``,
+    as TOML text: the seeds every test cluster starts with (as in tests/common/mod.rs)."""
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            keep = line.strip() in ("[[policies]]", "[tiers]")
+        if keep:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
-[[policies]]
-name = "user"
-kind = "rate"
-limit = 300
-period_ms = 60000
 
-[[policies]]
-name = "worker"
-kind = "rate"
-limit = 30
-period_ms = 60000
-burst = 10
-
-[tiers]
-superuser = 10
-authenticated = 2
-anonymous = 1
-"""
+DEFAULT_POLICIES = seed_policies()
 
 
 def find_binary() -> Path:
@@ -78,8 +58,7 @@ def find_binary() -> Path:
         if not p.is_file():
             raise RuntimeError(f"QUORATE_BIN={env} does not exist")
         return p
-    root = Path(__file__).resolve().parents[2]
-    target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     for flavour in ("debug", "release"):
         p = target / flavour / "quorate"
         if p.is_file():

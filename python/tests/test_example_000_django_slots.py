@@ -4,24 +4,14 @@ path. Two worker processes share the limits; a leader kill admits nobody extra."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
-from apps import App, app_env, spread, start_apps, statuses
+from apps import App, Workers, app_env, spread, statuses
 from quorate_cluster import Cluster, poll
 
 import quorate
 
 EXAMPLE = "000_django_slots"
-
-
-@pytest.fixture
-def apps_() -> Iterator[list[App]]:
-    started: list[App] = []
-    yield started
-    for a in started:
-        a.stop()
+ARGS = ["serve"]
 
 
 def env(urls: list[str], uid: str, **extra: object) -> dict[str, str]:
@@ -47,15 +37,13 @@ def wait_used(client: quorate.Client, key: str, n: int) -> None:
     poll(f"{key} used == {n}", lambda: True if used(client, key) == n else None, deadline=15)
 
 
-def test_org_and_global_limits_and_release_paths(
-    cluster: Cluster, uid: str, apps_: list[App]
-) -> None:
+def test_org_and_global_limits_and_release_paths(cluster: Cluster, uid: str, apps: Workers) -> None:
     glob = f"global-{uid}"
     with quorate.Client(cluster.urls) as client:
         # The seed's global cap is 50 (policy "global"); this test's private global key
         # gets the same cap as an override, the way an operator would set it.
         client.set_limit(glob, 50)
-        (app,) = apps_[:] = start_apps(EXAMPLE, env(cluster.urls, uid), args=["serve"])
+        (app,) = apps.start(env(cluster.urls, uid))
         org = f"a{uid}"
         first = [start(app.http, org) for _ in range(6)]
         assert [r.status_code for r in first] == [202] * 5 + [429]
@@ -99,54 +87,46 @@ def test_org_and_global_limits_and_release_paths(
         wait_used(client, glob, 0)
 
 
-def test_two_workers_share_the_org_limit(cluster: Cluster, uid: str, apps_: list[App]) -> None:
-    apps_[:] = start_apps(EXAMPLE, env(cluster.urls, uid), n=2, args=["serve"])
+def test_two_workers_share_the_org_limit(cluster: Cluster, uid: str, apps: Workers) -> None:
+    workers = apps.start(env(cluster.urls, uid), n=2)
     org = f"b{uid}"
-    responses = spread(apps_, 16, lambda c, _i: start(c, org), threads=8)
+    responses = spread(workers, 16, lambda c, _i: start(c, org), threads=8)
     counts = statuses(responses)
     assert counts[202] == 5, counts
     assert counts[429] == 11, counts
     assert len({r.json()["pid"] for r in responses if r.status_code == 202}) >= 1
     with quorate.Client(cluster.urls) as client:
         assert used(client, f"org:{org}") == 5
-        for a in apps_:  # each worker finishes the jobs it runs
+        for a in workers:  # each worker finishes the jobs it runs
             finish_all(a, responses)
         wait_used(client, f"org:{org}", 0)
 
 
-def test_leader_kill_admits_nobody_extra(
-    chaos_cluster: Cluster, uid: str, apps_: list[App]
-) -> None:
+def test_leader_kill_admits_nobody_extra(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
-    apps_[:] = start_apps(EXAMPLE, env(c.urls, uid), n=2, args=["serve"])
+    workers = apps.start(env(c.urls, uid), n=2)
     org = f"c{uid}"
     with quorate.Client(c.urls, deadline=15) as client:
         client.set_limit(f"global-{uid}", 50)
-        before = [start(apps_[i % 2].http, org) for i in range(3)]
+        before = [start(workers[i % 2].http, org) for i in range(3)]
         assert statuses(before)[202] == 3
         c.kill(c.leader_id())
-        during = spread(apps_, 10, lambda cl, _i: start(cl, org), threads=5)
+        during = spread(workers, 10, lambda cl, _i: start(cl, org), threads=5)
         counts = statuses(during)
         assert counts[202] <= 2, counts  # never more than the 5 in total
         assert counts[503] <= 3, counts  # bounded errors through the election
         assert c.leader_id() in c.running()
         assert used(client, f"org:{org}") == 3 + counts[202]
-        for a in apps_:
+        for a in workers:
             finish_all(a, before + during)
         wait_used(client, f"org:{org}", 0)
 
 
 def test_fail_closed_and_fail_open_when_cluster_down(
-    chaos_cluster: Cluster, uid: str, apps_: list[App]
+    chaos_cluster: Cluster, uid: str, apps: Workers
 ) -> None:
     c = chaos_cluster
-    (closed,) = start_apps(EXAMPLE, env(c.urls, uid, QUORATE_DEADLINE=1.5), args=["serve"])
-    (opened,) = start_apps(
-        EXAMPLE,
-        env(c.urls, uid, QUORATE_DEADLINE=1.5, QUORATE_FAILURE_POLICY="open"),
-        args=["serve"],
-    )
-    apps_[:] = [closed, opened]
+    closed, opened = apps.start_closed_and_open(env(c.urls, uid, QUORATE_DEADLINE=1.5))
     for nid in list(c.running()):
         c.kill(nid)
     r = start(closed.http, f"d{uid}")

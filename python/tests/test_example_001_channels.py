@@ -10,20 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from apps import App, app_env, start_apps
+from apps import App, Workers, app_env
 from quorate_cluster import Cluster
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 EXAMPLE = "001_channels_ws"
-
-
-@pytest.fixture
-def apps_() -> Iterator[list[App]]:
-    started: list[App] = []
-    yield started
-    for a in started:
-        a.stop()
 
 
 def ws_url(app: App, token: str | None = None) -> str:
@@ -65,9 +57,9 @@ def kinds(frames: list[dict[str, Any]]) -> list[str]:
 
 
 def test_connection_limits_per_ip_and_per_user_with_tiers(
-    cluster: Cluster, uid: str, apps_: list[App]
+    cluster: Cluster, uid: str, apps: Workers
 ) -> None:
-    (app,) = apps_[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid))
+    (app,) = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid))
     started = time.monotonic()
     anon = [open_ws(app) for _ in range(12)]
     codes = [code for _, code in anon]
@@ -84,10 +76,8 @@ def test_connection_limits_per_ip_and_per_user_with_tiers(
             ws.close()
 
 
-def test_message_and_ai_query_limits_with_tiers(
-    cluster: Cluster, uid: str, apps_: list[App]
-) -> None:
-    (app,) = apps_[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid))
+def test_message_and_ai_query_limits_with_tiers(cluster: Cluster, uid: str, apps: Workers) -> None:
+    (app,) = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid))
     anon, _ = open_ws(app)
     assert anon is not None
     frames = ask(anon, "message", 22)
@@ -110,12 +100,10 @@ def test_message_and_ai_query_limits_with_tiers(
     root.close()
 
 
-def test_two_workers_share_the_connection_limit(
-    cluster: Cluster, uid: str, apps_: list[App]
-) -> None:
-    apps_[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid), n=2)
+def test_two_workers_share_the_connection_limit(cluster: Cluster, uid: str, apps: Workers) -> None:
+    workers = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid), n=2)
     started = time.monotonic()
-    results = [open_ws(apps_[i % 2]) for i in range(16)]
+    results = [open_ws(workers[i % 2]) for i in range(16)]
     accepted = [ws for ws, _ in results if ws is not None]
     refill = int((time.monotonic() - started) * 10 / 60) + 1
     assert 10 <= len(accepted) <= 10 + refill
@@ -124,12 +112,12 @@ def test_two_workers_share_the_connection_limit(
         ws.close()
 
 
-def test_leader_kill_keeps_limits(chaos_cluster: Cluster, uid: str, apps_: list[App]) -> None:
+def test_leader_kill_keeps_limits(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
-    apps_[:] = start_apps(EXAMPLE, app_env(c.urls, RATE_KEY_PREFIX=uid), n=2)
+    workers = apps.start(app_env(c.urls, RATE_KEY_PREFIX=uid), n=2)
     started = time.monotonic()
-    ws1, _ = open_ws(apps_[0], "alice")
-    ws2, _ = open_ws(apps_[1], "alice")
+    ws1, _ = open_ws(workers[0], "alice")
+    ws2, _ = open_ws(workers[1], "alice")
     assert ws1 is not None
     assert ws2 is not None
     frames = ask(ws1, "ai_query", 4) + ask(ws2, "ai_query", 2)
@@ -145,12 +133,10 @@ def test_leader_kill_keeps_limits(chaos_cluster: Cluster, uid: str, apps_: list[
     ws2.close()
 
 
-def test_fail_closed_and_fail_open(chaos_cluster: Cluster, uid: str, apps_: list[App]) -> None:
+def test_fail_closed_and_fail_open(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
     base = {"RATE_KEY_PREFIX": uid, "QUORATE_DEADLINE": 1.5}
-    (closed,) = start_apps(EXAMPLE, app_env(c.urls, **base))
-    (opened,) = start_apps(EXAMPLE, app_env(c.urls, **base, QUORATE_FAILURE_POLICY="open"))
-    apps_[:] = [closed, opened]
+    closed, opened = apps.start_closed_and_open(app_env(c.urls, **base))
     held, _ = open_ws(closed)
     assert held is not None
     for nid in list(c.running()):

@@ -4,11 +4,9 @@ processes sharing the buckets, all-or-none charging, a leader kill, an outage.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
-from apps import App, app_env, spread, start_apps, statuses
+from apps import Workers, app_env, spread, statuses
 from quorate_cluster import Cluster
 
 import quorate
@@ -18,21 +16,13 @@ ALICE = {"authorization": "Token alice"}
 WORKER = {"authorization": "Token worker-1"}
 
 
-@pytest.fixture
-def apps_() -> Iterator[list[App]]:
-    started: list[App] = []
-    yield started
-    for a in started:
-        a.stop()
-
-
 def admitted_bound(burst: int, per_minute: int, started: float) -> int:
     """Burst plus what the bucket refilled while the test ran."""
     return burst + int((time.monotonic() - started) * per_minute / 60) + 1
 
 
-def test_anon_and_worker_scopes(cluster: Cluster, uid: str, apps_: list[App]) -> None:
-    (app,) = apps_[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid))
+def test_anon_and_worker_scopes(cluster: Cluster, uid: str, apps: Workers) -> None:
+    (app,) = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid))
     started = time.monotonic()
     anon = [app.http.get("/api/items/") for _ in range(70)]
     codes = [r.status_code for r in anon]
@@ -60,10 +50,10 @@ def test_anon_and_worker_scopes(cluster: Cluster, uid: str, apps_: list[App]) ->
     assert expected <= user_bucket.remaining <= expected + refill
 
 
-def test_two_workers_share_the_user_limit(cluster: Cluster, uid: str, apps_: list[App]) -> None:
-    apps_[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid), n=2)
+def test_two_workers_share_the_user_limit(cluster: Cluster, uid: str, apps: Workers) -> None:
+    workers = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid), n=2)
     started = time.monotonic()
-    responses = spread(apps_, 330, lambda c, _i: c.get("/api/items/", headers=ALICE), threads=6)
+    responses = spread(workers, 330, lambda c, _i: c.get("/api/items/", headers=ALICE), threads=6)
     counts = statuses(responses)
     assert 300 <= counts[200] <= admitted_bound(300, 300, started), counts
     assert counts[200] + counts[429] == 330
@@ -72,14 +62,14 @@ def test_two_workers_share_the_user_limit(cluster: Cluster, uid: str, apps_: lis
     assert ok.headers["x-ratelimit-limit"] == "300"
 
 
-def test_leader_kill_no_over_admission(chaos_cluster: Cluster, uid: str, apps_: list[App]) -> None:
+def test_leader_kill_no_over_admission(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
-    apps_[:] = start_apps(EXAMPLE, app_env(c.urls, RATE_KEY_PREFIX=uid), n=2)
+    workers = apps.start(app_env(c.urls, RATE_KEY_PREFIX=uid), n=2)
     started = time.monotonic()
     get = lambda cl, _i: cl.get("/api/jobs/", headers=WORKER)  # noqa: E731
-    before = spread(apps_, 6, get, threads=3)
+    before = spread(workers, 6, get, threads=3)
     c.kill(c.leader_id())
-    during = spread(apps_, 12, get, threads=4)
+    during = spread(workers, 12, get, threads=4)
     assert c.leader_id() in c.running()
     counts = statuses(before + during)
     assert counts[200] <= admitted_bound(10, 30, started), counts
@@ -87,12 +77,10 @@ def test_leader_kill_no_over_admission(chaos_cluster: Cluster, uid: str, apps_: 
     assert set(counts) <= {200, 429}, counts  # DRF turns a fail-closed outage into 429
 
 
-def test_fail_closed_and_fail_open(chaos_cluster: Cluster, uid: str, apps_: list[App]) -> None:
+def test_fail_closed_and_fail_open(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
     base = {"RATE_KEY_PREFIX": uid, "QUORATE_DEADLINE": 1.5}
-    (closed,) = start_apps(EXAMPLE, app_env(c.urls, **base))
-    (opened,) = start_apps(EXAMPLE, app_env(c.urls, **base, QUORATE_FAILURE_POLICY="open"))
-    apps_[:] = [closed, opened]
+    closed, opened = apps.start_closed_and_open(app_env(c.urls, **base))
     for nid in list(c.running()):
         c.kill(nid)
     r = closed.http.get("/api/jobs/", headers=WORKER)

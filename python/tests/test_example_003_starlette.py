@@ -6,22 +6,12 @@ real three-node cluster."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import httpx
-import pytest
-from apps import App, app_env, spread, start_apps, statuses
+from apps import Workers, app_env, spread, statuses
 from quorate_cluster import Cluster
 
 EXAMPLE = "003_starlette_rw"
-
-
-@pytest.fixture
-def stop_after() -> Iterator[list[App]]:
-    apps: list[App] = []
-    yield apps
-    for a in apps:
-        a.stop()
 
 
 def post(c: httpx.Client, _i: int) -> httpx.Response:
@@ -29,10 +19,10 @@ def post(c: httpx.Client, _i: int) -> httpx.Response:
 
 
 def test_seed_limits_headers_and_separate_read_write(
-    cluster: Cluster, uid: str, stop_after: list[App]
+    cluster: Cluster, uid: str, apps: Workers
 ) -> None:
     # The seed's numbers: 1000 reads and 100 writes per minute per IP.
-    (app,) = stop_after[:] = start_apps(EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=uid))
+    (app,) = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=uid))
     writes = [app.http.post("/api/v1/sessions") for _ in range(105)]
     codes = [r.status_code for r in writes]
     # 100 of burst plus at most the refill while the loop ran (100/min = 1 per 0.6 s).
@@ -59,10 +49,10 @@ def test_seed_limits_headers_and_separate_read_write(
     assert "x-ratelimit-limit" not in app.http.get("/healthz").headers
 
 
-def test_two_workers_share_one_limit(cluster: Cluster, uid: str, stop_after: list[App]) -> None:
+def test_two_workers_share_one_limit(cluster: Cluster, uid: str, apps: Workers) -> None:
     env = app_env(cluster.urls, RATE_KEY_PREFIX=uid, RATE_WRITE="20/hour")
-    stop_after[:] = start_apps(EXAMPLE, env, n=2)
-    responses = spread(stop_after, 60, post)
+    workers = apps.start(env, n=2)
+    responses = spread(workers, 60, post)
     assert statuses(responses)[201] == 20, statuses(responses)
     assert statuses(responses)[429] == 40
     pids = {r.json()["pid"] for r in responses if r.status_code == 201}
@@ -70,13 +60,10 @@ def test_two_workers_share_one_limit(cluster: Cluster, uid: str, stop_after: lis
 
 
 def test_forwarded_for_only_through_trusted_proxies(
-    cluster: Cluster, uid: str, stop_after: list[App]
+    cluster: Cluster, uid: str, apps: Workers
 ) -> None:
-    untrusting = start_apps(
-        EXAMPLE, app_env(cluster.urls, RATE_KEY_PREFIX=f"u{uid}", RATE_WRITE="3/hour")
-    )
-    trusting = start_apps(
-        EXAMPLE,
+    untrusting = apps.start(app_env(cluster.urls, RATE_KEY_PREFIX=f"u{uid}", RATE_WRITE="3/hour"))
+    trusting = apps.start(
         app_env(
             cluster.urls,
             RATE_KEY_PREFIX=f"t{uid}",
@@ -84,7 +71,6 @@ def test_forwarded_for_only_through_trusted_proxies(
             QUORATE_TRUSTED_PROXIES="127.0.0.1/32",
         ),
     )
-    stop_after[:] = untrusting + trusting
     # A client rotating X-Forwarded-For cannot dodge the limit of an untrusting app...
     spoofed = [
         untrusting[0].http.post("/api/v1/sessions", headers={"x-forwarded-for": f"198.51.100.{i}"})
@@ -100,12 +86,12 @@ def test_forwarded_for_only_through_trusted_proxies(
 
 
 def test_survives_leader_kill_without_over_admission(
-    chaos_cluster: Cluster, uid: str, stop_after: list[App]
+    chaos_cluster: Cluster, uid: str, apps: Workers
 ) -> None:
     c = chaos_cluster
     env = app_env(c.urls, RATE_KEY_PREFIX=uid, RATE_WRITE="40/hour", QUORATE_DEADLINE=8)
-    stop_after[:] = start_apps(EXAMPLE, env, n=2)
-    before = spread(stop_after, 20, post, threads=4)
+    workers = apps.start(env, n=2)
+    before = spread(workers, 20, post, threads=4)
     killed = threading.Event()
 
     def kill_leader() -> None:
@@ -114,12 +100,12 @@ def test_survives_leader_kill_without_over_admission(
 
     killer = threading.Thread(target=kill_leader)
     killer.start()
-    during = spread(stop_after, 60, post, threads=4)
+    during = spread(workers, 60, post, threads=4)
     killer.join()
     assert killed.is_set()
     new_leader = c.leader_id()
     assert new_leader in c.running()
-    after = spread(stop_after, 10, post, threads=2)
+    after = spread(workers, 10, post, threads=2)
     counts = statuses(before + during + after)
     # Never more than the limit, whatever the kill did.
     assert counts[201] <= 40, counts
@@ -131,13 +117,11 @@ def test_survives_leader_kill_without_over_admission(
 
 
 def test_fail_closed_and_fail_open_when_cluster_down(
-    chaos_cluster: Cluster, uid: str, stop_after: list[App]
+    chaos_cluster: Cluster, uid: str, apps: Workers
 ) -> None:
     c = chaos_cluster
     base = {"RATE_KEY_PREFIX": uid, "RATE_WRITE": "5/hour", "QUORATE_DEADLINE": 1.5}
-    (closed,) = start_apps(EXAMPLE, app_env(c.urls, **base))
-    (opened,) = start_apps(EXAMPLE, app_env(c.urls, **base, QUORATE_FAILURE_POLICY="open"))
-    stop_after[:] = [closed, opened]
+    closed, opened = apps.start_closed_and_open(app_env(c.urls, **base))
     assert closed.http.post("/api/v1/sessions").status_code == 201
     for nid in list(c.running()):
         c.kill(nid)
