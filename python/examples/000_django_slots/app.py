@@ -29,31 +29,24 @@ import os
 import sys
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
-import django
-from django.conf import settings
+# The Django examples' shared settings live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from django_example import configure, quorate_settings
 
-settings.configure(
-    DEBUG=False,
-    SECRET_KEY="example-only",
-    ALLOWED_HOSTS=["*"],
+configure(
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=[],
     MIDDLEWARE=[],
-    QUORATE={
-        "NODES": os.environ.get("QUORATE_NODES", "http://127.0.0.1:7101"),
-        "FAILURE_POLICY": os.environ.get("QUORATE_FAILURE_POLICY", "closed"),
-        "TIMEOUT": 2.0,
-        "DEADLINE": float(os.environ.get("QUORATE_DEADLINE", 8)),
-    },
+    QUORATE=quorate_settings(),
     LOGGING={
         "version": 1,
         "handlers": {"console": {"class": "logging.StreamHandler"}},
         "loggers": {"quorate": {"handlers": ["console"], "level": "WARNING"}},
     },
 )
-django.setup()
 
 from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
 from django.urls import path  # noqa: E402

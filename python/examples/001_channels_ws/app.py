@@ -25,35 +25,27 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import django
 from django.conf import settings
 
-settings.configure(
-    DEBUG=False,
-    SECRET_KEY="example-only",
-    ALLOWED_HOSTS=["*"],
+# The Django examples' shared settings live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from django_example import User, configure, quorate_settings
+
+configure(
     INSTALLED_APPS=["channels"],
-    QUORATE={
-        "NODES": os.environ.get("QUORATE_NODES", "http://127.0.0.1:7101"),
-        "FAILURE_POLICY": os.environ.get("QUORATE_FAILURE_POLICY", "closed"),
-        "TRUSTED_PROXIES": [
-            p for p in os.environ.get("QUORATE_TRUSTED_PROXIES", "").split(",") if p
-        ],
-        "TIMEOUT": 2.0,
-        "DEADLINE": float(os.environ.get("QUORATE_DEADLINE", 8)),
-        "CHANNELS": {
+    QUORATE=quorate_settings(
+        CHANNELS={
             "CONNECT": "ws_connect",
             "POLICIES": {"message": "ws_message", "ai_query": "ws_ai_query"},
             "TIERS": True,
             "KEY_PREFIX": os.environ.get("RATE_KEY_PREFIX", "ws"),
         },
-    },
+    ),
 )
-django.setup()
 
 import uvicorn  # noqa: E402
 from channels.generic.websocket import AsyncJsonWebsocketConsumer  # noqa: E402
@@ -74,14 +66,6 @@ POLICIES = {
     "ws_message": RatePolicy.per(20, 60),
     "ws_ai_query": RatePolicy.per(5, 60),
 }
-
-
-@dataclass(frozen=True)
-class User:
-    pk: int
-    username: str
-    is_authenticated: bool = True
-    is_superuser: bool = False
 
 
 ANONYMOUS = User(0, "", is_authenticated=False)

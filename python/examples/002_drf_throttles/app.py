@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-import django
-from django.conf import settings
+# The Django examples' shared settings live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from django_example import configure, quorate_settings
 
-settings.configure(
-    DEBUG=False,
-    SECRET_KEY="example-only",
-    ALLOWED_HOSTS=["*"],
+configure(
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=["rest_framework"],
     MIDDLEWARE=[],
@@ -40,20 +39,12 @@ settings.configure(
         "DEFAULT_THROTTLE_CLASSES": ["quorate.contrib.drf.CombinedThrottle"],
         "UNAUTHENTICATED_USER": None,
     },
-    QUORATE={
-        "NODES": os.environ.get("QUORATE_NODES", "http://127.0.0.1:7101"),
-        "FAILURE_POLICY": os.environ.get("QUORATE_FAILURE_POLICY", "closed"),
-        "TRUSTED_PROXIES": [
-            p for p in os.environ.get("QUORATE_TRUSTED_PROXIES", "").split(",") if p
-        ],
-        "TIMEOUT": 2.0,
-        "DEADLINE": float(os.environ.get("QUORATE_DEADLINE", 8)),
+    QUORATE=quorate_settings(
         # Scope -> quorate policy (identity here, spelled out for the reader).
-        "DRF_POLICIES": {"anon": "anon", "user": "user", "worker": "worker"},
-        "DRF_KEY_PREFIX": os.environ.get("RATE_KEY_PREFIX", "antenna"),
-    },
+        DRF_POLICIES={"anon": "anon", "user": "user", "worker": "worker"},
+        DRF_KEY_PREFIX=os.environ.get("RATE_KEY_PREFIX", "antenna"),
+    ),
 )
-django.setup()
 
 from django.urls import path  # noqa: E402
 from rest_framework.response import Response  # noqa: E402

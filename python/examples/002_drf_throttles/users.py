@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from django_example import User  # app.py put the examples folder on sys.path
 from rest_framework.authentication import BaseAuthentication
-
-
-@dataclass(frozen=True)
-class User:
-    pk: int
-    username: str
-    is_superuser: bool = False
-    is_authenticated: bool = True
-
 
 USERS = {
     "alice": User(1, "alice"),
