@@ -32,20 +32,24 @@ export QUORATE_BIN
 echo "$QUORATE_BIN"
 
 echo "== virtualenv ($VENV)"
-if [ ! -x "$VENV/bin/python" ]; then
+# A venv copied or moved from another path has launchers pointing at the old one:
+# rebuild it unless its own interpreter runs.
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "./python[test]"
 
 cd python
 echo "== ruff check"
-"$VENV/bin/ruff" check .
+"$VENV/bin/python" -m ruff check .
 echo "== ruff format --check"
-"$VENV/bin/ruff" format --check .
+"$VENV/bin/python" -m ruff format --check .
 echo "== mypy (strict) src"
-"$VENV/bin/mypy" src
+"$VENV/bin/python" -m mypy src
 
 echo "== pytest"
 # One process, no parallelism: the tests start real clusters and app workers on a
 # small machine; the session shares one healthy cluster and one for fault tests.
-exec "$VENV/bin/pytest" -p no:cacheprovider "$@"
+# Modules, not launcher scripts: launchers hard-code the venv's path.
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
