@@ -26,6 +26,20 @@ async fn feed(st: &mut Storage, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
+/// A store in `dir` fed entries `1..=to`, and the snapshot it then built.
+async fn fed_and_snapshotted(
+    dir: &Path,
+    to: u64,
+) -> Result<(
+    Storage,
+    openraft::storage::Snapshot<quorate_store::TypeConfig>,
+)> {
+    let mut st = open(dir)?;
+    feed(&mut st, 1, to).await?;
+    let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    Ok((st, snap))
+}
+
 /// What openraft does at startup (see `workload::recover`).
 async fn recover(st: &mut Storage) -> Result<()> {
     workload::recover(&mut st.log, &mut st.sm)
@@ -37,9 +51,7 @@ async fn recover(st: &mut Storage) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_round_trip_between_stores() -> Result<()> {
     let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let mut a = open(a_dir.path())?;
-    feed(&mut a, 1, 300).await?;
-    let snap = a.sm.get_snapshot_builder().await.build_snapshot().await?;
+    let (a, snap) = fed_and_snapshotted(a_dir.path(), 300).await?;
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 300)));
     assert_eq!(a.sm.digest(), replay(300).digest());
 
@@ -69,9 +81,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
     let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let mut a = open(a_dir.path())?;
-    feed(&mut a, 1, 10).await?;
-    let snap = a.sm.get_snapshot_builder().await.build_snapshot().await?;
+    let (_a, snap) = fed_and_snapshotted(a_dir.path(), 10).await?;
     let mut b = open(b_dir.path())?;
     let mut meta = snap.meta.clone();
     meta.last_log_id = Some(log_id(1, 11));
@@ -89,9 +99,7 @@ async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut st = open(dir.path())?;
-    feed(&mut st, 1, 100).await?;
-    st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    let (mut st, _) = fed_and_snapshotted(dir.path(), 100).await?;
     st.log.purge(log_id(1, 90)).await?;
     feed(&mut st, 101, 150).await?;
     st.log.save_vote(&Vote::new(1, 1)).await?;
