@@ -9,7 +9,7 @@ use quorate_client::Client;
 use quorate_proto as proto;
 use serde::Serialize;
 
-use super::render::{done, table, Deleted, Line, Outcome, Render};
+use super::render::{done, table, yes_no, Deleted, Outcome, Render};
 
 #[derive(Debug, Subcommand)]
 pub enum LimitsCmd {
@@ -45,14 +45,11 @@ pub async fn run(client: &Client, cmd: LimitsCmd) -> Outcome {
         }),
         LimitsCmd::Delete { key } => {
             let deleted = client.delete_limit(&key).await?;
-            done(Line {
-                json: Deleted { deleted },
-                text: if deleted {
-                    format!("override of {key} deleted")
-                } else {
-                    format!("{key} had no override")
-                },
-            })
+            let (yes, no) = (
+                format!("override of {key} deleted"),
+                format!("{key} had no override"),
+            );
+            yes_no(Deleted { deleted }, deleted, yes, no)
         }
     }
 }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use quorate_client::Client;
 use quorate_proto as proto;
 
-use super::render::{done, opt, table, Deleted, Failure, Line, Outcome, Render};
+use super::render::{done, opt, table, yes_no, Deleted, Failure, Line, Outcome, Render};
 
 #[derive(Debug, Subcommand)]
 pub enum PoliciesCmd {
@@ -53,14 +53,11 @@ pub async fn run(client: &Client, cmd: PoliciesCmd) -> Outcome {
         }
         PoliciesCmd::Delete { name } => {
             let deleted = client.delete_policy(&name).await?;
-            done(Line {
-                json: Deleted { deleted },
-                text: if deleted {
-                    format!("policy {name} deleted")
-                } else {
-                    format!("no policy named {name}")
-                },
-            })
+            let (yes, no) = (
+                format!("policy {name} deleted"),
+                format!("no policy named {name}"),
+            );
+            yes_no(Deleted { deleted }, deleted, yes, no)
         }
     }
 }

@@ -139,6 +139,13 @@ impl<T: Serialize> Render for Line<T> {
     }
 }
 
+/// A yes/no answer (its JSON `json`, e.g. [`Deleted`]), printed as the sentence for
+/// whichever of `yes` and `no` happened.
+pub fn yes_no<T: Serialize + 'static>(json: T, happened: bool, yes: String, no: String) -> Outcome {
+    let text = if happened { yes } else { no };
+    done(Line { json, text })
+}
+
 /// `{"deleted": bool}` / `{"released": bool}` answers.
 #[derive(Debug, Serialize)]
 pub struct Deleted {

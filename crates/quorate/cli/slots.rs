@@ -8,7 +8,7 @@ use clap::Subcommand;
 use quorate_client::Client;
 use quorate_proto as proto;
 
-use super::render::{done, table, Line, Outcome, Released, Render};
+use super::render::{done, table, yes_no, Outcome, Released, Render};
 
 #[derive(Debug, Subcommand)]
 pub enum SlotsCmd {
@@ -28,14 +28,11 @@ pub async fn acquire(client: &Client, req: &proto::AcquireRequest) -> Outcome {
 
 pub async fn release(client: &Client, lease_id: String) -> Outcome {
     let released = client.release(&lease_id).await?;
-    done(Line {
-        json: Released { released },
-        text: if released {
-            format!("released {lease_id}")
-        } else {
-            format!("{lease_id} was not live (already released or expired)")
-        },
-    })
+    let (yes, no) = (
+        format!("released {lease_id}"),
+        format!("{lease_id} was not live (already released or expired)"),
+    );
+    yes_no(Released { released }, released, yes, no)
 }
 
 impl Render for proto::SlotsResponse {
