@@ -326,7 +326,7 @@ fn memory_and_snapshots() {
     ];
     println!();
     println!(
-        "{:<44} {:>9} {:>11} {:>10} | {:>10} {:>13} {:>12} {:>10}",
+        "{:<44} {:>9} {:>11} {:>10} | {:>10} {:>13} {:>12} {:>10} {:>22}",
         "state at 1M items (counting allocator)",
         "items",
         "live bytes",
@@ -334,10 +334,11 @@ fn memory_and_snapshots() {
         "snapshot",
         "snapshot ms",
         "restore ms",
-        "digest µs"
+        "digest µs",
+        "cut: longest lock, ms"
     );
     for (name, op) in cases {
-        let (state, bytes) = build(n, op);
+        let (mut state, bytes) = build(n, op);
         let st = state.stats();
         let items = st.leases.max(st.rate_keys);
         assert_eq!(items, n, "{name}: every op must have been granted");
@@ -360,14 +361,43 @@ fn memory_and_snapshots() {
             black_box(state.digest());
             digest_t.push(t.elapsed());
         }
+        // A snapshot cut as the store runs it (4096 entries a chunk): the longest
+        // stretch that holds the state (open, any one chunk, close) bounds how long an
+        // apply can wait while a snapshot is built. Wall-clock time, second of two
+        // cuts (the first pays for fresh pages after the restores above).
+        let mut longest = std::time::Duration::ZERO;
+        for round in 0..2 {
+            longest = std::time::Duration::ZERO;
+            let t = Instant::now();
+            let mut cut = state.begin_cut();
+            longest = longest.max(t.elapsed());
+            loop {
+                let t = Instant::now();
+                let done = state.continue_cut(&mut cut, 4096).unwrap();
+                longest = longest.max(t.elapsed());
+                if done {
+                    break;
+                }
+            }
+            let t = Instant::now();
+            let cut = state.end_cut(cut).unwrap();
+            longest = longest.max(t.elapsed());
+            let cut_bytes = cut.into_bytes();
+            assert_eq!(
+                cut_bytes.len(),
+                size,
+                "{name} (cut {round}): the cut differs from the snapshot"
+            );
+        }
         println!(
-            "{name:<44} {items:>9} {:>8.1} MB {:>10.1} | {:>7.1} MB {:>13.1} {:>12.1} {:>10.1}",
+            "{name:<44} {items:>9} {:>8.1} MB {:>10.1} | {:>7.1} MB {:>13.1} {:>12.1} {:>10.1} {:>22.2}",
             bytes as f64 / 1e6,
             bytes as f64 / items as f64,
             size as f64 / 1e6,
             median(snap_t).as_secs_f64() * 1e3,
             median(restore_t).as_secs_f64() * 1e3,
             median(digest_t).as_secs_f64() * 1e6,
+            longest.as_secs_f64() * 1e3,
         );
     }
 }

@@ -29,6 +29,7 @@
 //! [`error`].
 
 pub mod command;
+pub mod cut;
 pub mod error;
 pub mod gcra;
 pub mod outcome;
@@ -39,6 +40,7 @@ pub use command::{
     Acquire, Caller, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
     Settings,
 };
+pub use cut::SnapshotCut;
 pub use error::CoreError;
 pub use outcome::{
     Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView, RateDecision,

@@ -44,7 +44,7 @@ use crate::validate;
 /// Snapshot format version; bumped when the layout changes. Version 2 added the
 /// state caps to the settings, the owner to every lease and the seen nodes; version 1 snapshots
 /// still restore (see [`v1`]).
-const SNAPSHOT_VERSION: u32 = 2;
+pub(crate) const SNAPSHOT_VERSION: u32 = 2;
 
 /// Dead leases an acquire at a cap may purge to make room (bounded, so one op's
 /// work stays bounded however much garbage has piled up).
@@ -54,7 +54,7 @@ const ROOM_SWEEP_RATE_KEYS: u32 = 256;
 
 /// One live lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Lease {
+pub(crate) struct Lease {
     lease_id: String,
     holder: String,
     keys: Vec<String>,
@@ -65,7 +65,7 @@ struct Lease {
 
 /// A concurrency policy in match order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ConcurrencyPolicy {
+pub(crate) struct ConcurrencyPolicy {
     name: String,
     pattern: String,
     limit: u32,
@@ -95,23 +95,23 @@ pub struct Stats {
 #[derive(Debug, Clone, Default)]
 pub struct State {
     // --- primary data (in snapshots) ---
-    now_ms: u64,
+    pub(crate) now_ms: u64,
     /// Last fencing token handed out; the next grant gets `last_token + 1`.
-    last_token: u64,
-    settings: Settings,
+    pub(crate) last_token: u64,
+    pub(crate) settings: Settings,
     /// `source_digest` of the last installed [`Configuration`].
-    config_digest: Option<u64>,
-    overrides: BTreeMap<String, u32>,
-    concurrency: Vec<ConcurrencyPolicy>,
-    rate_policies: BTreeMap<String, RateSpec>,
-    tiers: BTreeMap<String, u32>,
-    leases: BTreeMap<u64, Lease>,
+    pub(crate) config_digest: Option<u64>,
+    pub(crate) overrides: BTreeMap<String, u32>,
+    pub(crate) concurrency: Vec<ConcurrencyPolicy>,
+    pub(crate) rate_policies: BTreeMap<String, RateSpec>,
+    pub(crate) tiers: BTreeMap<String, u32>,
+    pub(crate) leases: BTreeMap<u64, Lease>,
     /// GCRA theoretical arrival time per bucket, ns.
-    rate: BTreeMap<String, u128>,
+    pub(crate) rate: BTreeMap<String, u128>,
     /// Where the next `Expire` resumes its scan of rate buckets.
-    rate_cursor: Option<String>,
+    pub(crate) rate_cursor: Option<String>,
     /// Nodes the leader has seen acknowledge log entries (`Op::MarkSeen`).
-    seen: BTreeSet<u64>,
+    pub(crate) seen: BTreeSet<u64>,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -119,6 +119,9 @@ pub struct State {
     lease_sum: u64,
     rate_sum: u64,
     override_sum: u64,
+    /// The undo log of an open snapshot cut (`cut.rs`), and the last cut's number.
+    pub(crate) undo: Option<crate::cut::UndoLog>,
+    cut_seq: u64,
     lease_ids: BTreeMap<String, u64>,
     /// Per key: (expires_at_ms, token) of its live leases.
     slots: BTreeMap<String, BTreeSet<(u64, u64)>>,
@@ -171,6 +174,12 @@ impl State {
     /// Cluster time as of the last applied command.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    /// The number of the next snapshot cut (distinguishes a stale cut from this one).
+    pub(crate) fn next_cut_id(&mut self) -> u64 {
+        self.cut_seq += 1;
+        self.cut_seq
     }
 
     /// Nodes recorded as having acknowledged log entries ([`Op::MarkSeen`]).
@@ -386,6 +395,9 @@ impl State {
     /// Remove a lease and every index entry pointing at it.
     fn remove_lease(&mut self, token: u64) -> Option<Lease> {
         let lease = self.leases.remove(&token)?;
+        if let Some(u) = &mut self.undo {
+            u.lease(token, Some(&lease));
+        }
         self.lease_sum = self.lease_sum.wrapping_sub(entry_hash(&(token, &lease)));
         self.lease_ids.remove(&lease.lease_id);
         for k in &lease.keys {
@@ -410,6 +422,9 @@ impl State {
         }
         self.expiry.insert((lease.expires_at_ms, token));
         self.lease_sum = self.lease_sum.wrapping_add(entry_hash(&(token, &lease)));
+        if let Some(u) = &mut self.undo {
+            u.lease(token, self.leases.get(&token));
+        }
         self.leases.insert(token, lease);
     }
 
@@ -697,6 +712,9 @@ impl State {
         }
         let rate_keys = u32::try_from(dead.len()).unwrap_or(u32::MAX);
         for k in dead {
+            if let Some(u) = &mut self.undo {
+                u.rate(&k, self.rate.get(&k).copied());
+            }
             if let Some(tat) = self.rate.remove(&k) {
                 self.rate_sum = self.rate_sum.wrapping_sub(entry_hash(&(&k, tat)));
             }
@@ -821,6 +839,9 @@ impl State {
             // All charged or none: when the whole request is denied, the checks that
             // would have passed report their uncharged state.
             let shown = if allowed {
+                if let Some(u) = &mut self.undo {
+                    u.rate(&c.key, self.rate.get(&c.key).copied());
+                }
                 if let Some(old) = self.rate.insert(c.key.clone(), d.new_tat) {
                     self.rate_sum = self.rate_sum.wrapping_sub(entry_hash(&(&c.key, old)));
                 }
@@ -940,6 +961,8 @@ impl State {
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
+            undo: None,
+            cut_seq: 0,
             lease_ids: BTreeMap::new(),
             slots: BTreeMap::new(),
             expiry: BTreeSet::new(),
