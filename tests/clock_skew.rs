@@ -29,6 +29,8 @@ fn rate_check() -> Value {
     json!({"key": "skew:bucket", "limit": 3, "period_ms": 3000, "burst": 3})
 }
 
+// One scenario read top to bottom (skewed cluster → grant → drain → leader crash →
+// measure), so it stays one function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_with_a_wrong_wall_clock_neither_expires_leases_early_nor_freezes_them() {
     let mut options = Options::new(3);

@@ -236,6 +236,8 @@ async fn graceful_restart_of_the_whole_cluster_keeps_state_and_policies() {
 /// refuses to start and says how to replace it. Following that procedure — remove it
 /// through another node, start it empty, add it back — brings it back from a snapshot
 /// without bootstrapping a second cluster, with every acknowledged lease.
+// One scenario in order (write, wipe, refusal, the replace procedure, convergence),
+// so it stays one function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_refuses_to_rejoin_and_is_replaced_through_the_membership_api() {
     // Snapshot often and keep no log behind it, so the wiped node cannot catch up from

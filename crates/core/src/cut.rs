@@ -21,35 +21,12 @@
 //! so writing them piecewise gives the same bytes) — which `cut::tests` checks against
 //! random interleavings.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use serde::Serialize;
 
 use crate::error::CoreError;
-use crate::state::{Lease, State, SNAPSHOT_VERSION};
-
-/// The values of changed entries as of the cut, kept by the state while a cut is open.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct UndoLog {
-    id: u64,
-    pub(crate) leases: BTreeMap<u64, Option<Lease>>,
-    pub(crate) rate: BTreeMap<String, Option<u128>>,
-}
-
-impl UndoLog {
-    /// Remember `token`'s value as of the cut, if this is its first change since.
-    pub(crate) fn lease(&mut self, token: u64, before: Option<&Lease>) {
-        self.leases.entry(token).or_insert_with(|| before.cloned());
-    }
-
-    /// Remember `key`'s bucket as of the cut, if this is its first change since.
-    pub(crate) fn rate(&mut self, key: &str, before: Option<u128>) {
-        if !self.rate.contains_key(key) {
-            self.rate.insert(key.to_string(), before);
-        }
-    }
-}
+use crate::state::{State, UndoLog, SNAPSHOT_VERSION};
 
 #[derive(Debug, Clone)]
 enum Phase {

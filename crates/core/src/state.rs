@@ -63,6 +63,30 @@ pub(crate) struct Lease {
     owner: String,
 }
 
+/// The values of changed entries as of an open snapshot cut (`cut.rs`): the first
+/// change to a lease or bucket after the cut records its value before the change
+/// (`None`: it did not exist). Lives here, with the maps it shadows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UndoLog {
+    pub(crate) id: u64,
+    pub(crate) leases: BTreeMap<u64, Option<Lease>>,
+    pub(crate) rate: BTreeMap<String, Option<u128>>,
+}
+
+impl UndoLog {
+    /// Remember `token`'s value as of the cut, if this is its first change since.
+    pub(crate) fn lease(&mut self, token: u64, before: Option<&Lease>) {
+        self.leases.entry(token).or_insert_with(|| before.cloned());
+    }
+
+    /// Remember `key`'s bucket as of the cut, if this is its first change since.
+    pub(crate) fn rate(&mut self, key: &str, before: Option<u128>) {
+        if !self.rate.contains_key(key) {
+            self.rate.insert(key.to_string(), before);
+        }
+    }
+}
+
 /// A concurrency policy in match order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConcurrencyPolicy {
@@ -120,7 +144,7 @@ pub struct State {
     rate_sum: u64,
     override_sum: u64,
     /// The undo log of an open snapshot cut (`cut.rs`), and the last cut's number.
-    pub(crate) undo: Option<crate::cut::UndoLog>,
+    pub(crate) undo: Option<UndoLog>,
     cut_seq: u64,
     lease_ids: BTreeMap<String, u64>,
     /// Per key: (expires_at_ms, token) of its live leases.
@@ -245,28 +269,8 @@ impl State {
                 max_leases,
                 max_rate_keys,
             } => Ok(self.expire(*max_leases, *max_rate_keys)),
-            Op::SetLimit { key, limit } => {
-                validate::key("key", key)?;
-                validate::limit("limit", *limit, &self.settings)?;
-                if let Some(old) = self.overrides.insert(key.clone(), *limit) {
-                    self.override_sum = self.override_sum.wrapping_sub(entry_hash(&(key, old)));
-                }
-                self.override_sum = self.override_sum.wrapping_add(entry_hash(&(key, *limit)));
-                Ok(Outcome::LimitSet {
-                    key: key.clone(),
-                    limit: *limit,
-                })
-            }
-            Op::DeleteLimit { key } => {
-                validate::key("key", key)?;
-                let old = self.overrides.remove(key);
-                if let Some(old) = old {
-                    self.override_sum = self.override_sum.wrapping_sub(entry_hash(&(key, old)));
-                }
-                Ok(Outcome::LimitDeleted {
-                    deleted: old.is_some(),
-                })
-            }
+            Op::SetLimit { key, limit } => self.set_limit(key, *limit),
+            Op::DeleteLimit { key } => self.delete_limit(key),
             Op::RateCheck { checks } => self.rate_check(checks),
             Op::PutPolicy { name, policy } => {
                 validate::name("name", name)?;
@@ -305,12 +309,36 @@ impl State {
                 Ok(Outcome::Noop)
             }
             Op::ForgetSeen { nodes } => {
-                for n in nodes {
+                nodes.iter().for_each(|n| {
                     self.seen.remove(n);
-                }
+                });
                 Ok(Outcome::Noop)
             }
         }
+    }
+
+    fn set_limit(&mut self, key: &str, limit: u32) -> Reply {
+        validate::key("key", key)?;
+        validate::limit("limit", limit, &self.settings)?;
+        if let Some(old) = self.overrides.insert(key.to_string(), limit) {
+            self.override_sum = self.override_sum.wrapping_sub(entry_hash(&(key, old)));
+        }
+        self.override_sum = self.override_sum.wrapping_add(entry_hash(&(key, limit)));
+        Ok(Outcome::LimitSet {
+            key: key.to_string(),
+            limit,
+        })
+    }
+
+    fn delete_limit(&mut self, key: &str) -> Reply {
+        validate::key("key", key)?;
+        let old = self.overrides.remove(key);
+        if let Some(old) = old {
+            self.override_sum = self.override_sum.wrapping_sub(entry_hash(&(key, old)));
+        }
+        Ok(Outcome::LimitDeleted {
+            deleted: old.is_some(),
+        })
     }
 
     // ----------------------------------------------------------------------------
