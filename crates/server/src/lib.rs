@@ -27,6 +27,7 @@ pub mod peer;
 pub mod raft;
 pub mod run;
 pub mod security;
+pub mod stats;
 pub mod telemetry;
 
 pub use config::ClusterConfig;

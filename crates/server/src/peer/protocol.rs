@@ -84,6 +84,23 @@ pub struct ProbeResponse {
     /// fresh node listed here lost its data; see `raft/rejoin.rs`).
     #[serde(default)]
     pub seen: Vec<u64>,
+    /// The answering node's own state, for the cluster view of its peers
+    /// (`/v1/cluster`'s `nodes`; absent from nodes that predate it).
+    #[serde(default)]
+    pub status: Option<ProbeStatus>,
+}
+
+/// What a node reports about itself in a probe answer, beyond what bootstrap and
+/// rejoin need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub applied: Option<u64>,
+    pub state_digest: String,
+    /// Knows a leader and has applied everything it knows to be committed.
+    pub ready: bool,
 }
 
 #[cfg(test)]

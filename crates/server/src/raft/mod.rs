@@ -89,6 +89,8 @@ pub struct Node {
     membership_lock: tokio::sync::Mutex<()>,
     /// Last measured wall clock offset of each peer (`tasks.rs`), for `/v1/cluster`.
     clock_offsets: Mutex<BTreeMap<u64, ClockOffset>>,
+    /// Each peer's last probe answer, for `/v1/cluster`'s `nodes` (`status.rs`).
+    peer_seen: Mutex<BTreeMap<u64, status::PeerSeen>>,
     /// Whether Raft RPCs are served yet: a node that starts empty must first show it
     /// is not a voter that lost its data (`rejoin.rs`).
     gate: tokio::sync::watch::Sender<rejoin::Gate>,
@@ -157,6 +159,7 @@ impl Node {
             tasks: Mutex::new(vec![batcher_task]),
             membership_lock: tokio::sync::Mutex::new(()),
             clock_offsets: Mutex::new(BTreeMap::new()),
+            peer_seen: Mutex::new(BTreeMap::new()),
             gate: tokio::sync::watch::Sender::new(if fresh {
                 rejoin::Gate::Checking
             } else {

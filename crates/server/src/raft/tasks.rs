@@ -309,8 +309,10 @@ impl Node {
     async fn measure_offset(&self, peer: &NodeConfig) -> Option<ClockOffset> {
         let sent_wall = wall_clock_ms();
         let sent = Instant::now();
-        let probe = self.probe_peer(peer).await.ok()?;
+        let probe = self.probe_peer(peer).await;
         let rtt = sent.elapsed();
+        self.record_probe(peer.id, probe.as_ref().ok());
+        let probe = probe.ok()?;
         if probe.wall_clock_ms == 0 {
             return None; // an older node that does not report its clock
         }
@@ -324,7 +326,7 @@ impl Node {
         })
     }
 
-    fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClockOffset>> {
+    pub(super) fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClockOffset>> {
         // Only inserts happen under this lock; a poisoned map is still consistent.
         self.clock_offsets.lock().unwrap_or_else(|e| e.into_inner())
     }
