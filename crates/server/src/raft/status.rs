@@ -115,11 +115,18 @@ impl Node {
         })
     }
 
-    /// Remember a peer's probe answer (`None`: the probe failed). When the peer has
-    /// applied exactly as far as this node, their digests are compared now: that is
-    /// the only moment both digests describe the same log prefix.
-    pub(super) fn record_probe(&self, peer: u64, answer: Option<&ProbeResponse>) {
-        let (applied, digest) = self.applied_and_digest();
+    /// Remember a peer's probe answer (`None`: the probe failed). When the peer had
+    /// applied exactly as far as this node did just before the probe (`before`) or
+    /// does just after it, the two digests describe the same log prefix, and are
+    /// compared: only then does equality mean anything. (Under load a follower is
+    /// often an entry or two behind; it usually matches one of the two moments.)
+    pub(super) fn record_probe(
+        &self,
+        peer: u64,
+        answer: Option<&ProbeResponse>,
+        before: (Option<u64>, String),
+    ) {
+        let after = self.applied_and_digest();
         let mut seen = self.peer_seen.lock().unwrap_or_else(|e| e.into_inner());
         let entry = seen.entry(peer).or_insert_with(|| PeerSeen {
             at: Instant::now(),
@@ -129,9 +136,12 @@ impl Node {
         entry.at = Instant::now();
         entry.answer = answer.cloned();
         let theirs = answer.and_then(|a| a.status.as_ref());
-        if let (Some(t), Some(index)) = (theirs, applied) {
-            if t.applied == Some(index) {
-                entry.agreement = Some((index, t.state_digest == digest));
+        for (applied, digest) in [after, before] {
+            if let (Some(t), Some(index)) = (theirs, applied) {
+                if t.applied == Some(index) {
+                    entry.agreement = Some((index, t.state_digest == digest));
+                    break;
+                }
             }
         }
     }

@@ -307,11 +307,12 @@ impl Node {
 
     /// One probe round trip to `peer`: its clock minus ours at the midpoint.
     async fn measure_offset(&self, peer: &NodeConfig) -> Option<ClockOffset> {
+        let before = self.applied_and_digest();
         let sent_wall = wall_clock_ms();
         let sent = Instant::now();
         let probe = self.probe_peer(peer).await;
         let rtt = sent.elapsed();
-        self.record_probe(peer.id, probe.as_ref().ok());
+        self.record_probe(peer.id, probe.as_ref().ok(), before);
         let probe = probe.ok()?;
         if probe.wall_clock_ms == 0 {
             return None; // an older node that does not report its clock
