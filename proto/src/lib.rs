@@ -457,7 +457,7 @@ pub struct StatsSample {
     pub granted: u64,
     /// Acquires denied (limit reached) and rate checks limited.
     pub denied: u64,
-    /// Requests answered 503 (no quorum, timeout, state full).
+    /// Requests answered 503 (no quorum, timeout, state full; `/readyz` not counted).
     pub unavailable: u64,
     /// All API requests answered.
     pub requests: u64,

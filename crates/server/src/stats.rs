@@ -63,7 +63,9 @@ impl Totals {
             denied,
             ..Totals::default()
         };
-        for r in ROUTES {
+        // `/readyz` answers 503 by design while a node is not ready; that is a
+        // readiness answer, not a caller turned away.
+        for r in ROUTES.iter().filter(|r| r.id != RouteId::Readyz) {
             t.unavailable += m.http_status_count(r.path, r.method.as_str(), 503);
         }
         // Latency is kept per path (a path may have several methods); "unmatched"
@@ -298,6 +300,7 @@ mod tests {
         m.http_request("/v1/slots/acquire", "POST", 200, 0.002);
         m.http_request("/v1/slots/acquire", "POST", 503, 0.004);
         m.http_request("/v1/cluster", "GET", 200, 0.5);
+        m.http_request("/readyz", "GET", 503, 0.0);
         // One path, several rows of the table (GET, PUT, DELETE): counted once.
         m.http_request("/v1/limits/{key}", "PUT", 200, 0.001);
         s.sample(1000);
@@ -313,7 +316,7 @@ mod tests {
             (a.at_ms, a.granted, a.denied, a.unavailable),
             (1000, 2, 1, 1)
         );
-        assert_eq!(a.requests, 4);
+        assert_eq!(a.requests, 5);
         // Only the decision routes count towards latency: (2 + 4) ms / 2.
         assert_eq!(a.mean_latency_us, 3000);
         assert_eq!(
