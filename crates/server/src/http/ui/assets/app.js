@@ -79,9 +79,12 @@ function fmtNumber(v) {
 
 // Digests are compared by the serving node when both had applied the same entries
 // (the digest of a different prefix says nothing), so the verdict comes from the API.
-function digestCell(n) {
+function digestCell(n, self) {
   if (!n.reachable || !n.state_digest) return el("td", {}, "–");
   const title = "digest " + n.state_digest + " at entry " + fmtIndex(n.applied_index);
+  if (n.id === self.id) {
+    return el("td", {}, el("code", { title }, n.state_digest.slice(0, 8)), el("span", { class: "muted" }, " reference"));
+  }
   const at = n.digest_compared_at === null || n.digest_compared_at === undefined
     ? null : el("span", { class: "muted" }, " at #" + n.digest_compared_at);
   let verdict;
@@ -106,7 +109,7 @@ function memberRow(n, member, self) {
     el("td", { class: "num" }, n.reachable ? fmtIndex(n.applied_index) : "–"),
     el("td", {}, n.reachable ? (n.ready ? "ready" : "not ready") : "–"),
     el("td", { class: "num" }, offsetText),
-    digestCell(n),
+    digestCell(n, self),
     el("td", { class: "muted" }, n.reachable ? fmtAge(n.age_ms) : "unreachable"));
 }
 
@@ -120,7 +123,7 @@ function renderCluster(c) {
   const leaders = nodes.filter((n) => n.reachable && n.role === "leader").length;
   const disagree = nodes.some((n) => n.digest_agrees === false);
   const leader = c.leader_id === null || c.leader_id === undefined ? "none" : "node " + c.leader_id;
-  $("summary").textContent = nodes.length + " members · leader " + leader + " · term " + c.term
+  $("summary").textContent = nodes.length + (nodes.length === 1 ? " member" : " members") + " · leader " + leader + " · term " + c.term
     + " · served by node " + c.node_id;
   const health = $("health");
   let text = "healthy";
@@ -168,9 +171,10 @@ function renderStats(s) {
   drawChart("chart-unavailable", per("unavailable"), fmtNumber);
   drawChart("chart-latency", s.samples.map((x) => x.mean_latency_us / 1000), (v) => v.toFixed(1));
   const minutes = (s.samples.length * s.interval_ms) / 60000;
-  $("activity-note").textContent = "(node " + s.node_id + "'s own answers, last "
-    + (minutes >= 1 ? Math.round(minutes) + " min" : Math.round(minutes * 60) + " s")
-    + ", one sample every " + secs + " s)";
+  const span = s.samples.length === 0 ? "first sample within " + secs + " s"
+    : "last " + (minutes >= 1 ? Math.round(minutes) + " min" : Math.round(minutes * 60) + " s")
+      + ", one sample every " + secs + " s";
+  $("activity-note").textContent = "(node " + s.node_id + "'s own answers; " + span + ")";
 
   const rows = s.busiest_rate_keys.map((k) => el("tr", { "data-rate-key": k.key },
     el("th", { scope: "row" }, el("code", {}, k.key)),
