@@ -28,6 +28,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{Cluster, Options};
+use quorate_server::security::auth::TokenSpec;
+use quorate_server::security::Role;
 use webdriver::Browser;
 
 /// How long the page may take to show a change (it polls every 2 s; peers are
@@ -157,8 +159,6 @@ async fn status_page_in_headless_chromium() {
     let mut c = Cluster::start_with(options).await;
     let leader = c.leader_id().await;
     make_activity(&c, leader).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = background_load(c.api_url(leader), stop.clone());
 
     browser.goto(&c.url(leader, "/ui")).await;
     let title = browser.eval("return document.title;").await;
@@ -183,15 +183,20 @@ async fn status_page_in_headless_chromium() {
         roles(&members).contains(&(leader, "leader".into())),
         "{members}"
     );
-    // Every replica's digest is compared with the leader's at an equal index.
+    // Both followers' digests were compared with the leader's at an equal index.
     browser
         .wait_for(
-            "every digest agreeing",
+            "both followers' digests agreeing",
             SHOWS_WITHIN,
-            "return [...document.querySelectorAll('#members tr[data-node] .tag.ok')].length;",
-            |v| v == &json!(3),
+            "return [...document.querySelectorAll('#members tr[data-role=follower] .tag.ok')]\
+             .map(t => t.textContent);",
+            |v| v == &json!(["✓ agrees", "✓ agrees"]),
         )
         .await;
+
+    // From here on, steady traffic (so the charts show a live cluster).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = background_load(c.api_url(leader), stop.clone());
 
     // Keys sorted by fullness: the full org:initech first.
     let first = browser
@@ -314,6 +319,75 @@ async fn status_page_in_headless_chromium() {
         .await
         .into_iter()
         .filter(|e| e["level"] == json!("SEVERE"))
+        .collect();
+    assert!(errors.is_empty(), "browser console errors: {errors:#?}");
+}
+
+/// With tokens configured, the page asks for one when the API answers 401, refuses
+/// a wrong one, and shows the cluster with a client token kept in session storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_asks_for_a_token() {
+    const CLIENT: &str = "ui-client-token-0123456789";
+    let Ok(browser) = Browser::launch(1280, 900).await else {
+        return;
+    };
+    let mut options = Options::new(1);
+    options.tokens = vec![TokenSpec {
+        name: "viewer".into(),
+        role: Role::Client,
+        token: Some(CLIENT.into()),
+        token_file: None,
+        token_env: None,
+    }];
+    let c = Cluster::start_with(options).await;
+    browser.goto(&c.url(1, "/ui")).await;
+    let form_shown = "return !document.getElementById('auth').hidden \
+        && document.getElementById('main').hidden;";
+    browser
+        .wait_for("the token form", SHOWS_WITHIN, form_shown, |v| {
+            v == &json!(true)
+        })
+        .await;
+
+    browser
+        .type_into("#token", "not-the-token-0123456789")
+        .await;
+    browser.click("#auth button[type=submit]").await;
+    browser
+        .wait_for(
+            "the wrong token refused",
+            SHOWS_WITHIN,
+            "return document.getElementById('auth-error').textContent;",
+            |v| v == &json!("That token was refused."),
+        )
+        .await;
+
+    browser.type_into("#token", CLIENT).await;
+    browser.click("#auth button[type=submit]").await;
+    browser
+        .wait_for("the one member", SHOWS_WITHIN, MEMBERS, |v| {
+            roles(v) == [(1, "leader".to_string())]
+        })
+        .await;
+    let stored = browser
+        .eval("return sessionStorage.getItem('quorate.token');")
+        .await;
+    assert_eq!(stored, json!(CLIENT));
+    browser.screenshot(&artifacts().join("3-token.png")).await;
+
+    // The only console errors are the refused requests themselves (the browser
+    // logs every 401); no script error, no CSP violation.
+    let errors: Vec<Value> = browser
+        .console()
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == json!("SEVERE"))
+        .filter(|e| {
+            !e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("status of 401")
+        })
         .collect();
     assert!(errors.is_empty(), "browser console errors: {errors:#?}");
 }

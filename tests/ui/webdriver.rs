@@ -196,6 +196,41 @@ impl Browser {
         }
     }
 
+    /// The WebDriver id of the element `css` selects.
+    async fn element(&self, css: &str) -> String {
+        let body = json!({"using": "css selector", "value": css});
+        let v = self
+            .call(reqwest::Method::POST, &self.at("/element"), Some(body))
+            .await;
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element for {css}: {v}"))
+            .to_string()
+    }
+
+    /// Type `text` into the element `css` selects, as a user would.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        let body = json!({ "text": text });
+        self.call(
+            reqwest::Method::POST,
+            &self.at(&format!("/element/{e}/value")),
+            Some(body),
+        )
+        .await;
+    }
+
+    /// Click the element `css` selects.
+    pub async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &self.at(&format!("/element/{e}/click")),
+            Some(json!({})),
+        )
+        .await;
+    }
+
     /// The browser console's entries since the last call (`level`, `message`, ...).
     pub async fn console(&self) -> Vec<Value> {
         let body = json!({"type": "browser"});
@@ -243,8 +278,10 @@ fn end_session(base: &str, session: &str) -> std::io::Result<()> {
         "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
          Connection: close\r\n\r\n"
     )?;
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer)?;
+    // The answer comes once Chromium has closed; chromedriver may keep the
+    // connection open after it, so read the first bytes only.
+    let mut answer = [0u8; 1024];
+    let _ = conn.read(&mut answer)?;
     Ok(())
 }
 
