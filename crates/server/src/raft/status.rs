@@ -136,13 +136,8 @@ impl Node {
         entry.at = Instant::now();
         entry.answer = answer.cloned();
         let theirs = answer.and_then(|a| a.status.as_ref());
-        for (applied, digest) in [after, before] {
-            if let (Some(t), Some(index)) = (theirs, applied) {
-                if t.applied == Some(index) {
-                    entry.agreement = Some((index, t.state_digest == digest));
-                    break;
-                }
-            }
+        if let Some(verdict) = compare_digests(theirs, [after, before]) {
+            entry.agreement = Some(verdict);
         }
     }
 
@@ -307,6 +302,20 @@ fn ready_from(
     leader.is_some() && running && committed.is_some_and(|c| applied.is_some_and(|a| a >= c))
 }
 
+/// The peer's digest against ours at the first of `ours` (applied index, digest)
+/// taken at the same applied index as the peer's: `(index, equal)`, or `None` when
+/// no moment matches (digests of different prefixes say nothing).
+fn compare_digests(
+    theirs: Option<&ProbeStatus>,
+    ours: [(Option<u64>, String); 2],
+) -> Option<(u64, bool)> {
+    let t = theirs?;
+    let index = t.applied?;
+    ours.into_iter()
+        .find(|(applied, _)| *applied == Some(index))
+        .map(|(_, digest)| (index, digest == t.state_digest))
+}
+
 /// The wire name of a Raft role.
 fn role_name(state: ServerState) -> &'static str {
     match state {
@@ -332,5 +341,42 @@ mod tests {
             "raft stopped"
         );
         assert!(!ready_from(Some(1), true, None, None), "nothing committed");
+    }
+
+    #[test]
+    fn digests_are_compared_only_at_an_equal_applied_index() {
+        let peer = |applied: Option<u64>, digest: &str| ProbeStatus {
+            role: "follower".into(),
+            term: 1,
+            applied,
+            state_digest: digest.into(),
+            ready: true,
+        };
+        let ours = || [(Some(12), "d12".to_string()), (Some(11), "d11".to_string())];
+        assert_eq!(
+            compare_digests(Some(&peer(Some(12), "d12")), ours()),
+            Some((12, true))
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(11), "d11")), ours()),
+            Some((11, true)),
+            "before"
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(11), "xx")), ours()),
+            Some((11, false)),
+            "diverged"
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(10), "d10")), ours()),
+            None,
+            "behind both"
+        );
+        assert_eq!(compare_digests(Some(&peer(None, "")), ours()), None);
+        assert_eq!(
+            compare_digests(None, ours()),
+            None,
+            "probe failed or old peer"
+        );
     }
 }
