@@ -18,6 +18,9 @@
 #   --keep              keep the temp dir (data, logs, raw results)
 #   --out FILE          report path (default docs/benchmarks.md)
 #
+# QUORATE_BENCH_BIN=/path/to/quorate benchmarks another quorate build (a before/after
+# comparison on the same machine) instead of this tree's release build.
+#
 # Every server is started here on non-default loopback ports with data in a temp dir,
 # and stopped by PID on exit. Nothing is sent anywhere but 127.0.0.1.
 set -euo pipefail
@@ -47,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -101,7 +104,7 @@ PKGS=(-p quorate-bench)
 if has "$SYSTEMS" quorate; then BINS+=(--bin quorate); PKGS+=(-p quorate); fi
 (cd "$ROOT" && cargo build --release "${PKGS[@]}" "${BINS[@]}")
 BENCH="$ROOT/target/release/quorate-bench"
-QUORATE="$ROOT/target/release/quorate"
+QUORATE="${QUORATE_BENCH_BIN:-$ROOT/target/release/quorate}"
 
 # ---------------------------------------------------------------------------------------
 # Temp dir, process bookkeeping, cleanup.
@@ -311,6 +314,19 @@ run_system() { # system
   return 0
 }
 
+# Mean batch sizes over the whole quorate session, from each node's counters: ops per
+# log entry on the leader's batcher, writes per forwarding request on followers.
+batch_sizes() {
+  local id m
+  for id in 1 2 3; do
+    m=$(curl -fsS -m 5 "http://127.0.0.1:${Q_API[$((id - 1))]}/metrics" 2>/dev/null) || continue
+    extra env "quorate node $id: log entries / ops (mean per entry); forward requests / writes (mean per request)" \
+      "$(awk '$1=="quorate_batches_total"{b=$2} $1=="quorate_batched_ops_total"{o=$2}
+              $1=="quorate_forward_batches_total"{fb=$2} $1=="quorate_forward_batched_ops_total"{fo=$2}
+              END{printf "%d / %d (%.1f); %d / %d (%.1f)", b, o, (b ? o/b : 0), fb, fo, (fb ? fo/fb : 0)}' <<<"$m")"
+  done
+}
+
 profile_run() { # system workload clients
   # The measured cell runs without perf attached; then a separate, longer run of the
   # same cell is profiled (its numbers are not reported).
@@ -359,6 +375,7 @@ for sys in ${SYSTEMS//,/ }; do
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   run_system "$sys"
+  [[ $sys == quorate ]] && batch_sizes
   if [[ $sys == quorate && $STATE == 1 ]]; then
     : # state measurements below, on this cluster
   else
@@ -383,10 +400,11 @@ if has "$SYSTEMS" quorate && [[ $STATE == 1 ]]; then
   follower=$(( leader % 3 + 1 ))
   for id in 1 2 3; do
     rss=$(awk '/VmRSS/{print $2}' "/proc/${PID[q$id]}/status")
+    hwm=$(awk '/VmHWM/{print $2}' "/proc/${PID[q$id]}/status")
     size=$(du -sb "$WORK/quorate/data/node-$id" | cut -f1)
     role=follower; [[ $id == "$leader" ]] && role=leader
-    extra state "node $id ($role): RSS / data dir (sled: log + state + Raft snapshot)" \
-      "$((rss / 1024)) MiB / $((size / 1024 / 1024)) MiB"
+    extra state "node $id ($role): RSS / peak RSS / data dir (sled: log + state + Raft snapshot)" \
+      "$((rss / 1024)) MiB / $((hwm / 1024)) MiB / $((size / 1024 / 1024)) MiB"
   done
 
   peer_addr="127.0.0.1:${Q_API[$((leader - 1))]}"
