@@ -26,6 +26,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,14 +55,20 @@ const ROOM_SWEEP_LEASES: u32 = 64;
 const ROOM_SWEEP_RATE_KEYS: u32 = 256;
 
 /// One live lease.
+///
+/// Compact in memory, identical on the wire: the lease id is one allocation shared
+/// with the `lease_ids` index, each key is the same allocation as the key of its
+/// per-key set in `slots` (interned by [`State::insert_lease`]), and the other strings
+/// are boxed without spare capacity. `Arc<str>`, `Box<str>` and `Box<[_]>` serialize
+/// exactly as `String` and `Vec<String>` do, so snapshots and digests are unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Lease {
-    lease_id: String,
-    holder: String,
-    keys: Vec<String>,
+    lease_id: Arc<str>,
+    holder: Box<str>,
+    keys: Box<[Arc<str>]>,
     expires_at_ms: u64,
     /// The caller that acquired it; only it (or an admin) may release or renew it.
-    owner: String,
+    owner: Box<str>,
 }
 
 /// The values of changed entries as of an open snapshot cut (`cut.rs`): the first
@@ -146,9 +154,12 @@ pub struct State {
     /// The undo log of an open snapshot cut (`cut.rs`), and the last cut's number.
     pub(crate) undo: Option<UndoLog>,
     cut_seq: u64,
-    lease_ids: BTreeMap<String, u64>,
-    /// Per key: (expires_at_ms, token) of its live leases.
-    slots: BTreeMap<String, BTreeSet<(u64, u64)>>,
+    /// Lease id → token; the key is the lease's own `lease_id` allocation.
+    lease_ids: BTreeMap<Arc<str>, u64>,
+    /// Per key: (expires_at_ms, token) of its live leases. The key is shared by every
+    /// lease on it (`Lease::keys`), so a key's text is stored once however many
+    /// leases hold it.
+    slots: BTreeMap<Arc<str>, BTreeSet<(u64, u64)>>,
     expiry: BTreeSet<(u64, u64)>,
 }
 
@@ -427,12 +438,12 @@ impl State {
             u.lease(token, Some(&lease));
         }
         self.lease_sum = self.lease_sum.wrapping_sub(entry_hash(&(token, &lease)));
-        self.lease_ids.remove(&lease.lease_id);
-        for k in &lease.keys {
-            if let Some(set) = self.slots.get_mut(k) {
+        self.lease_ids.remove(&*lease.lease_id);
+        for k in lease.keys.iter() {
+            if let Some(set) = self.slots.get_mut(&**k) {
                 set.remove(&(lease.expires_at_ms, token));
                 if set.is_empty() {
-                    self.slots.remove(k);
+                    self.slots.remove(&**k);
                 }
             }
         }
@@ -440,13 +451,21 @@ impl State {
         Some(lease)
     }
 
-    fn insert_lease(&mut self, token: u64, lease: Lease) {
+    /// Index a lease (interning its keys: each becomes the allocation its `slots`
+    /// entry already uses, so a key's text is held once) and store it.
+    fn insert_lease(&mut self, token: u64, mut lease: Lease) {
         self.lease_ids.insert(lease.lease_id.clone(), token);
-        for k in &lease.keys {
-            self.slots
-                .entry(k.clone())
-                .or_default()
-                .insert((lease.expires_at_ms, token));
+        for k in lease.keys.iter_mut() {
+            let entry = (lease.expires_at_ms, token);
+            match self.slots.get_key_value(&**k) {
+                Some((shared, _)) => *k = shared.clone(),
+                None => {
+                    self.slots.insert(k.clone(), BTreeSet::new());
+                }
+            }
+            if let Some(set) = self.slots.get_mut(&**k) {
+                set.insert(entry);
+            }
         }
         self.expiry.insert((lease.expires_at_ms, token));
         self.lease_sum = self.lease_sum.wrapping_add(entry_hash(&(token, &lease)));
@@ -520,7 +539,10 @@ impl State {
     /// the state).
     fn room_for_lease(&mut self, keys: &[String]) -> Result<(), CoreError> {
         let over = |st: &Self| {
-            let new_keys = keys.iter().filter(|k| !st.slots.contains_key(*k)).count();
+            let new_keys = keys
+                .iter()
+                .filter(|k| !st.slots.contains_key(k.as_str()))
+                .count();
             let s = &st.settings;
             if st.leases.len() as u64 >= s.max_leases {
                 Some(("max_leases", s.max_leases, "new leases"))
@@ -568,11 +590,11 @@ impl State {
         self.insert_lease(
             token,
             Lease {
-                lease_id: a.lease_id.clone(),
-                holder: a.holder.clone(),
-                keys: a.keys.clone(),
+                lease_id: a.lease_id.as_str().into(),
+                holder: a.holder.as_str().into(),
+                keys: a.keys.iter().map(|k| Arc::from(k.as_str())).collect(),
                 expires_at_ms,
-                owner: caller.name.clone(),
+                owner: caller.name.as_str().into(),
             },
         );
         for s in &mut slots {
@@ -591,14 +613,14 @@ impl State {
     /// conflict if `a` names other keys than the lease holds.
     fn regrant(&self, token: u64, a: &Acquire) -> Reply {
         let lease = &self.leases[&token];
-        let mut held = lease.keys.clone();
-        let mut requested = a.keys.clone();
-        held.sort();
-        requested.sort();
+        let mut held: Vec<&str> = lease.keys.iter().map(|k| &**k).collect();
+        let mut requested: Vec<&str> = a.keys.iter().map(String::as_str).collect();
+        held.sort_unstable();
+        requested.sort_unstable();
         if held != requested {
             return Err(CoreError::LeaseConflict {
                 lease_id: a.lease_id.clone(),
-                held: lease.keys.clone(),
+                held: lease.keys.iter().map(|k| k.to_string()).collect(),
                 requested: a.keys.clone(),
             });
         }
@@ -620,7 +642,7 @@ impl State {
         for k in keys {
             self.purge_key(k);
             let (limit, _) = self.resolve_limit(k);
-            let set = self.slots.get(k);
+            let set = self.slots.get(k.as_str());
             let used = set.map_or(0, BTreeSet::len);
             if used >= limit as usize {
                 blocked_by.push(k.clone());
@@ -910,12 +932,12 @@ impl State {
 
     fn lease_info(&self, token: u64, lease: &Lease) -> LeaseInfo {
         LeaseInfo {
-            lease_id: lease.lease_id.clone(),
-            holder: lease.holder.clone(),
-            owner: lease.owner.clone(),
+            lease_id: lease.lease_id.to_string(),
+            holder: lease.holder.to_string(),
+            owner: lease.owner.to_string(),
             fencing_token: token,
             expires_at_ms: lease.expires_at_ms,
-            keys: lease.keys.clone(),
+            keys: lease.keys.iter().map(|k| k.to_string()).collect(),
         }
     }
 
@@ -1009,7 +1031,7 @@ impl State {
                     state.last_token
                 )));
             }
-            if state.lease_ids.contains_key(&lease.lease_id) {
+            if state.lease_ids.contains_key(&*lease.lease_id) {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "lease id {} appears twice",
                     lease.lease_id
@@ -1121,11 +1143,11 @@ mod v1 {
                 .into_iter()
                 .map(|(token, l)| {
                     let lease = super::Lease {
-                        lease_id: l.lease_id,
-                        holder: l.holder,
-                        keys: l.keys,
+                        lease_id: l.lease_id.into(),
+                        holder: l.holder.into(),
+                        keys: l.keys.into_iter().map(std::sync::Arc::from).collect(),
                         expires_at_ms: l.expires_at_ms,
-                        owner: String::new(),
+                        owner: Box::default(),
                     };
                     (token, lease)
                 })
@@ -1190,21 +1212,22 @@ impl TimeView<'_> {
     /// Keys under `prefix` with an override or a live slot, at most `max` of them.
     fn limits(&self, prefix: &str, max: usize) -> Outcome {
         let st = self.state;
-        let in_prefix = |k: &&String| k.starts_with(prefix);
+        let in_prefix = |k: &&str| k.starts_with(prefix);
+        let from = (Bound::Included(prefix), Bound::Unbounded);
         // Both sources are sorted, so the first `max + 1` keys of their union are
         // among the first `max + 1` of each: stop there instead of walking every key
         // under the prefix (a million, for an empty prefix) under the read lock.
-        let mut keys: BTreeSet<&String> = st
+        let mut keys: BTreeSet<&str> = st
             .overrides
-            .range::<String, _>(prefix.to_owned()..)
-            .map(|(k, _)| k)
+            .range::<str, _>(from)
+            .map(|(k, _)| k.as_str())
             .take_while(in_prefix)
             .take(max.saturating_add(1))
             .collect();
         keys.extend(
             st.slots
-                .range::<String, _>(prefix.to_owned()..)
-                .map(|(k, _)| k)
+                .range::<str, _>(from)
+                .map(|(k, _)| &**k)
                 .take_while(in_prefix)
                 .filter(|k| self.used(k) > 0)
                 .take(max.saturating_add(1)),
@@ -1278,7 +1301,7 @@ impl TimeView<'_> {
             Query::Policies => Ok(Outcome::Policies(self.policies())),
             Query::Lease { lease_id } => {
                 validate::lease_id(lease_id)?;
-                let info = st.lease_ids.get(lease_id).and_then(|t| {
+                let info = st.lease_ids.get(lease_id.as_str()).and_then(|t| {
                     st.leases
                         .get(t)
                         .filter(|l| l.expires_at_ms > self.now_ms)
