@@ -71,6 +71,70 @@ pub(crate) struct Lease {
     owner: Box<str>,
 }
 
+/// The live leases on one key, `(expires_at_ms, token)` in order.
+///
+/// Most keys are held by one lease at a time (a job's own key), and a one-element
+/// `BTreeSet` costs a whole B-tree leaf (about 190 bytes); such a key keeps its one
+/// entry inline instead, and turns into a set when a second lease joins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SlotSet {
+    One((u64, u64)),
+    Many(BTreeSet<(u64, u64)>),
+}
+
+impl SlotSet {
+    fn insert(&mut self, entry: (u64, u64)) {
+        match self {
+            SlotSet::One(x) if *x == entry => {}
+            SlotSet::One(x) => *self = SlotSet::Many(BTreeSet::from([*x, entry])),
+            SlotSet::Many(set) => {
+                set.insert(entry);
+            }
+        }
+    }
+
+    /// Remove `entry`; true when the set is then empty (the caller drops the key).
+    fn remove(&mut self, entry: &(u64, u64)) -> bool {
+        match self {
+            SlotSet::One(x) => x == entry,
+            SlotSet::Many(set) => {
+                set.remove(entry);
+                match (set.len(), set.first()) {
+                    (0, _) => true,
+                    (1, Some(&last)) => {
+                        *self = SlotSet::One(last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> Option<(u64, u64)> {
+        match self {
+            SlotSet::One(x) => Some(*x),
+            SlotSet::Many(set) => set.first().copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SlotSet::One(_) => 1,
+            SlotSet::Many(set) => set.len(),
+        }
+    }
+
+    /// The entries at or after `from`, in order.
+    fn range_from(&self, from: (u64, u64)) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (one, many) = match self {
+            SlotSet::One(x) => (Some(*x).filter(|x| *x >= from), None),
+            SlotSet::Many(set) => (None, Some(set.range(from..).copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// The values of changed entries as of an open snapshot cut (`cut.rs`): the first
 /// change to a lease or bucket after the cut records its value before the change
 /// (`None`: it did not exist). Lives here, with the maps it shadows.
@@ -159,7 +223,7 @@ pub struct State {
     /// Per key: (expires_at_ms, token) of its live leases. The key is shared by every
     /// lease on it (`Lease::keys`), so a key's text is stored once however many
     /// leases hold it.
-    slots: BTreeMap<Arc<str>, BTreeSet<(u64, u64)>>,
+    slots: BTreeMap<Arc<str>, SlotSet>,
     expiry: BTreeSet<(u64, u64)>,
 }
 
@@ -441,8 +505,7 @@ impl State {
         self.lease_ids.remove(&*lease.lease_id);
         for k in lease.keys.iter() {
             if let Some(set) = self.slots.get_mut(&**k) {
-                set.remove(&(lease.expires_at_ms, token));
-                if set.is_empty() {
+                if set.remove(&(lease.expires_at_ms, token)) {
                     self.slots.remove(&**k);
                 }
             }
@@ -457,14 +520,14 @@ impl State {
         self.lease_ids.insert(lease.lease_id.clone(), token);
         for k in lease.keys.iter_mut() {
             let entry = (lease.expires_at_ms, token);
-            match self.slots.get_key_value(&**k) {
-                Some((shared, _)) => *k = shared.clone(),
-                None => {
-                    self.slots.insert(k.clone(), BTreeSet::new());
-                }
+            if let Some((shared, _)) = self.slots.get_key_value(&**k) {
+                *k = shared.clone();
             }
-            if let Some(set) = self.slots.get_mut(&**k) {
-                set.insert(entry);
+            match self.slots.get_mut(&**k) {
+                Some(set) => set.insert(entry),
+                None => {
+                    self.slots.insert(k.clone(), SlotSet::One(entry));
+                }
             }
         }
         self.expiry.insert((lease.expires_at_ms, token));
@@ -477,7 +540,7 @@ impl State {
 
     /// Purge the dead leases at the front of a key's set.
     fn purge_key(&mut self, key: &str) {
-        while let Some(&(exp, token)) = self.slots.get(key).and_then(|s| s.first()) {
+        while let Some((exp, token)) = self.slots.get(key).and_then(SlotSet::first) {
             if exp > self.now_ms {
                 break;
             }
@@ -485,8 +548,7 @@ impl State {
                 // An index entry whose lease is gone (only a corrupted state could hold
                 // one) would make this loop spin forever under the write lock: drop it.
                 if let Some(set) = self.slots.get_mut(key) {
-                    set.remove(&(exp, token));
-                    if set.is_empty() {
+                    if set.remove(&(exp, token)) {
                         self.slots.remove(key);
                     }
                 }
@@ -496,10 +558,9 @@ impl State {
 
     /// Live slots in use on `key` (read-only: filters instead of purging).
     fn used(&self, key: &str) -> u32 {
-        let n = self
-            .slots
-            .get(key)
-            .map_or(0, |s| s.range((self.now_ms.saturating_add(1), 0)..).count());
+        let n = self.slots.get(key).map_or(0, |s| {
+            s.range_from((self.now_ms.saturating_add(1), 0)).count()
+        });
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -643,14 +704,14 @@ impl State {
             self.purge_key(k);
             let (limit, _) = self.resolve_limit(k);
             let set = self.slots.get(k.as_str());
-            let used = set.map_or(0, BTreeSet::len);
+            let used = set.map_or(0, SlotSet::len);
             if used >= limit as usize {
                 blocked_by.push(k.clone());
                 // A slot frees when (used - limit + 1) leases have expired: the
                 // expiry of the (used - limit + 1)-th earliest lease.
                 let need = used - limit as usize;
                 let wait = set
-                    .and_then(|s| s.iter().nth(need))
+                    .and_then(|s| s.range_from((0, 0)).nth(need))
                     .map_or(1, |(exp, _)| exp - self.now_ms);
                 retry_after_ms = retry_after_ms.max(wait);
             }
@@ -1192,7 +1253,7 @@ impl TimeView<'_> {
             .slots
             .get(key)
             .into_iter()
-            .flat_map(move |s| s.range(from..).map(|(_, t)| *t))
+            .flat_map(move |s| s.range_from(from).map(|(_, t)| t))
     }
 
     fn used(&self, key: &str) -> u32 {
@@ -1318,13 +1379,46 @@ mod tests {
     use super::*;
     use crate::command::Acquire;
 
+    /// A key's slot set behaves as the `BTreeSet` it replaces: inline with one entry,
+    /// a set from two, inline again at one, and "empty" exactly when the last goes.
+    #[test]
+    fn slot_sets_grow_and_shrink_like_ordered_sets() {
+        let mut s = SlotSet::One((20, 2));
+        s.insert((20, 2));
+        assert_eq!(
+            s,
+            SlotSet::One((20, 2)),
+            "inserting the same entry is a no-op"
+        );
+        s.insert((10, 1));
+        s.insert((30, 3));
+        assert!(matches!(s, SlotSet::Many(_)));
+        assert_eq!((s.len(), s.first()), (3, Some((10, 1))));
+        let from: Vec<_> = s.range_from((20, 0)).collect();
+        assert_eq!(from, vec![(20, 2), (30, 3)]);
+        assert!(!s.remove(&(10, 1)));
+        assert!(
+            !s.remove(&(99, 9)),
+            "removing an absent entry changes nothing"
+        );
+        assert!(!s.remove(&(20, 2)));
+        assert_eq!(s, SlotSet::One((30, 3)));
+        assert_eq!(s.range_from((31, 0)).count(), 0);
+        assert_eq!(s.range_from((30, 3)).count(), 1);
+        assert!(!s.remove(&(20, 2)));
+        assert!(
+            s.remove(&(30, 3)),
+            "the last entry gone: the key is dropped"
+        );
+    }
+
     /// Regression: an index entry whose lease is missing (seen once on a data dir left
     /// by a mutation-testing build that repeated tokens) made `purge_key` spin forever
     /// under the state machine's write lock. It must be dropped instead.
     #[test]
     fn an_orphaned_index_entry_is_dropped_not_spun_on() {
         let mut s = State::new();
-        s.slots.entry("k".into()).or_default().insert((5, 99));
+        s.slots.insert("k".into(), SlotSet::One((5, 99)));
         s.expiry.insert((5, 99));
         let replies = s.apply(&Command::single(
             10,
