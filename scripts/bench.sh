@@ -13,6 +13,8 @@
 #   --clients LIST      client counts (default 1,16,64,256; quick: 16,64)
 #   --requests N        attempts per cell, same for every system
 #   --no-state          skip quorate's state/restart/catch-up measurements
+#   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
+#   --fill-leases N     leases the state section fills (default 100000; quick: 10000)
 #   --profile           perf-profile the quorate leader during the hot/64 run
 #   --no-install        never apt-get install
 #   --keep              keep the temp dir (data, logs, raw results)
@@ -37,6 +39,8 @@ PROFILE=0
 INSTALL=1
 KEEP=0
 OUT="$ROOT/docs/benchmarks.md"
+FILL_RATE_KEYS_ARG=""
+FILL_LEASES_ARG=""
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,11 +50,13 @@ while [[ $# -gt 0 ]]; do
     --clients) CLIENTS=$2; shift ;;
     --requests) REQUESTS=$2; shift ;;
     --no-state) STATE=0 ;;
+    --fill-rate-keys) FILL_RATE_KEYS_ARG=$2; shift ;;
+    --fill-leases) FILL_LEASES_ARG=$2; shift ;;
     --profile) PROFILE=1 ;;
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -78,6 +84,8 @@ else
   FILL_RATE_KEYS=1000000
   FILL_LEASES=100000
 fi
+FILL_RATE_KEYS=${FILL_RATE_KEYS_ARG:-$FILL_RATE_KEYS}
+FILL_LEASES=${FILL_LEASES_ARG:-$FILL_LEASES}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 has() { [[ ",$1," == *",$2,"* ]]; }
@@ -101,7 +109,7 @@ fi
 log "building release binaries"
 BINS=(--bin quorate-bench)
 PKGS=(-p quorate-bench)
-if has "$SYSTEMS" quorate; then BINS+=(--bin quorate); PKGS+=(-p quorate); fi
+if has "$SYSTEMS" quorate && [[ -z ${QUORATE_BENCH_BIN:-} ]]; then BINS+=(--bin quorate); PKGS+=(-p quorate); fi
 (cd "$ROOT" && cargo build --release "${PKGS[@]}" "${BINS[@]}")
 BENCH="$ROOT/target/release/quorate-bench"
 QUORATE="${QUORATE_BENCH_BIN:-$ROOT/target/release/quorate}"
