@@ -320,6 +320,8 @@ mod tests {
     /// test decides what queues up behind the first request).
     struct Fake {
         requests: Mutex<Vec<Vec<Op>>>,
+        /// The leader each request was sent to.
+        leaders: Mutex<Vec<u64>>,
         /// Request numbers (0-based, in send order) to fail, and how.
         fail: Mutex<Vec<(usize, NodeError)>>,
         gate: tokio::sync::Semaphore,
@@ -329,6 +331,7 @@ mod tests {
         fn new() -> Arc<Self> {
             Arc::new(Self {
                 requests: Mutex::new(Vec::new()),
+                leaders: Mutex::new(Vec::new()),
                 fail: Mutex::new(Vec::new()),
                 gate: tokio::sync::Semaphore::new(0),
             })
@@ -344,13 +347,14 @@ mod tests {
     impl Transport for FakeTransport {
         fn send(
             &self,
-            _leader: u64,
+            leader: u64,
             _addr: String,
             ops: ForwardWrites,
             _timeout: Duration,
         ) -> BoxFuture<'static, BatchResult> {
             let fake = self.0.clone();
             Box::pin(async move {
+                fake.leaders.lock().unwrap().push(leader);
                 let i = {
                     let mut r = fake.requests.lock().unwrap();
                     r.push(ops.clone());
@@ -536,18 +540,66 @@ mod tests {
         );
     }
 
-    /// Writes for different leaders never share a request.
+    /// A leader that predates `/forward/writes` answers 404; the ops then go one by
+    /// one through `/forward/write`, each answer still at its own position.
+    #[tokio::test]
+    async fn a_leader_without_the_batch_route_gets_the_ops_one_by_one() {
+        use axum::routing::post;
+        let old_leader = axum::Router::new().route(
+            paths::FORWARD_WRITE,
+            post(|body: axum::body::Bytes| async move {
+                let op: Op = protocol::decode(&body).expect("a single op");
+                protocol::encode(&echo(&op)).expect("encode")
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move { axum::serve(listener, old_leader).await });
+        let peers = PeerClient::new(Duration::from_secs(1), Default::default(), None).unwrap();
+        let ops: Vec<Op> = (0..5).map(op).collect();
+        let answers = PeerTransport(peers)
+            .send(1, addr, ops.clone(), Duration::from_secs(5))
+            .await
+            .expect("answers");
+        assert_eq!(answers, ops.iter().map(echo).collect::<Vec<_>>());
+        server.abort();
+    }
+
+    /// Writes for different leaders never share a request: while one request is in
+    /// flight, writes for leaders 1 and 2 queue up interleaved; every request then
+    /// carries the writes of the one leader it is sent to, and every write is sent.
     #[tokio::test]
     async fn writes_for_different_leaders_go_in_different_requests() {
         let fake = Fake::new();
+        let f = spawn(&fake, 8, 1);
+        let leader_of = |i: usize| 1 + (i % 2) as u64;
+        let send = |i: usize| {
+            let f = f.clone();
+            let d = Instant::now() + Duration::from_secs(10);
+            tokio::spawn(async move { f.forward(leader_of(i), "a".into(), op(i), d).await })
+        };
+        let first = send(0);
+        eventually("the first request", || fake.sent().len() == 1).await;
+        let rest: Vec<_> = (1..=8).map(send).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         fake.gate.add_permits(100);
-        let f = spawn(&fake, 8, 4);
-        let d = Instant::now() + Duration::from_secs(10);
-        let (a, b) = tokio::join!(
-            f.forward(1, "leader:1".into(), op(1), d),
-            f.forward(2, "leader:2".into(), op(2), d)
-        );
-        assert_eq!((a, b), (echo(&op(1)), echo(&op(2))));
-        assert!(fake.sent().iter().all(|r| r.len() == 1));
+        assert_eq!(answer(first).await, echo(&op(0)));
+        for (i, h) in (1..=8).zip(rest) {
+            assert_eq!(answer(h).await, echo(&op(i)), "caller {i}");
+        }
+        let sent = fake.sent();
+        let leaders = fake.leaders.lock().unwrap().clone();
+        assert_eq!(sent.iter().map(Vec::len).sum::<usize>(), 9);
+        for (ops, leader) in sent.iter().zip(&leaders) {
+            for o in ops {
+                let i: usize = lease_of(o)["lease-".len()..].parse().unwrap();
+                assert_eq!(
+                    leader_of(i),
+                    *leader,
+                    "{} went to leader {leader}",
+                    lease_of(o)
+                );
+            }
+        }
     }
 }
