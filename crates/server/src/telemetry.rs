@@ -95,6 +95,10 @@ pub struct Metrics {
     pub write_seconds: Histogram,
     /// In-flight entries whose slot was given back unanswered (term ended, timeout).
     pub batches_abandoned: Counter,
+    /// Peer requests a follower sent to carry forwarded writes to the leader.
+    pub forward_batches: Counter,
+    /// Writes those requests carried (ops / requests = mean forward batch size).
+    pub forward_batched_ops: Counter,
     /// Dead leases purged by housekeeping (leader's count).
     pub expired_leases: Counter,
     pub raft_term: Gauge,
@@ -139,6 +143,8 @@ impl Metrics {
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
             batches_abandoned: Counter::default(),
+            forward_batches: Counter::default(),
+            forward_batched_ops: Counter::default(),
             expired_leases: Counter::default(),
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
@@ -200,6 +206,16 @@ impl Metrics {
             "quorate_batches_abandoned",
             "In-flight entries whose slot the batcher took back unanswered (term ended or timeout).",
             m.batches_abandoned.clone(),
+        );
+        r.register(
+            "quorate_forward_batches",
+            "Peer requests this node sent to carry forwarded writes to the leader.",
+            m.forward_batches.clone(),
+        );
+        r.register(
+            "quorate_forward_batched_ops",
+            "Writes carried by those requests (ops / requests = mean forward batch size).",
+            m.forward_batched_ops.clone(),
         );
         r.register(
             "quorate_expired_leases",
