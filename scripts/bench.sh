@@ -447,11 +447,21 @@ if has "$SYSTEMS" quorate && [[ $STATE == 1 ]]; then
   start_quorate_node $follower
   time_node "restart of follower $follower (SIGKILL → restart)"
 
-  log "catch-up of wiped follower $follower"
+  # A voter that lost its data must not rejoin as itself (README "Replacing a node"): it
+  # should refuse and exit. Recorded as refused or, if it ever came back, as a failure.
+  log "wiped follower $follower restarted without the membership call (must refuse)"
   stop_pid q$follower KILL
   rm -rf "$WORK/quorate/data/node-$follower"
   start_quorate_node $follower
-  time_node "wiped follower $follower (rm data dir, restart; no membership call)"
+  refuse_t0=$(date +%s%N)
+  while kill -0 "${PID[q$follower]}" 2>/dev/null && (( ($(date +%s%N) - refuse_t0) < 60000000000 )); do sleep 0.1; done
+  if kill -0 "${PID[q$follower]}" 2>/dev/null; then
+    extra state "wiped follower $follower restarted as itself" "**still running after 60 s** (it should refuse to rejoin)"
+    stop_pid q$follower KILL
+  else
+    extra state "wiped follower $follower restarted as itself (no membership call)" "refused and exited after $(( ($(date +%s%N) - refuse_t0) / 1000000 )) ms, as designed"
+  fi
+  unset "PID[q$follower]"
 
   # The documented way to replace a node: remove it, start it empty, add it back.
   log "wiped follower $follower replaced through the membership API"
