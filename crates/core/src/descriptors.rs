@@ -433,6 +433,11 @@ struct Limited {
 }
 
 impl State {
+    /// `source_digest` of the installed descriptor table, if any.
+    pub fn descriptors_digest(&self) -> Option<u64> {
+        self.descriptors.digest
+    }
+
     /// Install a descriptor table (all or nothing), unless its digest is installed.
     pub(crate) fn configure_descriptors(&mut self, c: &DescriptorConfig) -> Reply {
         if self.descriptors.digest == Some(c.source_digest) {

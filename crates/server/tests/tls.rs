@@ -34,6 +34,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
             id,
             api_addr: bound.api_addr,
             raft_addr: bound.raft_addr,
+            grpc_addr: None,
         });
         listeners.push((id, bound.listeners));
     }
