@@ -419,7 +419,10 @@ fn check_request(r: &DescriptorRequest) -> Result<(), CoreError> {
         }
         for (k, v) in &d.entries {
             check_text("descriptors.entries.key", k, MAX_ENTRY_LEN)?;
-            check_text("descriptors.entries.value", v, MAX_ENTRY_LEN)?;
+            // An empty value is legitimate (a header that is present but empty).
+            if !v.is_empty() {
+                check_text("descriptors.entries.value", v, MAX_ENTRY_LEN)?;
+            }
         }
     }
     Ok(())
@@ -849,6 +852,10 @@ mod tests {
         let a = descriptor_key("d", &[("a".into(), "b/c=d".into())]);
         let b = descriptor_key("d", &[("a".into(), "b".into()), ("c".into(), "d".into())]);
         assert_ne!(a, b);
+        assert_eq!(
+            descriptor_key("d", &[("h".into(), String::new())]),
+            "envoy:d/h="
+        );
         let long = descriptor_key("d", &[("path".into(), "x".repeat(300))]);
         assert!(long.starts_with("envoy:d/h=") && long.len() == 10 + 32);
         assert!(validate::key("k", &long).is_ok());

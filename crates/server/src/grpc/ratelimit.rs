@@ -329,3 +329,118 @@ fn core_status(e: CoreError) -> Status {
         _ => Status::internal(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+    use quorate_core::descriptors::{AppliedLimit, DescriptorStatus};
+
+    fn desc() -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }
+    }
+
+    fn req(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "d".into(),
+            descriptors,
+            hits_addend: 0,
+        }
+    }
+
+    #[test]
+    fn what_is_not_supported_is_refused_up_front() {
+        let mut neg = desc();
+        neg.is_negative_hits = true;
+        let mut month = desc();
+        month.limit = Some(RateLimitOverride {
+            requests_per_unit: 1,
+            unit: PbUnit::Month as i32,
+        });
+        for (r, why) in [
+            (req(vec![neg]), "is_negative_hits"),
+            (req(vec![month]), "unit"),
+            (req(vec![desc(); MAX_DESCRIPTORS + 1]), "at most"),
+        ] {
+            let e = to_core(r).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(why), "{e:?}");
+        }
+        let mut hour = desc();
+        hour.limit = Some(RateLimitOverride {
+            requests_per_unit: 5,
+            unit: PbUnit::Hour as i32,
+        });
+        let c = to_core(req(vec![hour])).unwrap();
+        assert_eq!(c.descriptors[0].limit, Some((5, Unit::Hour)));
+        assert_eq!(c.descriptors[0].hits_addend, None);
+    }
+
+    #[test]
+    fn a_denial_carries_statuses_headers_and_retry_after() {
+        let limited = |over: bool, remaining: u32, retry: u64| DescriptorStatus {
+            over_limit: over,
+            limit: Some(AppliedLimit {
+                name: "per_ip".into(),
+                key: "envoy:edge/remote_address=10.0.0.1".into(),
+                requests_per_unit: 60,
+                unit: Some(Unit::Minute),
+                period_ms: 60_000,
+                burst: 20,
+            }),
+            remaining,
+            reset_after_ms: 1500,
+            retry_after_ms: retry,
+        };
+        let unlimited = DescriptorStatus {
+            over_limit: false,
+            limit: None,
+            remaining: 0,
+            reset_after_ms: 0,
+            retry_after_ms: 0,
+        };
+        let r = to_response(&DescriptorDecision {
+            ok: false,
+            statuses: vec![limited(true, 0, 2500), unlimited],
+        });
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        let s = &r.statuses;
+        assert_eq!(s[0].code, Code::OverLimit as i32);
+        let l = s[0].current_limit.as_ref().unwrap();
+        assert_eq!((l.requests_per_unit, l.unit), (60, PbUnit::Minute as i32));
+        assert_eq!(s[0].duration_until_reset, Some(duration(1500)));
+        assert_eq!(s[1].code, Code::Ok as i32);
+        assert!(s[1].current_limit.is_none() && s[1].duration_until_reset.is_none());
+        let h = |k: &str| {
+            r.response_headers_to_add
+                .iter()
+                .find(|h| h.key == k)
+                .map(|h| h.value.clone())
+        };
+        assert_eq!(h("retry-after").as_deref(), Some("3"));
+        assert_eq!(h("x-ratelimit-remaining").as_deref(), Some("0"));
+        assert!(h("ratelimit")
+            .unwrap()
+            .starts_with("\"per_ip\";r=0;t=2;pk=:"));
+        // Nothing limited: no headers at all.
+        let r = to_response(&DescriptorDecision {
+            ok: true,
+            statuses: vec![DescriptorStatus {
+                over_limit: false,
+                limit: None,
+                remaining: 0,
+                reset_after_ms: 0,
+                retry_after_ms: 0,
+            }],
+        });
+        assert!(r.response_headers_to_add.is_empty());
+    }
+}
