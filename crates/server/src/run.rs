@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 use crate::error::ServerError;
-use crate::grpc::{spawn_grpc, RateLimitGrpc};
+use crate::grpc::{spawn_grpc, GrpcTls, RateLimitGrpc};
 use crate::http::api::{self, ApiConfig, ApiState};
 use crate::http::peer;
 use crate::http::server::{spawn_server, ConnLimits, ServerTls};
@@ -95,14 +95,6 @@ pub async fn serve_on(
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let security = config.security()?;
-    if listeners.grpc.is_some() && security.tls.is_some() {
-        return Err(ServerError::Config {
-            path: config.source.clone(),
-            message: "grpc_addr is not served over TLS yet; with [tls] configured, remove \
-                      grpc_addr (or keep the limiter's gRPC port on a trusted link without [tls])"
-                .into(),
-        });
-    }
     warn_about_open_access(&security);
     let storage = open_store(&config, node_id)?;
     let metrics = Arc::new(Metrics::new());
@@ -170,6 +162,11 @@ pub async fn serve_on(
             tracing::warn!(%peer, reason = "tls_handshake", why, "refused peer connection");
         })),
     });
+    // The gRPC port: server-only TLS like the API (Envoy authenticates with a token).
+    let grpc_tls = security.tls.as_ref().map(|t| GrpcTls {
+        acceptor: t.grpc_acceptor.clone(),
+        handshake_timeout: limits.header_read_timeout,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = Servers {
         api_addr: local_addr(&listeners.api),
@@ -177,7 +174,7 @@ pub async fn serve_on(
         grpc_addr: listeners.grpc.as_ref().map_or(String::new(), local_addr),
         grpc: listeners
             .grpc
-            .map(|l| spawn_grpc(l, grpc_service, stop_rx.clone())),
+            .map(|l| spawn_grpc(l, grpc_service, grpc_tls, stop_rx.clone())),
         api: spawn_server(listeners.api, api_router, stop_rx.clone(), limits, api_tls),
         raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, raft_tls),
     };
