@@ -13,10 +13,15 @@
 #   --clients LIST      client counts (default 1,16,64,256; quick: 16,64)
 #   --requests N        attempts per cell, same for every system
 #   --no-state          skip quorate's state/restart/catch-up measurements
+#   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
+#   --fill-leases N     leases the state section fills (default 100000; quick: 10000)
 #   --profile           perf-profile the quorate leader during the hot/64 run
 #   --no-install        never apt-get install
 #   --keep              keep the temp dir (data, logs, raw results)
 #   --out FILE          report path (default docs/benchmarks.md)
+#
+# QUORATE_BENCH_BIN=/path/to/quorate benchmarks another quorate build (a before/after
+# comparison on the same machine) instead of this tree's release build.
 #
 # Every server is started here on non-default loopback ports with data in a temp dir,
 # and stopped by PID on exit. Nothing is sent anywhere but 127.0.0.1.
@@ -34,6 +39,8 @@ PROFILE=0
 INSTALL=1
 KEEP=0
 OUT="$ROOT/docs/benchmarks.md"
+FILL_RATE_KEYS_ARG=""
+FILL_LEASES_ARG=""
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -43,11 +50,13 @@ while [[ $# -gt 0 ]]; do
     --clients) CLIENTS=$2; shift ;;
     --requests) REQUESTS=$2; shift ;;
     --no-state) STATE=0 ;;
+    --fill-rate-keys) FILL_RATE_KEYS_ARG=$2; shift ;;
+    --fill-leases) FILL_LEASES_ARG=$2; shift ;;
     --profile) PROFILE=1 ;;
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -75,6 +84,8 @@ else
   FILL_RATE_KEYS=1000000
   FILL_LEASES=100000
 fi
+FILL_RATE_KEYS=${FILL_RATE_KEYS_ARG:-$FILL_RATE_KEYS}
+FILL_LEASES=${FILL_LEASES_ARG:-$FILL_LEASES}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 has() { [[ ",$1," == *",$2,"* ]]; }
@@ -98,10 +109,10 @@ fi
 log "building release binaries"
 BINS=(--bin quorate-bench)
 PKGS=(-p quorate-bench)
-if has "$SYSTEMS" quorate; then BINS+=(--bin quorate); PKGS+=(-p quorate); fi
+if has "$SYSTEMS" quorate && [[ -z ${QUORATE_BENCH_BIN:-} ]]; then BINS+=(--bin quorate); PKGS+=(-p quorate); fi
 (cd "$ROOT" && cargo build --release "${PKGS[@]}" "${BINS[@]}")
 BENCH="$ROOT/target/release/quorate-bench"
-QUORATE="$ROOT/target/release/quorate"
+QUORATE="${QUORATE_BENCH_BIN:-$ROOT/target/release/quorate}"
 
 # ---------------------------------------------------------------------------------------
 # Temp dir, process bookkeeping, cleanup.
@@ -311,6 +322,19 @@ run_system() { # system
   return 0
 }
 
+# Mean batch sizes over the whole quorate session, from each node's counters: ops per
+# log entry on the leader's batcher, writes per forwarding request on followers.
+batch_sizes() {
+  local id m
+  for id in 1 2 3; do
+    m=$(curl -fsS -m 5 "http://127.0.0.1:${Q_API[$((id - 1))]}/metrics" 2>/dev/null) || continue
+    extra env "quorate node $id: log entries / ops (mean per entry); forward requests / writes (mean per request)" \
+      "$(awk '$1=="quorate_batches_total"{b=$2} $1=="quorate_batched_ops_total"{o=$2}
+              $1=="quorate_forward_batches_total"{fb=$2} $1=="quorate_forward_batched_ops_total"{fo=$2}
+              END{printf "%d / %d (%.1f); %d / %d (%.1f)", b, o, (b ? o/b : 0), fb, fo, (fb ? fo/fb : 0)}' <<<"$m")"
+  done
+}
+
 profile_run() { # system workload clients
   # The measured cell runs without perf attached; then a separate, longer run of the
   # same cell is profiled (its numbers are not reported).
@@ -359,6 +383,7 @@ for sys in ${SYSTEMS//,/ }; do
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   run_system "$sys"
+  [[ $sys == quorate ]] && batch_sizes
   if [[ $sys == quorate && $STATE == 1 ]]; then
     : # state measurements below, on this cluster
   else
@@ -383,10 +408,11 @@ if has "$SYSTEMS" quorate && [[ $STATE == 1 ]]; then
   follower=$(( leader % 3 + 1 ))
   for id in 1 2 3; do
     rss=$(awk '/VmRSS/{print $2}' "/proc/${PID[q$id]}/status")
+    hwm=$(awk '/VmHWM/{print $2}' "/proc/${PID[q$id]}/status")
     size=$(du -sb "$WORK/quorate/data/node-$id" | cut -f1)
     role=follower; [[ $id == "$leader" ]] && role=leader
-    extra state "node $id ($role): RSS / data dir (sled: log + state + Raft snapshot)" \
-      "$((rss / 1024)) MiB / $((size / 1024 / 1024)) MiB"
+    extra state "node $id ($role): RSS / peak RSS / data dir (sled: log + state + Raft snapshot)" \
+      "$((rss / 1024)) MiB / $((hwm / 1024)) MiB / $((size / 1024 / 1024)) MiB"
   done
 
   peer_addr="127.0.0.1:${Q_API[$((leader - 1))]}"

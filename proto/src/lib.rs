@@ -392,6 +392,90 @@ pub struct ClusterResponse {
     /// leader's monotonic clock), but a host whose clock is off is misconfigured.
     #[serde(default)]
     pub clock_offsets: Vec<ClockOffset>,
+    /// Every member as this node last saw it: its own row is live, peers' rows come
+    /// from the probe this node sends each peer every few seconds (`age_ms` old), so
+    /// reading this costs no round trip.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One member's state as seen from the answering node (see [`ClusterResponse::nodes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// False when the last probe of this peer failed (or none has answered yet).
+    pub reachable: bool,
+    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`, or `unknown` when
+    /// unreachable.
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// State digest at `applied_index` (empty when unknown); nodes at the same
+    /// applied index agree exactly when their digests are equal.
+    pub state_digest: String,
+    /// Knows a leader and has applied everything it knows to be committed.
+    pub ready: bool,
+    /// Its wall clock minus the answering node's (ms), when measured.
+    pub clock_offset_ms: Option<i64>,
+    /// Age of this row (ms): 0 for the answering node itself.
+    pub age_ms: u64,
+    /// Whether its state digest equalled the answering node's the last time both had
+    /// applied the same entries (checked when a probe answer arrives); `None` until
+    /// such a moment. `false` means the replicas diverged: a bug to report.
+    #[serde(default)]
+    pub digest_agrees: Option<bool>,
+    /// The applied index of that comparison.
+    #[serde(default)]
+    pub digest_compared_at: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Stats (the status page's charts)
+
+/// `GET /v1/stats`: the answering node's own counters, sampled in memory at a fixed
+/// interval (not replicated, not linearizable; restarts empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatsResponse {
+    pub node_id: u64,
+    /// Time between two samples (ms).
+    pub interval_ms: u64,
+    /// Oldest first; each sample counts what this node answered since the previous one.
+    pub samples: Vec<StatsSample>,
+    /// The rate keys this node checked most in the last minutes (counts halve every
+    /// minute; at most a few dozen keys are tracked, so a key may be missing).
+    pub busiest_rate_keys: Vec<RateKeyStats>,
+}
+
+/// What one node answered during one sampling interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatsSample {
+    /// End of the interval (this node's wall clock, Unix ms).
+    pub at_ms: u64,
+    /// Acquires granted and rate checks allowed.
+    pub granted: u64,
+    /// Acquires denied (limit reached) and rate checks limited.
+    pub denied: u64,
+    /// Requests answered 503 (no quorum, timeout, state full; `/readyz` not counted).
+    pub unavailable: u64,
+    /// All API requests answered.
+    pub requests: u64,
+    /// Mean latency of acquire, release, renew and rate check requests (µs; 0 if none).
+    pub mean_latency_us: u64,
+}
+
+/// A recently checked rate key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RateKeyStats {
+    pub key: String,
+    /// Checks of this key (decayed: halved every minute).
+    pub checks: u64,
+    /// Of which limited (decayed the same way).
+    pub limited: u64,
+    /// The last answer's limit and remaining requests.
+    pub limit: u32,
+    pub remaining: u32,
 }
 
 /// One peer's wall clock offset, as measured by a probe round trip.

@@ -70,6 +70,11 @@ pub enum RouteId {
     Readyz,
     Metrics,
     OpenApi,
+    Stats,
+    /// The status page (`/ui`): static HTML, not part of the JSON API.
+    Ui,
+    /// The status page's script and style sheet.
+    UiAsset,
 }
 
 /// One row of the table.
@@ -80,6 +85,10 @@ pub struct Route {
     /// Path pattern, `{name}` for a parameter segment.
     pub path: &'static str,
     pub access: Access,
+    /// False for the status page's static files: they carry no data (the page reads
+    /// the JSON API with the viewer's token), so the OpenAPI document, which
+    /// describes the JSON API, leaves them out.
+    pub json_api: bool,
 }
 
 const fn row(id: RouteId, method: Method, path: &'static str, access: Access) -> Route {
@@ -88,6 +97,18 @@ const fn row(id: RouteId, method: Method, path: &'static str, access: Access) ->
         method,
         path,
         access,
+        json_api: true,
+    }
+}
+
+/// A static file of the status page (always `GET`, always open).
+const fn page(id: RouteId, path: &'static str) -> Route {
+    Route {
+        id,
+        method: Method::Get,
+        path,
+        access: Access::Open,
+        json_api: false,
     }
 }
 
@@ -117,6 +138,9 @@ pub const ROUTES: &[Route] = &[
     row(RouteId::Readyz, Get, "/readyz", Open),
     row(RouteId::Metrics, Get, "/metrics", Client),
     row(RouteId::OpenApi, Get, "/v1/openapi.json", Open),
+    row(RouteId::Stats, Get, "/v1/stats", Client),
+    page(RouteId::Ui, "/ui"),
+    page(RouteId::UiAsset, "/ui/{asset}"),
 ];
 
 impl RouteId {
@@ -223,6 +247,16 @@ mod tests {
         );
         assert_eq!(find(Put, "/v1/limits/{key}").map(|r| r.access), Some(Admin));
         assert_eq!(find(Get, "/nope"), None);
+    }
+
+    #[test]
+    fn page_routes_are_open_reads_outside_the_json_api() {
+        for r in ROUTES.iter().filter(|r| !r.json_api) {
+            assert_eq!((r.method, r.access), (Get, Open), "{r:?}");
+            assert!(r.path.starts_with("/ui"), "{r:?}");
+        }
+        assert!(!RouteId::UiAsset.route().json_api);
+        assert!(RouteId::Stats.route().json_api);
     }
 
     #[test]

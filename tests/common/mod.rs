@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use quorate_proto::ClusterResponse;
 use quorate_server::config::{Millis, NodeConfig, NonZeroMillis};
+use quorate_server::security::auth::TokenSpec;
 use quorate_server::ClusterConfig;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -56,6 +57,9 @@ pub struct Options {
     /// Extra environment for one node (by id), applied after `env` (e.g. its
     /// `QUORATE_PEER_ADDRS`).
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// `[[auth.tokens]]` (empty: open mode). With tokens, the helpers that read
+    /// `/v1/cluster` without one (`leader_id`, `wait_converged`) do not work.
+    pub tokens: Vec<TokenSpec>,
     /// Give every node a `grpc_addr` (Envoy's rate limit service).
     pub grpc: bool,
     /// Edits the typed config before it is written (e.g. an `[envoy]` table, tokens).
@@ -76,6 +80,7 @@ impl Options {
             default_ttl_ms: 60_000,
             env: Vec::new(),
             node_env: BTreeMap::new(),
+            tokens: Vec::new(),
             grpc: false,
             config_edit: None,
             bearer: None,
@@ -559,6 +564,7 @@ fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
     c.server.request_timeout_ms = ms(o.request_timeout_ms);
     c.server.expire_interval_ms = ms(o.expire_interval_ms);
     c.server.drain_timeout_ms = Millis::new(3000);
+    c.auth.tokens = o.tokens.clone();
     if let Some(edit) = o.config_edit {
         edit(&mut c);
     }

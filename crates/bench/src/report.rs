@@ -133,6 +133,23 @@ fn fmt_lat(r: Option<&RunResult>) -> String {
     })
 }
 
+/// Server CPU seconds per 1,000 ops, or "–" when not measured (no pids).
+fn fmt_cpu(r: Option<&RunResult>) -> String {
+    match r {
+        Some(r) if r.server_cpu_s_per_kop > 0.0 => format!("{:.3}", r.server_cpu_s_per_kop),
+        _ => "–".to_owned(),
+    }
+}
+
+/// Peak RSS of each server process, MiB, slash-separated.
+fn fmt_peak_rss(r: &RunResult) -> String {
+    if r.server_peak_rss_mib.is_empty() {
+        return "–".to_owned();
+    }
+    let v: Vec<String> = r.server_peak_rss_mib.iter().map(u64::to_string).collect();
+    v.join("/")
+}
+
 fn ratio(q: Option<&RunResult>, o: Option<&RunResult>) -> String {
     match (q, o) {
         (Some(q), Some(o)) if o.ops_per_s > 0.0 => format!("{:.2}×", q.ops_per_s / o.ops_per_s),
@@ -290,15 +307,18 @@ fn write_results(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Throughput in ops/s (acquire+release pair = 2 ops); latency p50 / p99 in ms.\n"
+        "Throughput in ops/s (acquire+release pair = 2 ops); latency p50 / p99 in ms; \
+         CPU = server CPU seconds (user + system, all of a system's processes together) \
+         per 1,000 completed ops, the cost of a decision, which holds when servers and \
+         load generator compete for the same cores and ops/s does not.\n"
     );
     let _ = writeln!(
         md,
-        "| workload | clients | quorate ops/s | quorate p50/p99 | Redis ops/s | Redis p50/p99 | etcd ops/s | etcd p50/p99 | quorate/etcd | quorate/Redis | errors q/r/e | over-adm. q/r/e |"
+        "| workload | clients | quorate ops/s | quorate p50/p99 | Redis ops/s | Redis p50/p99 | etcd ops/s | etcd p50/p99 | quorate/etcd | quorate/Redis | CPU s/1k ops q/r/e | errors q/r/e | over-adm. q/r/e |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut cells: Vec<(String, String, usize)> = Vec::new();
     for r in rs {
@@ -329,7 +349,7 @@ fn write_results(md: &mut String, rs: &[RunResult]) {
         };
         let _ = writeln!(
             md,
-            "| {w} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}/{} | {}/{}/{} |",
+            "| {w} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {}/{}/{} | {}/{}/{} |",
             fmt_rate(q),
             fmt_lat(q),
             fmt_rate(r),
@@ -338,6 +358,9 @@ fn write_results(md: &mut String, rs: &[RunResult]) {
             fmt_lat(e),
             ratio(q, e),
             ratio(q, r),
+            fmt_cpu(q),
+            fmt_cpu(r),
+            fmt_cpu(e),
             n(q, |x| x.errors),
             n(r, |x| x.errors),
             n(e, |x| x.errors),
@@ -353,13 +376,13 @@ fn write_every_run(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "\n### Every run\n");
     let _ = writeln!(
         md,
-        "| system | workload | variant | clients | attempts | ops | granted | denied | errors | etcd conflicts | max held (org key) | s | ops/s | p50 | p99 | p99.9 | max | acq p99 | rel p99 | server CPU % | generator CPU % | load 1m |"
+        "| system | workload | variant | clients | attempts | ops | granted | denied | errors | etcd conflicts | max held (org key) | s | ops/s | p50 | p99 | p99.9 | max | acq p99 | rel p99 | server CPU % | generator CPU % | server CPU s/1k ops | generator CPU s/1k ops | peak RSS MiB per process | load 1m |"
     );
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {:.1} |",
             r.system,
             r.workload,
             r.variant,
@@ -382,6 +405,9 @@ fn write_every_run(md: &mut String, rs: &[RunResult]) {
             if r.workload == "rate" { "–".to_owned() } else { fmt_ms(r.release_p99_ms) },
             r.server_cpu_pct,
             r.generator_cpu_pct,
+            r.server_cpu_s_per_kop,
+            r.generator_cpu_s_per_kop,
+            fmt_peak_rss(r),
             r.loadavg_1m,
         );
     }

@@ -111,6 +111,18 @@ pub struct RunResult {
     /// phase, % of one core (0 when no pids were given).
     #[serde(default)]
     pub server_cpu_pct: f64,
+    /// Server CPU seconds (user + system, all nodes together) per 1,000 completed ops
+    /// during the measured phase: the figure that stays meaningful when servers and
+    /// load generator share cores (0 when no pids were given).
+    #[serde(default)]
+    pub server_cpu_s_per_kop: f64,
+    /// The load generator's CPU seconds per 1,000 completed ops.
+    #[serde(default)]
+    pub generator_cpu_s_per_kop: f64,
+    /// Peak resident set (`VmHWM`, MiB) of each server process at the end of the run,
+    /// in the order the pids were given.
+    #[serde(default)]
+    pub server_peak_rss_mib: Vec<u64>,
     /// 1-minute load average of the machine at the end of the run.
     #[serde(default)]
     pub loadavg_1m: f64,
@@ -369,6 +381,13 @@ fn summarize(spec: &RunSpec, tracker: &Tracker, phase: Phase) -> RunResult {
         capped: t.capped,
         generator_cpu_pct: 100.0 * cpu / elapsed.max(1e-9),
         server_cpu_pct: 100.0 * server / elapsed.max(1e-9),
+        server_cpu_s_per_kop: stats::cpu_s_per_kop(server, t.ops),
+        generator_cpu_s_per_kop: stats::cpu_s_per_kop(cpu, t.ops),
+        server_peak_rss_mib: spec
+            .server_pids
+            .iter()
+            .map(|&p| stats::peak_rss_kib(p).unwrap_or(0) / 1024)
+            .collect(),
         loadavg_1m: stats::loadavg_1m(),
     }
 }

@@ -70,12 +70,32 @@ pub fn loadavg_1m() -> f64 {
 
 /// `VmRSS` of a process in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// `VmHWM` (peak resident set since the process started) of a process in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds per 1,000 completed operations (0 when nothing completed): the cost of
+/// a decision, which stays meaningful when servers and load generator share cores and
+/// ops/s does not.
+pub fn cpu_s_per_kop(cpu_s: f64, ops: u64) -> f64 {
+    if ops == 0 {
+        0.0
+    } else {
+        cpu_s * 1000.0 / ops as f64
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +112,14 @@ mod tests {
         assert_eq!(h.quantile_ms(0.99), 99.0);
         assert_eq!(h.quantile_ms(1.0), 100.0);
         assert!(process_cpu_seconds() >= 0.0);
+    }
+
+    #[test]
+    fn cpu_per_kop_and_peak_rss() {
+        assert_eq!(cpu_s_per_kop(2.0, 4000), 0.5);
+        assert_eq!(cpu_s_per_kop(1.0, 0), 0.0);
+        let me = std::process::id();
+        let (rss, peak) = (rss_kib(me).unwrap(), peak_rss_kib(me).unwrap());
+        assert!(rss > 0 && peak >= rss, "rss {rss} KiB, peak {peak} KiB");
     }
 }

@@ -157,7 +157,14 @@ fn base_state() -> State {
         Op::Configure(Box::new(quorate_core::Configuration {
             source_digest: 1,
             settings,
-            policies: Vec::new(),
+            // Room for the shared-keys case: 1M leases over 10k `fill:*` keys.
+            policies: vec![(
+                "fill".into(),
+                quorate_core::Policy::Concurrency {
+                    pattern: "fill:*".into(),
+                    limit: 1_000,
+                },
+            )],
             tiers: Vec::new(),
         })),
     ));
@@ -318,6 +325,11 @@ fn memory_and_snapshots() {
         (
             "live leases, [own key, global]",
             Box::new(|i| acquire(i, vec![format!("job:{i}"), "global".into()])),
+        ),
+        (
+            // What `quorate-bench fill` creates: leases spread over 10k shared keys.
+            "live leases, 1 of 10k shared keys each",
+            Box::new(|i| acquire(i, vec![format!("fill:{}", i % 10_000)])),
         ),
         (
             "rate keys (one check each)",

@@ -26,6 +26,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,14 +58,84 @@ const ROOM_SWEEP_LEASES: u32 = 64;
 const ROOM_SWEEP_RATE_KEYS: u32 = 256;
 
 /// One live lease.
+///
+/// Compact in memory, identical on the wire: the lease id is one allocation shared
+/// with the `lease_ids` index, each key is the same allocation as the key of its
+/// per-key set in `slots` (interned by [`State::insert_lease`]), and the other strings
+/// are boxed without spare capacity. `Arc<str>`, `Box<str>` and `Box<[_]>` serialize
+/// exactly as `String` and `Vec<String>` do, so snapshots and digests are unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Lease {
-    lease_id: String,
-    holder: String,
-    keys: Vec<String>,
+    lease_id: Arc<str>,
+    holder: Box<str>,
+    keys: Box<[Arc<str>]>,
     expires_at_ms: u64,
     /// The caller that acquired it; only it (or an admin) may release or renew it.
-    owner: String,
+    owner: Box<str>,
+}
+
+/// The live leases on one key, `(expires_at_ms, token)` in order.
+///
+/// Most keys are held by one lease at a time (a job's own key), and a one-element
+/// `BTreeSet` costs a whole B-tree leaf (about 190 bytes); such a key keeps its one
+/// entry inline instead, and turns into a set when a second lease joins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SlotSet {
+    One((u64, u64)),
+    Many(BTreeSet<(u64, u64)>),
+}
+
+impl SlotSet {
+    fn insert(&mut self, entry: (u64, u64)) {
+        match self {
+            SlotSet::One(x) if *x == entry => {}
+            SlotSet::One(x) => *self = SlotSet::Many(BTreeSet::from([*x, entry])),
+            SlotSet::Many(set) => {
+                set.insert(entry);
+            }
+        }
+    }
+
+    /// Remove `entry`; true when the set is then empty (the caller drops the key).
+    fn remove(&mut self, entry: &(u64, u64)) -> bool {
+        match self {
+            SlotSet::One(x) => x == entry,
+            SlotSet::Many(set) => {
+                set.remove(entry);
+                match (set.len(), set.first()) {
+                    (0, _) => true,
+                    (1, Some(&last)) => {
+                        *self = SlotSet::One(last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> Option<(u64, u64)> {
+        match self {
+            SlotSet::One(x) => Some(*x),
+            SlotSet::Many(set) => set.first().copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SlotSet::One(_) => 1,
+            SlotSet::Many(set) => set.len(),
+        }
+    }
+
+    /// The entries at or after `from`, in order.
+    fn range_from(&self, from: (u64, u64)) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (one, many) = match self {
+            SlotSet::One(x) => (Some(*x).filter(|x| *x >= from), None),
+            SlotSet::Many(set) => (None, Some(set.range(from..).copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// The values of changed entries as of an open snapshot cut (`cut.rs`): the first
@@ -151,9 +223,12 @@ pub struct State {
     /// The undo log of an open snapshot cut (`cut.rs`), and the last cut's number.
     pub(crate) undo: Option<UndoLog>,
     cut_seq: u64,
-    lease_ids: BTreeMap<String, u64>,
-    /// Per key: (expires_at_ms, token) of its live leases.
-    slots: BTreeMap<String, BTreeSet<(u64, u64)>>,
+    /// Lease id → token; the key is the lease's own `lease_id` allocation.
+    lease_ids: BTreeMap<Arc<str>, u64>,
+    /// Per key: (expires_at_ms, token) of its live leases. The key is shared by every
+    /// lease on it (`Lease::keys`), so a key's text is stored once however many
+    /// leases hold it.
+    slots: BTreeMap<Arc<str>, SlotSet>,
     expiry: BTreeSet<(u64, u64)>,
 }
 
@@ -434,12 +509,11 @@ impl State {
             u.lease(token, Some(&lease));
         }
         self.lease_sum = self.lease_sum.wrapping_sub(entry_hash(&(token, &lease)));
-        self.lease_ids.remove(&lease.lease_id);
-        for k in &lease.keys {
-            if let Some(set) = self.slots.get_mut(k) {
-                set.remove(&(lease.expires_at_ms, token));
-                if set.is_empty() {
-                    self.slots.remove(k);
+        self.lease_ids.remove(&*lease.lease_id);
+        for k in lease.keys.iter() {
+            if let Some(set) = self.slots.get_mut(&**k) {
+                if set.remove(&(lease.expires_at_ms, token)) {
+                    self.slots.remove(&**k);
                 }
             }
         }
@@ -447,13 +521,21 @@ impl State {
         Some(lease)
     }
 
-    fn insert_lease(&mut self, token: u64, lease: Lease) {
+    /// Index a lease (interning its keys: each becomes the allocation its `slots`
+    /// entry already uses, so a key's text is held once) and store it.
+    fn insert_lease(&mut self, token: u64, mut lease: Lease) {
         self.lease_ids.insert(lease.lease_id.clone(), token);
-        for k in &lease.keys {
-            self.slots
-                .entry(k.clone())
-                .or_default()
-                .insert((lease.expires_at_ms, token));
+        for k in lease.keys.iter_mut() {
+            let entry = (lease.expires_at_ms, token);
+            if let Some((shared, _)) = self.slots.get_key_value(&**k) {
+                *k = shared.clone();
+            }
+            match self.slots.get_mut(&**k) {
+                Some(set) => set.insert(entry),
+                None => {
+                    self.slots.insert(k.clone(), SlotSet::One(entry));
+                }
+            }
         }
         self.expiry.insert((lease.expires_at_ms, token));
         self.lease_sum = self.lease_sum.wrapping_add(entry_hash(&(token, &lease)));
@@ -465,7 +547,7 @@ impl State {
 
     /// Purge the dead leases at the front of a key's set.
     fn purge_key(&mut self, key: &str) {
-        while let Some(&(exp, token)) = self.slots.get(key).and_then(|s| s.first()) {
+        while let Some((exp, token)) = self.slots.get(key).and_then(SlotSet::first) {
             if exp > self.now_ms {
                 break;
             }
@@ -473,8 +555,7 @@ impl State {
                 // An index entry whose lease is gone (only a corrupted state could hold
                 // one) would make this loop spin forever under the write lock: drop it.
                 if let Some(set) = self.slots.get_mut(key) {
-                    set.remove(&(exp, token));
-                    if set.is_empty() {
+                    if set.remove(&(exp, token)) {
                         self.slots.remove(key);
                     }
                 }
@@ -484,10 +565,9 @@ impl State {
 
     /// Live slots in use on `key` (read-only: filters instead of purging).
     fn used(&self, key: &str) -> u32 {
-        let n = self
-            .slots
-            .get(key)
-            .map_or(0, |s| s.range((self.now_ms.saturating_add(1), 0)..).count());
+        let n = self.slots.get(key).map_or(0, |s| {
+            s.range_from((self.now_ms.saturating_add(1), 0)).count()
+        });
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -527,7 +607,10 @@ impl State {
     /// the state).
     fn room_for_lease(&mut self, keys: &[String]) -> Result<(), CoreError> {
         let over = |st: &Self| {
-            let new_keys = keys.iter().filter(|k| !st.slots.contains_key(*k)).count();
+            let new_keys = keys
+                .iter()
+                .filter(|k| !st.slots.contains_key(k.as_str()))
+                .count();
             let s = &st.settings;
             if st.leases.len() as u64 >= s.max_leases {
                 Some(("max_leases", s.max_leases, "new leases"))
@@ -575,11 +658,11 @@ impl State {
         self.insert_lease(
             token,
             Lease {
-                lease_id: a.lease_id.clone(),
-                holder: a.holder.clone(),
-                keys: a.keys.clone(),
+                lease_id: a.lease_id.as_str().into(),
+                holder: a.holder.as_str().into(),
+                keys: a.keys.iter().map(|k| Arc::from(k.as_str())).collect(),
                 expires_at_ms,
-                owner: caller.name.clone(),
+                owner: caller.name.as_str().into(),
             },
         );
         for s in &mut slots {
@@ -598,14 +681,14 @@ impl State {
     /// conflict if `a` names other keys than the lease holds.
     fn regrant(&self, token: u64, a: &Acquire) -> Reply {
         let lease = &self.leases[&token];
-        let mut held = lease.keys.clone();
-        let mut requested = a.keys.clone();
-        held.sort();
-        requested.sort();
+        let mut held: Vec<&str> = lease.keys.iter().map(|k| &**k).collect();
+        let mut requested: Vec<&str> = a.keys.iter().map(String::as_str).collect();
+        held.sort_unstable();
+        requested.sort_unstable();
         if held != requested {
             return Err(CoreError::LeaseConflict {
                 lease_id: a.lease_id.clone(),
-                held: lease.keys.clone(),
+                held: lease.keys.iter().map(|k| k.to_string()).collect(),
                 requested: a.keys.clone(),
             });
         }
@@ -627,15 +710,15 @@ impl State {
         for k in keys {
             self.purge_key(k);
             let (limit, _) = self.resolve_limit(k);
-            let set = self.slots.get(k);
-            let used = set.map_or(0, BTreeSet::len);
+            let set = self.slots.get(k.as_str());
+            let used = set.map_or(0, SlotSet::len);
             if used >= limit as usize {
                 blocked_by.push(k.clone());
                 // A slot frees when (used - limit + 1) leases have expired: the
                 // expiry of the (used - limit + 1)-th earliest lease.
                 let need = used - limit as usize;
                 let wait = set
-                    .and_then(|s| s.iter().nth(need))
+                    .and_then(|s| s.range_from((0, 0)).nth(need))
                     .map_or(1, |(exp, _)| exp - self.now_ms);
                 retry_after_ms = retry_after_ms.max(wait);
             }
@@ -922,12 +1005,12 @@ impl State {
 
     fn lease_info(&self, token: u64, lease: &Lease) -> LeaseInfo {
         LeaseInfo {
-            lease_id: lease.lease_id.clone(),
-            holder: lease.holder.clone(),
-            owner: lease.owner.clone(),
+            lease_id: lease.lease_id.to_string(),
+            holder: lease.holder.to_string(),
+            owner: lease.owner.to_string(),
             fencing_token: token,
             expires_at_ms: lease.expires_at_ms,
-            keys: lease.keys.clone(),
+            keys: lease.keys.iter().map(|k| k.to_string()).collect(),
         }
     }
 
@@ -1032,7 +1115,7 @@ impl State {
                     state.last_token
                 )));
             }
-            if state.lease_ids.contains_key(&lease.lease_id) {
+            if state.lease_ids.contains_key(&*lease.lease_id) {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "lease id {} appears twice",
                     lease.lease_id
@@ -1146,11 +1229,11 @@ mod v1 {
                 .into_iter()
                 .map(|(token, l)| {
                     let lease = super::Lease {
-                        lease_id: l.lease_id,
-                        holder: l.holder,
-                        keys: l.keys,
+                        lease_id: l.lease_id.into(),
+                        holder: l.holder.into(),
+                        keys: l.keys.into_iter().map(std::sync::Arc::from).collect(),
                         expires_at_ms: l.expires_at_ms,
-                        owner: String::new(),
+                        owner: Box::default(),
                     };
                     (token, lease)
                 })
@@ -1195,7 +1278,7 @@ impl TimeView<'_> {
             .slots
             .get(key)
             .into_iter()
-            .flat_map(move |s| s.range(from..).map(|(_, t)| *t))
+            .flat_map(move |s| s.range_from(from).map(|(_, t)| t))
     }
 
     fn used(&self, key: &str) -> u32 {
@@ -1215,21 +1298,22 @@ impl TimeView<'_> {
     /// Keys under `prefix` with an override or a live slot, at most `max` of them.
     fn limits(&self, prefix: &str, max: usize) -> Outcome {
         let st = self.state;
-        let in_prefix = |k: &&String| k.starts_with(prefix);
+        let in_prefix = |k: &&str| k.starts_with(prefix);
+        let from = (Bound::Included(prefix), Bound::Unbounded);
         // Both sources are sorted, so the first `max + 1` keys of their union are
         // among the first `max + 1` of each: stop there instead of walking every key
         // under the prefix (a million, for an empty prefix) under the read lock.
-        let mut keys: BTreeSet<&String> = st
+        let mut keys: BTreeSet<&str> = st
             .overrides
-            .range::<String, _>(prefix.to_owned()..)
-            .map(|(k, _)| k)
+            .range::<str, _>(from)
+            .map(|(k, _)| k.as_str())
             .take_while(in_prefix)
             .take(max.saturating_add(1))
             .collect();
         keys.extend(
             st.slots
-                .range::<String, _>(prefix.to_owned()..)
-                .map(|(k, _)| k)
+                .range::<str, _>(from)
+                .map(|(k, _)| &**k)
                 .take_while(in_prefix)
                 .filter(|k| self.used(k) > 0)
                 .take(max.saturating_add(1)),
@@ -1303,7 +1387,7 @@ impl TimeView<'_> {
             Query::Policies => Ok(Outcome::Policies(self.policies())),
             Query::Lease { lease_id } => {
                 validate::lease_id(lease_id)?;
-                let info = st.lease_ids.get(lease_id).and_then(|t| {
+                let info = st.lease_ids.get(lease_id.as_str()).and_then(|t| {
                     st.leases
                         .get(t)
                         .filter(|l| l.expires_at_ms > self.now_ms)
@@ -1320,13 +1404,46 @@ mod tests {
     use super::*;
     use crate::command::Acquire;
 
+    /// A key's slot set behaves as the `BTreeSet` it replaces: inline with one entry,
+    /// a set from two, inline again at one, and "empty" exactly when the last goes.
+    #[test]
+    fn slot_sets_grow_and_shrink_like_ordered_sets() {
+        let mut s = SlotSet::One((20, 2));
+        s.insert((20, 2));
+        assert_eq!(
+            s,
+            SlotSet::One((20, 2)),
+            "inserting the same entry is a no-op"
+        );
+        s.insert((10, 1));
+        s.insert((30, 3));
+        assert!(matches!(s, SlotSet::Many(_)));
+        assert_eq!((s.len(), s.first()), (3, Some((10, 1))));
+        let from: Vec<_> = s.range_from((20, 0)).collect();
+        assert_eq!(from, vec![(20, 2), (30, 3)]);
+        assert!(!s.remove(&(10, 1)));
+        assert!(
+            !s.remove(&(99, 9)),
+            "removing an absent entry changes nothing"
+        );
+        assert!(!s.remove(&(20, 2)));
+        assert_eq!(s, SlotSet::One((30, 3)));
+        assert_eq!(s.range_from((31, 0)).count(), 0);
+        assert_eq!(s.range_from((30, 3)).count(), 1);
+        assert!(!s.remove(&(20, 2)));
+        assert!(
+            s.remove(&(30, 3)),
+            "the last entry gone: the key is dropped"
+        );
+    }
+
     /// Regression: an index entry whose lease is missing (seen once on a data dir left
     /// by a mutation-testing build that repeated tokens) made `purge_key` spin forever
     /// under the state machine's write lock. It must be dropped instead.
     #[test]
     fn an_orphaned_index_entry_is_dropped_not_spun_on() {
         let mut s = State::new();
-        s.slots.entry("k".into()).or_default().insert((5, 99));
+        s.slots.insert("k".into(), SlotSet::One((5, 99)));
         s.expiry.insert((5, 99));
         let replies = s.apply(&Command::single(
             10,

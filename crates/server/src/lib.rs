@@ -31,6 +31,7 @@ pub mod raft;
 pub mod ratelimit_headers;
 pub mod run;
 pub mod security;
+pub mod stats;
 pub mod telemetry;
 
 pub use config::ClusterConfig;

@@ -103,6 +103,7 @@ impl Backend for LocalBackend {
                 applied_index: None,
                 state_digest: st.digest(),
                 clock_offsets: Vec::new(),
+                nodes: Vec::new(),
             })
         }
         .boxed()

@@ -37,6 +37,7 @@ use crate::http::server::{spawn_server, ConnLimits, ServerTls};
 use crate::peer::PeerClient;
 use crate::raft::Node;
 use crate::security::Security;
+use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 /// The listeners of a node.
@@ -110,9 +111,17 @@ pub async fn serve_on(
     }
     let node = Node::start(config.clone(), node_id, storage, peers, metrics.clone()).await?;
 
+    let stats = Arc::new(Stats::new(
+        node_id,
+        metrics.clone(),
+        config.server.stats_interval_ms.get(),
+        stats_capacity(config.server.stats_interval_ms.get()),
+    ));
+    let sampler = tokio::spawn(stats.clone().run());
     let api_router = api::router(ApiState {
         backend: node.clone(),
         metrics: metrics.clone(),
+        stats,
         config: ApiConfig {
             auth: security.api.clone(),
             node_id,
@@ -186,9 +195,17 @@ pub async fn serve_on(
             config.server.drain_timeout_ms.get(),
         )
         .await;
+    sampler.abort();
     // Stop Raft and flush the store.
     node.shutdown().await;
     result
+}
+
+/// Samples covering the status page's window (15 minutes), at most 1000.
+fn stats_capacity(interval: std::time::Duration) -> usize {
+    const WINDOW_MS: u128 = 15 * 60 * 1000;
+    let n = WINDOW_MS / interval.as_millis().max(1);
+    usize::try_from(n).unwrap_or(1000).clamp(1, 1000)
 }
 
 /// Say at startup what is open. (Configurations that would expose a peer link are

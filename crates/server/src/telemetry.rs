@@ -92,6 +92,8 @@ const STATE_WARN_PERCENT: u64 = 90;
 /// The node's metrics. Create one per process and share it.
 pub struct Metrics {
     registry: Registry,
+    /// Only `http_seconds`, for [`Metrics::http_route_totals`].
+    latency_registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: HistogramFamily<RouteLabels>,
     decisions: Family<KindOutcome, Counter>,
@@ -108,6 +110,10 @@ pub struct Metrics {
     pub write_seconds: Histogram,
     /// In-flight entries whose slot was given back unanswered (term ended, timeout).
     pub batches_abandoned: Counter,
+    /// Peer requests a follower sent to carry forwarded writes to the leader.
+    pub forward_batches: Counter,
+    /// Writes those requests carried (ops / requests = mean forward batch size).
+    pub forward_batched_ops: Counter,
     /// Dead leases purged by housekeeping (leader's count).
     pub expired_leases: Counter,
     pub raft_term: Gauge,
@@ -141,6 +147,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Self {
             registry: Registry::default(),
+            latency_registry: Registry::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency_histogram),
             decisions: Family::default(),
@@ -153,6 +160,8 @@ impl Metrics {
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
             batches_abandoned: Counter::default(),
+            forward_batches: Counter::default(),
+            forward_batched_ops: Counter::default(),
             expired_leases: Counter::default(),
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
@@ -216,6 +225,16 @@ impl Metrics {
             m.batches_abandoned.clone(),
         );
         r.register(
+            "quorate_forward_batches",
+            "Peer requests this node sent to carry forwarded writes to the leader.",
+            m.forward_batches.clone(),
+        );
+        r.register(
+            "quorate_forward_batched_ops",
+            "Writes carried by those requests (ops / requests = mean forward batch size).",
+            m.forward_batched_ops.clone(),
+        );
+        r.register(
             "quorate_expired_leases",
             "Dead leases purged by housekeeping (leader's count).",
             m.expired_leases.clone(),
@@ -271,7 +290,17 @@ impl Metrics {
             "Envoy ShouldRateLimit latency by domain.",
             m.envoy_seconds.clone(),
         );
-        Self { registry: r, ..m }
+        let mut latency = Registry::default();
+        latency.register(
+            "quorate_http_request_seconds",
+            "HTTP request latency by route.",
+            m.http_seconds.clone(),
+        );
+        Self {
+            registry: r,
+            latency_registry: latency,
+            ..m
+        }
     }
 
     /// One Envoy `ShouldRateLimit` call answered (`grpc::ratelimit`).
@@ -343,6 +372,59 @@ impl Metrics {
         high && !was
     }
 
+    /// Decisions of `kind` with `outcome` so far. Reads only: a series that does not
+    /// exist yet counts 0 and is not created (the status page's sampler, `stats.rs`).
+    pub fn decision_count(&self, kind: &'static str, outcome: &'static str) -> u64 {
+        self.decisions
+            .get(&KindOutcome { kind, outcome })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Requests on `route` (a route table pattern) with `method` answered `status`
+    /// so far. Reads only, like [`Self::decision_count`].
+    pub fn http_status_count(&self, route: &'static str, method: &'static str, status: u16) -> u64 {
+        self.http_requests
+            .get(&HttpLabels {
+                route,
+                method,
+                status,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Requests answered so far and their summed latency (seconds), by route.
+    /// prometheus-client shows a histogram's sum and count only through encoding, so
+    /// this encodes that one family (a line pair per route) from its own small
+    /// registry: a few microseconds, for the status page's sampler every few seconds,
+    /// never on the request path.
+    pub fn http_route_totals(&self) -> Vec<(String, u64, f64)> {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.latency_registry);
+        let mut rows: Vec<(String, u64, f64)> = Vec::new();
+        for line in text.lines() {
+            let Some((name, rest)) = line.split_once("{route=\"") else {
+                continue;
+            };
+            let Some((route, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let row = match rows.iter().position(|r| r.0 == route) {
+                Some(i) => &mut rows[i],
+                None => {
+                    rows.push((route.to_string(), 0, 0.0));
+                    rows.last_mut().expect("just pushed")
+                }
+            };
+            let value = value.split(' ').next().unwrap_or("");
+            if name.ends_with("_count") {
+                row.1 = value.parse().unwrap_or(0);
+            } else if name.ends_with("_sum") {
+                row.2 = value.parse().unwrap_or(0.0);
+            }
+        }
+        rows
+    }
+
     /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 << 10);
@@ -383,6 +465,33 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn counts_and_latency_totals_are_read_without_creating_series() {
+        let m = Metrics::new();
+        assert_eq!(m.decision_count("acquire", "granted"), 0);
+        assert_eq!(m.http_status_count("/v1/x", "GET", 503), 0);
+        assert!(m.http_route_totals().is_empty());
+        assert!(
+            !m.render().contains("quorate_decisions_total{"),
+            "reading created a series"
+        );
+        m.decision("acquire", "granted");
+        m.http_request("/v1/x", "GET", 503, 0.25);
+        m.http_request("/v1/x", "GET", 200, 0.5);
+        m.http_request("/v1/{key}", "PUT", 200, 0.125);
+        assert_eq!(m.decision_count("acquire", "granted"), 1);
+        assert_eq!(m.http_status_count("/v1/x", "GET", 503), 1);
+        let mut totals = m.http_route_totals();
+        totals.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            totals,
+            [
+                ("/v1/x".to_string(), 2, 0.75),
+                ("/v1/{key}".to_string(), 1, 0.125)
+            ]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use quorate_core::{Configuration, Op, Policy, RateSpec, Settings};
 use quorate_server::http::api::{router, ApiConfig, ApiState};
 use quorate_server::local::LocalBackend;
 use quorate_server::security::{ApiAuth, Role, Secret};
+use quorate_server::stats::Stats;
 use quorate_server::telemetry::Metrics;
 use std::net::SocketAddr;
 
@@ -66,9 +67,11 @@ fn app_with_auth(auth: ApiAuth, peer_ip: [u8; 4]) -> App {
         tiers: vec![("superuser".into(), 10_000)],
     };
     backend.apply(Op::Configure(Box::new(cfg))).unwrap();
+    let metrics = Arc::new(Metrics::new());
     let state = ApiState {
         backend: backend.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
+        stats: Arc::new(Stats::new(1, metrics, Duration::from_secs(5), 10)),
         config: ApiConfig {
             auth,
             node_id: 1,
@@ -773,6 +776,65 @@ async fn serves_its_openapi_document_without_a_token() {
     assert_eq!(h["content-type"], "application/json");
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert!(v["paths"]["/v1/rate/check"]["post"].is_object());
+}
+
+/// The status page's files are open (they carry no data) with a self-only CSP,
+/// revalidation and correct types; the data it reads needs a token like any read.
+#[tokio::test]
+async fn status_page_is_open_and_its_data_is_not() {
+    let app = app_with_auth(token_rules(), [192, 0, 2, 10]);
+    for (path, ty) in [
+        ("/ui", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let (s, h, b) = call_as(&app, None, Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(h["content-type"], ty, "{path}");
+        assert!(!b.is_empty(), "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        // Unchanged: a 304 with no body.
+        let req = Request::builder()
+            .uri(path)
+            .header("if-none-match", h["etag"].clone())
+            .body(Body::empty())
+            .unwrap();
+        let again = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+    }
+    let (s, _, b) = call(&app, Method::GET, "/ui/secrets.txt", None).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    // Only GET is open; another method is answered like any unknown method.
+    let (s, _, b) = call_json(&app, CLIENT, Method::POST, "/ui", Some(json!({}))).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
+
+    // The page's data: 401 without a token (the page then asks for one), 200 with
+    // a client token, and the rate checks this node answered are its busiest keys.
+    let (s, _, b) = call(&app, Method::GET, "/v1/stats", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    for _ in 0..3 {
+        let check = json!({"key": "ip:198.51.100.1", "limit": 2, "period_ms": 60000});
+        call_json(&app, CLIENT, Method::POST, "/v1/rate/check", Some(check)).await;
+    }
+    let (s, _, b) = call_json(&app, CLIENT, Method::GET, "/v1/stats", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["interval_ms"], 5000);
+    assert_eq!(b["samples"], json!([]), "no interval has passed");
+    let top = &b["busiest_rate_keys"][0];
+    assert_eq!(top["key"], "ip:198.51.100.1", "{b}");
+    assert_eq!(
+        (top["checks"].as_u64(), top["limited"].as_u64()),
+        (Some(3), Some(1))
+    );
 }
 
 /// `call_as` with a JSON body, answering status, headers and the JSON body.

@@ -206,6 +206,7 @@ async fn peer_router_decodes_strictly_and_forwards() {
         "/raft/vote",
         "/raft/snapshot",
         "/forward/write",
+        "/forward/writes",
         "/forward/read",
     ] {
         let resp = router
@@ -299,6 +300,86 @@ async fn forward(router: &axum::Router, op: &Op) -> Result<Reply, NodeError> {
     assert_eq!(resp.status(), StatusCode::OK);
     let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
     protocol::decode(&body).expect("decode")
+}
+
+/// A follower's batch (`/forward/writes`) is decided op by op, as if each had come
+/// alone: every answer at its op's position, the role check per op (a forged admin op
+/// or a bare op is refused without affecting its neighbours), and a batch over the
+/// limit is refused whole before anything is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_batches_are_checked_and_answered_per_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, router) = start_with_peer_router(dir.path()).await;
+    let post = |body: Vec<u8>| {
+        router.clone().oneshot(
+            Request::post("/forward/writes")
+                .header(CLUSTER_HEADER, "single")
+                .header(protocol::TIMEOUT_HEADER, "2000")
+                .body(Body::from(body))
+                .expect("request"),
+        )
+    };
+    let batch: protocol::ForwardWrites = vec![
+        acquire("org:batch", "b-1").by(client("svc")),
+        Op::SetLimit {
+            key: "org:batch".into(),
+            limit: 999,
+        }
+        .by(client("svc")),
+        Op::Release {
+            lease_id: "b-1".into(),
+        },
+        acquire("org:batch", "b-2").by(client("other")),
+        acquire("org:batch", "b-3").by(client("svc")),
+    ];
+    let resp = post(protocol::encode(&batch).expect("encode"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    let answers: protocol::ForwardAnswers<NodeError> = protocol::decode(&body).expect("decode");
+    assert_eq!(answers.len(), batch.len(), "{answers:?}");
+    assert!(matches!(&answers[0], Ok(r) if granted(r)), "{answers:?}");
+    assert!(matches!(&answers[1], Err(NodeError::Forbidden(m)) if m.contains("admin")));
+    assert!(matches!(&answers[2], Err(NodeError::Forbidden(m)) if m.contains("caller")));
+    // org:* is limited to 2: of the two other acquires exactly one is granted.
+    let grants = answers[3..]
+        .iter()
+        .filter(|a| matches!(a, Ok(r) if granted(r)))
+        .count();
+    assert_eq!(grants, 1, "{answers:?}");
+    // The grants belong to the callers each op named.
+    let owner = |id: &'static str| {
+        let node = node.clone();
+        async move {
+            match node
+                .read(Query::Lease {
+                    lease_id: id.into(),
+                })
+                .await
+            {
+                Ok(Ok(Outcome::Lease(Some(l)))) => Some(l.owner),
+                _ => None,
+            }
+        }
+    };
+    assert_eq!(owner("b-1").await.as_deref(), Some("svc"));
+    let (b2, b3) = (owner("b-2").await, owner("b-3").await);
+    assert!(
+        matches!(
+            (b2.as_deref(), b3.as_deref()),
+            (Some("other"), None) | (None, Some("svc"))
+        ),
+        "{b2:?} {b3:?}"
+    );
+
+    let too_many: protocol::ForwardWrites =
+        vec![Op::Noop.by(client("svc")); protocol::MAX_FORWARD_OPS + 1];
+    let resp = post(protocol::encode(&too_many).expect("encode"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    node.shutdown().await;
 }
 
 /// A forwarded op carries the role the receiving node checked, and the leader refuses

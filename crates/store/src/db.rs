@@ -118,6 +118,12 @@ pub(crate) const SLED_DIR: &str = "sled";
 /// Where a new store is prepared before being renamed to [`SLED_DIR`].
 const CREATING_DIR: &str = "sled.creating";
 
+/// sled's page cache. Its default (1 GiB) lets it keep every Raft snapshot it
+/// writes (tens of MB at a million keys) resident on top of the state itself,
+/// which is already in memory; what sled must serve quickly is only the recent
+/// log entries being replicated, a few MB.
+const SLED_CACHE_BYTES: u64 = 64 << 20;
+
 /// Opens (or creates) the sled database under `dir` and checks the format marker.
 ///
 /// The database lives in `dir/sled`. A new one is built in `dir/sled.creating`,
@@ -169,7 +175,11 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             .map_err(io)?;
     }
 
-    let db = sled::Config::new().path(&db_dir).open().map_err(open_err)?;
+    let db = sled::Config::new()
+        .path(&db_dir)
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+        .map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(open_err)?;
     match meta.get(KEY_FORMAT).map_err(open_err)? {
         Some(v) if v.as_ref() == FORMAT => Ok(db),

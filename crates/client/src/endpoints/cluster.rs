@@ -1,4 +1,5 @@
-//! The cluster: its view from any node or one given node, readiness, membership.
+//! The cluster: its view from any node or one given node, readiness, membership,
+//! and a node's sampled activity.
 //!
 //! [`Client::cluster_at`] and [`Client::ready_at`] ask one node and never fail over:
 //! a status display must show each node as it is, including down. Membership
@@ -27,6 +28,12 @@ impl Client {
             .exchange_at(node_url, &req, None)
             .await?;
         error::success(&a)
+    }
+
+    /// The answering node's own sampled activity (grants, denials, 503s, latency,
+    /// busiest rate keys): what the status page's charts draw.
+    pub async fn stats(&self) -> Result<proto::StatsResponse, Error> {
+        self.call(Request::new(RouteId::Stats)).await
     }
 
     /// `GET /readyz` on one specific node: does it know a leader and has it caught up?

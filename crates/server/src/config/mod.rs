@@ -211,6 +211,9 @@ pub struct ServerSection {
     /// Warn when a peer's wall clock differs from this node's by more than this.
     /// Informational only: decisions run on cluster time, never on wall clocks.
     pub clock_offset_warn_ms: NonZeroMillis,
+    /// How often the node samples its own counters for the status page's charts
+    /// (`/ui`, `GET /v1/stats`; the last 15 minutes are kept in memory).
+    pub stats_interval_ms: NonZeroMillis,
 }
 
 /// `NonZeroUsize` for constants known to be positive.
@@ -233,6 +236,7 @@ impl Default for ServerSection {
             max_connections: nz(4096),
             header_read_timeout_ms: nz_ms(10_000),
             clock_offset_warn_ms: nz_ms(1_000),
+            stats_interval_ms: nz_ms(5_000),
         }
     }
 }

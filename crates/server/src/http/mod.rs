@@ -2,6 +2,8 @@
 //!
 //! - [`api`]: the public JSON API on `api_addr`, one file per resource, routed from
 //!   the route table in `quorate_proto::routes`;
+//! - [`ui`]: the status page's static files (`/ui`), served on the API port from
+//!   the same route table;
 //! - [`peer`]: the peer protocol on `raft_addr` (Raft RPC and forwarding), served
 //!   over the Raft node;
 //! - [`error`] and [`extract`]: the API's one error type and the extractors whose
@@ -17,3 +19,4 @@ pub mod error;
 pub mod extract;
 pub mod peer;
 pub mod server;
+pub mod ui;

@@ -29,7 +29,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::NodeError;
-use crate::peer::protocol::{decode, encode, paths, ProbeResponse, MAX_RPC_BYTES, TIMEOUT_HEADER};
+use crate::peer::protocol::{
+    decode, encode, paths, ForwardAnswers, ForwardWrites, ProbeResponse, MAX_FORWARD_OPS,
+    MAX_RPC_BYTES, TIMEOUT_HEADER,
+};
 use crate::raft::Node;
 use crate::security::{PeerAuth, PeerRefusal};
 
@@ -52,6 +55,7 @@ pub fn router(node: Arc<Node>, auth: PeerAuth) -> Router {
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::PROBE, get(probe))
         .route(paths::FORWARD_WRITE, post(forward_write))
+        .route(paths::FORWARD_WRITES, post(forward_writes))
         .route(paths::FORWARD_READ, post(forward_read))
         .route(paths::FORWARD_ADD_MEMBER, post(forward_add_member))
         .route(paths::FORWARD_REMOVE_MEMBER, post(forward_remove_member))
@@ -260,6 +264,44 @@ async fn forward_write(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) 
         st.node.leader_write(op, deadline).await
     })
     .await
+}
+
+/// Many forwarded writes in one request (a follower's `Forwarder`): each is checked
+/// and decided exactly as if it had come alone through `/forward/write`, all at once
+/// (so they share the next log entries), and answered at its own position.
+async fn forward_writes(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {
+    let deadline = deadline(&st.node, &h);
+    let ops: ForwardWrites = match decode(&bytes) {
+        Ok(ops) => ops,
+        Err(e) => {
+            tracing::warn!(error = %e, len = bytes.len(), "undecodable writes body");
+            return (StatusCode::BAD_REQUEST, format!("bad writes body: {e}")).into_response();
+        }
+    };
+    if ops.len() > MAX_FORWARD_OPS {
+        let msg = format!(
+            "{} writes in one request; at most {MAX_FORWARD_OPS}",
+            ops.len()
+        );
+        tracing::warn!("refused forwarded writes: {msg}");
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let node = &st.node;
+    let each = ops.into_iter().map(|op| async move {
+        if let Err(e) = forwarded_caller_may(&op) {
+            tracing::warn!(op = op.kind(), error = %e, "refused forwarded write");
+            return Err(e);
+        }
+        node.leader_write(op, deadline).await
+    });
+    let answers: ForwardAnswers<NodeError> = futures::future::join_all(each).await;
+    match encode(&answers) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode peer response");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encode: {e}")).into_response()
+        }
+    }
 }
 
 async fn forward_read(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {

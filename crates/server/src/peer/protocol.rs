@@ -11,6 +11,11 @@
 //! - **Forwarding** — `POST /forward/write`, `/forward/read`, `/forward/add_member`,
 //!   `/forward/remove_member`: a follower sends a client's request to the leader, which
 //!   answers `Result<_, NodeError>` ([`crate::backend::NodeError`]).
+//!   `POST /forward/writes` carries many writes in one request ([`ForwardWrites`], at
+//!   most [`MAX_FORWARD_OPS`]): the leader decides each as if it had come alone and
+//!   answers [`ForwardAnswers`] (`E` = `NodeError`), one `Result` per op in request order. Each op still
+//!   carries its own caller (`Op::As`), checked per op. A leader that predates the
+//!   route answers 404; the sender then falls back to `/forward/write` per op.
 //!
 //! Bodies are bincode with a size limit ([`encode`] / [`decode`]), not JSON: the log
 //! entries inside an append can be large, and both ends are the same binary. The
@@ -30,7 +35,20 @@ pub mod paths {
     pub const FORWARD_READ: &str = "/forward/read";
     pub const FORWARD_ADD_MEMBER: &str = "/forward/add_member";
     pub const FORWARD_REMOVE_MEMBER: &str = "/forward/remove_member";
+    pub const FORWARD_WRITES: &str = "/forward/writes";
 }
+
+/// Body of `POST /forward/writes`: forwarded writes, each with its caller.
+pub type ForwardWrites = Vec<quorate_core::Op>;
+
+/// Answer of `POST /forward/writes`: one result per op, in request order. `E` is the
+/// node layer's error (`backend::NodeError`), named by the users of this type so that
+/// the wire contract stays below the layers that send and serve it.
+pub type ForwardAnswers<E> = Vec<Result<quorate_core::Reply, E>>;
+
+/// Most writes one `POST /forward/writes` may carry (a larger request is refused with
+/// 400 before any op is decided).
+pub const MAX_FORWARD_OPS: usize = 4096;
 
 /// Request header carrying how long the caller will wait (milliseconds).
 pub const TIMEOUT_HEADER: &str = "x-quorate-timeout-ms";
@@ -84,6 +102,23 @@ pub struct ProbeResponse {
     /// fresh node listed here lost its data; see `raft/rejoin.rs`).
     #[serde(default)]
     pub seen: Vec<u64>,
+    /// The answering node's own state, for the cluster view of its peers
+    /// (`/v1/cluster`'s `nodes`; absent from nodes that predate it).
+    #[serde(default)]
+    pub status: Option<ProbeStatus>,
+}
+
+/// What a node reports about itself in a probe answer, beyond what bootstrap and
+/// rejoin need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub applied: Option<u64>,
+    pub state_digest: String,
+    /// Knows a leader and has applied everything it knows to be committed.
+    pub ready: bool,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `mod.rs` | lifecycle: start, shutdown, fatal errors; who leads |
 //! | [`batcher`] | the leader's write pipeline: many ops, few log entries |
+//! | [`forwarder`] | a follower's forwarding pipeline: many writes, few peer requests |
 //! | [`clock`] | cluster time: applied time + the leader's monotonic clock |
 //! | `routing.rs` | leader-or-forward, retries, and the `Backend` entry points |
 //! | `leader.rs` | leader-side writes and linearizable reads |
@@ -41,6 +42,7 @@ use crate::telemetry::Metrics;
 
 pub mod batcher;
 pub mod clock;
+pub mod forwarder;
 mod leader;
 mod membership;
 #[cfg(feature = "planted-bugs")]
@@ -51,9 +53,13 @@ mod status;
 mod tasks;
 
 use batcher::Batcher;
+use forwarder::Forwarder;
 
 /// Membership changes may take longer than a normal request (a learner catches up).
 const MEMBERSHIP_TIMEOUT_FACTOR: u32 = 6;
+
+/// A follower's forwarding requests in flight per leader entry in flight.
+const FORWARD_IN_FLIGHT_FACTOR: usize = 4;
 
 /// Sentinel for "no index" in the cached committed index.
 const NONE: u64 = u64::MAX;
@@ -71,6 +77,8 @@ pub struct Node {
     log: LogStore,
     peers: PeerClient,
     batcher: Batcher,
+    /// Carries writes this node forwards to the leader, many per peer request.
+    forwarder: Forwarder,
     /// The process's one registry (shared with the HTTP layer).
     metrics: Arc<Metrics>,
     /// Last committed index seen by the housekeeping tick (for the sync metrics path).
@@ -89,6 +97,8 @@ pub struct Node {
     membership_lock: tokio::sync::Mutex<()>,
     /// Last measured wall clock offset of each peer (`tasks.rs`), for `/v1/cluster`.
     clock_offsets: Mutex<BTreeMap<u64, ClockOffset>>,
+    /// Each peer's last probe answer, for `/v1/cluster`'s `nodes` (`status.rs`).
+    peer_seen: Mutex<BTreeMap<u64, status::PeerSeen>>,
     /// Whether Raft RPCs are served yet: a node that starts empty must first show it
     /// is not a voter that lost its data (`rejoin.rs`).
     gate: tokio::sync::watch::Sender<rejoin::Gate>,
@@ -143,6 +153,17 @@ impl Node {
             },
             metrics.clone(),
         );
+        let (forwarder, forwarder_task) = Forwarder::spawn(
+            Arc::new(forwarder::PeerTransport(peers.clone())),
+            forwarder::Limits {
+                max_ops: config.server.batch_max_ops.get(),
+                // More requests in flight than the leader has entries: a request is
+                // answered only when its last op is applied, so a follower holding
+                // ops back until then would add a round trip to their wait.
+                max_in_flight: config.server.batch_max_in_flight.get() * FORWARD_IN_FLIGHT_FACTOR,
+            },
+            metrics.clone(),
+        );
         let node = Arc::new(Node {
             id,
             config,
@@ -151,12 +172,14 @@ impl Node {
             log,
             peers,
             batcher,
+            forwarder,
             metrics,
             committed_cache: AtomicU64::new(NONE),
             startup_log_index,
-            tasks: Mutex::new(vec![batcher_task]),
+            tasks: Mutex::new(vec![batcher_task, forwarder_task]),
             membership_lock: tokio::sync::Mutex::new(()),
             clock_offsets: Mutex::new(BTreeMap::new()),
+            peer_seen: Mutex::new(BTreeMap::new()),
             gate: tokio::sync::watch::Sender::new(if fresh {
                 rejoin::Gate::Checking
             } else {

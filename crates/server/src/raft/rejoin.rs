@@ -173,6 +173,7 @@ mod tests {
             committed,
             leader_id: None,
             seen: vec![],
+            status: None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! Leader-or-forward: every request a node receives is decided by the leader.
 //!
 //! [`Node::route`] runs the request locally when this node leads, else forwards it to
-//! the leader's `/forward/*` endpoint (see `peer::protocol`). A retry (to a new leader)
+//! the leader's `/forward/*` endpoint (see `peer::protocol`); writes travel through
+//! the [`Forwarder`](super::forwarder), which carries many of them per peer request
+//! (`/forward/writes`), each with its own answer. A retry (to a new leader)
 //! is only attempted when the request certainly had no effect: the receiver said "not
 //! leader" (openraft rejected or truncated the entry) or no connection could be made.
 //! Reads are retried on any failure, since they change nothing. Running out of the
@@ -9,7 +11,8 @@
 //! never commit, so it times out and never grants.
 //!
 //! This file also holds the [`Backend`] implementation: the entry points the HTTP layer
-//! calls, each a thin wrapper that encodes the request once for forwarding and routes.
+//! calls, each a thin wrapper that routes (reads and membership changes are encoded
+//! once for forwarding, writes when their batch is sent).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -21,29 +24,29 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::sleep;
 
+use super::forwarder::delivery_error;
 use super::{Node, MEMBERSHIP_TIMEOUT_FACTOR};
 use crate::backend::{Backend, NodeError};
 use crate::peer::protocol::{self, paths};
-use crate::peer::PeerError;
 
 impl Node {
-    /// Run `local` if this node is the leader, else forward `body` to the leader's
-    /// `path`; retry on a new leader while the request certainly had no effect
+    /// Run `local` if this node is the leader, else `remote(leader)` (forwarding to
+    /// the leader); retry on a new leader while the request certainly had no effect
     /// (`NotLeader`, `Unreachable`) or, for `idempotent` requests, on any failure;
     /// give up at `deadline`.
-    pub(super) async fn route<T, L, Fut>(
+    pub(super) async fn route<T, L, Fut, R, RFut>(
         &self,
         kind: &'static str,
-        path: &'static str,
-        body: Vec<u8>,
         deadline: Instant,
         idempotent: bool,
         local: L,
+        remote: R,
     ) -> Result<T, NodeError>
     where
-        T: DeserializeOwned,
         L: Fn() -> Fut,
         Fut: Future<Output = Result<T, NodeError>>,
+        R: Fn(u64) -> RFut,
+        RFut: Future<Output = Result<T, NodeError>>,
     {
         let mut pause = Duration::from_millis(10);
         let mut last = "no leader known".to_string();
@@ -59,8 +62,7 @@ impl Node {
             let res = if leader == self.id {
                 local().await
             } else {
-                self.forward(leader, kind, path, body.clone(), deadline)
-                    .await
+                remote(leader).await
             };
             match res {
                 Ok(v) => return Ok(v),
@@ -107,25 +109,27 @@ impl Node {
                     "undecodable answer from leader {leader}: {e}"
                 )))
             }),
-            Err(e @ PeerError::Connect(_)) => Err(NodeError::Unreachable(format!(
-                "leader {leader} at {addr}: {e}"
-            ))),
-            Err(PeerError::Timeout) => Err(NodeError::Unavailable(format!(
-                "leader {leader} did not answer within the request timeout"
-            ))),
-            Err(e) => Err(NodeError::Unavailable(format!(
-                "leader {leader} at {addr}: {e}"
-            ))),
+            Err(e) => Err(delivery_error(leader, &addr, e)),
         };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(NodeError::NotLeader { .. }) => "not_leader",
-            Err(NodeError::Unreachable(_)) => "unreachable",
-            Err(NodeError::Unavailable(_)) => "unavailable",
-            Err(NodeError::Refused(_)) => "refused",
-            Err(NodeError::Forbidden(_)) => "forbidden",
+        self.metrics.forwarded(kind, outcome_label(&result));
+        result
+    }
+
+    /// Forward a write to the leader through the [`Forwarder`](super::forwarder),
+    /// which carries it with others in one peer request.
+    async fn forward_write(
+        &self,
+        leader: u64,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<Reply, NodeError> {
+        let Some(addr) = self.raft_addr_of(leader) else {
+            return Err(NodeError::Unreachable(format!(
+                "no address known for leader {leader}"
+            )));
         };
-        self.metrics.forwarded(kind, outcome);
+        let result = self.forwarder.forward(leader, addr, op, deadline).await;
+        self.metrics.forwarded("write", outcome_label(&result));
         result
     }
 
@@ -136,10 +140,13 @@ impl Node {
             return Ok(reply);
         }
         let deadline = Instant::now() + self.request_timeout();
-        let body = encoded(&op, "op")?;
-        self.route("write", paths::FORWARD_WRITE, body, deadline, false, || {
-            self.leader_write(op.clone(), deadline)
-        })
+        self.route(
+            "write",
+            deadline,
+            false,
+            || self.leader_write(op.clone(), deadline),
+            |leader| self.forward_write(leader, op.clone(), deadline),
+        )
         .await
     }
 
@@ -147,9 +154,14 @@ impl Node {
     pub(super) async fn read_query(&self, q: Query) -> Result<Reply, NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         let body = encoded(&q, "query")?;
-        self.route("read", paths::FORWARD_READ, body, deadline, true, || {
-            self.leader_read(q.clone(), deadline)
-        })
+        let path = paths::FORWARD_READ;
+        self.route(
+            "read",
+            deadline,
+            true,
+            || self.leader_read(q.clone(), deadline),
+            |leader| self.forward(leader, "read", path, body.clone(), deadline),
+        )
         .await
     }
 
@@ -190,8 +202,14 @@ impl Node {
     {
         let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
         let body = encoded(req, "request")?;
-        self.route(kind, path, body, deadline, false, || local(deadline))
-            .await
+        self.route(
+            kind,
+            deadline,
+            false,
+            || local(deadline),
+            |leader| self.forward(leader, kind, path, body.clone(), deadline),
+        )
+        .await
     }
 }
 
@@ -200,6 +218,18 @@ impl Node {
 fn encoded<T: Serialize>(value: &T, noun: &str) -> Result<Vec<u8>, NodeError> {
     protocol::encode(value)
         .map_err(|e| NodeError::Unavailable(format!("cannot encode {noun}: {e}")))
+}
+
+/// The `outcome` label of `quorate_forwarded`.
+fn outcome_label<T>(result: &Result<T, NodeError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(NodeError::NotLeader { .. }) => "not_leader",
+        Err(NodeError::Unreachable(_)) => "unreachable",
+        Err(NodeError::Unavailable(_)) => "unavailable",
+        Err(NodeError::Refused(_)) => "refused",
+        Err(NodeError::Forbidden(_)) => "forbidden",
+    }
 }
 
 fn query_kind(q: &Query) -> &'static str {

@@ -1,20 +1,35 @@
 //! What a node says about itself: cluster view, readiness, probe answers, gauges.
 //!
 //! All of it is local (not linearizable) and cheap: it reads openraft's metrics
-//! channel and the state machine's applied index and digest.
+//! channel and the state machine's applied index and digest. The rows about peers in
+//! the cluster view are their own answers to the probe this node sends each of them
+//! every few seconds (the clock watch in `tasks.rs`), kept with their age: reading
+//! the view never waits for a peer, and a peer that stopped answering shows as
+//! unreachable from the next probe on.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
-use quorate_proto::ClusterResponse;
+use quorate_proto::{ClusterResponse, NodeStatus};
 use tokio::time::timeout;
 
 use super::batcher::wall_clock_ms;
 use super::membership::members_of;
 use super::{Node, NONE};
 use crate::backend::NodeError;
-use crate::peer::protocol::ProbeResponse;
+use crate::peer::protocol::{ProbeResponse, ProbeStatus};
+
+/// What this node last heard from a peer (`status.rs`'s part of the clock watch).
+#[derive(Debug, Clone)]
+pub(super) struct PeerSeen {
+    /// When the last probe ended.
+    at: Instant,
+    /// Its answer; `None` when that probe failed.
+    answer: Option<ProbeResponse>,
+    /// The last comparison of digests at an equal applied index: (index, equal).
+    agreement: Option<(u64, bool)>,
+}
 
 impl Node {
     /// The committed index as this node knows it; `Err` if Raft did not answer.
@@ -55,17 +70,105 @@ impl Node {
         let (applied_index, state_digest) = self.applied_and_digest();
         let m = self.raft.metrics();
         let m = m.borrow().clone();
+        let own = NodeStatus {
+            id: self.id,
+            reachable: true,
+            role: role_name(m.state).into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            committed_index,
+            applied_index,
+            state_digest: state_digest.clone(),
+            ready: ready_from(
+                m.current_leader,
+                m.running_state.is_ok(),
+                applied_index,
+                committed_index,
+            ),
+            clock_offset_ms: Some(0),
+            age_ms: 0,
+            digest_agrees: Some(true),
+            digest_compared_at: applied_index,
+        };
+        let members = members_of(m.membership_config.membership());
+        let nodes = members
+            .iter()
+            .map(|p| {
+                if p.id == self.id {
+                    own.clone()
+                } else {
+                    self.peer_status(p.id)
+                }
+            })
+            .collect();
         Ok(ClusterResponse {
             node_id: self.id,
             leader_id: m.current_leader,
             term: m.current_term,
-            members: members_of(m.membership_config.membership()),
+            members,
             last_log_index: m.last_log_index,
             committed_index,
             applied_index,
             state_digest,
             clock_offsets: self.clock_offsets(),
+            nodes,
         })
+    }
+
+    /// Remember a peer's probe answer (`None`: the probe failed). When the peer had
+    /// applied exactly as far as this node did just before the probe (`before`) or
+    /// does just after it, the two digests describe the same log prefix, and are
+    /// compared: only then does equality mean anything. (Under load a follower is
+    /// often an entry or two behind; it usually matches one of the two moments.)
+    pub(super) fn record_probe(
+        &self,
+        peer: u64,
+        answer: Option<&ProbeResponse>,
+        before: (Option<u64>, String),
+    ) {
+        let after = self.applied_and_digest();
+        let mut seen = self.peer_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(peer).or_insert_with(|| PeerSeen {
+            at: Instant::now(),
+            answer: None,
+            agreement: None,
+        });
+        entry.at = Instant::now();
+        entry.answer = answer.cloned();
+        let theirs = answer.and_then(|a| a.status.as_ref());
+        if let Some(verdict) = compare_digests(theirs, [after, before]) {
+            entry.agreement = Some(verdict);
+        }
+    }
+
+    /// A peer's row of the cluster view, from its last probe answer.
+    fn peer_status(&self, id: u64) -> NodeStatus {
+        let seen = self.peer_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (age, answer, agreement) = match seen.get(&id) {
+            Some(p) => (p.at.elapsed(), p.answer.as_ref(), p.agreement),
+            None => (Duration::ZERO, None, None),
+        };
+        let status = answer.and_then(|a| a.status.as_ref());
+        let offset = self
+            .lock_offsets()
+            .get(&id)
+            .map(|o| o.offset_ms)
+            .filter(|_| answer.is_some());
+        NodeStatus {
+            id,
+            reachable: answer.is_some(),
+            role: status.map_or("unknown", |s| s.role.as_str()).into(),
+            term: status.map_or(0, |s| s.term),
+            leader_id: answer.and_then(|a| a.leader_id),
+            committed_index: answer.and_then(|a| a.committed),
+            applied_index: status.and_then(|s| s.applied),
+            state_digest: status.map(|s| s.state_digest.clone()).unwrap_or_default(),
+            ready: status.is_some_and(|s| s.ready),
+            clock_offset_ms: offset,
+            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            digest_agrees: agreement.map(|(_, same)| same),
+            digest_compared_at: agreement.map(|(index, _)| index),
+        }
     }
 
     pub(super) async fn is_ready(&self) -> bool {
@@ -82,10 +185,7 @@ impl Node {
             return false;
         }
         match self.committed_index().await {
-            Ok(Some(c)) => applied.is_some_and(|a| a >= c),
-            // Knows a leader but has nothing committed yet (e.g. a wiped node that has
-            // just heard a heartbeat): not caught up, so not ready.
-            Ok(None) => false,
+            Ok(committed) => ready_from(leader, running, applied, committed),
             Err(_) => false,
         }
     }
@@ -94,13 +194,28 @@ impl Node {
     pub async fn probe(&self) -> ProbeResponse {
         let initialized = self.raft.is_initialized().await.unwrap_or(true);
         let committed = self.committed_index().await.ok().flatten();
-        let (voters, leader_id) = {
+        let (voters, leader_id, role, term, running) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let voters = m.membership_config.membership().voter_ids().collect();
-            (voters, m.current_leader)
+            let role = role_name(m.state);
+            (
+                voters,
+                m.current_leader,
+                role,
+                m.current_term,
+                m.running_state.is_ok(),
+            )
         };
         let seen = self.sm.read(|s| s.seen().iter().copied().collect());
+        let (applied, state_digest) = self.applied_and_digest();
+        let status = ProbeStatus {
+            role: role.into(),
+            term,
+            applied,
+            state_digest,
+            ready: ready_from(leader_id, running, applied, committed),
+        };
         ProbeResponse {
             node_id: self.id,
             cluster_id: self.config.cluster_id.clone(),
@@ -110,6 +225,7 @@ impl Node {
             committed,
             leader_id,
             seen,
+            status: Some(status),
         }
     }
 
@@ -171,5 +287,96 @@ impl Node {
                 );
             }
         }
+    }
+}
+
+/// A node is ready when it knows a leader, Raft runs, and it has applied everything
+/// it knows to be committed. Nothing committed yet (e.g. a wiped node that has just
+/// heard a heartbeat) is not caught up, so not ready.
+fn ready_from(
+    leader: Option<u64>,
+    running: bool,
+    applied: Option<u64>,
+    committed: Option<u64>,
+) -> bool {
+    leader.is_some() && running && committed.is_some_and(|c| applied.is_some_and(|a| a >= c))
+}
+
+/// The peer's digest against ours at the first of `ours` (applied index, digest)
+/// taken at the same applied index as the peer's: `(index, equal)`, or `None` when
+/// no moment matches (digests of different prefixes say nothing).
+fn compare_digests(
+    theirs: Option<&ProbeStatus>,
+    ours: [(Option<u64>, String); 2],
+) -> Option<(u64, bool)> {
+    let t = theirs?;
+    let index = t.applied?;
+    ours.into_iter()
+        .find(|(applied, _)| *applied == Some(index))
+        .map(|(_, digest)| (index, digest == t.state_digest))
+}
+
+/// The wire name of a Raft role.
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_a_leader_and_everything_committed_applied() {
+        assert!(ready_from(Some(1), true, Some(5), Some(5)));
+        assert!(!ready_from(Some(1), true, Some(4), Some(5)), "behind");
+        assert!(!ready_from(None, true, Some(5), Some(5)), "no leader");
+        assert!(
+            !ready_from(Some(1), false, Some(5), Some(5)),
+            "raft stopped"
+        );
+        assert!(!ready_from(Some(1), true, None, None), "nothing committed");
+    }
+
+    #[test]
+    fn digests_are_compared_only_at_an_equal_applied_index() {
+        let peer = |applied: Option<u64>, digest: &str| ProbeStatus {
+            role: "follower".into(),
+            term: 1,
+            applied,
+            state_digest: digest.into(),
+            ready: true,
+        };
+        let ours = || [(Some(12), "d12".to_string()), (Some(11), "d11".to_string())];
+        assert_eq!(
+            compare_digests(Some(&peer(Some(12), "d12")), ours()),
+            Some((12, true))
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(11), "d11")), ours()),
+            Some((11, true)),
+            "before"
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(11), "xx")), ours()),
+            Some((11, false)),
+            "diverged"
+        );
+        assert_eq!(
+            compare_digests(Some(&peer(Some(10), "d10")), ours()),
+            None,
+            "behind both"
+        );
+        assert_eq!(compare_digests(Some(&peer(None, "")), ours()), None);
+        assert_eq!(
+            compare_digests(None, ours()),
+            None,
+            "probe failed or old peer"
+        );
     }
 }

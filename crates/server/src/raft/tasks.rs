@@ -344,10 +344,13 @@ impl Node {
 
     /// One probe round trip to `peer`: its clock minus ours at the midpoint.
     async fn measure_offset(&self, peer: &NodeConfig) -> Option<ClockOffset> {
+        let before = self.applied_and_digest();
         let sent_wall = wall_clock_ms();
         let sent = Instant::now();
-        let probe = self.probe_peer(peer).await.ok()?;
+        let probe = self.probe_peer(peer).await;
         let rtt = sent.elapsed();
+        self.record_probe(peer.id, probe.as_ref().ok(), before);
+        let probe = probe.ok()?;
         if probe.wall_clock_ms == 0 {
             return None; // an older node that does not report its clock
         }
@@ -361,7 +364,7 @@ impl Node {
         })
     }
 
-    fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClockOffset>> {
+    pub(super) fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClockOffset>> {
         // Only inserts happen under this lock; a poisoned map is still consistent.
         self.clock_offsets.lock().unwrap_or_else(|e| e.into_inner())
     }

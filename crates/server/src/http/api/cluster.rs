@@ -1,5 +1,6 @@
 //! `/v1/cluster` and `/v1/members`: this node's view of the cluster, and
-//! membership changes (admin). Membership changes may take longer than a normal
+//! membership changes (admin); `/v1/stats`: this node's own sampled activity
+//! (`crate::stats`; in memory, no round trip). Membership changes may take longer than a normal
 //! request (a learner catches up first), so they get several request timeouts.
 
 use axum::extract::State;
@@ -17,6 +18,10 @@ pub(super) async fn cluster(
     State(st): State<ApiState>,
 ) -> ApiResult<JsonResponse<proto::ClusterResponse>> {
     st.within(1, st.backend.cluster()).await.map(JsonResponse)
+}
+
+pub(super) async fn stats(State(st): State<ApiState>) -> JsonResponse<proto::StatsResponse> {
+    JsonResponse(st.stats.response())
 }
 
 pub(super) async fn add_member(

@@ -1,7 +1,7 @@
 //! The public HTTP API: JSON over HTTP/1.1 on every node's `api_addr`.
 //!
 //! One file per resource ([`slots`], [`limits`], [`rate`], [`policies`], [`cluster`],
-//! [`ops`]); this file wires them. The routes are not listed here: [`router`] walks
+//! [`ops`], and the status page's files in `http::ui`); this file wires them. The routes are not listed here: [`router`] walks
 //! `quorate_proto::routes::ROUTES` and asks [`handler`] for each row's handler (an
 //! exhaustive `match`, so a row without a handler does not compile). The same table
 //! gives every route its [`Access`]; [`authorize`] refuses a matched route the table
@@ -38,6 +38,7 @@ use tracing::Instrument;
 use super::error::{ApiError, ApiResult};
 use crate::backend::{Backend, NodeError};
 use crate::security::{ApiAuth, Denied, Role};
+use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 mod cluster;
@@ -66,6 +67,8 @@ pub struct ApiConfig {
 pub struct ApiState {
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
+    /// This node's sampled activity (`GET /v1/stats`, the status page's charts).
+    pub stats: Arc<Stats>,
     pub config: ApiConfig,
 }
 
@@ -117,6 +120,9 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::Readyz => on(f, ops::readyz),
         RouteId::Metrics => on(f, ops::metrics),
         RouteId::OpenApi => on(f, ops::openapi),
+        RouteId::Stats => on(f, cluster::stats),
+        RouteId::Ui => on(f, super::ui::page),
+        RouteId::UiAsset => on(f, super::ui::asset),
     }
 }
 

@@ -142,6 +142,12 @@ pub(super) async fn rate_check(
     let Some(top) = top.cloned() else {
         return Err(ApiError::unexpected(&Outcome::Rate(decision)));
     };
+    st.stats.rate_checked(
+        decision
+            .results
+            .iter()
+            .map(|r| (r.key.as_str(), r.allowed, r.limit, r.remaining)),
+    );
     st.metrics.decision(
         "rate",
         if decision.allowed {
