@@ -60,6 +60,12 @@ pub struct Options {
     /// `[[auth.tokens]]` (empty: open mode). With tokens, the helpers that read
     /// `/v1/cluster` without one (`leader_id`, `wait_converged`) do not work.
     pub tokens: Vec<TokenSpec>,
+    /// Give every node a `grpc_addr` (Envoy's rate limit service).
+    pub grpc: bool,
+    /// Edits the typed config before it is written (e.g. an `[envoy]` table, tokens).
+    pub config_edit: Option<fn(&mut ClusterConfig)>,
+    /// A token the test client sends with every HTTP request (clusters with `[auth]`).
+    pub bearer: Option<String>,
 }
 
 impl Options {
@@ -75,6 +81,9 @@ impl Options {
             env: Vec::new(),
             node_env: BTreeMap::new(),
             tokens: Vec::new(),
+            grpc: false,
+            config_edit: None,
+            bearer: None,
         }
     }
 }
@@ -83,6 +92,7 @@ impl Options {
 pub struct NodeAddrs {
     pub api_addr: String,
     pub raft_addr: String,
+    pub grpc_addr: Option<String>,
 }
 
 /// A running test cluster. Dropping it kills every node.
@@ -125,22 +135,31 @@ impl Cluster {
             .prefix("quorate-test-")
             .tempdir()
             .expect("create temp dir");
-        let ports = free_ports(options.nodes * 2);
+        let ports = free_ports(options.nodes * 3);
         let mut nodes = BTreeMap::new();
         for i in 0..options.nodes {
             nodes.insert(
                 i as u64 + 1,
                 NodeAddrs {
-                    api_addr: format!("127.0.0.1:{}", ports[2 * i]),
-                    raft_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                    api_addr: format!("127.0.0.1:{}", ports[3 * i]),
+                    raft_addr: format!("127.0.0.1:{}", ports[3 * i + 1]),
+                    grpc_addr: options
+                        .grpc
+                        .then(|| format!("127.0.0.1:{}", ports[3 * i + 2])),
                 },
             );
         }
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, render_config(&options, &nodes)).expect("write cluster.toml");
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.bearer {
+            let value = format!("Bearer {token}").parse().expect("a header value");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(15))
+            .default_headers(headers)
             .build()
             .expect("http client");
         let mut c = Cluster {
@@ -198,12 +217,13 @@ impl Cluster {
     /// joins once added through `POST /v1/members`.
     pub fn add_node_to_config(&mut self) -> u64 {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         self.nodes.insert(
             id,
             NodeAddrs {
                 api_addr: format!("127.0.0.1:{}", ports[0]),
                 raft_addr: format!("127.0.0.1:{}", ports[1]),
+                grpc_addr: self.options.grpc.then(|| format!("127.0.0.1:{}", ports[2])),
             },
         );
         std::fs::write(&self.config_path, render_config(&self.options, &self.nodes))
@@ -534,6 +554,7 @@ fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
             id: *id,
             api_addr: n.api_addr.clone(),
             raft_addr: n.raft_addr.clone(),
+            grpc_addr: n.grpc_addr.clone(),
         })
         .collect();
     c.raft.heartbeat_interval_ms = ms(o.heartbeat_ms);
@@ -544,6 +565,9 @@ fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
     c.server.expire_interval_ms = ms(o.expire_interval_ms);
     c.server.drain_timeout_ms = Millis::new(3000);
     c.auth.tokens = o.tokens.clone();
+    if let Some(edit) = o.config_edit {
+        edit(&mut c);
+    }
     c.to_toml()
 }
 

@@ -8,7 +8,9 @@
 //! - [`fill`]: builds large quorate state (rate keys, live leases) for the size and
 //!   recovery measurements.
 //! - [`report`]: turns result lines into the markdown report.
+//! - [`envoy`]: Envoy `ShouldRateLimit` (gRPC) latency beside `/v1/rate/check`.
 
+pub mod envoy;
 pub mod etcd;
 pub mod fill;
 pub mod report;

@@ -55,6 +55,8 @@ enum Cmd {
     },
     /// Write the markdown report.
     Report(ReportArgs),
+    /// Envoy ShouldRateLimit (gRPC) beside /v1/rate/check (HTTP): a markdown table.
+    Envoy(quorate_bench::envoy::EnvoyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,6 +185,7 @@ async fn async_main(cmd: Cmd) -> anyhow::Result<()> {
         } => catch_up(&node, &peer, timeout_s, pid).await,
         Cmd::Leader { target } => print_leader(&target).await,
         Cmd::Report(a) => write_report(a),
+        Cmd::Envoy(a) => quorate_bench::envoy::compare(&a).await.map(drop),
     }
 }
 

@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::descriptors::{DescriptorConfig, DescriptorRequest};
+
 /// One replicated log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
@@ -85,6 +87,14 @@ pub enum Op {
     /// Forget that these nodes held data: they were removed from the cluster, and may
     /// come back empty as new members (the replace procedure). System-only.
     ForgetSeen { nodes: Vec<u64> },
+    /// Replace the Envoy descriptor tables with the operator's (`[envoy]` in
+    /// `cluster.toml`), unless the same `source_digest` is installed; see
+    /// [`crate::descriptors`]. Appended after the older variants so their log entries
+    /// still decode.
+    ConfigureDescriptors(Box<DescriptorConfig>),
+    /// One Envoy `ShouldRateLimit` call: resolve its descriptors against the
+    /// replicated tables and charge every limited one or none ([`crate::descriptors`]).
+    Descriptors(Box<DescriptorRequest>),
 }
 
 impl Op {
@@ -93,7 +103,11 @@ impl Op {
     /// Acquire, release, renew and rate checks are what a client may do.
     pub fn needs_admin(&self) -> bool {
         match self {
-            Op::Acquire(_) | Op::Release { .. } | Op::Renew { .. } | Op::RateCheck { .. } => false,
+            Op::Acquire(_)
+            | Op::Release { .. }
+            | Op::Renew { .. }
+            | Op::RateCheck { .. }
+            | Op::Descriptors(_) => false,
             Op::Expire { .. }
             | Op::SetLimit { .. }
             | Op::DeleteLimit { .. }
@@ -104,6 +118,7 @@ impl Op {
             | Op::Configure(_)
             | Op::MarkSeen { .. }
             | Op::ForgetSeen { .. }
+            | Op::ConfigureDescriptors(_)
             | Op::Noop => true,
             Op::As { op, .. } => op.needs_admin(),
         }
@@ -128,6 +143,8 @@ impl Op {
             Op::As { .. } => "as",
             Op::MarkSeen { .. } => "mark_seen",
             Op::ForgetSeen { .. } => "forget_seen",
+            Op::ConfigureDescriptors(_) => "configure_descriptors",
+            Op::Descriptors(_) => "descriptors",
         }
     }
 

@@ -45,7 +45,8 @@ pub struct SnapshotCut {
     out: Vec<u8>,
     lease_count: u64,
     rate_count: u64,
-    /// Bytes of the fields after the rate map (cursor, seen nodes), as of the cut.
+    /// Bytes of the fields after the rate map (cursor, seen nodes, descriptor
+    /// tables), as of the cut.
     suffix: Vec<u8>,
     phase: Phase,
 }
@@ -95,6 +96,7 @@ impl State {
         let mut suffix = Vec::new();
         put(&mut suffix, &self.rate_cursor);
         put(&mut suffix, &self.seen);
+        put(&mut suffix, &self.descriptors);
         self.undo = Some(UndoLog {
             id,
             ..UndoLog::default()

@@ -26,10 +26,11 @@
 //!
 //! Modules: [`command`] (what the log carries), [`outcome`] (what apply returns),
 //! [`state`] (the machine), [`gcra`] (rate arithmetic), [`validate`] (input rules),
-//! [`error`].
+//! [`descriptors`] (Envoy rate limit descriptors), [`error`].
 
 pub mod command;
 pub mod cut;
+pub mod descriptors;
 pub mod error;
 pub mod gcra;
 pub mod outcome;

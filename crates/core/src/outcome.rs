@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Policy, Settings};
+use crate::descriptors::DescriptorDecision;
 use crate::error::CoreError;
 
 /// One op's result.
@@ -62,6 +63,8 @@ pub enum Outcome {
     },
     Policies(PoliciesView),
     Lease(Option<LeaseInfo>),
+    /// The decision of an Envoy descriptor request ([`crate::Op::Descriptors`]).
+    Descriptors(DescriptorDecision),
 }
 
 /// A key's occupancy at decision time.

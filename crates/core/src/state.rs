@@ -35,6 +35,7 @@ use crate::command::{
     Acquire, Caller, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
     Settings,
 };
+use crate::descriptors::DescriptorTables;
 use crate::error::CoreError;
 use crate::gcra;
 use crate::outcome::{
@@ -45,8 +46,10 @@ use crate::validate;
 
 /// Snapshot format version; bumped when the layout changes. Version 2 added the
 /// state caps to the settings, the owner to every lease and the seen nodes; version 1 snapshots
-/// still restore (see [`v1`]).
-pub(crate) const SNAPSHOT_VERSION: u32 = 2;
+/// still restore (see [`v1`]). Version 3 appends the Envoy descriptor tables after
+/// the version 2 fields (a trailing section, so a version 2 snapshot is a version 3
+/// one without it and restores with empty tables).
+pub(crate) const SNAPSHOT_VERSION: u32 = 3;
 
 /// Dead leases an acquire at a cap may purge to make room (bounded, so one op's
 /// work stays bounded however much garbage has piled up).
@@ -208,6 +211,8 @@ pub struct State {
     pub(crate) rate_cursor: Option<String>,
     /// Nodes the leader has seen acknowledge log entries (`Op::MarkSeen`).
     pub(crate) seen: BTreeSet<u64>,
+    /// Envoy descriptor tables (`descriptors.rs`); the snapshot's trailing section.
+    pub(crate) descriptors: DescriptorTables,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -389,6 +394,8 @@ impl State {
                 });
                 Ok(Outcome::Noop)
             }
+            Op::ConfigureDescriptors(c) => self.configure_descriptors(c),
+            Op::Descriptors(r) => self.descriptors(r),
         }
     }
 
@@ -894,7 +901,12 @@ impl State {
         }
     }
 
-    fn rate_check(&mut self, checks: &[RateCheck]) -> Reply {
+    /// A rate bucket's stored TAT (`None`: full), for deciding without charging.
+    pub(crate) fn rate_bucket(&self, key: &str) -> Option<u128> {
+        self.rate.get(key).copied()
+    }
+
+    pub(crate) fn rate_check(&mut self, checks: &[RateCheck]) -> Reply {
         if checks.is_empty() {
             return Err(CoreError::invalid(
                 "checks",
@@ -1023,7 +1035,9 @@ impl State {
             seen: Cow::Borrowed(&self.seen),
         };
         // Serializing plain owned data into a Vec cannot fail.
-        bincode::serialize(&s).unwrap_or_default()
+        let mut bytes = bincode::serialize(&s).unwrap_or_default();
+        bytes.extend_from_slice(&bincode::serialize(&self.descriptors).unwrap_or_default());
+        bytes
     }
 
     /// Rebuild a state from [`State::snapshot`] bytes (this version's or an earlier
@@ -1044,8 +1058,16 @@ impl State {
                 ))
             }
         };
+        let mut rest = bytes;
+        let mut descriptors = DescriptorTables::default();
         let s: Snapshot = match version {
-            SNAPSHOT_VERSION => decode.deserialize(bytes).map_err(corrupt)?,
+            2 | SNAPSHOT_VERSION => {
+                let s = decode.deserialize_from(&mut rest).map_err(corrupt)?;
+                if version == SNAPSHOT_VERSION {
+                    descriptors = decode.deserialize_from(&mut rest).map_err(corrupt)?;
+                }
+                s
+            }
             1 => decode
                 .deserialize::<v1::Snapshot>(bytes)
                 .map_err(corrupt)?
@@ -1069,6 +1091,7 @@ impl State {
             rate: s.rate.into_owned(),
             rate_cursor: s.rate_cursor.into_owned(),
             seen: s.seen.into_owned(),
+            descriptors,
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
@@ -1127,6 +1150,7 @@ impl State {
             tiers: &'a BTreeMap<String, u32>,
             rate_cursor: &'a Option<String>,
             seen: &'a BTreeSet<u64>,
+            descriptors: &'a DescriptorTables,
             sums: [u64; 3],
             lens: [u64; 3],
         }
@@ -1141,6 +1165,7 @@ impl State {
             tiers: &self.tiers,
             rate_cursor: &self.rate_cursor,
             seen: &self.seen,
+            descriptors: &self.descriptors,
             sums: [self.lease_sum, self.rate_sum, self.override_sum],
             lens: [
                 self.leases.len() as u64,
@@ -1492,10 +1517,10 @@ mod tests {
     #[test]
     fn unknown_snapshot_versions_are_refused() {
         let mut bytes = State::new().snapshot();
-        bytes[..4].copy_from_slice(&3u32.to_le_bytes());
+        bytes[..4].copy_from_slice(&4u32.to_le_bytes());
         assert!(matches!(
             State::restore(&bytes),
-            Err(CoreError::CorruptSnapshot(m)) if m.contains("version 3")
+            Err(CoreError::CorruptSnapshot(m)) if m.contains("version 4")
         ));
         assert!(State::restore(&[2, 0]).is_err());
     }

@@ -427,6 +427,8 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
         }
         Outcome::Lease(None) => writeln!(out, "lease none"),
         Outcome::Lease(Some(l)) => writeln!(out, "{}", lease(l)),
+        // Descriptor decisions are tested in `descriptors::tests`; no script makes one.
+        Outcome::Descriptors(d) => writeln!(out, "descriptors ok={}", d.ok),
     }
 }
 

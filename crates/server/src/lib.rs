@@ -10,21 +10,25 @@
 //! | [`peer`] | the pooled peer client and openraft's network over it |
 //! | [`raft`] | the Raft node, split by job (lifecycle, batcher, routing, leader, membership, status, tasks) |
 //! | [`http`] | the public API (one file per resource) and the peer port, on one accept loop |
+//! | [`grpc`] | Envoy's rate limit service (gRPC) on `grpc_addr`, over the same `Backend` |
 //! | [`run`] | wires config → store → raft → http; graceful shutdown |
 //!
 //! Beside them, used from any layer: [`config`] (`cluster.toml` + `QUORATE_*`
 //! environment, typed), [`security`] (tokens, roles, peer secret, TLS — read once),
-//! [`telemetry`] (one Prometheus registry of typed families), [`error`] (why a node
+//! [`telemetry`] (one Prometheus registry of typed families), [`ratelimit_headers`]
+//! (the RateLimit header fields HTTP and gRPC share), [`error`] (why a node
 //! could not start or run), and [`local`] (an in-memory `Backend` for HTTP tests).
 //! `docs/architecture.md` draws the path of one request through them.
 
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod local;
 pub mod peer;
 pub mod raft;
+pub mod ratelimit_headers;
 pub mod run;
 pub mod security;
 pub mod stats;

@@ -7,8 +7,8 @@
 //!
 //! [`serve_on`] is the one place the layers meet: it reads the secrets once
 //! (`ClusterConfig::security`), opens the store, builds the peer client and starts the
-//! Raft node over it, then serves the public API and the peer port with the same
-//! metrics registry.
+//! Raft node over it, then serves the public API, the peer port and (with a
+//! `grpc_addr`) Envoy's rate limit service with the same metrics registry.
 //!
 //! Shutdown, in order:
 //! 1. both listeners stop accepting; open connections finish their in-flight request
@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 use crate::error::ServerError;
+use crate::grpc::{spawn_grpc, GrpcTls, RateLimitGrpc};
 use crate::http::api::{self, ApiConfig, ApiState};
 use crate::http::peer;
 use crate::http::server::{spawn_server, ConnLimits, ServerTls};
@@ -39,13 +40,15 @@ use crate::security::Security;
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
-/// The two listeners of a node.
+/// The listeners of a node.
 #[derive(Debug)]
 pub struct Listeners {
     /// Public HTTP API (`api_addr`).
     pub api: TcpListener,
     /// Raft RPC and forwarding (`raft_addr`).
     pub raft: TcpListener,
+    /// Envoy's rate limit service (`grpc_addr`, optional).
+    pub grpc: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -55,6 +58,10 @@ impl Listeners {
         Ok(Self {
             api: bind(&me.api_addr, "api").await?,
             raft: bind(&me.raft_addr, "raft").await?,
+            grpc: match &me.grpc_addr {
+                Some(addr) => Some(bind(addr, "grpc").await?),
+                None => None,
+            },
         })
     }
 }
@@ -124,11 +131,25 @@ pub async fn serve_on(
         },
     });
     let peer_router = peer::router(node.clone(), security.peer.clone());
+    let grpc_service = RateLimitGrpc {
+        backend: node.clone(),
+        auth: security.api.clone(),
+        metrics: metrics.clone(),
+        request_timeout: config.request_timeout(),
+        // Leaked once per process: the metric label values of the configured domains.
+        domains: config
+            .envoy
+            .domains
+            .iter()
+            .map(|d| &*Box::leak(d.domain.clone().into_boxed_str()))
+            .collect(),
+    };
     tracing::info!(
         node = node_id,
         cluster = %config.cluster_id,
         api = %local_addr(&listeners.api),
         raft = %local_addr(&listeners.raft),
+        grpc = %listeners.grpc.as_ref().map_or("-".to_string(), local_addr),
         data = %config.node_data_dir(node_id).display(),
         "serving"
     );
@@ -150,10 +171,19 @@ pub async fn serve_on(
             tracing::warn!(%peer, reason = "tls_handshake", why, "refused peer connection");
         })),
     });
+    // The gRPC port: server-only TLS like the API (Envoy authenticates with a token).
+    let grpc_tls = security.tls.as_ref().map(|t| GrpcTls {
+        acceptor: t.grpc_acceptor.clone(),
+        handshake_timeout: limits.header_read_timeout,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = Servers {
         api_addr: local_addr(&listeners.api),
         raft_addr: local_addr(&listeners.raft),
+        grpc_addr: listeners.grpc.as_ref().map_or(String::new(), local_addr),
+        grpc: listeners
+            .grpc
+            .map(|l| spawn_grpc(l, grpc_service, grpc_tls, stop_rx.clone())),
         api: spawn_server(listeners.api, api_router, stop_rx.clone(), limits, api_tls),
         raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, raft_tls),
     };
@@ -219,12 +249,14 @@ fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Sto
     quorate_store::open(&dir).map_err(|e| storage_err(e.to_string()))
 }
 
-/// The two running servers of a node.
+/// The running servers of a node.
 struct Servers {
     api_addr: String,
     raft_addr: String,
+    grpc_addr: String,
     api: JoinHandle<std::io::Result<()>>,
     raft: JoinHandle<std::io::Result<()>>,
+    grpc: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Servers {
@@ -250,6 +282,9 @@ impl Servers {
             r = &mut self.raft => {
                 result = Err(server_failed(r, self.raft_addr.clone(), "raft"));
             }
+            r = grpc_done(&mut self.grpc) => {
+                result = Err(server_failed(r, self.grpc_addr.clone(), "grpc"));
+            }
         }
         let _ = stop.send(true);
         let drained = tokio::time::timeout(drain, async {
@@ -258,6 +293,9 @@ impl Servers {
             }
             if !self.raft.is_finished() {
                 let _ = (&mut self.raft).await;
+            }
+            if let Some(g) = self.grpc.as_mut().filter(|g| !g.is_finished()) {
+                let _ = g.await;
             }
         })
         .await;
@@ -268,8 +306,21 @@ impl Servers {
             );
             self.api.abort();
             self.raft.abort();
+            if let Some(g) = &self.grpc {
+                g.abort();
+            }
         }
         result
+    }
+}
+
+/// The gRPC server's end, or never when there is none.
+async fn grpc_done(
+    grpc: &mut Option<JoinHandle<std::io::Result<()>>>,
+) -> Result<std::io::Result<()>, tokio::task::JoinError> {
+    match grpc {
+        Some(g) => g.await,
+        None => std::future::pending().await,
     }
 }
 

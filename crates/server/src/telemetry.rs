@@ -71,6 +71,19 @@ struct StateKind {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EnvoyLabels {
+    /// A domain of the node's `[envoy]` table, or `other` (never the caller's string).
+    domain: &'static str,
+    /// `ok`, `over_limit`, or the gRPC status code name of a refusal.
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EnvoyDomain {
+    domain: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Usage above this share of a cap is worth a warning (percent).
@@ -87,6 +100,8 @@ pub struct Metrics {
     forwarded: Family<KindOutcome, Counter>,
     peer_rejected: Family<Reason, Counter>,
     clock_offsets: Family<Peer, Gauge>,
+    envoy_requests: Family<EnvoyLabels, Counter>,
+    envoy_seconds: HistogramFamily<EnvoyDomain>,
     /// Log entries proposed by the leader's batcher.
     pub batches: Counter,
     /// Client ops proposed by the batcher (ops / batches = mean batch size).
@@ -139,6 +154,8 @@ impl Metrics {
             forwarded: Family::default(),
             peer_rejected: Family::default(),
             clock_offsets: Family::default(),
+            envoy_requests: Family::default(),
+            envoy_seconds: Family::new_with_constructor(latency_histogram),
             batches: Counter::default(),
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
@@ -263,6 +280,16 @@ impl Metrics {
             "The replicated cap on each kind of state entry ([limits] max_*); at the cap, new ones get 503 state_full.",
             m.state_cap.clone(),
         );
+        r.register(
+            "quorate_envoy_requests",
+            "Envoy ShouldRateLimit calls by domain ([envoy] domains, else other) and code.",
+            m.envoy_requests.clone(),
+        );
+        r.register(
+            "quorate_envoy_request_seconds",
+            "Envoy ShouldRateLimit latency by domain.",
+            m.envoy_seconds.clone(),
+        );
         let mut latency = Registry::default();
         latency.register(
             "quorate_http_request_seconds",
@@ -274,6 +301,16 @@ impl Metrics {
             latency_registry: latency,
             ..m
         }
+    }
+
+    /// One Envoy `ShouldRateLimit` call answered (`grpc::ratelimit`).
+    pub fn envoy_request(&self, domain: &'static str, code: &'static str, secs: f64) {
+        self.envoy_requests
+            .get_or_create(&EnvoyLabels { domain, code })
+            .inc();
+        self.envoy_seconds
+            .get_or_create(&EnvoyDomain { domain })
+            .observe(secs);
     }
 
     /// One HTTP request answered.

@@ -367,8 +367,15 @@ async fn rate_checks_single_inline_multi_and_headers() {
     assert_eq!(v["allowed"], true);
     assert_eq!(v["remaining"], 1);
     assert_eq!(v["retry_after_ms"], 0);
-    assert_eq!(h["ratelimit-policy"], "\"user:42\";q=60;w=60;burst=2");
-    assert_eq!(h["ratelimit"], "\"user:42\";r=1;t=1");
+    // draft-10: items named by policy, the key only as a hashed partition key,
+    // vendor parameters prefixed.
+    let pk = quorate_server::ratelimit_headers::partition_key("user:42");
+    assert_eq!(
+        h["ratelimit-policy"],
+        format!("\"user\";q=60;w=60;pk={pk};quorate-burst=2").as_str()
+    );
+    assert_eq!(h["ratelimit"], format!("\"user\";r=1;t=1;pk={pk}").as_str());
+    assert!(!h["ratelimit-policy"].to_str().unwrap().contains("user:42"));
     post(&app, "/v1/rate/check", req.clone()).await;
     let (s, h, v) = post(&app, "/v1/rate/check", req).await;
     assert_refused(s, &v, StatusCode::TOO_MANY_REQUESTS, "rate_limited");

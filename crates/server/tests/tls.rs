@@ -34,6 +34,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
             id,
             api_addr: bound.api_addr,
             raft_addr: bound.raft_addr,
+            grpc_addr: None,
         });
         listeners.push((id, bound.listeners));
     }
@@ -156,4 +157,113 @@ async fn a_cluster_forms_and_serves_over_tls() {
     );
 
     support::stop_all(running).await;
+}
+
+/// With `[tls]`, Envoy's rate limit service is served over TLS too (server-only, ALPN
+/// h2): a client trusting the CA gets decisions; a plain HTTP/2 client gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_listener_serves_over_tls() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use quorate_server::config::envoy::{
+        DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::make_test_ca(&dir.path().join("tls"));
+    let mut bound = support::bind().await;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc_addr = grpc.local_addr().expect("addr");
+    let mut config = ClusterConfig::single_node(
+        "tls",
+        &bound.api_addr,
+        &bound.raft_addr,
+        &dir.path().join("data"),
+    );
+    config.nodes[0].grpc_addr = Some(grpc_addr.to_string());
+    config.tls = Some(support::test_ca_tls());
+    config.envoy = EnvoySection {
+        domains: vec![DomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![DescriptorEntry {
+                key: "remote_address".into(),
+                value: None,
+                rate_limit: Some(RateLimitConfig {
+                    requests_per_unit: 5,
+                    unit: UnitConfig::Minute,
+                    burst: None,
+                    name: None,
+                }),
+                policy: None,
+                unlimited: false,
+                descriptors: vec![],
+            }],
+        }],
+    };
+    bound.listeners.grpc = Some(grpc);
+    let node = support::serve(config, 1, bound.listeners);
+
+    // A gRPC channel over rustls trusting the test CA, ALPN h2.
+    let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(c.expect("pem")).expect("ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .expect("uri")
+        .connect_with_connector_lazy(tower::service_fn(move |_uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(grpc_addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1")
+                    .expect("name")
+                    .to_owned();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }));
+    let mut rl = RateLimitServiceClient::new(channel);
+    let req = RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "remote_address".into(),
+                value: "10.1.2.3".into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 1,
+    };
+    // The leader installs the [envoy] table once elected: poll until it answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        match rl.should_rate_limit(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) => assert!(Instant::now() < deadline, "no answer over TLS: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.statuses[0].limit_remaining, 4, "{answer:?}");
+
+    // Plain HTTP/2 on the TLS port gets no answer.
+    let mut plain = RateLimitServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .expect("uri")
+            .timeout(Duration::from_secs(3))
+            .connect_lazy(),
+    );
+    assert!(plain.should_rate_limit(req).await.is_err());
+    node.stop().await;
 }

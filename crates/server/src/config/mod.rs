@@ -51,6 +51,7 @@ use crate::security::tls::TlsSection;
 use crate::security::Security;
 
 pub mod env;
+pub mod envoy;
 pub mod units;
 mod validate;
 
@@ -84,6 +85,9 @@ pub struct ClusterConfig {
     /// API tokens and the peer secret (see `security::auth`).
     #[serde(default)]
     pub auth: AuthSection,
+    /// The Envoy rate limit service's descriptor table (replicated; see [`envoy`]).
+    #[serde(default, skip_serializing_if = "envoy::EnvoySection::is_empty")]
+    pub envoy: envoy::EnvoySection,
     /// Optional TLS for every listener and between peers (see `security::tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
@@ -109,6 +113,9 @@ pub struct NodeConfig {
     pub api_addr: String,
     /// `host:port` of the Raft RPC and forwarding endpoint (peers only).
     pub raft_addr: String,
+    /// `host:port` of the Envoy rate limit service (gRPC); none: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<String>,
 }
 
 /// `[raft]`: Raft timing and log compaction.
@@ -377,6 +384,7 @@ impl ClusterConfig {
                 id: 1,
                 api_addr: api_addr.to_string(),
                 raft_addr: raft_addr.to_string(),
+                grpc_addr: None,
             }],
             raft: RaftSection {
                 heartbeat_interval_ms: nz_ms(50),
@@ -389,6 +397,7 @@ impl ClusterConfig {
             policies: Vec::new(),
             tiers: BTreeMap::new(),
             auth: AuthSection::default(),
+            envoy: envoy::EnvoySection::default(),
             tls: None,
             // As if the file sat beside the data directory (relative TLS paths).
             source: data_dir.parent().unwrap_or(data_dir).join("cluster.toml"),
@@ -409,6 +418,7 @@ impl ClusterConfig {
                 id: i as u64 + 1,
                 api_addr: format!("127.0.0.1:{api}"),
                 raft_addr: format!("127.0.0.1:{raft}"),
+                grpc_addr: None,
             })
             .collect();
         self
@@ -525,6 +535,13 @@ impl ClusterConfig {
             policies: self.policies(),
             tiers: self.tiers(),
         }
+    }
+
+    /// What the leader proposes with `Op::ConfigureDescriptors` when the replicated
+    /// state holds another table (validated at load, so this only fails on a value
+    /// built by hand).
+    pub fn core_descriptors(&self) -> Result<quorate_core::descriptors::DescriptorConfig, String> {
+        self.envoy.core_config()
     }
 
     /// openraft's configuration for this cluster.

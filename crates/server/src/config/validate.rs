@@ -29,11 +29,15 @@ pub fn cluster(c: &ClusterConfig) -> Result<(), String> {
         if !ids.insert(n.id) {
             return Err(format!("duplicate node id {}", n.id));
         }
-        for (what, addr) in [("api_addr", &n.api_addr), ("raft_addr", &n.raft_addr)] {
+        let grpc = n.grpc_addr.iter().map(|a| ("grpc_addr", a));
+        for (what, addr) in [("api_addr", &n.api_addr), ("raft_addr", &n.raft_addr)]
+            .into_iter()
+            .chain(grpc)
+        {
             check_addr(addr).map_err(|m| format!("node {} {what} {addr:?}: {m}", n.id))?;
             if !addrs.insert(addr.as_str()) {
                 return Err(format!(
-                    "node {} {what} {addr:?} is used twice (every api_addr and raft_addr must be distinct)",
+                    "node {} {what} {addr:?} is used twice (every api_addr, raft_addr and grpc_addr must be distinct)",
                     n.id
                 ));
             }
@@ -110,7 +114,7 @@ fn replicated(c: &ClusterConfig) -> Result<(), String> {
             .ok_or_else(|| format!("tier {name:?}: multiplier must be a positive number"))?;
         validate::multiplier(milli).map_err(|e| format!("tier {name:?}: {e}"))?;
     }
-    Ok(())
+    c.envoy.check(&settings, &c.policies())
 }
 
 /// `host:port` with a non-zero port (host names are allowed: containers).

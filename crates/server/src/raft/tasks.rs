@@ -221,14 +221,15 @@ impl Node {
                 digest = want,
                 "replicated configuration matches cluster.toml"
             );
-            return Ok(());
+            return self.push_descriptors(deadline).await;
         }
         tracing::info!(have = ?have, want, "proposing configuration from cluster.toml");
         let op = Op::Configure(Box::new(self.config.core_configuration()));
         match self.leader_write(op, deadline).await {
             Ok(Ok(Outcome::Configured { changed })) => {
                 tracing::info!(changed, digest = want, "configuration applied");
-                Ok(())
+                // After the policies: descriptor entries may name them.
+                self.push_descriptors(deadline).await
             }
             Ok(Ok(other)) => {
                 tracing::warn!(reply = ?other, "unexpected reply to configure");
@@ -238,6 +239,41 @@ impl Node {
                 // Validated at startup with the same rules, so this is a bug; retrying
                 // the same op cannot help.
                 tracing::error!(error = %e, "state machine rejected cluster.toml's configuration");
+                Ok(())
+            }
+            Err(NodeError::NotLeader { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make the replicated Envoy descriptor table match `[envoy]`. A cluster whose
+    /// file has none and whose state has none proposes nothing (so clusters that do
+    /// not use Envoy never write the op older versions cannot decode).
+    async fn push_descriptors(&self, deadline: Instant) -> Result<(), NodeError> {
+        let want = match self.config.core_descriptors() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "[envoy] cannot be converted; not proposed");
+                return Ok(());
+            }
+        };
+        let have = self.sm.read(|s| s.descriptors_digest());
+        if have == Some(want.source_digest) || (have.is_none() && want.domains.is_empty()) {
+            return Ok(());
+        }
+        let digest = want.source_digest;
+        tracing::info!(have = ?have, want = digest, "proposing [envoy] descriptors from cluster.toml");
+        match self
+            .leader_write(Op::ConfigureDescriptors(Box::new(want)), deadline)
+            .await
+        {
+            Ok(Ok(Outcome::Configured { changed })) => {
+                tracing::info!(changed, digest, "descriptor table applied");
+                Ok(())
+            }
+            Ok(other) => {
+                // Validated at startup with the same rules: a bug, not retryable.
+                tracing::error!(reply = ?other, "state machine rejected the [envoy] table");
                 Ok(())
             }
             Err(NodeError::NotLeader { .. }) => Ok(()),
@@ -295,6 +331,7 @@ impl Node {
                 id: *id,
                 api_addr: n.api_addr.clone(),
                 raft_addr: n.raft_addr.clone(),
+                grpc_addr: None,
             })
             .collect();
         let nodes = if from_membership.is_empty() {

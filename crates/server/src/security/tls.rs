@@ -43,6 +43,8 @@ pub struct Tls {
     pub api_acceptor: tokio_rustls::TlsAcceptor,
     /// For the Raft port: requires a client certificate signed by the CA.
     pub peer_acceptor: tokio_rustls::TlsAcceptor,
+    /// For the gRPC port (Envoy): server certificate only, ALPN `h2`.
+    pub grpc_acceptor: tokio_rustls::TlsAcceptor,
     /// The CA, for the peer client.
     pub ca_pem: Vec<u8>,
     /// This node's private key and certificate chain in PEM, the peer client's
@@ -131,7 +133,8 @@ impl TlsSection {
                 })?;
         }
         let server_config =
-            |client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+            |client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+             alpn: &[u8]| {
                 let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| format!("tls: {e}"))?;
@@ -142,11 +145,12 @@ impl TlsSection {
                 let mut config = builder
                     .with_single_cert(certs.clone(), key.clone_key())
                     .map_err(|e| format!("tls: certificate and key do not fit together: {e}"))?;
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                config.alpn_protocols = vec![alpn.to_vec()];
                 Ok::<_, String>(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
             };
-        let api_acceptor = server_config(None)?;
-        let peer_acceptor = server_config(Some(verifier))?;
+        let api_acceptor = server_config(None, b"http/1.1")?;
+        let peer_acceptor = server_config(Some(verifier), b"http/1.1")?;
+        let grpc_acceptor = server_config(None, b"h2")?;
         // reqwest's rustls identity reads the key and the chain from one PEM buffer.
         let mut identity_pem = key_pem;
         identity_pem.push(b'\n');
@@ -154,6 +158,7 @@ impl TlsSection {
         Ok(Tls {
             api_acceptor,
             peer_acceptor,
+            grpc_acceptor,
             ca_pem,
             identity_pem,
         })

@@ -28,7 +28,11 @@ pub async fn bind() -> Bound {
     Bound {
         api_addr: api.local_addr().expect("addr").to_string(),
         raft_addr: raft.local_addr().expect("addr").to_string(),
-        listeners: Listeners { api, raft },
+        listeners: Listeners {
+            api,
+            raft,
+            grpc: None,
+        },
     }
 }
 

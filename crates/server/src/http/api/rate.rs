@@ -1,9 +1,10 @@
 //! `/v1/rate/check`: GCRA rate checks, one or several charged all-or-none.
 //!
 //! A check names a policy (and tier) or gives an inline limit; the core charges every
-//! check or none. The answer carries the IETF `RateLimit-Policy` / `RateLimit` headers
-//! for every check and the `X-RateLimit-*` trio of the most restrictive one, and a
-//! denial is a 429 with `Retry-After`.
+//! check or none. The answer carries the draft-10 `RateLimit-Policy` / `RateLimit`
+//! headers for every check (named by policy, keys only as hashed partition keys; see
+//! `crate::ratelimit_headers`) and the `X-RateLimit-*` trio of the most restrictive
+//! one, and a denial is a 429 with `Retry-After`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -15,6 +16,7 @@ use quorate_proto::{self as proto, codes};
 use super::ApiState;
 use crate::http::error::{set_retry_after, ApiError, ApiResult};
 use crate::http::extract::{Authed, Json};
+use crate::ratelimit_headers;
 
 /// One wire check → core check. Named policy XOR inline limit; burst defaults to limit.
 fn rate_check_to_core(c: proto::RateCheck) -> ApiResult<core::RateCheck> {
@@ -72,41 +74,47 @@ fn rate_request_to_core(r: proto::RateCheckRequest) -> ApiResult<Vec<core::RateC
     }
 }
 
-/// Structured-field string item (RFC 8941): quotes and backslashes escaped.
-fn sf_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// IETF httpapi `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-
-/// ratelimit-headers), one list member per check, named by the check's key, plus the
-/// `X-RateLimit-*` trio of the most restrictive check for older clients.
-fn rate_headers(headers: &mut HeaderMap, results: &[core::RateResult], top: &core::RateResult) {
-    // One list member per check: the check's key, then `params`.
-    let list = |params: fn(&core::RateResult) -> String| {
-        results
-            .iter()
-            .map(|r| format!("{};{}", sf_string(&r.key), params(r)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let policy = list(|r| {
-        let window = r.period_ms.div_ceil(1000).max(1);
-        format!("q={};w={window};burst={}", r.limit, r.burst)
-    });
-    let state = list(|r| format!("r={};t={}", r.remaining, r.reset_after_ms.div_ceil(1000)));
-    let mut put = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+/// The RateLimit header fields (`crate::ratelimit_headers`: draft-10 items named by
+/// policy, `inline` for an inline limit, with a hashed partition key) plus the
+/// `X-RateLimit-*` trio of the most restrictive check.
+fn rate_headers(
+    headers: &mut HeaderMap,
+    names: &[String],
+    results: &[core::RateResult],
+    top: &core::RateResult,
+) {
+    let quotas: Vec<_> = names.iter().zip(results).map(as_quota).collect();
+    let top_name = names
+        .iter()
+        .zip(results)
+        .find(|(_, r)| r.key == top.key)
+        .map_or(String::new(), |(n, _)| n.clone());
+    let top = as_quota((&top_name, top));
+    for (name, value) in ratelimit_headers::fields(&quotas, &top) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
-    };
-    put("ratelimit-policy", policy);
-    put("ratelimit", state);
-    put("x-ratelimit-limit", top.limit.to_string());
-    put("x-ratelimit-remaining", top.remaining.to_string());
-    put(
-        "x-ratelimit-reset",
-        top.reset_after_ms.div_ceil(1000).to_string(),
-    );
+    }
+}
+
+fn as_quota<'a>((name, r): (&'a String, &'a core::RateResult)) -> ratelimit_headers::Quota<'a> {
+    ratelimit_headers::Quota {
+        policy: name,
+        key: &r.key,
+        limit: r.limit,
+        period_ms: r.period_ms,
+        burst: r.burst,
+        remaining: r.remaining,
+        reset_after_ms: r.reset_after_ms,
+    }
+}
+
+/// The policy name each check's headers carry.
+fn policy_name(c: &core::RateCheck) -> String {
+    match &c.limit {
+        core::RateLimitRef::Policy { name, .. } => name.clone(),
+        core::RateLimitRef::Inline(_) => "inline".to_string(),
+    }
 }
 
 pub(super) async fn rate_check(
@@ -115,6 +123,7 @@ pub(super) async fn rate_check(
     Json(req): Json<proto::RateCheckRequest>,
 ) -> ApiResult<Response> {
     let checks = rate_request_to_core(req)?;
+    let names: Vec<String> = checks.iter().map(policy_name).collect();
     let decision = match st.write(&caller, Op::RateCheck { checks }).await? {
         Outcome::Rate(d) => d,
         other => return Err(ApiError::unexpected(&other)),
@@ -176,7 +185,7 @@ pub(super) async fn rate_check(
         StatusCode::TOO_MANY_REQUESTS
     };
     let mut resp = (status, JsonResponse(body)).into_response();
-    rate_headers(resp.headers_mut(), &decision.results, &top);
+    rate_headers(resp.headers_mut(), &names, &decision.results, &top);
     if !decision.allowed {
         set_retry_after(resp.headers_mut(), top.retry_after_ms);
     }
