@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::descriptors::{DescriptorConfig, DescriptorRequest};
+use crate::descriptor_table::{DescriptorConfig, DescriptorRequest};
 
 /// One replicated log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

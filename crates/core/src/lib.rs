@@ -30,6 +30,7 @@
 
 pub mod command;
 pub mod cut;
+mod descriptor_table;
 pub mod descriptors;
 pub mod error;
 pub mod gcra;

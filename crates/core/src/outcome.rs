@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Policy, Settings};
-use crate::descriptors::DescriptorDecision;
+use crate::descriptor_table::DescriptorDecision;
 use crate::error::CoreError;
 
 /// One op's result.

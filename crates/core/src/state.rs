@@ -35,7 +35,7 @@ use crate::command::{
     Acquire, Caller, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,
     Settings,
 };
-use crate::descriptors::DescriptorTables;
+use crate::descriptor_table::DescriptorTables;
 use crate::error::CoreError;
 use crate::gcra;
 use crate::outcome::{
