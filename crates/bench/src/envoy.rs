@@ -81,6 +81,13 @@ impl Cell {
     }
 }
 
+/// How one call was answered.
+enum Answer {
+    Ok,
+    OverLimit,
+    Error,
+}
+
 #[derive(Default)]
 struct Tally {
     ok: usize,
@@ -89,41 +96,43 @@ struct Tally {
     hist: Histogram,
 }
 
-async fn grpc_cell(a: &EnvoyArgs, clients: usize) -> anyhow::Result<Cell> {
+/// The closed loop both protocols share: one task per worker state in `workers`, each
+/// taking the next request number and calling `call(worker, i)` until `requests` are
+/// taken; the worker state (a connection) is handed back with each answer.
+async fn closed_loop<W, F, Fut>(
+    protocol: &'static str,
+    workers: Vec<W>,
+    requests: usize,
+    call: F,
+) -> anyhow::Result<Cell>
+where
+    W: Send + 'static,
+    F: Fn(W, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (W, Answer)> + Send,
+{
+    let clients = workers.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let mut rl = RateLimitServiceClient::connect(format!("http://{}", a.grpc))
-            .await
-            .context("connect to the gRPC listener")?;
-        let (a, next, tally) = (a.clone(), next.clone(), tally.clone());
+    for worker in workers {
+        let (next, tally, call) = (next.clone(), tally.clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Tally::default();
+            let mut worker = worker;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= a.requests {
+                if i >= requests {
                     break;
                 }
-                let req = RateLimitRequest {
-                    domain: a.domain.clone(),
-                    descriptors: vec![RateLimitDescriptor {
-                        entries: vec![Entry {
-                            key: "remote_address".into(),
-                            value: format!("10.0.{}.{}", (i % a.keys) / 256, i % 256),
-                        }],
-                        ..RateLimitDescriptor::default()
-                    }],
-                    hits_addend: 1,
-                };
                 let t = Instant::now();
-                let r = rl.should_rate_limit(req).await;
+                let (w, answer) = call(worker, i).await;
+                worker = w;
                 mine.hist.record(t.elapsed());
-                match r {
-                    Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => mine.ok += 1,
-                    Ok(_) => mine.over += 1,
-                    Err(_) => mine.errors += 1,
+                match answer {
+                    Answer::Ok => mine.ok += 1,
+                    Answer::OverLimit => mine.over += 1,
+                    Answer::Error => mine.errors += 1,
                 }
             }
             let mut t = tally.lock().await;
@@ -139,7 +148,7 @@ async fn grpc_cell(a: &EnvoyArgs, clients: usize) -> anyhow::Result<Cell> {
     let secs = started.elapsed().as_secs_f64();
     let t = std::mem::take(&mut *tally.lock().await);
     Ok(Cell {
-        protocol: "gRPC ShouldRateLimit",
+        protocol,
         clients,
         ok: t.ok,
         over_limit: t.over,
@@ -149,68 +158,75 @@ async fn grpc_cell(a: &EnvoyArgs, clients: usize) -> anyhow::Result<Cell> {
     })
 }
 
+/// The `remote_address` value of request `i` (the same buckets on both protocols).
+fn address(a: &EnvoyArgs, i: usize) -> String {
+    format!("10.0.{}.{}", (i % a.keys) / 256, i % 256)
+}
+
+async fn grpc_cell(a: &EnvoyArgs, clients: usize) -> anyhow::Result<Cell> {
+    let mut workers = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let rl = RateLimitServiceClient::connect(format!("http://{}", a.grpc))
+            .await
+            .context("connect to the gRPC listener")?;
+        workers.push(rl);
+    }
+    let a = a.clone();
+    closed_loop(
+        "gRPC ShouldRateLimit",
+        workers,
+        a.requests,
+        move |mut rl, i| {
+            let req = RateLimitRequest {
+                domain: a.domain.clone(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "remote_address".into(),
+                        value: address(&a, i),
+                    }],
+                    ..RateLimitDescriptor::default()
+                }],
+                hits_addend: 1,
+            };
+            async move {
+                let answer = match rl.should_rate_limit(req).await {
+                    Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => Answer::Ok,
+                    Ok(_) => Answer::OverLimit,
+                    Err(_) => Answer::Error,
+                };
+                (rl, answer)
+            }
+        },
+    )
+    .await
+}
+
 async fn http_cell(a: &EnvoyArgs, clients: usize) -> anyhow::Result<Cell> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(10))
         .build()?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let url = format!("http://{}/v1/rate/check", a.http);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (a, next, tally, http, url) = (
-            a.clone(),
-            next.clone(),
-            tally.clone(),
-            http.clone(),
-            url.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Tally::default();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= a.requests {
-                    break;
-                }
-                let body = serde_json::json!({
-                    "key": format!("bench:ip:10.0.{}.{}", (i % a.keys) / 256, i % 256),
-                    "limit": a.limit,
-                    "period_ms": 3_600_000,
-                });
-                let t = Instant::now();
-                let r = http.post(&url).json(&body).send().await;
-                let status = r.map(|r| r.status().as_u16());
-                mine.hist.record(t.elapsed());
-                match status {
-                    Ok(200) => mine.ok += 1,
-                    Ok(429) => mine.over += 1,
-                    _ => mine.errors += 1,
-                }
-            }
-            let mut t = tally.lock().await;
-            t.ok += mine.ok;
-            t.over += mine.over;
-            t.errors += mine.errors;
-            t.hist.merge(mine.hist);
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let t = std::mem::take(&mut *tally.lock().await);
-    Ok(Cell {
-        protocol: "HTTP /v1/rate/check",
-        clients,
-        ok: t.ok,
-        over_limit: t.over,
-        errors: t.errors,
-        secs,
-        hist: t.hist,
+    let a = a.clone();
+    let workers = vec![(); clients];
+    closed_loop("HTTP /v1/rate/check", workers, a.requests, move |(), i| {
+        let body = serde_json::json!({
+            "key": format!("bench:ip:{}", address(&a, i)),
+            "limit": a.limit,
+            "period_ms": 3_600_000,
+        });
+        let sent = http.post(&url).json(&body).send();
+        async move {
+            let answer = match sent.await.map(|r| r.status().as_u16()) {
+                Ok(200) => Answer::Ok,
+                Ok(429) => Answer::OverLimit,
+                _ => Answer::Error,
+            };
+            ((), answer)
+        }
     })
+    .await
 }
 
 /// The leader installs the `[envoy]` table shortly after the cluster is ready: poll
