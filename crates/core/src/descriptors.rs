@@ -64,16 +64,10 @@ const _: () = assert!(MAX_DESCRIPTORS == validate::MAX_CHECKS);
 // --------------------------------------------------------------------------------
 // Configuration
 
+/// Envoy's keys and values are free text (any printable character), so only the
+/// shared length rule and a control-character check apply.
 fn check_text(field: &str, s: &str, max: usize) -> Result<(), CoreError> {
-    if s.is_empty() {
-        return Err(CoreError::invalid(field, "must not be empty"));
-    }
-    if s.len() > max {
-        return Err(CoreError::invalid(
-            field,
-            format!("longer than {max} bytes"),
-        ));
-    }
+    validate::check_len(field, s, max)?;
     if s.chars().any(char::is_control) {
         return Err(CoreError::invalid(field, "contains control characters"));
     }

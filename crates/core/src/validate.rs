@@ -35,7 +35,8 @@ fn name_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
 }
 
-fn check_chars(field: &str, s: &str, max: usize, ok: fn(u8) -> bool) -> Result<(), CoreError> {
+/// Non-empty and at most `max` bytes: the length rule every text field shares.
+pub(crate) fn check_len(field: &str, s: &str, max: usize) -> Result<(), CoreError> {
     if s.is_empty() {
         return Err(CoreError::invalid(field, "must not be empty"));
     }
@@ -45,6 +46,11 @@ fn check_chars(field: &str, s: &str, max: usize, ok: fn(u8) -> bool) -> Result<(
             format!("longer than {max} bytes"),
         ));
     }
+    Ok(())
+}
+
+fn check_chars(field: &str, s: &str, max: usize, ok: fn(u8) -> bool) -> Result<(), CoreError> {
+    check_len(field, s, max)?;
     // Report the character as sent (not its first UTF-8 byte read as Latin-1).
     if let Some(c) = s.chars().find(|c| !u8::try_from(*c).is_ok_and(ok)) {
         return Err(CoreError::invalid(
