@@ -428,6 +428,11 @@ mod tests {
         }
     }
 
+    /// Writes waiting in the forwarder's queue (taken by no request yet).
+    fn queued(f: &Forwarder) -> usize {
+        f.tx.max_capacity() - f.tx.capacity()
+    }
+
     async fn answer(h: JoinHandle<Result<Reply, NodeError>>) -> Result<Reply, NodeError> {
         tokio::time::timeout(Duration::from_secs(5), h)
             .await
@@ -448,7 +453,7 @@ mod tests {
             .map(|i| caller(&f, i, Duration::from_secs(10)))
             .collect();
         // Everyone is queued behind the one in-flight request before it is answered.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("150 queued writes", || queued(&f) == 150).await;
         fake.gate.add_permits(1000);
         assert_eq!(answer(first).await, echo(&op(0)));
         for (i, h) in (1..=150).zip(rest) {
@@ -489,7 +494,7 @@ mod tests {
         let rest: Vec<_> = (1..=5)
             .map(|i| caller(&f, i, Duration::from_secs(10)))
             .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("5 queued writes", || queued(&f) == 5).await;
         fake.gate.add_permits(100);
         assert_eq!(answer(first).await, echo(&op(0)));
         let answers: Vec<_> = futures::future::join_all(rest.into_iter().map(answer)).await;
@@ -581,7 +586,7 @@ mod tests {
         let first = send(0);
         eventually("the first request", || fake.sent().len() == 1).await;
         let rest: Vec<_> = (1..=8).map(send).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("8 queued writes", || queued(&f) == 8).await;
         fake.gate.add_permits(100);
         assert_eq!(answer(first).await, echo(&op(0)));
         for (i, h) in (1..=8).zip(rest) {
