@@ -1,9 +1,9 @@
-//! The on-disk layout: one `sled::Db` per process (in `<data dir>/sled`), three
-//! trees, and the helpers that read and write them.
+//! The on-disk layout: the Raft log's segment files in `<data dir>/raftlog`
+//! (`raft_log.rs`), one `sled::Db` per process (in `<data dir>/sled`) with two trees,
+//! and the helpers that read and write them.
 //!
 //! | tree       | key                         | value                                   |
 //! |------------|-----------------------------|-----------------------------------------|
-//! | `logs`     | log index, u64 big-endian   | bincode `Entry<TypeConfig>`             |
 //! | `meta`     | `format`                    | [`FORMAT`] marker, written at creation  |
 //! |            | `vote`                      | bincode `Vote<u64>`                     |
 //! |            | `committed`                 | bincode `LogId<u64>` (absent = none)    |
@@ -11,29 +11,32 @@
 //! | `snapshot` | `meta`                      | bincode `SnapshotMeta<u64, NodeInfo>`   |
 //! |            | `data`                      | snapshot bytes (see `snapshot.rs`)      |
 //!
-//! Big-endian keys make sled's byte order the log order, so range scans and
-//! `last()` work directly. The snapshot's meta and data are written in one sled batch,
-//! so they can never disagree.
+//! The snapshot's meta and data are written in one sled batch, so they can never
+//! disagree. One `Db` for vote, committed id and snapshot because sled is built around
+//! one `Db` per process: a single `flush()` covers them together, and sled's recovery
+//! restores a *prefix* of the writes made to it.
 //!
-//! One `Db` for everything (not one per component) because sled is built around one
-//! `Db` per process: a single `flush()` then covers log, vote and snapshot together,
-//! and sled's recovery restores a *prefix* of the writes made to it — a later write
-//! (say, the committed index) never survives a crash while an earlier one (the entries
-//! it points to) is lost. Several invariants below rely on that ordering.
+//! Format 1 (`quorate-store/1`) kept the log in a sled tree `logs` (big-endian index
+//! keys). `open` moves such a log into segment files once, then marks the store
+//! format 2, which binaries that only know format 1 refuse to open instead of seeing
+//! an empty log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::flusher::Flusher;
+use crate::raft_log::{RaftLog, LOG_DIR};
 use crate::StoreError;
 
 /// Written into `meta/format` when a store is created; checked at every open so that
 /// a directory that is not (or no longer) a quorate store is refused instead of being
 /// silently treated as empty.
-pub(crate) const FORMAT: &[u8] = b"quorate-store/1";
+pub(crate) const FORMAT: &[u8] = b"quorate-store/2";
+/// The format before the log left sled; `open` migrates it.
+pub(crate) const FORMAT_V1: &[u8] = b"quorate-store/1";
 
 pub(crate) const KEY_FORMAT: &[u8] = b"format";
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
@@ -47,15 +50,11 @@ pub(crate) const KEY_SNAP_DATA: &[u8] = b"data";
 /// after which sled releases the directory lock.
 pub(crate) struct Shared {
     pub(crate) flusher: Flusher,
+    pub(crate) dir: PathBuf,
+    pub(crate) log: RaftLog,
     pub(crate) db: sled::Db,
-    pub(crate) logs: sled::Tree,
     pub(crate) meta: sled::Tree,
     pub(crate) snap: sled::Tree,
-}
-
-/// The log-index key: big-endian so that byte order is numeric order.
-pub(crate) fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
@@ -127,7 +126,8 @@ const SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Opens (or creates) the sled database under `dir` and checks the format marker.
 ///
 /// The database lives in `dir/sled`. A new one is built in `dir/sled.creating`,
-/// marked, flushed and only then renamed into place, so a crash during the very first
+/// marked, flushed and only then renamed into place (the empty `dir/raftlog` is made
+/// just before), so a crash during the very first
 /// start leaves either nothing or a complete empty store — never a half-created
 /// directory that later opens would have to second-guess. Consequently, any
 /// `dir/sled` without the marker is damaged (sled recovered nothing), and a `dir`
@@ -148,7 +148,13 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         let tmp = dir.join(CREATING_DIR);
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let name = entry.map_err(io)?.file_name();
-            if name != CREATING_DIR {
+            // An empty log directory is what a crash during a first start leaves.
+            let empty_log = name == LOG_DIR
+                && std::fs::read_dir(dir.join(LOG_DIR))
+                    .map_err(io)?
+                    .next()
+                    .is_none();
+            if name != CREATING_DIR && !empty_log {
                 return Err(StoreError::corrupt(
                     dir,
                     format!(
@@ -169,6 +175,11 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                 .and_then(|_| db.flush())
                 .map_err(open_err)?;
         }
+        // The log directory first: `sled/` existing means the store is complete.
+        let log_dir = dir.join(LOG_DIR);
+        if !log_dir.exists() {
+            std::fs::create_dir(&log_dir).map_err(io)?;
+        }
         std::fs::rename(&tmp, &db_dir).map_err(io)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -182,7 +193,7 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         .map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(open_err)?;
     match meta.get(KEY_FORMAT).map_err(open_err)? {
-        Some(v) if v.as_ref() == FORMAT => Ok(db),
+        Some(v) if v.as_ref() == FORMAT || v.as_ref() == FORMAT_V1 => Ok(db),
         Some(v) => Err(StoreError::corrupt(
             dir,
             format!(

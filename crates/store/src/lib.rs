@@ -72,16 +72,19 @@ mod db;
 mod error;
 mod flusher;
 mod log_store;
+mod migrate;
+mod raft_log;
 mod snapshot;
 mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::{Entry, LogId, Vote};
+use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{decode, key_index, open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::db::{decode, open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::raft_log::RaftLog;
 use crate::state_machine::{applied_from_snapshot, Applied};
 
 pub use crate::error::StoreError;
@@ -130,7 +133,7 @@ impl Storage {
             && empty(&s.meta, KEY_COMMITTED)
             && empty(&s.meta, KEY_LAST_PURGED)
             && empty(&s.snap, db::KEY_SNAP_META)
-            && s.logs.is_empty()
+            && s.log.is_empty()
             && self.sm.last_applied().is_none()
     }
 }
@@ -149,7 +152,7 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
     let vote: Option<Vote<u64>> = shared
         .get_meta(KEY_VOTE, "vote")
         .map_err(|e| corrupt("vote", e))?;
-    let committed: Option<LogId<u64>> = shared
+    let mut committed: Option<LogId<u64>> = shared
         .get_meta(KEY_COMMITTED, "committed log id")
         .map_err(|e| corrupt("committed log id", e))?;
     let last_purged: Option<LogId<u64>> = shared
@@ -167,13 +170,29 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
     let log = LogStore {
         shared: shared.clone(),
     };
-    // Finish a purge a crash interrupted: entries at or below last_purged are dead.
+    // Finish a purge a crash interrupted: entries at or below last_purged are dead
+    // (`RaftLog::open` did not load them); this removes their files.
     if let Some(p) = last_purged {
-        log.remove_upto(p.index).map_err(|e| corrupt("log", e))?;
+        shared.log.purge(&shared.flusher, p.index);
     }
-    let (first, last) = check_log(&shared).map_err(|e| corrupt("log", e))?;
-    check_ids_agree(first, last, last_purged, committed, &applied)
-        .map_err(|what| StoreError::corrupt(dir, what))?;
+    let (first, last) = match shared.log.bounds() {
+        Some((first, last)) => (Some(first), Some(last)),
+        None => (None, None),
+    };
+    // The ends must decode (every record's checksum was verified when opening).
+    for end in [first, last].into_iter().flatten() {
+        log.read_range(end..=end).map_err(|e| corrupt("log", e))?;
+    }
+    check_ids_agree(first, last_purged, &applied).map_err(|what| StoreError::corrupt(dir, what))?;
+    if committed.is_some() && clamp_committed(committed, last, last_purged, &applied).is_none() {
+        // openraft reads the committed id back through `read_committed`.
+        committed = None;
+        shared
+            .meta
+            .remove(KEY_COMMITTED)
+            .and_then(|_| shared.db.flush())
+            .map_err(|e| corrupt("committed log id", e.into()))?;
+    }
 
     tracing::info!(
         path = %dir.display(),
@@ -189,7 +208,8 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
     Ok(Storage { log, sm })
 }
 
-/// Opens the sled db, its three trees and the flusher thread, reading nothing yet.
+/// Opens the sled db and its trees, moves a format-1 log out of sled, opens the log
+/// files (checking every record) and starts the flusher thread.
 fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
     let db = open_db(dir)?;
     let open_tree = |name: &str| {
@@ -198,26 +218,35 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
             source,
         })
     };
-    let logs = open_tree("logs")?;
     let meta = open_tree("meta")?;
     let snap = open_tree("snapshot")?;
-    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf())?;
+    let corrupt = |what: &str, e: StoreError| StoreError::corrupt(dir, format!("{what}: {e}"));
+    let last_purged: Option<LogId<u64>> = match meta.get(KEY_LAST_PURGED)? {
+        Some(b) => {
+            Some(decode("last purged log id", &b).map_err(|e| corrupt("last purged log id", e))?)
+        }
+        None => None,
+    };
+    let last_purged = last_purged.map(|p| p.index);
+    migrate::sled_log_to_segments(dir, &db, &meta, last_purged)
+        .map_err(|e| corrupt("moving the log out of sled", e))?;
+    let log = RaftLog::open(dir, last_purged)?;
+    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf(), log.written_seq())?;
     Ok(Arc::new(Shared {
         flusher,
+        dir: dir.to_path_buf(),
+        log,
         db,
-        logs,
         meta,
         snap,
     }))
 }
 
-/// Checks that the log's first and last index, the purged id, the committed id and
-/// the snapshot fit together; returns what does not, for [`StoreError::Corrupt`].
+/// Checks that the log's first index and the purged id fit together; returns what
+/// does not, for [`StoreError::Corrupt`].
 fn check_ids_agree(
     first: Option<u64>,
-    last: Option<u64>,
     last_purged: Option<LogId<u64>>,
-    committed: Option<LogId<u64>>,
     applied: &Applied,
 ) -> Result<(), String> {
     if let (Some(first), Some(p)) = (first, last_purged) {
@@ -228,8 +257,31 @@ fn check_ids_agree(
             ));
         }
     }
-    // The committed id is written after the entries (or the installed snapshot) it
-    // covers, and sled recovers a prefix of the writes, so it cannot point past both.
+    if let (Some(first), None, Some(a)) = (first, last_purged, applied.last_applied) {
+        if first > a.index + 1 {
+            return Err(format!(
+                "log starts at {first} but the snapshot ends at {}",
+                a.index
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The committed id, lowered to what the log and snapshot hold.
+///
+/// sled (committed id) and the log files are flushed separately, so after a crash the
+/// committed id can point past the recovered log. Only entries this node never
+/// acknowledged can be missing (an acknowledged one was fsync'd first), and a lower
+/// committed id only means re-applying fewer entries at startup; the leader re-sends
+/// the rest.
+fn clamp_committed(
+    committed: Option<LogId<u64>>,
+    last: Option<u64>,
+    last_purged: Option<LogId<u64>>,
+    applied: &Applied,
+) -> Option<LogId<u64>> {
+    let c = committed?;
     let covered = [
         last,
         last_purged.map(|p| p.index),
@@ -238,52 +290,11 @@ fn check_ids_agree(
     .into_iter()
     .flatten()
     .max();
-    if let Some(c) = committed {
-        let beyond = match covered {
-            Some(covered) => covered < c.index,
-            None => true,
-        };
-        if beyond {
-            return Err(format!(
-                "committed index {} is beyond the log and snapshot (last index {covered:?})",
-                c.index
-            ));
+    match covered {
+        Some(covered) if covered >= c.index => Some(c),
+        _ => {
+            tracing::warn!(committed = %c, ?covered, "committed id past the recovered log; lowered");
+            None
         }
     }
-    Ok(())
-}
-
-/// Checks that log keys are contiguous and the first and last entries decode.
-/// Returns the first and last index. Reads keys only, except for the two ends.
-fn check_log(shared: &Shared) -> Result<(Option<u64>, Option<u64>), StoreError> {
-    let mut first = None;
-    let mut prev: Option<u64> = None;
-    for key in shared.logs.iter().keys() {
-        let index = key_index(&key?)?;
-        if let Some(p) = prev {
-            if index != p + 1 {
-                return Err(StoreError::Malformed {
-                    what: "log",
-                    reason: format!("hole between indexes {p} and {index}"),
-                });
-            }
-        } else {
-            first = Some(index);
-        }
-        prev = Some(index);
-    }
-    for end in [shared.logs.first()?, shared.logs.last()?]
-        .into_iter()
-        .flatten()
-    {
-        let index = key_index(&end.0)?;
-        let entry: Entry<TypeConfig> = decode("log entry", &end.1)?;
-        if entry.log_id.index != index {
-            return Err(StoreError::Malformed {
-                what: "log entry",
-                reason: format!("stored at index {index} but says {}", entry.log_id),
-            });
-        }
-    }
-    Ok((first, prev))
 }

@@ -1,24 +1,25 @@
-//! [`LogStore`]: openraft's `RaftLogStorage` + `RaftLogReader` on the `logs` and
-//! `meta` trees.
+//! [`LogStore`]: openraft's `RaftLogStorage` + `RaftLogReader` on the segment files
+//! of `raft_log.rs` (entries) and sled's `meta` tree (vote, committed, last purged).
 //!
 //! Durability rules, and why each is enough:
 //!
-//! - **append**: the entries are inserted in one sled batch (so an append is all or
-//!   nothing and immediately readable), then the callback is handed to the
-//!   flusher, which fires it after the next `Db::flush()`. openraft
-//!   only counts an entry towards a quorum once its callback fired.
-//! - **save_vote**: written, then this call waits for a flush. A vote must never be
-//!   forgotten, or the node could vote twice in one term.
-//! - **save_committed**: written, not flushed. sled recovers a prefix of the writes,
-//!   and the committed id is always written after the entries it covers, so a
-//!   recovered committed id never points past the recovered log. Losing the latest
-//!   one only means re-applying fewer entries at startup; the leader re-sends it.
-//! - **truncate**: removes `[index, ∞)` and waits for a flush, so conflicting entries a
-//!   new leader overwrote cannot reappear after a crash.
-//! - **purge**: writes `last_purged` first, then removes `[0, index]`, no flush.
-//!   openraft only purges what a durable snapshot covers, and ignores anything at or
-//!   below `last_purged`; if the removals are lost in a crash, [`crate::open`] finishes
-//!   them.
+//! - **append**: the records are reserved and readable at once; the flusher writes
+//!   and fsyncs them, then fires the callback. openraft only counts an entry towards
+//!   a quorum once its callback fired.
+//! - **save_vote**: written to sled, then this call waits for a sled flush. A vote
+//!   must never be forgotten, or the node could vote twice in one term.
+//! - **save_committed**: written to sled, not flushed. sled may persist it before the
+//!   log files hold the entries it covers (they are separate files now), so `open`
+//!   clamps a recovered committed id to what the log and snapshot hold: losing the
+//!   latest one only means re-applying fewer entries at startup; the leader re-sends
+//!   it. An entry this node acknowledged was fsync'd first, so the clamp never drops
+//!   an entry the cluster counted on this node for.
+//! - **truncate**: removes `[index, ∞)` and waits until the files say so durably, so
+//!   conflicting entries a new leader overwrote cannot reappear after a crash.
+//! - **purge**: makes `last_purged` durable first, then removes the segment files
+//!   that hold nothing newer. openraft only purges what a durable snapshot covers;
+//!   if a crash interrupts the removal, [`crate::open`] skips the entries at or below
+//!   `last_purged` and finishes it.
 
 use std::fmt::Debug;
 use std::io;
@@ -28,9 +29,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
-use crate::db::{
-    decode, encode, index_key, key_index, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
-};
+use crate::db::{Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
@@ -38,7 +37,7 @@ use crate::flusher::FlushStats;
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
-/// the same sled trees and flusher.
+/// the same files, sled trees and flusher.
 #[derive(Clone)]
 pub struct LogStore {
     pub(crate) shared: Arc<Shared>,
@@ -57,13 +56,9 @@ impl LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>>,
         F: FnOnce(io::Result<()>) + Send + 'static,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode("log entry", &entry)?);
-        }
-        self.shared.logs.apply_batch(batch)?;
-        self.shared.flusher.submit(Box::new(done));
-        Ok(())
+        self.shared
+            .log
+            .append(&self.shared.flusher, entries, Box::new(done))
     }
 
     /// Waits until every write made so far is on disk.
@@ -90,42 +85,23 @@ impl LogStore {
             Bound::Unbounded => 0,
         };
         let hi = match range.end_bound() {
-            Bound::Included(&x) => Some(x),
+            Bound::Included(&x) => x,
             Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&x) => Some(x - 1),
-            Bound::Unbounded => None,
+            Bound::Excluded(&x) => x - 1,
+            Bound::Unbounded => u64::MAX,
         };
-        let iter = match hi {
-            Some(hi) if hi < lo => return Ok(Vec::new()),
-            Some(hi) => self.shared.logs.range(index_key(lo)..=index_key(hi)),
-            None => self.shared.logs.range(index_key(lo)..),
-        };
-        let mut out = Vec::new();
-        for kv in iter {
-            let (key, value) = kv?;
-            let entry: Entry<TypeConfig> = decode("log entry", &value)?;
-            let index = key_index(&key)?;
-            if entry.log_id.index != index {
-                return Err(StoreError::Malformed {
-                    what: "log entry",
-                    reason: format!("stored at index {index} but says {}", entry.log_id),
-                });
-            }
-            out.push(entry);
-        }
-        Ok(out)
+        self.shared.log.read(lo, hi)
     }
 
     pub(crate) fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
         let last_purged: Option<LogId<u64>> = self
             .shared
             .get_meta(KEY_LAST_PURGED, "last purged log id")?;
-        let last_entry = match self.shared.logs.last()? {
-            Some((_, value)) => Some(decode::<Entry<TypeConfig>>("log entry", &value)?.log_id),
+        let last_entry = match self.shared.log.bounds() {
+            Some((_, last)) => self.read_range(last..=last)?.pop().map(|e| e.log_id),
             None => None,
         };
-        // With every entry purged the last log id is the purged one; entries at or
-        // below it can linger after a crash interrupted a purge and do not count.
+        // With every entry purged the last log id is the purged one.
         let last_log_id = match (last_entry, last_purged) {
             (Some(e), Some(p)) if e.index <= p.index => Some(p),
             (Some(e), _) => Some(e),
@@ -137,16 +113,26 @@ impl LogStore {
         })
     }
 
-    pub(crate) fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.shared.logs.range(index_key(index)..).keys() {
-            batch.remove(key?);
-        }
-        self.shared.logs.apply_batch(batch)?;
-        Ok(())
+    /// Waits for a durability callback queued by the log.
+    async fn wait(&self, queue: impl FnOnce(crate::flusher::Done)) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue(Box::new(move |res| {
+            let _ = tx.send(res);
+        }));
+        let res = rx.await.map_err(|_| StoreError::FlusherStopped)?;
+        res.map_err(|source| StoreError::Io {
+            path: self.shared.dir.clone(),
+            source,
+        })
     }
 
-    pub(crate) fn purge_upto(&self, log_id: LogId<u64>) -> Result<(), StoreError> {
+    pub(crate) async fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        let s = &self.shared;
+        self.wait(|done| s.log.truncate(&s.flusher, index, done))
+            .await
+    }
+
+    pub(crate) async fn purge_upto(&self, log_id: LogId<u64>) -> Result<(), StoreError> {
         let current: Option<LogId<u64>> = self
             .shared
             .get_meta(KEY_LAST_PURGED, "last purged log id")?;
@@ -154,20 +140,12 @@ impl LogStore {
             // Never move `last_purged` backwards.
             return Ok(());
         }
-        // `last_purged` goes first: if a crash keeps only part of this, openraft still
-        // ignores everything at or below it.
+        // `last_purged` is durable before any file goes: after a crash, `open` skips
+        // everything at or below it.
         self.shared
             .put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
-        self.remove_upto(log_id.index)
-    }
-
-    /// Removes the entries `[0, index]`.
-    pub(crate) fn remove_upto(&self, index: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.shared.logs.range(..=index_key(index)).keys() {
-            batch.remove(key?);
-        }
-        self.shared.logs.apply_batch(batch)?;
+        self.shared.flusher.flush().await?;
+        self.shared.log.purge(&self.shared.flusher, log_id.index);
         Ok(())
     }
 }
@@ -240,12 +218,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(%log_id, "truncate logs from");
-        self.truncate_from(log_id.index).map_err(logs_delete)?;
-        self.shared.flusher.flush().await.map_err(logs_delete)
+        self.truncate_from(log_id.index).await.map_err(logs_delete)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(%log_id, "purge logs up to");
-        self.purge_upto(log_id).map_err(logs_delete)
+        self.purge_upto(log_id).await.map_err(logs_delete)
     }
 }

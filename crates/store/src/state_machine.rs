@@ -81,16 +81,17 @@ impl StateMachineStore {
         self.read(|s| s.digest())
     }
 
-    /// Bytes sled uses on disk (log, metadata and snapshot), for metrics. 0 if sled
-    /// cannot tell.
+    /// Bytes the store uses on disk (log segments, plus sled's metadata and
+    /// snapshot), for metrics. sled's part is 0 if sled cannot tell.
     pub fn size_on_disk(&self) -> u64 {
-        match self.shared.db.size_on_disk() {
+        let sled = match self.shared.db.size_on_disk() {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read sled size on disk");
                 0
             }
-        }
+        };
+        sled + self.shared.log.size_on_disk()
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, Applied> {

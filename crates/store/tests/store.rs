@@ -293,6 +293,27 @@ async fn make() -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// The one segment file of a store made by [`make`].
+fn segment(dir: &Path) -> Result<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("raftlog"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    ensure!(files.len() == 1, "expected one segment, found {files:?}");
+    Ok(files.remove(0))
+}
+
+/// Byte offsets of the records of a segment (u32 length, u32 crc, u64 index, payload).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= bytes.len() {
+        out.push(off);
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        off += 16 + len;
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
     // Tamper with one key through sled directly, then expect `open` to refuse.
@@ -314,18 +335,120 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
         tamper(d.path(), "meta", b"vote", Some(b"\xff\xff\xff"))?
     );
     let d = make().await?;
-    eprintln!("{}", tamper(d.path(), "logs", &7u64.to_be_bytes(), None)?);
-    let d = make().await?;
-    eprintln!(
-        "{}",
-        tamper(d.path(), "logs", &20u64.to_be_bytes(), Some(b"junk"))?
-    );
-    let d = make().await?;
     eprintln!(
         "{}",
         tamper(d.path(), "snapshot", b"data", Some(b"QSNP\x01junk"))?
     );
     let d = make().await?;
     eprintln!("{}", tamper(d.path(), "meta", b"format", Some(b"other/9"))?);
+
+    // A record damaged in the middle of the log (an intact one follows it).
+    let d = make().await?;
+    let path = segment(d.path())?;
+    let mut bytes = std::fs::read(&path)?;
+    let at = record_offsets(&bytes)[6] + 20; // inside entry 7's payload
+    bytes[at] ^= 0x55;
+    std::fs::write(&path, &bytes)?;
+    let msg = expect_corrupt(d.path())?;
+    ensure!(msg.contains("index 7") && msg.contains("checksum"), "{msg}");
+
+    // A lost record (entries 6 and 8 would be neighbours).
+    let d = make().await?;
+    let path = segment(d.path())?;
+    let bytes = std::fs::read(&path)?;
+    let offs = record_offsets(&bytes);
+    let mut cut = bytes[..offs[6]].to_vec();
+    cut.extend_from_slice(&bytes[offs[7]..]);
+    std::fs::write(&path, &cut)?;
+    let msg = expect_corrupt(d.path())?;
+    ensure!(msg.contains("index 7"), "{msg}");
+
+    // The log directory itself is gone: never start with an empty log.
+    let d = make().await?;
+    std::fs::remove_dir_all(d.path().join("raftlog"))?;
+    let msg = expect_corrupt(d.path())?;
+    ensure!(msg.contains("raftlog/ is missing"), "{msg}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
+    // What a crash in the middle of a write leaves: the last record cut short, or
+    // garbage after the last complete record. Neither was acknowledged.
+    for tear in ["short", "garbage", "zeros"] {
+        let d = make().await?;
+        let path = segment(d.path())?;
+        let mut bytes = std::fs::read(&path)?;
+        match tear {
+            "short" => {
+                let last = *record_offsets(&bytes).last().unwrap();
+                bytes.truncate(last + 19);
+            }
+            "garbage" => bytes.extend_from_slice(&[7u8; 40]),
+            _ => bytes.extend_from_slice(&[0u8; 4096]),
+        }
+        std::fs::write(&path, &bytes)?;
+        let mut st = open(d.path())?;
+        let last = st.log.get_log_state().await?.last_log_id.map(|l| l.index);
+        let expect = if tear == "short" { 19 } else { 20 };
+        ensure!(last == Some(expect), "{tear}: log ends at {last:?}");
+        // Appending goes on from there, and survives a reopen.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.log
+            .append_with_callback([entry(1, expect + 1)], move |r| {
+                let _ = tx.send(r);
+            })?;
+        rx.await??;
+        drop(st);
+        let mut st = open(d.path())?;
+        let got = st.log.try_get_log_entries(..).await?;
+        ensure!(
+            got.iter().map(|e| e.log_id.index).eq(1..=expect + 1),
+            "{tear}: {:?}",
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
+    // Format 1 kept the log in sled's `logs` tree (big-endian index keys, the store's
+    // bincode options). Build one by hand: entries 1..=30, 1..=10 purged.
+    let d = tempfile::tempdir()?;
+    {
+        let codec = || bincode::DefaultOptions::new().reject_trailing_bytes();
+        use bincode::Options;
+        std::fs::create_dir_all(d.path())?;
+        let db = sled::open(d.path().join("sled"))?;
+        let meta = db.open_tree("meta")?;
+        meta.insert("format", &b"quorate-store/1"[..])?;
+        meta.insert("vote", codec().serialize(&Vote::<u64>::new(2, 1))?)?;
+        meta.insert("last_purged", codec().serialize(&log_id(1, 10))?)?;
+        meta.insert("committed", codec().serialize(&log_id(1, 30))?)?;
+        let logs = db.open_tree("logs")?;
+        for i in 5..=30u64 {
+            logs.insert(i.to_be_bytes(), codec().serialize(&entry(1, i))?)?;
+        }
+        db.flush()?;
+    }
+    for _ in 0..2 {
+        let mut st = open(d.path())?;
+        let s = st.log.get_log_state().await?;
+        ensure!(s.last_purged_log_id == Some(log_id(1, 10)), "{s:?}");
+        ensure!(s.last_log_id == Some(log_id(1, 30)), "{s:?}");
+        let got = st.log.try_get_log_entries(..).await?;
+        ensure!(got.iter().map(|e| e.log_id.index).eq(11..=30));
+        ensure!(got.iter().all(|e| *e == entry(1, e.log_id.index)));
+        let vote = st.log.read_vote().await?;
+        ensure!(vote == Some(Vote::new(2, 1)), "{vote:?}");
+        drop(st);
+        // The sled copy is gone and the store says format 2: a binary that only knows
+        // format 1 refuses it instead of finding an empty log.
+        let db = sled::open(d.path().join("sled"))?;
+        ensure!(!db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
+        let format = db.open_tree("meta")?.get("format")?;
+        ensure!(format.as_deref() == Some(&b"quorate-store/2"[..]));
+    }
     Ok(())
 }

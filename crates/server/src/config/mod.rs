@@ -198,6 +198,9 @@ pub struct ServerSection {
     /// Log entries the leader keeps in flight at once; requests arriving meanwhile
     /// accumulate into the next entry.
     pub batch_max_in_flight: NonZeroUsize,
+    /// Forwarding requests a follower keeps in flight to the leader at once; writes
+    /// arriving meanwhile share the next request.
+    pub forward_max_in_flight: NonZeroUsize,
     /// How often the leader proposes housekeeping (expire dead leases, advance time).
     pub expire_interval_ms: NonZeroMillis,
     /// On shutdown, how long in-flight requests may take to finish.
@@ -231,6 +234,7 @@ impl Default for ServerSection {
             max_body_bytes: nz(65536),
             batch_max_ops: nz(512),
             batch_max_in_flight: nz(3),
+            forward_max_in_flight: nz(12),
             expire_interval_ms: nz_ms(1000),
             drain_timeout_ms: Millis::new(10_000),
             max_connections: nz(4096),

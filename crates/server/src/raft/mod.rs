@@ -59,7 +59,6 @@ use forwarder::Forwarder;
 const MEMBERSHIP_TIMEOUT_FACTOR: u32 = 6;
 
 /// A follower's forwarding requests in flight per leader entry in flight.
-const FORWARD_IN_FLIGHT_FACTOR: usize = 4;
 
 /// Sentinel for "no index" in the cached committed index.
 const NONE: u64 = u64::MAX;
@@ -157,10 +156,7 @@ impl Node {
             Arc::new(forwarder::PeerTransport(peers.clone())),
             forwarder::Limits {
                 max_ops: config.server.batch_max_ops.get(),
-                // More requests in flight than the leader has entries: a request is
-                // answered only when its last op is applied, so a follower holding
-                // ops back until then would add a round trip to their wait.
-                max_in_flight: config.server.batch_max_in_flight.get() * FORWARD_IN_FLIGHT_FACTOR,
+                max_in_flight: config.server.forward_max_in_flight.get(),
             },
             metrics.clone(),
         );
