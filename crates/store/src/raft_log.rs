@@ -128,6 +128,9 @@ struct Inner {
     /// Slots before this position hold no cached bytes.
     evicted: usize,
     next_seq: u64,
+    /// [`SEGMENT_BYTES`] and [`CACHE_BYTES`]; tests lower them.
+    segment_bytes: u64,
+    cache_bytes: usize,
 }
 
 /// The log files of one store. Shared by the log store and its readers.
@@ -306,6 +309,8 @@ impl RaftLog {
             cached_bytes: 0,
             evicted: 0,
             next_seq: 1,
+            segment_bytes: SEGMENT_BYTES,
+            cache_bytes: CACHE_BYTES,
         };
         let n = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
@@ -441,7 +446,7 @@ impl RaftLog {
             let rotate = inner
                 .segments
                 .back()
-                .is_none_or(|s| s.end >= SEGMENT_BYTES || s.next != index);
+                .is_none_or(|s| s.end >= inner.segment_bytes || s.next != index);
             if overwrite || rotate {
                 if let Some((file, offset)) = buf_file.take() {
                     let seq = inner.next_seq - 1;
@@ -460,7 +465,7 @@ impl RaftLog {
             let rotate = inner
                 .segments
                 .back()
-                .is_none_or(|s| s.end >= SEGMENT_BYTES || s.next != index);
+                .is_none_or(|s| s.end >= inner.segment_bytes || s.next != index);
             if rotate {
                 let file = Arc::new(SegmentFile {
                     path: self.dir.join(segment_name(index)),
@@ -523,7 +528,7 @@ impl RaftLog {
     /// cache is within its budget.
     fn evict(&self, inner: &mut Inner) {
         let written = self.written_seq.load(Ordering::Acquire);
-        while inner.cached_bytes > CACHE_BYTES && inner.evicted < inner.slots.len() {
+        while inner.cached_bytes > inner.cache_bytes && inner.evicted < inner.slots.len() {
             let at = inner.evicted;
             if let Some(slot) = &mut inner.slots[at] {
                 if slot.seq > written {
@@ -681,5 +686,108 @@ impl RaftLog {
     /// Bytes of the segment files (reserved, so it includes writes still queued).
     pub(crate) fn size_on_disk(&self) -> u64 {
         self.lock().segments.iter().map(|s| s.end).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn append(log: &crate::LogStore, entries: Vec<Entry<TypeConfig>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.append_with_callback(entries, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    fn segments(dir: &Path) -> Vec<OsString> {
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(LOG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    /// Many small segments: rotation, reads from the files (no cache), a truncation
+    /// that removes whole segments and cuts one, a purge that removes the dead ones,
+    /// and all of it as `open` reads it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_rotate_truncate_purge_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        let mut log = st.log.clone();
+        {
+            let mut inner = log.shared.log.lock();
+            inner.segment_bytes = 200;
+            inner.cache_bytes = 0;
+        }
+        for i in 1..=60 {
+            append(&log, vec![entry(1, i)]).await;
+        }
+        let before = segments(dir.path()).len();
+        assert!(before >= 5, "{before} segments");
+        let all = log.try_get_log_entries(1..=60).await.unwrap();
+        assert_eq!(indexes(&all), (1..=60).map(|i| (1, i)).collect::<Vec<_>>());
+
+        // A new leader overwrote 25..: everything from 25 on goes, then term 2 follows.
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 25))
+            .await
+            .unwrap();
+        append(&log, (25..=40).map(|i| entry(2, i)).collect()).await;
+        let expect: Vec<_> = (1..=24)
+            .map(|i| (1, i))
+            .chain((25..=40).map(|i| (2, i)))
+            .collect();
+        assert_eq!(indexes(&log.try_get_log_entries(..).await.unwrap()), expect);
+
+        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 30))
+            .await
+            .unwrap();
+        // Removals are queued, not awaited by `purge`; a flush comes after them.
+        log.flush().await.unwrap();
+        let left = segments(dir.path());
+        assert!(left.len() < before, "{left:?}");
+        assert!(
+            left.iter()
+                .all(|n| n.to_string_lossy().as_ref() >= "00000000000000000026.log"),
+            "a segment holding only purged entries is still there: {left:?}"
+        );
+        assert_eq!(
+            indexes(&log.try_get_log_entries(..).await.unwrap()),
+            (31..=40).map(|i| (2, i)).collect::<Vec<_>>()
+        );
+        drop((st, log));
+
+        let st = crate::open(dir.path()).unwrap();
+        let mut log = st.log.clone();
+        assert_eq!(
+            indexes(&log.try_get_log_entries(..).await.unwrap()),
+            (31..=40).map(|i| (2, i)).collect::<Vec<_>>()
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(40));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(30));
     }
 }
