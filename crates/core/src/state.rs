@@ -965,7 +965,12 @@ impl State {
                 if let Some(u) = &mut self.undo {
                     u.rate(&c.key, self.rate.get(&c.key).copied());
                 }
-                if let Some(old) = self.rate.insert(c.key.clone(), d.new_tat) {
+                // An existing bucket is updated in place: no copy of its key.
+                let old = match self.rate.get_mut(&c.key) {
+                    Some(tat) => Some(std::mem::replace(tat, d.new_tat)),
+                    None => self.rate.insert(c.key.clone(), d.new_tat),
+                };
+                if let Some(old) = old {
                     self.rate_sum = self.rate_sum.wrapping_sub(entry_hash(&(&c.key, old)));
                 }
                 self.rate_sum = self.rate_sum.wrapping_add(entry_hash(&(&c.key, d.new_tat)));

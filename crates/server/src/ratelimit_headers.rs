@@ -93,15 +93,17 @@ fn secs(ms: u64) -> u64 {
 /// `X-RateLimit-*` trio taken from `top`. Names are lower case (HTTP/2 and gRPC
 /// metadata require it; HTTP/1 is case-insensitive).
 pub fn fields(quotas: &[Quota<'_>], top: &Quota<'_>) -> Vec<(&'static str, String)> {
+    // One digest per quota, shared by both fields.
+    let keys: Vec<String> = quotas.iter().map(|q| partition_key(q.key)).collect();
     let policy = quotas
         .iter()
-        .map(|q| {
+        .zip(&keys)
+        .map(|(q, pk)| {
             format!(
-                "{};q={};w={};pk={};quorate-burst={}",
+                "{};q={};w={};pk={pk};quorate-burst={}",
                 sf_string(q.policy),
                 q.limit,
                 secs(q.period_ms).max(1),
-                partition_key(q.key),
                 q.burst
             )
         })
@@ -109,13 +111,13 @@ pub fn fields(quotas: &[Quota<'_>], top: &Quota<'_>) -> Vec<(&'static str, Strin
         .join(", ");
     let state = quotas
         .iter()
-        .map(|q| {
+        .zip(&keys)
+        .map(|(q, pk)| {
             format!(
-                "{};r={};t={};pk={}",
+                "{};r={};t={};pk={pk}",
                 sf_string(q.policy),
                 q.remaining,
                 secs(q.reset_after_ms),
-                partition_key(q.key)
             )
         })
         .collect::<Vec<_>>()

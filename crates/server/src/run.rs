@@ -122,13 +122,13 @@ pub async fn serve_on(
         backend: node.clone(),
         metrics: metrics.clone(),
         stats,
-        config: ApiConfig {
+        config: Arc::new(ApiConfig {
             auth: security.api.clone(),
             node_id,
             default_ttl_ms: config.limits.default_ttl_ms.ms(),
             max_body_bytes: config.server.max_body_bytes.get(),
             request_timeout: config.request_timeout(),
-        },
+        }),
     });
     let peer_router = peer::router(node.clone(), security.peer.clone());
     let grpc_service = RateLimitGrpc {

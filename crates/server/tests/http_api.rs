@@ -72,13 +72,13 @@ fn app_with_auth(auth: ApiAuth, peer_ip: [u8; 4]) -> App {
         backend: backend.clone(),
         metrics: metrics.clone(),
         stats: Arc::new(Stats::new(1, metrics, Duration::from_secs(5), 10)),
-        config: ApiConfig {
+        config: Arc::new(ApiConfig {
             auth,
             node_id: 1,
             default_ttl_ms: 30_000,
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(2),
-        },
+        }),
     };
     App {
         router: router(state).layer(MockConnectInfo(SocketAddr::from((peer_ip, 40000)))),

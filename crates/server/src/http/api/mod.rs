@@ -62,14 +62,15 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
 }
 
-/// Everything a handler can reach.
+/// Everything a handler can reach. axum clones it for every extractor and middleware
+/// of every request, so it is four reference counts and nothing that allocates.
 #[derive(Clone)]
 pub struct ApiState {
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
     /// This node's sampled activity (`GET /v1/stats`, the status page's charts).
     pub stats: Arc<Stats>,
-    pub config: ApiConfig,
+    pub config: Arc<ApiConfig>,
 }
 
 /// The public router (`/v1/...`, `/healthz`, `/readyz`, `/metrics`), built from the

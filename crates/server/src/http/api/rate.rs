@@ -185,6 +185,8 @@ pub(super) async fn rate_check(
         StatusCode::TOO_MANY_REQUESTS
     };
     let mut resp = (status, JsonResponse(body)).into_response();
+    // The rate-limit fields, Retry-After and Content-Length: room for all at once.
+    resp.headers_mut().reserve(8);
     rate_headers(resp.headers_mut(), &names, &decision.results, &top);
     if !decision.allowed {
         set_retry_after(resp.headers_mut(), top.retry_after_ms);
