@@ -58,8 +58,6 @@ use forwarder::Forwarder;
 /// Membership changes may take longer than a normal request (a learner catches up).
 const MEMBERSHIP_TIMEOUT_FACTOR: u32 = 6;
 
-/// A follower's forwarding requests in flight per leader entry in flight.
-
 /// Sentinel for "no index" in the cached committed index.
 const NONE: u64 = u64::MAX;
 
