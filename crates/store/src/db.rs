@@ -8,12 +8,12 @@
 //! |            | `vote`                      | bincode `Vote<u64>`                     |
 //! |            | `committed`                 | bincode `LogId<u64>` (absent = none)    |
 //! |            | `last_purged`               | bincode `LogId<u64>`                    |
-//! | `snapshot` | `meta`                      | bincode `SnapshotMeta<u64, NodeInfo>`   |
-//! |            | `data`                      | snapshot bytes (see `snapshot.rs`)      |
+//! | `snapshot` | `meta`, `data`              | only in stores written before snapshots |
+//! |            |                             | got their own file; read, then removed  |
 //!
-//! The snapshot's meta and data are written in one sled batch, so they can never
-//! disagree. One `Db` for vote, committed id and snapshot because sled is built around
-//! one `Db` per process: a single `flush()` covers them together, and sled's recovery
+//! The snapshot is the file `<data dir>/snapshot` (`snapshot_file.rs`). One `Db` for
+//! the small records because sled is built around one `Db` per process: a single
+//! `flush()` covers them together, and sled's recovery
 //! restores a *prefix* of the writes made to it.
 //!
 //! Format 1 (`quorate-store/1`) kept the log in a sled tree `logs` (big-endian index
@@ -117,11 +117,10 @@ pub(crate) const SLED_DIR: &str = "sled";
 /// Where a new store is prepared before being renamed to [`SLED_DIR`].
 const CREATING_DIR: &str = "sled.creating";
 
-/// sled's page cache. Its default (1 GiB) lets it keep every Raft snapshot it
-/// writes (tens of MB at a million keys) resident on top of the state itself,
-/// which is already in memory; what sled must serve quickly is only the recent
-/// log entries being replicated, a few MB.
-const SLED_CACHE_BYTES: u64 = 64 << 20;
+/// sled's page cache. sled now holds only a few small records (the log and the
+/// snapshot have their own files), so its default (1 GiB) or even the 64 MiB it had
+/// while it held the log would only keep dead pages resident.
+const SLED_CACHE_BYTES: u64 = 4 << 20;
 
 /// Opens (or creates) the sled database under `dir` and checks the format marker.
 ///
@@ -186,9 +185,15 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             .map_err(io)?;
     }
 
+    // No background flush thread: the flusher flushes sled whenever a write must be
+    // durable (vote, purge, snapshot), and the one record written without a flush,
+    // the committed id, is a hint (see `log_store.rs`). sled's thread would wake its
+    // IO pool every 500 ms and, holding the database, keep its file lock for a moment
+    // after the store is dropped.
     let db = sled::Config::new()
         .path(&db_dir)
         .cache_capacity(SLED_CACHE_BYTES)
+        .flush_every_ms(None)
         .open()
         .map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(open_err)?;

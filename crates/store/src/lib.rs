@@ -1,17 +1,19 @@
-//! # quorate-store: openraft 0.9 storage on sled, wrapping quorate-core
+//! # quorate-store: openraft 0.9 storage on files and sled, wrapping quorate-core
 //!
 //! [`open`] gives a node its [`Storage`]: a [`LogStore`] (Raft log, vote, committed
 //! index) and a [`StateMachineStore`] (the limiter state, applied through
-//! `quorate_core::State::apply`, plus snapshots). Both sit on **one** `sled::Db` per
-//! process, in separate trees (layout in `db.rs`). All business logic stays in core;
-//! this crate only orders, persists and replays.
+//! `quorate_core::State::apply`, plus snapshots). The log is a set of checksummed
+//! segment files (`raft_log.rs`), the snapshot one checksummed file
+//! (`snapshot_file.rs`), and the small records (vote, committed and purged ids,
+//! format marker) live in **one** `sled::Db` per process (layout in `db.rs`). All
+//! business logic stays in core; this crate only orders, persists and replays.
 //!
 //! ## Durability
 //!
-//! - An append is acknowledged to openraft only after `Db::flush()` (fsync) covered
-//!   it. One flusher thread (`flusher.rs`) does every flush, so a burst of appends shares
-//!   one fsync (group commit) and sled's deadlocking concurrent `flush_async`
-//!   (sled #1308) is never used.
+//! - An append is acknowledged to openraft only after an `fdatasync` of its segment
+//!   covered it. One flusher thread (`flusher.rs`) does every log write and every
+//!   flush, so a burst of appends shares one fsync (group commit) and sled's
+//!   deadlocking concurrent `flush_async` (sled #1308) is never used.
 //! - Votes, truncations and snapshots wait for a flush before returning.
 //! - The state machine itself is in memory; see below for why and how it survives a
 //!   crash. `tests/crash.rs` SIGKILLs a writer process at random points and checks that
@@ -58,8 +60,8 @@
 //! restart; with memory + snapshots a restart is "load snapshot, replay the log after
 //! it", which stays in seconds even at 1M keys, and apply is a pure function call.
 //! Consistency after a crash comes from one rule: last-applied id, last membership
-//! and core state are only ever persisted together, in one snapshot blob written in
-//! one sled batch; the committed index is persisted (`save_committed`), so openraft
+//! and core state are only ever persisted together, in one snapshot file replaced
+//! atomically (write, fsync, rename); the committed index is persisted (`save_committed`), so openraft
 //! re-applies exactly the committed entries after that snapshot at startup.
 //!
 //! ## Modules
@@ -75,6 +77,7 @@ mod log_store;
 mod migrate;
 mod raft_log;
 mod snapshot;
+mod snapshot_file;
 mod state_machine;
 
 use std::path::Path;
@@ -133,6 +136,7 @@ impl Storage {
             && empty(&s.meta, KEY_COMMITTED)
             && empty(&s.meta, KEY_LAST_PURGED)
             && empty(&s.snap, db::KEY_SNAP_META)
+            && !snapshot_file::exists(&s.dir)
             && s.log.is_empty()
             && self.sm.last_applied().is_none()
     }

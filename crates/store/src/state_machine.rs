@@ -27,9 +27,10 @@ use openraft::{
 };
 use quorate_core::State;
 
-use crate::db::{decode, encode, Shared, KEY_SNAP_DATA, KEY_SNAP_META};
+use crate::db::{decode, Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
 use crate::snapshot::{decode_snapshot, encode_snapshot, Header};
+use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
 
 /// What has been applied: core state plus openraft's bookkeeping, always updated
@@ -46,12 +47,10 @@ pub(crate) struct Applied {
 pub struct StateMachineStore {
     pub(crate) shared: Arc<Shared>,
     pub(crate) applied: Arc<RwLock<Applied>>,
-    /// Serializes writers of the `snapshot` tree (a build finishing late must not
+    /// Serializes writers of the snapshot file (a build finishing late must not
     /// overwrite a newer installed snapshot). Held across awaits, hence tokio's.
     pub(crate) snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
-
-type SnapMeta = SnapshotMeta<u64, NodeInfo>;
 
 impl StateMachineStore {
     pub(crate) fn new(shared: Arc<Shared>, applied: Applied) -> Self {
@@ -133,10 +132,14 @@ impl StateMachineStore {
         Ok(out)
     }
 
-    /// Reads the persisted snapshot, if any.
+    /// Reads the persisted snapshot, if any: the snapshot file, else (a store written
+    /// before snapshots left sled) the `snapshot` tree.
     pub(crate) fn load_snapshot(
         shared: &Shared,
     ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
+        if let Some(found) = snapshot_file::read(&shared.dir)? {
+            return Ok(Some(found));
+        }
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
             return Ok(None);
         };
@@ -151,12 +154,17 @@ impl StateMachineStore {
         Ok(Some((meta, data.to_vec())))
     }
 
-    /// Writes meta and data in one batch (so they always match). Not flushed.
+    /// Replaces the snapshot file (meta and data together, durably: see
+    /// `snapshot_file.rs`), then drops a copy an older version kept in sled (the file
+    /// wins if that removal is lost).
     fn persist_snapshot(shared: &Shared, meta: &SnapMeta, data: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_SNAP_META, encode("snapshot meta", meta)?);
-        batch.insert(KEY_SNAP_DATA, data);
-        shared.snap.apply_batch(batch)?;
+        snapshot_file::write(&shared.dir, meta, data)?;
+        if shared.snap.contains_key(KEY_SNAP_META)? {
+            let mut batch = sled::Batch::default();
+            batch.remove(KEY_SNAP_META);
+            batch.remove(KEY_SNAP_DATA);
+            shared.snap.apply_batch(batch)?;
+        }
         Ok(())
     }
 
@@ -220,6 +228,9 @@ impl StateMachineStore {
     }
 
     fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
+        if let Some(meta) = snapshot_file::read_meta(&shared.dir)? {
+            return Ok(Some(meta));
+        }
         match shared.snap.get(KEY_SNAP_META)? {
             Some(b) => Ok(Some(decode("snapshot meta", &b)?)),
             None => Ok(None),

@@ -34,7 +34,7 @@ async fn fed_and_snapshotted(
     Storage,
     openraft::storage::Snapshot<quorate_store::TypeConfig>,
 )> {
-    let mut st = open(dir)?;
+    let mut st = open_unlocked(dir)?;
     feed(&mut st, 1, to).await?;
     let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
     Ok((st, snap))
@@ -55,7 +55,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 300)));
     assert_eq!(a.sm.digest(), replay(300).digest());
 
-    let mut b = open(b_dir.path())?;
+    let mut b = open_unlocked(b_dir.path())?;
     assert!(b.is_fresh());
     let mut rx = b.sm.begin_receiving_snapshot().await?;
     *rx = *snap.snapshot;
@@ -72,7 +72,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     // The installed snapshot survives a restart of the follower.
     let digest = b.sm.digest();
     drop(b);
-    let b = open(b_dir.path())?;
+    let b = open_unlocked(b_dir.path())?;
     assert_eq!(b.sm.digest(), digest);
     assert_eq!(b.sm.last_applied(), Some(log_id(1, 300)));
     Ok(())
@@ -82,7 +82,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
 async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
     let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let (_a, snap) = fed_and_snapshotted(a_dir.path(), 10).await?;
-    let mut b = open(b_dir.path())?;
+    let mut b = open_unlocked(b_dir.path())?;
     let mut meta = snap.meta.clone();
     meta.last_log_id = Some(log_id(1, 11));
     assert!(b
@@ -109,7 +109,7 @@ async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
 
     // Reopening in the same process right away works: the flusher thread and sled's
     // lock are released on drop.
-    let mut st = open(dir.path())?;
+    let mut st = open_unlocked(dir.path())?;
     assert_eq!(
         st.sm.last_applied(),
         Some(log_id(1, 100)),
@@ -130,7 +130,7 @@ async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_edges() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut st = open(dir.path())?;
+    let mut st = open_unlocked(dir.path())?;
     feed(&mut st, 1, 10).await?;
     let log = &mut st.log;
 
@@ -174,7 +174,7 @@ async fn log_edges() -> Result<()> {
     })?;
     rx.await??;
     drop(st);
-    let mut st = open(dir.path())?;
+    let mut st = open_unlocked(dir.path())?;
     let s = st.log.get_log_state().await?;
     assert_eq!(
         (s.last_purged_log_id, s.last_log_id),
@@ -193,7 +193,7 @@ async fn log_edges() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_flushes() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let st = open(dir.path())?;
+    let st = open_unlocked(dir.path())?;
     let before = st.log.flush_stats();
     let n = 200u64;
     let mut waiters = Vec::new();
@@ -216,8 +216,49 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
     Ok(())
 }
 
+/// `open`, polling while sled's lock is still held: a dropped `sled::Db` (a test's
+/// own, or a dropped store's) keeps its file lock until sled's IO threads let go of
+/// it, which can be a moment later. A store is reopened in a new process in
+/// production; in one process, a plain `open` right after a drop failed about one
+/// run in ten.
+fn open_unlocked(dir: &Path) -> Result<Storage, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `sled::open` of a store's database, polling while the lock is still held (see
+/// [`open_unlocked`]).
+fn sled_unlocked(dir: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir.join("sled")) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn expect_corrupt(dir: &Path) -> Result<String> {
-    match open(dir) {
+    check_refused(dir, open_unlocked(dir))
+}
+
+fn check_refused(dir: &Path, opened: Result<Storage, StoreError>) -> Result<String> {
+    match opened {
         Ok(_) => anyhow::bail!("opened a bad data dir {}", dir.display()),
         Err(e) => {
             let msg = e.to_string();
@@ -250,7 +291,7 @@ async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
     // The sled files overwritten with garbage.
     let dir = tempfile::tempdir()?;
     {
-        let mut st = open(dir.path())?;
+        let mut st = open_unlocked(dir.path())?;
         feed(&mut st, 1, 20).await?;
         st.log.save_vote(&Vote::new(3, 1)).await?;
     }
@@ -266,7 +307,7 @@ async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
 
     // The sled directory emptied: no marker, no data.
     let dir = tempfile::tempdir()?;
-    drop(open(dir.path())?);
+    drop(open_unlocked(dir.path())?);
     std::fs::remove_dir_all(dir.path().join("sled"))?;
     std::fs::create_dir(dir.path().join("sled"))?;
     let msg = expect_corrupt(dir.path())?;
@@ -278,7 +319,7 @@ async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
 async fn second_open_of_a_live_dir_fails_with_path() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _first = open(dir.path())?;
-    let msg = expect_corrupt(dir.path())?;
+    let msg = check_refused(dir.path(), open(dir.path()))?;
     assert!(msg.contains("lock"), "{msg}");
     Ok(())
 }
@@ -286,7 +327,7 @@ async fn second_open_of_a_live_dir_fails_with_path() -> Result<()> {
 /// A store with 20 entries, a vote and a snapshot.
 async fn make() -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    let mut st = open(dir.path())?;
+    let mut st = open_unlocked(dir.path())?;
     feed(&mut st, 1, 20).await?;
     st.log.save_vote(&Vote::new(3, 1)).await?;
     st.sm.get_snapshot_builder().await.build_snapshot().await?;
@@ -319,7 +360,7 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
     // Tamper with one key through sled directly, then expect `open` to refuse.
     let tamper = |dir: &Path, tree: &str, key: &[u8], value: Option<&[u8]>| -> Result<String> {
         {
-            let db = sled::open(dir.join("sled"))?;
+            let db = sled_unlocked(dir)?;
             let t = db.open_tree(tree)?;
             match value {
                 Some(v) => t.insert(key, v)?,
@@ -334,10 +375,17 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
         "{}",
         tamper(d.path(), "meta", b"vote", Some(b"\xff\xff\xff"))?
     );
+    // A damaged snapshot file (its crc catches any flipped byte).
     let d = make().await?;
-    eprintln!(
-        "{}",
-        tamper(d.path(), "snapshot", b"data", Some(b"QSNP\x01junk"))?
+    let snap = d.path().join("snapshot");
+    let mut bytes = std::fs::read(&snap)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&snap, &bytes)?;
+    let msg = expect_corrupt(d.path())?;
+    ensure!(
+        msg.contains("snapshot") && msg.contains("checksum"),
+        "{msg}"
     );
     let d = make().await?;
     eprintln!("{}", tamper(d.path(), "meta", b"format", Some(b"other/9"))?);
@@ -388,7 +436,7 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
             _ => bytes.extend_from_slice(&[0u8; 4096]),
         }
         std::fs::write(&path, &bytes)?;
-        let mut st = open(d.path())?;
+        let mut st = open_unlocked(d.path())?;
         let last = st.log.get_log_state().await?.last_log_id.map(|l| l.index);
         let expect = if tear == "short" { 19 } else { 20 };
         ensure!(last == Some(expect), "{tear}: log ends at {last:?}");
@@ -400,7 +448,7 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
             })?;
         rx.await??;
         drop(st);
-        let mut st = open(d.path())?;
+        let mut st = open_unlocked(d.path())?;
         let got = st.log.try_get_log_entries(..).await?;
         ensure!(
             got.iter().map(|e| e.log_id.index).eq(1..=expect + 1),
@@ -420,7 +468,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         let codec = || bincode::DefaultOptions::new().reject_trailing_bytes();
         use bincode::Options;
         std::fs::create_dir_all(d.path())?;
-        let db = sled::open(d.path().join("sled"))?;
+        let db = sled_unlocked(d.path())?;
         let meta = db.open_tree("meta")?;
         meta.insert("format", &b"quorate-store/1"[..])?;
         meta.insert("vote", codec().serialize(&Vote::<u64>::new(2, 1))?)?;
@@ -433,7 +481,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         db.flush()?;
     }
     for _ in 0..2 {
-        let mut st = open(d.path())?;
+        let mut st = open_unlocked(d.path())?;
         let s = st.log.get_log_state().await?;
         ensure!(s.last_purged_log_id == Some(log_id(1, 10)), "{s:?}");
         ensure!(s.last_log_id == Some(log_id(1, 30)), "{s:?}");
@@ -442,13 +490,48 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         ensure!(got.iter().all(|e| *e == entry(1, e.log_id.index)));
         let vote = st.log.read_vote().await?;
         ensure!(vote == Some(Vote::new(2, 1)), "{vote:?}");
-        drop(st);
-        // The sled copy is gone and the store says format 2: a binary that only knows
-        // format 1 refuses it instead of finding an empty log.
-        let db = sled::open(d.path().join("sled"))?;
-        ensure!(!db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
-        let format = db.open_tree("meta")?.get("format")?;
-        ensure!(format.as_deref() == Some(&b"quorate-store/2"[..]));
     }
+    // The sled copy is gone and the store says format 2: a binary that only knows
+    // format 1 refuses it instead of finding an empty log. (Opened last: sled's own
+    // threads may hold its lock a moment after a handle is dropped.)
+    let db = sled_unlocked(d.path())?;
+    ensure!(!db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
+    let format = db.open_tree("meta")?.get("format")?;
+    ensure!(format.as_deref() == Some(&b"quorate-store/2"[..]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_kept_in_sled_by_an_older_version_is_restored_then_moved() -> Result<()> {
+    // Before snapshots got their own file they were two sled values, `snapshot/meta`
+    // (bincode SnapshotMeta) and `snapshot/data`. Put one there by hand, taken apart
+    // from a real snapshot file (data | meta | u64 meta length | u32 crc).
+    let d = make().await?;
+    let digest = {
+        let st = open_unlocked(d.path())?;
+        st.sm.digest()
+    };
+    let file = std::fs::read(d.path().join("snapshot"))?;
+    let body = file.len() - 4;
+    let meta_len = u64::from_le_bytes(file[body - 8..body].try_into()?) as usize;
+    let meta_at = body - 8 - meta_len;
+    {
+        let db = sled_unlocked(d.path())?;
+        let snap = db.open_tree("snapshot")?;
+        snap.insert("meta", &file[meta_at..meta_at + meta_len])?;
+        snap.insert("data", &file[..meta_at])?;
+        db.flush()?;
+    }
+    std::fs::remove_file(d.path().join("snapshot"))?;
+
+    let mut st = open_unlocked(d.path())?;
+    assert_eq!(st.sm.digest(), digest);
+    assert_eq!(st.sm.last_applied(), Some(log_id(1, 20)));
+    // The next snapshot is a file, and the sled copy goes.
+    st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    drop(st);
+    assert!(d.path().join("snapshot").exists());
+    let db = sled_unlocked(d.path())?;
+    assert!(db.open_tree("snapshot")?.is_empty());
     Ok(())
 }
