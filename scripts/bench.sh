@@ -411,7 +411,7 @@ if has "$SYSTEMS" quorate && [[ $STATE == 1 ]]; then
     hwm=$(awk '/VmHWM/{print $2}' "/proc/${PID[q$id]}/status")
     size=$(du -sb "$WORK/quorate/data/node-$id" | cut -f1)
     role=follower; [[ $id == "$leader" ]] && role=leader
-    extra state "node $id ($role): RSS / peak RSS / data dir (sled: log + state + Raft snapshot)" \
+    extra state "node $id ($role): RSS / peak RSS / data dir (raftlog/ + snapshot + sled/)" \
       "$((rss / 1024)) MiB / $((hwm / 1024)) MiB / $((size / 1024 / 1024)) MiB"
   done
 
