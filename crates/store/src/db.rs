@@ -23,10 +23,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec::{decode, encode};
 use crate::flusher::Flusher;
 use crate::raft_log::{RaftLog, LOG_DIR};
 use crate::StoreError;
@@ -63,30 +63,6 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
         reason: format!("expected 8 bytes, found {}", key.len()),
     })?;
     Ok(u64::from_be_bytes(bytes))
-}
-
-/// bincode with varint integers (entries are mostly small numbers and strings) and
-/// strict decoding: trailing garbage is an error, not ignored.
-fn codec() -> impl Options {
-    bincode::DefaultOptions::new().reject_trailing_bytes()
-}
-
-pub(crate) fn encode<T: Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-) -> Result<Vec<u8>, StoreError> {
-    codec()
-        .serialize(value)
-        .map_err(|source| StoreError::Codec { what, source })
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    codec()
-        .deserialize(bytes)
-        .map_err(|source| StoreError::Codec { what, source })
 }
 
 impl Shared {

@@ -26,15 +26,36 @@
 //! runtime: the openraft test suite opens and drops stores across many short-lived
 //! runtimes, and a blocking fsync must not occupy an async worker anyway.
 
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crate::raft_log::{sync_dir, SegmentFile};
 use crate::StoreError;
+
+/// A segment file. A new segment's file is created by the flusher, in order with
+/// the removals queued before it (a truncation can remove a segment whose name the
+/// next append reuses), so the handle is set once the flusher got there.
+pub(crate) struct SegmentFile {
+    pub(crate) path: PathBuf,
+    pub(crate) file: OnceLock<File>,
+}
+
+impl SegmentFile {
+    pub(crate) fn get(&self) -> std::io::Result<&File> {
+        self.file.get().ok_or_else(|| {
+            std::io::Error::other(format!("{} was never created", self.path.display()))
+        })
+    }
+}
+
+/// fsyncs a directory, so that files created or removed in it stay so.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
 
 /// A durability callback: called with `Ok(())` once the data written before it was
 /// submitted is on disk, or with the error.

@@ -66,10 +66,13 @@
 //!
 //! ## Modules
 //!
-//! `log_store` ([`LogStore`]), `state_machine` ([`StateMachineStore`]), `snapshot`
-//! (snapshot bytes), `db` (layout, codec, opening), `flusher` (group commit), `error`
-//! ([`StoreError`]).
+//! `log_store` ([`LogStore`]) over `raft_log` (the segment files), `state_machine`
+//! ([`StateMachineStore`]) over `snapshot` (snapshot bytes) and `snapshot_file` (where
+//! they are kept), `db` (layout, sled, opening), `migrate` (format 1 → 2), `flusher`
+//! (the one writer: group commit, file jobs), `codec` (bincode options), `error`
+//! ([`StoreError`]). Dependencies run one way: `flusher` and `codec` at the bottom.
 
+mod codec;
 mod db;
 mod error;
 mod flusher;
@@ -86,7 +89,8 @@ use std::sync::Arc;
 use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{decode, open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::codec::decode;
+use crate::db::{open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::raft_log::RaftLog;
 use crate::state_machine::{applied_from_snapshot, Applied};
 

@@ -12,8 +12,10 @@ use std::path::Path;
 
 use openraft::Entry;
 
-use crate::db::{decode, key_index, FORMAT, KEY_FORMAT};
-use crate::raft_log::{segment_name, sync_dir, write_records, LOG_DIR};
+use crate::codec::decode;
+use crate::db::{key_index, FORMAT, KEY_FORMAT};
+use crate::flusher::sync_dir;
+use crate::raft_log::{segment_name, write_records, LOG_DIR};
 use crate::{StoreError, TypeConfig};
 
 const MIGRATING_DIR: &str = "raftlog.migrating";

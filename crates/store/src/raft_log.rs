@@ -66,8 +66,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::Entry;
 
-use crate::db::{decode, encode};
-use crate::flusher::{Done, Flusher, Job};
+use crate::codec::{decode, encode};
+use crate::flusher::{sync_dir, Done, Flusher, Job, SegmentFile};
 use crate::{StoreError, TypeConfig};
 
 /// Directory of the segment files inside the data directory.
@@ -79,22 +79,6 @@ const CACHE_BYTES: usize = 8 << 20;
 const HEADER: usize = 16;
 /// How [`parse_record`] starts its error for an intact record with the wrong index.
 const MISPLACED: &str = "misplaced record";
-
-/// A segment file. A new segment's file is created by the flusher, in order with
-/// the removals queued before it (a truncation can remove a segment whose name the
-/// next append reuses), so the handle is set once the flusher got there.
-pub(crate) struct SegmentFile {
-    pub(crate) path: PathBuf,
-    pub(crate) file: OnceLock<File>,
-}
-
-impl SegmentFile {
-    pub(crate) fn get(&self) -> std::io::Result<&File> {
-        self.file.get().ok_or_else(|| {
-            std::io::Error::other(format!("{} was never created", self.path.display()))
-        })
-    }
-}
 
 /// One segment of the log.
 struct Segment {
@@ -271,11 +255,6 @@ fn open_segment(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(path)
         .map_err(io_err(path))
-}
-
-/// fsyncs a directory, so that files created or removed in it stay so.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl RaftLog {

@@ -16,7 +16,7 @@
 use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::{NodeInfo, StoreError};
 
 const MAGIC: &[u8; 4] = b"QSNP";

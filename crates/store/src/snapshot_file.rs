@@ -23,8 +23,8 @@ use std::path::Path;
 
 use openraft::SnapshotMeta;
 
-use crate::db::{decode, encode};
-use crate::raft_log::sync_dir;
+use crate::codec::{decode, encode};
+use crate::flusher::sync_dir;
 use crate::{NodeInfo, StoreError};
 
 pub(crate) type SnapMeta = SnapshotMeta<u64, NodeInfo>;

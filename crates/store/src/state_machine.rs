@@ -27,7 +27,8 @@ use openraft::{
 };
 use quorate_core::State;
 
-use crate::db::{decode, Shared, KEY_SNAP_DATA, KEY_SNAP_META};
+use crate::codec::decode;
+use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
 use crate::snapshot::{decode_snapshot, encode_snapshot, Header};
 use crate::snapshot_file::{self, SnapMeta};
