@@ -77,6 +77,10 @@ pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 /// Encoded entries kept in memory for replication reads.
 const CACHE_BYTES: usize = 8 << 20;
 const HEADER: usize = 16;
+/// Largest gap between consecutive indexes that `append` and `open` accept (gaps are
+/// for openraft's conformance suite; openraft itself never leaves one): a damaged
+/// segment name must not make `open` allocate a slot per missing index.
+const MAX_GAP: u64 = 1 << 16;
 /// How [`parse_record`] starts its error for an intact record with the wrong index.
 const MISPLACED: &str = "misplaced record";
 
@@ -347,6 +351,13 @@ impl RaftLog {
                 }
                 // A gap between segments is what an append past the end left.
                 let next = inner.first + inner.slots.len() as u64;
+                if index - next > MAX_GAP {
+                    return Err(corrupt(format!(
+                        "{} starts {} indexes after the previous segment ends",
+                        path.display(),
+                        index - next
+                    )));
+                }
                 for _ in next..index {
                     inner.slots.push_back(None);
                 }
@@ -413,13 +424,39 @@ impl RaftLog {
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
+        // Everything that can fail happens before anything is reserved, so an error
+        // leaves the log as it was (`put_record` below cannot fail after this check).
+        let prepared = entries
+            .into_iter()
+            .map(|entry| {
+                let payload = encode("log entry", &entry)?;
+                if u32::try_from(payload.len()).is_err() {
+                    return Err(StoreError::Malformed {
+                        what: "log entry",
+                        reason: format!("{} bytes do not fit a record", payload.len()),
+                    });
+                }
+                Ok((entry.log_id.index, Arc::<[u8]>::from(payload)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let mut inner = self.lock();
+        let mut next = (!inner.slots.is_empty()).then(|| inner.first + inner.slots.len() as u64);
+        for &(index, _) in &prepared {
+            if let Some(n) = next.filter(|&n| index > n && index - n > MAX_GAP) {
+                return Err(StoreError::Malformed {
+                    what: "log append",
+                    reason: format!(
+                        "index {index} leaves a gap of {} after the last entry",
+                        index - n
+                    ),
+                });
+            }
+            next = Some(index + 1);
+        }
         let mut jobs = Vec::new();
         let mut buf = Vec::new();
         let mut buf_file: Option<(Arc<SegmentFile>, u64)> = None;
-        for entry in entries {
-            let index = entry.log_id.index;
-            let payload: Arc<[u8]> = encode("log entry", &entry)?.into();
+        for (index, payload) in prepared {
             let next = inner.first + inner.slots.len() as u64;
             let overwrite = !inner.slots.is_empty() && index < next;
             let rotate = inner
@@ -768,5 +805,38 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(40));
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(30));
+    }
+
+    /// A huge gap (a damaged index, or a damaged segment name) is refused, not filled
+    /// with a slot per missing index; a refused append leaves the log as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_gaps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        let mut log = st.log.clone();
+        append(&log, vec![entry(1, 1), entry(1, 2)]).await;
+        let far = 4 + MAX_GAP + 1;
+        let refused = log.append_with_callback(vec![entry(1, 3), entry(1, far)], |_| {});
+        assert!(
+            matches!(refused, Err(StoreError::Malformed { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            indexes(&log.try_get_log_entries(..).await.unwrap()),
+            vec![(1, 1), (1, 2)]
+        );
+        append(&log, vec![entry(1, 3)]).await;
+        log.flush().await.unwrap();
+        drop((st, log));
+
+        // A segment whose name puts it far past the log.
+        let forged = dir.path().join(LOG_DIR).join(segment_name(far));
+        write_records(&forged, std::iter::once((far, &b"x"[..]))).unwrap();
+        match crate::open(dir.path()) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("indexes after"), "{what}")
+            }
+            other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+        }
     }
 }
