@@ -263,7 +263,7 @@ impl Metrics {
             ),
             (
                 "quorate_sled_size_bytes",
-                "Bytes sled uses on disk.",
+                "Bytes the store uses on disk: Raft log segments, snapshot file and sled (the name is from when all three were in sled).",
                 &m.sled_size_bytes,
             ),
         ];

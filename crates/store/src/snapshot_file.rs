@@ -132,6 +132,11 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Option<SnapMeta>, StoreError> {
     Ok(Some(decode("snapshot meta", &meta)?))
 }
 
+/// Bytes of the snapshot file in `dir` (0 if there is none).
+pub(crate) fn size(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len())
+}
+
 pub(crate) fn exists(dir: &Path) -> bool {
     dir.join(SNAPSHOT_FILE).exists()
 }

@@ -81,8 +81,8 @@ impl StateMachineStore {
         self.read(|s| s.digest())
     }
 
-    /// Bytes the store uses on disk (log segments, plus sled's metadata and
-    /// snapshot), for metrics. sled's part is 0 if sled cannot tell.
+    /// Bytes the store uses on disk (log segments, snapshot file and sled), for
+    /// metrics. sled's part is 0 if sled cannot tell.
     pub fn size_on_disk(&self) -> u64 {
         let sled = match self.shared.db.size_on_disk() {
             Ok(n) => n,
@@ -91,7 +91,7 @@ impl StateMachineStore {
                 0
             }
         };
-        sled + self.shared.log.size_on_disk()
+        sled + self.shared.log.size_on_disk() + snapshot_file::size(&self.shared.dir)
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, Applied> {
