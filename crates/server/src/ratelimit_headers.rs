@@ -95,33 +95,24 @@ fn secs(ms: u64) -> u64 {
 pub fn fields(quotas: &[Quota<'_>], top: &Quota<'_>) -> Vec<(&'static str, String)> {
     // One digest per quota, shared by both fields.
     let keys: Vec<String> = quotas.iter().map(|q| partition_key(q.key)).collect();
-    let policy = quotas
-        .iter()
-        .zip(&keys)
-        .map(|(q, pk)| {
-            format!(
-                "{};q={};w={};pk={pk};quorate-burst={}",
-                sf_string(q.policy),
-                q.limit,
-                secs(q.period_ms).max(1),
-                q.burst
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = quotas
-        .iter()
-        .zip(&keys)
-        .map(|(q, pk)| {
-            format!(
-                "{};r={};t={};pk={pk}",
-                sf_string(q.policy),
-                q.remaining,
-                secs(q.reset_after_ms),
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    // A structured-field list: one item per quota, named by its policy.
+    let list = |params: &dyn Fn(&Quota<'_>, &str) -> String| {
+        quotas
+            .iter()
+            .zip(&keys)
+            .map(|(q, pk)| format!("{};{}", sf_string(q.policy), params(q, pk)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let policy = list(&|q, pk| {
+        format!(
+            "q={};w={};pk={pk};quorate-burst={}",
+            q.limit,
+            secs(q.period_ms).max(1),
+            q.burst
+        )
+    });
+    let state = list(&|q, pk| format!("r={};t={};pk={pk}", q.remaining, secs(q.reset_after_ms)));
     vec![
         ("ratelimit-policy", policy),
         ("ratelimit", state),

@@ -433,6 +433,24 @@ mod tests {
         f.tx.max_capacity() - f.tx.capacity()
     }
 
+    type Waiter = JoinHandle<Result<Reply, NodeError>>;
+
+    /// Caller 0's request in flight (held at the fake's gate), then callers 1..=n
+    /// queued behind it; returns them all once every one of them is queued.
+    async fn one_in_flight_then_queued(
+        f: &Forwarder,
+        fake: &Fake,
+        n: usize,
+    ) -> (Waiter, Vec<Waiter>) {
+        let first = caller(f, 0, Duration::from_secs(10));
+        eventually("the first request", || fake.sent().len() == 1).await;
+        let rest: Vec<_> = (1..=n)
+            .map(|i| caller(f, i, Duration::from_secs(10)))
+            .collect();
+        eventually("the writes behind it queued", || queued(f) == n).await;
+        (first, rest)
+    }
+
     async fn answer(h: JoinHandle<Result<Reply, NodeError>>) -> Result<Reply, NodeError> {
         tokio::time::timeout(Duration::from_secs(5), h)
             .await
@@ -447,13 +465,8 @@ mod tests {
     async fn many_callers_share_few_requests_and_each_gets_its_own_answer() {
         let fake = Fake::new();
         let f = spawn(&fake, 64, 1);
-        let first = caller(&f, 0, Duration::from_secs(10));
-        eventually("the first request", || fake.sent().len() == 1).await;
-        let rest: Vec<_> = (1..=150)
-            .map(|i| caller(&f, i, Duration::from_secs(10)))
-            .collect();
         // Everyone is queued behind the one in-flight request before it is answered.
-        eventually("150 queued writes", || queued(&f) == 150).await;
+        let (first, rest) = one_in_flight_then_queued(&f, &fake, 150).await;
         fake.gate.add_permits(1000);
         assert_eq!(answer(first).await, echo(&op(0)));
         for (i, h) in (1..=150).zip(rest) {
@@ -489,12 +502,7 @@ mod tests {
             .unwrap()
             .push((1, NodeError::Unreachable("connection refused".into())));
         let f = spawn(&fake, 3, 1);
-        let first = caller(&f, 0, Duration::from_secs(10));
-        eventually("the first request", || fake.sent().len() == 1).await;
-        let rest: Vec<_> = (1..=5)
-            .map(|i| caller(&f, i, Duration::from_secs(10)))
-            .collect();
-        eventually("5 queued writes", || queued(&f) == 5).await;
+        let (first, rest) = one_in_flight_then_queued(&f, &fake, 5).await;
         fake.gate.add_permits(100);
         assert_eq!(answer(first).await, echo(&op(0)));
         let answers: Vec<_> = futures::future::join_all(rest.into_iter().map(answer)).await;
