@@ -79,6 +79,7 @@ mod flusher;
 mod log_store;
 mod migrate;
 mod raft_log;
+mod record;
 mod snapshot;
 mod snapshot_file;
 mod state_machine;
@@ -95,7 +96,7 @@ use crate::raft_log::RaftLog;
 use crate::state_machine::{applied_from_snapshot, Applied};
 
 pub use crate::error::StoreError;
-pub use crate::flusher::FlushStats;
+pub use crate::flusher::{FlushStats, Health};
 pub use crate::log_store::LogStore;
 pub use crate::state_machine::StateMachineStore;
 
@@ -239,7 +240,12 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
     migrate::sled_log_to_segments(dir, &db, &meta, last_purged)
         .map_err(|e| corrupt("moving the log out of sled", e))?;
     let log = RaftLog::open(dir, last_purged)?;
-    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf(), log.written_seq())?;
+    let flusher = flusher::Flusher::start(
+        db.clone(),
+        dir.to_path_buf(),
+        log.written_seq(),
+        dir.join(raft_log::LOG_DIR).join(raft_log::CLEAN_FILE),
+    )?;
     Ok(Arc::new(Shared {
         flusher,
         dir: dir.to_path_buf(),

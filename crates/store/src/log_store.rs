@@ -33,7 +33,7 @@ use crate::db::{Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
-use crate::flusher::FlushStats;
+use crate::flusher::{FlushStats, Health};
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
@@ -64,6 +64,14 @@ impl LogStore {
     /// Waits until every write made so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.flusher.flush().await
+    }
+
+    /// Whether this store can still write. After the first failed write or fsync it
+    /// is [`Health::NoSpace`] or [`Health::Failed`] for good: every later append,
+    /// vote and flush fails (see `flusher.rs`), and only reopening the directory
+    /// brings the store back.
+    pub fn health(&self) -> Health {
+        self.shared.flusher.health()
     }
 
     /// Flush counters: how many fsyncs the flusher made and how many callbacks they

@@ -338,19 +338,22 @@ async fn make() -> Result<tempfile::TempDir> {
 fn segment(dir: &Path) -> Result<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("raftlog"))?
         .map(|e| e.map(|e| e.path()))
+        .filter(|p| !p.as_ref().is_ok_and(|p| p.ends_with("clean")))
         .collect::<Result<_, _>>()?;
     ensure!(files.len() == 1, "expected one segment, found {files:?}");
     Ok(files.remove(0))
 }
 
-/// Byte offsets of the records of a segment (u32 length, u32 crc, u64 index, payload).
+/// Byte offsets of the records of a (format 3) segment: a 16-byte segment header, then
+/// records of a 28-byte header (u32 length, u32 crc, u64 index, u64 synced, u32 header
+/// crc) and the payload.
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= bytes.len() {
+    let mut off = 16;
+    while off + 28 <= bytes.len() {
         out.push(off);
         let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-        off += 16 + len;
+        off += 28 + len;
     }
     out
 }
@@ -394,7 +397,7 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
     let d = make().await?;
     let path = segment(d.path())?;
     let mut bytes = std::fs::read(&path)?;
-    let at = record_offsets(&bytes)[6] + 20; // inside entry 7's payload
+    let at = record_offsets(&bytes)[6] + 30; // inside entry 7's payload
     bytes[at] ^= 0x55;
     std::fs::write(&path, &bytes)?;
     let msg = expect_corrupt(d.path())?;
@@ -436,6 +439,8 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
             _ => bytes.extend_from_slice(&[0u8; 4096]),
         }
         std::fs::write(&path, &bytes)?;
+        // A crash leaves no clean-stop marker; with it, every bad record is damage.
+        std::fs::remove_file(d.path().join("raftlog").join("clean"))?;
         let mut st = open_unlocked(d.path())?;
         let last = st.log.get_log_state().await?.last_log_id.map(|l| l.index);
         let expect = if tear == "short" { 19 } else { 20 };
@@ -497,7 +502,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
     let db = sled_unlocked(d.path())?;
     ensure!(!db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
     let format = db.open_tree("meta")?.get("format")?;
-    ensure!(format.as_deref() == Some(&b"quorate-store/2"[..]));
+    ensure!(format.as_deref() == Some(&b"quorate-store/3"[..]));
     Ok(())
 }
 
