@@ -41,13 +41,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::record::{self, Version};
+use crate::vfs::{OpenHow, VFile, Vfs};
 use crate::StoreError;
 
 /// A segment file. A new segment's file is created by the flusher, in order with
@@ -55,7 +55,7 @@ use crate::StoreError;
 /// next append reuses), so the handle is set once the flusher got there.
 pub(crate) struct SegmentFile {
     pub(crate) path: PathBuf,
-    pub(crate) file: OnceLock<File>,
+    pub(crate) file: OnceLock<Box<dyn VFile>>,
     /// Record layout (a new segment is always v3).
     pub(crate) version: Version,
     /// Every byte before this offset is durable (fdatasync'd). Stamped into each
@@ -67,7 +67,12 @@ pub(crate) struct SegmentFile {
 
 impl SegmentFile {
     /// A segment whose first `len` bytes are durable; `file` is set if it exists.
-    pub(crate) fn new(path: PathBuf, file: Option<File>, version: Version, len: u64) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        file: Option<Box<dyn VFile>>,
+        version: Version,
+        len: u64,
+    ) -> Self {
         let once = OnceLock::new();
         if let Some(f) = file {
             let _ = once.set(f);
@@ -89,14 +94,15 @@ impl SegmentFile {
         Ok(())
     }
 
-    pub(crate) fn get(&self) -> std::io::Result<&File> {
-        self.file.get().ok_or_else(|| {
+    pub(crate) fn get(&self) -> std::io::Result<&dyn VFile> {
+        self.file.get().map(|f| f.as_ref()).ok_or_else(|| {
             std::io::Error::other(format!("{} was never created", self.path.display()))
         })
     }
 }
 
-/// fsyncs a directory, so that files created or removed in it stay so.
+/// fsyncs a directory, so that files created or removed in it stay so (on the real
+/// filesystem: for the one-time setup outside the [`Vfs`]).
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -191,6 +197,7 @@ impl Flusher {
         path: PathBuf,
         written_seq: Arc<AtomicU64>,
         clean_marker: PathBuf,
+        vfs: Arc<dyn Vfs>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
@@ -200,9 +207,9 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("quorate-flusher".into())
             .spawn(move || {
-                let ok = run(db, rx, thread_counters, thread_health, written_seq);
+                let ok = run(&*vfs, db, rx, thread_counters, thread_health, written_seq);
                 if ok {
-                    mark_clean(&clean_marker);
+                    mark_clean(&*vfs, &clean_marker);
                 }
             })
             .map_err(|source| StoreError::Io {
@@ -298,7 +305,7 @@ impl Batch {
         Ok(())
     }
 
-    fn run(&mut self, job: Job, written_seq: &AtomicU64) -> io::Result<()> {
+    fn run(&mut self, vfs: &dyn Vfs, job: Job, written_seq: &AtomicU64) -> io::Result<()> {
         match job {
             Job::Done(done) => self.dones.push(done),
             Job::DoneSled(done) => {
@@ -310,12 +317,7 @@ impl Batch {
                 // recovery may then treat a bad record in any but the last segment
                 // as damage, never as a torn tail.
                 self.sync_other(None)?;
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&file.path)?;
+                let f = vfs.open(&file.path, OpenHow::CreateTruncate)?;
                 // The header is durable before any record goes in, so a segment with
                 // records always has one.
                 let header = record::segment_header(first);
@@ -356,13 +358,13 @@ impl Batch {
                 file.sync()?;
                 self.dirty = None;
             }
-            Job::Remove(path) => match std::fs::remove_file(&path) {
+            Job::Remove(path) => match vfs.remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             },
             Job::SyncDir(dir) => {
                 self.sync_other(None)?;
-                sync_dir(&dir)?;
+                vfs.sync_dir(&dir)?;
             }
         }
         Ok(())
@@ -383,10 +385,11 @@ impl Batch {
 
 /// Leaves the clean-stop marker (see `raft_log.rs`). Best effort: without it the
 /// next open only treats a bad record at the end as possibly torn.
-fn mark_clean(marker: &Path) {
-    let res = File::create(marker)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| marker.parent().map_or(Ok(()), sync_dir));
+fn mark_clean(vfs: &dyn Vfs, marker: &Path) {
+    let res = vfs
+        .open(marker, OpenHow::CreateTruncate)
+        .and_then(|f| f.sync_data())
+        .and_then(|_| marker.parent().map_or(Ok(()), |d| vfs.sync_dir(d)));
     if let Err(e) = res {
         tracing::warn!(error = %e, path = %marker.display(), "cannot leave the clean-stop marker");
     }
@@ -394,6 +397,7 @@ fn mark_clean(marker: &Path) {
 
 /// Runs batches until the channel closes; true if no write or flush ever failed.
 fn run(
+    vfs: &dyn Vfs,
     db: sled::Db,
     rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
@@ -411,7 +415,7 @@ fn run(
                 }
                 continue;
             }
-            if let Err(e) = batch.run(job, &written_seq) {
+            if let Err(e) = batch.run(vfs, job, &written_seq) {
                 poisoned = Some(e);
             }
         }

@@ -83,6 +83,7 @@ mod record;
 mod snapshot;
 mod snapshot_file;
 mod state_machine;
+pub mod vfs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -141,7 +142,7 @@ impl Storage {
             && empty(&s.meta, KEY_COMMITTED)
             && empty(&s.meta, KEY_LAST_PURGED)
             && empty(&s.snap, db::KEY_SNAP_META)
-            && !snapshot_file::exists(&s.dir)
+            && !snapshot_file::exists(&**s.log.vfs(), &s.dir)
             && s.log.is_empty()
             && self.sm.last_applied().is_none()
     }
@@ -155,7 +156,13 @@ impl Storage {
 /// not a quorate store, or is damaged, yields [`StoreError::Corrupt`] or
 /// [`StoreError::Open`] naming the path — never an empty store.
 pub fn open(dir: &Path) -> Result<Storage, StoreError> {
-    let shared = open_shared(dir)?;
+    open_with(dir, Arc::new(vfs::RealFs))
+}
+
+/// [`open`] with the log and snapshot files behind `vfs` (tests pass a
+/// [`vfs::SimFs`] to lose power, tear writes and fail operations).
+pub fn open_with(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Storage, StoreError> {
+    let shared = open_shared(dir, vfs)?;
     let corrupt = |what: &str, e: StoreError| StoreError::corrupt(dir, format!("{what}: {e}"));
 
     let vote: Option<Vote<u64>> = shared
@@ -219,7 +226,7 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
 
 /// Opens the sled db and its trees, moves a format-1 log out of sled, opens the log
 /// files (checking every record) and starts the flusher thread.
-fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
+fn open_shared(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Arc<Shared>, StoreError> {
     let db = open_db(dir)?;
     let open_tree = |name: &str| {
         db.open_tree(name).map_err(|source| StoreError::Open {
@@ -239,12 +246,13 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
     let last_purged = last_purged.map(|p| p.index);
     migrate::sled_log_to_segments(dir, &db, &meta, last_purged)
         .map_err(|e| corrupt("moving the log out of sled", e))?;
-    let log = RaftLog::open(dir, last_purged)?;
+    let log = RaftLog::open(dir, last_purged, vfs.clone())?;
     let flusher = flusher::Flusher::start(
         db.clone(),
         dir.to_path_buf(),
         log.written_seq(),
         dir.join(raft_log::LOG_DIR).join(raft_log::CLEAN_FILE),
+        vfs,
     )?;
     Ok(Arc::new(Shared {
         flusher,

@@ -74,6 +74,13 @@ impl LogStore {
         self.shared.flusher.health()
     }
 
+    /// Test knob: closes segments after `segment_bytes` and caches `cache_bytes` of
+    /// entries, so a small test rotates segments and reads entries back from files.
+    #[doc(hidden)]
+    pub fn set_limits_for_tests(&self, segment_bytes: u64, cache_bytes: usize) {
+        self.shared.log.set_limits(segment_bytes, cache_bytes);
+    }
+
     /// Flush counters: how many fsyncs the flusher made and how many callbacks they
     /// acknowledged (their ratio is the group-commit factor).
     pub fn flush_stats(&self) -> FlushStats {

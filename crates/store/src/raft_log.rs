@@ -72,7 +72,7 @@
 //! segment file deleted by hand from the middle of the log is not detected.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,8 +81,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::Entry;
 
 use crate::codec::{decode, encode};
-use crate::flusher::{sync_dir, Done, Flusher, Job, SegmentFile};
+use crate::flusher::{Done, Flusher, Job, SegmentFile};
 use crate::record::{self, Version, MISPLACED};
+use crate::vfs::{OpenHow, VFile, Vfs};
 use crate::{StoreError, TypeConfig};
 
 /// Directory of the segment files inside the data directory.
@@ -140,6 +141,8 @@ struct Inner {
 /// The log files of one store. Shared by the log store and its readers.
 pub(crate) struct RaftLog {
     dir: PathBuf,
+    /// The files' operations (real, or simulated in tests).
+    vfs: Arc<dyn Vfs>,
     inner: Mutex<Inner>,
     /// Highest append number whose bytes the flusher has written.
     written_seq: Arc<AtomicU64>,
@@ -172,7 +175,7 @@ pub(crate) fn write_records<'a>(
         .create_new(true)
         .open(path)
         .map_err(io_err(path))?;
-    file.write_all_at(&buf, 0).map_err(io_err(path))?;
+    FileExt::write_all_at(&file, &buf, 0).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }
 
@@ -294,28 +297,19 @@ impl Scanned {
 
 /// Opens a segment, makes what it holds durable, drops its cached pages and reads it
 /// back from the disk (see "Recovery" in the module docs).
-fn read_uncached(path: &Path) -> Result<(File, Vec<u8>), StoreError> {
-    use std::io::Read;
-    let mut file = open_segment(path)?;
-    file.sync_data().map_err(io_err(path))?;
-    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
-        .map_err(|e| io_err(path)(e.into()))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+fn read_uncached(vfs: &dyn Vfs, path: &Path) -> Result<(Box<dyn VFile>, Vec<u8>), StoreError> {
+    let file = vfs.open(path, OpenHow::ReadWrite).map_err(io_err(path))?;
+    let bytes = file.read_all_uncached().map_err(io_err(path))?;
     Ok((file, bytes))
-}
-
-fn open_segment(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))
 }
 
 impl RaftLog {
     /// Opens `<data dir>/raftlog`, checks every record and drops a torn tail. `last_purged` entries and below are not loaded.
-    pub(crate) fn open(data_dir: &Path, last_purged: Option<u64>) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        last_purged: Option<u64>,
+        vfs: Arc<dyn Vfs>,
+    ) -> Result<Self, StoreError> {
         let dir = data_dir.join(LOG_DIR);
         let corrupt = |what: String| StoreError::corrupt(&dir, what);
         if !dir.is_dir() {
@@ -327,8 +321,7 @@ impl RaftLog {
         }
         let mut firsts = Vec::new();
         let mut clean = false;
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let name = entry.map_err(io_err(&dir))?.file_name();
+        for name in vfs.read_dir(&dir).map_err(io_err(&dir))? {
             let name = name.to_string_lossy();
             if name == CLEAN_FILE {
                 clean = true;
@@ -345,8 +338,8 @@ impl RaftLog {
             // Gone (durably) before anything else changes: a crash from here on must
             // not look like a clean stop.
             let marker = dir.join(CLEAN_FILE);
-            std::fs::remove_file(&marker).map_err(io_err(&marker))?;
-            sync_dir(&dir).map_err(io_err(&dir))?;
+            vfs.remove_file(&marker).map_err(io_err(&marker))?;
+            vfs.sync_dir(&dir).map_err(io_err(&dir))?;
         }
 
         let mut inner = Inner {
@@ -362,7 +355,7 @@ impl RaftLog {
         let mut segs = Vec::with_capacity(firsts.len());
         for first in firsts {
             let path = dir.join(segment_name(first));
-            let (file, bytes) = read_uncached(&path)?;
+            let (file, bytes) = read_uncached(&*vfs, &path)?;
             let scanned = scan(&bytes, first);
             segs.push((first, path, file, bytes.len() as u64, scanned));
         }
@@ -387,8 +380,8 @@ impl RaftLog {
             let (_, path, file, ..) = segs.pop().expect("checked");
             tracing::warn!(path = %path.display(), "removing a log segment that holds no complete record");
             drop(file);
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-            sync_dir(&dir).map_err(io_err(&dir))?;
+            vfs.remove_file(&path).map_err(io_err(&path))?;
+            vfs.sync_dir(&dir).map_err(io_err(&dir))?;
         }
         let n = segs.len();
         for (i, (first, path, file, len, scanned)) in segs.into_iter().enumerate() {
@@ -406,8 +399,9 @@ impl RaftLog {
                     dropped_bytes = len - end,
                     "dropping the torn tail of the log (beyond the last sync: never acknowledged)"
                 );
-                file.set_len(end).map_err(io_err(&path))?;
-                file.sync_all().map_err(io_err(&path))?;
+                file.set_len(end)
+                    .and_then(|_| file.sync_data())
+                    .map_err(io_err(&path))?;
             }
             let expected = inner.first + inner.slots.len() as u64;
             if !inner.slots.is_empty() && first < expected {
@@ -462,9 +456,21 @@ impl RaftLog {
         inner.evicted = inner.slots.len();
         Ok(RaftLog {
             dir,
+            vfs,
             inner: Mutex::new(inner),
             written_seq: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Lowers the segment size and the cache (tests: many segments, file reads).
+    pub(crate) fn set_limits(&self, segment_bytes: u64, cache_bytes: usize) {
+        let mut inner = self.lock();
+        inner.segment_bytes = segment_bytes;
+        inner.cache_bytes = cache_bytes;
+    }
+
+    pub(crate) fn vfs(&self) -> &Arc<dyn Vfs> {
+        &self.vfs
     }
 
     pub(crate) fn written_seq(&self) -> Arc<AtomicU64> {

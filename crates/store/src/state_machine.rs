@@ -91,7 +91,8 @@ impl StateMachineStore {
                 0
             }
         };
-        sled + self.shared.log.size_on_disk() + snapshot_file::size(&self.shared.dir)
+        let vfs = &**self.shared.log.vfs();
+        sled + self.shared.log.size_on_disk() + snapshot_file::size(vfs, &self.shared.dir)
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, Applied> {
@@ -138,7 +139,7 @@ impl StateMachineStore {
     pub(crate) fn load_snapshot(
         shared: &Shared,
     ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
-        if let Some(found) = snapshot_file::read(&shared.dir)? {
+        if let Some(found) = snapshot_file::read(&**shared.log.vfs(), &shared.dir)? {
             return Ok(Some(found));
         }
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
@@ -159,7 +160,7 @@ impl StateMachineStore {
     /// `snapshot_file.rs`), then drops a copy an older version kept in sled (the file
     /// wins if that removal is lost).
     fn persist_snapshot(shared: &Shared, meta: &SnapMeta, data: &[u8]) -> Result<(), StoreError> {
-        snapshot_file::write(&shared.dir, meta, data)?;
+        snapshot_file::write(&**shared.log.vfs(), &shared.dir, meta, data)?;
         if shared.snap.contains_key(KEY_SNAP_META)? {
             let mut batch = sled::Batch::default();
             batch.remove(KEY_SNAP_META);
@@ -229,7 +230,7 @@ impl StateMachineStore {
     }
 
     fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
-        if let Some(meta) = snapshot_file::read_meta(&shared.dir)? {
+        if let Some(meta) = snapshot_file::read_meta(&**shared.log.vfs(), &shared.dir)? {
             return Ok(Some(meta));
         }
         match shared.snap.get(KEY_SNAP_META)? {
