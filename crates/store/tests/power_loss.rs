@@ -1,7 +1,8 @@
 //! Seeded power-loss tests on the simulated disk (`quorate_store::vfs::SimFs`).
 //!
 //! Each seed runs a random workload against one store — appends of 1–4 entries,
-//! truncations (a new leader overwriting), apply + snapshot builds, purges up to the
+//! truncations (a new leader overwriting; half of them as one append below the end,
+//! which cuts and writes in one batch), apply + snapshot builds, purges up to the
 //! snapshot, votes — each awaited as openraft awaits it. The disk loses power after a
 //! random number of file operations: every write not yet fsync'd is kept, dropped or
 //! torn at 512-byte sectors, every unsynced create/remove/rename kept or not
@@ -67,8 +68,10 @@ fn is_power_loss(e: &dyn std::fmt::Display) -> bool {
     e.to_string().contains("simulated power loss")
 }
 
-async fn append(st: &Storage, m: &mut Model, n: u64) -> Result<bool> {
-    let from = m.next;
+/// Appends `n` entries at `from` (at most `m.next`: below it, an overwrite in one call,
+/// as openraft's conformance suite does; the store cuts and writes in one batch).
+async fn append(st: &Storage, m: &mut Model, from: u64, n: u64) -> Result<bool> {
+    m.required.retain(|&i, _| i < from);
     let entries: Vec<_> = (from..from + n).map(|i| entry(m.term, i)).collect();
     for i in from..from + n {
         m.allowed.entry(i).or_default().insert(m.term);
@@ -80,8 +83,13 @@ async fn append(st: &Storage, m: &mut Model, n: u64) -> Result<bool> {
     m.next = from + n;
     match rx.await? {
         Ok(()) => {
+            // The overwritten tail is gone for good.
+            let term = m.term;
+            m.allowed
+                .retain(|&i, _| i < from || (from..from + n).contains(&i));
             for i in from..from + n {
-                m.required.insert(i, m.term);
+                m.required.insert(i, term);
+                m.allowed.insert(i, BTreeSet::from([term]));
             }
             Ok(true)
         }
@@ -99,10 +107,14 @@ async fn step(st: &mut Storage, m: &mut Model, rng: &mut SimRng) -> Result<bool>
         Err(e) => Err(anyhow::Error::from(e)),
     };
     match rng.below(100) {
-        0..=54 => append(st, m, 1 + rng.below(4)).await,
+        0..=54 => append(st, m, m.next, 1 + rng.below(4)).await,
         55..=64 if last > m.applied.max(m.purged) => {
             // A new leader overwrites from `t` on.
             let t = m.applied.max(m.purged) + 1 + rng.below(last - m.applied.max(m.purged));
+            if rng.below(2) == 0 {
+                m.term += 1;
+                return append(st, m, t, 1 + rng.below(3)).await;
+            }
             m.required.retain(|&i, _| i < t);
             let res = st.log.truncate(log_id(m.term, t)).await;
             m.next = t;
