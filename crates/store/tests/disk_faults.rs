@@ -69,8 +69,10 @@ async fn an_io_error_on_the_log_stops_the_store_for_good() -> Result<()> {
         append(&st, 1, 3).await??;
         ensure!(st.log.health() == Health::Ok);
 
-        sim.fail_nth(op, sim.count(op) + 1, EIO);
+        let n = sim.count(op) + 1;
+        sim.fail_nth(op, n, EIO);
         let failed = append(&st, 4, 5).await?;
+        ensure!(sim.count(op) == n, "{op:?}: {} done, failed the {n}th", sim.count(op));
         ensure!(
             failed.is_err(),
             "{op:?}: the append the error hit was acknowledged"
