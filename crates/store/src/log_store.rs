@@ -50,12 +50,18 @@ impl LogStore {
     /// openraft's `LogFlushed` (which only openraft can construct); the crash test and
     /// the benchmark use it to keep many appends in flight, as openraft does.
     /// Returns once the entries are readable; on an error nothing was written and
-    /// `done` is dropped without being called.
+    /// `done` is dropped without being called. After a failed write or fsync
+    /// ([`Self::health`] not `Ok`) every append is refused here
+    /// ([`StoreError::Stopped`]), so the entries never become readable either.
     pub fn append_with_callback<I, F>(&self, entries: I, done: F) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
         F: FnOnce(io::Result<()>) + Send + 'static,
     {
+        let health = self.health();
+        if health != Health::Ok {
+            return Err(StoreError::Stopped(health));
+        }
         self.shared
             .log
             .append(&self.shared.flusher, entries, Box::new(done))

@@ -72,7 +72,11 @@ async fn an_io_error_on_the_log_stops_the_store_for_good() -> Result<()> {
         let n = sim.count(op) + 1;
         sim.fail_nth(op, n, EIO);
         let failed = append(&st, 4, 5).await?;
-        ensure!(sim.count(op) == n, "{op:?}: {} done, failed the {n}th", sim.count(op));
+        ensure!(
+            sim.count(op) == n,
+            "{op:?}: {} done, failed the {n}th",
+            sim.count(op)
+        );
         ensure!(
             failed.is_err(),
             "{op:?}: the append the error hit was acknowledged"
@@ -86,8 +90,15 @@ async fn an_io_error_on_the_log_stops_the_store_for_good() -> Result<()> {
         // hold what the disk does not.
         let (writes, syncs) = (sim.count(Op::Write), sim.count(Op::Sync));
         ensure!(
-            append(&st, 6, 6).await?.is_err(),
-            "{op:?}: a later append succeeded"
+            matches!(
+                st.log.append_with_callback([entry(1, 6)], |_| {}),
+                Err(StoreError::Stopped(Health::Failed(_)))
+            ),
+            "{op:?}: a later append was accepted"
+        );
+        ensure!(
+            st.log.try_get_log_entries(6..=6).await?.is_empty(),
+            "{op:?}: a refused entry became readable"
         );
         ensure!(st.log.save_vote(&Vote::new(2, 1)).await.is_err());
         ensure!(st.log.flush().await.is_err());
@@ -139,7 +150,10 @@ async fn a_full_disk_stops_appends_until_reopened_then_only_unacknowledged_bytes
     );
     // Still stopped after space is freed: only a reopen brings the log back.
     sim.set_space(None);
-    ensure!(append(&st, acked + 1, acked + 1).await?.is_err());
+    ensure!(matches!(
+        st.log.append_with_callback([entry(1, acked + 1)], |_| {}),
+        Err(StoreError::Stopped(Health::NoSpace(_)))
+    ));
     drop(st);
     let log_bytes = || -> Result<u64> {
         let mut n = 0;

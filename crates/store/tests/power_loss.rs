@@ -77,9 +77,14 @@ async fn append(st: &Storage, m: &mut Model, from: u64, n: u64) -> Result<bool> 
         m.allowed.entry(i).or_default().insert(m.term);
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    st.log.append_with_callback(entries, move |r| {
+    match st.log.append_with_callback(entries, move |r| {
         let _ = tx.send(r);
-    })?;
+    }) {
+        Ok(()) => {}
+        // Stopped by an earlier failure nobody waited for (a purge's file removals).
+        Err(e @ StoreError::Stopped(_)) if is_power_loss(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
     m.next = from + n;
     match rx.await? {
         Ok(()) => {
