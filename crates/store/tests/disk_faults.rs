@@ -127,7 +127,7 @@ async fn a_full_disk_stops_appends_until_reopened_then_only_unacknowledged_bytes
 {
     let dir = tempfile::tempdir()?;
     let sim = SimFs::new();
-    let mut st = reopen(dir.path(), &sim)?;
+    let st = reopen(dir.path(), &sim)?;
     append(&st, 1, 10).await??;
     // Room for a little more than one more entry.
     sim.set_space(Some(sim.used() + 1500));
