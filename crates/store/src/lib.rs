@@ -18,7 +18,11 @@
 //! - The state machine itself is in memory; see below for why and how it survives a
 //!   crash. `tests/crash.rs` SIGKILLs a writer process at random points and checks that
 //!   every acknowledged entry and vote survives and that the recovered state equals a
-//!   fresh replay of the log.
+//!   fresh replay of the log. `tests/power_loss.rs` goes further on a simulated disk
+//!   (`vfs.rs`): power lost at a random file operation drops or tears every write not
+//!   yet fsync'd; `tests/disk_faults.rs` fails fsyncs and writes (EIO, ENOSPC).
+//! - The first failed write or fsync stops the store for good ([`LogStore::health`]);
+//!   see docs/storage.md for the on-disk format, the fsync rules and the fault model.
 //!
 //! ## Where the core state lives: memory + snapshots (measured)
 //!
@@ -68,9 +72,11 @@
 //!
 //! `log_store` ([`LogStore`]) over `raft_log` (the segment files), `state_machine`
 //! ([`StateMachineStore`]) over `snapshot` (snapshot bytes) and `snapshot_file` (where
-//! they are kept), `db` (layout, sled, opening), `migrate` (format 1 → 2), `flusher`
-//! (the one writer: group commit, file jobs), `codec` (bincode options), `error`
-//! ([`StoreError`]). Dependencies run one way: `flusher` and `codec` at the bottom.
+//! they are kept), `db` (layout, sled, opening), `migrate` (older formats), `flusher`
+//! (the one writer: group commit, file jobs), `record` (segment byte layout), `vfs`
+//! (the file-operation seam and the simulated disk), `codec` (bincode options),
+//! `error` ([`StoreError`]). Dependencies run one way: `vfs`, `record`, `flusher` and
+//! `codec` at the bottom.
 
 mod codec;
 mod db;

@@ -582,7 +582,7 @@ async fn a_purge_is_durable_only_as_far_as_the_durable_snapshot() -> Result<()> 
     assert_eq!(st.sm.last_applied(), Some(log_id(1, 50)));
     let s = st.log.get_log_state().await?;
     assert!(
-        s.last_purged_log_id.map_or(true, |p| p.index <= 50),
+        s.last_purged_log_id.is_none_or(|p| p.index <= 50),
         "purged past the durable snapshot: {s:?}"
     );
     recover(&mut st).await?;
