@@ -25,11 +25,12 @@
 //!   them after a linearizable read barrier.
 //!
 //! Modules: [`command`] (what the log carries), [`outcome`] (what apply returns),
-//! [`state`] (the machine), [`gcra`] (rate arithmetic), [`validate`] (input rules),
+//! [`state`] (the machine: one file per job, snapshot bytes in `state/encoding`, the
+//! chunked snapshot writer re-exported as [`cut`]), [`gcra`] (rate arithmetic),
+//! [`validate`] (input rules),
 //! [`descriptors`] (Envoy rate limit descriptors), [`error`].
 
 pub mod command;
-pub mod cut;
 mod descriptor_table;
 pub mod descriptors;
 pub mod error;
@@ -37,6 +38,8 @@ pub mod gcra;
 pub mod outcome;
 pub mod state;
 pub mod validate;
+
+pub use state::cut;
 
 pub use command::{
     Acquire, Caller, Command, Configuration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec,

@@ -19,8 +19,8 @@
 //!   the restored copy gives identical replies for the rest of the sequence;
 //! - **determinism** — the same sequence applied twice from fresh states gives identical
 //!   replies, digests and snapshot bytes;
-//! - **totality** — arbitrary ops (any strings, numbers, times, settings) and arbitrary
-//!   snapshot bytes never panic.
+//! - **totality** — arbitrary ops (any strings, numbers, times, settings, Envoy
+//!   descriptor tables and requests) and arbitrary snapshot bytes never panic.
 //!
 //! `PROPTEST_CASES` overrides the number of cases (default 192, which keeps the whole
 //! core test run well under 30 s in debug).
@@ -29,6 +29,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use quorate_core::descriptors::{
+    Descriptor, DescriptorConfig, DescriptorNode, DescriptorRequest, Domain, NodeLimit, Unit,
+};
 use quorate_core::{
     Acquire, Caller, Command, Configuration, CoreError, Denial, Grant, LeaseInfo, Op, Outcome,
     Policy, Query, RateCheck, RateDecision, RateLimitRef, RateResult, RateSpec, Reply, Settings,
@@ -683,8 +686,17 @@ proptest! {
     /// (e): arbitrary ops — any strings, numbers, times, settings — never panic, always
     /// get one reply each, and a rejected op changes nothing but time.
     #[test]
-    fn arbitrary_ops_never_panic(cmds in prop::collection::vec(wild_command(), 1..40)) {
+    fn arbitrary_ops_never_panic(
+        cmds in prop::collection::vec(wild_command(), 1..40),
+        envoy in any::<bool>(),
+    ) {
         let mut state = State::new();
+        if envoy {
+            // Half the runs start with a valid descriptor table, so that wild
+            // descriptor requests are decided and charged, not only refused.
+            let table = Op::ConfigureDescriptors(Box::new(sane_descriptor_config(0)));
+            state.apply(&Command::single(0, table));
+        }
         for c in &cmds {
             let before = state.clone();
             let replies = state.apply(c);
@@ -938,6 +950,166 @@ fn wild_policy() -> impl Strategy<Value = Policy> {
     ]
 }
 
+/// Envoy descriptor tables and requests: input from a third-party proxy, so they
+/// get the same "any input" treatment as the API's ops. Keys and values come from a
+/// small set often enough for requests to match the tables.
+fn wild_descriptor_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => prop::sample::select(vec!["remote_address", "tenant", "user_id", "path"]).prop_map(String::from),
+        1 => wild_string(),
+    ]
+}
+
+fn wild_unit() -> impl Strategy<Value = Unit> {
+    prop::sample::select(vec![
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+    ])
+}
+
+fn wild_node_limit() -> impl Strategy<Value = NodeLimit> {
+    prop_oneof![
+        3 => (wild_string(), wild_u32(), wild_unit(), wild_u32()).prop_map(
+            |(name, requests_per_unit, unit, burst)| NodeLimit::Rate {
+                name,
+                requests_per_unit,
+                unit,
+                burst,
+            }
+        ),
+        1 => wild_string().prop_map(|name| NodeLimit::Policy { name }),
+        1 => Just(NodeLimit::Unlimited),
+    ]
+}
+
+fn wild_descriptor_node() -> impl Strategy<Value = DescriptorNode> {
+    let leaf = (
+        wild_descriptor_key(),
+        prop::option::of(prop_oneof![
+            2 => prop::sample::select(vec!["acme", "beta*", "1.2.3.4"]).prop_map(String::from),
+            1 => wild_string(),
+        ]),
+        prop::option::of(wild_node_limit()),
+    )
+        .prop_map(|(key, value, limit)| DescriptorNode {
+            key,
+            value,
+            limit,
+            descriptors: vec![],
+        });
+    leaf.prop_recursive(2, 12, 3, |inner| {
+        (
+            wild_descriptor_key(),
+            prop::option::of(wild_string()),
+            prop::option::of(wild_node_limit()),
+            prop::collection::vec(inner, 0..3),
+        )
+            .prop_map(|(key, value, limit, descriptors)| DescriptorNode {
+                key,
+                value,
+                limit,
+                descriptors,
+            })
+    })
+}
+
+fn wild_domain_name() -> impl Strategy<Value = String> {
+    prop_oneof![3 => Just("edge".to_string()), 1 => wild_string()]
+}
+
+/// A valid table, so that requests are decided (a wild table is mostly refused):
+/// per-IP 3/s; `tenant=acme` → per-user 2/s; `beta*` tenants unlimited; `path` by the
+/// `api` policy (absent unless a wild `PutPolicy` created it).
+fn sane_descriptor_config(source_digest: u64) -> DescriptorConfig {
+    let node = |key: &str, value: Option<&str>, limit: Option<NodeLimit>| DescriptorNode {
+        key: key.into(),
+        value: value.map(String::from),
+        limit,
+        descriptors: vec![],
+    };
+    let rate = |name: &str, n: u32| {
+        Some(NodeLimit::Rate {
+            name: name.into(),
+            requests_per_unit: n,
+            unit: Unit::Second,
+            burst: n,
+        })
+    };
+    let mut acme = node("tenant", Some("acme"), None);
+    acme.descriptors = vec![node("user_id", None, rate("acme_user", 2))];
+    let mut beta = node("tenant", Some("beta*"), None);
+    beta.descriptors = vec![node("user_id", None, Some(NodeLimit::Unlimited))];
+    DescriptorConfig {
+        source_digest,
+        domains: vec![Domain {
+            name: "edge".into(),
+            descriptors: vec![
+                node("remote_address", None, rate("per_ip", 3)),
+                acme,
+                beta,
+                node("path", None, Some(NodeLimit::Policy { name: "api".into() })),
+            ],
+        }],
+    }
+}
+
+fn wild_descriptor_op() -> impl Strategy<Value = Op> {
+    let sane =
+        (0u64..3).prop_map(|d| Op::ConfigureDescriptors(Box::new(sane_descriptor_config(d))));
+    let config = (
+        wild_u64(),
+        prop::collection::vec(
+            (
+                wild_domain_name(),
+                prop::collection::vec(wild_descriptor_node(), 0..4),
+            )
+                .prop_map(|(name, descriptors)| Domain { name, descriptors }),
+            0..3,
+        ),
+    )
+        .prop_map(|(source_digest, domains)| {
+            Op::ConfigureDescriptors(Box::new(DescriptorConfig {
+                source_digest,
+                domains,
+            }))
+        });
+    let descriptor = (
+        prop::collection::vec(
+            (
+                wild_descriptor_key(),
+                prop_oneof![
+                    4 => prop::sample::select(vec!["acme", "beta1", "1.2.3.4", "/a"]).prop_map(String::from),
+                    1 => wild_string(),
+                ],
+            ),
+            1..4,
+        ),
+        prop::option::of((wild_u32(), wild_unit())),
+        prop::option::of(wild_u64()),
+    )
+        .prop_map(|(entries, limit, hits_addend)| Descriptor {
+            entries,
+            limit,
+            hits_addend,
+        });
+    let request = (
+        wild_domain_name(),
+        prop::collection::vec(descriptor, 0..5),
+        wild_u32(),
+    )
+        .prop_map(|(domain, descriptors, hits_addend)| {
+            Op::Descriptors(Box::new(DescriptorRequest {
+                domain,
+                descriptors,
+                hits_addend,
+            }))
+        });
+    prop_oneof![1 => config, 1 => sane, 4 => request]
+}
+
 fn wild_op() -> impl Strategy<Value = Op> {
     let check = (
         wild_string(),
@@ -1012,6 +1184,7 @@ fn wild_op() -> impl Strategy<Value = Op> {
                 })
             )),
         Just(Op::Noop),
+        wild_descriptor_op(),
     ];
     // Any op may come from any caller, wrapped once or (invalidly) twice.
     (

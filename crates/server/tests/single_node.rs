@@ -461,3 +461,31 @@ async fn forwarded_ops_are_refused_beyond_their_callers_role() {
     );
     node.shutdown().await;
 }
+
+/// Issue 21: `POST /v1/members` bypassed the startup rule for peer links. A node
+/// added at run time with a Raft address off the host, in a cluster without [tls],
+/// would have had its votes and entries travel unauthenticated and in clear text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_member_with_an_unprotected_non_loopback_raft_addr_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let req = quorate_proto::AddMemberRequest {
+        id: 2,
+        api_addr: "node2.invalid:7102".into(),
+        // A name that never resolves (RFC 6761): no traffic leaves the host even if
+        // the check were missing; as a host name it counts as non-loopback.
+        raft_addr: "node2.invalid:7202".into(),
+        learner_only: true,
+    };
+    match node.add_member(req).await {
+        Err(NodeError::Refused(msg)) => {
+            assert!(
+                msg.contains("node2.invalid:7202") && msg.contains("[tls]"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let view = node.cluster().await.expect("cluster view");
+    assert_eq!(view.members.len(), 1, "the member was added anyway");
+}

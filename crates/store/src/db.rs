@@ -55,6 +55,12 @@ pub(crate) struct Shared {
     pub(crate) db: sled::Db,
     pub(crate) meta: sled::Tree,
     pub(crate) snap: sled::Tree,
+    /// The last log id openraft purged, durable or not yet (`log_store.rs`: a purge
+    /// is made durable only as far as the durable snapshot covers it).
+    pub(crate) purge_requested: std::sync::Mutex<Option<openraft::LogId<u64>>>,
+    /// One purge (or purge completion after a snapshot) at a time, so the durable
+    /// `last_purged` never moves backwards.
+    pub(crate) purge_lock: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
@@ -66,6 +72,14 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Shared {
+    /// What openraft has purged, as it sees the log.
+    pub(crate) fn purge_requested(&self) -> Option<openraft::LogId<u64>> {
+        *self
+            .purge_requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn get_meta<T: DeserializeOwned>(
         &self,
         key: &[u8],

@@ -235,10 +235,10 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
         }
         None => None,
     };
-    let last_purged = last_purged.map(|p| p.index);
-    migrate::sled_log_to_segments(dir, &db, &meta, last_purged)
+    let purged_index = last_purged.map(|p| p.index);
+    migrate::sled_log_to_segments(dir, &db, &meta, purged_index)
         .map_err(|e| corrupt("moving the log out of sled", e))?;
-    let log = RaftLog::open(dir, last_purged)?;
+    let log = RaftLog::open(dir, purged_index)?;
     let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf(), log.written_seq())?;
     Ok(Arc::new(Shared {
         flusher,
@@ -247,6 +247,8 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
         db,
         meta,
         snap,
+        purge_requested: std::sync::Mutex::new(last_purged),
+        purge_lock: tokio::sync::Mutex::new(()),
     }))
 }
 
@@ -257,6 +259,21 @@ fn check_ids_agree(
     last_purged: Option<LogId<u64>>,
     applied: &Applied,
 ) -> Result<(), String> {
+    if let Some(p) = last_purged {
+        // Purged entries are only ever the snapshot's (`log_store.rs`); purged past it,
+        // the entries between are gone and the state machine would skip them.
+        if !matches!(applied.last_applied, Some(a) if a.index >= p.index) {
+            return Err(format!(
+                "entries up to {} were purged but the snapshot ends at {}: the entries \
+                 between are lost (left by a crash during a snapshot install of an older \
+                 version); wipe this node's data directory and add it to the cluster again",
+                p.index,
+                applied
+                    .last_applied
+                    .map_or_else(|| "none".to_string(), |a| a.index.to_string())
+            ));
+        }
+    }
     if let (Some(first), Some(p)) = (first, last_purged) {
         if first != p.index + 1 {
             return Err(format!(

@@ -220,6 +220,9 @@ impl StateMachineStore {
         if persisted {
             // Durable before openraft hears of it: it purges logs up to this snapshot.
             self.shared.flusher.flush().await?;
+            if let Some(last) = meta.last_log_id {
+                crate::log_store::finish_purge(&self.shared, last).await?;
+            }
         }
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), persisted, "built snapshot");
         Ok(Snapshot {
@@ -228,7 +231,7 @@ impl StateMachineStore {
         })
     }
 
-    fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
+    pub(crate) fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
         if let Some(meta) = snapshot_file::read_meta(&shared.dir)? {
             return Ok(Some(meta));
         }
@@ -252,6 +255,11 @@ impl StateMachineStore {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         self.shared.flusher.flush().await?;
+        // openraft purged the log up to this snapshot when it sent us the install;
+        // only now may that purge be made durable (`log_store.rs`).
+        if let Some(last) = meta.last_log_id {
+            crate::log_store::finish_purge(&self.shared, last).await?;
+        }
         *self.write_guard()? = applied;
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())

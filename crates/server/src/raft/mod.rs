@@ -138,6 +138,7 @@ impl Node {
         let proposer = Arc::new(batcher::RaftProposer {
             raft: raft.clone(),
             sm: sm.clone(),
+            startup_log_index,
         });
         let (batcher, batcher_task) = Batcher::spawn(
             proposer,

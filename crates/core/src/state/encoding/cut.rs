@@ -21,12 +21,40 @@
 //! so writing them piecewise gives the same bytes) — which `cut::tests` checks against
 //! random interleavings.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use serde::Serialize;
 
+use super::SNAPSHOT_VERSION;
 use crate::error::CoreError;
-use crate::state::{State, UndoLog, SNAPSHOT_VERSION};
+use crate::state::leases::Lease;
+use crate::state::State;
+
+/// The values of changed entries as of an open cut: the first change to a lease or
+/// bucket after the cut records its value before the change (`None`: it did not
+/// exist). It lives in the state (`State::undo`) because every change to the maps it
+/// shadows must feed it (`slots.rs`, `rate.rs`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UndoLog {
+    pub(crate) id: u64,
+    pub(crate) leases: BTreeMap<u64, Option<Lease>>,
+    pub(crate) rate: BTreeMap<String, Option<u128>>,
+}
+
+impl UndoLog {
+    /// Remember `token`'s value as of the cut, if this is its first change since.
+    pub(crate) fn lease(&mut self, token: u64, before: Option<&Lease>) {
+        self.leases.entry(token).or_insert_with(|| before.cloned());
+    }
+
+    /// Remember `key`'s bucket as of the cut, if this is its first change since.
+    pub(crate) fn rate(&mut self, key: &str, before: Option<u128>) {
+        if !self.rate.contains_key(key) {
+            self.rate.insert(key.to_string(), before);
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Phase {
