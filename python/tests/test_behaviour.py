@@ -113,6 +113,19 @@ def test_slot_holds_and_releases_on_exit(qc: Any, uid: str) -> None:
     assert qc.slots(key).used == 0
 
 
+def test_a_detached_lease_is_held_elsewhere_and_released_there(qc: Any, uid: str) -> None:
+    key = f"org:h-{uid}"
+    with qc.slot([key], ttl=30) as s:
+        lease_id = s.detach()
+    assert qc.slots(key).used == 1, "a detached slot is not released on exit"
+    with qc.hold(lease_id, ttl=30) as job:
+        assert job.held and not job.lost
+    assert job.released is True
+    assert qc.slots(key).used == 0
+    with pytest.raises(quorate.LeaseNotFound), qc.hold(lease_id, ttl=30):
+        pytest.fail("a released lease cannot be adopted")
+
+
 def test_limits_come_from_override_policy_or_default(qc: Any, uid: str) -> None:
     org, plain = f"org:l-{uid}", f"plain-{uid}"
     assert (qc.get_limit(org).limit, qc.get_limit(org).source) == (5, "policy")
@@ -128,6 +141,8 @@ def test_limits_come_from_override_policy_or_default(qc: Any, uid: str) -> None:
     assert qc.get_limit(org).source == "policy"
     with pytest.raises(quorate.InvalidRequest):
         qc.set_limit(org, 0)
+    with pytest.raises(quorate.InvalidRequest):
+        qc.list_limits("org:", max=0)
 
 
 # -- rate limits ----------------------------------------------------------------------

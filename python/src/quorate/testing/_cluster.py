@@ -534,6 +534,8 @@ class FakeCluster:
                     keys.update(k for k in lease.keys if k.startswith(prefix))
             ordered = sorted(keys)
             cap = 1000 if max_rows is None else max_rows
+            if not 1 <= cap <= 10_000:
+                raise _api(InvalidRequest, "max must be in 1..=10000")
             return LimitList(
                 tuple(self._limit_info(k, now) for k in ordered[:cap]), len(ordered) > cap
             )
