@@ -149,12 +149,18 @@ async fn the_client_sends_to_the_leader_and_follows_the_hint_after_a_leader_kill
     let client = client(&c);
     let leader = c.leader_id().await;
     // The first answer (from whichever node is tried first) names the leader.
-    client.check_rate("user:hint", "user", None).await.expect("rate check");
+    client
+        .check_rate("user:hint", "user", None)
+        .await
+        .expect("rate check");
     assert_eq!(client.leader_hint(), Some(c.api_url(leader)));
     let ids = c.ids();
     let before = rate_checks_served(&c, &ids).await;
     for _ in 0..5 {
-        client.check_rate("user:hint", "user", None).await.expect("rate check");
+        client
+            .check_rate("user:hint", "user", None)
+            .await
+            .expect("rate check");
     }
     let after = rate_checks_served(&c, &ids).await;
     for (i, id) in ids.iter().enumerate() {
@@ -179,12 +185,19 @@ async fn the_client_sends_to_the_leader_and_follows_the_hint_after_a_leader_kill
     let running = c.running();
     let before = rate_checks_served(&c, &running).await;
     for _ in 0..5 {
-        client.check_rate("user:hint", "user", None).await.expect("rate check");
+        client
+            .check_rate("user:hint", "user", None)
+            .await
+            .expect("rate check");
     }
     let after = rate_checks_served(&c, &running).await;
     for (i, id) in running.iter().enumerate() {
         let want = if *id == new_leader { 5.0 } else { 0.0 };
-        assert_eq!(after[i] - before[i], want, "node {id} (new leader {new_leader})");
+        assert_eq!(
+            after[i] - before[i],
+            want,
+            "node {id} (new leader {new_leader})"
+        );
     }
 }
 

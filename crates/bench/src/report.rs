@@ -390,8 +390,11 @@ fn write_cost(md: &mut String, rs: &[RunResult]) {
         _ => 2,
     };
     cells.sort_by_key(|(w, c)| (order(w), *c));
-    let _ = writeln!(md, "## The cost of a decision
-");
+    let _ = writeln!(
+        md,
+        "## The cost of a decision
+"
+    );
     let _ = writeln!(
         md,
         "Server CPU per completed op in µs, **total** (user + system) over every process          of the system, from `/proc/<pid>/stat` over the measured phase; per node for          quorate (the leader at the end of the cell first). Ratios are ops/s of the quorate          row over Redis without persistence / Redis `appendfsync always` in the same          cell. Leader-direct clients all talk to the node `/v1/cluster` names as leader and          follow its `x-quorate-leader` hint.
@@ -582,7 +585,12 @@ mod tests {
     use super::*;
     use crate::run::ProcCpu;
 
-    fn result(system: &str, variant: &str, ops_per_s: f64, procs: &[(&str, &str, f64)]) -> RunResult {
+    fn result(
+        system: &str,
+        variant: &str,
+        ops_per_s: f64,
+        procs: &[(&str, &str, f64)],
+    ) -> RunResult {
         RunResult {
             system: system.into(),
             workload: "hot".into(),
@@ -633,8 +641,26 @@ mod tests {
     #[test]
     fn the_cost_table_compares_both_routings_with_both_redis_setups() {
         let rs = vec![
-            result("quorate", "", 10_000.0, &[("1", "follower", 20.0), ("2", "leader", 80.0), ("3", "follower", 20.0)]),
-            result("quorate", LEADER_DIRECT, 20_000.0, &[("1", "follower", 8.0), ("2", "leader", 40.0), ("3", "follower", 8.0)]),
+            result(
+                "quorate",
+                "",
+                10_000.0,
+                &[
+                    ("1", "follower", 20.0),
+                    ("2", "leader", 80.0),
+                    ("3", "follower", 20.0),
+                ],
+            ),
+            result(
+                "quorate",
+                LEADER_DIRECT,
+                20_000.0,
+                &[
+                    ("1", "follower", 8.0),
+                    ("2", "leader", 40.0),
+                    ("3", "follower", 8.0),
+                ],
+            ),
             result("redis", "", 50_000.0, &[("redis", "", 16.0)]),
             result("redis", REDIS_AOF, 40_000.0, &[("redis", "", 20.0)]),
         ];
@@ -651,8 +677,14 @@ mod tests {
             cost.contains("| hot | 64 | quorate ×3, leader-direct | 20000 | 1.00 / 5.00 | 0.40× / 0.50× | **56** (42 + 14) | 2 leader: 40 (30 + 10); 1 follower: 8 (6 + 2); 3 follower: 8 (6 + 2) |"),
             "{cost}"
         );
-        assert!(cost.contains("| hot | 64 | quorate ×3, round-robin | 10000 |"), "{cost}");
-        assert!(cost.contains("| hot | 64 | Redis `appendfsync always` | 40000 |"), "{cost}");
+        assert!(
+            cost.contains("| hot | 64 | quorate ×3, round-robin | 10000 |"),
+            "{cost}"
+        );
+        assert!(
+            cost.contains("| hot | 64 | Redis `appendfsync always` | 40000 |"),
+            "{cost}"
+        );
         // The classic table keeps its one row per cell, without the cost variants.
         let results = md.split("## Results").nth(1).unwrap();
         let table = results.split("### Every run").next().unwrap();

@@ -189,7 +189,10 @@ impl Transport {
 
     /// The leader the cluster last named, if any.
     pub fn leader_hint(&self) -> Option<Url> {
-        self.leader.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Follow a hint from an answer (no header: keep what we have).

@@ -641,9 +641,27 @@ async fn every_answer_names_the_leader() {
     app.backend.set_leader_api(Some("http://127.0.0.1:7102"));
     let acquire = || Some(r#"{"keys":["org:a"]}"#.to_string());
     let cases = [
-        (Some(CLIENT), Method::GET, "/v1/cluster", None, StatusCode::OK),
-        (Some(CLIENT), Method::POST, "/v1/slots/acquire", acquire(), StatusCode::OK),
-        (None, Method::POST, "/v1/slots/acquire", acquire(), StatusCode::UNAUTHORIZED),
+        (
+            Some(CLIENT),
+            Method::GET,
+            "/v1/cluster",
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Some(CLIENT),
+            Method::POST,
+            "/v1/slots/acquire",
+            acquire(),
+            StatusCode::OK,
+        ),
+        (
+            None,
+            Method::POST,
+            "/v1/slots/acquire",
+            acquire(),
+            StatusCode::UNAUTHORIZED,
+        ),
         (
             Some(CLIENT),
             Method::PUT,
@@ -651,7 +669,13 @@ async fn every_answer_names_the_leader() {
             Some(r#"{"limit":1}"#.to_string()),
             StatusCode::FORBIDDEN,
         ),
-        (Some(CLIENT), Method::GET, "/v1/nope", None, StatusCode::NOT_FOUND),
+        (
+            Some(CLIENT),
+            Method::GET,
+            "/v1/nope",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
         (None, Method::GET, "/healthz", None, StatusCode::OK),
     ];
     for (token, method, uri, body, status) in cases {

@@ -122,9 +122,12 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = node
-            .read(Query::Limit {
-                key: "org:a".into(),
-            }, soon())
+            .read(
+                Query::Limit {
+                    key: "org:a".into(),
+                },
+                soon(),
+            )
             .await
             .expect("read");
         if matches!(&r, Ok(Outcome::Limit(l)) if l.limit == 2) {
@@ -135,18 +138,30 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
     }
 
     assert!(granted(
-        &node.write(acquire("org:a", "l1"), soon()).await.expect("write")
+        &node
+            .write(acquire("org:a", "l1"), soon())
+            .await
+            .expect("write")
     ));
     assert!(granted(
-        &node.write(acquire("org:a", "l2"), soon()).await.expect("write")
+        &node
+            .write(acquire("org:a", "l2"), soon())
+            .await
+            .expect("write")
     ));
-    let third = node.write(acquire("org:a", "l3"), soon()).await.expect("write");
+    let third = node
+        .write(acquire("org:a", "l3"), soon())
+        .await
+        .expect("write");
     assert!(matches!(third, Ok(Outcome::Denied(_))), "{third:?}");
 
     let usage = node
-        .read(Query::Usage {
-            key: "org:a".into(),
-        }, soon())
+        .read(
+            Query::Usage {
+                key: "org:a".into(),
+            },
+            soon(),
+        )
         .await
         .expect("read");
     match usage {
@@ -268,9 +283,12 @@ async fn peer_router_decodes_strictly_and_forwards() {
     }
     // The forwarded acquire belongs to the caller the follower named.
     let lease = node
-        .read(Query::Lease {
-            lease_id: "fwd-1".into(),
-        }, soon())
+        .read(
+            Query::Lease {
+                lease_id: "fwd-1".into(),
+            },
+            soon(),
+        )
         .await
         .expect("read");
     assert!(
@@ -358,9 +376,12 @@ async fn forwarded_batches_are_checked_and_answered_per_op() {
         let node = node.clone();
         async move {
             match node
-                .read(Query::Lease {
-                    lease_id: id.into(),
-                }, soon())
+                .read(
+                    Query::Lease {
+                        lease_id: id.into(),
+                    },
+                    soon(),
+                )
                 .await
             {
                 Ok(Ok(Outcome::Lease(Some(l)))) => Some(l.owner),
@@ -401,9 +422,12 @@ async fn forwarded_ops_are_refused_beyond_their_callers_role() {
     };
     let limit = || async {
         match node
-            .read(Query::Limit {
-                key: "org:forged".into(),
-            }, soon())
+            .read(
+                Query::Limit {
+                    key: "org:forged".into(),
+                },
+                soon(),
+            )
             .await
         {
             Ok(Ok(Outcome::Limit(l))) => l.limit,

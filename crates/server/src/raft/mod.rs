@@ -158,7 +158,11 @@ impl Node {
             },
             metrics.clone(),
         );
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let api_urls = config
             .nodes
             .iter()

@@ -46,7 +46,11 @@ impl Node {
         if let Some(url) = self.api_urls.get(&id) {
             return Some(url.clone());
         }
-        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let m = self.raft.metrics();
         let m = m.borrow();
         let node = m.membership_config.membership().get_node(&id)?;
@@ -125,7 +129,10 @@ impl Node {
         Ok(ClusterResponse {
             node_id: self.id,
             leader_id: m.current_leader,
-            leader_api: m.current_leader.and_then(|l| self.api_url_of(l)).map(|u| u.to_string()),
+            leader_api: m
+                .current_leader
+                .and_then(|l| self.api_url_of(l))
+                .map(|u| u.to_string()),
             term: m.current_term,
             members,
             last_log_index: m.last_log_index,

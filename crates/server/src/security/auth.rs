@@ -503,28 +503,36 @@ mod tests {
             Err(Denied::Unauthorized(_))
         ));
         assert_eq!(
-            check(&r, &headers(Some("Bearer client-token-0123456789")),
+            check(
+                &r,
+                &headers(Some("Bearer client-token-0123456789")),
                 lo,
                 Role::Client
             ),
             Ok(())
         );
         assert_eq!(
-            check(&r, &headers(Some("Bearer client-token-0123456789")),
+            check(
+                &r,
+                &headers(Some("Bearer client-token-0123456789")),
                 lo,
                 Role::Admin
             ),
             Err(Denied::Forbidden)
         );
         assert_eq!(
-            check(&r, &headers(Some("Bearer admin-token-0123456789")),
+            check(
+                &r,
+                &headers(Some("Bearer admin-token-0123456789")),
                 lo,
                 Role::Admin
             ),
             Ok(())
         );
         assert_eq!(
-            check(&r, &headers(Some("Bearer admin-token-0123456789")),
+            check(
+                &r,
+                &headers(Some("Bearer admin-token-0123456789")),
                 lo,
                 Role::Client
             ),
@@ -546,35 +554,43 @@ mod tests {
             })
         );
         // A prefix of a token is not the token.
-        assert!(check(&r, &headers(Some("Bearer admin-token-012345678")),
-                lo,
-                Role::Client
-            )
-            .is_err());
+        assert!(check(
+            &r,
+            &headers(Some("Bearer admin-token-012345678")),
+            lo,
+            Role::Client
+        )
+        .is_err());
     }
 
     #[test]
     fn open_mode_serves_loopback_only() {
         let r = ApiAuth::default();
         assert_eq!(
-            check(&r, &headers(None),
+            check(
+                &r,
+                &headers(None),
                 Some("127.0.0.1:9".parse().unwrap()),
                 Role::Admin
             ),
             Ok(())
         );
         assert_eq!(
-            check(&r, &headers(None),
+            check(
+                &r,
+                &headers(None),
                 Some("[::1]:9".parse().unwrap()),
                 Role::Admin
             ),
             Ok(())
         );
-        assert!(check(&r, &headers(None),
-                Some("192.0.2.7:9".parse().unwrap()),
-                Role::Client
-            )
-            .is_err());
+        assert!(check(
+            &r,
+            &headers(None),
+            Some("192.0.2.7:9".parse().unwrap()),
+            Role::Client
+        )
+        .is_err());
         assert!(check(&r, &headers(None), None, Role::Client).is_err());
         // Every open-mode caller is the anonymous admin.
         assert_eq!(

@@ -36,8 +36,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use quorate_core::{Caller, Op, Outcome, Query};
-use quorate_proto::{codes, LEADER_HEADER};
 use quorate_proto::routes::{self, Access, Method, Route, RouteId, ROUTES};
+use quorate_proto::{codes, LEADER_HEADER};
 use tracing::Instrument;
 
 use super::error::{ApiError, ApiResult};
