@@ -30,6 +30,7 @@ use quorate_core::State;
 use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
+use crate::flusher::is_no_space;
 use crate::snapshot::{decode_snapshot, encode_snapshot, Header};
 use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
@@ -212,7 +213,22 @@ impl StateMachineStore {
                 None => true,
             };
             if newer {
-                Self::persist_snapshot(&shared, &meta, &data)?;
+                match Self::persist_snapshot(&shared, &meta, &data) {
+                    Ok(()) => {}
+                    // A full disk: the previous snapshot file stays (the partial one is
+                    // removed) and this one is handed back unpersisted. openraft 0.9
+                    // stops the node on a failed build, and a later build retries;
+                    // the purges it asks for meanwhile wait for a durable snapshot
+                    // that covers them (`log_store.rs`).
+                    Err(StoreError::Io { path, source }) if is_no_space(&source) => {
+                        tracing::warn!(
+                            path = %path.display(), error = %source,
+                            "disk full: snapshot not persisted; the previous one stays"
+                        );
+                        return Ok((meta, data, false));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok::<_, StoreError>((meta, data, newer))
         })

@@ -7,7 +7,8 @@
 //! - ENOSPC on the log stops the store as `NoSpace`; once space is freed, reopening
 //!   drops only the unacknowledged partial bytes and appends go on;
 //! - ENOSPC while writing a snapshot keeps the old snapshot (and removes the partial
-//!   temporary file).
+//!   temporary file); the build still hands its snapshot to openraft, unpersisted, so
+//!   openraft 0.9 does not stop the node, and the next build retries.
 
 #[path = "../src/bin/store_crash_child/workload.rs"]
 mod workload;
@@ -195,8 +196,9 @@ async fn a_full_disk_while_writing_a_snapshot_keeps_the_old_one() -> Result<()> 
     st.sm.apply(entries).await?;
 
     sim.set_space(Some(sim.used() + 100));
-    let refused = st.sm.get_snapshot_builder().await.build_snapshot().await;
-    ensure!(refused.is_err(), "a snapshot was built on a full disk");
+    // Handed back (openraft 0.9 stops a node whose build fails) but not persisted.
+    let unpersisted = st.sm.get_snapshot_builder().await.build_snapshot().await?;
+    ensure!(unpersisted.meta.last_log_id.map(|l| l.index) == Some(40));
     ensure!(
         !dir.path().join("snapshot.tmp").exists(),
         "the partial snapshot was left behind"
