@@ -31,6 +31,10 @@ pub enum ServerError {
     /// The Raft core could not start or stopped with a fatal error.
     #[error("raft: {0}")]
     Raft(String),
+    /// The store's disk is full: the node stopped taking part and [`crate::run::serve`]
+    /// starts it again once space is freed (`run.rs`).
+    #[error("out of disk space: {0}")]
+    NoSpace(String),
     /// An HTTP server failed while serving.
     #[error("{what} server on {addr} failed: {source}")]
     Serve {

@@ -18,8 +18,20 @@
 //! 3. the store is flushed (every acknowledged append is already durable; this covers
 //!    the committed index and anything else still buffered by sled).
 //!
-//! A fatal Raft error (the store failed) also stops the node, with an error, so the
-//! process exits non-zero instead of answering 503 forever.
+//! A fatal Raft error stops the node, and what happens next depends on why (the
+//! store's [`Health`](quorate_store::Health)):
+//! - **the disk is full** (ENOSPC on an append or a flush): the node stops taking part
+//!   at once (Raft, listeners), says so, and [`serve`] waits until a probe write of
+//!   [`SPACE_PROBE_BYTES`] succeeds in the data directory, then opens the store again
+//!   (which drops the unacknowledged bytes of the failed write) and rejoins: a full
+//!   disk is common and temporary, and needs no operator to restart anything. While it
+//!   waits its ports are closed, so clients and peers move on at once;
+//! - **any other write or fsync error** (EIO...): the page cache may hold data the
+//!   disk lost, so the node never writes again in this process. It keeps serving what
+//!   needs no Raft — `/readyz` is false, every decision is 503, `quorate_storage_failed`
+//!   is 1 — until it is stopped, so the failure is seen rather than restarted into;
+//! - **anything else** (a node that must not rejoin, a Raft core failure): the node
+//!   stops with an error and the process exits non-zero.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,8 +95,59 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.node(node_id)?;
-    let listeners = Listeners::bind(&config, node_id).await?;
-    serve_on(config, node_id, listeners, shutdown).await
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    loop {
+        let listeners = Listeners::bind(&config, node_id).await?;
+        match serve_on(config.clone(), node_id, listeners, shutdown.clone()).await {
+            Err(ServerError::NoSpace(why)) => {
+                let dir = config.node_data_dir(node_id);
+                tracing::error!(
+                    node = node_id,
+                    data = %dir.display(),
+                    error = %why,
+                    "out of disk space: this node stepped down and stopped taking part; it \
+                     rejoins by itself once space is freed"
+                );
+                tokio::select! {
+                    () = shutdown.clone() => return Ok(()),
+                    () = wait_for_space(&dir) => {}
+                }
+                tracing::info!(
+                    node = node_id,
+                    "disk space is available again: reopening the store and rejoining"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What must be writable in the data directory before a node that ran out of space
+/// starts again: room for a few full batches and a segment's worth of records.
+pub const SPACE_PROBE_BYTES: usize = 4 << 20;
+
+/// Resolves once [`SPACE_PROBE_BYTES`] can be written and synced in `dir` (checked
+/// every second).
+async fn wait_for_space(dir: &std::path::Path) {
+    let probe = dir.join(".space-probe");
+    loop {
+        let path = probe.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::fs::File::create(&path).and_then(|mut f| {
+                f.write_all(&vec![0u8; SPACE_PROBE_BYTES])?;
+                f.sync_all()
+            });
+            let _ = std::fs::remove_file(&path);
+            written.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// Like [`serve`], on listeners the caller bound.
@@ -94,11 +157,25 @@ pub async fn serve_on(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    config.security()?;
+    let storage = open_store(&config, node_id)?;
+    serve_with_storage(config, node_id, listeners, storage, shutdown).await
+}
+
+/// Like [`serve_on`], on a store the caller opened (tests open it over a simulated
+/// disk, `quorate_store::open_with`, to fail a write or an fsync).
+pub async fn serve_with_storage(
+    config: ClusterConfig,
+    node_id: u64,
+    listeners: Listeners,
+    storage: quorate_store::Storage,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let security = config.security()?;
     warn_about_open_access(&security);
-    let storage = open_store(&config, node_id)?;
     let metrics = Arc::new(Metrics::new());
+    let metrics_for_run = metrics.clone();
     let peers = PeerClient::for_node(
         config.raft.connect_timeout_ms.get(),
         &security.peer,
@@ -191,6 +268,7 @@ pub async fn serve_on(
         .run_until(
             shutdown,
             &node,
+            &metrics_for_run,
             stop_tx,
             config.server.drain_timeout_ms.get(),
         )
@@ -246,7 +324,20 @@ fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Sto
         message,
     };
     std::fs::create_dir_all(&dir).map_err(|e| storage_err(e.to_string()))?;
-    quorate_store::open(&dir).map_err(|e| storage_err(e.to_string()))
+    // After an in-process restart (a full disk) the previous store's sled may hold
+    // its directory lock a moment after it was dropped: retry that one error briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match quorate_store::open(&dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.map_err(|e| storage_err(e.to_string())),
+        }
+    }
 }
 
 /// The running servers of a node.
@@ -266,16 +357,36 @@ impl Servers {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
         node: &Node,
+        metrics: &Metrics,
         stop: watch::Sender<bool>,
         drain: std::time::Duration,
     ) -> Result<(), ServerError> {
         let mut result = Ok(());
+        tokio::pin!(shutdown);
         tokio::select! {
-            _ = shutdown => tracing::info!("shutdown requested"),
-            fatal = node.fatal() => {
-                tracing::error!(error = %fatal, "raft stopped with a fatal error");
-                result = Err(ServerError::Raft(fatal));
-            }
+            _ = &mut shutdown => tracing::info!("shutdown requested"),
+            fatal = node.fatal() => match node.storage_health() {
+                quorate_store::Health::NoSpace(why) => {
+                    result = Err(ServerError::NoSpace(why));
+                }
+                quorate_store::Health::Failed(why) => {
+                    // Never write again (the page cache may lie), but stay visible.
+                    metrics.storage_failed.set(1);
+                    tracing::error!(
+                        error = %why,
+                        raft = %fatal,
+                        "the store failed a write or fsync: this node no longer takes part \
+                         in Raft (readyz false, decisions 503); check the disk, then replace \
+                         the node or restart it"
+                    );
+                    shutdown.await;
+                    tracing::info!("shutdown requested");
+                }
+                quorate_store::Health::Ok => {
+                    tracing::error!(error = %fatal, "raft stopped with a fatal error");
+                    result = Err(ServerError::Raft(fatal));
+                }
+            },
             r = &mut self.api => {
                 result = Err(server_failed(r, self.api_addr.clone(), "api"));
             }

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub raft_applied_index: Gauge,
     pub raft_is_leader: Gauge,
     pub sled_size_bytes: Gauge,
+    /// 1 once a write or fsync of the store failed other than for space (`run.rs`).
+    pub storage_failed: Gauge,
     state_entries: Family<StateKind, Gauge>,
     state_cap: Family<StateKind, Gauge>,
     /// Kinds whose usage is above the warning threshold (so the warning is logged
@@ -169,6 +171,7 @@ impl Metrics {
             raft_applied_index: Gauge::default(),
             raft_is_leader: Gauge::default(),
             sled_size_bytes: Gauge::default(),
+            storage_failed: Gauge::default(),
             state_entries: Family::default(),
             state_cap: Family::default(),
             state_high: Mutex::new(HashMap::new()),
@@ -265,6 +268,11 @@ impl Metrics {
                 "quorate_sled_size_bytes",
                 "Bytes the store uses on disk: Raft log segments, snapshot file and sled (the name is from when all three were in sled).",
                 &m.sled_size_bytes,
+            ),
+            (
+                "quorate_storage_failed",
+                "1 once a write or fsync of this node's store failed (not for space): the node no longer takes part in Raft and must be checked by an operator.",
+                &m.storage_failed,
             ),
         ];
         for (name, help, gauge) in gauges {

@@ -258,6 +258,12 @@ impl Node {
         self.id
     }
 
+    /// Whether the store can still write (`quorate_store::Health`): after a failed
+    /// write or fsync it never can again in this process.
+    pub fn storage_health(&self) -> quorate_store::Health {
+        self.log.health()
+    }
+
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
     }
