@@ -52,6 +52,58 @@ def test_async_failover_when_first_node_is_dead(cluster: Cluster, uid: str) -> N
     asyncio.run(main())
 
 
+def rate_checks_served(c: Cluster, ids: list[int]) -> list[float]:
+    """Rate checks each node has served on its own API (whatever it then did)."""
+    out = []
+    for nid in ids:
+        text = c.http.get(c.url(nid) + "/metrics").text
+        prefix = 'quorate_http_requests_total{route="/v1/rate/check"'
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
+        out.append(sum(float(line.rsplit(" ", 1)[1]) for line in lines))
+    return out
+
+
+def served_by(c: Cluster, ids: list[int], key: str, client: Client, n: int = 5) -> list[float]:
+    """How many of ``n`` rate checks by ``client`` each node served."""
+    before = rate_checks_served(c, ids)
+    for _ in range(n):
+        assert client.check(key, limit=1000, period=60).allowed
+    after = rate_checks_served(c, ids)
+    return [a - b for a, b in zip(after, before, strict=True)]
+
+
+def test_the_client_sends_to_the_leader_and_follows_it_after_a_kill(
+    chaos_cluster: Cluster, uid: str
+) -> None:
+    c = chaos_cluster
+    key = f"ip:hint-{uid}"
+    leader = c.leader_id()
+    # Followers first, so only the hint can bring the calls to the leader.
+    urls = [c.url(n) for n in sorted(c.nodes, key=lambda n: n == leader)]
+    with Client(urls, timeout=1.0, deadline=15.0) as client:
+        # The first answer, from a follower, names the leader.
+        assert client.check(key, limit=1000, period=60).allowed
+        assert client.leader_hint == c.url(leader)
+        ids = list(c.nodes)
+        assert served_by(c, ids, key, client) == [5.0 if i == leader else 0.0 for i in ids]
+
+        c.kill(leader)
+        # The hinted node is gone: the client falls back to the others, whose answers
+        # name the new leader once one is elected.
+        assert client.check(key, limit=1000, period=60).allowed
+        new_leader = c.leader_id()
+        assert new_leader != leader
+
+        def follows() -> bool | None:
+            ok = client.check(key, limit=1000, period=60).allowed
+            return True if ok and client.leader_hint == c.url(new_leader) else None
+
+        poll("the client to follow the new leader", follows)
+        running = c.running()
+        got = served_by(c, running, key, client)
+        assert got == [5.0 if i == new_leader else 0.0 for i in running]
+
+
 # -- slots ----------------------------------------------------------------------------
 
 

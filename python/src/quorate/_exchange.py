@@ -9,6 +9,17 @@ loops only send what :meth:`Exchange.next` names and sleep for :attr:`Exchange.w
 
 The rules:
 
+- **Leader first.** Every answer names the current leader's API base URL in the
+  ``x-quorate-leader`` header; :class:`Nodes` remembers it and the next attempt goes
+  there (any node decides any call by forwarding to the leader, so this only saves
+  that hop). A new name in a later answer is followed at once. A hinted node that
+  fails is dropped from :attr:`Nodes.leader` and the configured nodes are tried in
+  turn, whose answers name the new leader. Each hint is tried at most once per round,
+  so a hint naming a dead node cannot hold a call.
+- **Which hints are followed** (as the Rust client): any bare ``http(s)://host[:port]``
+  base URL, configured or not (a cluster may advertise names the client was not given,
+  e.g. behind NAT), but never ``http://`` when a configured node is ``https://``: the
+  bearer token goes wherever the hint points, so a hint may not downgrade the client.
 - **Any node will do.** A ``503`` (no quorum, election running), a ``502``/``504`` from
   a proxy in front of a dead node, or an unreachable node moves on to the next node.
   Every other answer decides the call, since another node would say the same.
@@ -26,6 +37,7 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,7 +45,7 @@ from ._calls import Call, interpret
 from .errors import ConfigError, Unavailable
 from .failure import Failures
 
-__all__ = ["Exchange", "Nodes"]
+__all__ = ["LEADER_HEADER", "Exchange", "Nodes", "parse_hint"]
 
 logger = logging.getLogger("quorate")
 
@@ -42,6 +54,30 @@ T = TypeVar("T")
 # Statuses that mean "this node could not decide; another may": 503 is quorate's own
 # (no quorum, election); 502/504 come from a proxy in front of a dead node.
 _RETRY_STATUSES = frozenset({502, 503, 504})
+
+#: Response header naming the current leader's API base URL (``quorate_proto::LEADER_HEADER``).
+LEADER_HEADER = "x-quorate-leader"
+
+
+def parse_hint(value: str | None, https_only: bool) -> str | None:
+    """The leader base URL a hint names (no trailing ``/``), if the client may follow it:
+    a bare ``http(s)://host[:port]`` (no path, query, fragment or credentials), and
+    ``https://`` only when ``https_only``. Anything else is ignored, never an error."""
+    if not value:
+        return None
+    s = value.strip().rstrip("/")
+    try:
+        u = urlsplit(s)
+        _ = u.port  # raises ValueError on a bad port
+    except ValueError:
+        return None
+    if u.scheme not in ("http", "https") or (https_only and u.scheme != "https"):
+        return None
+    if not u.hostname or u.path or u.query or u.fragment or "@" in u.netloc:
+        return None
+    if any(c.isspace() for c in s):
+        return None
+    return s
 
 
 class Nodes:
@@ -72,8 +108,26 @@ class Nodes:
         self.deadline = deadline
         self.backoff = backoff
         self.max_backoff = max(max_backoff, backoff)
-        #: Index of the node that answered last (tried first).
+        #: Index of the node that answered last (tried first after the leader).
         self.preferred = 0
+        #: The leader's API base URL as the cluster last named it (tried first), or None.
+        self.leader: str | None = None
+        #: Hints must be ``https://`` (some configured node is).
+        self.https_only = any(u.startswith("https://") for u in self.urls)
+
+    def follow(self, headers: httpx.Headers) -> None:
+        """Take the leader hint of an answer (no usable header: keep what we have)."""
+        hint = parse_hint(headers.get(LEADER_HEADER), self.https_only)
+        if hint is not None and hint != self.leader:
+            logger.debug("following the cluster's leader hint to %s", hint)
+            self.leader = hint
+
+    def forget(self, failed: str) -> None:
+        """Drop the hint ``failed`` (its node did not decide), unless an answer replaced
+        it meanwhile. Unlocked: a race can at worst drop a fresh hint, which the next
+        answer restores."""
+        if self.leader == failed:
+            self.leader = None
 
 
 class Exchange(Generic[T]):
@@ -93,6 +147,10 @@ class Exchange(Generic[T]):
         #: Seconds to wait before the next attempt (0: at once).
         self.wait = 0.0
         self._node = 0
+        #: The hint this attempt went to (None: a configured node, ``_node``).
+        self._hint: str | None = None
+        #: Hints tried (and failed) in this round.
+        self._hints_tried: set[str] = set()
         self._answer: httpx.Response | None = None
         self._gave_up: Unavailable | None = None
 
@@ -102,33 +160,49 @@ class Exchange(Generic[T]):
 
     def next(self) -> tuple[str, float]:
         """The URL of the next attempt and how long it may take."""
-        urls = self.nodes.urls
-        self._node = (self.nodes.preferred + self.attempt) % len(urls)
         remaining = self.deadline - time.monotonic()
         # Never let one attempt outlive the call's deadline, but give it a sliver of
         # time even at the end so a last try is a real try.
         timeout = max(0.05, min(self.nodes.timeout, remaining))
+        hint = self.nodes.leader
+        if hint is not None and hint not in self._hints_tried:
+            self._hint = hint
+            return hint + self.call.path, timeout
+        self._hint = None
+        urls = self.nodes.urls
+        self._node = (self.nodes.preferred + self.attempt) % len(urls)
         return urls[self._node] + self.call.path, timeout
 
     def answered(self, response: httpx.Response) -> None:
+        self.nodes.follow(response.headers)
         if response.status_code not in _RETRY_STATUSES:
-            self.nodes.preferred = self._node
+            if self._hint is None:
+                self.nodes.preferred = self._node
             self._answer = response
             return
         self.retry_after = _retry_after(response.headers)
-        node = self.nodes.urls[self._node]
-        self._failed(f"{node}: {response.status_code} {response.text[:200]}")
+        self._failed(f"{self._target()}: {response.status_code} {response.text[:200]}")
 
     def unreachable(self, error: httpx.TransportError) -> None:
-        node = self.nodes.urls[self._node]
-        self._failed(f"{node}: {type(error).__name__}: {error}")
+        self._failed(f"{self._target()}: {type(error).__name__}: {error}")
+
+    def _target(self) -> str:
+        return self._hint if self._hint is not None else self.nodes.urls[self._node]
 
     def _failed(self, why: str) -> None:
         """Record a failed attempt: set the wait before the next one, or give up."""
         self.last_error = why
         logger.debug("quorate node did not decide (%s); trying the next", why)
-        self.attempt += 1
         self.wait = 0.0
+        if self._hint is not None:
+            # The hinted node failed: drop the hint and go on with the configured nodes
+            # (a failed hint does not count towards the round).
+            self.nodes.forget(self._hint)
+            self._hints_tried.add(self._hint)
+            if time.monotonic() >= self.deadline:
+                self._give_up()
+            return
+        self.attempt += 1
         now = time.monotonic()
         if self.attempt % len(self.nodes.urls) == 0:
             # Every node failed once in this round: back off before the next round.
@@ -137,6 +211,8 @@ class Exchange(Generic[T]):
                 return
             self.wait = self.backoff
             self.backoff = min(self.backoff * 2, self.nodes.max_backoff)
+            # A new round may try a hint again (the leader may be back).
+            self._hints_tried.clear()
         elif now >= self.deadline:
             self._give_up()
 

@@ -18,6 +18,11 @@ and the slots never import a client):
 
 Behaviour that matters for a limiter:
 
+- **Leader first.** Every answer names the current leader (``x-quorate-leader``); the
+  next call goes straight there, saving the hop a follower would forward it over, and
+  a changed name is followed at once (:attr:`Client.leader_hint`). A hint may name a
+  node not in ``nodes`` (as in the Rust client), but never downgrades ``https`` to
+  ``http``. When the hinted node fails, the configured nodes are tried as below.
 - **Any node will do.** Nodes are tried in turn, starting with the one that answered
   last. A ``503 unavailable`` (no quorum, election running) or an unreachable node moves
   on to the next; once every node failed in a round the client backs off (doubling up to
@@ -152,6 +157,13 @@ class _BaseClient(Generic[_TransportT]):
     def unavailable_count(self) -> int:
         """Times a call ended without a decision (either policy)."""
         return self.failures.unavailable_count
+
+    @property
+    def leader_hint(self) -> str | None:
+        """The leader's API base URL as the cluster last named it (the
+        ``x-quorate-leader`` header of any answer), where calls go first; ``None``
+        before the first answer or after the hinted node failed."""
+        return self._nodes.leader
 
     @property
     def _preferred(self) -> int:

@@ -428,6 +428,9 @@ class ClusterInfo:
     committed_index: int | None
     applied_index: int | None
     state_digest: str
+    #: The leader's API base URL as clients reach it (the ``x-quorate-leader`` header);
+    #: None while no leader is known.
+    leader_api: str | None = None
 
     @classmethod
     def from_json(cls, d: Json) -> ClusterInfo:
@@ -440,4 +443,5 @@ class ClusterInfo:
             committed_index=d.get("committed_index"),
             applied_index=d.get("applied_index"),
             state_digest=str(d.get("state_digest", "")),
+            leader_api=d.get("leader_api"),
         )

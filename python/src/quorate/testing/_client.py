@@ -88,6 +88,11 @@ class _FakeBase:
     def unavailable_count(self) -> int:
         return self.failures.unavailable_count
 
+    @property
+    def leader_hint(self) -> str | None:
+        """Always None: the fake has no nodes to route between."""
+        return None
+
     def _decide(
         self, fn: Callable[[], T], undecided: Callable[[Unavailable], T] | None = None
     ) -> T:

@@ -607,6 +607,7 @@ class FakeCluster:
                 committed_index=None,
                 applied_index=None,
                 state_digest="",
+                leader_api="http://fake:7101",
             )
 
 
