@@ -180,3 +180,11 @@ mod tests {
         assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"deleted":true}"#);
     }
 }
+
+/// One line per key a shadow-mode policy would have denied (empty when none).
+pub fn shadow_lines(denied: &[quorate_proto::ShadowDenial]) -> String {
+    denied
+        .iter()
+        .map(|d| format!("shadow: policy {} would have denied {}\n", d.policy, d.key))
+        .collect()
+}
