@@ -553,6 +553,8 @@ async fn shadow_policies_allow_say_so_count_and_switch_back() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // (org:a is still over its shadow limit: said again, counted again.)
+    assert_eq!(v["shadow_denied"][0]["policy"], "orgs", "{v}");
     for id in ["g2", "g3"] {
         post(
             &app,
@@ -596,7 +598,7 @@ async fn shadow_policies_allow_say_so_count_and_switch_back() {
     let (_, _, b) = call_raw(&app, Method::GET, "/metrics", None).await;
     let text = String::from_utf8(b).unwrap();
     for line in [
-        r#"quorate_shadow_denials_total{policy="orgs"} 1"#,
+        r#"quorate_shadow_denials_total{policy="orgs"} 2"#,
         r#"quorate_shadow_denials_total{policy="user"} 1"#,
     ] {
         assert!(text.contains(line), "{line} missing from {text}");
@@ -604,7 +606,7 @@ async fn shadow_policies_allow_say_so_count_and_switch_back() {
     let (_, _, v) = get(&app, "/v1/stats").await;
     assert_eq!(
         v["shadow_denials"],
-        json!([{"policy": "orgs", "count": 1}, {"policy": "user", "count": 1}])
+        json!([{"policy": "orgs", "count": 2}, {"policy": "user", "count": 1}])
     );
 
     // Back to enforce: one call, and the same requests are refused.

@@ -777,6 +777,46 @@ trial = 0.5
         ));
     }
 
+    /// `mode = "shadow"` makes the file's configuration an `Op::ConfigureModes` and
+    /// changes its digest; a file without one keeps `Op::Configure` and the digest it
+    /// had before modes existed.
+    #[test]
+    fn a_shadow_policy_in_the_file_is_installed_with_its_mode() {
+        let plain = parse(SAMPLE, &[]).unwrap();
+        assert!(matches!(
+            plain.configure_op(),
+            quorate_core::Op::Configure(_)
+        ));
+        let text = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"shadow\"",
+        );
+        let shadow = parse(&text, &[]).unwrap();
+        assert_eq!(shadow.shadow_policies(), ["worker"]);
+        assert_ne!(shadow.source_digest(), plain.source_digest());
+        match shadow.configure_op() {
+            quorate_core::Op::ConfigureModes(c) => {
+                assert_eq!(c.shadow, ["worker"]);
+                assert_eq!(c.config.source_digest, shadow.source_digest());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Explicit enforce is the default: same digest as saying nothing.
+        let text = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"enforce\"",
+        );
+        assert_eq!(
+            parse(&text, &[]).unwrap().source_digest(),
+            plain.source_digest()
+        );
+        let bad = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"loud\"",
+        );
+        assert!(parse(&bad, &[]).is_err());
+    }
+
     #[test]
     fn policies_and_tiers_become_core_configuration() {
         let c = parse(SAMPLE, &[]).unwrap();
