@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Comparative benchmark (issue #7): quorate (3 nodes) vs Redis + Lua (single node) vs
-# etcd (3 members), all on loopback on this machine, then quorate's state size,
-# restart and catch-up times. Writes docs/benchmarks.md and prints it.
+# Comparative benchmark (issues #7, #22): quorate (3 nodes; clients round-robin over the
+# nodes and, separately, straight to the leader) vs Redis + Lua (single node, no
+# persistence) vs Redis + Lua with `appendfsync always` vs etcd (3 members), all on
+# loopback on this machine, with server CPU per decision (user and system, per
+# process); then quorate's state size, restart and catch-up times. Writes
+# docs/benchmarks.md and prints it.
 #
 #   scripts/bench.sh              # full run (~15 min on 2 cores)
 #   scripts/bench.sh --quick      # smoke run (~3 min): fewer requests and client counts
 #
 # Options:
 #   --quick             short run
-#   --systems LIST      comma-separated subset of quorate,redis,etcd (default: all)
+#   --systems LIST      comma-separated subset of quorate,redis,redis-aof,etcd (default:
+#                       all; redis-aof = Redis with appendonly yes, appendfsync always)
 #   --workloads LIST    subset of hot,spread,rate (default: all)
 #   --clients LIST      client counts (default 1,16,64,256; quick: 16,64)
+#   --routes LIST       how quorate clients pick nodes: round-robin,leader (default both)
 #   --requests N        attempts per cell, same for every system
 #   --no-state          skip quorate's state/restart/catch-up measurements
 #   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
@@ -30,8 +35,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CMDLINE="scripts/bench.sh $*"
 QUICK=0
-SYSTEMS=quorate,redis,etcd
+SYSTEMS=quorate,redis,redis-aof,etcd
 WORKLOADS=hot,spread,rate
+ROUTES=round-robin,leader
 CLIENTS=""
 REQUESTS=""
 STATE=1
@@ -48,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --systems) SYSTEMS=$2; shift ;;
     --workloads) WORKLOADS=$2; shift ;;
     --clients) CLIENTS=$2; shift ;;
+    --routes) ROUTES=$2; shift ;;
     --requests) REQUESTS=$2; shift ;;
     --no-state) STATE=0 ;;
     --fill-rate-keys) FILL_RATE_KEYS_ARG=$2; shift ;;
@@ -56,7 +63,7 @@ while [[ $# -gt 0 ]]; do
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -93,7 +100,7 @@ has() { [[ ",$1," == *",$2,"* ]]; }
 # ---------------------------------------------------------------------------------------
 # Install what is missing.
 need=()
-has "$SYSTEMS" redis && ! command -v redis-server >/dev/null && need+=(redis-server)
+{ has "$SYSTEMS" redis || has "$SYSTEMS" redis-aof; } && ! command -v redis-server >/dev/null && need+=(redis-server)
 has "$SYSTEMS" etcd && ! command -v etcd >/dev/null && need+=(etcd-server)
 has "$SYSTEMS" etcd && ! command -v etcdctl >/dev/null && need+=(etcd-client)
 [[ $PROFILE == 1 ]] && ! command -v perf >/dev/null && need+=(linux-perf)
@@ -163,6 +170,7 @@ wait_until() { # timeout_s cmd...
 # Non-default ports, unlikely to collide with a developer's `quorate up` (7101..) or
 # test clusters; checked free before starting.
 REDIS_PORT=26379
+REDIS_AOF_PORT=26380
 ETCD_CLIENT=(23791 23792 23793)
 ETCD_PEER=(23801 23802 23803)
 Q_API=(27101 27102 27103)
@@ -187,6 +195,19 @@ start_redis() {
   PID[redis]=$!
   wait_until 20 bash -c "redis-cli -p $REDIS_PORT ping | grep -q PONG" || { echo "redis did not start" >&2; exit 1; }
   extra env "Redis" "$(redis-server --version | awk '{print $3}' | tr -d 'v=') — single node, appendonly no, save \"\" (no persistence)"
+}
+
+# The same Redis, persisting every write before answering it (one fsync per write, as
+# quorate fsyncs every log entry before it acknowledges).
+start_redis_aof() {
+  ports_free $REDIS_AOF_PORT
+  mkdir -p "$WORK/redis-aof"
+  redis-server --bind 127.0.0.1 --port $REDIS_AOF_PORT --dir "$WORK/redis-aof" \
+    --appendonly yes --appendfsync always --save "" --daemonize no --loglevel warning \
+    --logfile "$WORK/redis-aof/redis.log" &
+  PID[redis_aof]=$!
+  wait_until 20 bash -c "redis-cli -p $REDIS_AOF_PORT ping | grep -q PONG" || { echo "redis (aof) did not start" >&2; exit 1; }
+  extra env "Redis appendfsync always" "the same redis-server, appendonly yes, appendfsync always (every write fsync'd before the reply)"
 }
 
 start_etcd() {
@@ -269,7 +290,27 @@ pids_of() {
   case $1 in
     quorate) echo "${PID[q1]:-},${PID[q2]:-},${PID[q3]:-}" ;;
     redis) echo "${PID[redis]:-}" ;;
+    redis-aof) echo "${PID[redis_aof]:-}" ;;
     etcd) echo "${PID[etcd0]:-},${PID[etcd1]:-},${PID[etcd2]:-}" ;;
+  esac
+}
+
+# Names of the pids of pids_of, in order (quorate: node ids, so the report can tell
+# the leader's CPU from the followers').
+pid_names_of() {
+  case $1 in
+    quorate) echo "1,2,3" ;;
+    redis) echo "redis" ;;
+    redis-aof) echo "redis-aof" ;;
+    etcd) echo "etcd1,etcd2,etcd3" ;;
+  esac
+}
+
+# The load generator's --system for a system of this script, plus its extra flags.
+bench_system_of() {
+  case $1 in
+    redis-aof) echo "redis" ;;
+    *) echo "$1" ;;
   esac
 }
 
@@ -277,6 +318,7 @@ targets_of() {
   case $1 in
     quorate) echo "127.0.0.1:${Q_API[0]},127.0.0.1:${Q_API[1]},127.0.0.1:${Q_API[2]}" ;;
     redis) echo "127.0.0.1:$REDIS_PORT" ;;
+    redis-aof) echo "127.0.0.1:$REDIS_AOF_PORT" ;;
     etcd) echo "127.0.0.1:${ETCD_CLIENT[0]},127.0.0.1:${ETCD_CLIENT[1]},127.0.0.1:${ETCD_CLIENT[2]}" ;;
   esac
 }
@@ -297,9 +339,12 @@ extra env "Load average at start (1/5/15 min)" "$(cut -d' ' -f1-3 /proc/loadavg)
 bench_run() { # system workload clients [extra flags...]
   local sys=$1 w=$2 c=$3
   shift 3
-  "$BENCH" run --system "$sys" --workload "$w" --clients "$c" --requests "$(requests_for "$c")" \
-    --targets "$(targets_of "$sys")" --pids "$(pids_of "$sys")" \
-    --max-seconds "$MAX_SECONDS" --out "$RESULTS" "$@"
+  local label=()
+  [[ $sys == redis-aof ]] && label=(--label "appendfsync always")
+  "$BENCH" run --system "$(bench_system_of "$sys")" --workload "$w" --clients "$c" \
+    --requests "$(requests_for "$c")" \
+    --targets "$(targets_of "$sys")" --pids "$(pids_of "$sys")" --pid-names "$(pid_names_of "$sys")" \
+    --max-seconds "$MAX_SECONDS" --out "$RESULTS" "${label[@]}" "$@"
 }
 
 run_system() { # system
@@ -309,13 +354,16 @@ run_system() { # system
     for c in ${CLIENTS//,/ }; do
       if [[ $PROFILE == 1 && $sys == quorate && $w == hot && $c == 64 ]]; then
         profile_run "$sys" "$w" "$c"
+      elif [[ $sys == quorate ]]; then
+        local route
+        for route in ${ROUTES//,/ }; do bench_run "$sys" "$w" "$c" --route "$route"; done
       else
         bench_run "$sys" "$w" "$c"
       fi
     done
   done
   # Supplementary cells for the hot-key target: no hold time; etcd's guard recipe.
-  if has "$WORKLOADS" hot; then
+  if has "$WORKLOADS" hot && [[ $sys != redis-aof ]]; then
     bench_run "$sys" hot 64 --hold-ms 0
     [[ $sys == etcd ]] && bench_run etcd hot 64 --etcd-sem guard
   fi
@@ -338,7 +386,8 @@ batch_sizes() {
 profile_run() { # system workload clients
   # The measured cell runs without perf attached; then a separate, longer run of the
   # same cell is profiled (its numbers are not reported).
-  bench_run "$1" "$2" "$3"
+  local route
+  for route in ${ROUTES//,/ }; do bench_run "$1" "$2" "$3" --route "$route"; done
   local pid
   pid=$(quorate_leader_pid)
   log "profiling quorate leader (pid $pid) during a separate $2/$3 run"
@@ -378,6 +427,7 @@ for sys in ${SYSTEMS//,/ }; do
   log "=== $sys ==="
   case $sys in
     redis) start_redis ;;
+    redis-aof) start_redis_aof ;;
     etcd) start_etcd ;;
     quorate) start_quorate ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
@@ -389,6 +439,7 @@ for sys in ${SYSTEMS//,/ }; do
   else
     case $sys in
       redis) stop_pid redis ;;
+      redis-aof) stop_pid redis_aof ;;
       etcd) for i in 0 1 2; do stop_pid etcd$i; done ;;
       quorate) for id in 1 2 3; do stop_pid q$id; done ;;
     esac

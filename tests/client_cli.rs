@@ -127,6 +127,80 @@ async fn denial_is_typed_and_a_held_guard_survives_a_leader_kill() {
     .await;
 }
 
+/// Rate checks each node has served itself (its own API, whatever it then did).
+async fn rate_checks_served(c: &Cluster, ids: &[u64]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(common::metric_sum(
+            &c.metrics(*id).await,
+            r#"quorate_http_requests_total{route="/v1/rate/check""#,
+        ));
+    }
+    out
+}
+
+/// The Rust client sends decisions to the leader the cluster names in
+/// `x-quorate-leader`, and when the leader is killed it fails over to any node and
+/// then follows the new hint: the new leader serves every later decision itself,
+/// the surviving follower none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_sends_to_the_leader_and_follows_the_hint_after_a_leader_kill() {
+    let mut c = Cluster::start(3).await;
+    let client = client(&c);
+    let leader = c.leader_id().await;
+    // The first answer (from whichever node is tried first) names the leader.
+    client
+        .check_rate("user:hint", "user", None)
+        .await
+        .expect("rate check");
+    assert_eq!(client.leader_hint(), Some(c.api_url(leader)));
+    let ids = c.ids();
+    let before = rate_checks_served(&c, &ids).await;
+    for _ in 0..5 {
+        client
+            .check_rate("user:hint", "user", None)
+            .await
+            .expect("rate check");
+    }
+    let after = rate_checks_served(&c, &ids).await;
+    for (i, id) in ids.iter().enumerate() {
+        let want = if *id == leader { 5.0 } else { 0.0 };
+        assert_eq!(after[i] - before[i], want, "node {id} (leader {leader})");
+    }
+
+    c.kill(leader);
+    // The hinted node is gone: the client falls back to the others, whose answers
+    // name the new leader once one is elected.
+    client
+        .check_rate("user:hint", "user", None)
+        .await
+        .expect("rate check after the leader was killed");
+    let new_leader = c.leader_id().await;
+    assert_ne!(new_leader, leader);
+    eventually("the client follows the new leader hint", || async {
+        client.check_rate("user:hint", "user", None).await.is_ok()
+            && client.leader_hint() == Some(c.api_url(new_leader))
+    })
+    .await;
+    let running = c.running();
+    let before = rate_checks_served(&c, &running).await;
+    for _ in 0..5 {
+        client
+            .check_rate("user:hint", "user", None)
+            .await
+            .expect("rate check");
+    }
+    let after = rate_checks_served(&c, &running).await;
+    for (i, id) in running.iter().enumerate() {
+        let want = if *id == new_leader { 5.0 } else { 0.0 };
+        assert_eq!(
+            after[i] - before[i],
+            want,
+            "node {id} (new leader {new_leader})"
+        );
+    }
+}
+
 /// Run the CLI against the cluster's nodes.
 fn cli(c: &Cluster, args: &[&str]) -> Output {
     let nodes: Vec<String> = c.ids().iter().map(|id| c.api_url(*id)).collect();

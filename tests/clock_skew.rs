@@ -167,3 +167,87 @@ async fn a_leader_with_a_wrong_wall_clock_neither_expires_leases_early_nor_freez
     let (s, b) = c.post(next, "/v1/rate/check", rate_check()).await;
     assert_eq!(s, StatusCode::OK, "bucket never refilled: {b}");
 }
+
+/// Issue 21's reproduced over-admission. The whole cluster loses power; only nodes 2
+/// and 3 come back, with wall clocks ten minutes fast. A restarted node's applied
+/// cluster time is 0 until it has re-applied its log; a leader that stamped its
+/// first entries then took its wall clock as the epoch, jumped cluster time ten
+/// minutes ahead and granted a slot that lease A still held (seen 2–3 s after A).
+/// Stamping now waits until the leader has applied its log and its term's first
+/// entry, so A keeps the rest of its TTL across the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_whole_cluster_outage_a_fast_leader_does_not_grant_a_held_slot_again() {
+    const A_TTL_MS: u64 = 10_000;
+    let mut c = Cluster::start_with(Options::new(3)).await;
+    let first = c.leader_id().await;
+    let (s, b) = c
+        .put(first, "/v1/limits/outage:k", json!({"limit": 1}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = c
+        .post(
+            first,
+            "/v1/slots/acquire",
+            json!({"keys": ["outage:k"], "lease_id": "A", "ttl_ms": A_TTL_MS}),
+        )
+        .await;
+    let granted_a = Instant::now();
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Power loss: every process dies at once.
+    for id in c.ids() {
+        c.kill(id);
+    }
+    // Nodes 2 and 3 restart with wall clocks ten minutes fast; node 1 stays down.
+    for id in [2, 3] {
+        c.options.node_env.insert(id, faketime_env("+600s"));
+        c.spawn(id);
+    }
+
+    // A client keeps asking for the slot as lease C, through either survivor.
+    let deadline = granted_a + Duration::from_millis(A_TTL_MS) + Duration::from_secs(40);
+    let mut refused = 0u32;
+    let c_granted = loop {
+        let mut granted = None;
+        for id in [2, 3] {
+            let r = c
+                .http
+                .post(c.url(id, "/v1/slots/acquire"))
+                .json(&json!({"keys": ["outage:k"], "lease_id": "C", "ttl_ms": 60_000}))
+                .send()
+                .await;
+            let Ok(r) = r else { continue }; // not listening yet
+            let now = Instant::now();
+            match r.status() {
+                StatusCode::OK => {
+                    granted = Some(now);
+                    break;
+                }
+                // Decided against C: the restarted cluster knows lease A.
+                StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                // No leader yet, or the log not re-applied yet: never a grant.
+                StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("unexpected {other}: {:?}", r.text().await),
+            }
+        }
+        if let Some(t) = granted {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C never granted: cluster time froze after the outage\n{}",
+            c.tails(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        c_granted >= granted_a + Duration::from_millis(A_TTL_MS),
+        "C granted {:?} after A, inside A's TTL of {A_TTL_MS} ms: the slot was given twice",
+        c_granted - granted_a
+    );
+    assert!(refused > 0, "the restarted cluster never decided against C");
+    println!(
+        "C granted {:?} after A (TTL {A_TTL_MS} ms); {refused} refusals before",
+        c_granted - granted_a
+    );
+}

@@ -18,6 +18,14 @@ use utoipa::ToSchema;
 pub mod openapi;
 pub mod routes;
 
+/// Response header on every API answer naming the current leader's API base URL as
+/// clients reach it (`http://10.0.0.1:7101`; the node's `advertise_api`, by default
+/// its `api_addr`), absent while no leader is known. Any node decides any request
+/// (followers forward to the leader), but a client that sends to this URL saves the
+/// forwarding hop; it should follow the header when it changes and fall back to any
+/// node when the named one does not answer.
+pub const LEADER_HEADER: &str = "x-quorate-leader";
+
 /// Error codes used in [`ErrorBody::error`]. Stable: clients match on them.
 pub mod codes {
     /// 400: malformed JSON, unknown field, bad key, limit/ttl/cost out of range, too many keys.
@@ -424,6 +432,11 @@ fn yes() -> bool {
 pub struct ClusterResponse {
     pub node_id: u64,
     pub leader_id: Option<u64>,
+    /// The leader's API base URL as clients reach it (its `advertise_api`, by default
+    /// `http(s)://<api_addr>`), the same value as the `x-quorate-leader` header; null
+    /// while no leader is known.
+    #[serde(default)]
+    pub leader_api: Option<String>,
     pub term: u64,
     pub members: Vec<Member>,
     pub last_log_index: Option<u64>,

@@ -217,7 +217,7 @@ fn metrics() {}
 #[openapi(
     info(
         title = "quorate",
-        description = "A replicated limiter: concurrency slots with leases and rate limits, linearizable through Raft. Every non-2xx body is an ErrorBody.",
+        description = "A replicated limiter: concurrency slots with leases and rate limits, linearizable through Raft. Every non-2xx body is an ErrorBody. Every response carries `x-quorate-leader: <the leader's API base URL>` while a leader is known: any node decides any request (followers forward), and a client that sends to the named leader saves a hop (follow it when it changes; fall back to any node).",
         version = "1"
     ),
     paths(

@@ -113,14 +113,17 @@ class Cluster:
         expire_interval_ms: int = 300,
         default_ttl_ms: int = 60_000,
         name: str = "py",
+        grpc: bool = False,
     ) -> None:
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix=f"quorate-{name}-"))
-        ports = free_ports(nodes * 2)
+        ports = free_ports(nodes * 3)
         self.nodes = {
-            i + 1: (f"127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}")
+            i + 1: (f"127.0.0.1:{ports[3 * i]}", f"127.0.0.1:{ports[3 * i + 1]}")
             for i in range(nodes)
         }
+        #: Each node's Envoy rate limit service address (``grpc=True`` only).
+        self.grpc = {i + 1: f"127.0.0.1:{ports[3 * i + 2]}" for i in range(nodes)} if grpc else {}
         self.request_timeout = request_timeout_ms / 1000
         lines = ['cluster_id = "pytest"', 'data_dir = "data"', ""]
         for nid, (api, raft) in self.nodes.items():
@@ -129,6 +132,7 @@ class Cluster:
                 f"id = {nid}",
                 f'api_addr = "{api}"',
                 f'raft_addr = "{raft}"',
+                *([f'grpc_addr = "{self.grpc[nid]}"'] if grpc else []),
                 "",
             ]
         lines += [

@@ -311,13 +311,13 @@ def test_error_mapping(client: Client, uid: str) -> None:
     client.release(lease.lease_id)
     with pytest.raises(quorate.PayloadTooLarge):
         client.acquire([f"org:big-{uid}"], ttl=5, holder="x" * 70_000)
-    from quorate.client import _Call
+    from quorate._calls import Call
 
     with pytest.raises(quorate.NotFound) as e3:
-        client._run(_Call("GET", "/v1/nope", lambda b, _: b))
+        client._run(Call("GET", "/v1/nope", lambda b, _: b))
     assert e3.value.code == "not_found"
     with pytest.raises(quorate.MethodNotAllowed):
-        client._run(_Call("DELETE", "/v1/cluster", lambda b, _: b))
+        client._run(Call("DELETE", "/v1/cluster", lambda b, _: b))
     assert all(issubclass(c, quorate.QuorateError) for c in (quorate.Unavailable, quorate.ApiError))
 
 

@@ -555,6 +555,7 @@ fn render_config(o: &Options, nodes: &BTreeMap<u64, NodeAddrs>) -> String {
             api_addr: n.api_addr.clone(),
             raft_addr: n.raft_addr.clone(),
             grpc_addr: n.grpc_addr.clone(),
+            advertise_api: None,
         })
         .collect();
     c.raft.heartbeat_interval_ms = ms(o.heartbeat_ms);

@@ -144,7 +144,7 @@ async fn fill_leases(
         rate_burst: 1,
         etcd_sem: systems::EtcdSem::Ticket,
     };
-    let conn = QuorateConn::new(http, target, &params);
+    let mut conn = QuorateConn::new(http, target, &params);
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         if n >= spec.leases {

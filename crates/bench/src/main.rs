@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use quorate_bench::fill::{self, FillSpec};
 use quorate_bench::report::{self, ReportInput};
-use quorate_bench::run::{self, RunSpec, Workload};
+use quorate_bench::run::{self, Route, RunSpec, Workload};
 use quorate_bench::systems::{base_url, EtcdSem, Params, System};
 
 #[derive(Debug, Parser)]
@@ -152,6 +152,18 @@ struct RunArgs {
     /// PIDs of the system's server processes, to report their CPU use.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// A name per pid, in the same order (quorate: the node ids, so the report can
+    /// tell the leader from the followers).
+    #[arg(long, value_delimiter = ',')]
+    pid_names: Vec<String>,
+    /// How quorate clients pick nodes: round-robin over --targets (followers
+    /// forward), or every client to the leader, following its hint.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    route: Route,
+    /// A label added to the run's variant (e.g. "appendfsync always" for Redis with
+    /// an fsync'd append-only file).
+    #[arg(long, default_value = "")]
+    label: String,
     /// etcd semaphore recipe.
     #[arg(long, value_enum, default_value = "ticket")]
     etcd_sem: EtcdSem,
@@ -275,6 +287,12 @@ fn variant(a: &RunArgs) -> String {
     if a.system == System::Etcd && a.workload != Workload::Rate && a.etcd_sem == EtcdSem::Guard {
         v.push("guard recipe".to_owned());
     }
+    if a.system == System::Quorate && a.route == Route::Leader {
+        v.push(Route::Leader.name().to_owned());
+    }
+    if !a.label.is_empty() {
+        v.push(a.label.clone());
+    }
     v.join(", ")
 }
 
@@ -383,6 +401,8 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
             ),
             variant: variant(&a),
             server_pids: a.pids.clone(),
+            pid_names: a.pid_names.clone(),
+            route: a.route,
         };
         let r = run::run(spec).await.with_context(|| {
             format!(
@@ -392,9 +412,11 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
             )
         })?;
         eprintln!(
-            "{:<8} {:<6} clients={:<4} ops/s={:>9.0} p50={:.2}ms p99={:.2}ms granted={} denied={} errors={} over={} max_held={} conflicts={} {:.1}s{} gen_cpu={:.0}% server_cpu={:.0}% load={:.1}",
+            "{:<8} {:<6} {:<13} {} clients={:<4} ops/s={:>9.0} p50={:.2}ms p99={:.2}ms granted={} denied={} errors={} over={} max_held={} conflicts={} {:.1}s{} gen_cpu={:.0}% server_cpu={:.0}% cpu/op={:.0}+{:.0}us load={:.1}",
             r.system,
             r.workload,
+            r.route,
+            r.variant,
             r.clients,
             r.ops_per_s,
             r.p50_ms,
@@ -409,6 +431,8 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
             if r.capped { " CAPPED" } else { "" },
             r.generator_cpu_pct,
             r.server_cpu_pct,
+            r.server_user_us_per_op,
+            r.server_sys_us_per_op,
             r.loadavg_1m,
         );
         if !r.error_kinds.is_empty() {

@@ -102,12 +102,23 @@ fn find<'a>(
     })
 }
 
+/// Variant labels of the cost-of-a-decision matrix: quorate clients sent straight to
+/// the leader, and Redis with an fsync'd append-only file. Their cells are compared in
+/// [`write_cost`], not in the classic three-system table.
+pub const LEADER_DIRECT: &str = "leader-direct";
+pub const REDIS_AOF: &str = "appendfsync always";
+
 /// The variant quorate and Redis runs are compared under (etcd-only settings removed).
 fn base_variant(v: &str) -> String {
     v.split(", ")
         .filter(|p| *p != "guard recipe" && !p.is_empty())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// True for a variant of the cost matrix (see [`LEADER_DIRECT`], [`REDIS_AOF`]).
+fn cost_variant(v: &str) -> bool {
+    v.split(", ").any(|p| p == LEADER_DIRECT || p == REDIS_AOF)
 }
 
 fn fmt_rate(r: Option<&RunResult>) -> String {
@@ -164,6 +175,7 @@ pub fn render(input: &ReportInput) -> String {
     write_machine(&mut md, input);
     write_method(&mut md);
     write_targets(&mut md, rs);
+    write_cost(&mut md, rs);
     write_results(&mut md, rs);
     write_every_run(&mut md, rs);
     write_state_profile_notes(&mut md, input);
@@ -199,12 +211,16 @@ fn write_method(md: &mut String) {
          | system | deployment | durability |\n|---|---|---|\n\
          | quorate | 3 nodes (`quorate serve`), Raft (openraft) + sled, HTTP/1.1 JSON API on each node | a grant is committed on a majority before it is answered |\n\
          | Redis + Lua | **single node**, no replica, `appendonly no`, `save \"\"` (no persistence at all) | none: a crash loses every lease |\n\
+         | Redis + Lua, `appendfsync always` | the same single node with `appendonly yes`, `appendfsync always` | every write fsync'd before the reply; no replica |\n\
          | etcd | 3 members, v3 JSON gateway (`/v3/kv/txn`, `/v3/lease/*`) | Raft + fsync'd WAL on every member |\n\n\
          - **Same work for every system**: each cell makes exactly `requests` attempts \
          (slot acquires, or rate checks), split evenly over the clients. One request in \
          flight per client connection, HTTP/1.1 keep-alive (quorate, etcd) or one RESP \
          connection per client (Redis); no pipelining, no batching on the client side. \
-         Clients are spread round-robin over all nodes/members.\n\
+         Clients are spread round-robin over all nodes/members; quorate cells marked \
+         *leader-direct* send every client to the leader instead (the node \
+         `/v1/cluster` names, following the `x-quorate-leader` header if it changes), \
+         so no request is forwarded.\n\
          - **Ops**: an acquire (granted or denied) is 1 op and its release is 1 op, so a \
          granted acquire+release pair counts as **2 ops**; a rate check is 1 op. \
          Throughput = ops / wall time of the measured phase (connections are opened and \
@@ -302,6 +318,120 @@ fn write_targets(md: &mut String, rs: &[RunResult]) {
     }
 }
 
+/// Microseconds of CPU per op, user + system, or "–" when not measured.
+fn fmt_us(r: &RunResult) -> String {
+    let total = r.server_user_us_per_op + r.server_sys_us_per_op;
+    if total > 0.0 {
+        format!(
+            "**{total:.0}** ({:.0} + {:.0})",
+            r.server_user_us_per_op, r.server_sys_us_per_op
+        )
+    } else {
+        "–".to_owned()
+    }
+}
+
+/// Per server process: `name role user+sys` µs per op, leader first.
+fn fmt_procs(r: &RunResult) -> String {
+    if r.server_procs.len() < 2 {
+        return "".to_owned();
+    }
+    let mut procs: Vec<_> = r.server_procs.iter().collect();
+    procs.sort_by_key(|p| (p.role != "leader", p.name.clone()));
+    procs
+        .iter()
+        .map(|p| {
+            let who = if p.role.is_empty() {
+                p.name.clone()
+            } else {
+                format!("{} {}", p.name, p.role)
+            };
+            format!(
+                "{who}: {:.0} ({:.0} + {:.0})",
+                p.user_us_per_op + p.sys_us_per_op,
+                p.user_us_per_op,
+                p.sys_us_per_op
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The cost of a decision, the way a user compares (issue 22): per workload and client
+/// count, quorate round-robin and leader-direct beside Redis without persistence and
+/// Redis with `appendfsync always`, with server CPU per op for the whole system and
+/// per process (user + system), and quorate's ratios to both Redis setups.
+fn write_cost(md: &mut String, rs: &[RunResult]) {
+    let rows = [
+        ("quorate", "", "quorate ×3, round-robin"),
+        ("quorate", LEADER_DIRECT, "quorate ×3, leader-direct"),
+        ("redis", "", "Redis (no persistence)"),
+        ("redis", REDIS_AOF, "Redis `appendfsync always`"),
+    ];
+    let mut cells: Vec<(String, usize)> = Vec::new();
+    for r in rs {
+        if base_variant(&r.variant)
+            .split(", ")
+            .all(|p| p.is_empty() || p == LEADER_DIRECT || p == REDIS_AOF)
+            && rows.iter().any(|(s, _, _)| *s == r.system)
+        {
+            let c = (r.workload.clone(), r.clients);
+            if !cells.contains(&c) {
+                cells.push(c);
+            }
+        }
+    }
+    if cells.is_empty() {
+        return;
+    }
+    let order = |w: &str| match w {
+        "hot" => 0,
+        "spread" => 1,
+        _ => 2,
+    };
+    cells.sort_by_key(|(w, c)| (order(w), *c));
+    let _ = writeln!(
+        md,
+        "## The cost of a decision
+"
+    );
+    let _ = writeln!(
+        md,
+        "Server CPU per completed op in µs, **total** (user + system) over every process          of the system, from `/proc/<pid>/stat` over the measured phase; per node for          quorate (the leader at the end of the cell first). Ratios are ops/s of the quorate          row over Redis without persistence / Redis `appendfsync always` in the same          cell. Leader-direct clients all talk to the node `/v1/cluster` names as leader and          follow its `x-quorate-leader` hint.
+"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | clients | system | ops/s | p50 / p99 ms | × Redis / × AOF | CPU µs/op (user + sys) | per process µs/op (user + sys) | errors | over-adm. |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---|---:|---:|");
+    for (w, c) in &cells {
+        let redis = find(rs, "redis", w, "", *c);
+        let aof = find(rs, "redis", w, REDIS_AOF, *c);
+        for (system, variant, label) in rows {
+            let Some(r) = find(rs, system, w, variant, *c) else {
+                continue;
+            };
+            let ratios = if system == "quorate" {
+                format!("{} / {}", ratio(Some(r), redis), ratio(Some(r), aof))
+            } else {
+                "".to_owned()
+            };
+            let _ = writeln!(
+                md,
+                "| {w} | {c} | {label} | {} | {} | {ratios} | {} | {} | {} | {} |",
+                fmt_rate(Some(r)),
+                fmt_lat(Some(r)),
+                fmt_us(r),
+                fmt_procs(r),
+                r.errors,
+                r.over_admissions,
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
 /// One row per (workload, variant, clients) cell with the three systems side by side.
 fn write_results(md: &mut String, rs: &[RunResult]) {
     let _ = writeln!(md, "## Results\n");
@@ -321,7 +451,7 @@ fn write_results(md: &mut String, rs: &[RunResult]) {
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut cells: Vec<(String, String, usize)> = Vec::new();
-    for r in rs {
+    for r in rs.iter().filter(|r| !cost_variant(&r.variant)) {
         let c = (r.workload.clone(), r.variant.clone(), r.clients);
         if !cells.contains(&c) {
             cells.push(c);
@@ -447,5 +577,118 @@ fn write_state_profile_notes(md: &mut String, input: &ReportInput) {
     }
     if !input.notes.trim().is_empty() {
         let _ = writeln!(md, "\n{}", input.notes.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::ProcCpu;
+
+    fn result(
+        system: &str,
+        variant: &str,
+        ops_per_s: f64,
+        procs: &[(&str, &str, f64)],
+    ) -> RunResult {
+        RunResult {
+            system: system.into(),
+            workload: "hot".into(),
+            variant: variant.into(),
+            clients: 64,
+            requests: 100,
+            attempts: 100,
+            ops: 200,
+            granted: 100,
+            denied: 0,
+            errors: 0,
+            error_kinds: Vec::new(),
+            over_admissions: 0,
+            max_held: 3,
+            conflicts: 0,
+            elapsed_s: 1.0,
+            ops_per_s,
+            p50_ms: 1.0,
+            p99_ms: 5.0,
+            p999_ms: 6.0,
+            max_ms: 7.0,
+            acquire_p50_ms: 1.0,
+            acquire_p99_ms: 5.0,
+            release_p50_ms: 1.0,
+            release_p99_ms: 5.0,
+            capped: false,
+            generator_cpu_pct: 50.0,
+            server_cpu_pct: 100.0,
+            server_cpu_s_per_kop: 0.1,
+            generator_cpu_s_per_kop: 0.05,
+            server_peak_rss_mib: Vec::new(),
+            loadavg_1m: 1.0,
+            route: String::new(),
+            server_user_us_per_op: procs.iter().map(|p| p.2 * 0.75).sum(),
+            server_sys_us_per_op: procs.iter().map(|p| p.2 * 0.25).sum(),
+            server_procs: procs
+                .iter()
+                .map(|(name, role, us)| ProcCpu {
+                    name: (*name).into(),
+                    role: (*role).into(),
+                    user_us_per_op: us * 0.75,
+                    sys_us_per_op: us * 0.25,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_cost_table_compares_both_routings_with_both_redis_setups() {
+        let rs = vec![
+            result(
+                "quorate",
+                "",
+                10_000.0,
+                &[
+                    ("1", "follower", 20.0),
+                    ("2", "leader", 80.0),
+                    ("3", "follower", 20.0),
+                ],
+            ),
+            result(
+                "quorate",
+                LEADER_DIRECT,
+                20_000.0,
+                &[
+                    ("1", "follower", 8.0),
+                    ("2", "leader", 40.0),
+                    ("3", "follower", 8.0),
+                ],
+            ),
+            result("redis", "", 50_000.0, &[("redis", "", 16.0)]),
+            result("redis", REDIS_AOF, 40_000.0, &[("redis", "", 20.0)]),
+        ];
+        let md = render(&ReportInput {
+            results: rs,
+            ..Default::default()
+        });
+        let cost = md
+            .split("## The cost of a decision")
+            .nth(1)
+            .and_then(|s| s.split("## Results").next())
+            .expect("cost section before the results");
+        assert!(
+            cost.contains("| hot | 64 | quorate ×3, leader-direct | 20000 | 1.00 / 5.00 | 0.40× / 0.50× | **56** (42 + 14) | 2 leader: 40 (30 + 10); 1 follower: 8 (6 + 2); 3 follower: 8 (6 + 2) |"),
+            "{cost}"
+        );
+        assert!(
+            cost.contains("| hot | 64 | quorate ×3, round-robin | 10000 |"),
+            "{cost}"
+        );
+        assert!(
+            cost.contains("| hot | 64 | Redis `appendfsync always` | 40000 |"),
+            "{cost}"
+        );
+        // The classic table keeps its one row per cell, without the cost variants.
+        let results = md.split("## Results").nth(1).unwrap();
+        let table = results.split("### Every run").next().unwrap();
+        assert!(!table.contains(LEADER_DIRECT), "{table}");
+        assert!(table.contains("| hot | 64 | 10000 |"), "{table}");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A run is `requests` *attempts* (slot acquires, or rate checks) split evenly over
 //! `clients` concurrent clients, each with its own connection (client `i` talks to
-//! `targets[i % targets.len()]`), one request in flight per client. For the slot
+//! `targets[i % targets.len()]`, round-robin; or, [`Route::Leader`], every client to
+//! the quorate leader `/v1/cluster` names, following its `x-quorate-leader` hint),
+//! one request in flight per client. For the slot
 //! workloads a granted acquire is immediately followed by its release, so a pair is
 //! 2 ops; a denied acquire (quorate 429, Lua `{0,..}`, etcd count at limit) is 1 op and
 //! the client waits `deny_backoff_ms` before its next attempt (the same rule for every
@@ -43,6 +45,25 @@ impl Workload {
     }
 }
 
+/// How quorate clients pick the node they send to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Route {
+    /// Client `i` talks to `targets[i % targets.len()]`; followers forward.
+    RoundRobin,
+    /// Every client talks to the leader and follows its hint (quorate only).
+    Leader,
+}
+
+impl Route {
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::RoundRobin => "round-robin",
+            Route::Leader => "leader-direct",
+        }
+    }
+}
+
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -65,6 +86,23 @@ pub struct RunSpec {
     pub variant: String,
     /// Server processes whose CPU time is measured over the measured phase.
     pub server_pids: Vec<u32>,
+    /// A name per server pid (quorate: its node id), for the per-process CPU rows.
+    pub pid_names: Vec<String>,
+    /// How clients pick nodes.
+    pub route: Route,
+}
+
+/// One server process's CPU over the measured phase, per completed op.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProcCpu {
+    /// From `--pid-names` (quorate: the node id), else the pid.
+    pub name: String,
+    /// `leader` or `follower` for quorate nodes (the leader at the end of the run),
+    /// else empty.
+    #[serde(default)]
+    pub role: String,
+    pub user_us_per_op: f64,
+    pub sys_us_per_op: f64,
 }
 
 /// One run's results (one JSON line in the results file).
@@ -126,6 +164,18 @@ pub struct RunResult {
     /// 1-minute load average of the machine at the end of the run.
     #[serde(default)]
     pub loadavg_1m: f64,
+    /// `round-robin` or `leader-direct` (quorate clients; others are round-robin).
+    #[serde(default)]
+    pub route: String,
+    /// Server CPU (all processes together) per completed op, microseconds, user and
+    /// system: the cost of a decision.
+    #[serde(default)]
+    pub server_user_us_per_op: f64,
+    #[serde(default)]
+    pub server_sys_us_per_op: f64,
+    /// The same per server process.
+    #[serde(default)]
+    pub server_procs: Vec<ProcCpu>,
 }
 
 /// Client-side view of concurrently held grants per key (conservative: incremented
@@ -233,6 +283,11 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
     }
     let http = systems::http_client()?;
     systems::setup(spec.system, &http, &spec.targets[0], &spec.params).await?;
+    let mut spec = spec;
+    let nodes = spec.targets.clone();
+    if spec.system == System::Quorate && spec.route == Route::Leader {
+        spec.targets = vec![systems::quorate_leader(&http, &nodes[0]).await?];
+    }
     let tracker = Arc::new(Tracker::new(&spec));
     let spec = Arc::new(spec);
     // Connect every client first; the measured phase starts when all are ready.
@@ -240,7 +295,11 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, BenchError> {
     let handles = spawn_clients(&spec, &http, &tracker, &barrier);
     barrier.wait().await;
     let phase = measured_phase(&spec.server_pids, handles).await?;
-    Ok(summarize(&spec, &tracker, phase))
+    let leader = match spec.system {
+        System::Quorate => systems::quorate_leader_id(&http, &nodes[0]).await,
+        _ => None,
+    };
+    Ok(summarize(&spec, &tracker, phase, leader))
 }
 
 impl Tracker {
@@ -281,7 +340,8 @@ fn spawn_clients(
         let barrier = barrier.clone();
         handles.push(tokio::spawn(async move {
             let target = &spec.targets[i % spec.targets.len()];
-            let conn = Conn::connect(spec.system, &http, target, i, &spec.params).await;
+            let follow = spec.route == Route::Leader;
+            let conn = Conn::connect(spec.system, &http, target, i, &spec.params, follow).await;
             barrier.wait().await;
             let mut conn = conn?;
             let out = client_loop(&spec, &mut conn, i, per, &tracker).await;
@@ -299,6 +359,8 @@ struct Phase {
     elapsed_s: f64,
     generator_cpu_s: f64,
     server_cpu_s: f64,
+    /// (user, system) CPU seconds of each server pid, in order.
+    server_split: Vec<(f64, f64)>,
 }
 
 /// Waits for every client to finish (the clients are already past the barrier),
@@ -307,12 +369,12 @@ async fn measured_phase(
     server_pids: &[u32],
     handles: Vec<ClientTask>,
 ) -> Result<Phase, BenchError> {
-    let server_cpu = |pids: &[u32]| -> f64 {
+    let split = |pids: &[u32]| -> Vec<(f64, f64)> {
         pids.iter()
-            .filter_map(|p| stats::proc_cpu_seconds(&p.to_string()))
-            .sum()
+            .map(|p| stats::proc_cpu_split(&p.to_string()).unwrap_or((0.0, 0.0)))
+            .collect()
     };
-    let server0 = server_cpu(server_pids);
+    let split0 = split(server_pids);
     let cpu0 = stats::process_cpu_seconds();
     let t0 = Instant::now();
 
@@ -331,7 +393,12 @@ async fn measured_phase(
     }
     let elapsed_s = t0.elapsed().as_secs_f64();
     let generator_cpu_s = stats::process_cpu_seconds() - cpu0;
-    let server_cpu_s = server_cpu(server_pids) - server0;
+    let server_split: Vec<(f64, f64)> = split(server_pids)
+        .into_iter()
+        .zip(split0)
+        .map(|((u1, s1), (u0, s0))| (u1 - u0, s1 - s0))
+        .collect();
+    let server_cpu_s = server_split.iter().map(|(u, s)| u + s).sum();
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -340,17 +407,49 @@ async fn measured_phase(
         elapsed_s,
         generator_cpu_s,
         server_cpu_s,
+        server_split,
     })
 }
 
-/// The result line of a run.
-fn summarize(spec: &RunSpec, tracker: &Tracker, phase: Phase) -> RunResult {
+/// Microseconds per op of `cpu_s` CPU seconds over `ops` ops (0 when none).
+fn us_per_op(cpu_s: f64, ops: u64) -> f64 {
+    stats::cpu_s_per_kop(cpu_s, ops) * 1000.0
+}
+
+/// The result line of a run; `leader` is the quorate leader's node id at its end.
+fn summarize(spec: &RunSpec, tracker: &Tracker, phase: Phase, leader: Option<u64>) -> RunResult {
     let Phase {
         total: mut t,
         elapsed_s: elapsed,
         generator_cpu_s: cpu,
         server_cpu_s: server,
+        server_split,
     } = phase;
+    let server_procs: Vec<ProcCpu> = server_split
+        .iter()
+        .enumerate()
+        .map(|(i, (u, s))| {
+            let name = spec
+                .pid_names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| spec.server_pids[i].to_string());
+            let role = match leader {
+                Some(l) if name == l.to_string() => "leader",
+                Some(_) => "follower",
+                None => "",
+            };
+            ProcCpu {
+                name,
+                role: role.to_owned(),
+                user_us_per_op: us_per_op(*u, t.ops),
+                sys_us_per_op: us_per_op(*s, t.ops),
+            }
+        })
+        .collect();
+    let (user, sys) = server_split
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (u, s)| (a + u, b + s));
     let mut all = t.acquire.clone();
     all.merge(t.release.clone());
     RunResult {
@@ -389,6 +488,14 @@ fn summarize(spec: &RunSpec, tracker: &Tracker, phase: Phase) -> RunResult {
             .map(|&p| stats::peak_rss_kib(p).unwrap_or(0) / 1024)
             .collect(),
         loadavg_1m: stats::loadavg_1m(),
+        route: match spec.system {
+            System::Quorate => spec.route.name(),
+            _ => Route::RoundRobin.name(),
+        }
+        .to_owned(),
+        server_user_us_per_op: us_per_op(user, t.ops),
+        server_sys_us_per_op: us_per_op(sys, t.ops),
+        server_procs,
     }
 }
 

@@ -51,13 +51,24 @@ pub fn process_cpu_seconds() -> f64 {
 
 /// User + system CPU seconds of a process (`pid` or `self`), assuming USER_HZ = 100.
 pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    proc_cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// (user, system) CPU seconds of a process (`pid` or `self`) from `/proc/<pid>/stat`,
+/// assuming USER_HZ = 100.
+pub fn proc_cpu_split(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    parse_stat_cpu(&stat)
+}
+
+/// utime and stime (fields 14 and 15, counted after the parenthesised command name,
+/// which may itself contain spaces and parentheses) of a `/proc/<pid>/stat` line.
+fn parse_stat_cpu(stat: &str) -> Option<(f64, f64)> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((utime / 100.0, stime / 100.0))
 }
 
 /// The machine's 1-minute load average (0 if unknown).
@@ -112,6 +123,15 @@ mod tests {
         assert_eq!(h.quantile_ms(0.99), 99.0);
         assert_eq!(h.quantile_ms(1.0), 100.0);
         assert!(process_cpu_seconds() >= 0.0);
+    }
+
+    #[test]
+    fn stat_fields_after_a_command_name_with_spaces() {
+        let line = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_stat_cpu(line), Some((2.5, 0.75)));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        let (u, s) = proc_cpu_split("self").unwrap();
+        assert!(u >= 0.0 && s >= 0.0);
     }
 
     #[test]

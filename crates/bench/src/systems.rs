@@ -125,17 +125,22 @@ pub fn base_url(target: &str) -> String {
 }
 
 impl Conn {
-    /// Connects (and warms up: the connection exists when this returns).
+    /// Connects (and warms up: the connection exists when this returns). With
+    /// `follow_leader`, a quorate connection follows the leader hint of every answer.
     pub async fn connect(
         system: System,
         http: &reqwest::Client,
         target: &str,
         client_id: usize,
         params: &Params,
+        follow_leader: bool,
     ) -> Result<Self, BenchError> {
         match system {
             System::Quorate => {
-                let c = QuorateConn::new(http.clone(), target, params);
+                let mut c = QuorateConn::new(http.clone(), target, params);
+                if follow_leader {
+                    c = c.following_the_leader();
+                }
                 c.warm_up().await?;
                 Ok(Conn::Quorate(c))
             }
@@ -184,6 +189,31 @@ impl Conn {
             let _ = c.client.lease_revoke(c.lease).await;
         }
     }
+}
+
+/// The API base URL of the quorate leader, as `target`'s `/v1/cluster` names it
+/// (`leader_api`); waits up to 10 s for a leader to be known.
+pub async fn quorate_leader(http: &reqwest::Client, target: &str) -> Result<String, BenchError> {
+    let url = format!("{}/v1/cluster", base_url(target));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = check_status(http.get(&url).send().await?).await?;
+        let c: proto::ClusterResponse = resp.json().await?;
+        if let Some(api) = c.leader_api {
+            return Ok(api.trim_end_matches('/').to_owned());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Protocol(format!("{target} knows no leader")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The quorate leader's node id, as `target`'s `/v1/cluster` names it.
+pub async fn quorate_leader_id(http: &reqwest::Client, target: &str) -> Option<u64> {
+    let url = format!("{}/v1/cluster", base_url(target));
+    let resp = http.get(&url).send().await.ok()?;
+    resp.json::<proto::ClusterResponse>().await.ok()?.leader_id
 }
 
 /// Sets the limits of `org:hot` and `global` (and the `org:*` default where the system
@@ -284,6 +314,8 @@ pub struct QuorateConn {
     base: String,
     ttl_ms: u64,
     rate: Params,
+    /// Leader-direct clients move to whatever node `x-quorate-leader` names.
+    follow_leader: bool,
 }
 
 impl QuorateConn {
@@ -293,21 +325,41 @@ impl QuorateConn {
             base: base_url(target),
             ttl_ms: params.ttl_ms,
             rate: params.clone(),
+            follow_leader: false,
         }
     }
 
-    /// POSTs `body` as JSON to `path` on this node; any status is returned.
+    /// This connection follows the leader hint of every answer (leader-direct).
+    pub fn following_the_leader(mut self) -> Self {
+        self.follow_leader = true;
+        self
+    }
+
+    /// POSTs `body` as JSON to `path` on this node; any status is returned. A
+    /// leader-direct connection then moves to the leader the answer names, if that
+    /// changed (a leader election during the run).
     async fn post<T: Serialize>(
-        &self,
+        &mut self,
         path: &str,
         body: &T,
     ) -> Result<reqwest::Response, BenchError> {
-        Ok(self
+        let resp = self
             .http
             .post(format!("{}{path}", self.base))
             .json(body)
             .send()
-            .await?)
+            .await?;
+        if self.follow_leader {
+            if let Some(hint) = resp.headers().get(proto::LEADER_HEADER) {
+                if hint.as_bytes() != self.base.as_bytes() {
+                    if let Ok(h) = hint.to_str() {
+                        tracing::info!(from = %self.base, to = h, "following the leader hint");
+                        self.base = h.trim_end_matches('/').to_owned();
+                    }
+                }
+            }
+        }
+        Ok(resp)
     }
 
     async fn warm_up(&self) -> Result<(), BenchError> {
@@ -320,7 +372,7 @@ impl QuorateConn {
         Ok(())
     }
 
-    pub async fn acquire(&self, org: &str, lease_id: &str) -> Result<Acquired, BenchError> {
+    pub async fn acquire(&mut self, org: &str, lease_id: &str) -> Result<Acquired, BenchError> {
         self.acquire_keys(&[org, "global"], lease_id)
             .await
             .map(|granted| {
@@ -333,7 +385,11 @@ impl QuorateConn {
     }
 
     /// Acquire on arbitrary keys; `Ok(false)` on 429.
-    pub async fn acquire_keys(&self, keys: &[&str], lease_id: &str) -> Result<bool, BenchError> {
+    pub async fn acquire_keys(
+        &mut self,
+        keys: &[&str],
+        lease_id: &str,
+    ) -> Result<bool, BenchError> {
         let req = proto::AcquireRequest {
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             lease_id: Some(lease_id.to_owned()),
@@ -359,7 +415,7 @@ impl QuorateConn {
         }
     }
 
-    pub async fn release(&self, g: &Grant) -> Result<bool, BenchError> {
+    pub async fn release(&mut self, g: &Grant) -> Result<bool, BenchError> {
         let req = proto::ReleaseRequest {
             lease_id: g.lease_id.clone(),
         };
@@ -369,7 +425,7 @@ impl QuorateConn {
         Ok(r.released)
     }
 
-    pub async fn rate(&self, key: &str) -> Result<bool, BenchError> {
+    pub async fn rate(&mut self, key: &str) -> Result<bool, BenchError> {
         let req = proto::RateCheckRequest {
             key: Some(key.to_owned()),
             limit: Some(self.rate.rate_limit),

@@ -10,9 +10,11 @@
 //! - **Retries never double-book.** The lease id is chosen before the first attempt
 //!   and reused by every retry, so a response lost to a timeout cannot take a second
 //!   slot: the cluster answers a retry with the original grant.
-//! - **Any node will do.** The client tries the configured nodes in turn, remembers
-//!   the one that answered, and backs off on 503 or connection errors until its
-//!   deadline.
+//! - **Leader first, any node will do.** Every answer names the current leader
+//!   (`x-quorate-leader`); the client sends the next call there, saving the hop a
+//!   follower would forward it over, and follows the hint when it changes. When
+//!   the hinted node fails it tries the configured nodes in turn, remembers the one
+//!   that answered, and backs off on 503 or connection errors until its deadline.
 //! - **Failure policy is the caller's choice.** [`FailurePolicy::Closed`] (default)
 //!   denies when the cluster is unreachable; [`FailurePolicy::Open`] allows, logs a
 //!   warning and counts it ([`Client::fail_open_count`]).
@@ -89,6 +91,16 @@ impl Client {
                 fail_open: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The leader's API base URL as the cluster last named it (the
+    /// `x-quorate-leader` header of any answer), which calls are sent to first; `None`
+    /// before the first answer or after the hinted node failed.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.inner
+            .transport
+            .leader_hint()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
     }
 
     /// How many times the fail-open policy allowed something the cluster did not.

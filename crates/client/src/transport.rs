@@ -9,21 +9,33 @@
 //! such keys address the route without the parameter and the server answers with an
 //! error, as before the route table.
 //!
-//! [`Transport::exchange`] tries the nodes in turn, starting with the one that
-//! answered last, until one answers with anything but 503 (a 503 means "this node
-//! cannot decide now": no leader, no quorum, draining). After every node failed once
-//! it backs off (doubling up to 1 s) and goes round again until the call's deadline.
-//! Errors other than 503 are answers, not failures: they are returned at once, since
-//! another node would say the same. [`Transport::exchange_at`] asks one given node
-//! once, for status displays that must not fail over.
+//! [`Transport::exchange`] sends to the leader first: every answer names the
+//! current leader's API base URL in the `x-quorate-leader` header, the transport
+//! remembers it, and the next call goes there (any node would decide it, by
+//! forwarding to the leader; going straight there saves that hop). When the hint
+//! changes the transport follows it; when the hinted node fails (no connection, or
+//! 503) the hint is dropped and the nodes are tried in turn, starting with the one
+//! that answered last, until one answers with anything but 503 (a 503 means "this
+//! node cannot decide now": no leader, no quorum, draining) — its answer usually
+//! names the new leader. After every node failed once it backs off (doubling up to
+//! 1 s) and goes round again until the call's deadline. Errors other than 503 are
+//! answers, not failures: they are returned at once, since another node would say
+//! the same. [`Transport::exchange_at`] asks one given node once, for status
+//! displays that must not fail over.
+//!
+//! A hint is followed only if it is an `http(s)://host[:port]` base URL, and an
+//! `http://` hint only when no configured node is `https://`: the bearer token goes
+//! wherever the hint points, so a hint may never downgrade the transport.
 //!
 //! The bearer token goes to every route that needs one; [`Access::Open`] routes
 //! (probes) get none, so a probe works whatever the token.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use quorate_proto::routes::{self, Access, RouteId};
+use quorate_proto::LEADER_HEADER;
 use reqwest::{StatusCode, Url};
 
 use crate::config::ClientConfig;
@@ -115,6 +127,27 @@ pub(crate) struct Transport {
     backoff: Duration,
     /// Index of the node that answered last; tried first next time.
     preferred: AtomicUsize,
+    /// The leader the cluster last named (`x-quorate-leader`); tried before the
+    /// nodes. Held only to read or replace it, never across an await.
+    leader: Mutex<Option<Url>>,
+    /// Hints must be `https://` (some configured node is).
+    https_only: bool,
+}
+
+/// The leader base URL a hint names, if it is one this transport may follow.
+pub(crate) fn parse_hint(value: &[u8], https_only: bool) -> Option<Url> {
+    let s = std::str::from_utf8(value).ok()?.trim_end_matches('/');
+    if https_only && !s.starts_with("https://") {
+        return None;
+    }
+    let url = parse_node(s).ok()?;
+    let bare = url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.host_str().is_some();
+    bare.then_some(url)
 }
 
 impl Transport {
@@ -141,6 +174,7 @@ impl Transport {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
+        let https_only = nodes.iter().any(|u| u.scheme() == "https");
         Ok(Self {
             http,
             nodes,
@@ -148,28 +182,79 @@ impl Transport {
             deadline: cfg.deadline,
             backoff: cfg.backoff,
             preferred: AtomicUsize::new(0),
+            leader: Mutex::new(None),
+            https_only,
         })
     }
 
-    /// Send one request, trying nodes in turn until one answers with something other
-    /// than 503, or the deadline passes ([`Error::Unavailable`] with the last failure).
+    /// The leader the cluster last named, if any.
+    pub fn leader_hint(&self) -> Option<Url> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Follow a hint from an answer (no header: keep what we have).
+    fn follow(&self, value: Option<&reqwest::header::HeaderValue>) {
+        let Some(url) = value.and_then(|v| parse_hint(v.as_bytes(), self.https_only)) else {
+            return;
+        };
+        let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if leader.as_ref() != Some(&url) {
+            tracing::debug!(leader = %url, "following the cluster's leader hint");
+            *leader = Some(url);
+        }
+    }
+
+    /// Drop the hint `failed` (the hinted node did not decide), unless another
+    /// answer replaced it meanwhile.
+    fn forget(&self, failed: &Url) {
+        let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if leader.as_ref() == Some(failed) {
+            *leader = None;
+        }
+    }
+
+    /// Send one request: to the hinted leader first, then trying nodes in turn until
+    /// one answers with something other than 503, or the deadline passes
+    /// ([`Error::Unavailable`] with the last failure). Each hint is tried at most
+    /// once per call, so a hinted node that keeps failing cannot hold the call.
     pub async fn exchange(&self, req: &Request<'_>) -> Result<Answer, Error> {
         let n = self.nodes.len();
         let deadline = tokio::time::Instant::now() + self.deadline;
         let mut backoff = self.backoff;
         let mut attempt = 0usize;
+        let mut hints_tried: Vec<Url> = Vec::new();
         loop {
-            let idx = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
-            let url = url(&self.nodes[idx], req)?;
+            let hint = self.leader_hint().filter(|h| !hints_tried.contains(h));
+            let (base, idx) = match &hint {
+                Some(h) => (h, None),
+                None => {
+                    let idx = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
+                    (&self.nodes[idx], Some(idx))
+                }
+            };
+            let url = url(base, req)?;
             let last_err = match self.send(url.clone(), req, None).await {
                 Ok(a) if a.status != StatusCode::SERVICE_UNAVAILABLE => {
-                    self.preferred.store(idx, Ordering::Relaxed);
+                    if let Some(idx) = idx {
+                        self.preferred.store(idx, Ordering::Relaxed);
+                    }
                     return Ok(a);
                 }
                 Ok(a) => format!("{url}: 503 {}", String::from_utf8_lossy(&a.body)),
                 Err(e) => e,
             };
             tracing::debug!(error = %last_err, "quorate node did not decide; trying the next");
+            if let Some(h) = hint {
+                self.forget(&h);
+                hints_tried.push(h);
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable(last_err));
+                }
+                continue;
+            }
             attempt += 1;
             if attempt.is_multiple_of(n) {
                 // Every node failed once: back off before the next round.
@@ -179,6 +264,8 @@ impl Transport {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                // A new round may try a hint again (the leader may be back).
+                hints_tried.clear();
             } else if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Unavailable(last_err));
             }
@@ -220,6 +307,7 @@ impl Transport {
             builder = builder.timeout(t);
         }
         let resp = builder.send().await.map_err(|e| format!("{url}: {e}"))?;
+        self.follow(resp.headers().get(LEADER_HEADER));
         let status = resp.status();
         let body = resp
             .bytes()
@@ -293,6 +381,32 @@ mod tests {
             url(&parse_node("http://h:1").unwrap(), &req),
             Err(Error::Config(_))
         ));
+    }
+
+    #[test]
+    fn only_bare_base_urls_are_followed_and_never_downgraded() {
+        let hint = |v: &str, https_only| parse_hint(v.as_bytes(), https_only).map(String::from);
+        assert_eq!(
+            hint("http://127.0.0.1:7102", false).as_deref(),
+            Some("http://127.0.0.1:7102/")
+        );
+        assert_eq!(
+            hint("https://q2.example:8443/", true).as_deref(),
+            Some("https://q2.example:8443/")
+        );
+        // An https client never follows an http hint.
+        assert_eq!(hint("http://127.0.0.1:7102", true), None);
+        for bad in [
+            "127.0.0.1:7102",
+            "ftp://h:1",
+            "http://h:1/path",
+            "http://h:1/?q=1",
+            "http://user:pw@h:1",
+            "",
+        ] {
+            assert_eq!(hint(bad, false), None, "{bad}");
+        }
+        assert_eq!(parse_hint(b"http://h:1\xff", false), None);
     }
 
     #[test]

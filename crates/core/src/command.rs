@@ -196,6 +196,13 @@ impl Caller {
         }
     }
 
+    /// May this caller submit `op`? Admin ops need an admin; everything else any
+    /// caller may ask. The one statement of the rule: the leader checks it before
+    /// proposing a forwarded op, the state machine again when it applies one.
+    pub fn may(&self, op: &Op) -> bool {
+        self.admin || !op.needs_admin()
+    }
+
     /// May this caller touch a lease owned by `owner`?
     pub fn may_use(&self, owner: &str) -> bool {
         self.admin || self.name == owner

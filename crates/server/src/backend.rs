@@ -13,6 +13,9 @@
 //! what a caller may do next, which is all that matters for safety: retry only when
 //! nothing can have been applied.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures::future::BoxFuture;
 use quorate_core::{Op, Query, Reply};
 use quorate_proto::{AddMemberRequest, ClusterResponse, MembersResponse};
@@ -43,24 +46,40 @@ pub enum NodeError {
 }
 
 /// What the HTTP API needs from a node.
+///
+/// Every call that waits for the cluster takes the caller's `deadline`, computed once
+/// where the request entered the process (the API handler, the gRPC service, the
+/// peer endpoint from the forwarding node's header). The backend owns it from there:
+/// it routes, forwards and waits until then and answers [`NodeError::Unavailable`]
+/// when it passes; no layer above re-arms a timeout of its own, and none below
+/// starts a new one.
 pub trait Backend: Send + Sync + 'static {
     /// Replicate `op` through the log and return its outcome once applied.
-    fn write(&self, op: Op) -> BoxFuture<'_, Result<Reply, NodeError>>;
+    fn write(&self, op: Op, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>>;
     /// Answer `query` from state that reflects every write acknowledged before the call
     /// (linearizable read).
-    fn read(&self, query: Query) -> BoxFuture<'_, Result<Reply, NodeError>>;
+    fn read(&self, query: Query, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>>;
     /// This node's view of the cluster (local, not linearizable).
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterResponse, NodeError>>;
     /// Add a node as learner and, unless `learner_only`, promote it to voter.
     fn add_member(
         &self,
         req: AddMemberRequest,
+        deadline: Instant,
     ) -> BoxFuture<'_, Result<MembersResponse, NodeError>>;
     /// Remove a node from the voters and learners.
-    fn remove_member(&self, id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>>;
+    fn remove_member(
+        &self,
+        id: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<MembersResponse, NodeError>>;
     /// True when this node knows a leader and has applied everything committed that it
     /// knows of (`/readyz`).
     fn ready(&self) -> BoxFuture<'_, bool>;
+    /// The current leader's API base URL as clients reach it, when a leader is known:
+    /// the `x-quorate-leader` header of every API response. Local and cheap (it is
+    /// called for every response).
+    fn leader_api(&self) -> Option<Arc<str>>;
     /// Bring sampled gauges (Raft indices, sled size) up to date before `/metrics`
     /// is rendered from the shared registry.
     fn refresh_metrics(&self) {}

@@ -7,7 +7,8 @@
 //! unavailable cluster (`set_available(false)`) to test the 503 path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -22,6 +23,8 @@ pub struct LocalBackend {
     state: Mutex<State>,
     clock_ms: AtomicU64,
     unavailable: AtomicBool,
+    /// The leader hint it reports (none by default: "no leader known").
+    leader_api: Mutex<Option<Arc<str>>>,
 }
 
 impl LocalBackend {
@@ -31,7 +34,13 @@ impl LocalBackend {
             state: Mutex::new(State::new()),
             clock_ms: AtomicU64::new(start_ms),
             unavailable: AtomicBool::new(false),
+            leader_api: Mutex::new(None),
         }
+    }
+
+    /// Report `url` as the leader's API base URL (None: no leader known).
+    pub fn set_leader_api(&self, url: Option<&str>) {
+        *self.leader_api.lock().unwrap_or_else(|e| e.into_inner()) = url.map(Arc::from);
     }
 
     /// Move the clock forward by `ms`.
@@ -53,7 +62,14 @@ impl LocalBackend {
             .unwrap_or(Ok(quorate_core::Outcome::Noop))
     }
 
-    fn check(&self) -> Result<(), NodeError> {
+    /// Like a node: unavailable when quorum is (simulated) lost or the caller's
+    /// deadline has already passed.
+    fn check(&self, deadline: Instant) -> Result<(), NodeError> {
+        if Instant::now() >= deadline {
+            return Err(NodeError::Unavailable(
+                "not decided within the request timeout".into(),
+            ));
+        }
         if self.unavailable.load(Ordering::SeqCst) {
             Err(NodeError::Unavailable("simulated loss of quorum".into()))
         } else {
@@ -72,17 +88,17 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
-    fn write(&self, op: Op) -> BoxFuture<'_, Result<Reply, NodeError>> {
+    fn write(&self, op: Op, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>> {
         async move {
-            self.check()?;
+            self.check(deadline)?;
             Ok(self.apply(op))
         }
         .boxed()
     }
 
-    fn read(&self, query: Query) -> BoxFuture<'_, Result<Reply, NodeError>> {
+    fn read(&self, query: Query, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>> {
         async move {
-            self.check()?;
+            self.check(deadline)?;
             let now = self.clock_ms.load(Ordering::SeqCst);
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             Ok(st.query(&query, now))
@@ -96,6 +112,7 @@ impl Backend for LocalBackend {
             Ok(ClusterResponse {
                 node_id: 1,
                 leader_id: Some(1),
+                leader_api: self.leader_api().map(|u| u.to_string()),
                 term: 1,
                 members: vec![Self::member()],
                 last_log_index: None,
@@ -112,15 +129,27 @@ impl Backend for LocalBackend {
     fn add_member(
         &self,
         _req: AddMemberRequest,
+        _deadline: Instant,
     ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
         async { Err(NodeError::Refused("a local backend has no cluster".into())) }.boxed()
     }
 
-    fn remove_member(&self, _id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+    fn remove_member(
+        &self,
+        _id: u64,
+        _deadline: Instant,
+    ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
         async { Err(NodeError::Refused("a local backend has no cluster".into())) }.boxed()
     }
 
+    fn leader_api(&self) -> Option<Arc<str>> {
+        self.leader_api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn ready(&self) -> BoxFuture<'_, bool> {
-        async move { self.check().is_ok() }.boxed()
+        async move { !self.unavailable.load(Ordering::SeqCst) }.boxed()
     }
 }

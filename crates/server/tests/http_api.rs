@@ -32,6 +32,11 @@ fn app() -> App {
 
 /// An app whose callers appear to come from `peer_ip`, with the given token rules.
 fn app_with_auth(auth: ApiAuth, peer_ip: [u8; 4]) -> App {
+    app_with(auth, peer_ip, Duration::from_secs(2))
+}
+
+/// [`app_with_auth`] with a given request timeout.
+fn app_with(auth: ApiAuth, peer_ip: [u8; 4], request_timeout: Duration) -> App {
     let backend = Arc::new(LocalBackend::new(1_000_000));
     let cfg = Configuration {
         source_digest: 1,
@@ -77,7 +82,7 @@ fn app_with_auth(auth: ApiAuth, peer_ip: [u8; 4]) -> App {
             node_id: 1,
             default_ttl_ms: 30_000,
             max_body_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(2),
+            request_timeout,
         }),
     };
     App {
@@ -752,6 +757,89 @@ async fn metrics_count_requests_and_decisions() {
         text.contains(r#"quorate_decisions_total{kind="acquire",outcome="granted"} 1"#),
         "{text}"
     );
+}
+
+/// The request's deadline is set once, by the API, and the backend answers by it: a
+/// request timeout of zero means every deadline has passed when the backend sees it,
+/// so decisions are 503 (never granted) while requests that wait for nothing are not.
+#[tokio::test]
+async fn the_api_deadline_reaches_the_backend() {
+    let expired = app_with(ApiAuth::default(), [127, 0, 0, 1], Duration::ZERO);
+    let (s, h, v) = post(&expired, "/v1/slots/acquire", json!({"keys": ["a"]})).await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(h.contains_key("retry-after"));
+    let (s, _, v) = get(&expired, "/v1/slots/a").await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let (s, _, _) = get(&expired, "/v1/cluster").await;
+    assert_eq!(s, StatusCode::OK);
+    // With a timeout, the same acquire is decided.
+    let (s, _, _) = post(&app(), "/v1/slots/acquire", json!({"keys": ["a"]})).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Every answer names the leader's API base URL once one is known — successes,
+/// decisions, refusals and unknown routes alike — and `/v1/cluster` says the same in
+/// `leader_api`; with no leader known there is no header and `leader_api` is null.
+#[tokio::test]
+async fn every_answer_names_the_leader() {
+    let app = app_with_auth(token_rules(), [192, 0, 2, 10]);
+    let (_, h, b) = call_as(&app, Some(CLIENT), Method::GET, "/v1/cluster", None).await;
+    assert!(!h.contains_key("x-quorate-leader"), "{h:?}");
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["leader_api"], Value::Null);
+
+    app.backend.set_leader_api(Some("http://127.0.0.1:7102"));
+    let acquire = || Some(r#"{"keys":["org:a"]}"#.to_string());
+    let cases = [
+        (
+            Some(CLIENT),
+            Method::GET,
+            "/v1/cluster",
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Some(CLIENT),
+            Method::POST,
+            "/v1/slots/acquire",
+            acquire(),
+            StatusCode::OK,
+        ),
+        (
+            None,
+            Method::POST,
+            "/v1/slots/acquire",
+            acquire(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Some(CLIENT),
+            Method::PUT,
+            "/v1/limits/org:a",
+            Some(r#"{"limit":1}"#.to_string()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(CLIENT),
+            Method::GET,
+            "/v1/nope",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (None, Method::GET, "/healthz", None, StatusCode::OK),
+    ];
+    for (token, method, uri, body, status) in cases {
+        let (s, h, _) = call_as(&app, token, method, uri, body).await;
+        assert_eq!(s, status, "{uri}");
+        assert_eq!(
+            h.get("x-quorate-leader").and_then(|v| v.to_str().ok()),
+            Some("http://127.0.0.1:7102"),
+            "{uri}: {h:?}"
+        );
+    }
+    let (_, _, b) = call_as(&app, Some(CLIENT), Method::GET, "/v1/cluster", None).await;
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["leader_api"], "http://127.0.0.1:7102");
 }
 
 const CLIENT: &str = "client-token-0123456789";

@@ -210,6 +210,7 @@ fn two_nodes(dir: &Path, raft_1: &str, raft_2: &str) -> ClusterConfig {
         api_addr: "127.0.0.1:3".into(),
         raft_addr: raft_2.into(),
         grpc_addr: None,
+        advertise_api: None,
     });
     c
 }

@@ -18,6 +18,11 @@ use quorate_server::telemetry::Metrics;
 use quorate_server::ClusterConfig;
 use tower::ServiceExt;
 
+/// The deadline of a call made now (the API gives each request one of these).
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(3)
+}
+
 /// One fast node with `org:*` limited to 2 (a typed value, not a template).
 fn config(dir: &Path) -> ClusterConfig {
     let mut c =
@@ -118,9 +123,12 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = node
-            .read(Query::Limit {
-                key: "org:a".into(),
-            })
+            .read(
+                Query::Limit {
+                    key: "org:a".into(),
+                },
+                soon(),
+            )
             .await
             .expect("read");
         if matches!(&r, Ok(Outcome::Limit(l)) if l.limit == 2) {
@@ -131,18 +139,30 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
     }
 
     assert!(granted(
-        &node.write(acquire("org:a", "l1")).await.expect("write")
+        &node
+            .write(acquire("org:a", "l1"), soon())
+            .await
+            .expect("write")
     ));
     assert!(granted(
-        &node.write(acquire("org:a", "l2")).await.expect("write")
+        &node
+            .write(acquire("org:a", "l2"), soon())
+            .await
+            .expect("write")
     ));
-    let third = node.write(acquire("org:a", "l3")).await.expect("write");
+    let third = node
+        .write(acquire("org:a", "l3"), soon())
+        .await
+        .expect("write");
     assert!(matches!(third, Ok(Outcome::Denied(_))), "{third:?}");
 
     let usage = node
-        .read(Query::Usage {
-            key: "org:a".into(),
-        })
+        .read(
+            Query::Usage {
+                key: "org:a".into(),
+            },
+            soon(),
+        )
         .await
         .expect("read");
     match usage {
@@ -175,7 +195,7 @@ async fn concurrent_writes_share_log_entries() {
     for i in 0..n {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
-            node.write(acquire(&format!("job:{i}"), &format!("lease-{i}")))
+            node.write(acquire(&format!("job:{i}"), &format!("lease-{i}")), soon())
                 .await
         }));
     }
@@ -264,9 +284,12 @@ async fn peer_router_decodes_strictly_and_forwards() {
     }
     // The forwarded acquire belongs to the caller the follower named.
     let lease = node
-        .read(Query::Lease {
-            lease_id: "fwd-1".into(),
-        })
+        .read(
+            Query::Lease {
+                lease_id: "fwd-1".into(),
+            },
+            soon(),
+        )
         .await
         .expect("read");
     assert!(
@@ -354,9 +377,12 @@ async fn forwarded_batches_are_checked_and_answered_per_op() {
         let node = node.clone();
         async move {
             match node
-                .read(Query::Lease {
-                    lease_id: id.into(),
-                })
+                .read(
+                    Query::Lease {
+                        lease_id: id.into(),
+                    },
+                    soon(),
+                )
                 .await
             {
                 Ok(Ok(Outcome::Lease(Some(l)))) => Some(l.owner),
@@ -397,9 +423,12 @@ async fn forwarded_ops_are_refused_beyond_their_callers_role() {
     };
     let limit = || async {
         match node
-            .read(Query::Limit {
-                key: "org:forged".into(),
-            })
+            .read(
+                Query::Limit {
+                    key: "org:forged".into(),
+                },
+                soon(),
+            )
             .await
         {
             Ok(Ok(Outcome::Limit(l))) => l.limit,
@@ -461,4 +490,32 @@ async fn forwarded_ops_are_refused_beyond_their_callers_role() {
         "{theirs:?}"
     );
     node.shutdown().await;
+}
+
+/// Issue 21: `POST /v1/members` bypassed the startup rule for peer links. A node
+/// added at run time with a Raft address off the host, in a cluster without [tls],
+/// would have had its votes and entries travel unauthenticated and in clear text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_member_with_an_unprotected_non_loopback_raft_addr_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let req = quorate_proto::AddMemberRequest {
+        id: 2,
+        api_addr: "node2.invalid:7102".into(),
+        // A name that never resolves (RFC 6761): no traffic leaves the host even if
+        // the check were missing; as a host name it counts as non-loopback.
+        raft_addr: "node2.invalid:7202".into(),
+        learner_only: true,
+    };
+    match node.add_member(req).await {
+        Err(NodeError::Refused(msg)) => {
+            assert!(
+                msg.contains("node2.invalid:7202") && msg.contains("[tls]"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let view = node.cluster().await.expect("cluster view");
+    assert_eq!(view.members.len(), 1, "the member was added anyway");
 }

@@ -35,6 +35,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
             api_addr: bound.api_addr,
             raft_addr: bound.raft_addr,
             grpc_addr: None,
+            advertise_api: None,
         });
         listeners.push((id, bound.listeners));
     }

@@ -17,9 +17,10 @@
 //! restores a *prefix* of the writes made to it.
 //!
 //! Format 1 (`quorate-store/1`) kept the log in a sled tree `logs` (big-endian index
-//! keys). `open` moves such a log into segment files once, then marks the store
-//! format 2, which binaries that only know format 1 refuse to open instead of seeing
-//! an empty log.
+//! keys). `open` moves such a log into segment files once. Format 2 segments have no
+//! stamped sync lengths (`record.rs`); they are read as they are. Either way `open`
+//! then marks the store format 3, which binaries that only know an older format
+//! refuse to open instead of misreading the log.
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,10 @@ use crate::StoreError;
 /// Written into `meta/format` when a store is created; checked at every open so that
 /// a directory that is not (or no longer) a quorate store is refused instead of being
 /// silently treated as empty.
-pub(crate) const FORMAT: &[u8] = b"quorate-store/2";
+pub(crate) const FORMAT: &[u8] = b"quorate-store/3";
+/// Log segments without a header or stamped sync lengths (`record.rs`); still read
+/// as they are, so `open` only raises the marker (in `migrate.rs`).
+pub(crate) const FORMAT_V2: &[u8] = b"quorate-store/2";
 /// The format before the log left sled; `open` migrates it.
 pub(crate) const FORMAT_V1: &[u8] = b"quorate-store/1";
 
@@ -55,6 +59,12 @@ pub(crate) struct Shared {
     pub(crate) db: sled::Db,
     pub(crate) meta: sled::Tree,
     pub(crate) snap: sled::Tree,
+    /// The last log id openraft purged, durable or not yet (`log_store.rs`: a purge
+    /// is made durable only as far as the durable snapshot covers it).
+    pub(crate) purge_requested: std::sync::Mutex<Option<openraft::LogId<u64>>>,
+    /// One purge (or purge completion after a snapshot) at a time, so the durable
+    /// `last_purged` never moves backwards.
+    pub(crate) purge_lock: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
@@ -66,6 +76,14 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Shared {
+    /// What openraft has purged, as it sees the log.
+    pub(crate) fn purge_requested(&self) -> Option<openraft::LogId<u64>> {
+        *self
+            .purge_requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn get_meta<T: DeserializeOwned>(
         &self,
         key: &[u8],
@@ -174,7 +192,7 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         .map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(open_err)?;
     match meta.get(KEY_FORMAT).map_err(open_err)? {
-        Some(v) if v.as_ref() == FORMAT || v.as_ref() == FORMAT_V1 => Ok(db),
+        Some(v) if [FORMAT, FORMAT_V2, FORMAT_V1].contains(&v.as_ref()) => Ok(db),
         Some(v) => Err(StoreError::corrupt(
             dir,
             format!(

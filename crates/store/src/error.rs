@@ -48,6 +48,10 @@ pub enum StoreError {
     /// quorate-core refused snapshot bytes.
     #[error("core rejected snapshot: {0}")]
     Core(#[from] quorate_core::CoreError),
+    /// An earlier log write or fsync failed; this store instance accepts no more
+    /// writes (see `flusher.rs`). Reopening the directory is the only way back.
+    #[error("the store accepts no more writes after an earlier failure: {0:?}")]
+    Stopped(crate::Health),
     /// The flusher thread is gone (the store is shutting down or the thread died).
     #[error("the store's flusher thread has stopped")]
     FlusherStopped,

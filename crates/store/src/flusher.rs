@@ -4,11 +4,14 @@
 //! to one dedicated OS thread, as a [`Job`]. The thread:
 //!
 //! 1. blocks until at least one job is queued, then takes every job queued by then;
-//! 2. carries them out in order: creates segment files, writes records at their
-//!    reserved offsets (`pwrite`), cuts and removes files, syncs the directory right
-//!    after a file was created or removed (so a crash cannot resurrect or lose one out
-//!    of order), and syncs a segment before it writes to another (so a later segment
-//!    with data implies every earlier one is complete);
+//! 2. carries them out in order: creates segment files (syncing the segment written
+//!    so far first, and the new file's header before any record goes in), writes
+//!    records at their reserved offsets (`pwrite`, after stamping each with the
+//!    segment's durable length: see `record.rs`), cuts files (and syncs the cut at
+//!    once, so a cut-off tail cannot reappear under later records), removes files,
+//!    syncs the directory right after a file was created or removed (so a crash cannot
+//!    resurrect or lose one out of order), and syncs a segment before it writes to
+//!    another (so a later segment with data implies every earlier one is complete);
 //! 3. `fdatasync`s the segment it wrote last, and calls sled's blocking `Db::flush()`
 //!    only when a job asked for it (votes, snapshots, `last_purged`: rare);
 //! 4. fires the batch's callbacks, in submission order.
@@ -19,6 +22,16 @@
 //! order the writes were made, which is what openraft requires ("all write-IO must be
 //! serialized").
 //!
+//! **The first failure poisons the flusher for good.** After a failed write or fsync
+//! the page cache may hold bytes the disk does not (the "fsyncgate" lesson: Linux
+//! marks the pages clean and reports the error once), so retrying, or carrying on
+//! with later batches, could acknowledge data that is not there. From the first
+//! error on, the thread does no more I/O: every callback of that batch and of every
+//! later job gets the error, and [`Flusher::health`] says so. A full disk (ENOSPC) is
+//! reported as [`Health::NoSpace`], anything else as [`Health::Failed`]; both stop
+//! this store instance, and only reopening the directory (which drops whatever was
+//! written but never acknowledged) brings the log back. See docs/storage.md.
+//!
 //! sled 0.34.7's `flush_async` deadlocks when called concurrently (sled #1308), so
 //! sled is only ever flushed here, by one thread.
 //!
@@ -28,12 +41,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
+use crate::record::{self, Version};
+use crate::vfs::{OpenHow, VFile, Vfs};
 use crate::StoreError;
 
 /// A segment file. A new segment's file is created by the flusher, in order with
@@ -41,18 +55,54 @@ use crate::StoreError;
 /// next append reuses), so the handle is set once the flusher got there.
 pub(crate) struct SegmentFile {
     pub(crate) path: PathBuf,
-    pub(crate) file: OnceLock<File>,
+    pub(crate) file: OnceLock<Box<dyn VFile>>,
+    /// Record layout (a new segment is always v3).
+    pub(crate) version: Version,
+    /// Every byte before this offset is durable (fdatasync'd). Stamped into each
+    /// record the flusher writes. Only the flusher (and `open`) change it.
+    pub(crate) synced: AtomicU64,
+    /// End of the bytes written so far, durable or not.
+    pub(crate) written: AtomicU64,
 }
 
 impl SegmentFile {
-    pub(crate) fn get(&self) -> std::io::Result<&File> {
-        self.file.get().ok_or_else(|| {
+    /// A segment whose first `len` bytes are durable; `file` is set if it exists.
+    pub(crate) fn new(
+        path: PathBuf,
+        file: Option<Box<dyn VFile>>,
+        version: Version,
+        len: u64,
+    ) -> Self {
+        let once = OnceLock::new();
+        if let Some(f) = file {
+            let _ = once.set(f);
+        }
+        SegmentFile {
+            path,
+            file: once,
+            version,
+            synced: AtomicU64::new(len),
+            written: AtomicU64::new(len),
+        }
+    }
+
+    /// `fdatasync`s the file; everything written so far is durable after it.
+    fn sync(&self) -> io::Result<()> {
+        let written = self.written.load(Ordering::Relaxed);
+        self.get()?.sync_data()?;
+        self.synced.store(written, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self) -> std::io::Result<&dyn VFile> {
+        self.file.get().map(|f| f.as_ref()).ok_or_else(|| {
             std::io::Error::other(format!("{} was never created", self.path.display()))
         })
     }
 }
 
-/// fsyncs a directory, so that files created or removed in it stay so.
+/// fsyncs a directory, so that files created or removed in it stay so (on the real
+/// filesystem: for the one-time setup outside the [`Vfs`]).
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -63,8 +113,9 @@ pub(crate) type Done = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
 
 /// One thing for the flusher thread to do, in queue order.
 pub(crate) enum Job {
-    /// Create (or empty) a new segment file and publish its handle.
-    Create(Arc<SegmentFile>),
+    /// Create (or empty) a new segment file starting at index `first`, write its
+    /// header durably, and publish its handle.
+    Create { file: Arc<SegmentFile>, first: u64 },
     /// Write `bytes` at `offset`; `seq` is the last append number they hold.
     Write {
         file: Arc<SegmentFile>,
@@ -83,6 +134,32 @@ pub(crate) enum Job {
     /// Fire once everything queued before, and everything written to sled so far, is
     /// durable.
     DoneSled(Done),
+}
+
+/// Whether the store can still write. Once not [`Health::Ok`], it stays so for this
+/// store instance (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Every write so far succeeded.
+    Ok,
+    /// A write failed with ENOSPC: nothing after it was acknowledged. Reopening the
+    /// store once space is freed drops the unacknowledged bytes and goes on.
+    NoSpace(String),
+    /// A write or fsync failed otherwise (EIO...): the disk may have lost or may lie
+    /// about data. The node must stop taking part; an operator checks the disk.
+    Failed(String),
+}
+
+/// Whether `e` says the disk is full.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+}
+
+/// The same error for another waiter (io::Error is not Clone): same kind, same text.
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 /// Counters of the flusher, for metrics and the benchmark.
@@ -106,23 +183,35 @@ pub(crate) struct Flusher {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    health: Arc<Mutex<Health>>,
     path: PathBuf,
 }
 
 impl Flusher {
     /// Starts the thread. `written_seq` is where it publishes the last append number
     /// it has written (see `raft_log.rs`).
+    /// `clean_marker` is the file it creates when it stops with every write synced
+    /// and none failed.
     pub(crate) fn start(
         db: sled::Db,
         path: PathBuf,
         written_seq: Arc<AtomicU64>,
+        clean_marker: PathBuf,
+        vfs: Arc<dyn Vfs>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        let health = Arc::new(Mutex::new(Health::Ok));
+        let thread_health = health.clone();
         let thread = std::thread::Builder::new()
             .name("quorate-flusher".into())
-            .spawn(move || run(db, rx, thread_counters, written_seq))
+            .spawn(move || {
+                let ok = run(&*vfs, db, rx, thread_counters, thread_health, written_seq);
+                if ok {
+                    mark_clean(&*vfs, &clean_marker);
+                }
+            })
             .map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
@@ -131,6 +220,7 @@ impl Flusher {
             tx: Some(tx),
             thread: Some(thread),
             counters,
+            health,
             path,
         })
     }
@@ -163,6 +253,13 @@ impl Flusher {
         })
     }
 
+    pub(crate) fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn stats(&self) -> FlushStats {
         FlushStats {
             flushes: self.counters.flushes.load(Ordering::Relaxed),
@@ -189,13 +286,10 @@ impl Drop for Flusher {
 /// One batch in progress.
 #[derive(Default)]
 struct Batch {
-    /// The segment written or cut last and not yet synced.
+    /// The segment written last and not yet synced.
     dirty: Option<Arc<SegmentFile>>,
     sled: bool,
     dones: Vec<Done>,
-    /// The first error; every later job of the batch is skipped and every callback
-    /// of the batch gets it.
-    error: Option<io::Error>,
 }
 
 impl Batch {
@@ -205,26 +299,32 @@ impl Batch {
             if next.is_some_and(|n| Arc::ptr_eq(n, d)) {
                 return Ok(());
             }
-            d.get()?.sync_data()?;
+            d.sync()?;
             self.dirty = None;
         }
         Ok(())
     }
 
-    fn run(&mut self, job: Job, written_seq: &AtomicU64) -> io::Result<()> {
+    fn run(&mut self, vfs: &dyn Vfs, job: Job, written_seq: &AtomicU64) -> io::Result<()> {
         match job {
             Job::Done(done) => self.dones.push(done),
             Job::DoneSled(done) => {
                 self.sled = true;
                 self.dones.push(done);
             }
-            Job::Create(file) => {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&file.path)?;
+            Job::Create { file, first } => {
+                // The segment written so far is complete before the next one exists:
+                // recovery may then treat a bad record in any but the last segment
+                // as damage, never as a torn tail.
+                self.sync_other(None)?;
+                let f = vfs.open(&file.path, OpenHow::CreateTruncate)?;
+                // The header is durable before any record goes in, so a segment with
+                // records always has one.
+                let header = record::segment_header(first);
+                f.write_all_at(&header, 0)?;
+                f.sync_data()?;
+                file.written.store(header.len() as u64, Ordering::Relaxed);
+                file.synced.store(header.len() as u64, Ordering::Relaxed);
                 if file.file.set(f).is_err() {
                     return Err(io::Error::other(format!(
                         "{} created twice",
@@ -235,80 +335,127 @@ impl Batch {
             Job::Write {
                 file,
                 offset,
-                bytes,
+                mut bytes,
                 seq,
             } => {
                 self.sync_other(Some(&file))?;
+                if file.version == Version::V3 {
+                    record::stamp(&mut bytes, file.synced.load(Ordering::Relaxed));
+                }
                 file.get()?.write_all_at(&bytes, offset)?;
+                file.written
+                    .fetch_max(offset + bytes.len() as u64, Ordering::Relaxed);
                 self.dirty = Some(file);
                 written_seq.fetch_max(seq, Ordering::Release);
             }
             Job::SetLen { file, len } => {
                 self.sync_other(Some(&file))?;
                 file.get()?.set_len(len)?;
-                self.dirty = Some(file);
+                // Synced at once: records written after the cut are stamped with a
+                // durable length that must not cover the cut-off bytes, and those
+                // bytes must not come back under them after a crash.
+                file.written.store(len, Ordering::Relaxed);
+                file.sync()?;
+                self.dirty = None;
             }
-            Job::Remove(path) => match std::fs::remove_file(&path) {
+            Job::Remove(path) => match vfs.remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             },
             Job::SyncDir(dir) => {
                 self.sync_other(None)?;
-                sync_dir(&dir)?;
+                vfs.sync_dir(&dir)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The rest of a batch after `run` succeeded for every job.
+    fn finish(&mut self, db: &sled::Db) -> io::Result<()> {
+        self.sync_other(None)?;
+        if self.sled {
+            db.flush().map_err(|e| match e {
+                sled::Error::Io(e) => e,
+                e => io::Error::other(e.to_string()),
+            })?;
         }
         Ok(())
     }
 }
 
+/// Leaves the clean-stop marker (see `raft_log.rs`). Best effort: without it the
+/// next open only treats a bad record at the end as possibly torn.
+fn mark_clean(vfs: &dyn Vfs, marker: &Path) {
+    let res = vfs
+        .open(marker, OpenHow::CreateTruncate)
+        .and_then(|f| f.sync_data())
+        .and_then(|_| marker.parent().map_or(Ok(()), |d| vfs.sync_dir(d)));
+    if let Err(e) = res {
+        tracing::warn!(error = %e, path = %marker.display(), "cannot leave the clean-stop marker");
+    }
+}
+
+/// Runs batches until the channel closes; true if no write or flush ever failed.
 fn run(
+    vfs: &dyn Vfs,
     db: sled::Db,
     rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
+    health: Arc<Mutex<Health>>,
     written_seq: Arc<AtomicU64>,
-) {
+) -> bool {
+    // The first error, kept for good (see the module docs).
+    let mut poisoned: Option<io::Error> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Batch::default();
         for job in std::iter::once(first).chain(rx.try_iter()) {
-            if batch.error.is_some() {
+            if poisoned.is_some() {
                 if let Job::Done(done) | Job::DoneSled(done) = job {
                     batch.dones.push(done);
                 }
                 continue;
             }
-            if let Err(e) = batch.run(job, &written_seq) {
-                batch.error = Some(e);
+            if let Err(e) = batch.run(vfs, job, &written_seq) {
+                poisoned = Some(e);
             }
         }
-        if batch.error.is_none() {
-            if let Err(e) = batch.sync_other(None) {
-                batch.error = Some(e);
+        if poisoned.is_none() {
+            if let Err(e) = batch.finish(&db) {
+                poisoned = Some(e);
             }
+            counters.flushes.fetch_add(1, Ordering::Relaxed);
         }
-        if batch.error.is_none() && batch.sled {
-            if let Err(e) = db.flush() {
-                batch.error = Some(io::Error::other(e.to_string()));
-            }
-        }
-        counters.flushes.fetch_add(1, Ordering::Relaxed);
         counters
             .callbacks
             .fetch_add(batch.dones.len() as u64, Ordering::Relaxed);
-        match batch.error {
+        match &poisoned {
             None => {
                 for done in batch.dones {
                     done(Ok(()));
                 }
             }
             Some(e) => {
-                // No retry: openraft treats a failed log write as fatal and stops the
-                // node, and these callers are told the truth now.
-                tracing::error!(error = %e, waiters = batch.dones.len(), "log write or flush failed");
-                let msg = e.to_string();
+                let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+                if *h == Health::Ok {
+                    // No retry: the page cache may lie after a failed write or fsync.
+                    // openraft stops the node on the StorageError these callers get.
+                    let no_space = is_no_space(e);
+                    tracing::error!(
+                        error = %e, no_space, waiters = batch.dones.len(),
+                        "log write or flush failed; this store accepts no more writes"
+                    );
+                    *h = if no_space {
+                        Health::NoSpace(e.to_string())
+                    } else {
+                        Health::Failed(e.to_string())
+                    };
+                }
+                drop(h);
                 for done in batch.dones {
-                    done(Err(io::Error::other(msg.clone())));
+                    done(Err(copy_error(e)));
                 }
             }
         }
     }
+    poisoned.is_none()
 }

@@ -18,7 +18,11 @@
 //! - The state machine itself is in memory; see below for why and how it survives a
 //!   crash. `tests/crash.rs` SIGKILLs a writer process at random points and checks that
 //!   every acknowledged entry and vote survives and that the recovered state equals a
-//!   fresh replay of the log.
+//!   fresh replay of the log. `tests/power_loss.rs` goes further on a simulated disk
+//!   (`vfs.rs`): power lost at a random file operation drops or tears every write not
+//!   yet fsync'd; `tests/disk_faults.rs` fails fsyncs and writes (EIO, ENOSPC).
+//! - The first failed write or fsync stops the store for good ([`LogStore::health`]);
+//!   see docs/storage.md for the on-disk format, the fsync rules and the fault model.
 //!
 //! ## Where the core state lives: memory + snapshots (measured)
 //!
@@ -68,9 +72,11 @@
 //!
 //! `log_store` ([`LogStore`]) over `raft_log` (the segment files), `state_machine`
 //! ([`StateMachineStore`]) over `snapshot` (snapshot bytes) and `snapshot_file` (where
-//! they are kept), `db` (layout, sled, opening), `migrate` (format 1 → 2), `flusher`
-//! (the one writer: group commit, file jobs), `codec` (bincode options), `error`
-//! ([`StoreError`]). Dependencies run one way: `flusher` and `codec` at the bottom.
+//! they are kept), `db` (layout, sled, opening), `migrate` (older formats), `flusher`
+//! (the one writer: group commit, file jobs), `record` (segment byte layout), `vfs`
+//! (the file-operation seam and the simulated disk), `codec` (bincode options),
+//! `error` ([`StoreError`]). Dependencies run one way: `vfs`, `record`, `flusher` and
+//! `codec` at the bottom.
 
 mod codec;
 mod db;
@@ -79,9 +85,11 @@ mod flusher;
 mod log_store;
 mod migrate;
 mod raft_log;
+mod record;
 mod snapshot;
 mod snapshot_file;
 mod state_machine;
+pub mod vfs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,7 +103,7 @@ use crate::raft_log::RaftLog;
 use crate::state_machine::{applied_from_snapshot, Applied};
 
 pub use crate::error::StoreError;
-pub use crate::flusher::FlushStats;
+pub use crate::flusher::{FlushStats, Health};
 pub use crate::log_store::LogStore;
 pub use crate::state_machine::StateMachineStore;
 
@@ -140,7 +148,7 @@ impl Storage {
             && empty(&s.meta, KEY_COMMITTED)
             && empty(&s.meta, KEY_LAST_PURGED)
             && empty(&s.snap, db::KEY_SNAP_META)
-            && !snapshot_file::exists(&s.dir)
+            && !snapshot_file::exists(&**s.log.vfs(), &s.dir)
             && s.log.is_empty()
             && self.sm.last_applied().is_none()
     }
@@ -154,7 +162,13 @@ impl Storage {
 /// not a quorate store, or is damaged, yields [`StoreError::Corrupt`] or
 /// [`StoreError::Open`] naming the path — never an empty store.
 pub fn open(dir: &Path) -> Result<Storage, StoreError> {
-    let shared = open_shared(dir)?;
+    open_with(dir, Arc::new(vfs::RealFs))
+}
+
+/// [`open`] with the log and snapshot files behind `vfs` (tests pass a
+/// [`vfs::SimFs`] to lose power, tear writes and fail operations).
+pub fn open_with(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Storage, StoreError> {
+    let shared = open_shared(dir, vfs)?;
     let corrupt = |what: &str, e: StoreError| StoreError::corrupt(dir, format!("{what}: {e}"));
 
     let vote: Option<Vote<u64>> = shared
@@ -218,7 +232,7 @@ pub fn open(dir: &Path) -> Result<Storage, StoreError> {
 
 /// Opens the sled db and its trees, moves a format-1 log out of sled, opens the log
 /// files (checking every record) and starts the flusher thread.
-fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
+fn open_shared(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Arc<Shared>, StoreError> {
     let db = open_db(dir)?;
     let open_tree = |name: &str| {
         db.open_tree(name).map_err(|source| StoreError::Open {
@@ -235,11 +249,17 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
         }
         None => None,
     };
-    let last_purged = last_purged.map(|p| p.index);
-    migrate::sled_log_to_segments(dir, &db, &meta, last_purged)
+    let purged_index = last_purged.map(|p| p.index);
+    migrate::sled_log_to_segments(dir, &db, &meta, purged_index)
         .map_err(|e| corrupt("moving the log out of sled", e))?;
-    let log = RaftLog::open(dir, last_purged)?;
-    let flusher = flusher::Flusher::start(db.clone(), dir.to_path_buf(), log.written_seq())?;
+    let log = RaftLog::open(dir, purged_index, vfs.clone())?;
+    let flusher = flusher::Flusher::start(
+        db.clone(),
+        dir.to_path_buf(),
+        log.written_seq(),
+        dir.join(raft_log::LOG_DIR).join(raft_log::CLEAN_FILE),
+        vfs,
+    )?;
     Ok(Arc::new(Shared {
         flusher,
         dir: dir.to_path_buf(),
@@ -247,6 +267,8 @@ fn open_shared(dir: &Path) -> Result<Arc<Shared>, StoreError> {
         db,
         meta,
         snap,
+        purge_requested: std::sync::Mutex::new(last_purged),
+        purge_lock: tokio::sync::Mutex::new(()),
     }))
 }
 
@@ -257,6 +279,21 @@ fn check_ids_agree(
     last_purged: Option<LogId<u64>>,
     applied: &Applied,
 ) -> Result<(), String> {
+    if let Some(p) = last_purged {
+        // Purged entries are only ever the snapshot's (`log_store.rs`); purged past it,
+        // the entries between are gone and the state machine would skip them.
+        if !matches!(applied.last_applied, Some(a) if a.index >= p.index) {
+            return Err(format!(
+                "entries up to {} were purged but the snapshot ends at {}: the entries \
+                 between are lost (left by a crash during a snapshot install of an older \
+                 version); wipe this node's data directory and add it to the cluster again",
+                p.index,
+                applied
+                    .last_applied
+                    .map_or_else(|| "none".to_string(), |a| a.index.to_string())
+            ));
+        }
+    }
     if let (Some(first), Some(p)) = (first, last_purged) {
         if first != p.index + 1 {
             return Err(format!(

@@ -16,10 +16,17 @@
 //!   an entry the cluster counted on this node for.
 //! - **truncate**: removes `[index, ∞)` and waits until the files say so durably, so
 //!   conflicting entries a new leader overwrote cannot reappear after a crash.
-//! - **purge**: makes `last_purged` durable first, then removes the segment files
-//!   that hold nothing newer. openraft only purges what a durable snapshot covers;
-//!   if a crash interrupts the removal, [`crate::open`] skips the entries at or below
-//!   `last_purged` and finishes it.
+//! - **purge**: takes effect at once for openraft (reads and the log state no longer
+//!   show the entries), but is made durable only **up to the durable snapshot**: the
+//!   rest waits until a snapshot that covers it is on disk (`finish_purge`, called
+//!   after every snapshot write). openraft does not guarantee that order: on a
+//!   follower's snapshot install it sends the install to the state-machine worker and
+//!   purges the log at once, and the install then spends seconds decoding before it
+//!   writes the snapshot file. A crash in that window used to leave `last_purged`
+//!   past the snapshot, entries nobody has any more, and a node that could not start
+//!   (issue 21). The durable part makes `last_purged` durable first, then removes the
+//!   segment files that hold nothing newer; if a crash interrupts the removal,
+//!   [`crate::open`] skips the entries at or below `last_purged` and finishes it.
 
 use std::fmt::Debug;
 use std::io;
@@ -33,7 +40,8 @@ use crate::db::{Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
-use crate::flusher::FlushStats;
+use crate::flusher::{FlushStats, Health};
+use crate::state_machine::StateMachineStore;
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
@@ -50,12 +58,18 @@ impl LogStore {
     /// openraft's `LogFlushed` (which only openraft can construct); the crash test and
     /// the benchmark use it to keep many appends in flight, as openraft does.
     /// Returns once the entries are readable; on an error nothing was written and
-    /// `done` is dropped without being called.
+    /// `done` is dropped without being called. After a failed write or fsync
+    /// ([`Self::health`] not `Ok`) every append is refused here
+    /// ([`StoreError::Stopped`]), so the entries never become readable either.
     pub fn append_with_callback<I, F>(&self, entries: I, done: F) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
         F: FnOnce(io::Result<()>) + Send + 'static,
     {
+        let health = self.health();
+        if health != Health::Ok {
+            return Err(StoreError::Stopped(health));
+        }
         self.shared
             .log
             .append(&self.shared.flusher, entries, Box::new(done))
@@ -64,6 +78,21 @@ impl LogStore {
     /// Waits until every write made so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.flusher.flush().await
+    }
+
+    /// Whether this store can still write. After the first failed write or fsync it
+    /// is [`Health::NoSpace`] or [`Health::Failed`] for good: every later append,
+    /// vote and flush fails (see `flusher.rs`), and only reopening the directory
+    /// brings the store back.
+    pub fn health(&self) -> Health {
+        self.shared.flusher.health()
+    }
+
+    /// Test knob: closes segments after `segment_bytes` and caches `cache_bytes` of
+    /// entries, so a small test rotates segments and reads entries back from files.
+    #[doc(hidden)]
+    pub fn set_limits_for_tests(&self, segment_bytes: u64, cache_bytes: usize) {
+        self.shared.log.set_limits(segment_bytes, cache_bytes);
     }
 
     /// Flush counters: how many fsyncs the flusher made and how many callbacks they
@@ -84,6 +113,12 @@ impl LogStore {
             },
             Bound::Unbounded => 0,
         };
+        // Entries openraft purged are gone for it, even where their removal waits for
+        // a snapshot (see the module docs).
+        let lo = match self.shared.purge_requested() {
+            Some(p) => lo.max(p.index.saturating_add(1)),
+            None => lo,
+        };
         let hi = match range.end_bound() {
             Bound::Included(&x) => x,
             Bound::Excluded(&0) => return Ok(Vec::new()),
@@ -94,9 +129,8 @@ impl LogStore {
     }
 
     pub(crate) fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId<u64>> = self
-            .shared
-            .get_meta(KEY_LAST_PURGED, "last purged log id")?;
+        // What openraft purged, durable or not yet (never behind the durable id).
+        let last_purged = self.shared.purge_requested();
         let last_entry = match self.shared.log.bounds() {
             Some((_, last)) => self.read_range(last..=last)?.pop().map(|e| e.log_id),
             None => None,
@@ -132,22 +166,59 @@ impl LogStore {
             .await
     }
 
+    /// openraft's purge: effective at once, durable up to the durable snapshot.
     pub(crate) async fn purge_upto(&self, log_id: LogId<u64>) -> Result<(), StoreError> {
-        let current: Option<LogId<u64>> = self
-            .shared
-            .get_meta(KEY_LAST_PURGED, "last purged log id")?;
-        if current.is_some_and(|c| c.index >= log_id.index) {
-            // Never move `last_purged` backwards.
-            return Ok(());
+        let s = &self.shared;
+        let _serial = s.purge_lock.lock().await;
+        {
+            let mut requested = s.purge_requested.lock().unwrap_or_else(|e| e.into_inner());
+            if requested.is_some_and(|r| r.index >= log_id.index) {
+                // Never move `last_purged` backwards.
+                return Ok(());
+            }
+            *requested = Some(log_id);
         }
-        // `last_purged` is durable before any file goes: after a crash, `open` skips
-        // everything at or below it.
-        self.shared
-            .put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
-        self.shared.flusher.flush().await?;
-        self.shared.log.purge(&self.shared.flusher, log_id.index);
-        Ok(())
+        let covered = StateMachineStore::load_snapshot_meta(s)?.and_then(|m| m.last_log_id);
+        let durable = match covered {
+            Some(c) if c.index < log_id.index => {
+                tracing::debug!(%log_id, snapshot = %c, "purge beyond the durable snapshot; the rest waits for a snapshot that covers it");
+                c
+            }
+            Some(_) => log_id,
+            None => {
+                tracing::debug!(%log_id, "purge with no durable snapshot; waits for one");
+                return Ok(());
+            }
+        };
+        purge_durably(s, durable).await
     }
+}
+
+/// After a snapshot ending at `snapshot` is durable: make durable what openraft
+/// purged and the snapshot now covers.
+pub(crate) async fn finish_purge(s: &Shared, snapshot: LogId<u64>) -> Result<(), StoreError> {
+    let _serial = s.purge_lock.lock().await;
+    let requested = s.purge_requested();
+    match requested {
+        Some(r) if r.index <= snapshot.index => purge_durably(s, r).await,
+        Some(_) => purge_durably(s, snapshot).await,
+        None => Ok(()),
+    }
+}
+
+/// Make `last_purged = log_id` durable, then drop the files it covers. The caller
+/// holds `purge_lock` and guarantees a durable snapshot covers `log_id`.
+async fn purge_durably(s: &Shared, log_id: LogId<u64>) -> Result<(), StoreError> {
+    let current: Option<LogId<u64>> = s.get_meta(KEY_LAST_PURGED, "last purged log id")?;
+    if current.is_some_and(|c| c.index >= log_id.index) {
+        return Ok(());
+    }
+    // `last_purged` is durable before any file goes: after a crash, `open` skips
+    // everything at or below it.
+    s.put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
+    s.flusher.flush().await?;
+    s.log.purge(&s.flusher, log_id.index);
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

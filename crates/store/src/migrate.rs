@@ -3,10 +3,11 @@
 //!
 //! The records are written to `raftlog.migrating/`, fsync'd, and the directory is
 //! renamed to `raftlog/` in one step; only then is the sled tree dropped and the
-//! format marker raised to 2. A crash at any point leaves either the old log (and no
-//! `raftlog/`, so the move starts over) or a complete `raftlog/` (and the sled copy,
-//! which the next open drops). Entries at or below `last_purged` are dead and not
-//! moved.
+//! format marker raised to the current format. A crash at any point leaves either
+//! the old log (and no `raftlog/`, so the move starts over) or a complete `raftlog/`
+//! (and the sled copy, which the next open drops). Entries at or below `last_purged`
+//! are dead and not moved. A format-2 store only gets the new marker: its v2
+//! segments stay readable as they are.
 
 use std::path::Path;
 
@@ -21,8 +22,9 @@ use crate::{StoreError, TypeConfig};
 const MIGRATING_DIR: &str = "raftlog.migrating";
 const OLD_TREE: &str = "logs";
 
-/// Moves the sled log of `db` (if any) into `dir/raftlog`, then marks the store
-/// format 2. Does nothing for a format-2 store.
+/// Moves the sled log of `db` (if any) into `dir/raftlog` (as v2 segments), then
+/// marks the store with the current format. A format-2 store only gets the new
+/// marker: its segments are read as they are. Does nothing for a current store.
 pub(crate) fn sled_log_to_segments(
     dir: &Path,
     db: &sled::Db,

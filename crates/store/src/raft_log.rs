@@ -12,16 +12,12 @@
 //!
 //! ## Layout
 //!
-//! `<data dir>/raftlog/<first index, 20 digits>.log`, one file per segment. A segment
-//! is a sequence of records
-//!
-//! ```text
-//! u32 LE payload length | u32 LE crc32(index ‖ payload) | u64 LE index | payload
-//! ```
-//!
-//! where the payload is the bincode `Entry<TypeConfig>` (the codec of `db.rs`). The
-//! next append starts a new segment once the last one holds [`SEGMENT_BYTES`], so a
-//! purge deletes whole files instead of rewriting one.
+//! `<data dir>/raftlog/<first index, 20 digits>.log`, one file per segment: a header,
+//! then a sequence of records, each `length | crc | index | synced | header crc |
+//! payload` (byte layout and the older v2 layout in `record.rs`), where the payload is
+//! the bincode `Entry<TypeConfig>` (the codec of `codec.rs`). The next append starts a
+//! new segment once the last one holds [`SEGMENT_BYTES`], so a purge deletes whole
+//! files instead of rewriting one.
 //!
 //! ## Who writes what, and when it is durable
 //!
@@ -46,43 +42,64 @@
 //!
 //! ## Recovery ([`RaftLog::open`])
 //!
-//! Every record is checked (length, crc, index = expected index). A bad record in the
-//! **last** segment is a write torn by a crash: the segment is cut there, with a
-//! warning, since nothing from there on was acknowledged — unless the bad record is
-//! intact but carries another index (a lost record), or the record after it is intact:
-//! a torn tail produces neither, and the store is refused as corrupt. A bad record in
-//! an earlier segment, or segments that overlap, are corruption. Indexes inside a
-//! segment are contiguous; a gap between segments is read back as a gap (see
-//! [`RaftLog::append`]), so a segment file deleted by hand from the middle of the log
-//! is not detected. Empty trailing segments (created just before a crash) are
-//! removed.
+//! Each segment is first `fdatasync`'d, its cached pages dropped
+//! (`posix_fadvise(DONTNEED)`), and then read: a previous process whose fsync failed
+//! may have left pages the kernel marked clean although the disk never got them, and
+//! recovery must classify what the disk holds, not what the page cache remembers.
+//! (O_DIRECT would say the same, but needs aligned buffers and is refused by tmpfs.)
+//!
+//! Every record is checked (header crc, length, payload crc, index = expected
+//! index). Trailing segments that keep no record (created just before a crash, or
+//! holding only a torn first write) are removed first; then a bad record is
+//!
+//! - **damage, refused** if it is in any but the last segment (the flusher synced a
+//!   segment completely before it created the next), if it is intact but carries
+//!   another index (a lost record), or, in a v3 segment, if it starts below the
+//!   `synced` length stamped in any intact record of that segment: those bytes were
+//!   durable before a later write was made, so no crash can have torn them. A damaged
+//!   length field does not hide the records after it: they are found by trying every
+//!   offset (`record::max_synced_from`).
+//! - **a torn tail, cut with a warning** otherwise: it lies beyond every byte the
+//!   segment is known to have synced, so nothing from there on was acknowledged, even
+//!   if intact records follow it (a multi-page write can persist out of order).
+//!
+//! What cannot be told apart: damage to the very last batch a segment synced, when
+//! the crash came before any later write could stamp a larger `synced`, looks like a
+//! torn write and is cut. v2 segments (no `synced`) keep the older rule: a bad record
+//! is a torn tail only in the last segment and only if no intact record follows it
+//! at the offset its length field names. Indexes inside a segment are contiguous; a
+//! gap between segments is read back as a gap (see [`RaftLog::append`]), so a
+//! segment file deleted by hand from the middle of the log is not detected.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::Entry;
 
 use crate::codec::{decode, encode};
-use crate::flusher::{sync_dir, Done, Flusher, Job, SegmentFile};
+use crate::flusher::{Done, Flusher, Job, SegmentFile};
+use crate::record::{self, Version, MISPLACED};
+use crate::vfs::{OpenHow, VFile, Vfs};
 use crate::{StoreError, TypeConfig};
 
 /// Directory of the segment files inside the data directory.
 pub(crate) const LOG_DIR: &str = "raftlog";
+/// Left in the log directory by a flusher that stopped cleanly (every write synced,
+/// none failed), and removed by the next `open` before it changes anything: with it,
+/// recovery knows no write can have been torn.
+pub(crate) const CLEAN_FILE: &str = "clean";
 /// A segment is closed once it holds this many bytes.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 /// Encoded entries kept in memory for replication reads.
 const CACHE_BYTES: usize = 8 << 20;
-const HEADER: usize = 16;
 /// Largest gap between consecutive indexes that `append` and `open` accept (gaps are
 /// for openraft's conformance suite; openraft itself never leaves one): a damaged
 /// segment name must not make `open` allocate a slot per missing index.
 const MAX_GAP: u64 = 1 << 16;
-/// How [`parse_record`] starts its error for an intact record with the wrong index.
-const MISPLACED: &str = "misplaced record";
 
 /// One segment of the log.
 struct Segment {
@@ -124,6 +141,8 @@ struct Inner {
 /// The log files of one store. Shared by the log store and its readers.
 pub(crate) struct RaftLog {
     dir: PathBuf,
+    /// The files' operations (real, or simulated in tests).
+    vfs: Arc<dyn Vfs>,
     inner: Mutex<Inner>,
     /// Highest append number whose bytes the flusher has written.
     written_seq: Arc<AtomicU64>,
@@ -140,130 +159,157 @@ pub(crate) fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
 }
 
-fn crc(index: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&index.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-/// Appends one record for `index` to `out`.
-fn put_record(out: &mut Vec<u8>, index: u64, payload: &[u8]) -> Result<(), StoreError> {
-    let len = u32::try_from(payload.len()).map_err(|_| StoreError::Malformed {
-        what: "log entry",
-        reason: format!("{} bytes do not fit a record", payload.len()),
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc(index, payload).to_le_bytes());
-    out.extend_from_slice(&index.to_le_bytes());
-    out.extend_from_slice(payload);
-    Ok(())
-}
-
-/// Writes a new segment file at `path` holding `records` (index, payload) and syncs
-/// it. Used by the migration from format 1, before the log is opened.
+/// Writes a new v2 segment file at `path` holding `records` (index, payload) and
+/// syncs it. Used by the migration from format 1, before the log is opened.
 pub(crate) fn write_records<'a>(
     path: &Path,
     records: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> Result<(), StoreError> {
     let mut buf = Vec::new();
     for (index, payload) in records {
-        put_record(&mut buf, index, payload)?;
+        check_len(payload.len())?;
+        record::put_v2(&mut buf, index, payload);
     }
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(io_err(path))?;
-    file.write_all_at(&buf, 0).map_err(io_err(path))?;
+    FileExt::write_all_at(&file, &buf, 0).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
+}
+
+fn check_len(len: usize) -> Result<(), StoreError> {
+    match u32::try_from(len) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(StoreError::Malformed {
+            what: "log entry",
+            reason: format!("{len} bytes do not fit a record"),
+        }),
+    }
 }
 
 /// What scanning one segment found.
 struct Scanned {
+    version: Version,
     /// (offset, payload length) per record, from the segment's first index on.
     records: Vec<(u64, u32)>,
-    /// Offset of the first bad record, if any.
+    /// Offset of the first bad record, and why, if any.
     bad_at: Option<(u64, String)>,
-    /// Whether the bad record is intact but misplaced, or an intact record follows it:
-    /// damage in place, not a torn tail.
+    /// v2: whether the bad record is intact but misplaced, or an intact record follows
+    /// it: damage in place, not a torn tail. v3: only the misplaced case.
     intact_after_bad: bool,
-}
-
-/// Parses one record at `off`: Ok(payload length) if it is intact and has `index`.
-fn parse_record(bytes: &[u8], off: usize, index: u64) -> Result<u32, String> {
-    let Some(header) = bytes.get(off..off.saturating_add(HEADER)) else {
-        let left = bytes.len().saturating_sub(off);
-        return Err(format!("{left} bytes left, a header needs {HEADER}"));
-    };
-    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
-    let len = word(0);
-    let sum = word(4);
-    let at = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    let start = off + HEADER;
-    let Some(payload) = bytes.get(start..start.saturating_add(len as usize)) else {
-        return Err(format!(
-            "record of {len} bytes runs past the end of the file"
-        ));
-    };
-    if crc(at, payload) != sum {
-        return Err("checksum mismatch".into());
-    }
-    if at != index {
-        // An intact record in the wrong place: never what a torn write leaves.
-        return Err(format!(
-            "{MISPLACED}: the record says index {at}, expected {index}"
-        ));
-    }
-    Ok(len)
+    /// v3: the largest `synced` stamped in an intact record of the segment.
+    synced: u64,
 }
 
 fn scan(bytes: &[u8], first: u64) -> Scanned {
-    let mut records = Vec::new();
-    let mut off = 0usize;
+    let version = record::version_of(bytes);
+    let mut out = Scanned {
+        version,
+        records: Vec::new(),
+        bad_at: None,
+        intact_after_bad: false,
+        synced: 0,
+    };
+    let h = version.header();
+    let mut off = version.start() as usize;
+    if version == Version::V3 {
+        let header = record::segment_header(first);
+        if bytes.len() < header.len() || bytes[..header.len()] != header[..] {
+            // A torn header (possible only before any record was written: the header
+            // is synced first), or one naming another index.
+            let why = format!(
+                "segment header {:?} is not {header:?}",
+                &bytes[..bytes.len().min(16)]
+            );
+            out.bad_at = Some((0, why));
+            out.synced = record::max_synced_from(bytes, 0);
+            return out;
+        }
+    }
     while off < bytes.len() {
-        let index = first + records.len() as u64;
-        match parse_record(bytes, off, index) {
-            Ok(len) => {
-                records.push((off as u64, len));
-                off += HEADER + len as usize;
+        let index = first + out.records.len() as u64;
+        match record::parse(bytes, off, index, version) {
+            Ok(r) => {
+                out.records.push((off as u64, r.len));
+                out.synced = out.synced.max(r.synced);
+                off += h + r.len as usize;
             }
             Err(why) => {
-                // A torn tail ends the file; an intact next record means the bad one
-                // was damaged in place.
-                let declared = bytes
-                    .get(off..off + 4)
-                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-                let intact_after_bad = why.starts_with(MISPLACED)
-                    || declared.is_some_and(|len| {
-                        parse_record(bytes, off.saturating_add(HEADER + len), index + 1).is_ok()
-                    });
-                return Scanned {
-                    records,
-                    bad_at: Some((off as u64, why)),
-                    intact_after_bad,
-                };
+                out.intact_after_bad = why.starts_with(MISPLACED);
+                match version {
+                    Version::V3 => {
+                        out.synced = out.synced.max(record::max_synced_from(bytes, off + 1));
+                    }
+                    Version::V2 => {
+                        // A torn tail ends the file; an intact next record means the
+                        // bad one was damaged in place.
+                        let declared = bytes
+                            .get(off..off + 4)
+                            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+                        out.intact_after_bad |= declared.is_some_and(|len| {
+                            record::parse(bytes, off.saturating_add(h + len), index + 1, version)
+                                .is_ok()
+                        });
+                    }
+                }
+                out.bad_at = Some((off as u64, why));
+                break;
             }
         }
     }
-    Scanned {
-        records,
-        bad_at: None,
-        intact_after_bad: false,
+    out
+}
+
+impl Scanned {
+    /// Where the segment's good bytes end if it is (`last`) or is not the last
+    /// segment: Err(why) if the bad record is damage rather than a torn tail.
+    fn end(&self, len: u64, last: bool) -> Result<u64, String> {
+        let Some((off, why)) = &self.bad_at else {
+            return Ok(len);
+        };
+        if !last {
+            return Err(format!(
+                "{why} (not the last segment, which was synced completely before the next was made)"
+            ));
+        }
+        if self.intact_after_bad {
+            return Err(match self.version {
+                Version::V2 => format!("{why} (an intact record follows it)"),
+                Version::V3 => why.clone(),
+            });
+        }
+        if self.version == Version::V3 && *off < self.synced {
+            return Err(format!(
+                "{why} (bytes up to {} were synced before a later write: damage, not a torn write)",
+                self.synced
+            ));
+        }
+        Ok(*off)
+    }
+
+    /// Records that lie before `end`.
+    fn kept(&self, end: u64) -> usize {
+        self.records.partition_point(|&(off, _)| off < end)
     }
 }
 
-fn open_segment(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))
+/// Opens a segment, makes what it holds durable, drops its cached pages and reads it
+/// back from the disk (see "Recovery" in the module docs).
+fn read_uncached(vfs: &dyn Vfs, path: &Path) -> Result<(Box<dyn VFile>, Vec<u8>), StoreError> {
+    let file = vfs.open(path, OpenHow::ReadWrite).map_err(io_err(path))?;
+    let bytes = file.read_all_uncached().map_err(io_err(path))?;
+    Ok((file, bytes))
 }
 
 impl RaftLog {
     /// Opens `<data dir>/raftlog`, checks every record and drops a torn tail. `last_purged` entries and below are not loaded.
-    pub(crate) fn open(data_dir: &Path, last_purged: Option<u64>) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        last_purged: Option<u64>,
+        vfs: Arc<dyn Vfs>,
+    ) -> Result<Self, StoreError> {
         let dir = data_dir.join(LOG_DIR);
         let corrupt = |what: String| StoreError::corrupt(&dir, what);
         if !dir.is_dir() {
@@ -274,9 +320,13 @@ impl RaftLog {
             )));
         }
         let mut firsts = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let name = entry.map_err(io_err(&dir))?.file_name();
+        let mut clean = false;
+        for name in vfs.read_dir(&dir).map_err(io_err(&dir))? {
             let name = name.to_string_lossy();
+            if name == CLEAN_FILE {
+                clean = true;
+                continue;
+            }
             let first = name
                 .strip_suffix(".log")
                 .and_then(|n| n.parse::<u64>().ok())
@@ -284,6 +334,13 @@ impl RaftLog {
             firsts.push(first);
         }
         firsts.sort_unstable();
+        if clean {
+            // Gone (durably) before anything else changes: a crash from here on must
+            // not look like a clean stop.
+            let marker = dir.join(CLEAN_FILE);
+            vfs.remove_file(&marker).map_err(io_err(&marker))?;
+            vfs.sync_dir(&dir).map_err(io_err(&dir))?;
+        }
 
         let mut inner = Inner {
             segments: VecDeque::new(),
@@ -295,39 +352,56 @@ impl RaftLog {
             segment_bytes: SEGMENT_BYTES,
             cache_bytes: CACHE_BYTES,
         };
-        let n = firsts.len();
-        for (i, first) in firsts.into_iter().enumerate() {
+        let mut segs = Vec::with_capacity(firsts.len());
+        for first in firsts {
             let path = dir.join(segment_name(first));
-            let last_segment = i + 1 == n;
-            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let (file, bytes) = read_uncached(&*vfs, &path)?;
             let scanned = scan(&bytes, first);
-            let mut end = bytes.len() as u64;
-            if let Some((off, why)) = &scanned.bad_at {
-                let index = first + scanned.records.len() as u64;
-                if !last_segment || scanned.intact_after_bad {
-                    return Err(corrupt(format!(
-                        "{}: bad record for index {index} at byte {off}: {why}",
-                        path.display()
-                    )));
-                }
+            segs.push((first, path, file, bytes.len() as u64, scanned));
+        }
+        // Trailing segments that keep no record go first (created just before a
+        // crash, or holding only a torn first write), so that the segment before
+        // them is classified as the last one.
+        let refuse = |first: u64, path: &Path, scanned: &Scanned, why: String| {
+            let index = first + scanned.records.len() as u64;
+            let off = scanned.bad_at.as_ref().map_or(0, |b| b.0);
+            corrupt(format!(
+                "{}: bad record for index {index} at byte {off}: {why}",
+                path.display()
+            ))
+        };
+        while let Some((first, path, _, len, scanned)) = segs.last() {
+            let end = scanned
+                .end(*len, !clean)
+                .map_err(|why| refuse(*first, path, scanned, why))?;
+            if scanned.kept(end) > 0 {
+                break;
+            }
+            let (_, path, file, ..) = segs.pop().expect("checked");
+            tracing::warn!(path = %path.display(), "removing a log segment that holds no complete record");
+            drop(file);
+            vfs.remove_file(&path).map_err(io_err(&path))?;
+            vfs.sync_dir(&dir).map_err(io_err(&dir))?;
+        }
+        let n = segs.len();
+        for (i, (first, path, file, len, scanned)) in segs.into_iter().enumerate() {
+            // After a clean stop nothing can be torn: every bad record is damage.
+            let last_segment = i + 1 == n && !clean;
+            let end = scanned
+                .end(len, last_segment)
+                .map_err(|why| refuse(first, &path, &scanned, why))?;
+            let kept = scanned.kept(end);
+            if end < len {
+                let index = first + kept as u64;
                 tracing::warn!(
-                    path = %path.display(), index, offset = off, reason = %why,
-                    dropped_bytes = bytes.len() as u64 - off,
-                    "dropping the torn tail of the log (never acknowledged)"
+                    path = %path.display(), index, offset = end,
+                    reason = %scanned.bad_at.as_ref().map_or("", |b| b.1.as_str()),
+                    dropped_bytes = len - end,
+                    "dropping the torn tail of the log (beyond the last sync: never acknowledged)"
                 );
-                end = *off;
-            }
-            let file = open_segment(&path)?;
-            if end < bytes.len() as u64 {
-                file.set_len(end).map_err(io_err(&path))?;
-                file.sync_all().map_err(io_err(&path))?;
-            }
-            if scanned.records.is_empty() && last_segment {
-                // Created just before a crash, never written.
-                drop(file);
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                sync_dir(&dir).map_err(io_err(&dir))?;
-                continue;
+                file.set_len(end)
+                    .and_then(|_| file.sync_data())
+                    .map_err(io_err(&path))?;
             }
             let expected = inner.first + inner.slots.len() as u64;
             if !inner.slots.is_empty() && first < expected {
@@ -337,11 +411,13 @@ impl RaftLog {
                     expected - 1
                 )));
             }
-            let file = Arc::new(SegmentFile {
-                path: path.clone(),
-                file: OnceLock::from(file),
-            });
-            for (k, &(off, len)) in scanned.records.iter().enumerate() {
+            let file = Arc::new(SegmentFile::new(
+                path.clone(),
+                Some(file),
+                scanned.version,
+                end,
+            ));
+            for (k, &(off, rec_len)) in scanned.records[..kept].iter().enumerate() {
                 let index = first + k as u64;
                 if last_purged.is_some_and(|p| index <= p) {
                     continue;
@@ -364,12 +440,12 @@ impl RaftLog {
                 inner.slots.push_back(Some(Slot {
                     segment: file.clone(),
                     offset: off,
-                    len,
+                    len: rec_len,
                     seq: 0,
                     cached: None,
                 }));
             }
-            let next = first + scanned.records.len() as u64;
+            let next = first + kept as u64;
             inner.segments.push_back(Segment {
                 first,
                 file,
@@ -380,9 +456,21 @@ impl RaftLog {
         inner.evicted = inner.slots.len();
         Ok(RaftLog {
             dir,
+            vfs,
             inner: Mutex::new(inner),
             written_seq: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Lowers the segment size and the cache (tests: many segments, file reads).
+    pub(crate) fn set_limits(&self, segment_bytes: u64, cache_bytes: usize) {
+        let mut inner = self.lock();
+        inner.segment_bytes = segment_bytes;
+        inner.cache_bytes = cache_bytes;
+    }
+
+    pub(crate) fn vfs(&self) -> &Arc<dyn Vfs> {
+        &self.vfs
     }
 
     pub(crate) fn written_seq(&self) -> Arc<AtomicU64> {
@@ -425,17 +513,12 @@ impl RaftLog {
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
         // Everything that can fail happens before anything is reserved, so an error
-        // leaves the log as it was (`put_record` below cannot fail after this check).
+        // leaves the log as it was (`record::put` below cannot fail after this check).
         let prepared = entries
             .into_iter()
             .map(|entry| {
                 let payload = encode("log entry", &entry)?;
-                if u32::try_from(payload.len()).is_err() {
-                    return Err(StoreError::Malformed {
-                        what: "log entry",
-                        reason: format!("{} bytes do not fit a record", payload.len()),
-                    });
-                }
+                check_len(payload.len())?;
                 Ok((entry.log_id.index, Arc::<[u8]>::from(payload)))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -459,10 +542,9 @@ impl RaftLog {
         for (index, payload) in prepared {
             let next = inner.first + inner.slots.len() as u64;
             let overwrite = !inner.slots.is_empty() && index < next;
-            let rotate = inner
-                .segments
-                .back()
-                .is_none_or(|s| s.end >= inner.segment_bytes || s.next != index);
+            let rotate = inner.segments.back().is_none_or(|s| {
+                s.end >= inner.segment_bytes || s.next != index || s.file.version != Version::V3
+            });
             if overwrite || rotate {
                 if let Some((file, offset)) = buf_file.take() {
                     let seq = inner.next_seq - 1;
@@ -478,35 +560,39 @@ impl RaftLog {
             if overwrite {
                 self.cut(&mut inner, index, &mut jobs);
             }
-            let rotate = inner
-                .segments
-                .back()
-                .is_none_or(|s| s.end >= inner.segment_bytes || s.next != index);
+            let rotate = inner.segments.back().is_none_or(|s| {
+                s.end >= inner.segment_bytes || s.next != index || s.file.version != Version::V3
+            });
             if rotate {
-                let file = Arc::new(SegmentFile {
-                    path: self.dir.join(segment_name(index)),
-                    file: OnceLock::new(),
-                });
+                let file = Arc::new(SegmentFile::new(
+                    self.dir.join(segment_name(index)),
+                    None,
+                    Version::V3,
+                    0,
+                ));
                 inner.segments.push_back(Segment {
                     first: index,
                     file: file.clone(),
-                    end: 0,
+                    end: record::SEGMENT_HEADER,
                     next: index,
                 });
-                jobs.push(Job::Create(file));
+                jobs.push(Job::Create {
+                    file: file.clone(),
+                    first: index,
+                });
                 jobs.push(Job::SyncDir(self.dir.clone()));
             }
             let seq = inner.next_seq;
             inner.next_seq += 1;
             let segment = inner.segments.back_mut().expect("a segment exists");
             let offset = segment.end;
-            segment.end += (HEADER + payload.len()) as u64;
+            segment.end += (record::HEADER + payload.len()) as u64;
             segment.next = index + 1;
             let file = segment.file.clone();
             if buf_file.is_none() {
                 buf_file = Some((file.clone(), offset));
             }
-            put_record(&mut buf, index, &payload)?;
+            record::put(&mut buf, index, &payload);
             if inner.slots.is_empty() {
                 inner.first = index;
                 inner.evicted = 0;
@@ -591,15 +677,18 @@ impl RaftLog {
             let bytes: Arc<[u8]> = match src {
                 Src::Mem(bytes) => bytes,
                 Src::File(file, offset, len) => {
-                    let mut record = vec![0u8; HEADER + len as usize];
+                    let h = file.version.header();
+                    let mut bytes = vec![0u8; h + len as usize];
                     file.get()
-                        .and_then(|f| f.read_exact_at(&mut record, offset))
+                        .and_then(|f| f.read_exact_at(&mut bytes, offset))
                         .map_err(io_err(&file.path))?;
-                    parse_record(&record, 0, index).map_err(|reason| StoreError::Malformed {
-                        what: "log record",
-                        reason: format!("index {index}: {reason}"),
+                    record::parse(&bytes, 0, index, file.version).map_err(|reason| {
+                        StoreError::Malformed {
+                            what: "log record",
+                            reason: format!("index {index}: {reason}"),
+                        }
                     })?;
-                    record[HEADER..].into()
+                    bytes[h..].into()
                 }
             };
             let entry: Entry<TypeConfig> = decode("log entry", &bytes)?;
@@ -734,6 +823,7 @@ mod tests {
         let mut names: Vec<_> = std::fs::read_dir(dir.join(LOG_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".log"))
             .collect();
         names.sort();
         names
@@ -778,6 +868,10 @@ mod tests {
             .collect();
         assert_eq!(indexes(&log.try_get_log_entries(..).await.unwrap()), expect);
 
+        // openraft purges what a durable snapshot covers: take one at 30 first.
+        let upto_30 = log.try_get_log_entries(..=30).await.unwrap();
+        st.sm.apply_entries(upto_30).unwrap();
+        st.sm.build().await.unwrap();
         log.purge(LogId::new(CommittedLeaderId::new(2, 1), 30))
             .await
             .unwrap();
@@ -838,5 +932,144 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }
+    }
+
+    /// Appends 1..=n one call (one batch, one fsync) at a time, then `batch` in one
+    /// call; returns the store's directory, each index's record offset and the
+    /// segment path.
+    async fn written(n: u64, batch: &[u64]) -> (tempfile::TempDir, Vec<u64>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        for i in 1..=n {
+            append(&st.log, vec![entry(1, i)]).await;
+        }
+        if !batch.is_empty() {
+            append(&st.log, batch.iter().map(|&i| entry(1, i)).collect()).await;
+        }
+        let (offsets, path) = {
+            let inner = st.log.shared.log.lock();
+            let offsets = inner
+                .slots
+                .iter()
+                .map(|s| s.as_ref().unwrap().offset)
+                .collect();
+            (offsets, inner.segments[0].file.path.clone())
+        };
+        drop(st);
+        (dir, offsets, path)
+    }
+
+    /// What a crash leaves: no clean-stop marker (a no-op for versions without one).
+    fn unclean(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(LOG_DIR).join(CLEAN_FILE));
+    }
+
+    fn damage(path: &Path, at: u64, mask: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at as usize] ^= mask;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    fn last_index(dir: &Path) -> Result<Option<u64>, StoreError> {
+        let st = crate::open(dir)?;
+        Ok(st.log.shared.log.bounds().map(|b| b.1))
+    }
+
+    /// Issue 21, case (a): one unsynced write of several records torn in the middle
+    /// (record 12 damaged, 13..15 intact, all beyond the last sync) is a torn tail:
+    /// the store opens and drops 12.. (never acknowledged). Format 2 refused the
+    /// store because an intact record followed the bad one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_torn_in_the_middle_beyond_the_sync_point_is_dropped() {
+        let (dir, offsets, path) = written(10, &[11, 12, 13, 14, 15]).await;
+        unclean(dir.path());
+        // A byte inside record 12's payload (the batch 11..=15 shares one sync).
+        damage(&path, offsets[12] - 2, 0x5a);
+        assert_eq!(last_index(dir.path()).unwrap(), Some(11));
+        // Appending goes on from there.
+        let st = crate::open(dir.path()).unwrap();
+        append(&st.log, vec![entry(2, 12)]).await;
+        assert_eq!(st.log.shared.log.bounds(), Some((1, 12)));
+    }
+
+    /// Issue 21, case (b): a damaged length field of an acknowledged record that later
+    /// writes followed is damage: refused, never cut. Format 2 missed the records
+    /// after it and cut the log at 7 with a warning.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_length_of_a_synced_record_is_refused() {
+        for (mask, what) in [(0x01u8, "one bit"), (0x80, "huge")] {
+            let (dir, offsets, path) = written(20, &[]).await;
+            unclean(dir.path());
+            damage(&path, offsets[6] + if mask == 0x80 { 3 } else { 0 }, mask);
+            match last_index(dir.path()) {
+                Err(StoreError::Corrupt { what: msg, .. }) => {
+                    assert!(
+                        msg.contains("index 7") && msg.contains("synced"),
+                        "{what}: {msg}"
+                    )
+                }
+                other => panic!("{what}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    /// After a clean stop nothing is torn: even damage to the last write is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_clean_stop_any_bad_record_is_refused() {
+        let (dir, offsets, path) = written(10, &[11, 12, 13, 14, 15]).await;
+        damage(&path, offsets[14] + 30, 0x5a);
+        assert!(matches!(
+            last_index(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// Issue 21, case (c): a crash at segment rotation leaves the next segment empty
+    /// (or with a torn header) and, from a version that did not sync before rotating,
+    /// a torn tail in the segment before it. The empty segment goes first, then the
+    /// torn tail is classified in what is now the last segment: the store opens.
+    /// Format 2 refused it ("bad record" in a segment that is not the last).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_at_rotation_leaves_an_openable_store() {
+        for next in [&b""[..], &b"qrlog0"[..]] {
+            let (dir, _, path) = written(5, &[]).await;
+            unclean(dir.path());
+            // Half a record of garbage after record 5, and the next segment created.
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut f, &[0x33; 21]).unwrap();
+            std::fs::write(dir.path().join(LOG_DIR).join(segment_name(6)), next).unwrap();
+            assert_eq!(last_index(dir.path()).unwrap(), Some(5), "{next:?}");
+            assert_eq!(segments(dir.path()).len(), 1);
+        }
+    }
+
+    /// The record format of format 3 keeps format-2 segments readable: a store whose
+    /// log is a v2 segment opens, and appends go to a new v3 segment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_format_2_segment_is_read_and_appends_go_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::open(dir.path()).unwrap());
+        unclean(dir.path());
+        let payloads: Vec<Vec<u8>> = (1..=4)
+            .map(|i| encode("e", &entry(1, i)).unwrap())
+            .collect();
+        write_records(
+            &dir.path().join(LOG_DIR).join(segment_name(1)),
+            payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64 + 1, &p[..])),
+        )
+        .unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        append(&st.log, vec![entry(1, 5)]).await;
+        drop(st);
+        let st = crate::open(dir.path()).unwrap();
+        let mut log = st.log.clone();
+        assert_eq!(
+            indexes(&log.try_get_log_entries(..).await.unwrap()),
+            (1..=5).map(|i| (1, i)).collect::<Vec<_>>()
+        );
+        assert_eq!(segments(dir.path()).len(), 2);
     }
 }

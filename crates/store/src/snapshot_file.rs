@@ -16,15 +16,12 @@
 //! the file yields the snapshot bytes in place, without a copy, and the meta alone can
 //! be read from the tail.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use openraft::SnapshotMeta;
 
 use crate::codec::{decode, encode};
-use crate::flusher::sync_dir;
+use crate::vfs::{OpenHow, Vfs};
 use crate::{NodeInfo, StoreError};
 
 pub(crate) type SnapMeta = SnapshotMeta<u64, NodeInfo>;
@@ -48,8 +45,15 @@ fn malformed(reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// Replaces the snapshot in `dir` with `meta` and `data`, durably.
-pub(crate) fn write(dir: &Path, meta: &SnapMeta, data: &[u8]) -> Result<(), StoreError> {
+/// Replaces the snapshot in `dir` with `meta` and `data`, durably. On any error
+/// (ENOSPC included) the old snapshot is left in place and the temporary file is
+/// removed (best effort).
+pub(crate) fn write(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    meta: &SnapMeta,
+    data: &[u8],
+) -> Result<(), StoreError> {
     let tmp = dir.join(TMP_FILE);
     let meta_bytes = encode("snapshot meta", meta)?;
     let mut crc = crc32fast::Hasher::new();
@@ -57,22 +61,22 @@ pub(crate) fn write(dir: &Path, meta: &SnapMeta, data: &[u8]) -> Result<(), Stor
     crc.update(data);
     crc.update(&meta_bytes);
     crc.update(&len);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(data)
-        .and_then(|_| file.write_all(&meta_bytes))
-        .and_then(|_| file.write_all(&len))
-        .and_then(|_| file.write_all(&crc.finalize().to_le_bytes()))
-        .and_then(|_| file.sync_all())
-        .map_err(io(&tmp))?;
-    drop(file);
+    let written = vfs.open(&tmp, OpenHow::CreateTruncate).and_then(|file| {
+        let mut at = 0u64;
+        for part in [data, &meta_bytes, &len, &crc.finalize().to_le_bytes()] {
+            file.write_all_at(part, at)?;
+            at += part.len() as u64;
+        }
+        file.sync_data()
+    });
+    if let Err(e) = written {
+        // The old snapshot is untouched; a full disk gets its space back.
+        let _ = vfs.remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
     let path = dir.join(SNAPSHOT_FILE);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(dir).map_err(io(dir))
+    vfs.rename(&tmp, &path).map_err(io(&path))?;
+    vfs.sync_dir(dir).map_err(io(dir))
 }
 
 /// The meta length and where the meta starts, from the trailer of a file of `size`
@@ -88,9 +92,9 @@ fn meta_span(size: u64, trailer: &[u8]) -> Result<(u64, usize), StoreError> {
 }
 
 /// The snapshot in `dir`: meta and snapshot bytes, checked. `None` if there is none.
-pub(crate) fn read(dir: &Path) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
+pub(crate) fn read(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let mut bytes = match std::fs::read(&path) {
+    let mut bytes = match vfs.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path)(e)),
@@ -112,14 +116,14 @@ pub(crate) fn read(dir: &Path) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError
 
 /// Only the meta of the snapshot in `dir` (read from the file's tail; not checked
 /// against the crc, which needs the whole file: `read` does that).
-pub(crate) fn read_meta(dir: &Path) -> Result<Option<SnapMeta>, StoreError> {
+pub(crate) fn read_meta(vfs: &dyn Vfs, dir: &Path) -> Result<Option<SnapMeta>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let file = match File::open(&path) {
+    let file = match vfs.open(&path, OpenHow::ReadWrite) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path)(e)),
     };
-    let size = file.metadata().map_err(io(&path))?.len();
+    let size = file.size().map_err(io(&path))?;
     if size < TRAILER as u64 {
         return Err(malformed(format!("{size} bytes")));
     }
@@ -133,17 +137,21 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Option<SnapMeta>, StoreError> {
 }
 
 /// Bytes of the snapshot file in `dir` (0 if there is none).
-pub(crate) fn size(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len())
+pub(crate) fn size(vfs: &dyn Vfs, dir: &Path) -> u64 {
+    vfs.open(&dir.join(SNAPSHOT_FILE), OpenHow::ReadWrite)
+        .and_then(|f| f.size())
+        .unwrap_or(0)
 }
 
-pub(crate) fn exists(dir: &Path) -> bool {
-    dir.join(SNAPSHOT_FILE).exists()
+pub(crate) fn exists(vfs: &dyn Vfs, dir: &Path) -> bool {
+    vfs.open(&dir.join(SNAPSHOT_FILE), OpenHow::ReadWrite)
+        .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vfs::RealFs;
 
     fn meta(index: u64) -> SnapMeta {
         SnapMeta {
@@ -159,13 +167,13 @@ mod tests {
     #[test]
     fn round_trip_replace_and_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path()).unwrap().is_none());
-        assert!(read_meta(dir.path()).unwrap().is_none());
-        write(dir.path(), &meta(7), b"first").unwrap();
-        write(dir.path(), &meta(9), b"second snapshot").unwrap();
-        let (m, data) = read(dir.path()).unwrap().unwrap();
+        assert!(read(&RealFs, dir.path()).unwrap().is_none());
+        assert!(read_meta(&RealFs, dir.path()).unwrap().is_none());
+        write(&RealFs, dir.path(), &meta(7), b"first").unwrap();
+        write(&RealFs, dir.path(), &meta(9), b"second snapshot").unwrap();
+        let (m, data) = read(&RealFs, dir.path()).unwrap().unwrap();
         assert_eq!((m, data.as_slice()), (meta(9), &b"second snapshot"[..]));
-        assert_eq!(read_meta(dir.path()).unwrap(), Some(meta(9)));
+        assert_eq!(read_meta(&RealFs, dir.path()).unwrap(), Some(meta(9)));
         assert!(!dir.path().join(TMP_FILE).exists());
 
         // Any flipped byte is caught by the crc.
@@ -176,11 +184,11 @@ mod tests {
             bad[at] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
             assert!(
-                matches!(read(dir.path()), Err(StoreError::Malformed { .. })),
+                matches!(read(&RealFs, dir.path()), Err(StoreError::Malformed { .. })),
                 "byte {at}"
             );
         }
         std::fs::write(&path, &good[..5]).unwrap();
-        assert!(read(dir.path()).is_err());
+        assert!(read(&RealFs, dir.path()).is_err());
     }
 }

@@ -30,6 +30,7 @@ use quorate_core::State;
 use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
+use crate::flusher::is_no_space;
 use crate::snapshot::{decode_snapshot, encode_snapshot, Header};
 use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
@@ -91,7 +92,8 @@ impl StateMachineStore {
                 0
             }
         };
-        sled + self.shared.log.size_on_disk() + snapshot_file::size(&self.shared.dir)
+        let vfs = &**self.shared.log.vfs();
+        sled + self.shared.log.size_on_disk() + snapshot_file::size(vfs, &self.shared.dir)
     }
 
     fn read_guard(&self) -> RwLockReadGuard<'_, Applied> {
@@ -138,7 +140,7 @@ impl StateMachineStore {
     pub(crate) fn load_snapshot(
         shared: &Shared,
     ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
-        if let Some(found) = snapshot_file::read(&shared.dir)? {
+        if let Some(found) = snapshot_file::read(&**shared.log.vfs(), &shared.dir)? {
             return Ok(Some(found));
         }
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
@@ -159,7 +161,7 @@ impl StateMachineStore {
     /// `snapshot_file.rs`), then drops a copy an older version kept in sled (the file
     /// wins if that removal is lost).
     fn persist_snapshot(shared: &Shared, meta: &SnapMeta, data: &[u8]) -> Result<(), StoreError> {
-        snapshot_file::write(&shared.dir, meta, data)?;
+        snapshot_file::write(&**shared.log.vfs(), &shared.dir, meta, data)?;
         if shared.snap.contains_key(KEY_SNAP_META)? {
             let mut batch = sled::Batch::default();
             batch.remove(KEY_SNAP_META);
@@ -211,7 +213,22 @@ impl StateMachineStore {
                 None => true,
             };
             if newer {
-                Self::persist_snapshot(&shared, &meta, &data)?;
+                match Self::persist_snapshot(&shared, &meta, &data) {
+                    Ok(()) => {}
+                    // A full disk: the previous snapshot file stays (the partial one is
+                    // removed) and this one is handed back unpersisted. openraft 0.9
+                    // stops the node on a failed build, and a later build retries;
+                    // the purges it asks for meanwhile wait for a durable snapshot
+                    // that covers them (`log_store.rs`).
+                    Err(StoreError::Io { path, source }) if is_no_space(&source) => {
+                        tracing::warn!(
+                            path = %path.display(), error = %source,
+                            "disk full: snapshot not persisted; the previous one stays"
+                        );
+                        return Ok((meta, data, false));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok::<_, StoreError>((meta, data, newer))
         })
@@ -220,6 +237,9 @@ impl StateMachineStore {
         if persisted {
             // Durable before openraft hears of it: it purges logs up to this snapshot.
             self.shared.flusher.flush().await?;
+            if let Some(last) = meta.last_log_id {
+                crate::log_store::finish_purge(&self.shared, last).await?;
+            }
         }
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), persisted, "built snapshot");
         Ok(Snapshot {
@@ -228,8 +248,8 @@ impl StateMachineStore {
         })
     }
 
-    fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
-        if let Some(meta) = snapshot_file::read_meta(&shared.dir)? {
+    pub(crate) fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
+        if let Some(meta) = snapshot_file::read_meta(&**shared.log.vfs(), &shared.dir)? {
             return Ok(Some(meta));
         }
         match shared.snap.get(KEY_SNAP_META)? {
@@ -252,6 +272,11 @@ impl StateMachineStore {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         self.shared.flusher.flush().await?;
+        // openraft purged the log up to this snapshot when it sent us the install;
+        // only now may that purge be made durable (`log_store.rs`).
+        if let Some(last) = meta.last_log_id {
+            crate::log_store::finish_purge(&self.shared, last).await?;
+        }
         *self.write_guard()? = applied;
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())

@@ -173,6 +173,11 @@ async fn log_edges() -> Result<()> {
         let _ = tx.send(r);
     })?;
     rx.await??;
+    // A purge becomes durable once a durable snapshot covers it (as openraft purges
+    // past the log's end only for an installed snapshot): install one at 20.
+    let other = tempfile::tempdir()?;
+    let (_o, snap) = fed_and_snapshotted(other.path(), 20).await?;
+    st.sm.install_snapshot(&snap.meta, snap.snapshot).await?;
     drop(st);
     let mut st = open_unlocked(dir.path())?;
     let s = st.log.get_log_state().await?;
@@ -338,19 +343,22 @@ async fn make() -> Result<tempfile::TempDir> {
 fn segment(dir: &Path) -> Result<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("raftlog"))?
         .map(|e| e.map(|e| e.path()))
+        .filter(|p| !p.as_ref().is_ok_and(|p| p.ends_with("clean")))
         .collect::<Result<_, _>>()?;
     ensure!(files.len() == 1, "expected one segment, found {files:?}");
     Ok(files.remove(0))
 }
 
-/// Byte offsets of the records of a segment (u32 length, u32 crc, u64 index, payload).
+/// Byte offsets of the records of a (format 3) segment: a 16-byte segment header, then
+/// records of a 28-byte header (u32 length, u32 crc, u64 index, u64 synced, u32 header
+/// crc) and the payload.
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= bytes.len() {
+    let mut off = 16;
+    while off + 28 <= bytes.len() {
         out.push(off);
         let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-        off += 16 + len;
+        off += 28 + len;
     }
     out
 }
@@ -394,7 +402,7 @@ async fn refuses_undecodable_or_inconsistent_content() -> Result<()> {
     let d = make().await?;
     let path = segment(d.path())?;
     let mut bytes = std::fs::read(&path)?;
-    let at = record_offsets(&bytes)[6] + 20; // inside entry 7's payload
+    let at = record_offsets(&bytes)[6] + 30; // inside entry 7's payload
     bytes[at] ^= 0x55;
     std::fs::write(&path, &bytes)?;
     let msg = expect_corrupt(d.path())?;
@@ -436,6 +444,8 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
             _ => bytes.extend_from_slice(&[0u8; 4096]),
         }
         std::fs::write(&path, &bytes)?;
+        // A crash leaves no clean-stop marker; with it, every bad record is damage.
+        std::fs::remove_file(d.path().join("raftlog").join("clean"))?;
         let mut st = open_unlocked(d.path())?;
         let last = st.log.get_log_state().await?.last_log_id.map(|l| l.index);
         let expect = if tear == "short" { 19 } else { 20 };
@@ -462,8 +472,11 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
     // Format 1 kept the log in sled's `logs` tree (big-endian index keys, the store's
-    // bincode options). Build one by hand: entries 1..=30, 1..=10 purged.
+    // bincode options). Build one by hand: entries 1..=30, 1..=10 purged, and the
+    // snapshot at 10 that covers them (kept in sled's `snapshot` tree by then).
     let d = tempfile::tempdir()?;
+    let snap_dir = tempfile::tempdir()?;
+    let (_s, snap) = fed_and_snapshotted(snap_dir.path(), 10).await?;
     {
         let codec = || bincode::DefaultOptions::new().reject_trailing_bytes();
         use bincode::Options;
@@ -478,6 +491,9 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         for i in 5..=30u64 {
             logs.insert(i.to_be_bytes(), codec().serialize(&entry(1, i))?)?;
         }
+        let snaps = db.open_tree("snapshot")?;
+        snaps.insert("meta", codec().serialize(&snap.meta)?)?;
+        snaps.insert("data", snap.snapshot.get_ref().as_slice())?;
         db.flush()?;
     }
     for _ in 0..2 {
@@ -497,7 +513,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
     let db = sled_unlocked(d.path())?;
     ensure!(!db.tree_names().iter().any(|n| n.as_ref() == b"logs"));
     let format = db.open_tree("meta")?.get("format")?;
-    ensure!(format.as_deref() == Some(&b"quorate-store/2"[..]));
+    ensure!(format.as_deref() == Some(&b"quorate-store/3"[..]));
     Ok(())
 }
 
@@ -533,5 +549,84 @@ async fn a_snapshot_kept_in_sled_by_an_older_version_is_restored_then_moved() ->
     assert!(d.path().join("snapshot").exists());
     let db = sled_unlocked(d.path())?;
     assert!(db.open_tree("snapshot")?.is_empty());
+    Ok(())
+}
+
+/// Issue 21: on a follower's snapshot install openraft purges the log up to the
+/// snapshot at once, while the state machine decodes the snapshot for seconds before
+/// writing it. A crash in between used to leave `last_purged` past the durable
+/// snapshot: the entries between were gone and the node could not start again. Now
+/// the purge is durable only as far as a durable snapshot covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_durable_only_as_far_as_the_durable_snapshot() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut st, _) = fed_and_snapshotted(dir.path(), 50).await?;
+    feed(&mut st, 51, 300).await?;
+    // What openraft does on an install of a snapshot at 200: purge first.
+    st.log.purge(log_id(1, 200)).await?;
+    // openraft sees the purge at once.
+    let s = st.log.get_log_state().await?;
+    assert_eq!(s.last_purged_log_id, Some(log_id(1, 200)));
+    let first = st
+        .log
+        .try_get_log_entries(..)
+        .await?
+        .first()
+        .map(|e| e.log_id.index);
+    assert_eq!(first, Some(201));
+    st.log.flush().await?;
+    // The process dies before the install has written its snapshot.
+    drop(st);
+
+    let mut st = open_unlocked(dir.path())?;
+    assert_eq!(st.sm.last_applied(), Some(log_id(1, 50)));
+    let s = st.log.get_log_state().await?;
+    assert!(
+        s.last_purged_log_id.is_none_or(|p| p.index <= 50),
+        "purged past the durable snapshot: {s:?}"
+    );
+    recover(&mut st).await?;
+    assert_eq!(st.sm.last_applied(), Some(log_id(1, 300)));
+    assert_eq!(st.sm.digest(), replay(300).digest());
+
+    // The same purge, and then the install completes: now it is made durable.
+    st.log.purge(log_id(1, 200)).await?;
+    let (_other_dir, snap) = {
+        let d = tempfile::tempdir()?;
+        let (_o, snap) = fed_and_snapshotted(d.path(), 200).await?;
+        (d, snap)
+    };
+    st.sm.install_snapshot(&snap.meta, snap.snapshot).await?;
+    drop(st);
+    let st = open_unlocked(dir.path())?;
+    let mut log = st.log.clone();
+    let s = log.get_log_state().await?;
+    assert_eq!(s.last_purged_log_id, Some(log_id(1, 200)));
+    assert_eq!(s.last_log_id, Some(log_id(1, 300)));
+    Ok(())
+}
+
+/// A store an older version left purged past its snapshot is refused with what to
+/// do, instead of starting with a state machine that would skip the lost entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_purged_past_its_snapshot_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut st, _) = fed_and_snapshotted(dir.path(), 50).await?;
+    feed(&mut st, 51, 300).await?;
+    st.log.flush().await?;
+    drop(st);
+    {
+        let db = sled_unlocked(dir.path())?;
+        let meta = db.open_tree("meta")?;
+        use bincode::Options;
+        let codec = bincode::DefaultOptions::new().reject_trailing_bytes();
+        meta.insert("last_purged", codec.serialize(&log_id(1, 200))?)?;
+        db.flush()?;
+    }
+    let msg = expect_corrupt(dir.path())?;
+    ensure!(
+        msg.contains("purged") && msg.contains("snapshot ends at 50"),
+        "{msg}"
+    );
     Ok(())
 }

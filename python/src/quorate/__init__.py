@@ -19,7 +19,7 @@ slot::
 ``quorate.work`` (slots handed from a request to a background job).
 """
 
-from .client import AsyncClient, Client, FailurePolicy
+from .client import AsyncClient, Client
 from .errors import (
     ApiError,
     ConfigError,
@@ -41,7 +41,8 @@ from .errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from .slot import AsyncSlot, Slot
+from .failure import FailurePolicy, Failures
+from .slot import AsyncSlot, AsyncSlotBackend, Slot, SlotBackend
 from .types import (
     ClusterInfo,
     ConcurrencyPolicy,
@@ -68,12 +69,14 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "AsyncSlot",
+    "AsyncSlotBackend",
     "Client",
     "ClusterInfo",
     "ConcurrencyPolicy",
     "ConfigError",
     "DecodeError",
     "FailurePolicy",
+    "Failures",
     "Forbidden",
     "InternalError",
     "InvalidRequest",
@@ -100,6 +103,7 @@ __all__ = [
     "RateResult",
     "Renewal",
     "Slot",
+    "SlotBackend",
     "SlotUsage",
     "SlotsInfo",
     "Tier",

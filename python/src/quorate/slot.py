@@ -21,6 +21,13 @@ state and follow the same rules, which are the point of the whole package:
   itself after its TTL, and raising from ``__exit__`` would hide the original error.
 - ``detach()`` hands the lease over (to a background job that will ``hold()`` it):
   renewal stops and exit no longer releases.
+
+Shape: a slot never imports a client. It is typed against :class:`SlotBackend` /
+:class:`AsyncSlotBackend` (acquire, renew, release, a time budget and the
+:class:`~quorate.failure.Failures` policy), which the real clients and the fakes of
+:mod:`quorate.testing` satisfy. Each step is written once, as a generator that yields
+the call to make and receives its result -- the flow of httpx's ``Auth.auth_flow`` --
+and the two flavours only drive it (blocking or awaited) and run the renewer.
 """
 
 from __future__ import annotations
@@ -29,41 +36,175 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import LeaseLost, LeaseNotFound, QuorateError, Unavailable
-from .types import Lease
+from .failure import FailurePolicy, Failures
+from .types import Lease, Renewal
 
-if TYPE_CHECKING:
-    # Client and AsyncClient are named (quoted) in the flavours' base classes.
-    from .client import (
-        AsyncClient,  # noqa: F401
-        Client,  # noqa: F401
-        FailurePolicy,
-        _BaseClient,
-    )
-
-__all__ = ["AsyncSlot", "Slot"]
+__all__ = ["AsyncSlot", "AsyncSlotBackend", "Slot", "SlotBackend"]
 
 logger = logging.getLogger("quorate")
 
 #: The shortest renewal interval, so a tiny TTL cannot turn into a busy loop.
 _MIN_INTERVAL = 0.01
 
-_C = TypeVar("_C", bound="_BaseClient[Any]")
+
+# ---------------------------------------------------------------------------------------
+# What a slot needs from its client
 
 
-class _SlotState(Generic[_C]):
+class _Budget(Protocol):
+    """The time budget and failure policy a slot reads from its client."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def deadline(self) -> float: ...
+
+    @property
+    def failures(self) -> Failures: ...
+
+
+class SlotBackend(_Budget, Protocol):
+    """What :class:`Slot` calls: :class:`~quorate.Client` and
+    :class:`~quorate.testing.FakeClient` both satisfy it."""
+
+    def acquire(
+        self,
+        keys: Sequence[str],
+        ttl: float = ...,
+        *,
+        lease_id: str | None = ...,
+        holder: str | None = ...,
+    ) -> Lease: ...
+
+    def renew(
+        self, lease_id: str, ttl: float | None = ..., *, deadline: float | None = ...
+    ) -> Renewal: ...
+
+    def release(self, lease_id: str, *, deadline: float | None = ...) -> bool: ...
+
+
+class AsyncSlotBackend(_Budget, Protocol):
+    """What :class:`AsyncSlot` awaits: :class:`~quorate.AsyncClient` and
+    :class:`~quorate.testing.FakeAsyncClient` both satisfy it."""
+
+    async def acquire(
+        self,
+        keys: Sequence[str],
+        ttl: float = ...,
+        *,
+        lease_id: str | None = ...,
+        holder: str | None = ...,
+    ) -> Lease: ...
+
+    async def renew(
+        self, lease_id: str, ttl: float | None = ..., *, deadline: float | None = ...
+    ) -> Renewal: ...
+
+    async def release(self, lease_id: str, *, deadline: float | None = ...) -> bool: ...
+
+
+# ---------------------------------------------------------------------------------------
+# The calls a slot makes, as values its flows yield (httpx's auth-flow shape)
+
+
+@dataclass(frozen=True)
+class _Acquire:
+    keys: list[str]
+    ttl: float
+    lease_id: str
+    holder: str
+
+
+@dataclass(frozen=True)
+class _Renew:
+    lease_id: str
+    ttl: float
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class _Release:
+    lease_id: str
+    deadline: float
+
+
+#: A call a slot step makes. A step (``_enter_flow``, ``_renew_flow``,
+#: ``_release_flow``) yields these, is sent their results (or thrown their errors)
+#: and returns what it decided; :func:`drive` and :func:`adrive` run it.
+_Op = _Acquire | _Renew | _Release
+_R = TypeVar("_R")
+_B = TypeVar("_B", bound=_Budget)
+
+
+def _perform(backend: SlotBackend, op: _Op) -> Any:
+    if isinstance(op, _Acquire):
+        return backend.acquire(op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder)
+    if isinstance(op, _Renew):
+        return backend.renew(op.lease_id, op.ttl, deadline=op.deadline)
+    return backend.release(op.lease_id, deadline=op.deadline)
+
+
+async def _aperform(backend: AsyncSlotBackend, op: _Op) -> Any:
+    if isinstance(op, _Acquire):
+        return await backend.acquire(op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder)
+    if isinstance(op, _Renew):
+        return await backend.renew(op.lease_id, op.ttl, deadline=op.deadline)
+    return await backend.release(op.lease_id, deadline=op.deadline)
+
+
+def drive(flow: Generator[_Op, Any, _R], backend: SlotBackend) -> _R:
+    """Run a flow to its end with blocking calls (errors are thrown into the flow)."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = _perform(backend, op)
+            except QuorateError as e:
+                op = flow.throw(e)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        value: _R = stop.value
+        return value
+
+
+async def adrive(flow: Generator[_Op, Any, _R], backend: AsyncSlotBackend) -> _R:
+    """Run a flow to its end with awaited calls."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = await _aperform(backend, op)
+            except QuorateError as e:
+                op = flow.throw(e)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        value: _R = stop.value
+        return value
+
+
+# ---------------------------------------------------------------------------------------
+# The state and decisions both flavours share
+
+
+class _SlotState(Generic[_B]):
     """What both slot flavours track and decide: the lease, its local deadline, when to
-    renew, what a renewal's outcome means, whether to release. No I/O here; the
-    flavours only call the client and run the renewer (a thread, a task)."""
+    renew, what a renewal's outcome means, whether to release. No I/O here: each step
+    is a flow (a generator yielding the call to make); the flavours drive the flows
+    against their client and run the renewer (a thread, a task)."""
 
     def __init__(
         self,
-        client: _C,
+        client: _B,
         keys: Sequence[str],
         ttl: float,
         *,
@@ -71,10 +212,12 @@ class _SlotState(Generic[_C]):
         holder: str,
         failure_policy: FailurePolicy | str | None = None,
         adopt: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self._client = client
+        self._clock = clock
         self.keys = list(keys)
         self.ttl = float(ttl)
         #: The lease id, fixed before the first attempt and reused by every retry.
@@ -91,7 +234,7 @@ class _SlotState(Generic[_C]):
         self._held = False
         self._detached = False
         self._lost_reason: str | None = None
-        self._deadline = 0.0  # monotonic; see `lost`
+        self._deadline = 0.0  # on `clock`; see `lost`
         self._failed = False  # the last renewal failed: retry sooner
         self.renewals = 0
 
@@ -111,9 +254,14 @@ class _SlotState(Generic[_C]):
         return max(_MIN_INTERVAL, self.ttl / 3)
 
     @property
+    def held(self) -> bool:
+        """True from a successful entry until release or detach."""
+        return self._held and not self._detached
+
+    @property
     def lost(self) -> bool:
         """True once the lease is (or may be) gone; see the module docs."""
-        if self._lost_reason is None and self._held and time.monotonic() > self._deadline:
+        if self._lost_reason is None and self._held and self._clock() > self._deadline:
             self._lost_reason = "no successful renewal before the lease's deadline"
             logger.warning("lease %s lost: %s", self.lease_id, self._lost_reason)
         return self._lost_reason is not None
@@ -126,83 +274,87 @@ class _SlotState(Generic[_C]):
     @property
     def remaining(self) -> float:
         """Seconds until the local deadline (negative once passed)."""
-        return self._deadline - time.monotonic()
+        return self._deadline - self._clock()
 
     def raise_if_lost(self) -> None:
         """Raise :class:`~quorate.LeaseLost` if the lease is lost."""
         if self.lost:
             raise LeaseLost(f"lease {self.lease_id} lost: {self._lost_reason}")
 
-    # -- acquire ----------------------------------------------------------------------
+    # -- flows: one step each, no I/O ----------------------------------------------------
 
-    def _needs_acquire(self) -> bool:
-        return not (self._held or self.degraded)
-
-    def _undecided(self, exc: Unavailable) -> None:
-        """The acquire got no decision: go on degraded if the failure policy allows
-        (never for an adopted lease), else raise."""
-        if self._adopt or not self._client._fails_open(
-            exc, f"slot {self.keys}", self._failure_policy
-        ):
-            raise exc
-        self.degraded = True
-
-    def _granted(self, started: float) -> None:
+    def _enter_flow(self) -> Generator[_Op, Any, bool]:
+        """Acquire (or, adopting, confirm) the lease. True: held, start renewing."""
+        if self._held or self.degraded:
+            return False
+        started = self._clock()
+        try:
+            if self._adopt:
+                yield _Renew(self.lease_id, self.ttl, None)  # LeaseNotFound if gone
+            else:
+                self.lease = yield _Acquire(self.keys, self.ttl, self.lease_id, self.holder)
+        except Unavailable as e:
+            # No decision: go on degraded if the failure policy allows (never for an
+            # adopted lease), else raise.
+            what = f"slot {self.keys}"
+            if self._adopt or not self._client.failures.fails_open(e, what, self._failure_policy):
+                raise
+            self.degraded = True
+            return False
         self._held = True
         self._failed = False
         self._deadline = started + self.ttl
-
-    # -- renewal ----------------------------------------------------------------------
+        return True
 
     def _next_wait(self) -> float:
+        """Seconds until the next renewal."""
         if not self._failed:
             return self.interval
         # Retry sooner after a failure, but never past the deadline.
         return max(_MIN_INTERVAL, min(self.interval, self.remaining / 3))
 
-    def _renew_budget(self) -> float:
-        return max(0.05, self.remaining)
-
-    def _renewed(self, started: float) -> bool:
-        """Record a successful renewal; False (stop renewing) if the lease was lost
-        meanwhile."""
+    def _renew_flow(self) -> Generator[_Op, Any, bool]:
+        """One renewal. False: stop renewing (lost, or gone)."""
+        if self.lost:
+            return False
+        started = self._clock()
+        try:
+            yield _Renew(self.lease_id, self.ttl, max(0.05, self.remaining))
+        except LeaseNotFound:
+            self._mark_lost("the cluster no longer has the lease (lease_not_found)")
+            return False
+        except QuorateError as e:
+            self._failed = True
+            logger.warning("renewal of lease %s failed: %s", self.lease_id, e)
+            return True
         self._failed = False
         # A success that arrives after the deadline does not undo the loss: for a while
-        # nobody could tell whether the lease was still ours.
-        if self.lost:
+        # nobody could tell whether the lease was still ours. (`lost_reason`, not
+        # `lost`: the same test, re-read after the call.)
+        if self.lost_reason is not None:
             return False
         self._deadline = started + self.ttl
         self.renewals += 1
         return True
 
-    def _renew_failed(self, exc: QuorateError) -> bool:
-        """Record a failed renewal; False (stop renewing) when the lease is gone."""
-        if isinstance(exc, LeaseNotFound):
-            self._mark_lost("the cluster no longer has the lease (lease_not_found)")
-            return False
-        self._failed = True
-        logger.warning("renewal of lease %s failed: %s", self.lease_id, exc)
-        return True
+    def _release_flow(self) -> Generator[_Op, Any, bool | None]:
+        """Release the lease if held (once); the server's answer, or ``None`` when
+        there was nothing to release or the release failed (it will expire)."""
+        if not self._held or self._detached or self.released is not None:
+            return self.released
+        self._held = False
+        try:
+            deadline = min(self._client.deadline, max(1.0, self.ttl))
+            self.released = yield _Release(self.lease_id, deadline)
+        except QuorateError as e:
+            logger.warning("release of lease %s failed (it will expire): %s", self.lease_id, e)
+            return None
+        return self.released
 
     def _mark_lost(self, reason: str) -> None:
         if self._lost_reason is None:
             self._lost_reason = reason
             logger.warning("lease %s lost: %s", self.lease_id, reason)
-
-    # -- release ----------------------------------------------------------------------
-
-    def _begin_release(self) -> bool:
-        """True when there is a lease to release now (and it is no longer held)."""
-        if not self._held or self._detached or self.released is not None:
-            return False
-        self._held = False
-        return True
-
-    def _release_deadline(self) -> float:
-        return min(self._client.deadline, max(1.0, self.ttl))
-
-    def _release_failed(self, exc: QuorateError) -> None:
-        logger.warning("release of lease %s failed (it will expire): %s", self.lease_id, exc)
 
     def detach(self) -> str:
         """Hand the lease over: stop renewing, do not release on exit. Returns the id."""
@@ -210,7 +362,7 @@ class _SlotState(Generic[_C]):
         return self.lease_id
 
 
-class Slot(_SlotState["Client"]):
+class Slot(_SlotState[SlotBackend]):
     """A held slot for blocking code; see the module docs. Made by ``Client.slot``."""
 
     _thread: threading.Thread | None = None
@@ -234,20 +386,11 @@ class Slot(_SlotState["Client"]):
 
     def acquire(self) -> Slot:
         """Acquire (or, for ``hold()``, confirm) the lease and start renewing it."""
-        if not self._needs_acquire():
-            return self
-        started = time.monotonic()
-        try:
-            if self._adopt:
-                self._client.renew(self.lease_id, self.ttl)  # LeaseNotFound if gone
-            else:
-                self.lease = self._client.acquire(
-                    self.keys, self.ttl, lease_id=self.lease_id, holder=self.holder
-                )
-        except Unavailable as e:
-            self._undecided(e)
-            return self
-        self._granted(started)
+        if drive(self._enter_flow(), self._client):
+            self._start_renewer()
+        return self
+
+    def _start_renewer(self) -> None:
         self._thread = threading.Thread(
             target=self._renew_loop,
             args=(self._stop,),
@@ -255,22 +398,12 @@ class Slot(_SlotState["Client"]):
             daemon=True,
         )
         self._thread.start()
-        return self
 
     def _renew_loop(self, stop: threading.Event) -> None:
         # Event.wait is the timer; release() sets the event to stop at once.
         while not stop.wait(self._next_wait()):
-            if self.lost:
+            if not drive(self._renew_flow(), self._client):
                 return
-            started = time.monotonic()
-            try:
-                self._client.renew(self.lease_id, self.ttl, deadline=self._renew_budget())
-            except QuorateError as e:
-                if not self._renew_failed(e):
-                    return
-            else:
-                if not self._renewed(started):
-                    return
 
     def _stop_renewing(self) -> None:
         self._stop.set()
@@ -283,14 +416,7 @@ class Slot(_SlotState["Client"]):
         """Stop renewing and release the lease now (idempotent). Returns the server's
         answer, or ``None`` when there was nothing to release or the release failed."""
         self._stop_renewing()
-        if not self._begin_release():
-            return self.released
-        try:
-            self.released = self._client.release(self.lease_id, deadline=self._release_deadline())
-        except QuorateError as e:
-            self._release_failed(e)
-            return None
-        return self.released
+        return drive(self._release_flow(), self._client)
 
     def detach(self) -> str:
         super().detach()
@@ -298,7 +424,7 @@ class Slot(_SlotState["Client"]):
         return self.lease_id
 
 
-class AsyncSlot(_SlotState["AsyncClient"]):
+class AsyncSlot(_SlotState[AsyncSlotBackend]):
     """A held slot for asyncio code; see the module docs. Made by ``AsyncClient.slot``."""
 
     _task: asyncio.Task[None] | None = None
@@ -317,39 +443,20 @@ class AsyncSlot(_SlotState["AsyncClient"]):
 
     async def acquire(self) -> AsyncSlot:
         """Acquire (or, for ``hold()``, confirm) the lease and start renewing it."""
-        if not self._needs_acquire():
-            return self
-        started = time.monotonic()
-        try:
-            if self._adopt:
-                await self._client.renew(self.lease_id, self.ttl)
-            else:
-                self.lease = await self._client.acquire(
-                    self.keys, self.ttl, lease_id=self.lease_id, holder=self.holder
-                )
-        except Unavailable as e:
-            self._undecided(e)
-            return self
-        self._granted(started)
+        if await adrive(self._enter_flow(), self._client):
+            self._start_renewer()
+        return self
+
+    def _start_renewer(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._renew_loop(), name=f"quorate-renew-{self.lease_id}"
         )
-        return self
 
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self._next_wait())  # the timer; cancelled on release
-            if self.lost:
+            if not await adrive(self._renew_flow(), self._client):
                 return
-            started = time.monotonic()
-            try:
-                await self._client.renew(self.lease_id, self.ttl, deadline=self._renew_budget())
-            except QuorateError as e:
-                if not self._renew_failed(e):
-                    return
-            else:
-                if not self._renewed(started):
-                    return
 
     async def _stop_renewing(self) -> None:
         task, self._task = self._task, None
@@ -362,16 +469,7 @@ class AsyncSlot(_SlotState["AsyncClient"]):
     async def release(self) -> bool | None:
         """Stop renewing and release the lease now (idempotent)."""
         await self._stop_renewing()
-        if not self._begin_release():
-            return self.released
-        try:
-            self.released = await self._client.release(
-                self.lease_id, deadline=self._release_deadline()
-            )
-        except QuorateError as e:
-            self._release_failed(e)
-            return None
-        return self.released
+        return await adrive(self._release_flow(), self._client)
 
     async def adetach(self) -> str:
         """Hand the lease over and wait for the renewer to stop."""

@@ -35,8 +35,9 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
-from .client import Client, FailurePolicy
+from .client import Client
 from .errors import QuorateError, Unavailable
+from .failure import FailurePolicy
 from .slot import Slot
 from .types import Lease, SlotsInfo
 
@@ -86,7 +87,9 @@ class WorkSlots:
                 self.keys(org_id), self.ttl, lease_id=job_id, holder=holder
             )
         except Unavailable as e:
-            if not self.client._fails_open(e, f"work slot for {org_id}", self.failure_policy):
+            if not self.client.failures.fails_open(
+                e, f"work slot for {org_id}", self.failure_policy
+            ):
                 raise
             lease = None
         try:

@@ -117,6 +117,24 @@ pub struct NodeConfig {
     /// `host:port` of the Envoy rate limit service (gRPC); none: not served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<String>,
+    /// The API's base URL as clients reach it (`https://q1.example.com:8443`), when
+    /// that is not `api_addr` (a NAT, a load balancer, a container port mapping):
+    /// every node names the leader by this URL in the `x-quorate-leader` header and
+    /// `/v1/cluster`'s `leader_api`. None: `http://<api_addr>` (`https://` with
+    /// `[tls]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_api: Option<String>,
+}
+
+impl NodeConfig {
+    /// The API base URL clients are told to use for this node: `advertise_api`, else
+    /// `api_addr` under `scheme` (`http` or `https`). No trailing slash.
+    pub fn api_url(&self, scheme: &str) -> String {
+        match &self.advertise_api {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("{scheme}://{}", self.api_addr),
+        }
+    }
 }
 
 /// `[raft]`: Raft timing and log compaction.
@@ -406,6 +424,7 @@ impl ClusterConfig {
                 api_addr: api_addr.to_string(),
                 raft_addr: raft_addr.to_string(),
                 grpc_addr: None,
+                advertise_api: None,
             }],
             raft: RaftSection {
                 heartbeat_interval_ms: nz_ms(50),
@@ -440,6 +459,7 @@ impl ClusterConfig {
                 api_addr: format!("127.0.0.1:{api}"),
                 raft_addr: format!("127.0.0.1:{raft}"),
                 grpc_addr: None,
+                advertise_api: None,
             })
             .collect();
         self

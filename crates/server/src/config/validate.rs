@@ -42,6 +42,9 @@ pub fn cluster(c: &ClusterConfig) -> Result<(), String> {
                 ));
             }
         }
+        if let Some(url) = &n.advertise_api {
+            check_base_url(url).map_err(|m| format!("node {} advertise_api {url:?}: {m}", n.id))?;
+        }
     }
 
     timing(c)?;
@@ -118,6 +121,26 @@ fn replicated(c: &ClusterConfig) -> Result<(), String> {
 }
 
 /// `host:port` with a non-zero port (host names are allowed: containers).
+/// An advertised API base URL: `http://` or `https://`, a host, nothing after the
+/// authority (no path, query, fragment or credentials). Clients put it in requests
+/// as given and send their bearer token there, so it must say exactly where.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("must start with http:// or https://".into());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if parsed.host_str().map_or(true, str::is_empty) {
+        return Err("missing host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must be scheme://host[:port] only (no path, query or fragment)".into());
+    }
+    Ok(())
+}
+
 pub fn check_addr(addr: &str) -> Result<(), String> {
     let (host, port) = addr
         .rsplit_once(':')

@@ -45,7 +45,7 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, NodeError};
 use crate::ratelimit_headers::{self, Quota};
-use crate::security::{ApiAuth, Denied, Role};
+use crate::security::{permits, ApiAuth, Denied, Role};
 use crate::telemetry::Metrics;
 
 /// The service; cheap to clone into tonic's server.
@@ -72,11 +72,12 @@ impl RateLimitGrpc {
     fn authorize(&self, req: &Request<RateLimitRequest>) -> Result<Caller, Status> {
         let peer: Option<SocketAddr> = req.remote_addr();
         let headers = req.metadata().clone().into_headers();
-        match self.auth.caller(&headers, peer, Role::Client) {
-            Ok((name, role)) => Ok(Caller {
-                name,
-                admin: role == Role::Admin,
-            }),
+        let checked = self
+            .auth
+            .authenticate(&headers, peer)
+            .and_then(|caller| permits(&caller, Role::Client).map(|()| caller));
+        match checked {
+            Ok(caller) => Ok(caller),
             Err(Denied::Unauthorized(why)) => {
                 tracing::info!(peer = ?peer, why, "unauthenticated ShouldRateLimit");
                 Err(Status::unauthenticated(why))
@@ -93,9 +94,12 @@ impl RateLimitGrpc {
         req: RateLimitRequest,
     ) -> Result<RateLimitResponse, Status> {
         let op = Op::Descriptors(Box::new(to_core(req)?)).by(caller);
-        let reply = tokio::time::timeout(self.request_timeout, self.backend.write(op))
+        // The call's one deadline; the backend answers Unavailable when it passes.
+        let deadline = std::time::Instant::now() + self.request_timeout;
+        let reply = self
+            .backend
+            .write(op, deadline)
             .await
-            .map_err(|_| Status::unavailable("no decision within the request timeout"))?
             .map_err(node_status)?;
         let decision = match reply.map_err(core_status)? {
             Outcome::Descriptors(d) => d,

@@ -60,10 +60,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Authed {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         // Absent only on a route the access check let through as open: no handler of
         // such a route takes a caller, so refuse rather than guess an identity.
+        // Taken, not cloned: a handler takes the caller once (no copy of its name).
         parts
             .extensions
-            .get::<Caller>()
-            .cloned()
+            .remove::<Caller>()
             .map(Authed)
             .ok_or_else(|| {
                 ApiError::new(

@@ -244,7 +244,7 @@ fn forwarded_caller_may(op: &Op) -> Result<(), NodeError> {
             op.kind()
         )));
     };
-    if op.needs_admin() && !caller.admin {
+    if !caller.may(op) {
         return Err(NodeError::Forbidden(format!(
             "{} needs an admin token; the forwarded caller {:?} is a client",
             op.kind(),

@@ -15,6 +15,18 @@
 //!    were taken);
 //! 4. when the entry is applied, give each caller the reply at its own index.
 //!
+//! **Nothing is stamped before the leader has caught up.** The applied cluster time is
+//! only the anchor of a term's clock once the state machine holds everything committed
+//! before the term: so before its first stamp in a term the loop waits until the state
+//! machine has applied the last log index the node had when it first saw itself
+//! leading (its term's first entry for an elected leader; the log it had on disk for
+//! one openraft restored into its old term). A restarted node's applied time is 0
+//! until it re-applies its log, and stamping then would take a wall clock as the
+//! epoch and expire every lease of before the outage at once (issue 21: a leader ten
+//! minutes fast granted a held slot again 2 s after a whole-cluster restart). While it
+//! waits, writes queue (and time out as 503 if no quorum commits the term's entry);
+//! [`Batcher::cluster_time`] answers `None`, so reads use the applied time.
+//!
 //! A caller only ever hears "applied, here is your reply" or an error: never success
 //! for an entry that was not committed. `NotLeader` means the entry was never
 //! proposed or was truncated (never applied), so the caller may retry elsewhere;
@@ -32,6 +44,7 @@
 //! `Unavailable` (it may still be applied by the new leader: retry with the same
 //! lease id is safe).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +78,11 @@ pub trait Proposer: Send + Sync + 'static {
     fn term_ended(&self, term: u64) -> BoxFuture<'static, ()>;
     /// Cluster time of the last applied entry.
     fn applied_ms(&self) -> u64;
+    /// Resolves `true` once the state machine has applied everything this node's log
+    /// held when it first saw itself leading `term` (and, after a restart, the log it
+    /// had on disk), or `false` if it no longer leads `term`. Called once per term,
+    /// before the term's first stamp.
+    fn catch_up(&self, term: u64) -> BoxFuture<'static, bool>;
 }
 
 /// The production [`Proposer`]: openraft plus the state machine it applies to.
@@ -72,6 +90,9 @@ pub trait Proposer: Send + Sync + 'static {
 pub struct RaftProposer {
     pub raft: Raft<TypeConfig>,
     pub sm: StateMachineStore,
+    /// Index of the last log entry on disk when the process started (see
+    /// `Node::startup_log_index`).
+    pub startup_log_index: Option<u64>,
 }
 
 impl Proposer for RaftProposer {
@@ -113,6 +134,36 @@ impl Proposer for RaftProposer {
     fn applied_ms(&self) -> u64 {
         self.sm.read(|s| s.now_ms())
     }
+
+    fn catch_up(&self, term: u64) -> BoxFuture<'static, bool> {
+        let mut rx = self.raft.metrics();
+        let sm = self.sm.clone();
+        let startup = self.startup_log_index;
+        Box::pin(async move {
+            // openraft reports metrics after the engine has appended an elected
+            // leader's blank entry, so the first view of this term as leader already
+            // counts it in `last_log_index`.
+            let want = {
+                let m = rx.borrow_and_update();
+                if m.state != ServerState::Leader || m.current_term != term {
+                    return false;
+                }
+                m.last_log_index.max(startup)
+            };
+            loop {
+                if sm.last_applied().map(|l| l.index) >= want {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false; // Raft stopped.
+                }
+                let m = rx.borrow_and_update();
+                if m.state != ServerState::Leader || m.current_term != term {
+                    return false;
+                }
+            }
+        })
+    }
 }
 
 struct Pending {
@@ -127,6 +178,8 @@ pub struct Batcher {
     tx: mpsc::Sender<Pending>,
     clock: Arc<ClusterClock>,
     proposer: Arc<dyn Proposer>,
+    /// The term whose catch-up is done (0: none yet); see the module docs.
+    caught_up: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -172,12 +225,21 @@ impl Batcher {
         // bounded by their request timeout).
         let (tx, rx) = mpsc::channel(limits.max_ops * (limits.max_in_flight + 2));
         let clock = Arc::new(ClusterClock::new());
-        let task = tokio::spawn(run(proposer.clone(), clock.clone(), rx, limits, metrics));
+        let caught_up = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            proposer.clone(),
+            clock.clone(),
+            caught_up.clone(),
+            rx,
+            limits,
+            metrics,
+        ));
         (
             Batcher {
                 tx,
                 clock,
                 proposer,
+                caught_up,
             },
             task,
         )
@@ -204,9 +266,13 @@ impl Batcher {
     }
 
     /// Cluster time now, as the next entry would be stamped (for leader reads), or
-    /// `None` when this node does not lead.
+    /// `None` when this node does not lead or has not caught up in its term yet (then
+    /// the applied time is all there is to go by).
     pub fn cluster_time(&self) -> Option<u64> {
         let term = self.proposer.leading_term()?;
+        if self.caught_up.load(Ordering::Acquire) != term {
+            return None;
+        }
         let applied = self.proposer.applied_ms();
         Some(
             self.clock
@@ -218,6 +284,7 @@ impl Batcher {
 async fn run(
     proposer: Arc<dyn Proposer>,
     clock: Arc<ClusterClock>,
+    caught_up: Arc<AtomicU64>,
     mut rx: mpsc::Receiver<Pending>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -239,6 +306,29 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let Some(term) = proposer.leading_term() else {
+            // Never proposed: the callers may retry on the leader.
+            for p in batch {
+                let _ = p.reply.send(Err(NodeError::NotLeader { leader: None }));
+            }
+            continue;
+        };
+        if caught_up.load(Ordering::Acquire) != term {
+            // The term's first stamp: only once everything committed before the term
+            // is applied, so the applied time is the cluster's (module docs).
+            let done = tokio::select! {
+                done = proposer.catch_up(term) => done,
+                _ = proposer.term_ended(term) => false,
+            };
+            if !done {
+                for p in batch {
+                    let _ = p.reply.send(Err(NodeError::NotLeader { leader: None }));
+                }
+                continue;
+            }
+            caught_up.store(term, Ordering::Release);
+            tracing::debug!(term, "caught up: stamping from the applied cluster time");
+        }
         // Callers that gave up already got "unavailable"; do not propose their ops.
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
@@ -256,11 +346,6 @@ async fn run(
                 )
             })
             .unzip();
-        let Some(term) = proposer.leading_term() else {
-            // Never proposed: the callers may retry on the leader.
-            answer_all(waiters, Err(NodeError::NotLeader { leader: None }));
-            continue;
-        };
         let time_ms = clock.stamp(term, proposer.applied_ms(), Instant::now(), wall_clock_ms());
         let n = ops.len();
         metrics.batches.inc();
@@ -400,13 +485,28 @@ mod tests {
     struct Fake {
         term: watch::Sender<Option<u64>>,
         proposed: Mutex<Vec<(Command, oneshot::Sender<WriteOutcome>)>>,
+        /// Cluster time of the applied state.
+        applied_ms: AtomicU64,
+        /// The last term whose catch-up has completed (what the state machine has
+        /// applied, as far as the batcher can tell).
+        caught_up: watch::Sender<u64>,
     }
 
     impl Fake {
         fn new() -> Arc<Self> {
+            let f = Self::lagging();
+            f.caught_up.send_replace(u64::MAX);
+            f
+        }
+
+        /// A leader whose state machine has not re-applied its log yet: catch-up
+        /// completes only when the test says so.
+        fn lagging() -> Arc<Self> {
             Arc::new(Self {
                 term: watch::channel(Some(1)).0,
                 proposed: Mutex::new(Vec::new()),
+                applied_ms: AtomicU64::new(1_000),
+                caught_up: watch::channel(0).0,
             })
         }
 
@@ -451,7 +551,12 @@ mod tests {
         }
 
         fn applied_ms(&self) -> u64 {
-            1_000
+            self.applied_ms.load(Ordering::SeqCst)
+        }
+
+        fn catch_up(&self, term: u64) -> BoxFuture<'static, bool> {
+            let mut rx = self.caught_up.subscribe();
+            Box::pin(async move { rx.wait_for(|t| *t >= term).await.is_ok() })
         }
     }
 
@@ -544,5 +649,62 @@ mod tests {
         assert_eq!(r, Err(NodeError::NotLeader { leader: None }));
         assert_eq!(fake.count(), 0);
         assert_eq!(batcher.cluster_time(), None);
+    }
+
+    /// Issue 21's over-admission: after a whole-cluster restart the new leader's
+    /// applied time is 0 until it re-applies its log. Stamping then took the leader's
+    /// (fast) wall clock as the epoch and expired every lease of before the outage.
+    /// The first stamp of a term must wait until the state has caught up, and then
+    /// continue from the applied time.
+    #[tokio::test]
+    async fn no_entry_is_stamped_before_the_leader_has_applied_its_log() {
+        let fake = Fake::lagging();
+        fake.applied_ms.store(0, Ordering::SeqCst); // nothing re-applied yet
+        let limits = Limits {
+            max_ops: 4,
+            max_in_flight: 1,
+            abandon_after: Duration::from_secs(3600),
+        };
+        let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
+        let b = batcher.clone();
+        let write = tokio::spawn(async move { b.submit(Op::Noop).await });
+        // Reads see no leader clock either while the log is being re-applied.
+        tokio::task::yield_now().await;
+        assert_eq!(batcher.cluster_time(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.count(), 0, "an entry was stamped before catch-up");
+
+        // The log is re-applied: cluster time stood at 123_456 before the outage.
+        fake.applied_ms.store(123_456, Ordering::SeqCst);
+        fake.caught_up.send_replace(1);
+        eventually("the entry to be proposed", || fake.count() == 1).await;
+        let stamped = fake.proposed.lock().unwrap()[0].0.time_ms;
+        assert!(
+            (123_456..123_456 + 1_000).contains(&stamped),
+            "stamped {stamped}: not continued from the applied cluster time"
+        );
+        fake.apply(0);
+        assert_eq!(within(write).await, Ok(Ok(Outcome::Noop)));
+        assert!(batcher.cluster_time().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_term_that_ends_before_catch_up_proposes_nothing() {
+        let fake = Fake::lagging();
+        let limits = Limits {
+            max_ops: 4,
+            max_in_flight: 1,
+            abandon_after: Duration::from_secs(3600),
+        };
+        let (batcher, _task) = Batcher::spawn(fake.clone(), limits, Arc::new(Metrics::new()));
+        let b = batcher.clone();
+        let write = tokio::spawn(async move { b.submit(Op::Noop).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fake.term.send_replace(None);
+        assert_eq!(
+            within(write).await,
+            Err(NodeError::NotLeader { leader: None })
+        );
+        assert_eq!(fake.count(), 0);
     }
 }

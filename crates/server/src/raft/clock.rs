@@ -11,10 +11,16 @@
 //! - When a node starts leading a term, it takes an *anchor*: the cluster time of the
 //!   last entry it has applied, and the monotonic instant of that moment.
 //! - Every entry it proposes in that term is stamped `anchor + elapsed`, never less
-//!   than the previous stamp and never more than [`MAX_STEP_MS`] past it (a bound per
-//!   entry: no clock reading, however wild, moves cluster time by more than that in
-//!   one entry; a healthy leader writes a housekeeping entry every second, so the
-//!   bound never binds in normal operation).
+//!   than the previous stamp and never more than [`MAX_STEP_MS`] past it. That bound
+//!   is **per entry**, not per second: it smooths a single jump of the monotonic
+//!   clock (a VM resumed after a long pause) over several entries instead of one, but
+//!   it does not slow a clock that runs fast. What keeps cluster time honest is that
+//!   only the leader's *monotonic* clock moves it, and only from the applied time; a
+//!   healthy leader writes a housekeeping entry every second, so the bound never binds
+//!   in normal operation.
+//! - A term's first stamp waits until the leader has applied everything committed
+//!   before the term (the batcher's catch-up, `batcher.rs`), so the anchor is the
+//!   cluster's time, not the 0 of a state that has not re-applied its log yet.
 //!
 //! Consequences, all on the safe side:
 //! - A leader change never jumps time forward: the new leader continues from the
@@ -26,7 +32,7 @@
 //!   by the outage's length, never early). Its holder may have died meanwhile; an
 //!   operator can release it, or wait out its TTL.
 //! - Cluster time starts at the first leader's wall clock (the *epoch*, taken once,
-//!   when the state has never been stamped), so `*_at_ms` values read like Unix
+//!   when the caught-up state has never been stamped: no command in the log at all), so `*_at_ms` values read like Unix
 //!   milliseconds; from then on they drift behind wall time by the election gaps and
 //!   outages the cluster has been through. Callers must treat them as cluster time,
 //!   and use durations (`ttl_ms`, `retry_after_ms`) for their own timers.
@@ -38,7 +44,8 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The most one entry may move cluster time forward (milliseconds).
+/// The most one entry may move cluster time forward (milliseconds); a bound per
+/// entry, not a rate (see the module docs).
 pub const MAX_STEP_MS: u64 = 5_000;
 
 /// Where this leader's cluster time comes from in its current term.

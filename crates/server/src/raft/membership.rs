@@ -48,6 +48,18 @@ impl Node {
                 "api_addr and raft_addr must differ".into(),
             ));
         }
+        // The startup rule for peer links (`security/links.rs`) holds for nodes added
+        // at run time too: a member whose Raft address leaves the host needs [tls].
+        let auth = &self.config.auth;
+        let signs = auth.cluster_secret.is_some()
+            || auth.cluster_secret_file.is_some()
+            || auth.cluster_secret_env.is_some();
+        crate::security::links::require_protected_peer_links(
+            [(format!("node {} raft_addr", req.id), req.raft_addr.as_str())],
+            signs,
+            self.config.tls.is_some(),
+        )
+        .map_err(NodeError::Refused)?;
         let node = NodeInfo {
             api_addr: req.api_addr.clone(),
             raft_addr: req.raft_addr.clone(),

@@ -55,9 +55,6 @@ mod tasks;
 use batcher::Batcher;
 use forwarder::Forwarder;
 
-/// Membership changes may take longer than a normal request (a learner catches up).
-const MEMBERSHIP_TIMEOUT_FACTOR: u32 = 6;
-
 /// Sentinel for "no index" in the cached committed index.
 const NONE: u64 = u64::MAX;
 
@@ -99,6 +96,9 @@ pub struct Node {
     /// Whether Raft RPCs are served yet: a node that starts empty must first show it
     /// is not a voter that lost its data (`rejoin.rs`).
     gate: tokio::sync::watch::Sender<rejoin::Gate>,
+    /// Each file node's API base URL as clients reach it (`NodeConfig::api_url`),
+    /// built once: the leader hint every API response carries (`status.rs`).
+    api_urls: BTreeMap<u64, Arc<str>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -138,6 +138,7 @@ impl Node {
         let proposer = Arc::new(batcher::RaftProposer {
             raft: raft.clone(),
             sm: sm.clone(),
+            startup_log_index,
         });
         let (batcher, batcher_task) = Batcher::spawn(
             proposer,
@@ -158,8 +159,19 @@ impl Node {
             },
             metrics.clone(),
         );
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let api_urls = config
+            .nodes
+            .iter()
+            .map(|n| (n.id, Arc::from(n.api_url(scheme))))
+            .collect();
         let node = Arc::new(Node {
             id,
+            api_urls,
             config,
             raft,
             sm,

@@ -7,14 +7,20 @@
 //! is only attempted when the request certainly had no effect: the receiver said "not
 //! leader" (openraft rejected or truncated the entry) or no connection could be made.
 //! Reads are retried on any failure, since they change nothing. Running out of the
-//! request timeout is [`NodeError::Unavailable`]: a node cut off from the majority can
-//! never commit, so it times out and never grants.
+//! caller's deadline is [`NodeError::Unavailable`]: a node cut off from the majority
+//! can never commit, so it times out and never grants.
+//!
+//! The deadline comes with the call (set once where the request entered the process,
+//! see [`Backend`]); nothing here starts a new one. The retry loop checks it between
+//! attempts, and each attempt's one wait — the batcher's answer in `leader_write`,
+//! the forwarded answer in the `Forwarder`, a read barrier — ends at it.
 //!
 //! This file also holds the [`Backend`] implementation: the entry points the HTTP layer
 //! calls, each a thin wrapper that routes (reads and membership changes are encoded
 //! once for forwarding, writes when their batch is sent).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -25,7 +31,7 @@ use serde::Serialize;
 use tokio::time::sleep;
 
 use super::forwarder::delivery_error;
-use super::{Node, MEMBERSHIP_TIMEOUT_FACTOR};
+use super::Node;
 use crate::backend::{Backend, NodeError};
 use crate::peer::protocol::{self, paths};
 
@@ -134,12 +140,11 @@ impl Node {
     }
 
     #[tracing::instrument(name = "write", skip_all, fields(node = self.id, op = op.kind()))]
-    pub(super) async fn write_op(&self, op: Op) -> Result<Reply, NodeError> {
+    pub(super) async fn write_op(&self, op: Op, deadline: Instant) -> Result<Reply, NodeError> {
         #[cfg(feature = "planted-bugs")]
         if let Some(reply) = self.planted_follower_local_grant(&op) {
             return Ok(reply);
         }
-        let deadline = Instant::now() + self.request_timeout();
         self.route(
             "write",
             deadline,
@@ -151,8 +156,7 @@ impl Node {
     }
 
     #[tracing::instrument(name = "read", skip_all, fields(node = self.id, query = query_kind(&q)))]
-    pub(super) async fn read_query(&self, q: Query) -> Result<Reply, NodeError> {
-        let deadline = Instant::now() + self.request_timeout();
+    pub(super) async fn read_query(&self, q: Query, deadline: Instant) -> Result<Reply, NodeError> {
         let body = encoded(&q, "query")?;
         let path = paths::FORWARD_READ;
         self.route(
@@ -169,30 +173,37 @@ impl Node {
     pub(super) async fn add_member_op(
         &self,
         req: AddMemberRequest,
+        deadline: Instant,
     ) -> Result<MembersResponse, NodeError> {
         let path = paths::FORWARD_ADD_MEMBER;
-        self.route_membership("add_member", path, &req, |deadline| {
+        self.route_membership("add_member", path, &req, deadline, |deadline| {
             self.leader_add_member(req.clone(), deadline)
         })
         .await
     }
 
     #[tracing::instrument(name = "remove_member", skip_all, fields(node = self.id, id))]
-    pub(super) async fn remove_member_op(&self, id: u64) -> Result<MembersResponse, NodeError> {
+    pub(super) async fn remove_member_op(
+        &self,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<MembersResponse, NodeError> {
         let path = paths::FORWARD_REMOVE_MEMBER;
-        self.route_membership("remove_member", path, &id, |deadline| {
+        self.route_membership("remove_member", path, &id, deadline, |deadline| {
             self.leader_remove_member(id, deadline)
         })
         .await
     }
 
     /// Route a membership change: never retried after a failure that may have had
-    /// an effect, and given several request timeouts (a learner catches up first).
+    /// an effect. Its caller gives it a longer deadline than a decision (a learner
+    /// catches up first).
     async fn route_membership<R, L, Fut>(
         &self,
         kind: &'static str,
         path: &'static str,
         req: &R,
+        deadline: Instant,
         local: L,
     ) -> Result<MembersResponse, NodeError>
     where
@@ -200,7 +211,6 @@ impl Node {
         L: Fn(Instant) -> Fut,
         Fut: Future<Output = Result<MembersResponse, NodeError>>,
     {
-        let deadline = Instant::now() + self.request_timeout() * MEMBERSHIP_TIMEOUT_FACTOR;
         let body = encoded(req, "request")?;
         self.route(
             kind,
@@ -244,12 +254,12 @@ fn query_kind(q: &Query) -> &'static str {
 }
 
 impl Backend for Node {
-    fn write(&self, op: Op) -> BoxFuture<'_, Result<Reply, NodeError>> {
-        Box::pin(self.write_op(op))
+    fn write(&self, op: Op, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        Box::pin(self.write_op(op, deadline))
     }
 
-    fn read(&self, query: Query) -> BoxFuture<'_, Result<Reply, NodeError>> {
-        Box::pin(self.read_query(query))
+    fn read(&self, query: Query, deadline: Instant) -> BoxFuture<'_, Result<Reply, NodeError>> {
+        Box::pin(self.read_query(query, deadline))
     }
 
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterResponse, NodeError>> {
@@ -259,16 +269,25 @@ impl Backend for Node {
     fn add_member(
         &self,
         req: AddMemberRequest,
+        deadline: Instant,
     ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
-        Box::pin(self.add_member_op(req))
+        Box::pin(self.add_member_op(req, deadline))
     }
 
-    fn remove_member(&self, id: u64) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
-        Box::pin(self.remove_member_op(id))
+    fn remove_member(
+        &self,
+        id: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<MembersResponse, NodeError>> {
+        Box::pin(self.remove_member_op(id, deadline))
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(self.is_ready())
+    }
+
+    fn leader_api(&self) -> Option<Arc<str>> {
+        Node::leader_api(self)
     }
 
     fn refresh_metrics(&self) {

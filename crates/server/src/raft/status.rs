@@ -8,6 +8,7 @@
 //! unreachable from the next probe on.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -32,6 +33,30 @@ pub(super) struct PeerSeen {
 }
 
 impl Node {
+    /// The current leader's API base URL as clients reach it, if a leader is known
+    /// (the `x-quorate-leader` header of every API response).
+    pub fn leader_api(&self) -> Option<Arc<str>> {
+        self.api_url_of(self.current_leader()?)
+    }
+
+    /// Node `id`'s API base URL: from the file (its `advertise_api`, else its
+    /// `api_addr`), else — a node added at runtime — from the replicated membership's
+    /// `api_addr` (the address `POST /v1/members` was given).
+    fn api_url_of(&self, id: u64) -> Option<Arc<str>> {
+        if let Some(url) = self.api_urls.get(&id) {
+            return Some(url.clone());
+        }
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some(Arc::from(format!("{scheme}://{}", node.api_addr)))
+    }
+
     /// The committed index as this node knows it; `Err` if Raft did not answer.
     pub(super) async fn committed_index(&self) -> Result<Option<u64>, NodeError> {
         let q = self
@@ -104,6 +129,10 @@ impl Node {
         Ok(ClusterResponse {
             node_id: self.id,
             leader_id: m.current_leader,
+            leader_api: m
+                .current_leader
+                .and_then(|l| self.api_url_of(l))
+                .map(|u| u.to_string()),
             term: m.current_term,
             members,
             last_log_index: m.last_log_index,

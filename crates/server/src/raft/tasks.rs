@@ -332,6 +332,7 @@ impl Node {
                 api_addr: n.api_addr.clone(),
                 raft_addr: n.raft_addr.clone(),
                 grpc_addr: None,
+                advertise_api: None,
             })
             .collect();
         let nodes = if from_membership.is_empty() {

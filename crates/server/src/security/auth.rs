@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
+use quorate_core::Caller;
 use serde::{Deserialize, Serialize};
 
 use super::signing::{self, NonceError, PeerRefusal, ReplayGuard, Signature, Signed};
@@ -207,14 +208,17 @@ impl ApiAuth {
         self.tokens.is_empty()
     }
 
-    /// Decide whether a request with these headers from `peer` may do something that
-    /// needs `needed`.
-    pub fn check(
+    /// Who is calling: worked out once per request, from the bearer token (or, in
+    /// open mode, from the connection). The token's name and role become the core's
+    /// [`Caller`]; in open mode every allowed caller is the same anonymous admin,
+    /// [`Caller::system`]. What the caller may do is a separate step,
+    /// [`permits`], over the role the route table declares (DRF's split of
+    /// authentication and permissions).
+    pub fn authenticate(
         &self,
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
-        needed: Role,
-    ) -> Result<(), Denied> {
+    ) -> Result<Caller, Denied> {
         if self.is_open() {
             // Unknown peer address (no connect info): refuse, never assume loopback.
             if !peer.is_some_and(|a| a.ip().to_canonical().is_loopback()) {
@@ -232,7 +236,7 @@ impl ApiAuth {
                      X-Forwarded-For or X-Real-IP): configure [auth] tokens to serve it",
                 ));
             }
-            return Ok(());
+            return Ok(Caller::system());
         }
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(Denied::Unauthorized("missing bearer token"));
@@ -241,47 +245,41 @@ impl ApiAuth {
             return Err(Denied::Unauthorized("authorization must be a bearer token"));
         };
         // Compare against every token, without stopping at the first match, so the
-        // time taken does not tell which (or whether an early) token matched.
-        let mut role = None;
-        for (_, r, secret) in &self.tokens {
-            if secret.matches(token) {
-                role = role.max(Some(*r));
-            }
-        }
-        match role {
-            None => Err(Denied::Unauthorized("unknown token")),
-            Some(r) if r >= needed => Ok(()),
-            Some(_) => Err(Denied::Forbidden),
-        }
-    }
-
-    /// Like [`ApiAuth::check`], and on success also who the caller is: the matched
-    /// token's name and role. In open mode (no tokens) every allowed caller is the
-    /// same anonymous admin, `("", Admin)`. The API records this identity in the
-    /// request so that ops carry it to the state machine (lease ownership, roles).
-    pub fn caller(
-        &self,
-        headers: &HeaderMap,
-        peer: Option<SocketAddr>,
-        needed: Role,
-    ) -> Result<(String, Role), Denied> {
-        self.check(headers, peer, needed)?;
-        if self.is_open() {
-            return Ok((String::new(), Role::Admin));
-        }
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        // Every secret is compared (no early exit), as in `check`; secrets are
-        // distinct (`resolve` refuses duplicates), so at most one matches.
+        // time taken does not tell which (or whether an early) token matched. Secrets
+        // are distinct (`resolve` refuses duplicates), so at most one matches.
         let mut found = None;
-        for (name, role, secret) in &self.tokens {
+        for (i, (_, _, secret)) in self.tokens.iter().enumerate() {
             if secret.matches(token) && found.is_none() {
-                found = Some((name.clone(), *role));
+                found = Some(i);
             }
         }
-        found.ok_or(Denied::Unauthorized("unknown token"))
+        let (name, role, _) = &self.tokens[found.ok_or(Denied::Unauthorized("unknown token"))?];
+        Ok(Caller {
+            name: name.clone(),
+            admin: *role == Role::Admin,
+        })
+    }
+}
+
+/// May an authenticated `caller` do something that needs `needed`? The permission
+/// step after [`ApiAuth::authenticate`]: a role check over the caller it returned,
+/// no second look at the request.
+pub fn permits(caller: &Caller, needed: Role) -> Result<(), Denied> {
+    if Role::of(caller) >= needed {
+        Ok(())
+    } else {
+        Err(Denied::Forbidden)
+    }
+}
+
+impl Role {
+    /// The role an authenticated caller holds.
+    pub fn of(caller: &Caller) -> Role {
+        if caller.admin {
+            Role::Admin
+        } else {
+            Role::Client
+        }
     }
 }
 
@@ -463,6 +461,16 @@ mod tests {
         h
     }
 
+    /// Authentication then permission, the way the API runs them.
+    fn check(
+        r: &ApiAuth,
+        h: &HeaderMap,
+        peer: Option<SocketAddr>,
+        needed: Role,
+    ) -> Result<(), Denied> {
+        permits(&r.authenticate(h, peer)?, needed)
+    }
+
     fn rules() -> ApiAuth {
         ApiAuth::with_tokens(vec![
             (
@@ -483,19 +491,20 @@ mod tests {
         let r = rules();
         let lo: Option<SocketAddr> = Some("127.0.0.1:1".parse().unwrap());
         assert_eq!(
-            r.check(&headers(None), lo, Role::Client),
+            check(&r, &headers(None), lo, Role::Client),
             Err(Denied::Unauthorized("missing bearer token"))
         );
         assert!(matches!(
-            r.check(&headers(Some("Bearer nope")), lo, Role::Client),
+            check(&r, &headers(Some("Bearer nope")), lo, Role::Client),
             Err(Denied::Unauthorized(_))
         ));
         assert!(matches!(
-            r.check(&headers(Some("Basic abc")), lo, Role::Client),
+            check(&r, &headers(Some("Basic abc")), lo, Role::Client),
             Err(Denied::Unauthorized(_))
         ));
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(Some("Bearer client-token-0123456789")),
                 lo,
                 Role::Client
@@ -503,7 +512,8 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(Some("Bearer client-token-0123456789")),
                 lo,
                 Role::Admin
@@ -511,7 +521,8 @@ mod tests {
             Err(Denied::Forbidden)
         );
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(Some("Bearer admin-token-0123456789")),
                 lo,
                 Role::Admin
@@ -519,28 +530,45 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(Some("Bearer admin-token-0123456789")),
                 lo,
                 Role::Client
             ),
             Ok(())
         );
+        // Identity is worked out once and names the matched token.
+        assert_eq!(
+            r.authenticate(&headers(Some("Bearer client-token-0123456789")), lo),
+            Ok(Caller {
+                name: "svc".into(),
+                admin: false
+            })
+        );
+        assert_eq!(
+            r.authenticate(&headers(Some("Bearer admin-token-0123456789")), lo),
+            Ok(Caller {
+                name: "ops".into(),
+                admin: true
+            })
+        );
         // A prefix of a token is not the token.
-        assert!(r
-            .check(
-                &headers(Some("Bearer admin-token-012345678")),
-                lo,
-                Role::Client
-            )
-            .is_err());
+        assert!(check(
+            &r,
+            &headers(Some("Bearer admin-token-012345678")),
+            lo,
+            Role::Client
+        )
+        .is_err());
     }
 
     #[test]
     fn open_mode_serves_loopback_only() {
         let r = ApiAuth::default();
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(None),
                 Some("127.0.0.1:9".parse().unwrap()),
                 Role::Admin
@@ -548,21 +576,27 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            r.check(
+            check(
+                &r,
                 &headers(None),
                 Some("[::1]:9".parse().unwrap()),
                 Role::Admin
             ),
             Ok(())
         );
-        assert!(r
-            .check(
-                &headers(None),
-                Some("192.0.2.7:9".parse().unwrap()),
-                Role::Client
-            )
-            .is_err());
-        assert!(r.check(&headers(None), None, Role::Client).is_err());
+        assert!(check(
+            &r,
+            &headers(None),
+            Some("192.0.2.7:9".parse().unwrap()),
+            Role::Client
+        )
+        .is_err());
+        assert!(check(&r, &headers(None), None, Role::Client).is_err());
+        // Every open-mode caller is the anonymous admin.
+        assert_eq!(
+            r.authenticate(&headers(None), Some("127.0.0.1:9".parse().unwrap())),
+            Ok(Caller::system())
+        );
     }
 
     #[test]
@@ -572,7 +606,7 @@ mod tests {
         for h in PROXY_HEADERS {
             let mut headers = HeaderMap::new();
             headers.insert(h, HeaderValue::from_static("203.0.113.9"));
-            match r.check(&headers, lo, Role::Client) {
+            match check(&r, &headers, lo, Role::Client) {
                 Err(Denied::Unauthorized(why)) => assert!(why.contains("proxy"), "{why}"),
                 other => panic!("{h}: {other:?}"),
             }
@@ -580,7 +614,7 @@ mod tests {
         // With tokens, proxies are fine: the token decides.
         let mut headers = headers(Some("Bearer admin-token-0123456789"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        assert_eq!(rules().check(&headers, lo, Role::Admin), Ok(()));
+        assert_eq!(check(&rules(), &headers, lo, Role::Admin), Ok(()));
     }
 
     fn request(p: &PeerAuth, path: &str, body: &[u8]) -> HeaderMap {

@@ -18,7 +18,7 @@ pub mod links;
 pub mod signing;
 pub mod tls;
 
-pub use auth::{ApiAuth, Denied, PeerAuth, Role, Secret};
+pub use auth::{permits, ApiAuth, Denied, PeerAuth, Role, Secret};
 pub use signing::PeerRefusal;
 pub use tls::Tls;
 

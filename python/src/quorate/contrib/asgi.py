@@ -24,28 +24,31 @@ Every response gets the RateLimit headers; a denied request gets a JSON 429 with
 ``Retry-After`` from the real bucket state and never reaches the app. When the cluster
 cannot decide: ``failure_policy="closed"`` (default) answers 503, ``"open"`` lets the
 request through (logged and counted on the client). Lifespan and websocket scopes pass
-through untouched.
+through untouched. ``enabled=False`` lets every request through without a client (no
+``nodes`` needed; for tests and local runs), said once in the log.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
 
 from ..client import AsyncClient, FailurePolicy
 from ..errors import Unavailable
+from ..types import RateCheck, RateDecision
 from .common import (
     READ_METHODS,
     Limit,
     TrustedProxies,
+    disabled_notice,
     key_part,
     limited_body,
     rate_limit_headers,
     unavailable_body,
 )
 
-__all__ = ["RateLimitMiddleware"]
+__all__ = ["AsyncRateChecker", "RateLimitMiddleware"]
 
 logger = logging.getLogger("quorate")
 
@@ -56,6 +59,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class AsyncRateChecker(Protocol):
+    """What the middleware asks: :class:`~quorate.AsyncClient`, or the fake
+    :class:`~quorate.testing.FakeAsyncClient` in tests."""
+
+    async def check_all(
+        self,
+        checks: Iterable[RateCheck | Mapping[str, Any]],
+        *,
+        failure_policy: FailurePolicy | str | None = ...,
+        raise_on_limit: bool = ...,
+    ) -> RateDecision: ...
+
+
 class RateLimitMiddleware:
     """See the module docs. ``client`` or ``nodes`` (plus ``client_options``) say where
     the cluster is; the client is created lazily inside the server's event loop."""
@@ -64,7 +80,7 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        client: AsyncClient | None = None,
+        client: AsyncRateChecker | None = None,
         nodes: Sequence[str] | str | None = None,
         client_options: dict[str, Any] | None = None,
         read: Limit | str | dict[str, Any] | None = None,
@@ -73,9 +89,11 @@ class RateLimitMiddleware:
         key_prefix: str = "ip",
         exempt_paths: Iterable[str] = (),
         failure_policy: FailurePolicy | str | None = None,
+        enabled: bool = True,
     ) -> None:
-        if client is None and nodes is None:
-            raise ValueError("give client= or nodes=")
+        if enabled and client is None and nodes is None:
+            raise ValueError("give client= or nodes= (or enabled=False)")
+        self.enabled = enabled
         self.app = app
         self._client = client
         self._nodes = nodes
@@ -88,7 +106,7 @@ class RateLimitMiddleware:
         self.failure_policy = failure_policy
 
     @property
-    def client(self) -> AsyncClient:
+    def client(self) -> AsyncRateChecker:
         if self._client is None:
             assert self._nodes is not None
             self._client = AsyncClient(self._nodes, **self._client_options)
@@ -120,6 +138,10 @@ class RateLimitMiddleware:
         return f"{self.key_prefix}:{kind}:{key_part(self.client_ip(scope))}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.enabled:
+            disabled_notice("the ASGI rate-limit middleware", "enabled=False")
+            await self.app(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -31,7 +31,8 @@ give superusers x10 and signed-in users x2 of the same policy. Settings::
 
 When the cluster cannot decide: fail-closed closes the connection with 1013 ("try
 again later") or answers a message with an ``unavailable`` error frame; fail-open lets
-it through (logged and counted).
+it through (logged and counted). ``QUORATE["ENABLED"] = False`` lets every connection
+and message through without asking the cluster.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from django.conf import settings
 
 from ..errors import Unavailable
 from ..types import RateCheck, RateDecision
-from .common import Limit, TrustedProxies, key_part
-from .django import get_async_client, tier_for_user
+from .common import Limit, TrustedProxies, key_part, pass_through
+from .django import get_async_client, quorate_enabled, tier_for_user
 
 __all__ = [
     "CLOSE_RATE_LIMITED",
@@ -101,6 +102,8 @@ def scope_identity(scope: Scope) -> tuple[str, str]:
 
 
 async def _check(name: str, limit: Limit, scope: Scope, tier: str | None) -> RateDecision:
+    if not quorate_enabled("the Channels rate limits"):
+        return pass_through()
     ident, user_tier = scope_identity(scope)
     prefix = _conf().get("KEY_PREFIX", "ws")
     use_tiers = _conf().get("TIERS", True)

@@ -8,13 +8,18 @@
   (the node's own ``RateLimit-Policy``/``RateLimit``/``X-RateLimit-*``/``Retry-After``).
 - :func:`limited_body` -- the JSON body of a 429 (and 503) produced by an integration.
 - :data:`READ_METHODS` -- methods counted as reads by the read/write split.
+- :func:`disabled_notice` and :func:`pass_through` -- the off switch
+  (``QUORATE["ENABLED"] = False``, ``RateLimitMiddleware(enabled=False)``): every
+  request and message is let through, said once per integration in the log.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +30,50 @@ __all__ = [
     "READ_METHODS",
     "Limit",
     "TrustedProxies",
+    "disabled_notice",
     "key_part",
     "limited_body",
+    "pass_through",
     "rate_limit_headers",
     "unavailable_body",
 ]
 
 #: Safe methods: counted against the read limit; everything else is a write.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+logger = logging.getLogger("quorate")
+
+_notice_lock = threading.Lock()
+#: Integrations that already said they are switched off (once per process each).
+_noticed: set[str] = set()
+
+
+def disabled_notice(integration: str, how: str) -> None:
+    """Say once per process, per integration, that it lets everything through."""
+    with _notice_lock:
+        if integration in _noticed:
+            return
+        _noticed.add(integration)
+    logger.warning(
+        "quorate is switched off (%s): %s lets every request through unlimited",
+        how,
+        integration,
+    )
+
+
+def pass_through() -> RateDecision:
+    """The decision a switched-off integration acts on: allowed, marked ``degraded``
+    (so no rate-limit headers are invented), charged nowhere."""
+    return RateDecision(
+        allowed=True,
+        limit=0,
+        remaining=0,
+        reset_after_ms=0,
+        retry_after_ms=0,
+        message="quorate is switched off",
+        degraded=True,
+    )
+
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address

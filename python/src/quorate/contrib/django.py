@@ -3,6 +3,8 @@
 Settings (all optional except ``NODES``)::
 
     QUORATE = {
+        "ENABLED": True,                 # False: every integration lets everything
+                                         # through (tests, local runs); NODES unused
         "NODES": ["http://10.0.0.1:7101", "http://10.0.0.2:7101", "http://10.0.0.3:7101"],
         "TOKEN": None,                   # bearer token (role "client", or "admin")
         "VERIFY": True,                  # or the cluster's CA file path
@@ -40,7 +42,14 @@ from django.http import HttpRequest, HttpResponse
 from ..client import AsyncClient, Client
 from ..errors import Unavailable
 from ..types import RateCheck, RateDecision
-from .common import Limit, TrustedProxies, key_part, limited_body, rate_limit_headers
+from .common import (
+    Limit,
+    TrustedProxies,
+    disabled_notice,
+    key_part,
+    limited_body,
+    rate_limit_headers,
+)
 from .common import unavailable_body as _unavailable_body
 
 __all__ = [
@@ -48,6 +57,7 @@ __all__ = [
     "client_ip",
     "get_async_client",
     "get_client",
+    "quorate_enabled",
     "quorate_settings",
     "tier_for_user",
     "too_many_requests",
@@ -58,6 +68,16 @@ _sync_clients: dict[int, Client] = {}
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def quorate_enabled(integration: str) -> bool:
+    """``QUORATE["ENABLED"]`` (default True), read on every call so test settings
+    overrides apply; when False, says once in the log that ``integration`` lets
+    everything through."""
+    if getattr(settings, "QUORATE", {}).get("ENABLED", True):
+        return True
+    disabled_notice(integration, 'QUORATE["ENABLED"] = False')
+    return False
 
 
 def quorate_settings() -> dict[str, Any]:
@@ -196,6 +216,8 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        if not quorate_enabled("the Django rate-limit middleware"):
+            return self.get_response(request)
         checks = self.get_checks(request, getattr(request, "user", None))
         if not checks:
             return self.get_response(request)
@@ -206,6 +228,8 @@ class RateLimitMiddleware:
         return self._respond(request, decision, self.get_response)
 
     async def __acall__(self, request: HttpRequest) -> Any:
+        if not quorate_enabled("the Django rate-limit middleware"):
+            return await self.get_response(request)
         user = await _auser(request)
         checks = self.get_checks(request, user)
         if not checks:

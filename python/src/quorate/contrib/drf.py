@@ -24,7 +24,8 @@ separate remote throttles a request refused by one still spends quota in the oth
 none by default; ``use_tiers = True`` sends superuser / authenticated / anonymous;
 override it to read a plan from the user. When the cluster cannot decide, fail-closed
 throttles (``wait()`` is 1 s) and fail-open allows, per ``QUORATE["FAILURE_POLICY"]``
-or the class's ``failure_policy``.
+or the class's ``failure_policy``. ``QUORATE["ENABLED"] = False`` lets every request
+through without asking the cluster.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from rest_framework.throttling import BaseThrottle
 from ..errors import Unavailable
 from ..types import RateCheck, RateDecision
 from .common import key_part, rate_limit_headers
-from .django import client_ip, get_client, tier_for_user
+from .django import client_ip, get_client, quorate_enabled, tier_for_user
 
 __all__ = [
     "AnonRateThrottle",
@@ -120,6 +121,8 @@ class QuorateThrottle(BaseThrottle):  # type: ignore[misc]
 
     def _decide(self, request: Any, checks: list[RateCheck]) -> bool:
         self.unavailable = False
+        if not quorate_enabled("the DRF throttles"):
+            return True
         try:
             self.decision = get_client().check_all(checks, failure_policy=self.failure_policy)
         except Unavailable:

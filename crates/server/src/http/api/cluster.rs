@@ -17,7 +17,8 @@ const MEMBERSHIP_TIMEOUTS: u32 = 6;
 pub(super) async fn cluster(
     State(st): State<ApiState>,
 ) -> ApiResult<JsonResponse<proto::ClusterResponse>> {
-    st.within(1, st.backend.cluster()).await.map(JsonResponse)
+    // Local and bounded (no round trip to the cluster), so no deadline.
+    Ok(JsonResponse(st.backend.cluster().await?))
 }
 
 pub(super) async fn stats(State(st): State<ApiState>) -> JsonResponse<proto::StatsResponse> {
@@ -28,16 +29,14 @@ pub(super) async fn add_member(
     State(st): State<ApiState>,
     Json(req): Json<proto::AddMemberRequest>,
 ) -> ApiResult<JsonResponse<proto::MembersResponse>> {
-    st.within(MEMBERSHIP_TIMEOUTS, st.backend.add_member(req))
-        .await
-        .map(JsonResponse)
+    let deadline = st.deadline(MEMBERSHIP_TIMEOUTS);
+    Ok(JsonResponse(st.backend.add_member(req, deadline).await?))
 }
 
 pub(super) async fn remove_member(
     State(st): State<ApiState>,
     Path(id): Path<u64>,
 ) -> ApiResult<JsonResponse<proto::MembersResponse>> {
-    st.within(MEMBERSHIP_TIMEOUTS, st.backend.remove_member(id))
-        .await
-        .map(JsonResponse)
+    let deadline = st.deadline(MEMBERSHIP_TIMEOUTS);
+    Ok(JsonResponse(st.backend.remove_member(id, deadline).await?))
 }

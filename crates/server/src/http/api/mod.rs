@@ -18,26 +18,31 @@
 //! add the decision), shaped in one place (`http::error`). No input reaches a panic or
 //! a 500: malformed bodies, paths and queries are 4xx; a cluster that cannot decide in
 //! time is 503 with `Retry-After`.
+//!
+//! Each request is checked once: [`authorize`] works out who the caller is
+//! (`ApiAuth::authenticate`, once) and whether the route's declared role permits it
+//! (`security::permits`), then records the [`Caller`] for the handlers. Each request
+//! gets one deadline, set by the handler when it hands the request to the backend
+//! (`ApiState::deadline`); the backend owns it from there.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method as HttpMethod, StatusCode};
+use axum::http::{HeaderValue, Method as HttpMethod, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use quorate_core::{Caller, Op, Outcome, Query};
-use quorate_proto::codes;
 use quorate_proto::routes::{self, Access, Method, Route, RouteId, ROUTES};
+use quorate_proto::{codes, LEADER_HEADER};
 use tracing::Instrument;
 
 use super::error::{ApiError, ApiResult};
-use crate::backend::{Backend, NodeError};
-use crate::security::{ApiAuth, Denied, Role};
+use crate::backend::Backend;
+use crate::security::{permits, ApiAuth, Denied, Role};
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
@@ -129,18 +134,12 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
 }
 
 impl ApiState {
-    /// Await a backend call for at most `factor` request timeouts (503 on expiry: a
-    /// write may or may not have been applied; retrying with the same lease_id is
-    /// safe).
-    async fn within<T>(
-        &self,
-        factor: u32,
-        fut: impl Future<Output = Result<T, NodeError>>,
-    ) -> ApiResult<T> {
-        match tokio::time::timeout(self.config.request_timeout * factor, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ApiError::unavailable("request timed out")),
-        }
+    /// The deadline of a request that arrives now: `factor` request timeouts. The
+    /// one place the API sets it; the backend owns it from there (it answers
+    /// `Unavailable`, a 503, when it passes: a write may or may not have been
+    /// applied, and retrying with the same lease_id is safe).
+    fn deadline(&self, factor: u32) -> Instant {
+        Instant::now() + self.config.request_timeout * factor
     }
 
     /// Replicate an op on behalf of `caller` (who travels inside it, so the core
@@ -148,12 +147,12 @@ impl ApiState {
     /// (invalid input, unknown lease, forbidden, state full) is the caller's answer.
     async fn write(&self, caller: &Caller, op: Op) -> ApiResult<Outcome> {
         let op = op.by(caller.clone());
-        Ok(self.within(1, self.backend.write(op)).await??)
+        Ok(self.backend.write(op, self.deadline(1)).await??)
     }
 
     /// Answer a query linearizably.
     async fn read(&self, q: Query) -> ApiResult<Outcome> {
-        Ok(self.within(1, self.backend.read(q)).await??)
+        Ok(self.backend.read(q, self.deadline(1)).await??)
     }
 }
 
@@ -198,9 +197,10 @@ async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
-    let route = matched.unwrap_or("unmatched").to_string();
-    let needed = match access_for(req.method(), matched) {
+    // A clone of the matched path is a reference count (no allocation per request).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let needed = match access_for(req.method(), matched.as_ref().map(MatchedPath::as_str)) {
         Some(Access::Open) => return next.run(req).await,
         Some(Access::Client) => Role::Client,
         Some(Access::Admin) => Role::Admin,
@@ -215,15 +215,18 @@ async fn authorize(
         }
     };
     // No connect info (a server started without it) means "unknown peer": refused
-    // in loopback-only mode, never assumed local.
+    // in loopback-only mode, never assumed local. Identity first (once per request),
+    // then the route's permission over it.
     let peer = connect.ok().map(|c| c.0);
-    match st.config.auth.caller(req.headers(), peer, needed) {
-        Ok((name, role)) => {
+    let checked = st
+        .config
+        .auth
+        .authenticate(req.headers(), peer)
+        .and_then(|caller| permits(&caller, needed).map(|()| caller));
+    match checked {
+        Ok(caller) => {
             // Handlers read it back with `http::extract::Authed` and put it into ops.
-            req.extensions_mut().insert(Caller {
-                name,
-                admin: role == Role::Admin,
-            });
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(Denied::Unauthorized(why)) => {
@@ -242,8 +245,8 @@ async fn authorize(
     }
 }
 
-/// Per-request span, structured completion log, and request metrics by route and
-/// status. Labels are the route table's static pattern and method names (never the
+/// Per-request span, structured completion log, the leader hint
+/// (`x-quorate-leader`), and request metrics by route and status. Labels are the route table's static pattern and method names (never the
 /// raw path), so recording allocates nothing and cardinality stays bounded whatever
 /// callers send.
 async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Response {
@@ -254,7 +257,16 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
     let method = method_of(req.method()).map_or("OTHER", Method::as_str);
     let span = tracing::info_span!("request", method, route, node = st.config.node_id);
     let start = Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    // The leader hint, on every answer (refusals and errors included): a client that
+    // follows it sends its next request straight to the leader.
+    if let Some(v) = st
+        .backend
+        .leader_api()
+        .and_then(|url| HeaderValue::from_str(&url).ok())
+    {
+        resp.headers_mut().insert(LEADER_HEADER, v);
+    }
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status();
     span.in_scope(|| {

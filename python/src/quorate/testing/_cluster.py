@@ -1,0 +1,655 @@
+"""The fake's state machine: quorate's decisions, in memory, on a fake clock.
+
+:class:`FakeCluster` follows ``crates/core`` (``state.rs``, ``gcra.rs``,
+``validate.rs``) and the HTTP layer's shaping of answers (``crates/server/src/http``)
+closely enough that a test written against it passes against a real cluster -- the
+shared behaviour tests (``python/tests/test_behaviour.py``) run one set of tests on
+both. What it models:
+
+- **Slots**: leases on 1..8 keys, all or nothing; a key's limit is its override, else
+  the first concurrency policy whose pattern matches, else the default; an acquire
+  with a live lease id on the same keys returns the original grant (same token), on
+  other keys a :class:`~quorate.LeaseConflict`; a full key raises
+  :class:`~quorate.LimitExceeded` with ``blocked_by``, usage and ``retry_after_ms``
+  (when the soonest blocking lease expires); leases expire in cluster time.
+- **Rate checks**: GCRA in integer nanoseconds with results rounded up to whole
+  milliseconds, exactly as ``gcra.rs``; named policies scaled by tier multipliers
+  (thousandths, clamped to ``1..=max_limit``); up to 16 checks charged all or none;
+  the top-level numbers and headers taken from the most restrictive result.
+- **Admin**: overrides, concurrency and rate policies (one namespace), tiers.
+- The same input rules and error classes (codes, statuses) as the server.
+
+What it does not model: replication, elections, caps on state size, tokens and roles.
+``available = False`` makes every call undecided (as a cluster without quorum), so a
+test can exercise a client's failure policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import (
+    ApiError,
+    InvalidRequest,
+    LeaseConflict,
+    LeaseNotFound,
+    LimitExceeded,
+    PolicyNotFound,
+)
+from ..types import (
+    ClusterInfo,
+    ConcurrencyPolicy,
+    Lease,
+    LeaseInfo,
+    LimitInfo,
+    LimitList,
+    Member,
+    Policies,
+    Policy,
+    PolicyEntry,
+    RateCheck,
+    RateDecision,
+    RatePolicy,
+    RateResult,
+    Renewal,
+    SlotsInfo,
+    SlotUsage,
+    Tier,
+    to_ms,
+)
+from ._clock import FakeClock
+
+if TYPE_CHECKING:
+    from ._client import FakeAsyncClient, FakeClient
+
+__all__ = ["FakeCluster"]
+
+_NS_PER_MS = 1_000_000
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/@+=")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+MAX_KEYS = 8
+MAX_CHECKS = 16
+
+
+_E = TypeVar("_E", bound=ApiError)
+
+
+def _api(cls: type[_E], message: str) -> _E:
+    """The exception a node's error body would become (same class, code, body)."""
+    return cls(message, body={"error": cls.code, "message": message})
+
+
+def _invalid(field: str, reason: str) -> InvalidRequest:
+    return _api(InvalidRequest, f"invalid {field}: {reason}")
+
+
+def _check_chars(field: str, s: str, max_len: int, ok: frozenset[str]) -> None:
+    if not s:
+        raise _invalid(field, "must not be empty")
+    if len(s.encode()) > max_len:
+        raise _invalid(field, f"longer than {max_len} bytes")
+    for c in s:
+        if c not in ok:
+            raise _invalid(field, f"character {c!r} not allowed")
+
+
+def _key(field: str, k: str) -> None:
+    _check_chars(field, k, 256, _KEY_CHARS)
+
+
+def _name(field: str, n: str) -> None:
+    _check_chars(field, n, 64, _NAME_CHARS)
+
+
+def _ceil_ms(ns: int) -> int:
+    return -(-ns // _NS_PER_MS)
+
+
+@dataclass
+class _Lease:
+    lease_id: str
+    token: int
+    keys: tuple[str, ...]
+    holder: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class _Spec:
+    limit: int
+    period_ms: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class _Gcra:
+    allowed: bool
+    new_tat: int
+    remaining: int
+    reset_after_ms: int
+    retry_after_ms: int
+
+
+def _params(spec: _Spec) -> tuple[int, int]:
+    """Emission interval and tolerance in ns (``gcra::Params::new``)."""
+    emission = max(spec.period_ms * _NS_PER_MS // max(spec.limit, 1), 1)
+    return emission, emission * max(spec.burst, 1)
+
+
+def _decide(tat: int | None, now: int, spec: _Spec, cost: int) -> _Gcra:
+    """``gcra::decide``: the decision for a check of ``cost`` on a bucket."""
+    emission, tolerance = _params(spec)
+    tat = max(now if tat is None else tat, now)
+    new_tat = tat + cost * emission
+    horizon = now + tolerance
+    if new_tat <= horizon:
+        return _Gcra(True, new_tat, (horizon - new_tat) // emission, _ceil_ms(new_tat - now), 0)
+    return _Gcra(
+        False,
+        new_tat,
+        max(horizon - tat, 0) // emission,
+        _ceil_ms(tat - now),
+        max(_ceil_ms(new_tat - horizon), 1),
+    )
+
+
+def _peek(tat: int | None, now: int, spec: _Spec) -> _Gcra:
+    """``gcra::peek``: the state as it stands, uncharged."""
+    emission, tolerance = _params(spec)
+    tat = max(now if tat is None else tat, now)
+    horizon = now + tolerance
+    return _Gcra(True, tat, max(horizon - tat, 0) // emission, _ceil_ms(tat - now), 0)
+
+
+def _partition_key(key: str) -> str:
+    return ":" + base64.b64encode(hashlib.sha256(key.encode()).digest()[:12]).decode() + ":"
+
+
+def _sf_string(s: str) -> str:
+    out = "".join("\\" + c if c in '"\\' else (c if " " <= c <= "~" else "?") for c in s)
+    return f'"{out}"'
+
+
+def _secs(ms: int) -> int:
+    return -(-ms // 1000)
+
+
+class FakeCluster:
+    """quorate's decisions in memory, on an injectable :class:`FakeClock`.
+
+    ``policies`` and ``tiers`` seed the cluster as ``cluster.toml`` would
+    (:meth:`from_config` reads one). Thread-safe: one lock around every operation,
+    like the single Raft log it stands in for.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: FakeClock | None = None,
+        policies: Mapping[str, Policy] | Iterable[tuple[str, Policy]] = (),
+        tiers: Mapping[str, float] | None = None,
+        default_limit: int = 10,
+        max_limit: int = 1_000_000,
+        default_ttl: float = 60.0,
+        max_ttl: float = 24 * 3600.0,
+        max_retry_after: float = 60.0,
+        max_period: float = 7 * 24 * 3600.0,
+    ) -> None:
+        self.clock = clock or FakeClock()
+        #: False: every call is undecided (:class:`~quorate.Unavailable`), as when
+        #: the cluster has no quorum.
+        self.available = True
+        self.default_limit = default_limit
+        self.max_limit = max_limit
+        self.default_ttl_ms = to_ms(default_ttl)
+        self.max_ttl_ms = to_ms(max_ttl)
+        self.max_retry_after_ms = to_ms(max_retry_after)
+        self.max_period_ms = to_ms(max_period)
+        self._lock = threading.RLock()
+        self._now_ms = 0
+        self._last_token = 0
+        self._leases: dict[str, _Lease] = {}
+        self._overrides: dict[str, int] = {}
+        self._concurrency: list[tuple[str, ConcurrencyPolicy]] = []
+        self._rate_policies: dict[str, _Spec] = {}
+        self._tiers: dict[str, int] = {}
+        self._buckets: dict[str, int] = {}
+        items = policies.items() if isinstance(policies, Mapping) else policies
+        for name, spec in items:
+            self.put_policy(name, spec)
+        for name, m in (tiers or {}).items():
+            self.put_tier(name, m)
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, clock: FakeClock | None = None) -> FakeCluster:
+        """A fake seeded from a ``cluster.toml``: its ``[[policies]]``, ``[tiers]`` and
+        the ``[limits]`` it shares with the fake (default and max limit, TTLs)."""
+        try:
+            toml = importlib.import_module("tomllib")  # Python 3.11+
+        except ModuleNotFoundError:
+            toml = importlib.import_module("tomli")  # pip install tomli on 3.10
+        conf: dict[str, Any] = toml.loads(Path(path).read_text())
+        limits = conf.get("limits", {})
+        policies: list[tuple[str, Policy]] = []
+        for p in conf.get("policies", []):
+            spec: Policy
+            if p.get("kind") == "concurrency":
+                spec = ConcurrencyPolicy(pattern=p["pattern"], limit=int(p["limit"]))
+            else:
+                burst = p.get("burst")
+                spec = RatePolicy(int(p["limit"]), int(p["period_ms"]), burst)
+            policies.append((str(p["name"]), spec))
+        return cls(
+            clock=clock,
+            policies=policies,
+            tiers={str(k): float(v) for k, v in conf.get("tiers", {}).items()},
+            default_limit=int(limits.get("default_limit", 10)),
+            max_limit=int(limits.get("max_limit", 1_000_000)),
+            default_ttl=int(limits.get("default_ttl_ms", 60_000)) / 1000,
+            max_ttl=int(limits.get("max_ttl_ms", 24 * 3600_000)) / 1000,
+        )
+
+    def client(self, **options: Any) -> FakeClient:
+        """A :class:`~quorate.testing.FakeClient` on this cluster (options as for the
+        real client: ``failure_policy``, ``holder``, ``timeout``, ``deadline``)."""
+        from ._client import FakeClient
+
+        return FakeClient(self, **options)
+
+    def async_client(self, **options: Any) -> FakeAsyncClient:
+        """A :class:`~quorate.testing.FakeAsyncClient` on this cluster."""
+        from ._client import FakeAsyncClient
+
+        return FakeAsyncClient(self, **options)
+
+    def advance(self, seconds: float) -> None:
+        """Move the cluster's clock forward (held fake slots renew on the way)."""
+        self.clock.advance(seconds)
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _tick(self) -> int:
+        """The decision's cluster time: the clock, never backwards."""
+        self._now_ms = max(self._now_ms, self.clock.now_ms)
+        return self._now_ms
+
+    def _live(self, lease: _Lease, now: int) -> bool:
+        return lease.expires_at_ms > now
+
+    def _live_on(self, key: str, now: int) -> list[_Lease]:
+        return [x for x in self._leases.values() if key in x.keys and self._live(x, now)]
+
+    def _purge(self, now: int) -> None:
+        for lid in [lid for lid, x in self._leases.items() if not self._live(x, now)]:
+            del self._leases[lid]
+
+    # -- limits -------------------------------------------------------------------------
+
+    def _resolve_limit(self, key: str) -> tuple[int, str, str | None]:
+        if key in self._overrides:
+            return self._overrides[key], "override", None
+        for name, p in self._concurrency:
+            prefix = p.pattern.removesuffix("*")
+            if key.startswith(prefix) if p.pattern.endswith("*") else p.pattern == key:
+                return p.limit, "policy", name
+        return self.default_limit, "default", None
+
+    def _check_limit(self, field: str, limit: int) -> None:
+        if not 1 <= limit <= self.max_limit:
+            raise _invalid(field, f"must be in 1..={self.max_limit}")
+
+    def _check_ttl(self, ttl_ms: int) -> None:
+        if not 1 <= ttl_ms <= self.max_ttl_ms:
+            raise _invalid("ttl_ms", f"must be in 1..={self.max_ttl_ms}")
+
+    # -- slots --------------------------------------------------------------------------
+
+    def acquire(
+        self, keys: Sequence[str], ttl: float | None, lease_id: str, holder: str = ""
+    ) -> Lease:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        ttl_ms = self.default_ttl_ms if ttl is None else to_ms(ttl)
+        with self._lock:
+            now = self._tick()
+            if not keys:
+                raise _invalid("keys", "at least one key is required")
+            if len(keys) > MAX_KEYS:
+                raise _invalid("keys", f"at most {MAX_KEYS} keys per acquire")
+            for i, k in enumerate(keys):
+                _key("keys", k)
+                if k in keys[:i]:
+                    raise _invalid("keys", f"duplicate key {k}")
+            _check_chars("lease_id", lease_id, 128, _KEY_CHARS)
+            if len(holder.encode()) > 256:
+                raise _invalid("holder", "longer than 256 bytes")
+            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in holder):
+                raise _invalid("holder", "control characters not allowed")
+            self._check_ttl(ttl_ms)
+            live = self._leases.get(lease_id)
+            if live is not None and self._live(live, now):
+                if sorted(live.keys) != sorted(keys):
+                    raise _api(
+                        LeaseConflict,
+                        f"lease {lease_id} is live on keys {list(live.keys)}, not {keys}",
+                    )
+                return Lease(lease_id, live.token, live.expires_at_ms, self._usage(keys, now))
+            self._purge(now)
+            usage = self._usage(keys, now)
+            blocked = [u for u in usage if u.used >= u.limit]
+            if blocked:
+                retry = 0
+                for u in blocked:
+                    # A slot frees when (used - limit + 1) leases have expired.
+                    ends = sorted(x.expires_at_ms for x in self._live_on(u.key, now))
+                    need = u.used - u.limit
+                    retry = max(retry, ends[need] - now if need < len(ends) else 1)
+                retry = min(max(retry, 1), self.max_retry_after_ms)
+                message = f"no free slot on {', '.join(u.key for u in blocked)}"
+                body = {
+                    "error": "limit_exceeded",
+                    "message": message,
+                    "blocked_by": [u.key for u in blocked],
+                    "slots": [{"key": u.key, "used": u.used, "limit": u.limit} for u in usage],
+                    "retry_after_ms": retry,
+                }
+                raise LimitExceeded(
+                    message,
+                    blocked_by=[u.key for u in blocked],
+                    slots=list(usage),
+                    retry_after_ms=retry,
+                    body=body,
+                )
+            self._last_token += 1
+            lease = _Lease(lease_id, self._last_token, tuple(keys), holder, now + ttl_ms)
+            self._leases[lease_id] = lease
+            granted = tuple(SlotUsage(u.key, u.used + 1, u.limit) for u in usage)
+            return Lease(lease_id, lease.token, lease.expires_at_ms, granted)
+
+    def _usage(self, keys: Sequence[str], now: int) -> tuple[SlotUsage, ...]:
+        return tuple(
+            SlotUsage(k, len(self._live_on(k, now)), self._resolve_limit(k)[0]) for k in keys
+        )
+
+    def release(self, lease_id: str) -> bool:
+        with self._lock:
+            now = self._tick()
+            _check_chars("lease_id", lease_id, 128, _KEY_CHARS)
+            lease = self._leases.get(lease_id)
+            if lease is None or not self._live(lease, now):
+                return False
+            del self._leases[lease_id]
+            return True
+
+    def renew(self, lease_id: str, ttl: float | None = None) -> Renewal:
+        ttl_ms = self.default_ttl_ms if ttl is None else to_ms(ttl)
+        with self._lock:
+            now = self._tick()
+            _check_chars("lease_id", lease_id, 128, _KEY_CHARS)
+            self._check_ttl(ttl_ms)
+            lease = self._leases.get(lease_id)
+            if lease is None or not self._live(lease, now):
+                raise _api(
+                    LeaseNotFound,
+                    f"lease {lease_id} not found (expired, released or never granted)",
+                )
+            lease.expires_at_ms = now + ttl_ms
+            return Renewal(lease_id, lease.expires_at_ms)
+
+    def slots(self, key: str) -> SlotsInfo:
+        with self._lock:
+            now = self._tick()
+            _key("key", key)
+            live = sorted(self._live_on(key, now), key=lambda x: x.token)
+            return SlotsInfo(
+                key,
+                len(live),
+                self._resolve_limit(key)[0],
+                tuple(LeaseInfo(x.lease_id, x.holder, x.token, x.expires_at_ms) for x in live),
+            )
+
+    # -- rate limits --------------------------------------------------------------------
+
+    def _resolve_rate(self, c: RateCheck) -> _Spec:
+        if c.policy is not None:
+            if c.limit is not None or c.period is not None or c.burst is not None:
+                raise _api(
+                    InvalidRequest,
+                    "give either policy (and tier) or limit/period_ms/burst, not both",
+                )
+            spec = self._rate_policies.get(c.policy)
+            if spec is None:
+                raise _api(PolicyNotFound, f"no rate policy named {c.policy}")
+            if c.tier is None:
+                return spec
+            m = self._tiers.get(c.tier)
+            if m is None:
+                raise _api(PolicyNotFound, f"no tier named {c.tier}")
+
+            def scale(v: int) -> int:
+                return min(max(v * m // 1000, 1), self.max_limit)
+
+            return _Spec(scale(spec.limit), spec.period_ms, scale(spec.burst))
+        if c.limit is None or c.period is None:
+            raise _api(InvalidRequest, "a check needs policy, or both limit and period_ms")
+        if c.tier is not None:
+            raise _api(InvalidRequest, "tier applies only to a named policy")
+        spec = _Spec(c.limit, to_ms(c.period), c.limit if c.burst is None else c.burst)
+        self._check_spec(spec)
+        return spec
+
+    def _check_spec(self, spec: _Spec) -> None:
+        self._check_limit("limit", spec.limit)
+        self._check_limit("burst", spec.burst)
+        if not 1 <= spec.period_ms <= self.max_period_ms:
+            raise _invalid("period_ms", f"must be in 1..={self.max_period_ms}")
+
+    def check_all(self, checks: Sequence[RateCheck]) -> RateDecision:
+        """Charge every check or none; the decision as the HTTP API shapes it."""
+        with self._lock:
+            now_ms = self._tick()
+            if not checks:
+                raise _invalid("checks", "at least one check is required")
+            if len(checks) > MAX_CHECKS:
+                raise _invalid("checks", f"at most {MAX_CHECKS} checks per request")
+            specs = []
+            for i, c in enumerate(checks):
+                _key("key", c.key)
+                if any(o.key == c.key for o in checks[:i]):
+                    raise _invalid("checks", f"duplicate key {c.key}")
+                spec = self._resolve_rate(c)
+                cost = 1 if c.cost is None else c.cost
+                if not 1 <= cost <= spec.burst:
+                    raise _invalid("cost", f"must be in 1..={spec.burst} (the burst)")
+                specs.append((spec, cost))
+            now = now_ms * _NS_PER_MS
+            decisions = [
+                _decide(self._buckets.get(c.key), now, spec, cost)
+                for c, (spec, cost) in zip(checks, specs, strict=True)
+            ]
+            allowed = all(d.allowed for d in decisions)
+            results = []
+            for c, (spec, _), d in zip(checks, specs, decisions, strict=True):
+                if allowed:
+                    self._buckets[c.key] = d.new_tat
+                    shown = d
+                elif d.allowed:
+                    shown = _peek(self._buckets.get(c.key), now, spec)
+                else:
+                    shown = d
+                results.append(
+                    RateResult(
+                        c.key,
+                        d.allowed,
+                        spec.limit,
+                        spec.period_ms,
+                        spec.burst,
+                        shown.remaining,
+                        shown.reset_after_ms,
+                        shown.retry_after_ms,
+                    )
+                )
+            return _shape(checks, results, allowed)
+
+    # -- admin --------------------------------------------------------------------------
+
+    def set_limit(self, key: str, limit: int) -> int:
+        with self._lock:
+            _key("key", key)
+            self._check_limit("limit", limit)
+            self._overrides[key] = limit
+            return limit
+
+    def get_limit(self, key: str) -> LimitInfo:
+        with self._lock:
+            now = self._tick()
+            _key("key", key)
+            return self._limit_info(key, now)
+
+    def _limit_info(self, key: str, now: int) -> LimitInfo:
+        limit, source, policy = self._resolve_limit(key)
+        used = len(self._live_on(key, now))
+        return LimitInfo(key, limit, source, used, policy)  # type: ignore[arg-type]
+
+    def delete_limit(self, key: str) -> bool:
+        with self._lock:
+            _key("key", key)
+            return self._overrides.pop(key, None) is not None
+
+    def list_limits(self, prefix: str = "", max_rows: int | None = None) -> LimitList:
+        with self._lock:
+            now = self._tick()
+            if prefix:
+                _key("prefix", prefix)
+            keys = {k for k in self._overrides if k.startswith(prefix)}
+            for lease in self._leases.values():
+                if self._live(lease, now):
+                    keys.update(k for k in lease.keys if k.startswith(prefix))
+            ordered = sorted(keys)
+            cap = 1000 if max_rows is None else max_rows
+            if not 1 <= cap <= 10_000:
+                raise _api(InvalidRequest, "max must be in 1..=10000")
+            return LimitList(
+                tuple(self._limit_info(k, now) for k in ordered[:cap]), len(ordered) > cap
+            )
+
+    def policies(self) -> Policies:
+        with self._lock:
+            entries = [PolicyEntry(n, p) for n, p in self._concurrency]
+            entries += [
+                PolicyEntry(n, RatePolicy(s.limit, s.period_ms, s.burst))
+                for n, s in sorted(self._rate_policies.items())
+            ]
+            tiers = tuple(Tier(n, m / 1000) for n, m in sorted(self._tiers.items()))
+            return Policies(self.default_limit, tuple(entries), tiers)
+
+    def put_policy(self, name: str, spec: Policy) -> PolicyEntry:
+        with self._lock:
+            _name("policy name", name)
+            if isinstance(spec, ConcurrencyPolicy):
+                if spec.pattern != "*":
+                    _key("pattern", spec.pattern.removesuffix("*"))
+                self._check_limit("limit", spec.limit)
+                self._rate_policies.pop(name, None)
+                for i, (n, _) in enumerate(self._concurrency):
+                    if n == name:
+                        self._concurrency[i] = (name, spec)
+                        break
+                else:
+                    self._concurrency.append((name, spec))
+                return PolicyEntry(name, spec)
+            rate = _Spec(
+                spec.limit, spec.period_ms, spec.limit if spec.burst is None else spec.burst
+            )
+            self._check_spec(rate)
+            self._concurrency = [(n, p) for n, p in self._concurrency if n != name]
+            self._rate_policies[name] = rate
+            return PolicyEntry(name, RatePolicy(rate.limit, rate.period_ms, rate.burst))
+
+    def delete_policy(self, name: str) -> bool:
+        with self._lock:
+            _name("policy name", name)
+            before = len(self._concurrency)
+            self._concurrency = [(n, p) for n, p in self._concurrency if n != name]
+            return self._rate_policies.pop(name, None) is not None or before != len(
+                self._concurrency
+            )
+
+    def put_tier(self, name: str, multiplier: float) -> Tier:
+        milli = multiplier * 1000
+        if not math.isfinite(milli) or not 1 <= milli <= 1_000_000:
+            raise _api(InvalidRequest, "multiplier must be in 0.001..=1000")
+        with self._lock:
+            _name("tier name", name)
+            self._tiers[name] = round(milli)
+            return Tier(name, self._tiers[name] / 1000)
+
+    def delete_tier(self, name: str) -> bool:
+        with self._lock:
+            _name("tier name", name)
+            return self._tiers.pop(name, None) is not None
+
+    def cluster(self) -> ClusterInfo:
+        with self._lock:
+            return ClusterInfo(
+                node_id=1,
+                leader_id=1,
+                term=1,
+                members=(Member(1, "fake:7101", "fake:7201"),),
+                last_log_index=None,
+                committed_index=None,
+                applied_index=None,
+                state_digest="",
+            )
+
+
+def _shape(checks: Sequence[RateCheck], results: list[RateResult], allowed: bool) -> RateDecision:
+    """The HTTP API's answer (``http/api/rate.rs``): the most restrictive result speaks
+    for the request -- the denied check with the longest wait (the last of equals, as
+    ``max_by_key``), or, all allowed, the one with the fewest left (the first)."""
+    if allowed:
+        top = min(results, key=lambda x: x.remaining)
+    else:
+        waits = [x for x in results if not x.allowed]
+        top = waits[0]
+        for x in waits:
+            if x.retry_after_ms >= top.retry_after_ms:
+                top = x
+    names = [c.policy if c.policy is not None else "inline" for c in checks]
+    pks = [_partition_key(x.key) for x in results]
+    policy = ", ".join(
+        f"{_sf_string(n)};q={x.limit};w={max(_secs(x.period_ms), 1)};pk={pk};"
+        f"quorate-burst={x.burst}"
+        for n, x, pk in zip(names, results, pks, strict=True)
+    )
+    state = ", ".join(
+        f"{_sf_string(n)};r={x.remaining};t={_secs(x.reset_after_ms)};pk={pk}"
+        for n, x, pk in zip(names, results, pks, strict=True)
+    )
+    headers = {
+        "ratelimit-policy": policy,
+        "ratelimit": state,
+        "x-ratelimit-limit": str(top.limit),
+        "x-ratelimit-remaining": str(top.remaining),
+        "x-ratelimit-reset": str(_secs(top.reset_after_ms)),
+    }
+    if not allowed:
+        headers["retry-after"] = str(max(_secs(top.retry_after_ms), 1))
+    return RateDecision(
+        allowed=allowed,
+        limit=top.limit,
+        remaining=top.remaining if allowed else 0,
+        reset_after_ms=top.reset_after_ms,
+        retry_after_ms=top.retry_after_ms,
+        results=tuple(results),
+        error=None if allowed else "rate_limited",
+        message=None if allowed else f"rate limit exceeded on {top.key}",
+        headers=headers,
+    )

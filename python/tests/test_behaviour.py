@@ -1,0 +1,239 @@
+"""One set of behaviour tests, run on the fake (``quorate.testing``) and on a real
+three-node cluster: what a test written against the fake asserts must hold on the
+real thing. Each test is parametrized over both backends (``[fake]`` and
+``[cluster]`` in its id); both start from the repository's ``cluster.toml`` seeds.
+
+Time is not moved here (a real cluster's clock cannot be), so the numbers compared
+are those that stay exact while a test runs for well under a second: GCRA's
+``remaining`` and the order of denials, and waits up to the few milliseconds that
+pass between calls. Tests that move time are the fake's own (test_testing.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from quorate_cluster import ROOT
+
+import quorate
+from quorate import Client, ConcurrencyPolicy, RateCheck, RatePolicy
+from quorate.testing import FakeCluster
+
+BACKENDS = ["fake", "cluster"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def qc(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A sync client: a fake on a fresh fake cluster, or a real one on the shared
+    cluster (tests use unique keys and names there)."""
+    if backend == "fake":
+        with FakeCluster.from_config(ROOT / "cluster.toml").client() as fake:
+            yield fake
+    else:
+        cluster = request.getfixturevalue("cluster")
+        with Client(cluster.urls, deadline=10.0) as real:
+            yield real
+
+
+@pytest.fixture
+def aqc_factory(backend: str, request: pytest.FixtureRequest) -> Any:
+    """Makes an async client inside the running loop (for ``asyncio.run``)."""
+    if backend == "fake":
+        fake = FakeCluster.from_config(ROOT / "cluster.toml")
+        return fake.async_client
+    cluster = request.getfixturevalue("cluster")
+    return lambda: quorate.AsyncClient(cluster.urls)
+
+
+# -- slots ----------------------------------------------------------------------------
+
+
+def test_acquire_is_all_or_nothing(qc: Any, uid: str) -> None:
+    org, other, glob = f"org:a-{uid}", f"org:b-{uid}", f"g-{uid}"
+    assert qc.set_limit(glob, 1) == 1
+    lease = qc.acquire([org, glob], ttl=30)
+    assert [(s.key, s.used, s.limit) for s in lease.slots] == [(org, 1, 5), (glob, 1, 1)]
+    with pytest.raises(quorate.LimitExceeded) as e:
+        qc.acquire([other, glob], ttl=30)
+    assert e.value.blocked_by == [glob]
+    assert [(s.key, s.used, s.limit) for s in e.value.slots] == [(other, 0, 5), (glob, 1, 1)]
+    assert 29_000 < e.value.retry_after_ms <= 30_000
+    assert e.value.status == 429 and e.value.code == "limit_exceeded"
+    assert qc.slots(other).used == 0, "a denied acquire takes nothing"
+    assert qc.release(lease.lease_id) is True
+    assert qc.release(lease.lease_id) is False
+    assert qc.acquire([other, glob], ttl=30).slots[1].used == 1
+    qc.delete_limit(glob)
+
+
+def test_a_retried_acquire_returns_the_first_grant(qc: Any, uid: str) -> None:
+    key = f"org:r-{uid}"
+    first = qc.acquire([key], ttl=30, lease_id=f"job-{uid}")
+    again = qc.acquire([key], ttl=30, lease_id=f"job-{uid}")
+    assert (again.fencing_token, again.expires_at_ms) == (first.fencing_token, first.expires_at_ms)
+    assert qc.slots(key).used == 1
+    with pytest.raises(quorate.LeaseConflict):
+        qc.acquire([f"org:other-{uid}"], ttl=30, lease_id=f"job-{uid}")
+    later = qc.acquire([f"org:r2-{uid}"], ttl=30)
+    assert later.fencing_token > first.fencing_token
+    qc.release(first.lease_id)
+    qc.release(later.lease_id)
+
+
+def test_renew_extends_and_a_released_lease_is_not_found(qc: Any, uid: str) -> None:
+    lease = qc.acquire([f"org:n-{uid}"], ttl=10, holder="worker-1")
+    renewed = qc.renew(lease.lease_id, ttl=60)
+    assert renewed.lease_id == lease.lease_id
+    assert renewed.expires_at_ms >= lease.expires_at_ms + 49_000
+    info = qc.slots(f"org:n-{uid}")
+    assert [(x.lease_id, x.holder, x.fencing_token) for x in info.leases] == [
+        (lease.lease_id, "worker-1", lease.fencing_token)
+    ]
+    assert qc.release(lease.lease_id)
+    with pytest.raises(quorate.LeaseNotFound) as e:
+        qc.renew(lease.lease_id, ttl=10)
+    assert e.value.status == 404 and e.value.code == "lease_not_found"
+
+
+def test_slot_holds_and_releases_on_exit(qc: Any, uid: str) -> None:
+    key = f"org:s-{uid}"
+    with pytest.raises(RuntimeError), qc.slot([key], ttl=30) as s:
+        assert s.fencing_token is not None and not s.lost
+        assert qc.slots(key).used == 1
+        raise RuntimeError("the work failed")
+    assert s.released is True
+    assert qc.slots(key).used == 0
+
+
+def test_a_detached_lease_is_held_elsewhere_and_released_there(qc: Any, uid: str) -> None:
+    key = f"org:h-{uid}"
+    with qc.slot([key], ttl=30) as s:
+        lease_id = s.detach()
+    assert qc.slots(key).used == 1, "a detached slot is not released on exit"
+    with qc.hold(lease_id, ttl=30) as job:
+        assert job.held and not job.lost
+    assert job.released is True
+    assert qc.slots(key).used == 0
+    with pytest.raises(quorate.LeaseNotFound), qc.hold(lease_id, ttl=30):
+        pytest.fail("a released lease cannot be adopted")
+
+
+def test_limits_come_from_override_policy_or_default(qc: Any, uid: str) -> None:
+    org, plain = f"org:l-{uid}", f"plain-{uid}"
+    assert (qc.get_limit(org).limit, qc.get_limit(org).source) == (5, "policy")
+    assert qc.get_limit(org).policy == "orgs"
+    assert (qc.get_limit(plain).limit, qc.get_limit(plain).source) == (10, "default")
+    qc.set_limit(org, 2)
+    info = qc.get_limit(org)
+    assert (info.limit, info.source, info.used) == (2, "override", 0)
+    listed = qc.list_limits(f"org:l-{uid}")
+    assert [(x.key, x.limit) for x in listed.limits] == [(org, 2)]
+    assert qc.delete_limit(org) is True
+    assert qc.delete_limit(org) is False
+    assert qc.get_limit(org).source == "policy"
+    with pytest.raises(quorate.InvalidRequest):
+        qc.set_limit(org, 0)
+    with pytest.raises(quorate.InvalidRequest):
+        qc.list_limits("org:", max=0)
+
+
+# -- rate limits ----------------------------------------------------------------------
+
+
+def test_gcra_allows_the_burst_then_denies_with_the_wait(qc: Any, uid: str) -> None:
+    key = f"ip:g-{uid}"
+    for i in range(5):
+        d = qc.check(key, limit=5, period=60)
+        assert d.allowed and d.remaining == 4 - i
+        assert (i + 1) * 12_000 - 1_000 < d.reset_after_ms <= (i + 1) * 12_000
+        assert d.headers["x-ratelimit-limit"] == "5"
+        assert "retry-after" not in d.headers
+    d = qc.check(key, limit=5, period=60)
+    assert not d.allowed
+    assert (d.limit, d.remaining, d.error) == (5, 0, "rate_limited")
+    assert 11_000 < d.retry_after_ms <= 12_000
+    assert d.message == f"rate limit exceeded on {key}"
+    assert d.headers["retry-after"] == "12"
+    assert d.headers["ratelimit-policy"].startswith('"inline";q=5;w=60;pk=:')
+    with pytest.raises(quorate.RateLimited) as e:
+        qc.check(key, limit=5, period=60, raise_on_limit=True)
+    assert not e.value.decision.allowed
+
+
+def test_cost_and_burst(qc: Any, uid: str) -> None:
+    key = f"ip:c-{uid}"
+    d = qc.check(key, limit=10, period=1, cost=4)
+    assert d.allowed and d.remaining == 6
+    d = qc.check(key, limit=10, period=1, cost=7)
+    assert not d.allowed and d.results[0].remaining == 6
+    with pytest.raises(quorate.InvalidRequest):
+        qc.check(key, limit=10, period=1, cost=11)
+    d = qc.check(f"ip:b-{uid}", limit=60, period=60, burst=3)
+    assert (d.results[0].burst, d.remaining) == (3, 2)
+
+
+def test_multi_check_charges_all_or_none(qc: Any, uid: str) -> None:
+    tight, loose = f"t-{uid}", f"l-{uid}"
+    both = [RateCheck(tight, limit=1, period=60), RateCheck(loose, limit=10, period=60)]
+    d = qc.check_all(both)
+    assert d.allowed and [r.remaining for r in d.results] == [0, 9]
+    assert d.remaining == 0, "the most restrictive result speaks for the request"
+    d = qc.check_all(both)
+    assert not d.allowed
+    assert [r.allowed for r in d.results] == [False, True]
+    assert d.results[1].remaining == 9, "the passing check reports its uncharged state"
+    # The loose bucket was not charged by the denied request.
+    assert qc.check(loose, limit=10, period=60).remaining == 8
+
+
+def test_named_policies_and_tiers(qc: Any, uid: str) -> None:
+    d = qc.check(f"user:p-{uid}", "user")
+    assert (d.limit, d.results[0].period_ms, d.remaining) == (300, 60_000, 299)
+    d = qc.check(f"user:q-{uid}", "user", tier="superuser")
+    assert (d.limit, d.results[0].burst) == (3000, 3000)
+    d = qc.check(f"user:r-{uid}", "user", tier="authenticated")
+    assert d.limit == 600
+    with pytest.raises(quorate.PolicyNotFound):
+        qc.check(f"user:s-{uid}", "no-such-policy")
+    with pytest.raises(quorate.PolicyNotFound):
+        qc.check(f"user:s-{uid}", "user", tier="no-such-tier")
+    with pytest.raises(quorate.InvalidRequest):
+        qc.check("bad key", limit=1, period=1)
+
+
+def test_policies_and_tiers_are_managed(qc: Any, uid: str) -> None:
+    rate, conc, tier = f"r-{uid}", f"c-{uid}", f"t-{uid}"
+    qc.put_policy(rate, RatePolicy.per(2, 1.0))
+    qc.put_policy(conc, ConcurrencyPolicy(f"job-{uid}:*", 1))
+    assert qc.put_tier(tier, 1.5).multiplier == 1.5
+    p = qc.policies()
+    assert p.get(rate) == RatePolicy(limit=2, period_ms=1000, burst=2)
+    assert p.get(conc) == ConcurrencyPolicy(f"job-{uid}:*", 1)
+    assert (tier, 1.5) in [(t.name, t.multiplier) for t in p.tiers]
+    assert qc.check(f"k-{uid}", rate, tier=tier).limit == 3
+    assert qc.get_limit(f"job-{uid}:x").limit == 1
+    assert qc.delete_policy(rate) and qc.delete_policy(conc) and qc.delete_tier(tier)
+    assert not qc.delete_policy(rate)
+    assert qc.policies().get(rate) is None
+
+
+def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
+    async def main() -> None:
+        async with aqc_factory() as c:
+            async with c.slot([f"org:as-{uid}"], ttl=30) as s:
+                assert s.fencing_token is not None
+                assert (await c.slots(f"org:as-{uid}")).used == 1
+            assert (await c.slots(f"org:as-{uid}")).used == 0
+            d = await c.check(f"ip:as-{uid}", limit=1, period=60)
+            assert d.allowed
+            assert not (await c.check(f"ip:as-{uid}", limit=1, period=60)).allowed
+
+    asyncio.run(main())

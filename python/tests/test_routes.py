@@ -1,0 +1,65 @@
+"""Every request the package can make is a route the server documents.
+
+``quorate._routes.ROUTES`` is the one place the package declares methods and paths;
+these tests hold it to ``proto/openapi.json`` (generated from the server's route
+table, with its own drift test on the Rust side) and make sure no other module writes
+a path of its own. No cluster needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+import quorate
+from quorate import _calls, _routes
+from quorate._routes import ROUTES, Route
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(quorate.__file__).parent
+
+
+def openapi_operations() -> set[tuple[str, str]]:
+    doc = json.loads((ROOT / "proto" / "openapi.json").read_text())
+    return {
+        (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "delete", "patch"}
+    }
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.pattern}")
+def test_every_route_is_in_openapi(route: Route) -> None:
+    assert (route.method, route.pattern) in openapi_operations()
+
+
+def test_routes_are_declared_once() -> None:
+    assert len(set(ROUTES)) == len(ROUTES)
+    declared = {v for v in vars(_routes).values() if isinstance(v, Route)}
+    assert declared == set(ROUTES), "a Route constant is missing from ROUTES"
+
+
+def test_no_module_writes_a_path_of_its_own() -> None:
+    """Paths come from ``_routes`` only: no other module of the package (contrib and
+    testing included) holds a string literal that looks like an API path."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "_routes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and (text.startswith("/v1/") or text == "/v1"):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert offenders == []
+
+
+def test_path_parameters_are_one_encoded_segment() -> None:
+    assert _routes.SLOTS.path("org:a/b?c") == "/v1/slots/org:a%2Fb%3Fc"
+    with pytest.raises(TypeError):
+        _routes.SLOTS.path()
+    call = _calls.delete_policy("x y")
+    assert (call.method, call.path) == ("DELETE", "/v1/policies/x%20y")
