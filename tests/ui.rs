@@ -99,9 +99,10 @@ async fn make_activity(c: &Cluster, node: u64) {
         let (s, b) = c.post(node, "/v1/slots/acquire", body).await;
         assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
     }
-    // A tight inline rate limit (5 per minute) checked 8 times: 3 limited.
+    // An inline rate limit of 30 per minute in bursts of 5, checked 8 times at once:
+    // 3 limited.
     for _ in 0..8 {
-        let body = json!({"key": "ip:203.0.113.9", "limit": 5, "period_ms": 60000});
+        let body = json!({"key": "ip:203.0.113.9", "limit": 30, "period_ms": 60000, "burst": 5});
         c.post(node, "/v1/rate/check", body).await;
     }
     for user in ["user:42", "user:7"] {
@@ -248,6 +249,19 @@ async fn status_page_in_headless_chromium() {
             },
         )
         .await;
+    // Its bar is scaled by the bucket (burst 5), not by the rate (30 per minute).
+    let meter = browser
+        .eval(
+            "const r = document.querySelector('#rate-keys tr[data-rate-key=\"ip:203.0.113.9\"]');\
+             const m = r.querySelector('[role=meter]');\
+             return [m.getAttribute('aria-valuemax'), r.cells[1].textContent];",
+        )
+        .await;
+    assert_eq!(meter[0], json!("5"), "{meter}");
+    assert!(
+        meter[1].as_str().is_some_and(|t| t.ends_with(" of 5 left")),
+        "{meter}"
+    );
     browser
         .wait_for(
             "granted and denied charts drawn",

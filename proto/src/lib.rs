@@ -111,6 +111,18 @@ pub struct AcquireGranted {
     pub fencing_token: u64,
     pub expires_at_ms: u64,
     pub slots: Vec<SlotUsage>,
+    /// Keys whose shadow-mode policy would have denied this acquire (the lease was
+    /// granted all the same; header `x-quorate-shadow-denied` names the policies).
+    /// Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_denied: Vec<ShadowDenial>,
+}
+
+/// A key that a policy in shadow mode would have denied, and that policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShadowDenial {
+    pub key: String,
+    pub policy: String,
 }
 
 /// 429 answer to an acquire (`error` = `limit_exceeded`); `Retry-After` header set.
@@ -312,6 +324,11 @@ pub struct RateCheckResponse {
     pub reset_after_ms: u64,
     pub retry_after_ms: u64,
     pub results: Vec<RateResult>,
+    /// Checks whose shadow-mode policy would have denied this request: it was
+    /// allowed all the same (those checks were not charged, as a denial is not).
+    /// Header `x-quorate-shadow-denied` names the policies. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_denied: Vec<ShadowDenial>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,6 +357,34 @@ pub struct PolicyEntry {
     pub name: String,
     #[serde(flatten)]
     pub spec: PolicySpec,
+    /// `enforce` (the default) or `shadow`.
+    #[serde(default)]
+    pub mode: PolicyMode,
+}
+
+/// How a policy's denials are answered. A `shadow` policy is decided and charged as
+/// usual, but a request only it would deny is allowed, with a `shadow_denied` field
+/// and an `x-quorate-shadow-denied` header naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// `PUT /v1/policies/{name}/mode`: switch a policy between enforcing and shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyModeRequest {
+    pub mode: PolicyMode,
+}
+
+/// Answer to `PUT /v1/policies/{name}/mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyModeResponse {
+    pub name: String,
+    pub mode: PolicyMode,
 }
 
 /// A tier multiplies a rate policy's limit and burst (`superuser` ×10, say).
@@ -459,6 +504,17 @@ pub struct StatsResponse {
     /// The rate keys this node checked most in the last minutes (counts halve every
     /// minute; at most a few dozen keys are tracked, so a key may be missing).
     pub busiest_rate_keys: Vec<RateKeyStats>,
+    /// Requests this node allowed that a shadow-mode policy would have denied, per
+    /// policy, since the node started (absent from nodes that predate the field).
+    #[serde(default)]
+    pub shadow_denials: Vec<ShadowCount>,
+}
+
+/// How many requests one shadow-mode policy would have denied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShadowCount {
+    pub policy: String,
+    pub count: u64,
 }
 
 /// What one node answered during one sampling interval.
@@ -486,8 +542,12 @@ pub struct RateKeyStats {
     pub checks: u64,
     /// Of which limited (decayed the same way).
     pub limited: u64,
-    /// The last answer's limit and remaining requests.
+    /// The last answer's limit per period, bucket size (burst) and remaining
+    /// requests; `remaining` counts down from `burst`, not from `limit`.
     pub limit: u32,
+    /// 0 from a node older than this field (read `limit` instead).
+    #[serde(default)]
+    pub burst: u32,
     pub remaining: u32,
 }
 
@@ -572,11 +632,19 @@ mod tests {
                 pattern: "org:*".into(),
                 limit: 5,
             },
+            mode: PolicyMode::Shadow,
         };
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(
             json,
-            r#"{"name":"orgs","kind":"concurrency","pattern":"org:*","limit":5}"#
+            r#"{"name":"orgs","kind":"concurrency","pattern":"org:*","limit":5,"mode":"shadow"}"#
         );
+        assert_eq!(serde_json::from_str::<PolicyEntry>(&json).unwrap(), e);
+        // From a node that predates modes: enforce.
+        let old: PolicyEntry = serde_json::from_str(
+            r#"{"name":"orgs","kind":"concurrency","pattern":"org:*","limit":5}"#,
+        )
+        .unwrap();
+        assert_eq!(old.mode, PolicyMode::Enforce);
     }
 }

@@ -133,6 +133,17 @@ fn policies() {}
     ))]
 fn put_policy() {}
 
+#[utoipa::path(put, path = "/v1/policies/{name}/mode", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    request_body = PolicyModeRequest,
+    responses(
+        (status = 200, description = "Mode set: a shadow policy is decided and charged, but a request only it would deny is allowed and says so (shadow_denied, x-quorate-shadow-denied)", body = PolicyModeResponse),
+        (status = 400, description = "Invalid name or mode", body = ErrorBody),
+        (status = 404, description = "policy_not_found", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn put_policy_mode() {}
+
 #[utoipa::path(delete, path = "/v1/policies/{name}", tag = "policies",
     params(("name" = String, Path, description = "Policy name")),
     responses(
@@ -221,6 +232,7 @@ fn metrics() {}
         rate_check,
         policies,
         put_policy,
+        put_policy_mode,
         delete_policy,
         put_tier,
         delete_tier,
@@ -256,6 +268,11 @@ fn metrics() {}
         RateCheckResponse,
         PolicySpec,
         PolicyEntry,
+        PolicyMode,
+        PolicyModeRequest,
+        PolicyModeResponse,
+        ShadowDenial,
+        ShadowCount,
         TierEntry,
         PutTierRequest,
         PoliciesResponse,

@@ -242,6 +242,7 @@ mod tests {
                             fencing_token: 7,
                             expires_at_ms: 0,
                             slots: vec![],
+                            shadow_denied: vec![],
                         };
                         ("200 OK", serde_json::to_string(&grant).unwrap())
                     } else if head.starts_with("POST /v1/slots/release ") {

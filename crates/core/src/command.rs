@@ -95,6 +95,15 @@ pub enum Op {
     /// One Envoy `ShouldRateLimit` call: resolve its descriptors against the
     /// replicated tables and charge every limited one or none ([`crate::descriptors`]).
     Descriptors(Box<DescriptorRequest>),
+    /// Switch a named policy between enforcing and shadow mode ([`Mode`]). The mode
+    /// belongs to the policy: replacing the policy keeps it, deleting it drops it.
+    /// Appended after the older variants, like every new op: an older node cannot
+    /// decode it, so it is written only once every node runs this version.
+    SetPolicyMode { name: String, mode: Mode },
+    /// [`Op::Configure`] with the policies the operator's file puts in shadow mode.
+    /// The server sends it instead of `Configure` only when the file names a shadow
+    /// policy, so a cluster that uses no shadow policy keeps writing `Configure`.
+    ConfigureModes(Box<ModedConfiguration>),
 }
 
 impl Op {
@@ -119,6 +128,8 @@ impl Op {
             | Op::MarkSeen { .. }
             | Op::ForgetSeen { .. }
             | Op::ConfigureDescriptors(_)
+            | Op::SetPolicyMode { .. }
+            | Op::ConfigureModes(_)
             | Op::Noop => true,
             Op::As { op, .. } => op.needs_admin(),
         }
@@ -145,6 +156,8 @@ impl Op {
             Op::ForgetSeen { .. } => "forget_seen",
             Op::ConfigureDescriptors(_) => "configure_descriptors",
             Op::Descriptors(_) => "descriptors",
+            Op::SetPolicyMode { .. } => "set_policy_mode",
+            Op::ConfigureModes(_) => "configure_modes",
         }
     }
 
@@ -311,6 +324,27 @@ pub struct Configuration {
     pub tiers: Vec<(String, u32)>,
 }
 
+/// How a policy's denials are answered.
+///
+/// A policy in `Shadow` mode is decided and charged exactly as when enforced, but a
+/// request it alone would deny is allowed, and the answer says which policy would
+/// have denied it (envoyproxy/ratelimit's `shadow_mode`): the way to roll out a new
+/// limit without switching it on blind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// What [`Op::ConfigureModes`] installs: a configuration, and the names of its
+/// policies that run in shadow mode (every other policy enforces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModedConfiguration {
+    pub config: Configuration,
+    pub shadow: Vec<String>,
+}
+
 /// Read-only questions, answered from a replica's state after a linearizable read
 /// barrier. They never enter the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,4 +359,8 @@ pub enum Query {
     Policies,
     /// One lease by id.
     Lease { lease_id: String },
+    /// The names of the policies in shadow mode, sorted. A query of its own (not a
+    /// field of [`Query::Policies`]) so that the answer to `Policies` keeps the
+    /// layout older nodes decode.
+    PolicyModes,
 }

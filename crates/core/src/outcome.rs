@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Policy, Settings};
+use crate::command::{Mode, Policy, Settings};
 use crate::descriptor_table::DescriptorDecision;
 use crate::error::CoreError;
 
@@ -65,6 +65,37 @@ pub enum Outcome {
     Lease(Option<LeaseInfo>),
     /// The decision of an Envoy descriptor request ([`crate::Op::Descriptors`]).
     Descriptors(DescriptorDecision),
+    // Appended, like new ops: an older node never receives these unless the
+    // features that produce them are in use (see docs/upgrading.md).
+    /// Answer to [`crate::Op::SetPolicyMode`].
+    PolicyModeSet {
+        name: String,
+        mode: Mode,
+    },
+    /// A grant that a shadow-mode concurrency policy would have denied: the lease was
+    /// taken (so `used` may exceed `limit` on those keys).
+    GrantedShadow {
+        grant: Grant,
+        shadow_denied: Vec<ShadowDenial>,
+    },
+    /// An allowed rate check that a shadow-mode rate policy would have denied.
+    /// `decision.allowed` is true; the shadow-denied results keep their own verdict
+    /// (`allowed: false`) and were not charged, as an enforced denial is not.
+    RateShadow {
+        decision: RateDecision,
+        shadow_denied: Vec<ShadowDenial>,
+    },
+    /// Answer to [`crate::Query::PolicyModes`]: policies in shadow mode, sorted.
+    PolicyModes {
+        shadow: Vec<String>,
+    },
+}
+
+/// A key a shadow-mode policy would have denied, and that policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowDenial {
+    pub key: String,
+    pub policy: String,
 }
 
 /// A key's occupancy at decision time.

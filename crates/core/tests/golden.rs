@@ -29,15 +29,17 @@
 //!   BURST`, `policy delete NAME`, `tier put NAME MILLI`, `tier delete NAME`
 //! - `configure digest=N [default_limit=N] [max_limit=N] [max_ttl=MS]
 //!   [max_retry_after=MS] [max_period=MS] [max_leases=N] [max_slot_keys=N]
-//!   [max_rate_keys=N] [policy=...] [tier=...]` where a policy is
-//!   `"NAME,concurrency,PATTERN,LIMIT"` or `"NAME,rate,L,P,B"` and a tier `"NAME,MILLI"`
+//!   [max_rate_keys=N] [policy=...] [tier=...] [shadow=NAME]` where a policy is
+//!   `"NAME,concurrency,PATTERN,LIMIT"` or `"NAME,rate,L,P,B"` and a tier `"NAME,MILLI"`;
+//!   any `shadow=` makes it an `Op::ConfigureModes` with those policies in shadow mode
+//! - `policy mode NAME shadow|enforce`
 //!
 //! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
 //! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
 //! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
-//! `policies`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
+//! `policies`, `modes`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
 //!
 //! # Properties
 //! Beyond the expected lines, every script proves two properties of the whole run:
@@ -52,8 +54,9 @@ use std::path::{Path, PathBuf};
 
 use goldenscript::{Argument, ArgumentConsumer, Block, Context};
 use quorate_core::{
-    Acquire, Caller, Command, Configuration, LeaseInfo, LimitInfo, LimitSource, Op, Outcome,
-    Policy, Query, RateCheck, RateLimitRef, RateSpec, Reply, Settings, SlotUsage, State,
+    Acquire, Caller, Command, Configuration, Grant, LeaseInfo, LimitInfo, LimitSource, Mode,
+    ModedConfiguration, Op, Outcome, Policy, Query, RateCheck, RateDecision, RateLimitRef,
+    RateSpec, Reply, Settings, ShadowDenial, SlotUsage, State,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -197,7 +200,15 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
                 })
             }
             "delete" => Line::Op(Op::DeletePolicy { name: pos(a)? }),
-            v => return Err(format!("policy put|delete, not {v}").into()),
+            "mode" => Line::Op(Op::SetPolicyMode {
+                name: pos(a)?,
+                mode: match pos(a)?.as_str() {
+                    "shadow" => Mode::Shadow,
+                    "enforce" => Mode::Enforce,
+                    v => return Err(format!("mode shadow|enforce, not {v}").into()),
+                },
+            }),
+            v => return Err(format!("policy put|delete|mode, not {v}").into()),
         },
         "tier" => match pos(a)?.as_str() {
             "put" => Line::Op(Op::PutTier {
@@ -207,7 +218,18 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
             "delete" => Line::Op(Op::DeleteTier { name: pos(a)? }),
             v => return Err(format!("tier put|delete, not {v}").into()),
         },
-        "configure" => Line::Op(Op::Configure(Box::new(configuration(a)?))),
+        "configure" => {
+            let (config, shadow) = configuration(a)?;
+            if shadow.is_empty() {
+                Line::Op(Op::Configure(Box::new(config)))
+            } else {
+                Line::Op(Op::ConfigureModes(Box::new(ModedConfiguration {
+                    config,
+                    shadow,
+                })))
+            }
+        }
+        "modes" => Line::Query(Query::PolicyModes),
         "limits" => Line::Query(Query::Limits {
             prefix: a.next_pos().map(expand).unwrap_or_default(),
             max: key_num(a, "max")?.unwrap_or(100),
@@ -248,7 +270,8 @@ fn rate_check(part: &goldenscript::Command) -> Result<RateCheck> {
     Ok(RateCheck { key, cost, limit })
 }
 
-fn configuration(args: &mut ArgumentConsumer) -> Result<Configuration> {
+fn configuration(args: &mut ArgumentConsumer) -> Result<(Configuration, Vec<String>)> {
+    let mut shadow = Vec::new();
     let mut c = Configuration {
         source_digest: 0,
         settings: Settings::default(),
@@ -277,11 +300,12 @@ fn configuration(args: &mut ArgumentConsumer) -> Result<Configuration> {
                 let (name, m) = v.split_once(',').ok_or("tier=NAME,MILLI")?;
                 c.tiers.push((expand(name), num(m)?));
             }
+            "shadow" => shadow.push(expand(v)),
             _ => return Err(format!("unknown configure option {k}").into()),
         }
     }
     c.source_digest = digest.ok_or("configure needs digest=")?;
-    Ok(c)
+    Ok((c, shadow))
 }
 
 // ------------------------------------------------------------------------------------
@@ -328,8 +352,8 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
         Ok(o) => o,
         Err(e) => return writeln!(out, "error: {e}"),
     };
-    match o {
-        Outcome::Granted(g) => writeln!(
+    let grant = |g: &Grant, out: &mut String| {
+        writeln!(
             out,
             "granted lease={} token={} expires={}{} slots: {}",
             g.lease_id,
@@ -337,7 +361,32 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
             g.expires_at_ms,
             if g.reused { " reused" } else { "" },
             slots(&g.slots)
-        ),
+        )
+    };
+    let rate = |d: &RateDecision, out: &mut String| {
+        writeln!(out, "rate allowed={}", d.allowed)?;
+        for r in &d.results {
+            writeln!(
+                out,
+                "  {} allowed={} {}/{}ms burst={} remaining={} reset_after={} retry_after={}",
+                r.key,
+                r.allowed,
+                r.limit,
+                r.period_ms,
+                r.burst,
+                r.remaining,
+                r.reset_after_ms,
+                r.retry_after_ms
+            )?;
+        }
+        Ok(())
+    };
+    let shadow = |s: &[ShadowDenial], out: &mut String| {
+        s.iter()
+            .try_for_each(|s| writeln!(out, "  shadow: policy {} would deny {}", s.policy, s.key))
+    };
+    match o {
+        Outcome::Granted(g) => grant(g, out),
         Outcome::Denied(d) => writeln!(
             out,
             "denied blocked_by={} retry_after={} slots: {}",
@@ -355,24 +404,24 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
         }
         Outcome::LimitSet { key, limit } => writeln!(out, "limit set {key}={limit}"),
         Outcome::LimitDeleted { deleted } => writeln!(out, "limit deleted={deleted}"),
-        Outcome::Rate(d) => {
-            writeln!(out, "rate allowed={}", d.allowed)?;
-            for r in &d.results {
-                writeln!(
-                    out,
-                    "  {} allowed={} {}/{}ms burst={} remaining={} reset_after={} retry_after={}",
-                    r.key,
-                    r.allowed,
-                    r.limit,
-                    r.period_ms,
-                    r.burst,
-                    r.remaining,
-                    r.reset_after_ms,
-                    r.retry_after_ms
-                )?;
-            }
-            Ok(())
+        Outcome::Rate(d) => rate(d, out),
+        Outcome::GrantedShadow {
+            grant: g,
+            shadow_denied,
+        } => {
+            grant(g, out)?;
+            shadow(shadow_denied, out)
         }
+        Outcome::RateShadow {
+            decision,
+            shadow_denied,
+        } => {
+            rate(decision, out)?;
+            shadow(shadow_denied, out)
+        }
+        Outcome::PolicyModeSet { name, mode } => writeln!(out, "policy mode {name}={mode:?}"),
+        Outcome::PolicyModes { shadow } if shadow.is_empty() => writeln!(out, "shadow none"),
+        Outcome::PolicyModes { shadow } => writeln!(out, "shadow {}", shadow.join(",")),
         Outcome::PolicyPut { name } => writeln!(out, "policy put {name}"),
         Outcome::PolicyDeleted { deleted } => writeln!(out, "policy deleted={deleted}"),
         Outcome::TierPut { name } => writeln!(out, "tier put {name}"),
@@ -581,6 +630,7 @@ scripts!(
     ownership,
     purge,
     renew_expiry,
+    shadow,
     state_caps,
     tiers,
     time,

@@ -1,8 +1,10 @@
-//! `quorate policies list|set|delete`: named policies and tiers.
+//! `quorate policies list|set|mode|delete`: named policies and tiers.
 //!
 //! A concurrency policy caps live leases on every key matching its pattern; a rate
 //! policy is referenced by name from rate checks. `set` checks the flags its kind
-//! needs before calling the cluster (a missing one is a usage error, exit 2).
+//! needs before calling the cluster (a missing one is a usage error, exit 2). `mode`
+//! switches a policy between enforcing and shadow (decided and counted, never
+//! denies) in one replicated change.
 
 use clap::Subcommand;
 use quorate_client::Client;
@@ -29,6 +31,13 @@ pub enum PoliciesCmd {
         #[arg(long)]
         burst: Option<u32>,
     },
+    /// Switch a policy to `shadow` (decided and counted, but never denies: answers
+    /// say which requests it would have denied) or back to `enforce`.
+    Mode {
+        name: String,
+        #[arg(value_parser = ["enforce", "shadow"])]
+        mode: String,
+    },
     /// Delete a policy.
     Delete { name: String },
 }
@@ -49,6 +58,18 @@ pub async fn run(client: &Client, cmd: PoliciesCmd) -> Outcome {
             done(Line {
                 text: format!("policy {} set", e.name),
                 json: e,
+            })
+        }
+        PoliciesCmd::Mode { name, mode } => {
+            let mode = if mode == "shadow" {
+                proto::PolicyMode::Shadow
+            } else {
+                proto::PolicyMode::Enforce
+            };
+            let r = client.set_policy_mode(&name, mode).await?;
+            done(Line {
+                text: format!("policy {} now {}", r.name, mode_name(r.mode)),
+                json: r,
             })
         }
         PoliciesCmd::Delete { name } => {
@@ -87,7 +108,15 @@ impl Render for proto::PoliciesResponse {
     fn table(&self) -> String {
         let mut out = format!("default concurrency limit: {}\n", self.default_limit);
         out.push_str(&table(
-            &["POLICY", "KIND", "PATTERN", "LIMIT", "PERIOD_MS", "BURST"],
+            &[
+                "POLICY",
+                "KIND",
+                "PATTERN",
+                "LIMIT",
+                "PERIOD_MS",
+                "BURST",
+                "MODE",
+            ],
             self.policies.iter().map(policy_row).collect(),
         ));
         if !self.tiers.is_empty() {
@@ -104,8 +133,15 @@ impl Render for proto::PoliciesResponse {
     }
 }
 
+fn mode_name(m: proto::PolicyMode) -> &'static str {
+    match m {
+        proto::PolicyMode::Enforce => "enforce",
+        proto::PolicyMode::Shadow => "shadow",
+    }
+}
+
 fn policy_row(e: &proto::PolicyEntry) -> Vec<String> {
-    match &e.spec {
+    let mut row = match &e.spec {
         proto::PolicySpec::Concurrency { pattern, limit } => vec![
             e.name.clone(),
             "concurrency".into(),
@@ -126,5 +162,7 @@ fn policy_row(e: &proto::PolicyEntry) -> Vec<String> {
             period_ms.to_string(),
             opt(*burst),
         ],
-    }
+    };
+    row.push(mode_name(e.mode).into());
+    row
 }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use quorate_client::Client;
 use quorate_proto as proto;
 
-use super::render::{done, Failure, Outcome, Render};
+use super::render::{done, shadow_lines, Failure, Outcome, Render};
 use super::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -74,7 +74,7 @@ impl Render for proto::RateCheckResponse {
             } else {
                 format!(", retry in {} ms", self.retry_after_ms)
             }
-        )
+        ) + &shadow_lines(&self.shadow_denied)
     }
 
     fn exit_code(&self) -> ExitCode {

@@ -157,6 +157,14 @@ pub struct Released {
     pub released: bool,
 }
 
+/// One line per key a shadow-mode policy would have denied (empty when none).
+pub fn shadow_lines(denied: &[quorate_proto::ShadowDenial]) -> String {
+    denied
+        .iter()
+        .map(|d| format!("shadow: policy {} would have denied {}\n", d.policy, d.key))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

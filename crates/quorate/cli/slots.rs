@@ -8,7 +8,7 @@ use clap::Subcommand;
 use quorate_client::Client;
 use quorate_proto as proto;
 
-use super::render::{done, table, yes_no, Outcome, Released, Render};
+use super::render::{done, shadow_lines, table, yes_no, Outcome, Released, Render};
 
 #[derive(Debug, Subcommand)]
 pub enum SlotsCmd {
@@ -69,6 +69,6 @@ impl Render for proto::AcquireGranted {
             .iter()
             .map(|s| vec![s.key.clone(), s.used.to_string(), s.limit.to_string()])
             .collect();
-        head + &table(&["KEY", "USED", "LIMIT"], slots)
+        head + &table(&["KEY", "USED", "LIMIT"], slots) + &shadow_lines(&self.shadow_denied)
     }
 }

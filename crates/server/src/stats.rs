@@ -21,8 +21,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use quorate_core::RateResult;
 use quorate_proto::routes::{RouteId, ROUTES};
-use quorate_proto::{RateKeyStats, StatsResponse, StatsSample};
+use quorate_proto::{RateKeyStats, ShadowCount, StatsResponse, StatsSample};
 
 use crate::telemetry::Metrics;
 
@@ -116,13 +117,14 @@ struct KeyCount {
     checks: u64,
     limited: u64,
     limit: u32,
+    burst: u32,
     remaining: u32,
 }
 
 impl TopKeys {
     /// Count one check of `key`. A new key, when the table is full, takes the place
     /// of the least checked one (so a burst on a new key shows up at once).
-    fn offer(&mut self, key: &str, allowed: bool, limit: u32, remaining: u32) {
+    fn offer(&mut self, key: &str, allowed: bool, limit: u32, burst: u32, remaining: u32) {
         if !self.keys.contains_key(key) && self.keys.len() >= TOP_KEYS_TRACKED {
             let quietest = self
                 .keys
@@ -137,6 +139,7 @@ impl TopKeys {
         c.checks += 1;
         c.limited += u64::from(!allowed);
         c.limit = limit;
+        c.burst = burst;
         c.remaining = remaining;
     }
 
@@ -175,6 +178,7 @@ impl TopKeys {
                 checks: c.checks,
                 limited: c.limited,
                 limit: c.limit,
+                burst: c.burst,
                 remaining: c.remaining,
             })
             .collect()
@@ -245,12 +249,12 @@ impl Stats {
             .decay_if_due(Instant::now());
     }
 
-    /// Offer a rate check's per-key results (key, allowed, limit, remaining) to the
-    /// busiest-keys table; skipped, never waited for, while another check holds it.
-    pub fn rate_checked<'a>(&self, results: impl IntoIterator<Item = (&'a str, bool, u32, u32)>) {
+    /// Offer a rate check's per-key results to the busiest-keys table; skipped,
+    /// never waited for, while another check holds it.
+    pub fn rate_checked<'a>(&self, results: impl IntoIterator<Item = &'a RateResult>) {
         if let Ok(mut top) = self.top.try_lock() {
-            for (key, allowed, limit, remaining) in results {
-                top.offer(key, allowed, limit, remaining);
+            for r in results {
+                top.offer(&r.key, r.allowed, r.limit, r.burst, r.remaining);
             }
         }
     }
@@ -271,6 +275,12 @@ impl Stats {
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
             samples,
             busiest_rate_keys,
+            shadow_denials: self
+                .metrics
+                .shadow_denial_counts()
+                .into_iter()
+                .map(|(policy, count)| ShadowCount { policy, count })
+                .collect(),
         }
     }
 }
@@ -335,15 +345,32 @@ mod tests {
         assert_eq!(at, [3, 4, 5]);
     }
 
+    /// A rate result whose bucket (burst) is half its limit per period.
+    fn result(key: &str, allowed: bool, limit: u32, remaining: u32) -> RateResult {
+        RateResult {
+            key: key.into(),
+            allowed,
+            limit,
+            period_ms: 60_000,
+            burst: limit / 2,
+            remaining,
+            reset_after_ms: 0,
+            retry_after_ms: 0,
+        }
+    }
+
     #[test]
     fn busiest_keys_are_bounded_ranked_and_decay() {
         let (_, s) = stats(3);
         for _ in 0..5 {
-            s.rate_checked([("user:hot", false, 10, 0)]);
+            s.rate_checked([&result("user:hot", false, 10, 0)]);
         }
-        s.rate_checked([("user:warm", true, 10, 7), ("user:warm", true, 10, 6)]);
+        s.rate_checked([
+            &result("user:warm", true, 10, 7),
+            &result("user:warm", true, 10, 6),
+        ]);
         for i in 0..(TOP_KEYS_TRACKED * 2) {
-            s.rate_checked([(format!("ip:{i}").as_str(), true, 60, 59)]);
+            s.rate_checked([&result(&format!("ip:{i}"), true, 60, 59)]);
         }
         let top = s.response().busiest_rate_keys;
         assert_eq!(top.len(), TOP_KEYS_SHOWN);
@@ -356,6 +383,8 @@ mod tests {
             ),
             ("user:hot", 5, 5, 0)
         );
+        // The bar on the status page is scaled by the bucket, not the rate.
+        assert_eq!((top[0].limit, top[0].burst), (10, 5));
         assert_eq!((top[1].key.as_str(), top[1].checks), ("user:warm", 2));
         assert!(s.top.lock().unwrap().keys.len() <= TOP_KEYS_TRACKED);
         s.sample(1);

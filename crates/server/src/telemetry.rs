@@ -80,6 +80,12 @@ struct EnvoyLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabel {
+    /// A policy name: set by admins only, and bounded like the policies themselves.
+    policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EnvoyDomain {
     domain: &'static str,
 }
@@ -102,6 +108,10 @@ pub struct Metrics {
     clock_offsets: Family<Peer, Gauge>,
     envoy_requests: Family<EnvoyLabels, Counter>,
     envoy_seconds: HistogramFamily<EnvoyDomain>,
+    shadow_denials: Family<PolicyLabel, Counter>,
+    /// The same counts, readable by policy for `/v1/stats` (a `Family` cannot be
+    /// listed without encoding it).
+    shadow_counts: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Log entries proposed by the leader's batcher.
     pub batches: Counter,
     /// Client ops proposed by the batcher (ops / batches = mean batch size).
@@ -158,6 +168,8 @@ impl Metrics {
             clock_offsets: Family::default(),
             envoy_requests: Family::default(),
             envoy_seconds: Family::new_with_constructor(latency_histogram),
+            shadow_denials: Family::default(),
+            shadow_counts: Mutex::default(),
             batches: Counter::default(),
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
@@ -201,6 +213,11 @@ impl Metrics {
             "quorate_peer_rejected",
             "Peer (Raft/forwarding) requests refused, by reason.",
             m.peer_rejected.clone(),
+        );
+        r.register(
+            "quorate_shadow_denials",
+            "Requests allowed that a shadow-mode policy would have denied, by policy.",
+            m.shadow_denials.clone(),
         );
         r.register(
             "quorate_clock_offset_ms",
@@ -340,6 +357,23 @@ impl Metrics {
         self.decisions
             .get_or_create(&KindOutcome { kind, outcome })
             .inc();
+    }
+
+    /// A request allowed that the shadow-mode `policy` would have denied.
+    pub fn shadow_denial(&self, policy: &str) {
+        self.shadow_denials
+            .get_or_create(&PolicyLabel {
+                policy: policy.to_string(),
+            })
+            .inc();
+        let mut counts = self.shadow_counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(policy.to_string()).or_insert(0) += 1;
+    }
+
+    /// Shadow denials so far, by policy (sorted by name).
+    pub fn shadow_denial_counts(&self) -> Vec<(String, u64)> {
+        let counts = self.shadow_counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(p, n)| (p.clone(), *n)).collect()
     }
 
     /// A request forwarded to the leader, by kind and outcome.

@@ -498,6 +498,156 @@ async fn policies_and_tiers_change_at_runtime() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// Shadow mode over HTTP: a policy switched to shadow still decides and charges,
+/// but what it alone would deny is answered 200 with `shadow_denied` and the
+/// `x-quorate-shadow-denied` header, counted per policy in the metrics and the
+/// stats; switching back to enforce is one call, and the next request is denied.
+#[tokio::test]
+async fn shadow_policies_allow_say_so_count_and_switch_back() {
+    let app = app();
+    let (s, _, v) = put(&app, "/v1/policies/orgs/mode", json!({"mode": "shadow"})).await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"name": "orgs", "mode": "shadow"}))
+    );
+    let (_, _, v) = get(&app, "/v1/policies").await;
+    let modes: Vec<_> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].clone(), p["mode"].clone()))
+        .collect();
+    assert_eq!(
+        modes,
+        vec![
+            (json!("orgs"), json!("shadow")),
+            (json!("global"), json!("enforce")),
+            (json!("user"), json!("enforce"))
+        ]
+    );
+    // org:* allows 2 at once; the third is granted in shadow mode, and says so.
+    for id in ["a1", "a2"] {
+        let (s, h, v) = post(
+            &app,
+            "/v1/slots/acquire",
+            json!({"keys": ["org:a"], "lease_id": id}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(v.get("shadow_denied").is_none(), "{v}");
+        assert!(h.get("x-quorate-shadow-denied").is_none());
+    }
+    let (s, h, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["org:a"], "lease_id": "a3"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["shadow_denied"],
+        json!([{"key": "org:a", "policy": "orgs"}])
+    );
+    assert_eq!(v["slots"], json!([{"key": "org:a", "used": 3, "limit": 2}]));
+    assert_eq!(h["x-quorate-shadow-denied"], "orgs");
+    // An enforced policy beside it still denies: 429, nothing taken.
+    let (s, _, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["org:a", "global"], "lease_id": "g1"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // (org:a is still over its shadow limit: said again, counted again.)
+    assert_eq!(v["shadow_denied"][0]["policy"], "orgs", "{v}");
+    for id in ["g2", "g3"] {
+        post(
+            &app,
+            "/v1/slots/acquire",
+            json!({"keys": ["global"], "lease_id": id}),
+        )
+        .await;
+    }
+    let (s, h, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["org:a", "global"], "lease_id": "g4"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["blocked_by"], json!(["global"]));
+    assert!(h.get("x-quorate-shadow-denied").is_none());
+
+    // Rate: `user` has a burst of 2; the third check is allowed in shadow mode, not
+    // charged, and its own result keeps the verdict.
+    put(&app, "/v1/policies/user/mode", json!({"mode": "shadow"})).await;
+    let check = json!({"key": "user:1", "policy": "user"});
+    for _ in 0..2 {
+        let (s, h, v) = post(&app, "/v1/rate/check", check.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(h.get("x-quorate-shadow-denied").is_none());
+    }
+    let (s, h, v) = post(&app, "/v1/rate/check", check.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["retry_after_ms"], 0, "{v}");
+    assert_eq!(v["results"][0]["allowed"], false, "{v}");
+    assert_eq!(
+        v["shadow_denied"],
+        json!([{"key": "user:1", "policy": "user"}])
+    );
+    assert_eq!(h["x-quorate-shadow-denied"], "user");
+    assert!(h.get("retry-after").is_none());
+
+    // Counted per policy: metrics and the status page's stats.
+    let (_, _, b) = call_raw(&app, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8(b).unwrap();
+    for line in [
+        r#"quorate_shadow_denials_total{policy="orgs"} 2"#,
+        r#"quorate_shadow_denials_total{policy="user"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from {text}");
+    }
+    let (_, _, v) = get(&app, "/v1/stats").await;
+    assert_eq!(
+        v["shadow_denials"],
+        json!([{"policy": "orgs", "count": 2}, {"policy": "user", "count": 1}])
+    );
+
+    // Back to enforce: one call, and the same requests are refused.
+    let (s, _, v) = put(&app, "/v1/policies/user/mode", json!({"mode": "enforce"})).await;
+    assert_eq!((s, v["mode"].clone()), (StatusCode::OK, json!("enforce")));
+    let (s, _, v) = post(&app, "/v1/rate/check", check).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    put(&app, "/v1/policies/orgs/mode", json!({"mode": "enforce"})).await;
+    let (s, _, _) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["org:a"], "lease_id": "a4"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    // Replacing a policy keeps its mode, and the answer says which.
+    put(&app, "/v1/policies/orgs/mode", json!({"mode": "shadow"})).await;
+    let (s, _, v) = put(
+        &app,
+        "/v1/policies/orgs",
+        json!({"kind": "concurrency", "pattern": "org:*", "limit": 5}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["mode"].clone()),
+        (StatusCode::OK, json!("shadow")),
+        "{v}"
+    );
+
+    // Bad input: unknown policy 404, unknown mode 400, both JSON errors.
+    let (s, _, v) = put(&app, "/v1/policies/nope/mode", json!({"mode": "shadow"})).await;
+    assert_refused(s, &v, StatusCode::NOT_FOUND, "policy_not_found");
+    let (s, _, v) = put(&app, "/v1/policies/orgs/mode", json!({"mode": "loud"})).await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
 #[tokio::test]
 async fn bad_input_is_a_4xx_json_error_never_a_500() {
     let app = app();
@@ -910,7 +1060,7 @@ async fn status_page_is_open_and_its_data_is_not() {
     let (s, _, b) = call(&app, Method::GET, "/v1/stats", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
     for _ in 0..3 {
-        let check = json!({"key": "ip:198.51.100.1", "limit": 2, "period_ms": 60000});
+        let check = json!({"key": "ip:198.51.100.1", "limit": 20, "period_ms": 60000, "burst": 2});
         call_json(&app, CLIENT, Method::POST, "/v1/rate/check", Some(check)).await;
     }
     let (s, _, b) = call_json(&app, CLIENT, Method::GET, "/v1/stats", None).await;
@@ -922,6 +1072,15 @@ async fn status_page_is_open_and_its_data_is_not() {
     assert_eq!(
         (top["checks"].as_u64(), top["limited"].as_u64()),
         (Some(3), Some(1))
+    );
+    // The status page scales the key's bar by the bucket (2), not the rate (20).
+    assert_eq!(
+        (
+            top["limit"].as_u64(),
+            top["burst"].as_u64(),
+            top["remaining"].as_u64()
+        ),
+        (Some(20), Some(2), Some(0))
     );
 }
 

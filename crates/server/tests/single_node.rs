@@ -33,6 +33,7 @@ fn config(dir: &Path) -> ClusterConfig {
         name: "orgs".into(),
         pattern: "org:*".into(),
         limit: 2,
+        mode: Default::default(),
     }];
     c
 }

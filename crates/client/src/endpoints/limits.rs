@@ -54,6 +54,20 @@ impl Client {
         .await
     }
 
+    /// Switch a policy between enforcing and shadow mode.
+    pub async fn set_policy_mode(
+        &self,
+        name: &str,
+        mode: proto::PolicyMode,
+    ) -> Result<proto::PolicyModeResponse, Error> {
+        self.call(
+            Request::new(RouteId::PutPolicyMode)
+                .params(&[name])
+                .json(&proto::PolicyModeRequest { mode })?,
+        )
+        .await
+    }
+
     pub async fn delete_policy(&self, name: &str) -> Result<bool, Error> {
         let r: proto::DeleteResponse = self.call_on(RouteId::DeletePolicy, name).await?;
         Ok(r.deleted)

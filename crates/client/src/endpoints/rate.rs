@@ -50,6 +50,7 @@ impl Client {
                     reset_after_ms: 0,
                     retry_after_ms: 0,
                     results: vec![],
+                    shadow_denied: vec![],
                 })
             }
             Err(e) => Err(e),

@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::command::{RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 
-use super::encoding::SNAPSHOT_VERSION;
 use super::policy::ConcurrencyPolicy;
 use super::State;
 
@@ -57,8 +56,9 @@ impl State {
             sums: [u64; 3],
             lens: [u64; 3],
         }
+        let sections = self.sections();
         let small = Small {
-            version: SNAPSHOT_VERSION,
+            version: self.snapshot_version(&sections),
             now_ms: self.now_ms,
             last_token: self.last_token,
             settings: &self.settings,
@@ -76,6 +76,13 @@ impl State {
                 self.overrides.len() as u64,
             ],
         };
-        format!("{:016x}", entry_hash(&small))
+        // The sections (small: names, bounded lists) are hashed whole, and only when
+        // present, so a state using none of them keeps the digest it had before
+        // sections existed (nodes of both releases agree during an upgrade).
+        if sections.is_empty() {
+            format!("{:016x}", entry_hash(&small))
+        } else {
+            format!("{:016x}", entry_hash(&(small, sections)))
+        }
     }
 }

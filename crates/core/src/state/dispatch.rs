@@ -66,6 +66,7 @@ impl State {
                 let before = self.concurrency.len();
                 self.concurrency.retain(|p| &p.name != name);
                 let removed = self.rate_policies.remove(name).is_some();
+                self.shadow.remove(name);
                 Ok(Outcome::PolicyDeleted {
                     deleted: removed || self.concurrency.len() != before,
                 })
@@ -99,6 +100,8 @@ impl State {
             }
             Op::ConfigureDescriptors(c) => self.configure_descriptors(c),
             Op::Descriptors(r) => self.descriptors(r),
+            Op::SetPolicyMode { name, mode } => self.set_policy_mode(name, *mode),
+            Op::ConfigureModes(c) => self.configure_modes(c),
         }
     }
 }

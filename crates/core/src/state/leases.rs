@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Acquire, Caller};
 use crate::error::CoreError;
-use crate::outcome::{Denial, Grant, Outcome, Reply, SlotUsage};
+use crate::outcome::{Denial, Grant, Outcome, Reply, ShadowDenial, SlotUsage};
 use crate::validate;
 
 use super::slots::SlotSet;
@@ -59,8 +59,8 @@ impl State {
             self.check_owner(token, caller)?;
             return self.regrant(token, a);
         }
-        let mut slots = match self.free_slots(&a.keys) {
-            Ok(slots) => slots,
+        let (mut slots, shadow_denied) = match self.free_slots(&a.keys) {
+            Ok(free) => free,
             Err(denial) => return Ok(Outcome::Denied(denial)),
         };
         // A denial creates nothing, so the caps are checked only for a grant.
@@ -82,13 +82,21 @@ impl State {
         for s in &mut slots {
             s.used += 1;
         }
-        Ok(Outcome::Granted(Grant {
+        let grant = Grant {
             lease_id: a.lease_id.clone(),
             fencing_token: token,
             expires_at_ms,
             slots,
             reused: false,
-        }))
+        };
+        if shadow_denied.is_empty() {
+            Ok(Outcome::Granted(grant))
+        } else {
+            Ok(Outcome::GrantedShadow {
+                grant,
+                shadow_denied,
+            })
+        }
     }
 
     /// The original grant of the live lease `token`, asked for again by `a`; a
@@ -116,17 +124,34 @@ impl State {
     }
 
     /// Purges the dead leases of every key, then reports each key's usage before a
-    /// grant, or the denial if any key is at its limit (all keys or none).
-    pub(super) fn free_slots(&mut self, keys: &[String]) -> Result<Vec<SlotUsage>, Denial> {
+    /// grant (and the full keys whose limit is a shadow policy's, which do not
+    /// block), or the denial if any key is at an enforced limit (all keys or none).
+    pub(super) fn free_slots(
+        &mut self,
+        keys: &[String],
+    ) -> Result<(Vec<SlotUsage>, Vec<ShadowDenial>), Denial> {
         let mut slots = Vec::with_capacity(keys.len());
         let mut blocked_by = Vec::new();
+        let mut shadow_denied = Vec::new();
         let mut retry_after_ms = 0u64;
         for k in keys {
             self.purge_key(k);
-            let (limit, _) = self.resolve_limit(k);
+            let (limit, source) = self.resolve_limit(k);
             let set = self.slots.get(k.as_str());
             let used = set.map_or(0, SlotSet::len);
             if used >= limit as usize {
+                if let Some(policy) = self.shadow_limit_policy(&source) {
+                    shadow_denied.push(ShadowDenial {
+                        key: k.clone(),
+                        policy,
+                    });
+                    slots.push(SlotUsage {
+                        key: k.clone(),
+                        used: u32::try_from(used).unwrap_or(u32::MAX),
+                        limit,
+                    });
+                    continue;
+                }
                 blocked_by.push(k.clone());
                 // A slot frees when (used - limit + 1) leases have expired: the
                 // expiry of the (used - limit + 1)-th earliest lease.
@@ -143,7 +168,7 @@ impl State {
             });
         }
         if blocked_by.is_empty() {
-            return Ok(slots);
+            return Ok((slots, shadow_denied));
         }
         Err(Denial {
             blocked_by,

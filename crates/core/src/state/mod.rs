@@ -14,6 +14,7 @@
 //! - `rate`: GCRA checks and the bucket sweep;
 //! - `policy`: overrides, policies, tiers, configuration, limit resolution;
 //! - `caps`: the state caps and lease ownership checks;
+//! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
 //! - `queries`: reads at a given time, from a shared borrow;
 //! - `digest`: the replica fingerprint, kept up to date incrementally;
 //! - `encoding`: snapshot bytes (and older layouts, and the chunked [`cut`]) apart
@@ -36,6 +37,7 @@ mod leases;
 mod policy;
 mod queries;
 mod rate;
+mod shadow;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -81,6 +83,8 @@ pub struct State {
     pub(crate) seen: BTreeSet<u64>,
     /// Envoy descriptor tables (`descriptors.rs`); the snapshot's trailing section.
     pub(crate) descriptors: DescriptorTables,
+    /// Names of the policies in shadow mode (`shadow.rs`); a version 4 section.
+    pub(crate) shadow: BTreeSet<String>,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a

@@ -128,6 +128,9 @@ impl State {
         }
         self.tiers = c.tiers.iter().cloned().collect();
         self.config_digest = Some(c.source_digest);
+        // The file replaces every policy, and a plain `Configure` names no shadow
+        // policy: all enforce (`Op::ConfigureModes` then sets its own).
+        self.shadow.clear();
         Ok(Outcome::Configured { changed: true })
     }
 }

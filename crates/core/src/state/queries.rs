@@ -166,6 +166,9 @@ impl TimeView<'_> {
                 });
                 Ok(Outcome::Lease(info))
             }
+            Query::PolicyModes => Ok(Outcome::PolicyModes {
+                shadow: st.shadow.iter().cloned().collect(),
+            }),
         }
     }
 }

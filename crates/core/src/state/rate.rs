@@ -5,7 +5,7 @@
 use crate::command::{RateCheck, RateLimitRef, RateSpec};
 use crate::error::CoreError;
 use crate::gcra;
-use crate::outcome::{Outcome, RateDecision, RateResult, Reply};
+use crate::outcome::{Outcome, RateDecision, RateResult, Reply, ShadowDenial};
 use crate::validate;
 
 use super::digest::entry_hash;
@@ -139,17 +139,34 @@ impl State {
                 )
             })
             .collect();
-        let allowed = decisions.iter().all(|(d, _)| d.allowed);
+        // A check of a shadow policy never denies the request (`shadow.rs`).
+        let shadow: Vec<Option<&str>> = checks
+            .iter()
+            .map(|c| self.shadow_rate_policy(&c.limit))
+            .collect();
+        let allowed = decisions
+            .iter()
+            .zip(&shadow)
+            .all(|((d, _), s)| d.allowed || s.is_some());
         // A denial charges (and creates) nothing, so it is answered even at the cap;
         // only a charge that would add buckets beyond it is refused.
         if let (true, Some(e)) = (allowed, full) {
             return Err(e);
         }
         let mut results = Vec::with_capacity(checks.len());
-        for ((c, spec), (d, p)) in checks.iter().zip(&specs).zip(&decisions) {
+        let mut shadow_denied = Vec::new();
+        for (((c, spec), (d, p)), s) in checks.iter().zip(&specs).zip(&decisions).zip(&shadow) {
+            if let (true, false, Some(policy)) = (allowed, d.allowed, s) {
+                shadow_denied.push(ShadowDenial {
+                    key: c.key.clone(),
+                    policy: policy.to_string(),
+                });
+            }
             // All charged or none: when the whole request is denied, the checks that
-            // would have passed report their uncharged state.
-            let shown = if allowed {
+            // would have passed report their uncharged state. An allowed request
+            // charges every check that passed; a shadow check that failed is not
+            // charged, as an enforced denial would not be.
+            let shown = if allowed && d.allowed {
                 if let Some(u) = &mut self.undo {
                     u.rate(&c.key, self.rate.get(&c.key).copied());
                 }
@@ -179,6 +196,14 @@ impl State {
                 retry_after_ms: shown.retry_after_ms,
             });
         }
-        Ok(Outcome::Rate(RateDecision { allowed, results }))
+        let decision = RateDecision { allowed, results };
+        if shadow_denied.is_empty() {
+            Ok(Outcome::Rate(decision))
+        } else {
+            Ok(Outcome::RateShadow {
+                decision,
+                shadow_denied,
+            })
+        }
     }
 }

@@ -43,6 +43,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use quorate_core::{Configuration, Policy, RateSpec, Settings};
+use quorate_proto::PolicyMode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
@@ -272,6 +273,9 @@ pub enum PolicyConfig {
         name: String,
         pattern: String,
         limit: u32,
+        /// `shadow`: decided and counted, never denies (see [`PolicyMode`]).
+        #[serde(default, skip_serializing_if = "is_enforce")]
+        mode: PolicyMode,
     },
     /// `limit` requests per `period_ms`, bursts of up to `burst` (default `limit`).
     Rate {
@@ -280,13 +284,26 @@ pub enum PolicyConfig {
         period_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         burst: Option<u32>,
+        #[serde(default, skip_serializing_if = "is_enforce")]
+        mode: PolicyMode,
     },
+}
+
+fn is_enforce(m: &PolicyMode) -> bool {
+    *m == PolicyMode::Enforce
 }
 
 impl PolicyConfig {
     pub fn name(&self) -> &str {
         match self {
             PolicyConfig::Concurrency { name, .. } | PolicyConfig::Rate { name, .. } => name,
+        }
+    }
+
+    /// `enforce` (the default) or `shadow`.
+    pub fn mode(&self) -> PolicyMode {
+        match self {
+            PolicyConfig::Concurrency { mode, .. } | PolicyConfig::Rate { mode, .. } => *mode,
         }
     }
 
@@ -547,7 +564,26 @@ impl ClusterConfig {
             put_str(&mut buf, name);
             put_u64(&mut buf, u64::from(*m));
         }
+        // Only when some policy is in shadow mode, so a file without one keeps the
+        // digest it had before modes existed (no re-proposal after an upgrade).
+        let shadow = self.shadow_policies();
+        if !shadow.is_empty() {
+            put_str(&mut buf, "shadow");
+            put_u64(&mut buf, shadow.len() as u64);
+            for name in &shadow {
+                put_str(&mut buf, name);
+            }
+        }
         quorate_core::state::fnv1a(&buf)
+    }
+
+    /// Names of the policies the file puts in shadow mode, in file order.
+    pub fn shadow_policies(&self) -> Vec<String> {
+        self.policies
+            .iter()
+            .filter(|p| p.mode() == PolicyMode::Shadow)
+            .map(|p| p.name().to_string())
+            .collect()
     }
 
     /// What the leader proposes with `Op::Configure` when the replicated state holds a
@@ -558,6 +594,22 @@ impl ClusterConfig {
             settings: self.settings(),
             policies: self.policies(),
             tiers: self.tiers(),
+        }
+    }
+
+    /// The op that installs this file's configuration: `Op::Configure`, or
+    /// `Op::ConfigureModes` when the file puts a policy in shadow mode (a newer op,
+    /// written only by a file that uses the newer feature; see docs/upgrading.md).
+    pub fn configure_op(&self) -> quorate_core::Op {
+        let config = self.core_configuration();
+        let shadow = self.shadow_policies();
+        if shadow.is_empty() {
+            quorate_core::Op::Configure(Box::new(config))
+        } else {
+            quorate_core::Op::ConfigureModes(Box::new(quorate_core::ModedConfiguration {
+                config,
+                shadow,
+            }))
         }
     }
 
@@ -743,6 +795,46 @@ trial = 0.5
             c.node(9),
             Err(ServerError::UnknownNode { id: 9, .. })
         ));
+    }
+
+    /// `mode = "shadow"` makes the file's configuration an `Op::ConfigureModes` and
+    /// changes its digest; a file without one keeps `Op::Configure` and the digest it
+    /// had before modes existed.
+    #[test]
+    fn a_shadow_policy_in_the_file_is_installed_with_its_mode() {
+        let plain = parse(SAMPLE, &[]).unwrap();
+        assert!(matches!(
+            plain.configure_op(),
+            quorate_core::Op::Configure(_)
+        ));
+        let text = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"shadow\"",
+        );
+        let shadow = parse(&text, &[]).unwrap();
+        assert_eq!(shadow.shadow_policies(), ["worker"]);
+        assert_ne!(shadow.source_digest(), plain.source_digest());
+        match shadow.configure_op() {
+            quorate_core::Op::ConfigureModes(c) => {
+                assert_eq!(c.shadow, ["worker"]);
+                assert_eq!(c.config.source_digest, shadow.source_digest());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Explicit enforce is the default: same digest as saying nothing.
+        let text = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"enforce\"",
+        );
+        assert_eq!(
+            parse(&text, &[]).unwrap().source_digest(),
+            plain.source_digest()
+        );
+        let bad = SAMPLE.replace(
+            "name = \"worker\"\nkind = \"rate\"",
+            "name = \"worker\"\nkind = \"rate\"\nmode = \"loud\"",
+        );
+        assert!(parse(&bad, &[]).is_err());
     }
 
     #[test]

@@ -249,6 +249,7 @@ fn query_kind(q: &Query) -> &'static str {
         Query::Limits { .. } => "limits",
         Query::Policies => "policies",
         Query::Lease { .. } => "lease",
+        Query::PolicyModes => "policy_modes",
     }
 }
 

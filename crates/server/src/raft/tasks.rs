@@ -224,7 +224,7 @@ impl Node {
             return self.push_descriptors(deadline).await;
         }
         tracing::info!(have = ?have, want, "proposing configuration from cluster.toml");
-        let op = Op::Configure(Box::new(self.config.core_configuration()));
+        let op = self.config.configure_op();
         match self.leader_write(op, deadline).await {
             Ok(Ok(Outcome::Configured { changed })) => {
                 tracing::info!(changed, digest = want, "configuration applied");

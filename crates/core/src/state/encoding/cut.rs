@@ -26,7 +26,6 @@ use std::ops::Bound;
 
 use serde::Serialize;
 
-use super::SNAPSHOT_VERSION;
 use crate::error::CoreError;
 use crate::state::leases::Lease;
 use crate::state::State;
@@ -109,7 +108,8 @@ impl State {
         let id = self.next_cut_id();
         let mut out = Vec::with_capacity(1 << 20);
         // The fields of `Snapshot`, in its order, up to the leases.
-        put(&mut out, &SNAPSHOT_VERSION);
+        let sections = self.sections();
+        put(&mut out, &self.snapshot_version(&sections));
         put(&mut out, &self.now_ms);
         put(&mut out, &self.last_token);
         put(&mut out, &self.settings);
@@ -125,6 +125,9 @@ impl State {
         put(&mut suffix, &self.rate_cursor);
         put(&mut suffix, &self.seen);
         put(&mut suffix, &self.descriptors);
+        if !sections.is_empty() {
+            put(&mut suffix, &sections);
+        }
         self.undo = Some(UndoLog {
             id,
             ..UndoLog::default()

@@ -29,8 +29,23 @@ mod v1;
 /// state caps to the settings, the owner to every lease and the seen nodes; version 1 snapshots
 /// still restore (see [`v1`]). Version 3 appends the Envoy descriptor tables after
 /// the version 2 fields (a trailing section, so a version 2 snapshot is a version 3
-/// one without it and restores with empty tables).
-pub(crate) const SNAPSHOT_VERSION: u32 = 3;
+/// one without it and restores with empty tables). Version 4 appends named
+/// sections after the tables ([`State::sections`]).
+pub(crate) const SNAPSHOT_VERSION: u32 = 4;
+
+/// The version a state without sections is written in: such a snapshot is exactly
+/// the version 3 layout, so a cluster that uses none of the features kept in
+/// sections writes snapshots that nodes of the previous release still restore.
+const BASE_VERSION: u32 = 3;
+
+/// One named section of a version 4 snapshot: a feature's data, bincode-encoded.
+/// Named, so that a feature added later is one more name (not one more version), and
+/// a node that meets a name it does not know refuses the snapshot rather than
+/// silently dropping that feature's data.
+type Section = (String, Vec<u8>);
+
+/// The section holding the names of the policies in shadow mode.
+const SHADOW: &str = "shadow";
 
 /// The snapshot format: primary data only. One field list for both directions:
 /// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
@@ -89,10 +104,49 @@ where
 }
 
 impl State {
+    /// The sections this state's snapshot carries: one per feature in use, in a
+    /// fixed order, each only when it holds something.
+    pub(crate) fn sections(&self) -> Vec<Section> {
+        let mut out = Vec::new();
+        if !self.shadow.is_empty() {
+            out.push((SHADOW.to_string(), encode(&self.shadow)));
+        }
+        out
+    }
+
+    /// The version this state's snapshot is written in (see [`BASE_VERSION`]).
+    pub(crate) fn snapshot_version(&self, sections: &[Section]) -> u32 {
+        if sections.is_empty() {
+            BASE_VERSION
+        } else {
+            SNAPSHOT_VERSION
+        }
+    }
+
+    fn restore_section(&mut self, (name, bytes): Section) -> Result<(), CoreError> {
+        use bincode::Options;
+        let decode = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+            .with_limit(bytes.len() as u64 + 64);
+        let corrupt =
+            |e: bincode::Error| CoreError::CorruptSnapshot(format!("snapshot section {name}: {e}"));
+        match name.as_str() {
+            SHADOW => self.shadow = decode.deserialize(&bytes).map_err(corrupt)?,
+            _ => {
+                return Err(CoreError::CorruptSnapshot(format!(
+                    "unknown snapshot section {name:?} (written by a newer version?)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     /// Serialize the primary data. Deterministic: equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        let sections = self.sections();
         let s = Snapshot {
-            version: SNAPSHOT_VERSION,
+            version: self.snapshot_version(&sections),
             now_ms: self.now_ms,
             last_token: self.last_token,
             settings: self.settings,
@@ -108,7 +162,10 @@ impl State {
         };
         // Serializing plain owned data into a Vec cannot fail.
         let mut bytes = bincode::serialize(&s).unwrap_or_default();
-        bytes.extend_from_slice(&bincode::serialize(&self.descriptors).unwrap_or_default());
+        bytes.extend_from_slice(&encode(&self.descriptors));
+        if !sections.is_empty() {
+            bytes.extend_from_slice(&encode(&sections));
+        }
         bytes
     }
 
@@ -132,11 +189,15 @@ impl State {
         };
         let mut rest = bytes;
         let mut descriptors = DescriptorTables::default();
+        let mut sections: Vec<Section> = Vec::new();
         let s: Snapshot = match version {
-            2 | SNAPSHOT_VERSION => {
+            2..=SNAPSHOT_VERSION => {
                 let s = decode.deserialize_from(&mut rest).map_err(corrupt)?;
-                if version == SNAPSHOT_VERSION {
+                if version >= 3 {
                     descriptors = decode.deserialize_from(&mut rest).map_err(corrupt)?;
+                }
+                if version >= 4 {
+                    sections = decode.deserialize_from(&mut rest).map_err(corrupt)?;
                 }
                 s
             }
@@ -164,6 +225,7 @@ impl State {
             rate_cursor: s.rate_cursor.into_owned(),
             seen: s.seen.into_owned(),
             descriptors,
+            shadow: Default::default(),
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
@@ -213,6 +275,15 @@ impl State {
         state.lease_ids = ids.into_iter().collect();
         state.expiry = expiry.into_iter().collect();
         state.leases = built.into_iter().collect();
+        for section in sections {
+            state.restore_section(section)?;
+        }
         Ok(state)
     }
+}
+
+/// bincode of plain data (fixed-width integers, as the whole snapshot); encoding
+/// into a Vec cannot fail.
+fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).unwrap_or_default()
 }

@@ -117,6 +117,7 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::Policies => on(f, policies::policies),
         RouteId::PutPolicy => on(f, policies::put_policy),
         RouteId::DeletePolicy => on(f, policies::delete_policy),
+        RouteId::PutPolicyMode => on(f, policies::put_policy_mode),
         RouteId::PutTier => on(f, policies::put_tier),
         RouteId::DeleteTier => on(f, policies::delete_tier),
         RouteId::Cluster => on(f, cluster::cluster),

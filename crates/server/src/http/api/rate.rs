@@ -124,8 +124,12 @@ pub(super) async fn rate_check(
 ) -> ApiResult<Response> {
     let checks = rate_request_to_core(req)?;
     let names: Vec<String> = checks.iter().map(policy_name).collect();
-    let decision = match st.write(&caller, Op::RateCheck { checks }).await? {
-        Outcome::Rate(d) => d,
+    let (decision, notes) = match st.write(&caller, Op::RateCheck { checks }).await? {
+        Outcome::Rate(d) => (d, Vec::new()),
+        Outcome::RateShadow {
+            decision,
+            shadow_denied,
+        } => (decision, shadow_denied),
         other => return Err(ApiError::unexpected(&other)),
     };
     // The most restrictive result speaks for the request: the denied check with the
@@ -142,12 +146,7 @@ pub(super) async fn rate_check(
     let Some(top) = top.cloned() else {
         return Err(ApiError::unexpected(&Outcome::Rate(decision)));
     };
-    st.stats.rate_checked(
-        decision
-            .results
-            .iter()
-            .map(|r| (r.key.as_str(), r.allowed, r.limit, r.remaining)),
-    );
+    st.stats.rate_checked(&decision.results);
     st.metrics.decision(
         "rate",
         if decision.allowed {
@@ -156,6 +155,12 @@ pub(super) async fn rate_check(
             "limited"
         },
     );
+    let mut shadow_headers = HeaderMap::new();
+    let shadow_denied = if notes.is_empty() {
+        Vec::new()
+    } else {
+        super::policies::shadow_denied(&st, &mut shadow_headers, notes)
+    };
     let body = proto::RateCheckResponse {
         allowed: decision.allowed,
         error: (!decision.allowed).then(|| codes::RATE_LIMITED.to_string()),
@@ -163,7 +168,13 @@ pub(super) async fn rate_check(
         limit: top.limit,
         remaining: if decision.allowed { top.remaining } else { 0 },
         reset_after_ms: top.reset_after_ms,
-        retry_after_ms: top.retry_after_ms,
+        // An allowed request has nothing to wait for, even when a shadow check
+        // (the most restrictive result then) would have had.
+        retry_after_ms: if decision.allowed {
+            0
+        } else {
+            top.retry_after_ms
+        },
         results: decision
             .results
             .iter()
@@ -178,6 +189,7 @@ pub(super) async fn rate_check(
                 retry_after_ms: r.retry_after_ms,
             })
             .collect(),
+        shadow_denied,
     };
     let status = if decision.allowed {
         StatusCode::OK
@@ -191,5 +203,6 @@ pub(super) async fn rate_check(
     if !decision.allowed {
         set_retry_after(resp.headers_mut(), top.retry_after_ms);
     }
+    resp.headers_mut().extend(shadow_headers);
     Ok(resp)
 }

@@ -45,40 +45,53 @@ pub(super) async fn acquire(
         holder: req.holder.unwrap_or_default(),
         ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
     });
-    match st.write(&caller, op).await? {
-        Outcome::Granted(g) => {
-            st.metrics
-                .decision("acquire", if g.reused { "reused" } else { "granted" });
-            tracing::debug!(lease_id = %g.lease_id, token = g.fencing_token, "granted");
-            Ok(JsonResponse(proto::AcquireGranted {
-                granted: true,
-                lease_id: g.lease_id,
-                fencing_token: g.fencing_token,
-                expires_at_ms: g.expires_at_ms,
-                slots: slots_to_wire(g.slots),
-            })
-            .into_response())
-        }
-        Outcome::Denied(d) => {
-            st.metrics.decision("acquire", "denied");
-            let message = format!("no free slot on {}", d.blocked_by.join(", "));
-            let mut resp = (
-                StatusCode::TOO_MANY_REQUESTS,
-                JsonResponse(proto::AcquireDenied {
-                    granted: false,
-                    error: codes::LIMIT_EXCEEDED.into(),
-                    message,
-                    blocked_by: d.blocked_by,
-                    slots: slots_to_wire(d.slots),
-                    retry_after_ms: d.retry_after_ms,
-                }),
-            )
-                .into_response();
-            set_retry_after(resp.headers_mut(), d.retry_after_ms);
-            Ok(resp)
-        }
-        other => Err(ApiError::unexpected(&other)),
-    }
+    let (g, notes) = match st.write(&caller, op).await? {
+        Outcome::Granted(g) => (g, Vec::new()),
+        Outcome::GrantedShadow {
+            grant,
+            shadow_denied,
+        } => (grant, shadow_denied),
+        Outcome::Denied(d) => return Ok(denied(&st, d)),
+        other => return Err(ApiError::unexpected(&other)),
+    };
+    st.metrics
+        .decision("acquire", if g.reused { "reused" } else { "granted" });
+    tracing::debug!(lease_id = %g.lease_id, token = g.fencing_token, "granted");
+    let mut headers = axum::http::HeaderMap::new();
+    let shadow_denied = if notes.is_empty() {
+        Vec::new()
+    } else {
+        super::policies::shadow_denied(&st, &mut headers, notes)
+    };
+    let body = proto::AcquireGranted {
+        granted: true,
+        lease_id: g.lease_id,
+        fencing_token: g.fencing_token,
+        expires_at_ms: g.expires_at_ms,
+        slots: slots_to_wire(g.slots),
+        shadow_denied,
+    };
+    Ok((headers, JsonResponse(body)).into_response())
+}
+
+/// The 429 of a denied acquire, `Retry-After` set.
+fn denied(st: &ApiState, d: core::Denial) -> Response {
+    st.metrics.decision("acquire", "denied");
+    let message = format!("no free slot on {}", d.blocked_by.join(", "));
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        JsonResponse(proto::AcquireDenied {
+            granted: false,
+            error: codes::LIMIT_EXCEEDED.into(),
+            message,
+            blocked_by: d.blocked_by,
+            slots: slots_to_wire(d.slots),
+            retry_after_ms: d.retry_after_ms,
+        }),
+    )
+        .into_response();
+    set_retry_after(resp.headers_mut(), d.retry_after_ms);
+    resp
 }
 
 pub(super) async fn release(

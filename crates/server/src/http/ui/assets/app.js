@@ -10,7 +10,7 @@ const LIST_MAX = 500;
 const TOKEN_KEY = "quorate.token";
 
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, polls: 0, policies: null, waitingForToken: false };
+const state = { timer: null, polls: 0, policies: null, shadow: new Map(), waitingForToken: false };
 
 class Unauthorized extends Error {}
 
@@ -176,12 +176,17 @@ function renderStats(s) {
       + ", one sample every " + secs + " s";
   $("activity-note").textContent = "(node " + s.node_id + "'s own answers; " + span + ")";
 
-  const rows = s.busiest_rate_keys.map((k) => el("tr", { "data-rate-key": k.key },
+  // `remaining` counts down from the bucket size (burst), which may differ from the
+  // limit per period; a node older than the field reports burst 0.
+  const rows = s.busiest_rate_keys.map((k) => { const size = k.burst || k.limit; return el("tr", { "data-rate-key": k.key },
     el("th", { scope: "row" }, el("code", {}, k.key)),
-    el("td", {}, bar(k.limit - k.remaining, k.limit), " ", el("span", { class: "muted" }, k.remaining + " of " + k.limit + " left")),
+    el("td", {}, bar(size - k.remaining, size), " ", el("span", { class: "muted" }, k.remaining + " of " + size + " left")),
     el("td", { class: "num" }, String(k.checks)),
-    el("td", { class: "num" + (k.limited > 0 ? " bad-text" : "") }, String(k.limited))));
+    el("td", { class: "num" + (k.limited > 0 ? " bad-text" : "") }, String(k.limited))); });
   replaceRows($("rate-keys"), rows, "no rate checks through this node lately", 4);
+  // Requests this node allowed that a shadow-mode policy would have denied.
+  state.shadow = new Map((s.shadow_denials || []).map((c) => [c.policy, c.count]));
+  if (state.policies) renderPolicies(state.policies);
 }
 
 // ---- keys -------------------------------------------------------------------------
@@ -213,14 +218,20 @@ function renderKeys(list) {
 // ---- policies -----------------------------------------------------------------
 
 function renderPolicies(p) {
+  state.policies = p;
   const rule = (s) => s.kind === "concurrency"
     ? s.pattern + " → " + s.limit + " at once"
     : s.limit + " per " + (s.period_ms / 1000) + " s" + (s.burst ? ", burst " + s.burst : "");
-  const rows = p.policies.map((e) => el("tr", { "data-policy": e.name },
+  const mode = (e) => e.mode === "shadow"
+    ? el("span", { class: "tag warn", title: "decided and counted, never denies" }, "shadow")
+    : el("span", { class: "tag muted" }, "enforce");
+  const rows = p.policies.map((e) => el("tr", { "data-policy": e.name, "data-mode": e.mode || "enforce" },
     el("th", { scope: "row" }, e.name),
     el("td", {}, el("span", { class: "tag muted" }, e.kind)),
-    el("td", {}, rule(e))));
-  replaceRows($("policies"), rows, "no policies", 3);
+    el("td", {}, rule(e)),
+    el("td", {}, mode(e)),
+    el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–")));
+  replaceRows($("policies"), rows, "no policies", 5);
   $("default-limit").textContent = "(other keys: " + p.default_limit + " at once)";
   $("tiers").textContent = p.tiers.length
     ? "Tiers: " + p.tiers.map((t) => t.name + " ×" + t.multiplier).join(", ")
