@@ -77,7 +77,9 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
     c.spawn(FULL);
     c.wait_all_ready().await;
     let leader = c.leader_id().await;
-    let (s, b) = c.put(leader, "/v1/limits/disk:k", json!({"limit": 2})).await;
+    let (s, b) = c
+        .put(leader, "/v1/limits/disk:k", json!({"limit": 2}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
     let filler = fill(&data);
@@ -86,7 +88,7 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut n = 0u64;
     loop {
-        let via = if n % 2 == 0 { 1 } else { 2 };
+        let via = if n.is_multiple_of(2) { 1 } else { 2 };
         let lease = format!("L{n}");
         let (s, b) = c
             .post(
@@ -99,7 +101,10 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
             let (s, b) = c
                 .post(via, "/v1/slots/release", json!({"lease_id": lease}))
                 .await;
-            assert!(s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE, "{s} {b}");
+            assert!(
+                s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE,
+                "{s} {b}"
+            );
         } else {
             assert!(
                 s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::SERVICE_UNAVAILABLE,
@@ -118,7 +123,10 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
     }
     // The node says why it stepped down, and its process stays up.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !c.logs(FULL).contains("out of disk space: this node stepped down") {
+    while !c
+        .logs(FULL)
+        .contains("out of disk space: this node stepped down")
+    {
         assert!(
             c.running().contains(&FULL),
             "node {FULL}'s process exited on ENOSPC\n{}",
@@ -151,7 +159,11 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
         asked.elapsed()
     );
     if let Ok(r) = r {
-        assert_ne!(r.status(), StatusCode::OK, "a node out of space says it is ready");
+        assert_ne!(
+            r.status(),
+            StatusCode::OK,
+            "a node out of space says it is ready"
+        );
     }
     // The cluster goes on deciding without it.
     let (s, b) = c
@@ -176,6 +188,10 @@ async fn a_full_disk_steps_the_node_down_and_it_rejoins_by_itself_when_space_is_
         "node {FULL}'s process exited: it must ride out a full disk"
     );
     let logs = c.logs(FULL);
-    assert!(logs.contains("disk space is available again"), "{}", c.tail(FULL, 40));
+    assert!(
+        logs.contains("disk space is available again"),
+        "{}",
+        c.tail(FULL, 40)
+    );
     c.wait_converged().await;
 }

@@ -25,8 +25,12 @@ const EIO: i32 = 5;
 async fn an_fsync_error_stops_raft_for_good_and_the_node_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bound = support::bind().await;
-    let config =
-        ClusterConfig::single_node("eio", &bound.api_addr, &bound.raft_addr, &dir.path().join("data"));
+    let config = ClusterConfig::single_node(
+        "eio",
+        &bound.api_addr,
+        &bound.raft_addr,
+        &dir.path().join("data"),
+    );
     let data = config.node_data_dir(1);
     std::fs::create_dir_all(&data).expect("data dir");
     let sim = SimFs::new();
@@ -83,12 +87,27 @@ async fn an_fsync_error_stops_raft_for_good_and_the_node_says_so() {
             break;
         }
         assert!(!task.is_finished(), "the node stopped serving after EIO");
-        assert!(Instant::now() < deadline, "quorate_storage_failed never set");
+        assert!(
+            Instant::now() < deadline,
+            "quorate_storage_failed never set"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(matches!(log.health(), Health::Failed(_)), "{:?}", log.health());
-    let ready = http.get(format!("{base}/readyz")).send().await.expect("readyz");
-    assert_eq!(ready.status(), 503, "a node whose disk failed says it is ready");
+    assert!(
+        matches!(log.health(), Health::Failed(_)),
+        "{:?}",
+        log.health()
+    );
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        503,
+        "a node whose disk failed says it is ready"
+    );
     for lease in ["after-1", "after-2"] {
         let r = acquire(lease).await.expect("acquire");
         assert_eq!(r.status(), 503, "{:?}", r.text().await);

@@ -507,7 +507,10 @@ async fn adding_a_member_with_an_unprotected_non_loopback_raft_addr_is_refused()
         raft_addr: "node2.invalid:7202".into(),
         learner_only: true,
     };
-    match node.add_member(req).await {
+    match node
+        .add_member(req, Instant::now() + Duration::from_secs(5))
+        .await
+    {
         Err(NodeError::Refused(msg)) => {
             assert!(
                 msg.contains("node2.invalid:7202") && msg.contains("[tls]"),
