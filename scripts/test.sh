@@ -14,6 +14,9 @@ fi
 if [ -f scripts/test_python.sh ]; then
   bash scripts/test_python.sh
 fi
-# The chaos checker must catch a deliberately planted bug; the bug is compiled only
-# with this feature, so this rebuilds the binary with it (last, for that reason).
-cargo test --locked --features planted-bugs --test chaos -- --test-threads=2 planted_bug_is_caught
+# The chaos checker must catch a deliberately planted bug, and acknowledged writes
+# must survive a whole-cluster power loss on the simulated disk. Both are compiled
+# only with these test features, so this rebuilds the binary once with both (last,
+# for that reason).
+cargo test --locked --features planted-bugs,fault-injection --test chaos -- --test-threads=2 planted_bug_is_caught
+cargo test --locked --features planted-bugs,fault-injection --test power_outage

@@ -324,6 +324,10 @@ fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Sto
         message,
     };
     std::fs::create_dir_all(&dir).map_err(|e| storage_err(e.to_string()))?;
+    #[cfg(feature = "fault-injection")]
+    if std::env::var_os(SIMULATED_DISK_ENV).is_some_and(|v| v == "1") {
+        return open_simulated(&dir).map_err(|e| storage_err(e.to_string()));
+    }
     // After an in-process restart (a full disk) the previous store's sled may hold
     // its directory lock a moment after it was dropped: retry that one error briefly.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -338,6 +342,46 @@ fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Sto
             other => return other.map_err(|e| storage_err(e.to_string())),
         }
     }
+}
+
+/// Set to `1` (in a `fault-injection` build) to run the store on the store's
+/// simulated disk, which loses power on SIGUSR1.
+#[cfg(feature = "fault-injection")]
+pub const SIMULATED_DISK_ENV: &str = "QUORATE_SIMULATED_DISK";
+
+/// The store over `quorate_store::vfs::SimFs`, and a SIGUSR1 handler that cuts the
+/// power: every write not yet fsync'd is kept, dropped or torn at random (as a real
+/// power loss could leave it), the files are rewritten to match, and the process
+/// exits at once (code 99). What an acknowledgement promised must survive that.
+#[cfg(feature = "fault-injection")]
+fn open_simulated(
+    dir: &std::path::Path,
+) -> Result<quorate_store::Storage, quorate_store::StoreError> {
+    use quorate_store::vfs::{SimFs, SimRng};
+    let sim = SimFs::new();
+    let storage = quorate_store::open_with(dir, Arc::new(sim.clone()))?;
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    tracing::warn!(
+        seed,
+        "simulated disk: SIGUSR1 cuts the power (fault-injection build)"
+    );
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| quorate_store::StoreError::Task(e.to_string()))?;
+    tokio::spawn(async move {
+        usr1.recv().await;
+        sim.crash();
+        let restored = sim.restart(&mut SimRng(seed));
+        tracing::warn!(
+            seed,
+            ?restored,
+            "simulated power loss: unsynced writes dropped or torn"
+        );
+        std::process::exit(99);
+    });
+    Ok(storage)
 }
 
 /// The running servers of a node.
