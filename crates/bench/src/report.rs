@@ -397,8 +397,12 @@ fn write_cost(md: &mut String, rs: &[RunResult]) {
     );
     let _ = writeln!(
         md,
-        "Server CPU per completed op in µs, **total** (user + system) over every process          of the system, from `/proc/<pid>/stat` over the measured phase; per node for          quorate (the leader at the end of the cell first). Ratios are ops/s of the quorate          row over Redis without persistence / Redis `appendfsync always` in the same          cell. Leader-direct clients all talk to the node `/v1/cluster` names as leader and          follow its `x-quorate-leader` hint.
-"
+        "Server CPU per completed op in µs, **total** (user + system) over every process \
+         of the system, from `/proc/<pid>/stat` over the measured phase; per node for \
+         quorate (the leader at the end of the cell first). Ratios are ops/s of the \
+         quorate row over Redis without persistence / Redis `appendfsync always` in the \
+         same cell. Leader-direct clients all talk to the node `/v1/cluster` names as \
+         leader and follow its `x-quorate-leader` hint.\n"
     );
     let _ = writeln!(
         md,

@@ -837,6 +837,36 @@ trial = 0.5
         assert!(parse(&bad, &[]).is_err());
     }
 
+    /// `advertise_api` is the URL clients are told to use; it defaults to the API
+    /// address and must be a bare http(s) base URL.
+    #[test]
+    fn advertise_api_defaults_to_the_api_address_and_is_checked() {
+        let c = parse(SAMPLE, &[]).unwrap();
+        assert_eq!(c.node(1).unwrap().api_url("http"), "http://127.0.0.1:7101");
+        let with = |url: &str| {
+            let text = SAMPLE.replacen(
+                "raft_addr = \"127.0.0.1:7201\"",
+                &format!("raft_addr = \"127.0.0.1:7201\"\nadvertise_api = \"{url}\""),
+                1,
+            );
+            parse(&text, &[])
+        };
+        let c = with("https://q1.example.com:8443/").unwrap();
+        assert_eq!(
+            c.node(1).unwrap().api_url("http"),
+            "https://q1.example.com:8443"
+        );
+        for bad in [
+            "q1.example.com:8443",
+            "http://h:1/prefix",
+            "http://u:p@h:1",
+            "ftp://h:1",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("advertise_api"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn policies_and_tiers_become_core_configuration() {
         let c = parse(SAMPLE, &[]).unwrap();

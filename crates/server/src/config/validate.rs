@@ -129,8 +129,9 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
         return Err("must start with http:// or https://".into());
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("missing host".into());
+    match parsed.host_str() {
+        Some(h) if !h.is_empty() => {}
+        _ => return Err("missing host".into()),
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials".into());
