@@ -76,6 +76,20 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Shared {
+    /// The meta of the snapshot on disk: the snapshot file's, else (a store written
+    /// before snapshots left sled) the `snapshot` tree's.
+    pub(crate) fn durable_snapshot_meta(
+        &self,
+    ) -> Result<Option<openraft::SnapshotMeta<u64, crate::NodeInfo>>, StoreError> {
+        if let Some(meta) = crate::snapshot_file::read_meta(&**self.log.vfs(), &self.dir)? {
+            return Ok(Some(meta));
+        }
+        match self.snap.get(KEY_SNAP_META)? {
+            Some(b) => Ok(Some(decode("snapshot meta", &b)?)),
+            None => Ok(None),
+        }
+    }
+
     /// What openraft has purged, as it sees the log.
     pub(crate) fn purge_requested(&self) -> Option<openraft::LogId<u64>> {
         *self

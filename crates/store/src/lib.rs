@@ -72,7 +72,8 @@
 //!
 //! `log_store` ([`LogStore`]) over `raft_log` (the segment files), `state_machine`
 //! ([`StateMachineStore`]) over `snapshot` (snapshot bytes) and `snapshot_file` (where
-//! they are kept), `db` (layout, sled, opening), `migrate` (older formats), `flusher`
+//! they are kept), both over `purge` (openraft's purges, durable only as far as the
+//! durable snapshot), `db` (layout, sled, opening), `migrate` (older formats), `flusher`
 //! (the one writer: group commit, file jobs), `record` (segment byte layout), `vfs`
 //! (the file-operation seam and the simulated disk), `codec` (bincode options),
 //! `error` ([`StoreError`]). Dependencies run one way: `vfs`, `record`, `flusher` and
@@ -84,6 +85,7 @@ mod error;
 mod flusher;
 mod log_store;
 mod migrate;
+mod purge;
 mod raft_log;
 mod record;
 mod snapshot;

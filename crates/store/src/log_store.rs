@@ -36,12 +36,11 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
-use crate::db::{Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::db::{Shared, KEY_COMMITTED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
 use crate::flusher::{FlushStats, Health};
-use crate::state_machine::StateMachineStore;
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
@@ -166,59 +165,11 @@ impl LogStore {
             .await
     }
 
-    /// openraft's purge: effective at once, durable up to the durable snapshot.
+    /// openraft's purge: effective at once, durable up to the durable snapshot
+    /// (`purge.rs`).
     pub(crate) async fn purge_upto(&self, log_id: LogId<u64>) -> Result<(), StoreError> {
-        let s = &self.shared;
-        let _serial = s.purge_lock.lock().await;
-        {
-            let mut requested = s.purge_requested.lock().unwrap_or_else(|e| e.into_inner());
-            if requested.is_some_and(|r| r.index >= log_id.index) {
-                // Never move `last_purged` backwards.
-                return Ok(());
-            }
-            *requested = Some(log_id);
-        }
-        let covered = StateMachineStore::load_snapshot_meta(s)?.and_then(|m| m.last_log_id);
-        let durable = match covered {
-            Some(c) if c.index < log_id.index => {
-                tracing::debug!(%log_id, snapshot = %c, "purge beyond the durable snapshot; the rest waits for a snapshot that covers it");
-                c
-            }
-            Some(_) => log_id,
-            None => {
-                tracing::debug!(%log_id, "purge with no durable snapshot; waits for one");
-                return Ok(());
-            }
-        };
-        purge_durably(s, durable).await
+        crate::purge::purge_upto(&self.shared, log_id).await
     }
-}
-
-/// After a snapshot ending at `snapshot` is durable: make durable what openraft
-/// purged and the snapshot now covers.
-pub(crate) async fn finish_purge(s: &Shared, snapshot: LogId<u64>) -> Result<(), StoreError> {
-    let _serial = s.purge_lock.lock().await;
-    let requested = s.purge_requested();
-    match requested {
-        Some(r) if r.index <= snapshot.index => purge_durably(s, r).await,
-        Some(_) => purge_durably(s, snapshot).await,
-        None => Ok(()),
-    }
-}
-
-/// Make `last_purged = log_id` durable, then drop the files it covers. The caller
-/// holds `purge_lock` and guarantees a durable snapshot covers `log_id`.
-async fn purge_durably(s: &Shared, log_id: LogId<u64>) -> Result<(), StoreError> {
-    let current: Option<LogId<u64>> = s.get_meta(KEY_LAST_PURGED, "last purged log id")?;
-    if current.is_some_and(|c| c.index >= log_id.index) {
-        return Ok(());
-    }
-    // `last_purged` is durable before any file goes: after a crash, `open` skips
-    // everything at or below it.
-    s.put_meta(KEY_LAST_PURGED, "last purged log id", &log_id)?;
-    s.flusher.flush().await?;
-    s.log.purge(&s.flusher, log_id.index);
-    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -238,7 +238,7 @@ impl StateMachineStore {
             // Durable before openraft hears of it: it purges logs up to this snapshot.
             self.shared.flusher.flush().await?;
             if let Some(last) = meta.last_log_id {
-                crate::log_store::finish_purge(&self.shared, last).await?;
+                crate::purge::finish_purge(&self.shared, last).await?;
             }
         }
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), persisted, "built snapshot");
@@ -249,13 +249,7 @@ impl StateMachineStore {
     }
 
     pub(crate) fn load_snapshot_meta(shared: &Shared) -> Result<Option<SnapMeta>, StoreError> {
-        if let Some(meta) = snapshot_file::read_meta(&**shared.log.vfs(), &shared.dir)? {
-            return Ok(Some(meta));
-        }
-        match shared.snap.get(KEY_SNAP_META)? {
-            Some(b) => Ok(Some(decode("snapshot meta", &b)?)),
-            None => Ok(None),
-        }
+        shared.durable_snapshot_meta()
     }
 
     pub(crate) async fn install(&self, meta: &SnapMeta, data: Vec<u8>) -> Result<(), StoreError> {
@@ -275,7 +269,7 @@ impl StateMachineStore {
         // openraft purged the log up to this snapshot when it sent us the install;
         // only now may that purge be made durable (`log_store.rs`).
         if let Some(last) = meta.last_log_id {
-            crate::log_store::finish_purge(&self.shared, last).await?;
+            crate::purge::finish_purge(&self.shared, last).await?;
         }
         *self.write_guard()? = applied;
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
