@@ -105,13 +105,37 @@ pub struct Cluster {
     pub http: reqwest::Client,
 }
 
-/// Free loopback ports (bound once, then released for the nodes to take).
+/// Free loopback ports for nodes to bind, from below the kernel's ephemeral range.
+///
+/// Ports the kernel hands out for `bind(0)` come from the same range it uses for the
+/// source ports of outgoing connections, so between this function releasing one and a
+/// node binding it, a client connection of a test running beside it could take it
+/// ("Address already in use", seen in CI). Ports in 20000..32000 are never picked as
+/// source ports (the range starts at 32768), so only another test choosing the same
+/// one at random can collide, and each is checked free here.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut tries = 0u64;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries < 10_000, "no free port in 20000..32000");
+        // splitmix64 over (seed, counter): spread, not predictable across processes.
+        let mut z = seed.wrapping_add(NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let port = 20_000 + (z % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
         .map(|l| l.local_addr().expect("local addr").port())
         .collect()
 }
