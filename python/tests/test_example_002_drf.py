@@ -28,8 +28,9 @@ def test_anon_and_worker_scopes(cluster: Cluster, uid: str, apps: Workers) -> No
     codes = [r.status_code for r in anon]
     assert codes[:60] == [200] * 60
     assert 60 <= codes.count(200) <= admitted_bound(60, 60, started)
-    denied = anon[-1]
-    assert denied.status_code == 429
+    # The first denial, not the last: on a slow machine the bucket may refill one
+    # token (1/s) before the 70th request, and that request is then rightly allowed.
+    denied = next(r for r in anon[60:] if r.status_code == 429)
     assert int(denied.headers["retry-after"]) >= 1
     assert anon[0].headers["x-ratelimit-limit"] == "60"  # the tighter of anon and user
 
@@ -38,8 +39,8 @@ def test_anon_and_worker_scopes(cluster: Cluster, uid: str, apps: Workers) -> No
     polls = [app.http.get("/api/jobs/", params={"ids_only": 1}, headers=WORKER) for _ in range(14)]
     assert [r.status_code for r in polls][:10] == [200] * 10
     assert [r.status_code for r in polls].count(200) <= admitted_bound(10, 30, started)
-    assert polls[-1].status_code == 429
-    assert 1 <= int(polls[-1].headers["retry-after"]) <= 2
+    denied = next(r for r in polls[10:] if r.status_code == 429)  # see above: refills
+    assert 1 <= int(denied.headers["retry-after"]) <= 2
     # All or none: the denied polls charged nothing to the worker's "user" bucket.
     # (It refills at 5/s, so allow for the refill since the first poll; four charged
     # denials would leave it 4 lower than this lower bound.)
