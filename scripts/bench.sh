@@ -20,7 +20,7 @@
 #   --no-state          skip quorate's state/restart/catch-up measurements
 #   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
 #   --fill-leases N     leases the state section fills (default 100000; quick: 10000)
-#   --profile           perf-profile the quorate leader during the hot/64 run
+#   --profile           perf-profile the quorate leader and a follower (hot, 1 and 64 clients)
 #   --no-install        never apt-get install
 #   --keep              keep the temp dir (data, logs, raw results)
 #   --out FILE          report path (default docs/benchmarks.md)
@@ -352,7 +352,7 @@ run_system() { # system
   for w in ${WORKLOADS//,/ }; do
     local c
     for c in ${CLIENTS//,/ }; do
-      if [[ $PROFILE == 1 && $sys == quorate && $w == hot && $c == 64 ]]; then
+      if [[ $PROFILE == 1 && $sys == quorate && $w == hot && ( $c == 1 || $c == 64 ) ]]; then
         profile_run "$sys" "$w" "$c"
       elif [[ $sys == quorate ]]; then
         local route
@@ -384,42 +384,56 @@ batch_sizes() {
 }
 
 profile_run() { # system workload clients
-  # The measured cell runs without perf attached; then a separate, longer run of the
-  # same cell is profiled (its numbers are not reported).
+  # The measured cells run without perf attached; then a separate run of the same
+  # cell (clients straight to the leader) is profiled on the leader and on one
+  # follower at once (its numbers are not reported). Appends to profile.txt.
   local route
   for route in ${ROUTES//,/ }; do bench_run "$1" "$2" "$3" --route "$route"; done
-  local pid
-  pid=$(quorate_leader_pid)
-  log "profiling quorate leader (pid $pid) during a separate $2/$3 run"
-  perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$WORK/perf.data" >/dev/null 2>&1 &
-  local perf_pid=$!
+  local leader lpid fpid id
+  leader=$("$BENCH" leader --target "127.0.0.1:${Q_API[0]}") || return 0
+  lpid=${PID[q$leader]}
+  for id in 1 2 3; do [[ $id != "$leader" ]] && { fpid=${PID[q$id]}; break; }; done
+  log "profiling quorate leader (pid $lpid) and a follower (pid $fpid) during a separate $2/$3 run"
+  perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$lpid" -o "$WORK/perf-leader-$3.data" >/dev/null 2>&1 &
+  local perf_l=$!
+  perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$fpid" -o "$WORK/perf-follower-$3.data" >/dev/null 2>&1 &
+  local perf_f=$!
   sleep 0.5
-  "$BENCH" run --system "$1" --workload "$2" --clients "$3" --requests 1000000 \
+  "$BENCH" run --system "$1" --workload "$2" --clients "$3" --requests 1000000 --route leader \
     --targets "$(targets_of "$1")" --max-seconds 15 --out "$WORK/profile-run.jsonl" || true
-  kill -INT $perf_pid 2>/dev/null || true
-  wait $perf_pid 2>/dev/null || true
+  kill -INT $perf_l $perf_f 2>/dev/null || true
+  wait $perf_l $perf_f 2>/dev/null || true
   set +o pipefail
-  {
-    echo "perf record -e cpu-clock -F 499 --call-graph dwarf -p <leader pid>, 15 s of quorate $2/$3 (release build)"
-    echo
-    echo "== CPU by thread (comm) =="
-    perf report -i "$WORK/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
-      | grep -v '^#' | grep -v '^$' | head -12
-    echo
-    echo "== CPU by shared object =="
-    perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
-      | grep -v '^#' | grep -v '^$' | head -8
-    echo
-    echo "== top symbols (self time) =="
-    perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
-      | grep -v '^#' | grep -v '^$' | head -40 | cut -c1-150
-    echo
-    echo "== inclusive time (children) of selected frames: quorate, sled, openraft, serde, syscalls =="
-    perf report -i "$WORK/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
-      | grep -v '^#' | grep -v '^$' \
-      | grep -E 'quorate_|sled::|openraft::|serde_json::|bincode::internal|__x64_sys_|hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_loop|reqwest::async_impl::client::Client::execute_request' \
-      | grep -v '{{closure}}' | head -45 | cut -c1-150
-  } >"$WORK/profile.txt" || true
+  local role
+  for role in leader follower; do
+    local data="$WORK/perf-$role-$3.data"
+    {
+      echo "### $role, $2 workload, $3 clients (leader-direct)"
+      echo
+      echo '```'
+      echo "perf record -e cpu-clock -F 499 --call-graph dwarf -p <$role pid>, 15 s (release build)"
+      echo
+      echo "== CPU by thread (comm) =="
+      perf report -i "$data" --no-children --sort comm --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -8
+      echo
+      echo "== user vs kernel, by shared object =="
+      perf report -i "$data" --no-children --sort dso --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -6
+      echo
+      echo "== top symbols (self time) =="
+      perf report -i "$data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -25 | cut -c1-150
+      echo
+      echo "== inclusive time (children) of selected frames =="
+      perf report -i "$data" --children --sort symbol --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' \
+        | grep -E 'quorate_|openraft::|serde_json::|bincode::internal|__x64_sys_|hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_loop|reqwest::async_impl::client::Client::execute_request|tracing|prometheus' \
+        | grep -v '{{closure}}' | head -30 | cut -c1-150
+      echo '```'
+      echo
+    } >>"$WORK/profile.txt" || true
+  done
   set -o pipefail
 }
 

@@ -575,7 +575,8 @@ fn write_state_profile_notes(md: &mut String, input: &ReportInput) {
     if !input.profile.trim().is_empty() {
         let _ = writeln!(
             md,
-            "\n## Profile of a quorate node under load\n\n```\n{}\n```",
+            // scripts/bench.sh writes one fenced section per node role and cell.
+            "\n## Profiles of quorate nodes under load\n\n{}",
             input.profile.trim_end()
         );
     }
