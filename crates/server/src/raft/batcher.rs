@@ -109,18 +109,23 @@ impl Proposer for RaftProposer {
     }
 
     fn leading_term(&self) -> Option<u64> {
-        let m = self.raft.metrics();
+        // The same source as `term_ended`, so the two always agree on the term.
+        let m = self.raft.server_metrics();
         let m = m.borrow();
-        (m.state == ServerState::Leader).then_some(m.current_term)
+        (m.state == ServerState::Leader).then_some(m.vote.leader_id().get_term())
     }
 
     fn term_ended(&self, term: u64) -> BoxFuture<'static, ()> {
-        let mut rx = self.raft.metrics();
+        // One of these waits per in-flight entry: the server metrics change only with
+        // the vote, role, leader or membership, not after every append and apply as
+        // `raft.metrics()` does, so an entry's task is not woken several times while
+        // it is replicated.
+        let mut rx = self.raft.server_metrics();
         Box::pin(async move {
             loop {
                 {
                     let m = rx.borrow_and_update();
-                    if m.state != ServerState::Leader || m.current_term != term {
+                    if m.state != ServerState::Leader || m.vote.leader_id().get_term() != term {
                         return;
                     }
                 }

@@ -238,17 +238,28 @@ impl Node {
     /// failure) or the node refuses to rejoin (it lost its data), so the process can
     /// exit instead of serving 503s forever.
     pub async fn fatal(&self) -> String {
-        let mut rx = self.raft.metrics();
+        // Not `raft.metrics()`: that channel is sent to after every batch of Raft work
+        // (several times per entry), and this future runs on the main thread, so each
+        // send would cost a cross-thread wakeup (issue 22's profile). The server
+        // metrics change only with the vote, role, leader or membership, and their
+        // sender is dropped when the Raft core stops — which is when `running_state`
+        // holds the fatal error (set just before the core exits).
+        let mut rx = self.raft.server_metrics();
         let mut gate = self.gate.subscribe();
         loop {
-            if let Err(e) = &rx.borrow_and_update().running_state {
+            if let Err(e) = &self.raft.metrics().borrow().running_state {
                 return e.to_string();
             }
             if let rejoin::Gate::Refused(msg) = &*gate.borrow_and_update() {
                 return msg.clone();
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return "raft core stopped".into() },
+                r = rx.changed() => if r.is_err() {
+                    return match &self.raft.metrics().borrow().running_state {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "raft core stopped".into(),
+                    };
+                },
                 _ = gate.changed() => {}
             }
         }
@@ -307,7 +318,7 @@ impl Node {
 
     /// Wait (until `deadline`) for some leader to be known.
     pub(super) async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             if let Some(l) = rx.borrow_and_update().current_leader {
                 return Some(l);

@@ -183,13 +183,14 @@ impl Node {
 
     /// On every new leadership term: make the replicated policies match the file.
     pub(super) async fn leader_loop(self: Arc<Self>) {
-        let mut rx = self.raft.metrics();
+        // Server metrics: they change with the role and term only (not per entry).
+        let mut rx = self.raft.server_metrics();
         let mut done_term = None;
         loop {
             let term = {
                 let m = rx.borrow_and_update();
                 (m.state == ServerState::Leader && m.current_leader == Some(self.id))
-                    .then_some(m.current_term)
+                    .then_some(m.vote.leader_id().get_term())
             };
             if let Some(term) = term.filter(|t| done_term != Some(*t)) {
                 match self.push_config().await {
@@ -381,7 +382,10 @@ impl Node {
     /// lost its data (`rejoin.rs`). Event-driven rather than on the housekeeping tick,
     /// to keep the window in which a wiped node goes unnoticed as short as a commit.
     pub(super) async fn seen_loop(self: Arc<Self>) {
-        let mut rx = self.raft.metrics();
+        // The data metrics carry the replication progress and are only sent when
+        // something in them changed (`raft.metrics()` is sent after every batch of
+        // Raft work).
+        let mut rx = self.raft.data_metrics();
         loop {
             if self.is_leader() {
                 self.mark_seen(Instant::now() + self.request_timeout())
