@@ -78,7 +78,7 @@ def test_the_schemes_are_registered_with_limits() -> None:
 
 def test_fixed_window_on_a_fake_cluster() -> None:
     fake = FakeCluster()
-    storage = storage_from_string("quorate://unused:1", client=fake.client())
+    storage = QuorateStorage("quorate://unused:1", client=fake.client())
     limiter = FixedWindowRateLimiter(storage)
     item = RateLimitItemPerMinute(3)
     assert [limiter.hit(item, "ip", "1.2.3.4") for _ in range(5)] == [True] * 3 + [False] * 2
@@ -95,12 +95,12 @@ def test_fixed_window_on_a_fake_cluster() -> None:
         storage.reset()
     # No conditional charge, so no moving window: limits refuses to build one.
     with pytest.raises(NotImplementedError):
-        MovingWindowRateLimiter(storage)  # type: ignore[arg-type]
+        MovingWindowRateLimiter(storage)
 
 
 def test_an_unavailable_cluster_raises_never_admits() -> None:
     fake = FakeCluster()
-    limiter = FixedWindowRateLimiter(storage_from_string("quorate://u:1", client=fake.client()))
+    limiter = FixedWindowRateLimiter(QuorateStorage("quorate://u:1", client=fake.client()))
     fake.available = False
     with pytest.raises(quorate.Unavailable):
         limiter.hit(RateLimitItemPerMinute(3), "k")
@@ -132,7 +132,7 @@ def test_the_async_storage_on_the_cluster(cluster: Cluster, uid: str) -> None:
         assert stats.remaining == 0
         assert 25 < stats.reset_time - time.time() <= 30
         assert await storage.check()
-        await storage.client.aclose()  # type: ignore[union-attr]
+        await storage.client.aclose()
         return hits
 
     assert asyncio.run(run()).count(True) == 4

@@ -42,7 +42,7 @@ limiter = Limiter(
     app=app,
     storage_uri=storage_uri(),
     storage_options={
-        "deadline": float(os.environ.get("QUORATE_DEADLINE", 5)),
+        "deadline": os.environ.get("QUORATE_DEADLINE", "5"),
         "token": os.environ.get("QUORATE_TOKEN", ""),
     },
     key_prefix=os.environ.get("RATE_KEY_PREFIX", ""),
