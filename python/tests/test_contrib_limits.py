@@ -70,6 +70,7 @@ def test_uris_name_the_nodes_and_an_optional_token() -> None:
 def test_the_schemes_are_registered_with_limits() -> None:
     s = storage_from_string("quorate://127.0.0.1:1", deadline=0.5, timeout=0.2)
     assert isinstance(s, QuorateStorage)
+    assert isinstance(s.client, quorate.Client)
     assert s.client.nodes == ["http://127.0.0.1:1"]
     assert s.check() is False, "no node there"
     a = storage_from_string("async+quorate://127.0.0.1:1,127.0.0.1:2", token="t")
@@ -132,6 +133,7 @@ def test_the_async_storage_on_the_cluster(cluster: Cluster, uid: str) -> None:
         assert stats.remaining == 0
         assert 25 < stats.reset_time - time.time() <= 30
         assert await storage.check()
+        assert isinstance(storage.client, quorate.AsyncClient)
         await storage.client.aclose()
         return hits
 

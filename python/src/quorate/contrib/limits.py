@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from limits.aio.storage import Storage as AsyncStorage
 from limits.errors import ConfigurationError
@@ -69,17 +69,41 @@ from limits.storage import Storage
 
 from ..client import AsyncClient, Client
 from ..errors import QuorateError
+from ..types import ClusterInfo, Counter
 
-if TYPE_CHECKING:
-    from ..testing import FakeAsyncClient, FakeClient
-
-__all__ = ["AsyncQuorateStorage", "QuorateStorage", "counter_key", "parse_uri"]
+__all__ = [
+    "AsyncCounterBackend",
+    "AsyncQuorateStorage",
+    "CounterBackend",
+    "QuorateStorage",
+    "counter_key",
+    "parse_uri",
+]
 
 #: Longest quorate key (bytes).
 MAX_KEY_LEN = 256
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:/@+")
 _PREFIX = "limits:"
 _HASHED = "limits-sha256:"
+
+
+class CounterBackend(Protocol):
+    """What :class:`QuorateStorage` needs of a client: :class:`quorate.Client` and
+    :class:`quorate.testing.FakeClient` both are one."""
+
+    def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter: ...
+    def counter(self, key: str) -> Counter: ...
+    def clear_counter(self, key: str) -> bool: ...
+    def cluster(self) -> ClusterInfo: ...
+
+
+class AsyncCounterBackend(Protocol):
+    """:class:`CounterBackend` for :class:`AsyncQuorateStorage` (``AsyncClient``)."""
+
+    async def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter: ...
+    async def counter(self, key: str) -> Counter: ...
+    async def clear_counter(self, key: str) -> bool: ...
+    async def cluster(self) -> ClusterInfo: ...
 
 
 def counter_key(key: str) -> str:
@@ -134,7 +158,7 @@ class QuorateStorage(Storage):
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         given = options.pop("client", None)
         nodes, kwargs = _client_options(uri, options)
-        self.client: Client | FakeClient = given if given is not None else Client(nodes, **kwargs)
+        self.client: CounterBackend = given if given is not None else Client(nodes, **kwargs)
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
     @property
@@ -172,7 +196,7 @@ class AsyncQuorateStorage(AsyncStorage):
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         given = options.pop("client", None)
         nodes, kwargs = _client_options(uri, options)
-        self.client: AsyncClient | FakeAsyncClient = (
+        self.client: AsyncCounterBackend = (
             given if given is not None else AsyncClient(nodes, **kwargs)
         )
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
