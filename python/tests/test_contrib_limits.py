@@ -18,7 +18,11 @@ from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindow
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
 from quorate_cluster import Cluster
 
 import quorate
@@ -94,9 +98,11 @@ def test_fixed_window_on_a_fake_cluster() -> None:
     assert limiter.get_window_stats(item, "ip", "1.2.3.4").remaining == 3
     with pytest.raises(NotImplementedError):
         storage.reset()
-    # No conditional charge, so no moving window: limits refuses to build one.
+    # No conditional charge, so no moving or sliding window: limits refuses to build them.
     with pytest.raises(NotImplementedError):
         MovingWindowRateLimiter(storage)
+    with pytest.raises(NotImplementedError):
+        SlidingWindowCounterRateLimiter(storage)
 
 
 def test_an_unavailable_cluster_raises_never_admits() -> None:
