@@ -38,7 +38,7 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
   rm -rf "$VENV"
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "./python[test]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "./python[test,limits]"
 
 cd python
 echo "== ruff check"

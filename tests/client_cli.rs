@@ -243,6 +243,28 @@ async fn every_cli_command_end_to_end() {
     cli_rate_check(&c);
     cli_policies(&c);
     cli_errors(&c);
+    client_counters(&c).await;
+}
+
+/// The Rust client's counter calls against the real cluster: a key with `/` is one
+/// segment, increments add within a window, a read and a clear see them.
+async fn client_counters(c: &Cluster) {
+    let client = client(c);
+    let key = "LIMITER/ip/1.2.3.4/5/1/minute";
+    let first = client.counter_incr(key, 1, 60_000).await.expect("incr");
+    assert_eq!((first.key.as_str(), first.value), (key, 1));
+    let second = client.counter_incr(key, 2, 60_000).await.expect("incr");
+    assert_eq!(second.value, 3);
+    assert_eq!(
+        second.expires_at_ms, first.expires_at_ms,
+        "a live window keeps its expiry"
+    );
+    let read = client.counter(key).await.expect("get");
+    assert_eq!((read.value, read.expires_at_ms), (3, first.expires_at_ms));
+    assert!(client.clear_counter(key).await.expect("clear"));
+    assert_eq!(client.counter(key).await.expect("get").value, 0);
+    let bad = client.counter_incr("a b", 1, 1000).await;
+    assert!(bad.is_err(), "an invalid key is refused: {bad:?}");
 }
 
 /// status: one row per node, exactly one leader.

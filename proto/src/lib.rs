@@ -332,6 +332,35 @@ pub struct RateCheckResponse {
 }
 
 // ---------------------------------------------------------------------------------------
+// Counters (the fixed windows of the Python `limits` storage)
+
+/// `POST /v1/counters/{key}/incr`: add `amount` (default 1) to the counter, starting
+/// it at `amount` with expiry `now + expiry_ms` (cluster time) when it has no live
+/// value. A live counter keeps its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CounterIncrRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u32>,
+    /// Window length of a new counter: 1..=max_period_ms.
+    pub expiry_ms: u64,
+}
+
+/// A counter: the answer to `POST /v1/counters/{key}/incr` (after the increment) and
+/// `GET /v1/counters/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CounterResponse {
+    pub key: String,
+    /// 0 when the key has no live counter.
+    pub value: u64,
+    /// Cluster time (Unix ms) the counter expires at; null when there is none.
+    pub expires_at_ms: Option<u64>,
+    /// Time left until it expires, as of the answer (0 when there is none): add it to
+    /// your own clock rather than comparing `expires_at_ms` with it.
+    pub ttl_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------
 // Policies
 
 /// A named policy: a concurrency limit for keys matching `pattern` (exact name, or a

@@ -116,6 +116,34 @@ fn list_limits() {}
     ))]
 fn rate_check() {}
 
+#[utoipa::path(post, path = "/v1/counters/{key}/incr", tag = "counters",
+    params(("key" = String, Path, description = "Counter key (rate-key rules: 1..=256 bytes of A-Z a-z 0-9 _ - . : / @ + =), percent-encoded as one path segment (a / in the key is %2F)")),
+    request_body = CounterIncrRequest,
+    responses(
+        (status = 200, description = "The counter after the increment (one Raft write); a new or expired counter starts at amount with expiry now + expiry_ms, in cluster time", body = CounterResponse),
+        (status = 400, description = "Invalid key, amount or expiry_ms", body = ErrorBody),
+        (status = 503, description = "Nothing counted (Retry-After set): unavailable (no quorum; a retry may count twice if the first attempt was applied), or state_full (a new key would exceed max_rate_keys, which buckets and counters share)", body = ErrorBody),
+    ))]
+fn counter_incr() {}
+
+#[utoipa::path(get, path = "/v1/counters/{key}", tag = "counters",
+    params(("key" = String, Path, description = "Counter key, percent-encoded as one path segment")),
+    responses(
+        (status = 200, description = "The counter now (linearizable); value 0 and expires_at_ms null when it has expired or never existed", body = CounterResponse),
+        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn get_counter() {}
+
+#[utoipa::path(delete, path = "/v1/counters/{key}", tag = "counters",
+    params(("key" = String, Path, description = "Counter key, percent-encoded as one path segment")),
+    responses(
+        (status = 200, description = "deleted is false when there was no live counter", body = DeleteResponse),
+        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn clear_counter() {}
+
 #[utoipa::path(get, path = "/v1/policies", tag = "policies",
     responses(
         (status = 200, description = "Policies and tiers", body = PoliciesResponse),
@@ -230,6 +258,9 @@ fn metrics() {}
         delete_limit,
         list_limits,
         rate_check,
+        counter_incr,
+        get_counter,
+        clear_counter,
         policies,
         put_policy,
         put_policy_mode,
@@ -266,6 +297,8 @@ fn metrics() {}
         RateCheckRequest,
         RateResult,
         RateCheckResponse,
+        CounterIncrRequest,
+        CounterResponse,
         PolicySpec,
         PolicyEntry,
         PolicyMode,

@@ -58,6 +58,9 @@ pub enum RouteId {
     GetLimit,
     DeleteLimit,
     RateCheck,
+    CounterIncr,
+    GetCounter,
+    ClearCounter,
     Policies,
     PutPolicy,
     DeletePolicy,
@@ -127,6 +130,14 @@ pub const ROUTES: &[Route] = &[
     row(RouteId::GetLimit, Get, "/v1/limits/{key}", Client),
     row(RouteId::DeleteLimit, Delete, "/v1/limits/{key}", Admin),
     row(RouteId::RateCheck, Post, "/v1/rate/check", Client),
+    row(
+        RouteId::CounterIncr,
+        Post,
+        "/v1/counters/{key}/incr",
+        Client,
+    ),
+    row(RouteId::GetCounter, Get, "/v1/counters/{key}", Client),
+    row(RouteId::ClearCounter, Delete, "/v1/counters/{key}", Client),
     row(RouteId::Policies, Get, "/v1/policies", Client),
     row(RouteId::PutPolicy, Put, "/v1/policies/{name}", Admin),
     row(RouteId::DeletePolicy, Delete, "/v1/policies/{name}", Admin),
@@ -241,7 +252,10 @@ mod tests {
     #[test]
     fn changes_need_admin() {
         for r in ROUTES {
-            let changes_config = matches!(r.method, Put | Delete)
+            // Counters are client data (a limiter's windows, cleared by the app that
+            // counts), not configuration: DELETE of a counter is a client's.
+            let changes_config = (matches!(r.method, Put | Delete)
+                && !r.path.starts_with("/v1/counters/"))
                 || r.path.starts_with("/v1/members")
                 || r.path.starts_with("/v1/tiers");
             if changes_config {
@@ -254,6 +268,10 @@ mod tests {
         );
         assert_eq!(find(Put, "/v1/limits/{key}").map(|r| r.access), Some(Admin));
         assert_eq!(find(Get, "/nope"), None);
+        assert_eq!(
+            find(Delete, "/v1/counters/{key}").map(|r| r.access),
+            Some(Client)
+        );
     }
 
     #[test]

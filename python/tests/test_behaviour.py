@@ -225,6 +225,27 @@ def test_policies_and_tiers_are_managed(qc: Any, uid: str) -> None:
     assert qc.policies().get(rate) is None
 
 
+# -- counters (the limits storage's fixed windows) -------------------------------------
+
+
+def test_counters_count_within_a_window_and_clear(qc: Any, uid: str) -> None:
+    key = f"LIMITER/c-{uid}/10/1/minute"
+    first = qc.counter_incr(key, 60)
+    assert (first.key, first.value) == (key, 1)
+    assert 59_000 < first.ttl_ms <= 60_000 and first.expires_at_ms is not None
+    again = qc.counter_incr(key, 5, amount=3)
+    assert (again.value, again.expires_at_ms) == (4, first.expires_at_ms), "expiry kept"
+    assert qc.counter(key).value == 4
+    assert qc.clear_counter(key) is True
+    assert qc.clear_counter(key) is False
+    none = qc.counter(key)
+    assert (none.value, none.expires_at_ms, none.ttl_ms) == (0, None, 0)
+    with pytest.raises(quorate.InvalidRequest):
+        qc.counter_incr("a b", 60)
+    with pytest.raises(quorate.InvalidRequest):
+        qc.counter_incr(key, 60, amount=0)
+
+
 def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
     async def main() -> None:
         async with aqc_factory() as c:

@@ -340,6 +340,10 @@ mod tests {
             built(b, RouteId::GetLimit, &["a b/c"], &[]),
             "http://127.0.0.1:7101/v1/limits/a%20b%2Fc"
         );
+        assert_eq!(
+            built(b, RouteId::CounterIncr, &["LIMITER/x/1/minute"], &[]),
+            "http://127.0.0.1:7101/v1/counters/LIMITER%2Fx%2F1%2Fminute/incr"
+        );
     }
 
     #[test]

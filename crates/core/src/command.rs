@@ -45,7 +45,8 @@ pub enum Op {
     Renew { lease_id: String, ttl_ms: u64 },
     /// Housekeeping proposed periodically by the leader: purge up to `max_leases` dead
     /// leases and examine up to `max_rate_keys` rate buckets, dropping those that are
-    /// full again (they carry no information). Also advances time.
+    /// full again (they carry no information), and drop up to `max_rate_keys` expired
+    /// counters (counted with the buckets in the reply). Also advances time.
     Expire { max_leases: u32, max_rate_keys: u32 },
     /// Set a per-key concurrency limit override.
     SetLimit { key: String, limit: u32 },
@@ -104,19 +105,32 @@ pub enum Op {
     /// The server sends it instead of `Configure` only when the file names a shadow
     /// policy, so a cluster that uses no shadow policy keeps writing `Configure`.
     ConfigureModes(Box<ModedConfiguration>),
+    /// Add `amount` to the counter `key`, creating it with value `amount` and expiry
+    /// `now + expiry_ms` (cluster time: the command's) if it is absent or expired; a
+    /// live counter keeps its expiry. The fixed-window counter of the Python `limits`
+    /// storage (`state/counters.rs`). Appended after the older variants.
+    CounterIncr {
+        key: String,
+        amount: u32,
+        expiry_ms: u64,
+    },
+    /// Remove the counter `key` (live or expired). Idempotent.
+    CounterClear { key: String },
 }
 
 impl Op {
     /// True when only an admin caller may submit this op: everything that changes
     /// limits, policies, tiers or settings (and the leader's own housekeeping).
-    /// Acquire, release, renew and rate checks are what a client may do.
+    /// Acquire, release, renew, rate checks and counters are what a client may do.
     pub fn needs_admin(&self) -> bool {
         match self {
             Op::Acquire(_)
             | Op::Release { .. }
             | Op::Renew { .. }
             | Op::RateCheck { .. }
-            | Op::Descriptors(_) => false,
+            | Op::Descriptors(_)
+            | Op::CounterIncr { .. }
+            | Op::CounterClear { .. } => false,
             Op::Expire { .. }
             | Op::SetLimit { .. }
             | Op::DeleteLimit { .. }
@@ -158,6 +172,8 @@ impl Op {
             Op::Descriptors(_) => "descriptors",
             Op::SetPolicyMode { .. } => "set_policy_mode",
             Op::ConfigureModes(_) => "configure_modes",
+            Op::CounterIncr { .. } => "counter_incr",
+            Op::CounterClear { .. } => "counter_clear",
         }
     }
 
@@ -278,7 +294,8 @@ pub struct Settings {
     pub max_leases: u64,
     /// Most distinct keys with leases on them.
     pub max_slot_keys: u64,
-    /// Most rate buckets (keys whose bucket is not full).
+    /// Most rate buckets (keys whose bucket is not full) and counters
+    /// ([`Op::CounterIncr`]) together.
     pub max_rate_keys: u64,
 }
 
@@ -363,4 +380,7 @@ pub enum Query {
     /// field of [`Query::Policies`]) so that the answer to `Policies` keeps the
     /// layout older nodes decode.
     PolicyModes,
+    /// A counter's value and expiry ([`Op::CounterIncr`]); an expired or absent
+    /// counter reads as 0 with no expiry.
+    Counter { key: String },
 }

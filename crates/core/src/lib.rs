@@ -48,7 +48,7 @@ pub use command::{
 pub use cut::SnapshotCut;
 pub use error::CoreError;
 pub use outcome::{
-    Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView, RateDecision,
-    RateResult, Reply, ShadowDenial, SlotUsage, Usage,
+    CounterInfo, Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView,
+    RateDecision, RateResult, Reply, ShadowDenial, SlotUsage, Usage,
 };
 pub use state::{State, Stats};

@@ -89,6 +89,27 @@ pub enum Outcome {
     PolicyModes {
         shadow: Vec<String>,
     },
+    /// Answer to [`crate::Op::CounterIncr`] and [`crate::Query::Counter`].
+    Counter(CounterInfo),
+    /// Answer to [`crate::Op::CounterClear`]: whether a live counter was removed.
+    CounterCleared {
+        cleared: bool,
+    },
+}
+
+/// A counter as of the op's (or the query's) time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterInfo {
+    pub key: String,
+    /// 0 when there is no live counter.
+    pub value: u64,
+    /// Cluster time (Unix ms) at which the counter expires; `None` when there is no
+    /// live counter.
+    pub expires_at_ms: Option<u64>,
+    /// `expires_at_ms` minus the time of the answer (0 when there is no live
+    /// counter): what a client adds to its own clock, so clock skew between client
+    /// and cluster does not move the window.
+    pub ttl_ms: u64,
 }
 
 /// A key a shadow-mode policy would have denied, and that policy.

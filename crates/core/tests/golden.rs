@@ -33,13 +33,14 @@
 //!   `"NAME,concurrency,PATTERN,LIMIT"` or `"NAME,rate,L,P,B"` and a tier `"NAME,MILLI"`;
 //!   any `shadow=` makes it an `Op::ConfigureModes` with those policies in shadow mode
 //! - `policy mode NAME shadow|enforce`
+//! - `counter incr KEY expiry=MS [amount=N]` (amount defaults to 1), `counter clear KEY`
 //!
 //! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
 //! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
 //! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
-//! `policies`, `modes`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
+//! `policies`, `modes`, `counter get KEY`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
 //!
 //! # Properties
 //! Beyond the expected lines, every script proves two properties of the whole run:
@@ -230,6 +231,16 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
             }
         }
         "modes" => Line::Query(Query::PolicyModes),
+        "counter" => match pos(a)?.as_str() {
+            "incr" => Line::Op(Op::CounterIncr {
+                key: pos(a)?,
+                amount: key_num(a, "amount")?.unwrap_or(1),
+                expiry_ms: key_num(a, "expiry")?.ok_or("counter incr needs expiry=")?,
+            }),
+            "clear" => Line::Op(Op::CounterClear { key: pos(a)? }),
+            "get" => Line::Query(Query::Counter { key: pos(a)? }),
+            v => return Err(format!("counter incr|clear|get, not {v}").into()),
+        },
         "limits" => Line::Query(Query::Limits {
             prefix: a.next_pos().map(expand).unwrap_or_default(),
             max: key_num(a, "max")?.unwrap_or(100),
@@ -474,6 +485,16 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
                 .iter()
                 .try_for_each(|(n, m)| writeln!(out, "  tier {n} {m}"))
         }
+        Outcome::Counter(c) => writeln!(
+            out,
+            "counter {} value={} expires={} ttl={}",
+            c.key,
+            c.value,
+            c.expires_at_ms
+                .map_or("none".to_string(), |e| e.to_string()),
+            c.ttl_ms
+        ),
+        Outcome::CounterCleared { cleared } => writeln!(out, "counter cleared={cleared}"),
         Outcome::Lease(None) => writeln!(out, "lease none"),
         Outcome::Lease(Some(l)) => writeln!(out, "{}", lease(l)),
         // Descriptor decisions are tested in `descriptors::tests`; no script makes one.
@@ -621,6 +642,8 @@ macro_rules! scripts {
 scripts!(
     acquire_release,
     configure,
+    counter_caps,
+    counters,
     fencing,
     gcra,
     hierarchical_denial,

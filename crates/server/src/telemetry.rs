@@ -297,7 +297,7 @@ impl Metrics {
         }
         r.register(
             "quorate_state_entries",
-            "Entries in the replicated state, by kind (leases, slot_keys, rate_keys).",
+            "Entries in the replicated state, by kind (leases, slot_keys, rate_keys: rate buckets and counters, which share max_rate_keys).",
             m.state_entries.clone(),
         );
         r.register(

@@ -443,6 +443,94 @@ async fn rate_checks_single_inline_multi_and_headers() {
     assert_refused(s, &v, StatusCode::NOT_FOUND, "policy_not_found");
 }
 
+/// Counters (the `limits` storage's fixed windows): increment with an expiry in
+/// cluster time, read, clear; a key with `/` travels as one percent-encoded segment;
+/// bad input is a 400 JSON error; no quorum is a 503 that counted nothing.
+#[tokio::test]
+async fn counters_count_expire_and_clear() {
+    let app = app();
+    let uri = "/v1/counters/LIMITER%2Fip%2F1.2.3.4%2F10%2F1%2Fminute";
+    let (s, _, v) = post(&app, &format!("{uri}/incr"), json!({"expiry_ms": 60_000})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"key": "LIMITER/ip/1.2.3.4/10/1/minute", "value": 1,
+               "expires_at_ms": 1_060_000, "ttl_ms": 60_000})
+    );
+    app.backend.advance(1_000);
+    let (_, _, v) = post(
+        &app,
+        &format!("{uri}/incr"),
+        json!({"expiry_ms": 5, "amount": 4}),
+    )
+    .await;
+    // A live counter keeps its expiry whatever expiry_ms the later hit names.
+    assert_eq!(
+        (v["value"].clone(), v["ttl_ms"].clone()),
+        (json!(5), json!(59_000))
+    );
+    let (s, _, v) = get(&app, uri).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["value"].clone(), v["expires_at_ms"].clone()),
+        (json!(5), json!(1_060_000))
+    );
+
+    // At its expiry it reads 0 with no expiry; the next hit starts a new window.
+    app.backend.advance(59_000);
+    let (_, _, v) = get(&app, uri).await;
+    assert_eq!(
+        v,
+        json!({"key": "LIMITER/ip/1.2.3.4/10/1/minute", "value": 0,
+                         "expires_at_ms": null, "ttl_ms": 0})
+    );
+    let (_, _, v) = post(&app, &format!("{uri}/incr"), json!({"expiry_ms": 1000})).await;
+    assert_eq!(
+        (v["value"].clone(), v["ttl_ms"].clone()),
+        (json!(1), json!(1000))
+    );
+
+    let (s, _, v) = delete(&app, uri).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"deleted": true})));
+    let (_, _, v) = delete(&app, uri).await;
+    assert_eq!(v, json!({"deleted": false}));
+    let (_, _, v) = get(&app, uri).await;
+    assert_eq!(v["value"], 0);
+
+    for (path, body) in [
+        ("/v1/counters/a%20b/incr", json!({"expiry_ms": 1000})),
+        ("/v1/counters/k/incr", json!({"expiry_ms": 0})),
+        (
+            "/v1/counters/k/incr",
+            json!({"expiry_ms": 1000, "amount": 0}),
+        ),
+        ("/v1/counters/k/incr", json!({"expiry_ms": -1})),
+        ("/v1/counters/k/incr", json!({})),
+        (
+            "/v1/counters/k/incr",
+            json!({"expiry_ms": 1000, "ttl_ms": 5}),
+        ),
+    ] {
+        let (s, _, v) = post(&app, path, body.clone()).await;
+        assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let long = format!("/v1/counters/{}", "x".repeat(257));
+    let (s, _, v) = get(&app, &long).await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    let (s, _, v) = delete(&app, "/v1/counters/%C3%A9").await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+
+    app.backend.set_available(false);
+    let (s, h, v) = post(&app, "/v1/counters/k/incr", json!({"expiry_ms": 1000})).await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(h.contains_key("retry-after"));
+    let (s, _, v) = get(&app, "/v1/counters/k").await;
+    assert_refused(s, &v, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    app.backend.set_available(true);
+    let (_, _, v) = get(&app, "/v1/counters/k").await;
+    assert_eq!(v["value"], 0, "the refused increment counted nothing");
+}
+
 #[tokio::test]
 async fn policies_and_tiers_change_at_runtime() {
     let app = app();

@@ -46,6 +46,7 @@ from .slot import AsyncSlot, AsyncSlotBackend, Slot, SlotBackend
 from .types import (
     ClusterInfo,
     ConcurrencyPolicy,
+    Counter,
     Lease,
     LeaseInfo,
     LimitInfo,
@@ -74,6 +75,7 @@ __all__ = [
     "ClusterInfo",
     "ConcurrencyPolicy",
     "ConfigError",
+    "Counter",
     "DecodeError",
     "FailurePolicy",
     "Failures",

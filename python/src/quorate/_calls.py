@@ -23,6 +23,7 @@ from . import _routes as r
 from .errors import DecodeError, LimitExceeded, RateLimited, Unavailable, error_from_response
 from .types import (
     ClusterInfo,
+    Counter,
     Lease,
     LimitInfo,
     LimitList,
@@ -180,6 +181,19 @@ def rate(
         return decision(body, headers, raise_on_limit)
 
     return _call(r.RATE_CHECK, parse=read, body=rate_body(checks), on_429=read, undecided=undecided)
+
+
+def counter_incr(key: str, expiry: float, amount: int) -> Call[Counter]:
+    body = {"expiry_ms": to_ms(expiry), "amount": amount}
+    return _call(r.COUNTER_INCR, key, parse=lambda b, _: Counter.from_json(b), body=body)
+
+
+def counter(key: str) -> Call[Counter]:
+    return _call(r.GET_COUNTER, key, parse=lambda b, _: Counter.from_json(b))
+
+
+def clear_counter(key: str) -> Call[bool]:
+    return _deleted(r.CLEAR_COUNTER, key)
 
 
 def set_limit(key: str, limit: int) -> Call[int]:

@@ -54,6 +54,9 @@ PUT_LIMIT = Route("PUT", "/v1/limits/{key}")
 GET_LIMIT = Route("GET", "/v1/limits/{key}")
 DELETE_LIMIT = Route("DELETE", "/v1/limits/{key}")
 RATE_CHECK = Route("POST", "/v1/rate/check")
+COUNTER_INCR = Route("POST", "/v1/counters/{key}/incr")
+GET_COUNTER = Route("GET", "/v1/counters/{key}")
+CLEAR_COUNTER = Route("DELETE", "/v1/counters/{key}")
 POLICIES = Route("GET", "/v1/policies")
 PUT_POLICY = Route("PUT", "/v1/policies/{name}")
 DELETE_POLICY = Route("DELETE", "/v1/policies/{name}")
@@ -72,6 +75,9 @@ ROUTES: tuple[Route, ...] = (
     GET_LIMIT,
     DELETE_LIMIT,
     RATE_CHECK,
+    COUNTER_INCR,
+    GET_COUNTER,
+    CLEAR_COUNTER,
     POLICIES,
     PUT_POLICY,
     DELETE_POLICY,

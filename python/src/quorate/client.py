@@ -61,6 +61,7 @@ from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, Slot
 from .types import (
     ClusterInfo,
+    Counter,
     Lease,
     LimitInfo,
     LimitList,
@@ -362,6 +363,24 @@ class Client(_BaseClient[httpx.BaseTransport]):
         """A key's effective limit, its source (override/policy/default) and usage."""
         return self._run(calls.get_limit(key))
 
+    # -- counters (the fixed windows of quorate.contrib.limits) --
+
+    def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter:
+        """Add ``amount`` to ``key``'s counter, one Raft write; a key without a live
+        counter starts at ``amount``, expiring ``expiry`` seconds after the cluster
+        applies it. Retried on failover like every call: if an attempt was applied but
+        its answer lost, the retry counts twice (a limiter then denies sooner, never
+        later)."""
+        return self._run(calls.counter_incr(key, expiry, amount))
+
+    def counter(self, key: str) -> Counter:
+        """``key``'s counter now (linearizable); value 0 when it has none."""
+        return self._run(calls.counter(key))
+
+    def clear_counter(self, key: str) -> bool:
+        """Remove ``key``'s counter; False when it had no live one."""
+        return self._run(calls.clear_counter(key))
+
     def list_limits(self, prefix: str = "", *, max: int | None = None) -> LimitList:
         """Overrides and keys in use under ``prefix``, each with its usage."""
         return self._run(calls.list_limits(prefix, max))
@@ -521,6 +540,15 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
 
     async def get_limit(self, key: str) -> LimitInfo:
         return await self._run(calls.get_limit(key))
+
+    async def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter:
+        return await self._run(calls.counter_incr(key, expiry, amount))
+
+    async def counter(self, key: str) -> Counter:
+        return await self._run(calls.counter(key))
+
+    async def clear_counter(self, key: str) -> bool:
+        return await self._run(calls.clear_counter(key))
 
     async def list_limits(self, prefix: str = "", *, max: int | None = None) -> LimitList:
         return await self._run(calls.list_limits(prefix, max))

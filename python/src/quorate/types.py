@@ -20,6 +20,7 @@ from typing import Any, Literal
 __all__ = [
     "ClusterInfo",
     "ConcurrencyPolicy",
+    "Counter",
     "Lease",
     "LeaseInfo",
     "LimitInfo",
@@ -151,6 +152,30 @@ class LimitInfo:
             source=d["source"],
             used=int(d.get("used", 0)),
             policy=d.get("policy"),
+        )
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A counter with an expiry in cluster time (``/v1/counters/{key}``): the fixed
+    window of the ``limits`` storage. ``value`` is 0 and ``expires_at_ms`` ``None``
+    when the key has no live counter."""
+
+    key: str
+    value: int
+    expires_at_ms: int | None
+    #: Milliseconds left as of the answer (0 when there is no live counter): add it to
+    #: the local clock rather than comparing ``expires_at_ms`` with it (clock skew).
+    ttl_ms: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> Counter:
+        at = d.get("expires_at_ms")
+        return cls(
+            key=str(d["key"]),
+            value=int(d["value"]),
+            expires_at_ms=None if at is None else int(at),
+            ttl_ms=int(d.get("ttl_ms", 0)),
         )
 
 

@@ -1,6 +1,6 @@
 //! The typed API calls, one file per area of the API: `slots` (acquire, release,
-//! renew, usage), `limits` (per-key limits and named policies), `rate` (rate checks)
-//! and `cluster` (cluster view, readiness, membership).
+//! renew, usage), `limits` (per-key limits and named policies), `rate` (rate checks),
+//! `counters` (counters with an expiry) and `cluster` (cluster view, readiness, membership).
 //!
 //! Each call is a thin, typed wrapper: it names its row of the route table, fills
 //! the path parameters and body from its arguments and decodes the answer with
@@ -10,6 +10,7 @@
 //! of the transport's [`crate::Error::Unavailable`].
 
 mod cluster;
+mod counters;
 mod limits;
 mod rate;
 mod slots;

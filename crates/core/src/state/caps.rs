@@ -1,6 +1,7 @@
 //! Caps and ownership: what an op must pass before it may add to the state.
 //!
-//! Leases, slot keys and rate buckets are capped by [`crate::Settings`]; an op that
+//! Leases, slot keys and rate buckets (with counters, which count against the same
+//! `max_rate_keys`) are capped by [`crate::Settings`]; an op that
 //! would create one more gets [`CoreError::StateFull`] (after a bounded sweep of
 //! garbage that would be purged anyway), so no caller can grow every replica's memory
 //! without limit. A lease op by a client on another caller's lease is refused.
@@ -73,10 +74,14 @@ impl State {
         let max = self.settings.max_rate_keys;
         let over = |st: &Self| {
             let n = new(st);
-            n > 0 && (st.rate.len() + n) as u64 > max
+            // Counters count against the same cap (`counters.rs`).
+            n > 0 && (st.rate.len() + st.counters.len() + n) as u64 > max
         };
         if over(self) {
             self.sweep_rate(ROOM_SWEEP_RATE_KEYS);
+        }
+        if over(self) {
+            self.sweep_counters(ROOM_SWEEP_RATE_KEYS);
         }
         over(self).then(|| CoreError::StateFull {
             cap: "max_rate_keys".into(),

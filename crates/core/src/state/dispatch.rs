@@ -4,7 +4,7 @@
 //! job. [`Op::As`] carries the caller: its role is checked here, once, before the op
 //! runs, and the caller travels on to the lease ops that check ownership. The small
 //! admin ops (policies, tiers, seen nodes) are answered inline; everything else is a
-//! call into `leases`, `rate`, `policy` or `descriptors`.
+//! call into `leases`, `rate`, `counters`, `policy` or `descriptors`.
 
 use crate::command::{Caller, Command, Op};
 use crate::error::CoreError;
@@ -102,6 +102,12 @@ impl State {
             Op::Descriptors(r) => self.descriptors(r),
             Op::SetPolicyMode { name, mode } => self.set_policy_mode(name, *mode),
             Op::ConfigureModes(c) => self.configure_modes(c),
+            Op::CounterIncr {
+                key,
+                amount,
+                expiry_ms,
+            } => self.counter_incr(key, *amount, *expiry_ms),
+            Op::CounterClear { key } => self.counter_clear(key),
         }
     }
 }

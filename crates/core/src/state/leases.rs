@@ -213,10 +213,15 @@ impl State {
     }
 
     /// Bounded housekeeping: purge up to `max_leases` dead leases (soonest first) and
-    /// scan up to `max_rate_keys` buckets from the cursor, dropping full ones.
+    /// scan up to `max_rate_keys` buckets from the cursor, dropping full ones; then
+    /// drop up to `max_rate_keys` expired counters.
     pub(super) fn expire(&mut self, max_leases: u32, max_rate_keys: u32) -> Outcome {
         let leases = self.purge_dead_leases(max_leases);
-        let rate_keys = self.sweep_rate(max_rate_keys);
+        // Expired counters share the bucket budget and the count (both are keys
+        // under `max_rate_keys`).
+        let rate_keys = self
+            .sweep_rate(max_rate_keys)
+            .saturating_add(self.sweep_counters(max_rate_keys));
         Outcome::Expired { leases, rate_keys }
     }
 }

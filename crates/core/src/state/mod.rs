@@ -12,6 +12,7 @@
 //! - `leases`: acquire, release, renew, housekeeping;
 //! - `slots`: the per-key lease index, the only code that adds or removes a lease;
 //! - `rate`: GCRA checks and the bucket sweep;
+//! - `counters`: integers with an expiry (the `limits` storage's fixed windows);
 //! - `policy`: overrides, policies, tiers, configuration, limit resolution;
 //! - `caps`: the state caps and lease ownership checks;
 //! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
@@ -30,6 +31,7 @@ use crate::command::{RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 
 mod caps;
+mod counters;
 mod digest;
 mod dispatch;
 pub(crate) mod encoding;
@@ -42,6 +44,7 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
+use counters::Counter;
 pub use digest::fnv1a;
 pub use encoding::cut;
 pub(crate) use encoding::cut::UndoLog;
@@ -55,6 +58,8 @@ pub struct Stats {
     pub leases: usize,
     pub slot_keys: usize,
     pub rate_keys: usize,
+    /// Counters in the map (live, or expired and not yet swept).
+    pub counters: usize,
     pub overrides: usize,
     pub policies: usize,
     pub last_token: u64,
@@ -85,6 +90,8 @@ pub struct State {
     pub(crate) descriptors: DescriptorTables,
     /// Names of the policies in shadow mode (`shadow.rs`); a version 4 section.
     pub(crate) shadow: BTreeSet<String>,
+    /// Counters by key (`counters.rs`); a version 4 section.
+    pub(crate) counters: BTreeMap<String, Counter>,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -92,6 +99,10 @@ pub struct State {
     lease_sum: u64,
     rate_sum: u64,
     override_sum: u64,
+    /// Wrapping sum of per-counter hashes (like `rate_sum`).
+    counter_sum: u64,
+    /// (expires_at_ms, key) of every counter: the sweep takes the front.
+    counter_expiry: BTreeSet<(u64, String)>,
     /// The undo log of an open snapshot cut (`encoding/cut.rs`), and the last cut's number.
     pub(crate) undo: Option<UndoLog>,
     cut_seq: u64,
@@ -144,6 +155,7 @@ impl State {
             leases: self.leases.len(),
             slot_keys: self.slots.len(),
             rate_keys: self.rate.len(),
+            counters: self.counters.len(),
             overrides: self.overrides.len(),
             policies: self.concurrency.len() + self.rate_policies.len(),
             last_token: self.last_token,

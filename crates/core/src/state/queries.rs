@@ -169,6 +169,10 @@ impl TimeView<'_> {
             Query::PolicyModes => Ok(Outcome::PolicyModes {
                 shadow: st.shadow.iter().cloned().collect(),
             }),
+            Query::Counter { key } => {
+                validate::key("key", key)?;
+                Ok(Outcome::Counter(st.counter_info(key, self.now_ms)))
+            }
         }
     }
 }

@@ -296,9 +296,10 @@ impl Node {
                 caps.max_slot_keys,
                 "max_slot_keys",
             ),
+            // Counters count against the same cap as rate buckets (core `counters.rs`).
             (
                 "rate_keys",
-                stats.rate_keys,
+                stats.rate_keys + stats.counters,
                 caps.max_rate_keys,
                 "max_rate_keys",
             ),

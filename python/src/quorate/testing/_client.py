@@ -29,6 +29,7 @@ from ..failure import FailurePolicy, Failures
 from ..slot import AsyncSlot, Slot, drive
 from ..types import (
     ClusterInfo,
+    Counter,
     Lease,
     LimitInfo,
     LimitList,
@@ -232,6 +233,15 @@ class FakeClient(_FakeBase):
     def get_limit(self, key: str) -> LimitInfo:
         return self._decide(lambda: self.fake.get_limit(key))
 
+    def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter:
+        return self._decide(lambda: self.fake.counter_incr(key, expiry, amount))
+
+    def counter(self, key: str) -> Counter:
+        return self._decide(lambda: self.fake.counter(key))
+
+    def clear_counter(self, key: str) -> bool:
+        return self._decide(lambda: self.fake.clear_counter(key))
+
     def list_limits(self, prefix: str = "", *, max: int | None = None) -> LimitList:
         return self._decide(lambda: self.fake.list_limits(prefix, max))
 
@@ -352,6 +362,15 @@ class FakeAsyncClient(_FakeBase):
 
     async def get_limit(self, key: str) -> LimitInfo:
         return self._twin.get_limit(key)
+
+    async def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter:
+        return self._twin.counter_incr(key, expiry, amount)
+
+    async def counter(self, key: str) -> Counter:
+        return self._twin.counter(key)
+
+    async def clear_counter(self, key: str) -> bool:
+        return self._twin.clear_counter(key)
 
     async def list_limits(self, prefix: str = "", *, max: int | None = None) -> LimitList:
         return self._twin.list_limits(prefix, max=max)

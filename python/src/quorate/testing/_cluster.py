@@ -47,6 +47,7 @@ from ..errors import (
 from ..types import (
     ClusterInfo,
     ConcurrencyPolicy,
+    Counter,
     Lease,
     LeaseInfo,
     LimitInfo,
@@ -222,6 +223,8 @@ class FakeCluster:
         self._rate_policies: dict[str, _Spec] = {}
         self._tiers: dict[str, int] = {}
         self._buckets: dict[str, int] = {}
+        #: key -> (value, expires_at_ms), live while now < expires_at_ms.
+        self._counters: dict[str, tuple[int, int]] = {}
         items = policies.items() if isinstance(policies, Mapping) else policies
         for name, spec in items:
             self.put_policy(name, spec)
@@ -497,6 +500,44 @@ class FakeCluster:
                     )
                 )
             return _shape(checks, results, allowed)
+
+    # -- counters -----------------------------------------------------------------------
+
+    def _counter(self, key: str, now: int) -> Counter:
+        value, at = self._counters.get(key, (0, 0))
+        if at <= now:
+            return Counter(key, 0, None, 0)
+        return Counter(key, value, at, at - now)
+
+    def counter_incr(self, key: str, expiry: float, amount: int = 1) -> Counter:
+        with self._lock:
+            now = self._tick()
+            _key("key", key)
+            if amount < 1:
+                raise _invalid("amount", "must be at least 1")
+            expiry_ms = to_ms(expiry)
+            if not 1 <= expiry_ms <= self.max_period_ms:
+                raise _invalid("expiry_ms", f"must be in 1..={self.max_period_ms} (max_period_ms)")
+            live = self._counter(key, now)
+            if live.expires_at_ms is None:
+                self._counters[key] = (amount, now + expiry_ms)
+            else:
+                self._counters[key] = (live.value + amount, live.expires_at_ms)
+            return self._counter(key, now)
+
+    def counter(self, key: str) -> Counter:
+        with self._lock:
+            now = self._tick()
+            _key("key", key)
+            return self._counter(key, now)
+
+    def clear_counter(self, key: str) -> bool:
+        with self._lock:
+            now = self._tick()
+            _key("key", key)
+            live = self._counter(key, now).expires_at_ms is not None
+            self._counters.pop(key, None)
+            return live
 
     # -- admin --------------------------------------------------------------------------
 

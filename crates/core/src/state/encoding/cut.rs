@@ -299,7 +299,7 @@ mod tests {
     }
 
     /// A deterministic mix of ops from `seed`: grants, renewals, releases, rate checks,
-    /// expiry, limit changes.
+    /// counters, expiry.
     fn ops(seed: u64, n: u64) -> Vec<Op> {
         let mut x = seed | 1;
         (0..n)
@@ -307,7 +307,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                match x % 6 {
+                match x % 7 {
                     0 | 1 => acquire(x % 40, 500 + x % 3000),
                     2 => Op::Release {
                         lease_id: format!("l{}", x % 40),
@@ -316,6 +316,11 @@ mod tests {
                     4 => Op::Expire {
                         max_leases: 5,
                         max_rate_keys: 5,
+                    },
+                    5 => Op::CounterIncr {
+                        key: format!("c{}", x % 5),
+                        amount: 1,
+                        expiry_ms: 100 + x % 900,
                     },
                     _ => Op::Renew {
                         lease_id: format!("l{}", (x >> 3) % 40),

@@ -1,7 +1,8 @@
 //! Snapshot encoding: the state's primary data as bytes, and back.
 //!
 //! A snapshot holds only the primary data (settings, policies, overrides, leases by
-//! token, rate buckets, counters, seen nodes, descriptor tables); the per-key sets,
+//! token, rate buckets, seen nodes, descriptor tables, then named sections: shadow
+//! policies, counters); the per-key sets,
 //! the lease-id map, the expiry index, the owner counts and the digest sums are
 //! derived and rebuilt on restore. All maps are `BTreeMap`, so the snapshot of a
 //! given state is always the same bytes and its digest can be compared across nodes.
@@ -46,6 +47,10 @@ type Section = (String, Vec<u8>);
 
 /// The section holding the names of the policies in shadow mode.
 const SHADOW: &str = "shadow";
+/// The section holding the counters (`counters.rs`), key → (value, expiry). Written
+/// whole, also by a chunked cut (at its start): counters are fixed windows that
+/// expire and are swept, so the map stays far smaller than the bucket map.
+const COUNTERS: &str = "counters";
 
 /// The snapshot format: primary data only. One field list for both directions:
 /// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
@@ -111,6 +116,24 @@ impl State {
         if !self.shadow.is_empty() {
             out.push((SHADOW.to_string(), encode(&self.shadow)));
         }
+        if !self.counters.is_empty() {
+            out.push((COUNTERS.to_string(), encode(&self.counters)));
+        }
+        out
+    }
+
+    /// What the digest hashes for the sections: each section's bytes, except that
+    /// the counters enter as their running hash sum and count (so the digest stays
+    /// O(1) in the number of counters). Empty when [`State::sections`] is.
+    pub(crate) fn digest_sections(&self) -> Vec<Section> {
+        let mut out = Vec::new();
+        if !self.shadow.is_empty() {
+            out.push((SHADOW.to_string(), encode(&self.shadow)));
+        }
+        if !self.counters.is_empty() {
+            let summary = (self.counter_sum, self.counters.len() as u64);
+            out.push((COUNTERS.to_string(), encode(&summary)));
+        }
         out
     }
 
@@ -133,6 +156,20 @@ impl State {
             |e: bincode::Error| CoreError::CorruptSnapshot(format!("snapshot section {name}: {e}"));
         match name.as_str() {
             SHADOW => self.shadow = decode.deserialize(&bytes).map_err(corrupt)?,
+            COUNTERS => {
+                let counters: BTreeMap<String, super::Counter> =
+                    decode.deserialize(&bytes).map_err(corrupt)?;
+                if let Some(k) = counters
+                    .keys()
+                    .find(|k| crate::validate::key("key", k).is_err())
+                {
+                    return Err(CoreError::CorruptSnapshot(format!(
+                        "snapshot section {name}: invalid counter key {k:?}"
+                    )));
+                }
+                self.counters = counters;
+                self.index_counters();
+            }
             _ => {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "unknown snapshot section {name:?} (written by a newer version?)"
@@ -226,9 +263,12 @@ impl State {
             seen: s.seen.into_owned(),
             descriptors,
             shadow: Default::default(),
+            counters: BTreeMap::new(),
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
+            counter_sum: 0,
+            counter_expiry: BTreeSet::new(),
             undo: None,
             cut_seq: 0,
             lease_ids: BTreeMap::new(),

@@ -1,6 +1,6 @@
 //! The public HTTP API: JSON over HTTP/1.1 on every node's `api_addr`.
 //!
-//! One file per resource ([`slots`], [`limits`], [`rate`], [`policies`], [`cluster`],
+//! One file per resource ([`slots`], [`limits`], [`rate`], [`counters`], [`policies`], [`cluster`],
 //! [`ops`], and the status page's files in `http::ui`); this file wires them. The routes are not listed here: [`router`] walks
 //! `quorate_proto::routes::ROUTES` and asks [`handler`] for each row's handler (an
 //! exhaustive `match`, so a row without a handler does not compile). The same table
@@ -47,6 +47,7 @@ use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 mod cluster;
+mod counters;
 mod limits;
 mod ops;
 mod policies;
@@ -114,6 +115,9 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::GetLimit => on(f, limits::get_limit),
         RouteId::DeleteLimit => on(f, limits::delete_limit),
         RouteId::RateCheck => on(f, rate::rate_check),
+        RouteId::CounterIncr => on(f, counters::counter_incr),
+        RouteId::GetCounter => on(f, counters::get_counter),
+        RouteId::ClearCounter => on(f, counters::clear_counter),
         RouteId::Policies => on(f, policies::policies),
         RouteId::PutPolicy => on(f, policies::put_policy),
         RouteId::DeletePolicy => on(f, policies::delete_policy),
