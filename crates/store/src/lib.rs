@@ -89,6 +89,7 @@ mod purge;
 mod raft_log;
 mod record;
 mod snapshot;
+mod snapshot_data;
 mod snapshot_file;
 mod state_machine;
 pub mod vfs;
@@ -107,6 +108,7 @@ use crate::state_machine::{applied_from_snapshot, Applied};
 pub use crate::error::StoreError;
 pub use crate::flusher::{FlushStats, Health};
 pub use crate::log_store::LogStore;
+pub use crate::snapshot_data::SnapshotData;
 pub use crate::state_machine::StateMachineStore;
 
 /// How to reach a node: its client API and its Raft RPC address.
@@ -129,7 +131,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

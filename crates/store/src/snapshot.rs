@@ -30,18 +30,28 @@ pub(crate) struct Header {
     pub(crate) last_membership: StoredMembership<u64, NodeInfo>,
 }
 
-/// Frames `core` (from `State::snapshot`) with its header.
-pub(crate) fn encode_snapshot(header: &Header, core: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The bytes before the core bytes: magic, version, header length and header. A
+/// snapshot written as it is built is this, then the core bytes as they come.
+pub(crate) fn encode_prefix(header: &Header) -> Result<Vec<u8>, StoreError> {
     let h = encode("snapshot header", header)?;
     let h_len = u32::try_from(h.len()).map_err(|_| StoreError::Malformed {
         what: "snapshot header",
         reason: format!("{} bytes is too long", h.len()),
     })?;
-    let mut out = Vec::with_capacity(PREFIX_LEN + h.len() + core.len());
+    let mut out = Vec::with_capacity(PREFIX_LEN + h.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&h_len.to_le_bytes());
     out.extend_from_slice(&h);
+    Ok(out)
+}
+
+/// Frames `core` (from `State::snapshot`) with its header (snapshots are written
+/// streamed: [`encode_prefix`], then the core bytes as they come).
+#[cfg(test)]
+pub(crate) fn encode_snapshot(header: &Header, core: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut out = encode_prefix(header)?;
+    out.reserve_exact(core.len());
     out.extend_from_slice(core);
     Ok(out)
 }
