@@ -56,6 +56,37 @@ pub(crate) fn encode_snapshot(header: &Header, core: &[u8]) -> Result<Vec<u8>, S
     Ok(out)
 }
 
+/// Reads the prefix and header from the start of `reader`, leaving it at the core
+/// bytes; returns the header and the prefix's length.
+pub(crate) fn read_header(reader: &mut impl std::io::Read) -> Result<(Header, u64), StoreError> {
+    let malformed = |reason: String| StoreError::Malformed {
+        what: "snapshot",
+        reason,
+    };
+    let mut prefix = [0u8; PREFIX_LEN];
+    reader
+        .read_exact(&mut prefix)
+        .map_err(|e| malformed(format!("cannot read its prefix: {e}")))?;
+    if &prefix[..4] != MAGIC {
+        return Err(malformed("no QSNP magic prefix".into()));
+    }
+    if prefix[4] != VERSION {
+        return Err(malformed(format!("unsupported version {}", prefix[4])));
+    }
+    let h_len = u32::from_le_bytes(prefix[5..9].try_into().expect("4 bytes"));
+    // A header is a log id and a membership: far below this; a larger length is
+    // damage, not a reason to allocate.
+    if h_len > 1 << 20 {
+        return Err(malformed(format!("header length {h_len}")));
+    }
+    let mut h = vec![0u8; h_len as usize];
+    reader
+        .read_exact(&mut h)
+        .map_err(|e| malformed(format!("cannot read its {h_len}-byte header: {e}")))?;
+    let header = decode("snapshot header", &h)?;
+    Ok((header, (PREFIX_LEN as u64) + u64::from(h_len)))
+}
+
 /// Splits snapshot bytes into header and core bytes, without copying the latter.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(Header, &[u8]), StoreError> {
     let malformed = |reason: String| StoreError::Malformed {
@@ -105,5 +136,13 @@ mod tests {
         let mut truncated = bytes.clone();
         truncated.truncate(PREFIX_LEN + 2);
         assert!(decode_snapshot(&truncated).is_err());
+
+        // Read from a stream: the same header, the reader left at the core bytes.
+        let mut r = &bytes[..];
+        let (h, prefix) = read_header(&mut r).unwrap();
+        assert_eq!((h, r), (header, &b"core-bytes"[..]));
+        assert_eq!(prefix as usize, bytes.len() - 10);
+        assert!(read_header(&mut &truncated[..]).is_err());
+        assert!(read_header(&mut &b"QSNP\x01\xff\xff\xff\xff"[..]).is_err());
     }
 }

@@ -104,6 +104,12 @@ impl SnapshotData {
         }
     }
 
+    /// A blocking reader of the bytes from the start (wrap it in a `BufReader`: each
+    /// read is one positional read of the file).
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        Reader { data: self, pos: 0 }
+    }
+
     /// Calls `f` on the bytes in order, at most `chunk` at a time.
     pub(crate) fn for_each_chunk(
         &self,
@@ -124,6 +130,31 @@ impl SnapshotData {
             }
             Inner::Mem(b) => b.chunks(chunk.max(1)).try_for_each(f),
         }
+    }
+}
+
+/// See [`SnapshotData::reader`].
+pub(crate) struct Reader<'a> {
+    data: &'a SnapshotData,
+    pos: u64,
+}
+
+impl io::Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.data.len().saturating_sub(self.pos);
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        if n == 0 {
+            return Ok(0);
+        }
+        match &self.data.inner {
+            Inner::File { file, .. } => file.read_exact_at(&mut buf[..n], self.pos)?,
+            Inner::Mem(b) => {
+                let at = self.pos as usize;
+                buf[..n].copy_from_slice(&b[at..at + n]);
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -255,6 +286,9 @@ mod tests {
             }
             assert_eq!(got, want);
             assert_eq!(d.to_vec().unwrap(), want);
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut d.reader(), &mut read).unwrap();
+            assert_eq!(read, want);
             let mut chunks = Vec::new();
             d.for_each_chunk(999, |c| {
                 chunks.extend_from_slice(c);

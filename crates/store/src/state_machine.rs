@@ -23,9 +23,9 @@
 //! openraft gets a [`SnapshotData`] reading that file in chunks, and a follower
 //! receives chunks into `snapshot.recv`. Only when the disk is full (or, defensively,
 //! when a newer snapshot is already on disk) is a snapshot built in memory and handed
-//! back unpersisted, as before. Installing reads the received snapshot once into
-//! memory, exactly sized, to restore the state from it (`State::restore` takes
-//! bytes); readers keep the old state until the new one is swapped in.
+//! back unpersisted, as before. Installing restores the state reading the received
+//! file as it goes (`State::restore_from`), then copies the file into the snapshot
+//! file in chunks; readers keep the old state until the new one is swapped in.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -40,7 +40,7 @@ use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
 use crate::flusher::is_no_space;
-use crate::snapshot::{decode_snapshot, encode_prefix, Header};
+use crate::snapshot::{decode_snapshot, encode_prefix, read_header, Header};
 use crate::snapshot_data::SnapshotData;
 use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
@@ -232,11 +232,19 @@ impl StateMachineStore {
                 path: dir.join(snapshot_file::RECV_FILE),
                 source: e,
             };
-            let bytes = data.to_vec().map_err(read)?;
-            // Checked before anything changes: a snapshot that disagrees with its
-            // meta, or does not decode, is refused with the old state in place.
-            let (header, _) = decode_snapshot(&bytes)?;
+            // Restored first, streaming from the received file: a snapshot that
+            // disagrees with its meta, or does not decode, is refused with the old
+            // state and the old snapshot file in place (persisting it first would
+            // leave a node that cannot start).
+            let mut reader = std::io::BufReader::with_capacity(WRITE_CHUNK, data.reader());
+            let (header, prefix) = read_header(&mut reader)?;
             check_header(&meta_owned, &header)?;
+            let core_len = data.len().saturating_sub(prefix);
+            let restored = Applied {
+                state: State::restore_from(reader, core_len)?,
+                last_applied: header.last_applied,
+                last_membership: header.last_membership,
+            };
             // Persist first, swap in memory second: a crash in between restarts from
             // the new snapshot, which is what the leader wanted us to have. Copied from
             // the received file in chunks, so no second copy of the bytes is made.
@@ -257,10 +265,8 @@ impl StateMachineStore {
             Self::drop_sled_snapshot(&shared)?;
             drop(data);
             let _ = vfs.remove_file(&dir.join(snapshot_file::RECV_FILE));
-            // Readers keep the old state while the new one is built; the bytes are
-            // dropped before the swap, the old state at it.
-            let restored = applied_from_snapshot(&meta_owned, &bytes)?;
-            drop(bytes);
+            // Readers kept the old state while the new one was built; it is dropped
+            // at the swap.
             *applied.write().map_err(|_| poisoned())? = restored;
             Ok::<_, StoreError>(())
         })
