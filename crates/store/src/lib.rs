@@ -103,7 +103,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::decode;
 use crate::db::{open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::raft_log::RaftLog;
-use crate::state_machine::{applied_from_snapshot, Applied};
+use crate::state_machine::{restore_snapshot, Applied};
 
 pub use crate::error::StoreError;
 pub use crate::flusher::{FlushStats, Health};
@@ -185,13 +185,12 @@ pub fn open_with(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Storage, StoreErr
         .get_meta(KEY_LAST_PURGED, "last purged log id")
         .map_err(|e| corrupt("last purged log id", e))?;
 
-    let applied =
-        match StateMachineStore::load_snapshot(&shared).map_err(|e| corrupt("snapshot", e))? {
-            Some((meta, data)) => {
-                applied_from_snapshot(&meta, &data).map_err(|e| corrupt("snapshot", e))?
-            }
-            None => Applied::default(),
-        };
+    let applied = match StateMachineStore::load_snapshot(&shared)
+        .map_err(|e| corrupt("snapshot", e))?
+    {
+        Some((meta, data)) => restore_snapshot(&meta, &data).map_err(|e| corrupt("snapshot", e))?,
+        None => Applied::default(),
+    };
 
     let log = LogStore {
         shared: shared.clone(),

@@ -87,7 +87,9 @@ pub(crate) fn read_header(reader: &mut impl std::io::Read) -> Result<(Header, u6
     Ok((header, (PREFIX_LEN as u64) + u64::from(h_len)))
 }
 
-/// Splits snapshot bytes into header and core bytes, without copying the latter.
+/// Splits snapshot bytes into header and core bytes, without copying the latter
+/// (the store reads them streamed: [`read_header`]).
+#[cfg(test)]
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(Header, &[u8]), StoreError> {
     let malformed = |reason: String| StoreError::Malformed {
         what: "snapshot",

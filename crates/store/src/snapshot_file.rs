@@ -163,7 +163,9 @@ fn meta_span(size: u64, trailer: &[u8]) -> Result<(u64, usize), StoreError> {
     }
 }
 
-/// The snapshot in `dir`: meta and snapshot bytes, checked. `None` if there is none.
+/// The snapshot in `dir`: meta and snapshot bytes, checked, in memory (tests; the
+/// store reads it streamed: [`open_data`]). `None` if there is none.
+#[cfg(test)]
 pub(crate) fn read(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
     let mut bytes = match vfs.read(&path) {

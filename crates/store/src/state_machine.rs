@@ -40,7 +40,7 @@ use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
 use crate::flusher::is_no_space;
-use crate::snapshot::{decode_snapshot, encode_prefix, read_header, Header};
+use crate::snapshot::{encode_prefix, read_header, Header};
 use crate::snapshot_data::SnapshotData;
 use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
@@ -145,13 +145,15 @@ impl StateMachineStore {
         Ok(out)
     }
 
-    /// Reads the persisted snapshot, if any: the snapshot file, else (a store written
-    /// before snapshots left sled) the `snapshot` tree.
+    /// The persisted snapshot, if any: the snapshot file (checked by its crc, and
+    /// read from as it is used, not loaded), else (a store written before snapshots
+    /// left sled) the copy in the `snapshot` tree, in memory.
     pub(crate) fn load_snapshot(
         shared: &Shared,
-    ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
-        if let Some(found) = snapshot_file::read(&**shared.log.vfs(), &shared.dir)? {
-            return Ok(Some(found));
+    ) -> Result<Option<(SnapMeta, SnapshotData)>, StoreError> {
+        if let Some((meta, file, len)) = snapshot_file::open_data(&**shared.log.vfs(), &shared.dir)?
+        {
+            return Ok(Some((meta, SnapshotData::file(file, len))));
         }
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
             return Ok(None);
@@ -164,7 +166,7 @@ impl StateMachineStore {
                 what: "snapshot",
                 reason: "meta present but data missing".into(),
             })?;
-        Ok(Some((meta, data.to_vec())))
+        Ok(Some((meta, SnapshotData::from_bytes(data.to_vec()))))
     }
 
     pub(crate) async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
@@ -236,15 +238,7 @@ impl StateMachineStore {
             // disagrees with its meta, or does not decode, is refused with the old
             // state and the old snapshot file in place (persisting it first would
             // leave a node that cannot start).
-            let mut reader = std::io::BufReader::with_capacity(WRITE_CHUNK, data.reader());
-            let (header, prefix) = read_header(&mut reader)?;
-            check_header(&meta_owned, &header)?;
-            let core_len = data.len().saturating_sub(prefix);
-            let restored = Applied {
-                state: State::restore_from(reader, core_len)?,
-                last_applied: header.last_applied,
-                last_membership: header.last_membership,
-            };
+            let restored = restore_snapshot(&meta_owned, &data)?;
             // Persist first, swap in memory second: a crash in between restarts from
             // the new snapshot, which is what the leader wanted us to have. Copied from
             // the received file in chunks, so no second copy of the bytes is made.
@@ -444,12 +438,18 @@ fn check_header(meta: &SnapMeta, header: &Header) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Decodes snapshot bytes into an [`Applied`], checking them against `meta`.
-pub(crate) fn applied_from_snapshot(meta: &SnapMeta, data: &[u8]) -> Result<Applied, StoreError> {
-    let (header, core) = decode_snapshot(data)?;
+/// Restores an [`Applied`] from a snapshot, reading it as it goes (never whole in
+/// memory), after checking its header against `meta`.
+pub(crate) fn restore_snapshot(
+    meta: &SnapMeta,
+    data: &SnapshotData,
+) -> Result<Applied, StoreError> {
+    let mut reader = std::io::BufReader::with_capacity(WRITE_CHUNK, data.reader());
+    let (header, prefix) = read_header(&mut reader)?;
     check_header(meta, &header)?;
+    let core_len = data.len().saturating_sub(prefix);
     Ok(Applied {
-        state: State::restore(core)?,
+        state: State::restore_from(reader, core_len)?,
         last_applied: header.last_applied,
         last_membership: header.last_membership,
     })
@@ -505,20 +505,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let vfs = &**self.shared.log.vfs();
-        if let Some((meta, file, len)) =
-            snapshot_file::open_data(vfs, &self.shared.dir).map_err(snapshot_read)?
-        {
-            return Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(SnapshotData::file(file, len)),
-            }));
-        }
-        // A store written before snapshots left sled: that copy, in memory.
         let loaded = Self::load_snapshot(&self.shared).map_err(snapshot_read)?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::from_bytes(data)),
+            snapshot: Box::new(data),
         }))
     }
 }
