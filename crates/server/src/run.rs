@@ -157,7 +157,7 @@ pub async fn serve_on(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    config.security()?;
+    config.security(node_id)?;
     let storage = open_store(&config, node_id)?;
     serve_with_storage(config, node_id, listeners, storage, shutdown).await
 }
@@ -172,7 +172,7 @@ pub async fn serve_with_storage(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let security = config.security()?;
+    let security = config.security(node_id)?;
     warn_about_open_access(&security);
     let metrics = Arc::new(Metrics::new());
     let metrics_for_run = metrics.clone();
@@ -207,7 +207,7 @@ pub async fn serve_with_storage(
             request_timeout: config.request_timeout(),
         }),
     });
-    let peer_router = peer::router(node.clone(), security.peer.clone());
+    let peer_router = peer::router(node.clone(), security.peer.clone(), security.tls.is_some());
     let grpc_service = RateLimitGrpc {
         backend: node.clone(),
         auth: security.api.clone(),

@@ -249,7 +249,7 @@ async fn non_loopback_peer_links_without_tls_refuse_to_start() {
 
     // Loopback (including localhost and ::1) needs neither.
     let c = two_nodes(dir.path(), "localhost:2", "[::1]:7202");
-    assert!(c.security().is_ok());
+    assert!(c.security(1).is_ok());
 }
 
 #[test]
@@ -258,11 +258,11 @@ fn non_loopback_peer_links_with_tls_are_accepted() {
     support::make_test_ca(&dir.path().join("tls"));
     let mut c = two_nodes(dir.path(), "10.0.0.1:7201", "10.0.0.2:7202");
     c.tls = Some(support::test_ca_tls());
-    let security = c.security().expect("mutual TLS protects every peer link");
+    let security = c.security(1).expect("mutual TLS protects every peer link");
     assert!(security.tls.is_some());
     assert!(!security.peer.signs());
     c.auth.cluster_secret = Some(SECRET.into());
-    assert!(c.security().expect("and with a secret").peer.signs());
+    assert!(c.security(1).expect("and with a secret").peer.signs());
 }
 
 #[test]

@@ -43,7 +43,7 @@ async fn start(dir: &Path) -> Arc<Node> {
     let data = config.node_data_dir(1);
     std::fs::create_dir_all(&data).expect("data dir");
     let storage = quorate_store::open(&data).expect("open store");
-    let security = config.security().expect("security");
+    let security = config.security(1).expect("security");
     let peers = PeerClient::new(
         Duration::from_millis(500),
         security.peer.outgoing_headers(),
@@ -71,8 +71,8 @@ async fn start(dir: &Path) -> Arc<Node> {
 /// cluster id, no secret configured).
 async fn start_with_peer_router(dir: &Path) -> (Arc<Node>, axum::Router) {
     let node = start(dir).await;
-    let auth = config(dir).security().expect("security").peer;
-    let router = peer::router(node.clone(), auth);
+    let auth = config(dir).security(1).expect("security").peer;
+    let router = peer::router(node.clone(), auth, false);
     (node, router)
 }
 

@@ -4,8 +4,11 @@
 //! cluster secret) and serves its API over server-only TLS: a client trusting the CA
 //! is served without a certificate, plain HTTP and clients that do not trust the CA
 //! are not. On the Raft port, a caller without a client certificate, or with one from
-//! another CA, is refused in the handshake and counted. Certificates come from
-//! `scripts/make_test_ca.sh` (openssl).
+//! another CA, is refused in the handshake and counted. Each certificate names its
+//! node, and a node's certificate speaks for that node only: a Raft RPC claiming
+//! another sender is refused, a peer presenting another node's certificate is not
+//! dialed, and a node whose own certificate does not name it does not start.
+//! Certificates come from `scripts/make_test_ca.sh` (openssl).
 
 mod support;
 
@@ -17,6 +20,14 @@ use quorate_server::ClusterConfig;
 
 fn dir_path(root: &Path, sub: &str, file: &str) -> std::path::PathBuf {
     root.join(sub).join(file)
+}
+
+/// Node `node`'s key and certificate in `<root>/<sub>`, as a client identity.
+fn identity(root: &Path, sub: &str, node: u64) -> reqwest::Identity {
+    let mut pem = std::fs::read(dir_path(root, sub, &format!("node-{node}.key"))).expect("key");
+    pem.push(b'\n');
+    pem.extend(std::fs::read(dir_path(root, sub, &format!("node-{node}.pem"))).expect("cert"));
+    reqwest::Identity::from_pem(&pem).expect("identity")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,12 +126,7 @@ async fn a_cluster_forms_and_serves_over_tls() {
     let r = probe(trusted.clone()).await;
     assert!(r.is_err(), "no client certificate: {r:?}");
     // Nor does one presenting a certificate from another CA.
-    let identity = |dir: &str| {
-        let mut pem = std::fs::read(dir_path(&dir_root, dir, "node.key")).expect("key");
-        pem.push(b'\n');
-        pem.extend(std::fs::read(dir_path(&dir_root, dir, "node.pem")).expect("cert"));
-        reqwest::Identity::from_pem(&pem).expect("identity")
-    };
+    let identity = |dir: &str| identity(&dir_root, dir, 1);
     let with_identity = |id: reqwest::Identity| {
         reqwest::Client::builder()
             .use_rustls_tls()
@@ -267,4 +273,193 @@ async fn the_grpc_listener_serves_over_tls() {
     );
     assert!(plain.should_rate_limit(req).await.is_err());
     node.stop().await;
+}
+
+/// Node 2's key, though signed by the cluster CA, cannot speak for node 1: a Raft RPC
+/// whose sender is node 1 is refused (`wrong_node`, counted) when the client
+/// certificate is node 2's and accepted with node 1's; and a node dialing peer 2
+/// refuses a server presenting node 3's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_speaks_for_its_node_only() {
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+    use quorate_server::peer::protocol::{encode, paths, AUTH_HEADER, CLUSTER_HEADER};
+    use quorate_server::peer::PeerClient;
+    use quorate_server::security::{PeerAuth, Secret};
+
+    const SECRET: &str = "tls-cluster-secret-0123456789";
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::make_test_ca(&dir.path().join("tls"));
+    let mut listeners = Vec::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let bound = support::bind().await;
+        nodes.push(NodeConfig {
+            id,
+            api_addr: bound.api_addr,
+            raft_addr: bound.raft_addr,
+            grpc_addr: None,
+            advertise_api: None,
+        });
+        listeners.push((id, bound.listeners));
+    }
+    let mut config = ClusterConfig::single_node("tls", "-", "-", &dir.path().join("data"));
+    config.nodes = nodes;
+    config.raft.election_timeout_min_ms = NonZeroMillis::new(300).expect("positive");
+    config.raft.election_timeout_max_ms = NonZeroMillis::new(600).expect("positive");
+    config.tls = Some(support::test_ca_tls());
+    config.auth.cluster_secret = Some(SECRET.into());
+    let raft_3 = config.nodes[2].raft_addr.clone();
+    let api_3 = format!("https://{}", config.nodes[2].api_addr);
+    let running: Vec<_> = listeners
+        .into_iter()
+        .map(|(id, l)| support::serve(config.clone(), id, l))
+        .collect();
+    let ca = std::fs::read(dir.path().join("tls/ca.pem")).expect("ca");
+    let trusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    support::wait_ready(&trusted, &api_3, Instant::now() + Duration::from_secs(30)).await;
+
+    // A stale vote (term 0) from "node 1": harmless to the cluster, answered 200 when
+    // it really comes from node 1.
+    let auth = PeerAuth::new("tls", Some(Secret::new(SECRET)));
+    let body = encode(&VoteRequest::<u64> {
+        vote: Vote::new(0, 1),
+        last_log_id: None,
+    })
+    .expect("encode");
+    let send_as = |node: u64| {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+            .identity(identity(dir.path(), "tls", node))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let sig = auth
+            .sign("POST", paths::VOTE, &body)
+            .expect("sign")
+            .expect("signed");
+        client
+            .post(format!("https://{raft_3}{}", paths::VOTE))
+            .header(CLUSTER_HEADER, "tls")
+            .header(AUTH_HEADER, sig)
+            .body(body.clone())
+            .send()
+    };
+    let r = send_as(2)
+        .await
+        .expect("node 2's certificate passes the handshake");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("text").contains("wrong_node"));
+    let r = send_as(1).await.expect("node 1's certificate");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+
+    // Dialing: node 1's peer client, told that node 2 is at node 3's address, meets
+    // node 3's certificate and refuses it; the same address as node 3 is fine.
+    let tls_1 = support::test_ca_tls()
+        .load(dir.path(), 1)
+        .expect("node 1's TLS");
+    let peers = PeerClient::for_node(Duration::from_secs(2), &auth, Some(&tls_1)).expect("client");
+    let wrong = peers
+        .get(2, &raft_3, paths::PROBE, Duration::from_secs(5))
+        .await;
+    let e = wrong.expect_err("node 3's certificate is not node 2's");
+    assert!(format!("{e}").contains("certificate of node 3"), "{e}");
+    peers
+        .get(3, &raft_3, paths::PROBE, Duration::from_secs(5))
+        .await
+        .expect("node 3 is node 3");
+
+    let metrics = trusted
+        .get(format!("{api_3}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("quorate_peer_rejected_total{reason=\"wrong_node\"} 1"),
+        "{metrics}"
+    );
+    support::stop_all(running).await;
+}
+
+/// A node refuses to start with a certificate that names another node, or none (as
+/// certificates were issued before node names were required).
+#[test]
+fn a_node_certificate_must_name_its_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = dir.path().join("tls");
+    support::make_test_ca(&tls);
+    let section = support::test_ca_tls();
+    assert_eq!(section.load(dir.path(), 2).expect("node 2").node_id, 2);
+    // Node 2's files used by node 1.
+    let mut swapped = section.clone();
+    swapped.cert_file = "tls/node-2.pem".into();
+    swapped.key_file = "tls/node-2.key".into();
+    let e = swapped
+        .load(dir.path(), 1)
+        .expect_err("another node's certificate");
+    assert!(e.contains("names node 2"), "{e}");
+    assert!(e.contains("this is node 1"), "{e}");
+
+    // A CA-signed certificate without the node name.
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=old",
+        "-keyout",
+        "old.key",
+        "-out",
+        "old.csr",
+    ]);
+    std::fs::write(
+        tls.join("old.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "old.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "old.pem",
+        "-extfile",
+        "old.ext",
+    ]);
+    let mut old = section;
+    old.cert_file = "tls/old.pem".into();
+    old.key_file = "tls/old.key".into();
+    let e = old.load(dir.path(), 1).expect_err("no node name");
+    assert!(e.contains("quorate://node/1"), "{e}");
+    assert!(e.contains("no subjectAltName URI"), "{e}");
 }

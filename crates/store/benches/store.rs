@@ -330,7 +330,7 @@ async fn build_big_store(dir: &Path, big_entries: u64, tail: u64) -> Result<BigS
     let t = Instant::now();
     let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
     let build_time = t.elapsed();
-    let snapshot_bytes = snap.snapshot.get_ref().len();
+    let snapshot_bytes = usize::try_from(snap.snapshot.len())?;
     st.log.purge(log_id(1, big_entries)).await?;
     // A committed tail after the snapshot, to be replayed at restart.
     for start in (big_entries + 1..=big_entries + tail).step_by(500) {

@@ -89,6 +89,7 @@ mod purge;
 mod raft_log;
 mod record;
 mod snapshot;
+mod snapshot_data;
 mod snapshot_file;
 mod state_machine;
 pub mod vfs;
@@ -102,11 +103,12 @@ use serde::{Deserialize, Serialize};
 use crate::codec::decode;
 use crate::db::{open_db, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::raft_log::RaftLog;
-use crate::state_machine::{applied_from_snapshot, Applied};
+use crate::state_machine::{restore_snapshot, Applied};
 
 pub use crate::error::StoreError;
 pub use crate::flusher::{FlushStats, Health};
 pub use crate::log_store::LogStore;
+pub use crate::snapshot_data::SnapshotData;
 pub use crate::state_machine::StateMachineStore;
 
 /// How to reach a node: its client API and its Raft RPC address.
@@ -129,7 +131,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -183,13 +185,12 @@ pub fn open_with(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Storage, StoreErr
         .get_meta(KEY_LAST_PURGED, "last purged log id")
         .map_err(|e| corrupt("last purged log id", e))?;
 
-    let applied =
-        match StateMachineStore::load_snapshot(&shared).map_err(|e| corrupt("snapshot", e))? {
-            Some((meta, data)) => {
-                applied_from_snapshot(&meta, &data).map_err(|e| corrupt("snapshot", e))?
-            }
-            None => Applied::default(),
-        };
+    let applied = match StateMachineStore::load_snapshot(&shared)
+        .map_err(|e| corrupt("snapshot", e))?
+    {
+        Some((meta, data)) => restore_snapshot(&meta, &data).map_err(|e| corrupt("snapshot", e))?,
+        None => Applied::default(),
+    };
 
     let log = LogStore {
         shared: shared.clone(),

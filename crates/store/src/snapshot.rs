@@ -30,23 +30,66 @@ pub(crate) struct Header {
     pub(crate) last_membership: StoredMembership<u64, NodeInfo>,
 }
 
-/// Frames `core` (from `State::snapshot`) with its header.
-pub(crate) fn encode_snapshot(header: &Header, core: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The bytes before the core bytes: magic, version, header length and header. A
+/// snapshot written as it is built is this, then the core bytes as they come.
+pub(crate) fn encode_prefix(header: &Header) -> Result<Vec<u8>, StoreError> {
     let h = encode("snapshot header", header)?;
     let h_len = u32::try_from(h.len()).map_err(|_| StoreError::Malformed {
         what: "snapshot header",
         reason: format!("{} bytes is too long", h.len()),
     })?;
-    let mut out = Vec::with_capacity(PREFIX_LEN + h.len() + core.len());
+    let mut out = Vec::with_capacity(PREFIX_LEN + h.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&h_len.to_le_bytes());
     out.extend_from_slice(&h);
+    Ok(out)
+}
+
+/// Frames `core` (from `State::snapshot`) with its header (snapshots are written
+/// streamed: [`encode_prefix`], then the core bytes as they come).
+#[cfg(test)]
+pub(crate) fn encode_snapshot(header: &Header, core: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut out = encode_prefix(header)?;
+    out.reserve_exact(core.len());
     out.extend_from_slice(core);
     Ok(out)
 }
 
-/// Splits snapshot bytes into header and core bytes, without copying the latter.
+/// Reads the prefix and header from the start of `reader`, leaving it at the core
+/// bytes; returns the header and the prefix's length.
+pub(crate) fn read_header(reader: &mut impl std::io::Read) -> Result<(Header, u64), StoreError> {
+    let malformed = |reason: String| StoreError::Malformed {
+        what: "snapshot",
+        reason,
+    };
+    let mut prefix = [0u8; PREFIX_LEN];
+    reader
+        .read_exact(&mut prefix)
+        .map_err(|e| malformed(format!("cannot read its prefix: {e}")))?;
+    if &prefix[..4] != MAGIC {
+        return Err(malformed("no QSNP magic prefix".into()));
+    }
+    if prefix[4] != VERSION {
+        return Err(malformed(format!("unsupported version {}", prefix[4])));
+    }
+    let h_len = u32::from_le_bytes(prefix[5..9].try_into().expect("4 bytes"));
+    // A header is a log id and a membership: far below this; a larger length is
+    // damage, not a reason to allocate.
+    if h_len > 1 << 20 {
+        return Err(malformed(format!("header length {h_len}")));
+    }
+    let mut h = vec![0u8; h_len as usize];
+    reader
+        .read_exact(&mut h)
+        .map_err(|e| malformed(format!("cannot read its {h_len}-byte header: {e}")))?;
+    let header = decode("snapshot header", &h)?;
+    Ok((header, (PREFIX_LEN as u64) + u64::from(h_len)))
+}
+
+/// Splits snapshot bytes into header and core bytes, without copying the latter
+/// (the store reads them streamed: [`read_header`]).
+#[cfg(test)]
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(Header, &[u8]), StoreError> {
     let malformed = |reason: String| StoreError::Malformed {
         what: "snapshot",
@@ -95,5 +138,13 @@ mod tests {
         let mut truncated = bytes.clone();
         truncated.truncate(PREFIX_LEN + 2);
         assert!(decode_snapshot(&truncated).is_err());
+
+        // Read from a stream: the same header, the reader left at the core bytes.
+        let mut r = &bytes[..];
+        let (h, prefix) = read_header(&mut r).unwrap();
+        assert_eq!((h, r), (header, &b"core-bytes"[..]));
+        assert_eq!(prefix as usize, bytes.len() - 10);
+        assert!(read_header(&mut &truncated[..]).is_err());
+        assert!(read_header(&mut &b"QSNP\x01\xff\xff\xff\xff"[..]).is_err());
     }
 }

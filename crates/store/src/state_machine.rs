@@ -15,9 +15,18 @@
 //! instead of waiting for all of it (a whole-state serialization under one lock took
 //! 0.2-0.35 s at 1M leases). The cut's bytes are exactly those of the state when it was
 //! opened, and its header (last applied, membership) is taken at the same moment.
-//! Framing, writing and flushing happen on a blocking thread after the cut is closed.
+//!
+//! **Streamed:** a snapshot is never whole in memory on its way to disk or to a
+//! follower. Each chunk's bytes are taken from the cut as soon as they are written
+//! and appended to `snapshot.tmp` (outside the lock), which becomes the snapshot file
+//! once the meta is added and it is fsync'd and renamed (`snapshot_file::Writer`).
+//! openraft gets a [`SnapshotData`] reading that file in chunks, and a follower
+//! receives chunks into `snapshot.recv`. Only when the disk is full (or, defensively,
+//! when a newer snapshot is already on disk) is a snapshot built in memory and handed
+//! back unpersisted, as before. Installing restores the state reading the received
+//! file as it goes (`State::restore_from`), then copies the file into the snapshot
+//! file in chunks; readers keep the old state until the new one is swapped in.
 
-use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -31,7 +40,8 @@ use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
 use crate::error::{sm_write, snapshot_read, snapshot_write};
 use crate::flusher::is_no_space;
-use crate::snapshot::{decode_snapshot, encode_snapshot, Header};
+use crate::snapshot::{encode_prefix, read_header, Header};
+use crate::snapshot_data::SnapshotData;
 use crate::snapshot_file::{self, SnapMeta};
 use crate::{NodeInfo, Response, StoreError, TypeConfig};
 
@@ -135,13 +145,15 @@ impl StateMachineStore {
         Ok(out)
     }
 
-    /// Reads the persisted snapshot, if any: the snapshot file, else (a store written
-    /// before snapshots left sled) the `snapshot` tree.
+    /// The persisted snapshot, if any: the snapshot file (checked by its crc, and
+    /// read from as it is used, not loaded), else (a store written before snapshots
+    /// left sled) the copy in the `snapshot` tree, in memory.
     pub(crate) fn load_snapshot(
         shared: &Shared,
-    ) -> Result<Option<(SnapMeta, Vec<u8>)>, StoreError> {
-        if let Some(found) = snapshot_file::read(&**shared.log.vfs(), &shared.dir)? {
-            return Ok(Some(found));
+    ) -> Result<Option<(SnapMeta, SnapshotData)>, StoreError> {
+        if let Some((meta, file, len)) = snapshot_file::open_data(&**shared.log.vfs(), &shared.dir)?
+        {
+            return Ok(Some((meta, SnapshotData::file(file, len))));
         }
         let Some(meta) = shared.snap.get(KEY_SNAP_META)? else {
             return Ok(None);
@@ -154,86 +166,41 @@ impl StateMachineStore {
                 what: "snapshot",
                 reason: "meta present but data missing".into(),
             })?;
-        Ok(Some((meta, data.to_vec())))
-    }
-
-    /// Replaces the snapshot file (meta and data together, durably: see
-    /// `snapshot_file.rs`), then drops a copy an older version kept in sled (the file
-    /// wins if that removal is lost).
-    fn persist_snapshot(shared: &Shared, meta: &SnapMeta, data: &[u8]) -> Result<(), StoreError> {
-        snapshot_file::write(&**shared.log.vfs(), &shared.dir, meta, data)?;
-        if shared.snap.contains_key(KEY_SNAP_META)? {
-            let mut batch = sled::Batch::default();
-            batch.remove(KEY_SNAP_META);
-            batch.remove(KEY_SNAP_DATA);
-            shared.snap.apply_batch(batch)?;
-        }
-        Ok(())
+        Ok(Some((meta, SnapshotData::from_bytes(data.to_vec()))))
     }
 
     pub(crate) async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         // One build or install at a time: an install replaces the state, which would
         // end an open cut (the cut notices and fails, but there is no need to race).
         let _serial = self.snapshot_lock.lock().await;
-        // A copy-on-write cut (`quorate_core::cut`): the write lock only to open and
-        // close it, the read lock one chunk at a time in between, so apply interleaves
-        // with serialization instead of waiting for all of it. Framing, writing and
-        // fsync happen after.
         let applied = self.applied.clone();
-        let (core, header) = tokio::task::spawn_blocking(move || cut_snapshot(&applied))
+        let shared = self.shared.clone();
+        let streamed = tokio::task::spawn_blocking(move || build_to_file(&applied, &shared))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        let shared = self.shared.clone();
-
-        let (meta, data, persisted) = tokio::task::spawn_blocking(move || {
-            let data = encode_snapshot(&header, &core)?;
-            drop(core);
-            let Header {
-                last_applied,
-                last_membership,
-            } = header;
-            let id = shared.db.generate_id()?;
-            let snapshot_id = match last_applied {
-                Some(l) => format!(
-                    "{}-{}-{}-{id}",
-                    l.leader_id.term, l.leader_id.node_id, l.index
-                ),
-                None => format!("none-{id}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership,
-                snapshot_id,
-            };
-            // A build that started before an install of a newer snapshot must not
-            // replace it; it is still a valid snapshot to hand back to openraft.
-            let current = Self::load_snapshot_meta(&shared)?;
-            let newer = match current {
-                Some(c) => c.last_log_id <= meta.last_log_id,
-                None => true,
-            };
-            if newer {
-                match Self::persist_snapshot(&shared, &meta, &data) {
-                    Ok(()) => {}
-                    // A full disk: the previous snapshot file stays (the partial one is
-                    // removed) and this one is handed back unpersisted. openraft 0.9
-                    // stops the node on a failed build, and a later build retries;
-                    // the purges it asks for meanwhile wait for a durable snapshot
-                    // that covers them (`log_store.rs`).
-                    Err(StoreError::Io { path, source }) if is_no_space(&source) => {
-                        tracing::warn!(
-                            path = %path.display(), error = %source,
-                            "disk full: snapshot not persisted; the previous one stays"
-                        );
-                        return Ok((meta, data, false));
-                    }
-                    Err(e) => return Err(e),
-                }
+        let (meta, data, persisted) = match streamed {
+            Some((meta, data)) => (meta, data, true),
+            None => {
+                // A full disk (or a newer snapshot on disk): built in memory and handed
+                // back unpersisted. The previous snapshot file stays. openraft 0.9
+                // stops the node on a failed build, and a later build retries; the
+                // purges it asks for meanwhile wait for a durable snapshot that covers
+                // them (`log_store.rs`).
+                let applied = self.applied.clone();
+                let shared = self.shared.clone();
+                let (meta, bytes) = tokio::task::spawn_blocking(move || {
+                    let mut bytes = Vec::new();
+                    let header = cut_snapshot(&applied, |piece| {
+                        bytes.extend_from_slice(piece);
+                        Ok(())
+                    })?;
+                    Ok::<_, StoreError>((snapshot_meta(&shared, header)?, bytes))
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+                (meta, SnapshotData::from_bytes(bytes), false)
             }
-            Ok::<_, StoreError>((meta, data, newer))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        };
         if persisted {
             // Durable before openraft hears of it: it purges logs up to this snapshot.
             self.shared.flusher.flush().await?;
@@ -244,7 +211,7 @@ impl StateMachineStore {
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), persisted, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 
@@ -252,16 +219,50 @@ impl StateMachineStore {
         shared.durable_snapshot_meta()
     }
 
-    pub(crate) async fn install(&self, meta: &SnapMeta, data: Vec<u8>) -> Result<(), StoreError> {
+    pub(crate) async fn install(
+        &self,
+        meta: &SnapMeta,
+        data: SnapshotData,
+    ) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         let meta_owned = meta.clone();
         let _serial = self.snapshot_lock.lock().await;
-        let applied = tokio::task::spawn_blocking(move || {
-            let applied = applied_from_snapshot(&meta_owned, &data)?;
+        let applied = self.applied.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = &shared.dir;
+            let read = |e: std::io::Error| StoreError::Io {
+                path: dir.join(snapshot_file::RECV_FILE),
+                source: e,
+            };
+            // Restored first, streaming from the received file: a snapshot that
+            // disagrees with its meta, or does not decode, is refused with the old
+            // state and the old snapshot file in place (persisting it first would
+            // leave a node that cannot start).
+            let restored = restore_snapshot(&meta_owned, &data)?;
             // Persist first, swap in memory second: a crash in between restarts from
-            // the new snapshot, which is what the leader wanted us to have.
-            Self::persist_snapshot(&shared, &meta_owned, &data)?;
-            Ok::<_, StoreError>(applied)
+            // the new snapshot, which is what the leader wanted us to have. Copied from
+            // the received file in chunks, so no second copy of the bytes is made.
+            let vfs = &**shared.log.vfs();
+            let mut w = snapshot_file::Writer::create(vfs, dir)?;
+            let mut failed = None;
+            let copied = data.for_each_chunk(WRITE_CHUNK, |c| {
+                w.append(vfs, c).map_err(|e| {
+                    failed = Some(e);
+                    std::io::Error::other("snapshot write failed")
+                })
+            });
+            if let Err(e) = copied {
+                w.abort(vfs);
+                return Err(failed.unwrap_or_else(|| read(e)));
+            }
+            w.finish(vfs, &meta_owned)?;
+            Self::drop_sled_snapshot(&shared)?;
+            drop(data);
+            let _ = vfs.remove_file(&dir.join(snapshot_file::RECV_FILE));
+            // Readers kept the old state while the new one was built; it is dropped
+            // at the swap.
+            *applied.write().map_err(|_| poisoned())? = restored;
+            Ok::<_, StoreError>(())
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
@@ -271,23 +272,118 @@ impl StateMachineStore {
         if let Some(last) = meta.last_log_id {
             crate::purge::finish_purge(&self.shared, last).await?;
         }
-        *self.write_guard()? = applied;
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
+
+    /// Drops a copy of the snapshot an older version kept in sled (the file wins if
+    /// that removal is lost).
+    fn drop_sled_snapshot(shared: &Shared) -> Result<(), StoreError> {
+        if shared.snap.contains_key(KEY_SNAP_META)? {
+            let mut batch = sled::Batch::default();
+            batch.remove(KEY_SNAP_META);
+            batch.remove(KEY_SNAP_DATA);
+            shared.snap.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes copied at a time from a received snapshot into the snapshot file.
+const WRITE_CHUNK: usize = 1 << 20;
+
+fn poisoned() -> StoreError {
+    StoreError::Malformed {
+        what: "state machine",
+        reason: "a previous apply panicked; the in-memory state cannot be trusted".into(),
+    }
+}
+
+/// The meta of a snapshot with `header`: a fresh snapshot id naming its last log id.
+fn snapshot_meta(shared: &Shared, header: Header) -> Result<SnapMeta, StoreError> {
+    let Header {
+        last_applied,
+        last_membership,
+    } = header;
+    let id = shared.db.generate_id()?;
+    let snapshot_id = match last_applied {
+        Some(l) => format!(
+            "{}-{}-{}-{id}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{id}"),
+    };
+    Ok(SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership,
+        snapshot_id,
+    })
+}
+
+/// Builds a snapshot straight into the snapshot file (see the module docs) and
+/// returns its meta and a handle reading it. `None` when it was not persisted: the
+/// disk is full (the previous snapshot stays), or a snapshot at least as new is
+/// already on disk (a build must not replace a newer install). Runs on a blocking
+/// thread, under the snapshot lock.
+fn build_to_file(
+    applied: &RwLock<Applied>,
+    shared: &Shared,
+) -> Result<Option<(SnapMeta, SnapshotData)>, StoreError> {
+    let vfs = &**shared.log.vfs();
+    let dir = &shared.dir;
+    let no_space =
+        |e: &StoreError| matches!(e, StoreError::Io { source, .. } if is_no_space(source));
+    let mut w = match snapshot_file::Writer::create(vfs, dir) {
+        Ok(w) => w,
+        Err(e) if no_space(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let header = match cut_snapshot(applied, |piece| w.append(vfs, piece)) {
+        Ok(h) => h,
+        Err(e) => {
+            w.abort(vfs);
+            if no_space(&e) {
+                tracing::warn!(error = %e, "disk full: snapshot not persisted; the previous one stays");
+                return Ok(None);
+            }
+            return Err(e);
+        }
+    };
+    let meta = snapshot_meta(shared, header)?;
+    let newer = match StateMachineStore::load_snapshot_meta(shared)? {
+        Some(c) => c.last_log_id <= meta.last_log_id,
+        None => true,
+    };
+    if !newer {
+        w.abort(vfs);
+        return Ok(None);
+    }
+    let len = w.len();
+    match w.finish(vfs, &meta) {
+        Ok(()) => {}
+        Err(e) if no_space(&e) => {
+            tracing::warn!(error = %e, "disk full: snapshot not persisted; the previous one stays");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    StateMachineStore::drop_sled_snapshot(shared)?;
+    let file = snapshot_file::open_current(vfs, dir)?;
+    Ok(Some((meta, SnapshotData::file(file, len))))
 }
 
 /// Entries written per chunk of a snapshot cut: each chunk holds the read lock for
 /// about a millisecond (bincode of a few thousand leases), so apply never waits long.
 const CUT_CHUNK: usize = 4096;
 
-/// The state's snapshot bytes and header, written in chunks under the read lock (see
-/// `build`). Runs on a blocking thread.
-fn cut_snapshot(applied: &RwLock<Applied>) -> Result<(Vec<u8>, Header), StoreError> {
-    let poisoned = || StoreError::Malformed {
-        what: "state machine",
-        reason: "a previous apply panicked; the in-memory state cannot be trusted".into(),
-    };
+/// Writes the state's snapshot bytes (prefix, then the cut's pieces as they are
+/// written) to `sink`, outside the lock, in chunks under the read lock (see `build`),
+/// and returns their header. Runs on a blocking thread. On error the cut is
+/// abandoned.
+fn cut_snapshot(
+    applied: &RwLock<Applied>,
+    mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<Header, StoreError> {
     let (mut cut, header) = {
         let mut g = applied.write().map_err(|_| poisoned())?;
         let header = Header {
@@ -296,32 +392,40 @@ fn cut_snapshot(applied: &RwLock<Applied>) -> Result<(Vec<u8>, Header), StoreErr
         };
         (g.state.begin_cut(), header)
     };
-    loop {
-        let step = {
-            let g = applied.read().map_err(|_| poisoned())?;
-            g.state.continue_cut(&mut cut, CUT_CHUNK)
-        };
-        match step {
-            Ok(true) => break,
-            Ok(false) => std::thread::yield_now(),
-            Err(e) => {
-                if let Ok(mut g) = applied.write() {
-                    g.state.abandon_cut();
-                }
-                return Err(e.into());
+    let abandon = |e: StoreError| {
+        if let Ok(mut g) = applied.write() {
+            g.state.abandon_cut();
+        }
+        e
+    };
+    let mut run = || -> Result<(), StoreError> {
+        sink(&encode_prefix(&header)?)?;
+        loop {
+            let step = {
+                let g = applied.read().map_err(|_| poisoned())?;
+                g.state.continue_cut(&mut cut, CUT_CHUNK)
+            };
+            for piece in cut.take_written() {
+                sink(&piece)?;
+            }
+            match step {
+                Ok(true) => return Ok(()),
+                Ok(false) => std::thread::yield_now(),
+                Err(e) => return Err(e.into()),
             }
         }
-    }
+    };
+    run().map_err(abandon)?;
     let cut = {
         let mut g = applied.write().map_err(|_| poisoned())?;
         g.state.end_cut(cut)?
     };
-    Ok((cut.into_bytes(), header))
+    sink(&cut.into_bytes())?;
+    Ok(header)
 }
 
-/// Decodes snapshot bytes into an [`Applied`], checking them against `meta`.
-pub(crate) fn applied_from_snapshot(meta: &SnapMeta, data: &[u8]) -> Result<Applied, StoreError> {
-    let (header, core) = decode_snapshot(data)?;
+/// Refuses a snapshot whose header disagrees with the meta it came with.
+fn check_header(meta: &SnapMeta, header: &Header) -> Result<(), StoreError> {
     if header.last_applied != meta.last_log_id || header.last_membership != meta.last_membership {
         return Err(StoreError::Malformed {
             what: "snapshot",
@@ -331,8 +435,21 @@ pub(crate) fn applied_from_snapshot(meta: &SnapMeta, data: &[u8]) -> Result<Appl
             ),
         });
     }
+    Ok(())
+}
+
+/// Restores an [`Applied`] from a snapshot, reading it as it goes (never whole in
+/// memory), after checking its header against `meta`.
+pub(crate) fn restore_snapshot(
+    meta: &SnapMeta,
+    data: &SnapshotData,
+) -> Result<Applied, StoreError> {
+    let mut reader = std::io::BufReader::with_capacity(WRITE_CHUNK, data.reader());
+    let (header, prefix) = read_header(&mut reader)?;
+    check_header(meta, &header)?;
+    let core_len = data.len().saturating_sub(prefix);
     Ok(Applied {
-        state: State::restore(core)?,
+        state: State::restore_from(reader, core_len)?,
         last_applied: header.last_applied,
         last_membership: header.last_membership,
     })
@@ -366,20 +483,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        // The chunks go to `snapshot.recv` (emptied if an earlier receive was cut
+        // short); `install` copies it into the snapshot file.
+        let vfs = &**self.shared.log.vfs();
+        let path = self.shared.dir.join(snapshot_file::RECV_FILE);
+        let file = vfs
+            .open(&path, crate::vfs::OpenHow::CreateTruncate)
+            .map_err(|source| snapshot_write(StoreError::Io { path, source }))?;
+        Ok(Box::new(SnapshotData::file(Arc::from(file), 0)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        self.install(meta, snapshot.into_inner())
-            .await
-            .map_err(snapshot_write)
+        self.install(meta, *snapshot).await.map_err(snapshot_write)
     }
 
     async fn get_current_snapshot(
@@ -388,7 +508,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let loaded = Self::load_snapshot(&self.shared).map_err(snapshot_read)?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }

@@ -78,6 +78,53 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     Ok(())
 }
 
+/// The transfer openraft 0.9 does, chunk by chunk: the leader seeks and reads its
+/// snapshot handle in chunks, the follower seeks and writes each chunk into the
+/// handle it began receiving with. Both handles are files (the snapshot is never
+/// whole in memory on either side) and the follower ends with the leader's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_moves_between_stores_in_chunks_through_files() -> Result<()> {
+    use std::io::SeekFrom;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (mut a, mut snap) = fed_and_snapshotted(a_dir.path(), 400).await?;
+    ensure!(snap.snapshot.is_file(), "built into the snapshot file");
+    let sent = a.sm.get_current_snapshot().await?.expect("current");
+    ensure!(sent.snapshot.is_file() && sent.meta == snap.meta);
+
+    let mut b = open_unlocked(b_dir.path())?;
+    let mut rx = b.sm.begin_receiving_snapshot().await?;
+    ensure!(rx.is_file(), "received into a file");
+    let end = snap.snapshot.seek(SeekFrom::End(0)).await?;
+    ensure!(end > 3 * 4096, "several chunks: {end} bytes");
+    let mut offset = 0;
+    while offset < end {
+        snap.snapshot.seek(SeekFrom::Start(offset)).await?;
+        let mut buf = Vec::with_capacity(4096);
+        while buf.len() < buf.capacity() {
+            if snap.snapshot.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        rx.seek(SeekFrom::Start(offset)).await?;
+        rx.write_all(&buf).await?;
+        offset += buf.len() as u64;
+    }
+    rx.shutdown().await?;
+    b.sm.install_snapshot(&snap.meta, rx).await?;
+    ensure!(b.sm.digest() == a.sm.digest());
+    ensure!(
+        !b_dir.path().join("snapshot.recv").exists(),
+        "the received file is gone"
+    );
+    let current = b.sm.get_current_snapshot().await?.expect("installed");
+    ensure!(current.snapshot.to_vec()? == snap.snapshot.to_vec()?);
+    drop(b);
+    ensure!(open_unlocked(b_dir.path())?.sm.digest() == a.sm.digest());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
     let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -90,7 +137,9 @@ async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
         .install_snapshot(&meta, snap.snapshot.clone())
         .await
         .is_err());
-    let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
+    let garbage = Box::new(quorate_store::SnapshotData::from_bytes(
+        b"not a snapshot".to_vec(),
+    ));
     assert!(b.sm.install_snapshot(&snap.meta, garbage).await.is_err());
     assert!(b.is_fresh(), "a rejected install changes nothing");
     Ok(())
@@ -493,7 +542,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         }
         let snaps = db.open_tree("snapshot")?;
         snaps.insert("meta", codec().serialize(&snap.meta)?)?;
-        snaps.insert("data", snap.snapshot.get_ref().as_slice())?;
+        snaps.insert("data", snap.snapshot.to_vec()?)?;
         db.flush()?;
     }
     for _ in 0..2 {

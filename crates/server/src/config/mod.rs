@@ -643,11 +643,11 @@ impl ClusterConfig {
         })
     }
 
-    /// Read the `[auth]` secrets and `[tls]` files, once (files relative to the
-    /// config file), and refuse a configuration whose peer traffic would leave the
+    /// Read the `[auth]` secrets and node `node_id`'s `[tls]` files, once (files
+    /// relative to the config file), and refuse a configuration whose peer traffic would leave the
     /// host unprotected (`security::links`: any non-loopback `raft_addr` or
     /// `QUORATE_PEER_ADDRS` override needs `[tls]`).
-    pub fn security(&self) -> Result<Security, ServerError> {
+    pub fn security(&self, node_id: u64) -> Result<Security, ServerError> {
         let base = self.source.parent().unwrap_or_else(|| Path::new("."));
         let err = |message: String| ServerError::Config {
             path: self.source.clone(),
@@ -673,7 +673,7 @@ impl ClusterConfig {
         let tls = self
             .tls
             .as_ref()
-            .map(|t| t.load(base))
+            .map(|t| t.load(base, node_id))
             .transpose()
             .map_err(err)?;
         Ok(Security { api, peer, tls })

@@ -7,7 +7,10 @@
 //! HMAC signature, its freshness and its nonce (`security::signing`) — before any
 //! body is decoded, so a forged or replayed append never reaches openraft. Under
 //! `[tls]` the listener also requires a client certificate from the cluster CA
-//! (`security::tls`), checked in the handshake before any of this. Bodies that do not
+//! (`security::tls`), checked in the handshake before any of this; that certificate
+//! must name one node (subjectAltName `quorate://node/<id>`), and a Raft RPC is
+//! refused (`wrong_node`) unless its sender — the leader or candidate id in its vote —
+//! is that node: one node's key cannot speak for another. Bodies that do not
 //! decode get 400, never a panic. Raft RPCs to a node that started empty wait (503)
 //! until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
 
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::NodeError;
+use crate::http::server::ClientCertificate;
 use crate::peer::protocol::{
     decode, encode, paths, ForwardAnswers, ForwardWrites, ProbeResponse, MAX_FORWARD_OPS,
     MAX_RPC_BYTES, TIMEOUT_HEADER,
@@ -41,13 +45,26 @@ use crate::security::{PeerAuth, PeerRefusal};
 struct PeerState {
     node: Arc<Node>,
     auth: Arc<PeerAuth>,
+    /// Under `[tls]`: every request must come with a client certificate naming a node.
+    node_certificates: bool,
 }
 
-/// The router served on `raft_addr`.
-pub fn router(node: Arc<Node>, auth: PeerAuth) -> Router {
+/// The node the caller's client certificate names (set by [`authenticate_peer`]
+/// under `[tls]`), and the caller's address for the refusal log.
+#[derive(Clone, Debug)]
+struct CertifiedNode {
+    id: u64,
+    peer: String,
+}
+
+/// The router served on `raft_addr`. With `node_certificates` (the listener does
+/// mutual TLS), each request must carry a client certificate naming a node, and a
+/// Raft RPC must come from that node.
+pub fn router(node: Arc<Node>, auth: PeerAuth, node_certificates: bool) -> Router {
     let state = PeerState {
         node,
         auth: Arc::new(auth),
+        node_certificates,
     };
     Router::new()
         .route(paths::APPEND, post(append))
@@ -77,27 +94,38 @@ async fn authenticate_peer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let refuse = |refusal: PeerRefusal| {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let reason = refusal.reason();
-        st.node.metrics().peer_rejected(reason);
-        tracing::warn!(%peer, reason, path = %parts.uri.path(), "refused peer request: {refusal}");
-        let status = match refusal {
-            PeerRefusal::WrongCluster => StatusCode::FORBIDDEN,
-            PeerRefusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            PeerRefusal::BadBody => StatusCode::BAD_REQUEST,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        (status, format!("peer request refused: {reason}")).into_response()
-    };
+    let (mut parts, body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let path = parts.uri.path().to_string();
+    let refuse = |refusal: PeerRefusal| refused(&st.node, &peer, &path, refusal);
     // The cluster id first: another cluster's traffic is refused without reading it.
     if let Err(r) = st.auth.check_cluster(&parts.headers) {
         return refuse(r);
+    }
+    if st.node_certificates {
+        // The handshake proved the CA signed it; which node it speaks for is ours to
+        // check. A CA-signed certificate that names no node speaks for none.
+        let named = parts
+            .extensions
+            .get::<ClientCertificate>()
+            .map(|c| crate::security::tls::node_of(&c.0));
+        match named {
+            Some(Ok(id)) => {
+                parts.extensions.insert(CertifiedNode {
+                    id,
+                    peer: peer.clone(),
+                });
+            }
+            Some(Err(why)) => {
+                tracing::warn!(%peer, %why, "client certificate names no node");
+                return refuse(PeerRefusal::NoNodeName);
+            }
+            None => return refuse(PeerRefusal::NoNodeName),
+        }
     }
     if !st.auth.signs() {
         return next
@@ -137,6 +165,32 @@ async fn authenticate_peer(
     .await
 }
 
+/// Count and log a refused peer request from `peer`, and answer it.
+fn refused(node: &Node, peer: &str, path: &str, refusal: PeerRefusal) -> Response {
+    let reason = refusal.reason();
+    node.metrics().peer_rejected(reason);
+    tracing::warn!(%peer, reason, %path, "refused peer request: {refusal}");
+    let status = match refusal {
+        PeerRefusal::WrongCluster | PeerRefusal::WrongNode => StatusCode::FORBIDDEN,
+        PeerRefusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        PeerRefusal::BadBody => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (status, format!("peer request refused: {reason}")).into_response()
+}
+
+/// A `Req` body, or why it does not decode (answered 400 by [`bad_body`]).
+fn decode_body<Req: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<Req, String> {
+    decode(bytes).map_err(|e| {
+        tracing::warn!(error = %e, len = bytes.len(), "undecodable {what} body");
+        format!("bad {what} body: {e}")
+    })
+}
+
+fn bad_body(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, why).into_response()
+}
+
 /// Decode a `Req` body (400 if it does not decode), run `f`, answer its result in
 /// bincode.
 async fn rpc<Req, Resp, F, Fut>(bytes: Bytes, what: &'static str, f: F) -> Response
@@ -146,14 +200,15 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Resp>,
 {
-    let req: Req = match decode(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, len = bytes.len(), "undecodable {what} body");
-            return (StatusCode::BAD_REQUEST, format!("bad {what} body: {e}")).into_response();
-        }
-    };
-    match encode(&f(req).await) {
+    match decode_body(&bytes, what) {
+        Ok(req) => answer(f(req).await).await,
+        Err(why) => bad_body(why),
+    }
+}
+
+/// `resp` in bincode (500 if it cannot be encoded).
+async fn answer<Resp: Serialize>(resp: Resp) -> Response {
+    match encode(&resp) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode peer response");
@@ -175,11 +230,14 @@ fn deadline(node: &Node, headers: &HeaderMap) -> Instant {
 }
 
 /// A Raft RPC: refused (503) while this node may not take part in Raft yet
-/// ([`Node::raft_gate`]), else decoded and handed to `f` like any peer RPC.
+/// ([`Node::raft_gate`]), else decoded; under `[tls]` refused (`wrong_node`) unless
+/// its `sender` is the node the client certificate names; then handed to `f`.
 async fn raft_rpc<Req, Resp, F, Fut>(
-    node: Arc<Node>,
+    st: PeerState,
+    certified: Option<Extension<CertifiedNode>>,
     bytes: Bytes,
     what: &'static str,
+    sender: fn(&Req) -> Option<u64>,
     f: F,
 ) -> Response
 where
@@ -188,42 +246,77 @@ where
     F: FnOnce(Arc<Node>, Req) -> Fut,
     Fut: Future<Output = Resp>,
 {
+    let node = st.node;
     if let Err(why) = node.raft_gate() {
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
-    rpc(bytes, what, |req| f(node, req)).await
+    let req = match decode_body::<Req>(&bytes, what) {
+        Ok(r) => r,
+        Err(why) => return bad_body(why),
+    };
+    if st.node_certificates {
+        // `authenticate_peer` set it, or refused the request.
+        let Some(Extension(cert)) = certified else {
+            return refused(&node, "unknown", what, PeerRefusal::NoNodeName);
+        };
+        let claimed = sender(&req);
+        if claimed != Some(cert.id) {
+            tracing::warn!(
+                peer = %cert.peer,
+                certificate_names = cert.id,
+                claimed = ?claimed,
+                "a Raft {what} claims another node than the client certificate names"
+            );
+            return refused(&node, &cert.peer, what, PeerRefusal::WrongNode);
+        }
+    }
+    answer(f(node, req).await).await
 }
 
-async fn append(State(st): State<PeerState>, bytes: Bytes) -> Response {
+async fn append(
+    State(st): State<PeerState>,
+    certified: Option<Extension<CertifiedNode>>,
+    bytes: Bytes,
+) -> Response {
     raft_rpc(
-        st.node,
+        st,
+        certified,
         bytes,
         "append",
-        |node, req: AppendEntriesRequest<TypeConfig>| async move {
-            node.raft().append_entries(req).await
-        },
+        |req: &AppendEntriesRequest<TypeConfig>| req.vote.leader_id().voted_for(),
+        |node, req| async move { node.raft().append_entries(req).await },
     )
     .await
 }
 
-async fn vote(State(st): State<PeerState>, bytes: Bytes) -> Response {
+async fn vote(
+    State(st): State<PeerState>,
+    certified: Option<Extension<CertifiedNode>>,
+    bytes: Bytes,
+) -> Response {
     raft_rpc(
-        st.node,
+        st,
+        certified,
         bytes,
         "vote",
-        |node, req: VoteRequest<u64>| async move { node.raft().vote(req).await },
+        |req: &VoteRequest<u64>| req.vote.leader_id().voted_for(),
+        |node, req| async move { node.raft().vote(req).await },
     )
     .await
 }
 
-async fn snapshot(State(st): State<PeerState>, bytes: Bytes) -> Response {
+async fn snapshot(
+    State(st): State<PeerState>,
+    certified: Option<Extension<CertifiedNode>>,
+    bytes: Bytes,
+) -> Response {
     raft_rpc(
-        st.node,
+        st,
+        certified,
         bytes,
         "snapshot",
-        |node, req: InstallSnapshotRequest<TypeConfig>| async move {
-            node.raft().install_snapshot(req).await
-        },
+        |req: &InstallSnapshotRequest<TypeConfig>| req.vote.leader_id().voted_for(),
+        |node, req| async move { node.raft().install_snapshot(req).await },
     )
     .await
 }

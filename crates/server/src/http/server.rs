@@ -15,6 +15,9 @@
 //! TLS is per listener ([`ServerTls`]): the API and the Raft port use different
 //! acceptors (server-only TLS vs. mutual TLS), and the Raft port wants to hear about
 //! refused handshakes (a peer without a valid client certificate) to count them.
+//! When the caller presented a certificate, every request of the connection carries
+//! its leaf as a [`ClientCertificate`] extension (the peer port checks which node it
+//! names).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// The leaf certificate (DER) the caller presented in the TLS handshake, as a
+/// request extension on every request of that connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<rustls::pki_types::CertificateDer<'static>>);
 
 /// A handshake that failed on a listener: the caller's address and why.
 pub type HandshakeRefused = Arc<dyn Fn(std::net::SocketAddr, &str) + Send + Sync>;
@@ -118,6 +126,21 @@ pub fn spawn_server(
                         .await
                         {
                             Ok(Ok(tls_stream)) => {
+                                let cert = tls_stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| ClientCertificate(Arc::new(c.clone().into_owned())));
+                                let svc = tower::util::MapRequest::new(
+                                    svc,
+                                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                                        if let Some(c) = &cert {
+                                            req.extensions_mut().insert(c.clone());
+                                        }
+                                        req
+                                    },
+                                );
                                 serve_connection(tls_stream, svc, limits, stop, peer).await
                             }
                             Ok(Err(e)) => tls.refused(peer, &e.to_string()),

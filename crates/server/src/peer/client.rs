@@ -11,8 +11,11 @@
 //! Authentication rides on every request: the cluster id header, and with a cluster
 //! secret an HMAC signature of the request ([`PeerAuth::sign`], one fresh nonce per
 //! request, so a retry is a new request and never looks like a replay). Under `[tls]`
-//! the client calls https, trusts only the cluster CA and presents the node's own
-//! certificate (the Raft port requires it: mutual TLS). See [`PeerClient::for_node`].
+//! the client calls https, trusts only the cluster CA, presents the node's own
+//! certificate (the Raft port requires it: mutual TLS) and accepts a peer only if its
+//! certificate names that peer (`security::tls`). That check needs to know which peer
+//! a connection is for, so under `[tls]` there is one pooled `reqwest::Client` per
+//! peer, made on first use. See [`PeerClient::for_node`].
 //!
 //! Every request names its target peer by id; the address comes from the peer's
 //! `raft_addr` unless `QUORATE_PEER_ADDRS` overrides it for that id (used by the chaos
@@ -25,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -83,12 +86,49 @@ impl PeerError {
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Under `[tls]` with this node's identity: one client per peer, each accepting
+    /// only that peer's certificate (built on first use from `tls`).
+    per_peer: Option<Arc<PerPeer>>,
     /// Peer id → address used instead of its `raft_addr` (`QUORATE_PEER_ADDRS`).
     peer_addrs: Arc<BTreeMap<u64, String>>,
     /// `https` when `[tls]` is configured (peers are then verified against its CA).
     scheme: &'static str,
     /// Signs each request when it holds a cluster secret.
     auth: Option<Arc<PeerAuth>>,
+}
+
+/// What builds, and caches, the per-peer clients of a node under `[tls]`.
+#[derive(Debug)]
+struct PerPeer {
+    tls: Tls,
+    connect_timeout: Duration,
+    headers: reqwest::header::HeaderMap,
+    clients: Mutex<BTreeMap<u64, reqwest::Client>>,
+}
+
+impl PerPeer {
+    fn client(&self, peer: u64) -> Result<reqwest::Client, PeerError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&peer) {
+            return Ok(c.clone());
+        }
+        let config = self
+            .tls
+            .peer_client_config(peer)
+            .map_err(PeerError::Connect)?;
+        let client = PeerClient::configure(
+            reqwest::Client::builder().use_preconfigured_tls(config),
+            self.connect_timeout,
+            self.headers.clone(),
+        )
+        .build()
+        .map_err(|e| PeerError::Connect(chain(&e)))?;
+        clients.insert(peer, client.clone());
+        Ok(client)
+    }
 }
 
 impl PeerClient {
@@ -100,11 +140,20 @@ impl PeerClient {
         auth: &PeerAuth,
         tls: Option<&Tls>,
     ) -> Result<Self, reqwest::Error> {
-        let mut client = Self::build(
+        let headers = auth.outgoing_headers();
+        let mut client = Self::new(
             connect_timeout,
-            auth.outgoing_headers(),
-            tls.map(|t| (t.ca_pem.as_slice(), Some(t.identity_pem.as_slice()))),
+            headers.clone(),
+            tls.map(|t| t.ca_pem.as_slice()),
         )?;
+        client.per_peer = tls.map(|t| {
+            Arc::new(PerPeer {
+                tls: t.clone(),
+                connect_timeout,
+                headers,
+                clients: Mutex::default(),
+            })
+        });
         client.auth = auth.signs().then(|| Arc::new(auth.clone()));
         Ok(client)
     }
@@ -118,29 +167,33 @@ impl PeerClient {
         headers: reqwest::header::HeaderMap,
         tls_ca: Option<&[u8]>,
     ) -> Result<Self, reqwest::Error> {
-        Self::build(connect_timeout, headers, tls_ca.map(|ca| (ca, None)))
-    }
-
-    /// `tls`: the CA to trust and, optionally, the identity (key + chain PEM).
-    fn build(
-        connect_timeout: Duration,
-        headers: reqwest::header::HeaderMap,
-        tls: Option<(&[u8], Option<&[u8]>)>,
-    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder();
-        let scheme = match tls {
-            Some((ca, identity)) => {
+        let scheme = match tls_ca {
+            Some(ca) => {
                 builder = builder
                     .use_rustls_tls()
                     .add_root_certificate(reqwest::Certificate::from_pem(ca)?);
-                if let Some(pem) = identity {
-                    builder = builder.identity(reqwest::Identity::from_pem(pem)?);
-                }
                 "https"
             }
             None => "http",
         };
-        let http = builder
+        let http = Self::configure(builder, connect_timeout, headers).build()?;
+        Ok(Self {
+            http,
+            per_peer: None,
+            peer_addrs: Arc::default(),
+            scheme,
+            auth: None,
+        })
+    }
+
+    /// The settings every peer client shares: headers, timeouts, pooling, no proxy.
+    fn configure(
+        builder: reqwest::ClientBuilder,
+        connect_timeout: Duration,
+        headers: reqwest::header::HeaderMap,
+    ) -> reqwest::ClientBuilder {
+        builder
             .default_headers(headers)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -150,13 +203,6 @@ impl PeerClient {
             // Peers are addressed directly; an HTTP(S)_PROXY in the environment must
             // not capture node-to-node traffic.
             .no_proxy()
-            .build()?;
-        Ok(Self {
-            http,
-            peer_addrs: Arc::default(),
-            scheme,
-            auth: None,
-        })
     }
 
     /// Send everything for peer `id` to `peer_addrs[id]` instead of the address the
@@ -186,7 +232,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
         let req = self
-            .request(reqwest::Method::POST, peer, addr, path, timeout)
+            .request(reqwest::Method::POST, peer, addr, path, timeout)?
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(TIMEOUT_HEADER, timeout.as_millis().to_string());
         let req = self.sign(req, "POST", path, &body)?.body(body);
@@ -201,13 +247,14 @@ impl PeerClient {
         path: &str,
         timeout: Duration,
     ) -> Result<Bytes, PeerError> {
-        let req = self.request(reqwest::Method::GET, peer, addr, path, timeout);
+        let req = self.request(reqwest::Method::GET, peer, addr, path, timeout)?;
         let req = self.sign(req, "GET", path, &[])?;
         Self::finish(req).await
     }
 
     /// A request to `<scheme>://<addr><path>` of peer `peer` (at `addr` unless
-    /// overridden), given up after `timeout`.
+    /// overridden), given up after `timeout`. Under `[tls]` it goes through the
+    /// client that accepts only `peer`'s certificate.
     fn request(
         &self,
         method: reqwest::Method,
@@ -215,11 +262,15 @@ impl PeerClient {
         addr: &str,
         path: &str,
         timeout: Duration,
-    ) -> reqwest::RequestBuilder {
+    ) -> Result<reqwest::RequestBuilder, PeerError> {
         let addr = self.addr_of(peer, addr);
-        self.http
+        let http = match &self.per_peer {
+            Some(p) => p.client(peer)?,
+            None => self.http.clone(),
+        };
+        Ok(http
             .request(method, format!("{}://{addr}{path}", self.scheme))
-            .timeout(timeout)
+            .timeout(timeout))
     }
 
     /// Add the signature header when this client signs. `path` must be exactly the

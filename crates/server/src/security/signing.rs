@@ -87,6 +87,10 @@ pub enum PeerRefusal {
     TooLarge,
     #[error("the request body could not be read")]
     BadBody,
+    #[error("the client certificate names no node (subjectAltName quorate://node/<id>)")]
+    NoNodeName,
+    #[error("the request claims to come from another node than its client certificate names")]
+    WrongNode,
 }
 
 impl PeerRefusal {
@@ -103,6 +107,8 @@ impl PeerRefusal {
             PeerRefusal::ReplayStoreFull => "replay_store_full",
             PeerRefusal::TooLarge => "too_large",
             PeerRefusal::BadBody => "bad_body",
+            PeerRefusal::NoNodeName => "no_node_name",
+            PeerRefusal::WrongNode => "wrong_node",
         }
     }
 }

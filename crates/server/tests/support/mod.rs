@@ -98,8 +98,8 @@ pub async fn wait_ready(http: &reqwest::Client, base_url: &str, deadline: Instan
     }
 }
 
-/// A fresh CA, and a node certificate it signed, in `dir` (`ca.pem`, `node.pem`,
-/// `node.key`); needs openssl.
+/// A fresh CA, and a certificate it signed for each of nodes 1 to 3, in `dir`
+/// (`ca.pem`, `node-<id>.pem`, `node-<id>.key`); needs openssl.
 pub fn make_test_ca(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_test_ca.sh");
     let status = std::process::Command::new("bash")
@@ -114,8 +114,8 @@ pub fn make_test_ca(dir: &Path) {
 /// `[tls]` pointing at a [`make_test_ca`] made in `<config dir>/tls`.
 pub fn test_ca_tls() -> TlsSection {
     TlsSection {
-        cert_file: "tls/node.pem".into(),
-        key_file: "tls/node.key".into(),
+        cert_file: "tls/node-{id}.pem".into(),
+        key_file: "tls/node-{id}.key".into(),
         ca_file: "tls/ca.pem".into(),
     }
 }

@@ -13,7 +13,10 @@
 //!    live map and the undo log together in key order and writing each key's value as
 //!    of the cut (skipping keys created after it, restoring keys deleted after it);
 //! 4. [`State::end_cut`] drops the undo log; [`SnapshotCut::into_bytes`] joins the
-//!    pieces (outside any lock).
+//!    pieces (outside any lock). A caller that writes the snapshot out as it goes
+//!    takes the pieces written so far with [`SnapshotCut::take_written`] between
+//!    chunks, so the whole snapshot never sits in memory; `into_bytes` then gives
+//!    only what was not taken.
 //!
 //! Between chunks the state may apply anything; a chunk needs only a shared borrow.
 //! The bytes equal what `snapshot()` would have returned at `begin_cut` (bincode
@@ -79,7 +82,17 @@ pub struct SnapshotCut {
 }
 
 impl SnapshotCut {
-    /// The snapshot's bytes, joined (call after [`State::end_cut`], outside any lock).
+    /// The bytes written so far and not yet taken, in order (possibly none). The
+    /// snapshot is everything taken, in order, followed by [`SnapshotCut::into_bytes`].
+    pub fn take_written(&mut self) -> Vec<Vec<u8>> {
+        let mut pieces = std::mem::take(&mut self.done);
+        if !self.out.is_empty() {
+            pieces.push(std::mem::take(&mut self.out));
+        }
+        pieces
+    }
+
+    /// The snapshot's bytes (those not taken by [`SnapshotCut::take_written`]), joined (call after [`State::end_cut`], outside any lock).
     pub fn into_bytes(self) -> Vec<u8> {
         let len =
             self.done.iter().map(Vec::len).sum::<usize>() + self.out.len() + self.suffix.len();
@@ -360,6 +373,27 @@ mod tests {
             let after = s.snapshot();
             assert_eq!(State::restore(&after).unwrap().digest(), s.digest());
         }
+    }
+
+    /// Taking the pieces as they are written, then the rest, gives the same bytes.
+    #[test]
+    fn taken_pieces_and_the_rest_are_the_snapshot() {
+        let mut s = State::new();
+        let mut t = 1_000;
+        for op in ops(7, 300) {
+            t += 37;
+            s.apply(&Command::single(t, op));
+        }
+        let want = s.snapshot();
+        let mut cut = s.begin_cut();
+        let mut got: Vec<u8> = cut.take_written().concat();
+        while !s.continue_cut(&mut cut, 3).unwrap() {
+            got.extend(cut.take_written().concat());
+            s.apply(&Command::single(t + 1, acquire(9, 500)));
+        }
+        got.extend(cut.take_written().concat());
+        got.extend(s.end_cut(cut).unwrap().into_bytes());
+        assert_eq!(got, want);
     }
 
     #[test]

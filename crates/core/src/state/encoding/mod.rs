@@ -209,22 +209,31 @@ impl State {
     /// Rebuild a state from [`State::snapshot`] bytes (this version's or an earlier
     /// one's), checking its invariants.
     pub fn restore(bytes: &[u8]) -> Result<State, CoreError> {
+        Self::restore_from(bytes, bytes.len() as u64)
+    }
+
+    /// [`State::restore`] reading the `len` snapshot bytes from `reader` as it goes,
+    /// so that they need not all be in memory at once (the caller reads a file; a
+    /// read error is reported as a corrupt snapshot).
+    pub fn restore_from(reader: impl std::io::Read, len: u64) -> Result<State, CoreError> {
         use bincode::Options;
+        use std::io::Read;
         let decode = bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .allow_trailing_bytes()
-            .with_limit(bytes.len() as u64 + 1024);
+            .with_limit(len.saturating_add(1024));
         let corrupt = |e: bincode::Error| CoreError::CorruptSnapshot(e.to_string());
-        // The version is the first field: a fixed-width little-endian u32.
-        let version = match bytes.get(..4) {
-            Some(v) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-            None => {
-                return Err(CoreError::CorruptSnapshot(
-                    "shorter than its version".into(),
-                ))
-            }
-        };
-        let mut rest = bytes;
+        // The version is the first field: a fixed-width little-endian u32. It is
+        // read ahead, then put back in front of the rest for the decoders.
+        let mut reader = reader;
+        let mut head = [0u8; 4];
+        if reader.read_exact(&mut head).is_err() {
+            return Err(CoreError::CorruptSnapshot(
+                "shorter than its version".into(),
+            ));
+        }
+        let version = u32::from_le_bytes(head);
+        let mut rest = (&head[..]).chain(reader);
         let mut descriptors = DescriptorTables::default();
         let mut sections: Vec<Section> = Vec::new();
         let s: Snapshot = match version {
@@ -239,7 +248,7 @@ impl State {
                 s
             }
             1 => decode
-                .deserialize::<v1::Snapshot>(bytes)
+                .deserialize_from::<_, v1::Snapshot>(&mut rest)
                 .map_err(corrupt)?
                 .upgrade(),
             v => {
