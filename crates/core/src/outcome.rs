@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Mode, Policy, Settings};
+use crate::command::{AdminLimits, AllowEntry, Mode, Policy, Settings};
 use crate::descriptor_table::DescriptorDecision;
 use crate::error::CoreError;
 
@@ -89,6 +89,38 @@ pub enum Outcome {
     PolicyModes {
         shadow: Vec<String>,
     },
+    /// Answer to [`crate::Op::Allow`] and [`crate::Op::Disallow`]: false when the
+    /// entry was already there (or already absent).
+    AllowlistChanged {
+        changed: bool,
+    },
+    /// Answer to [`crate::Query::Allowlist`]: every entry, sorted, and the bound.
+    Allowlist {
+        entries: Vec<AllowEntry>,
+        max: u32,
+    },
+    /// A rate check some of whose checks were allowlisted: those are `allowed` and
+    /// were not charged; the others were decided as usual. Used only when
+    /// `allowlisted` is not empty, so answers without allowlists keep their layout.
+    RateAllowlisted {
+        decision: RateDecision,
+        shadow_denied: Vec<ShadowDenial>,
+        allowlisted: Vec<Allowlisted>,
+    },
+    /// An Envoy descriptor decision with allowlisted descriptors (OK, not charged).
+    DescriptorsAllowlisted {
+        decision: DescriptorDecision,
+        allowlisted: Vec<Allowlisted>,
+    },
+    /// Answer to [`crate::Op::SetAdminLimits`].
+    AdminLimitsSet(AdminLimits),
+}
+
+/// A key an allowlist entry exempted, and the entry (the first that matched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowlisted {
+    pub key: String,
+    pub entry: AllowEntry,
 }
 
 /// A key a shadow-mode policy would have denied, and that policy.

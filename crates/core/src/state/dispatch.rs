@@ -102,6 +102,9 @@ impl State {
             Op::Descriptors(r) => self.descriptors(r),
             Op::SetPolicyMode { name, mode } => self.set_policy_mode(name, *mode),
             Op::ConfigureModes(c) => self.configure_modes(c),
+            Op::Allow(e) => self.allow(e),
+            Op::Disallow(e) => self.disallow(e),
+            Op::SetAdminLimits(l) => self.set_admin_limits(l),
         }
     }
 }

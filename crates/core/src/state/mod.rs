@@ -15,6 +15,7 @@
 //! - `policy`: overrides, policies, tiers, configuration, limit resolution;
 //! - `caps`: the state caps and lease ownership checks;
 //! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
+//! - `allowlist`: keys and addresses exempt from rate limits;
 //! - `queries`: reads at a given time, from a shared borrow;
 //! - `digest`: the replica fingerprint, kept up to date incrementally;
 //! - `encoding`: snapshot bytes (and older layouts, and the chunked [`cut`]) apart
@@ -26,9 +27,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::command::{RateSpec, Settings};
+use crate::command::{AdminLimits, AllowEntry, RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 
+mod allowlist;
 mod caps;
 mod digest;
 mod dispatch;
@@ -42,6 +44,7 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
+pub use allowlist::{canonical_entry, glob_matches, key_addr};
 pub use digest::fnv1a;
 pub use encoding::cut;
 pub(crate) use encoding::cut::UndoLog;
@@ -85,6 +88,10 @@ pub struct State {
     pub(crate) descriptors: DescriptorTables,
     /// Names of the policies in shadow mode (`shadow.rs`); a version 4 section.
     pub(crate) shadow: BTreeSet<String>,
+    /// Allowlist entries (`allowlist.rs`); a version 4 section.
+    pub(crate) allow: BTreeSet<AllowEntry>,
+    /// Bounds of the allowlist and the audit ring; a section when not the defaults.
+    pub(crate) admin_limits: AdminLimits,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -106,6 +113,8 @@ pub struct State {
     /// many leases, so each lease's `owner` is this map's allocation (at a million
     /// leases, 32 MB less than a string per lease).
     owners: BTreeMap<Arc<str>, u64>,
+    /// `allow` parsed, in the set's order.
+    allow_index: Vec<(AllowEntry, allowlist::Matcher)>,
 }
 
 impl State {

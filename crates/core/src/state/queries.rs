@@ -169,6 +169,10 @@ impl TimeView<'_> {
             Query::PolicyModes => Ok(Outcome::PolicyModes {
                 shadow: st.shadow.iter().cloned().collect(),
             }),
+            Query::Allowlist => Ok(Outcome::Allowlist {
+                entries: st.allow.iter().cloned().collect(),
+                max: st.admin_limits.max_allowlist,
+            }),
         }
     }
 }

@@ -250,6 +250,7 @@ fn query_kind(q: &Query) -> &'static str {
         Query::Policies => "policies",
         Query::Lease { .. } => "lease",
         Query::PolicyModes => "policy_modes",
+        Query::Allowlist => "allowlist",
     }
 }
 

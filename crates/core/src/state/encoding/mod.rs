@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{RateSpec, Settings};
+use crate::command::{AdminLimits, RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 use crate::error::CoreError;
 
@@ -46,6 +46,10 @@ type Section = (String, Vec<u8>);
 
 /// The section holding the names of the policies in shadow mode.
 const SHADOW: &str = "shadow";
+/// The section holding the allowlist entries.
+const ALLOWLIST: &str = "allowlist";
+/// The section holding the admin records' bounds, when not the defaults.
+const ADMIN_LIMITS: &str = "admin_limits";
 
 /// The snapshot format: primary data only. One field list for both directions:
 /// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
@@ -111,6 +115,12 @@ impl State {
         if !self.shadow.is_empty() {
             out.push((SHADOW.to_string(), encode(&self.shadow)));
         }
+        if !self.allow.is_empty() {
+            out.push((ALLOWLIST.to_string(), encode(&self.allow)));
+        }
+        if self.admin_limits != AdminLimits::default() {
+            out.push((ADMIN_LIMITS.to_string(), encode(&self.admin_limits)));
+        }
         out
     }
 
@@ -133,6 +143,11 @@ impl State {
             |e: bincode::Error| CoreError::CorruptSnapshot(format!("snapshot section {name}: {e}"));
         match name.as_str() {
             SHADOW => self.shadow = decode.deserialize(&bytes).map_err(corrupt)?,
+            ALLOWLIST => {
+                self.allow = decode.deserialize(&bytes).map_err(corrupt)?;
+                self.rebuild_allow_index()?;
+            }
+            ADMIN_LIMITS => self.admin_limits = decode.deserialize(&bytes).map_err(corrupt)?,
             _ => {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "unknown snapshot section {name:?} (written by a newer version?)"
@@ -226,6 +241,9 @@ impl State {
             seen: s.seen.into_owned(),
             descriptors,
             shadow: Default::default(),
+            allow: Default::default(),
+            admin_limits: AdminLimits::default(),
+            allow_index: Vec::new(),
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
