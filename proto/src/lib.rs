@@ -307,6 +307,10 @@ pub struct RateResult {
     pub reset_after_ms: u64,
     /// 0 when allowed; otherwise when this check would be allowed.
     pub retry_after_ms: u64,
+    /// True when an allowlist entry exempted this check: allowed, not charged
+    /// (`remaining` shows the bucket as it stands). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowlisted: bool,
 }
 
 /// 200 or 429 answer to a rate check. The top-level fields describe the most
@@ -329,6 +333,44 @@ pub struct RateCheckResponse {
     /// Header `x-quorate-shadow-denied` names the policies. Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadow_denied: Vec<ShadowDenial>,
+    /// True when an allowlist entry exempted some check (`results[i].allowlisted`
+    /// says which): those were allowed and not charged. Header
+    /// `x-quorate-allowlisted` names their keys. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowlisted: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Allowlist
+
+/// One allowlist entry: exactly one of `key` (a glob, `*` = any run of characters)
+/// or `ip` (an IPv4/IPv6 address or CIDR), and the policy it exempts from (absent:
+/// every check, global). Also the query string of `DELETE /v1/allowlist`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// `GET /v1/allowlist`: every entry (global first, then by policy; CIDRs in
+/// canonical `network/prefix` form) and the most the cluster holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllowlistResponse {
+    pub entries: Vec<AllowlistEntry>,
+    pub max: u32,
+}
+
+/// Answer to `POST /v1/allowlist` and `DELETE /v1/allowlist`: the entry in canonical
+/// form, and whether the list changed (false: it was already there / not there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllowlistChange {
+    pub entry: AllowlistEntry,
+    pub changed: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -508,6 +550,10 @@ pub struct StatsResponse {
     /// policy, since the node started (absent from nodes that predate the field).
     #[serde(default)]
     pub shadow_denials: Vec<ShadowCount>,
+    /// Checks (rate and Envoy) this node answered as allowlisted, per policy
+    /// (`inline` for an inline limit), since the node started.
+    #[serde(default)]
+    pub allowlisted: Vec<ShadowCount>,
 }
 
 /// How many requests one shadow-mode policy would have denied.

@@ -213,6 +213,35 @@ fn readyz() {}
     responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
 fn metrics() {}
 
+#[utoipa::path(get, path = "/v1/allowlist", tag = "allowlist",
+    responses(
+        (status = 200, description = "Allowlist entries and the bound (linearizable)", body = AllowlistResponse),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn allowlist() {}
+
+#[utoipa::path(post, path = "/v1/allowlist", tag = "allowlist",
+    request_body = AllowlistEntry,
+    responses(
+        (status = 200, description = "Entry added (changed is false when it was there): rate checks and Envoy descriptors it matches are allowed without being charged", body = AllowlistChange),
+        (status = 400, description = "Invalid entry (a bad CIDR is named), or the list is full (max_allowlist)", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn allow() {}
+
+#[utoipa::path(delete, path = "/v1/allowlist", tag = "allowlist",
+    params(
+        ("policy" = Option<String>, Query, description = "The entry's policy (absent: a global entry)"),
+        ("key" = Option<String>, Query, description = "A key glob entry"),
+        ("ip" = Option<String>, Query, description = "An address or CIDR entry (any form of the same network)"),
+    ),
+    responses(
+        (status = 200, description = "Entry removed (changed is false when there was none)", body = AllowlistChange),
+        (status = 400, description = "Invalid entry", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn disallow() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -236,6 +265,9 @@ fn metrics() {}
         delete_policy,
         put_tier,
         delete_tier,
+        allowlist,
+        allow,
+        disallow,
         cluster,
         stats,
         add_member,
@@ -273,6 +305,9 @@ fn metrics() {}
         PolicyModeResponse,
         ShadowDenial,
         ShadowCount,
+        AllowlistEntry,
+        AllowlistResponse,
+        AllowlistChange,
         TierEntry,
         PutTierRequest,
         PoliciesResponse,

@@ -1,6 +1,6 @@
 //! The public HTTP API: JSON over HTTP/1.1 on every node's `api_addr`.
 //!
-//! One file per resource ([`slots`], [`limits`], [`rate`], [`policies`], [`cluster`],
+//! One file per resource ([`slots`], [`limits`], [`rate`], [`policies`], [`allowlist`], [`cluster`],
 //! [`ops`], and the status page's files in `http::ui`); this file wires them. The routes are not listed here: [`router`] walks
 //! `quorate_proto::routes::ROUTES` and asks [`handler`] for each row's handler (an
 //! exhaustive `match`, so a row without a handler does not compile). The same table
@@ -46,6 +46,7 @@ use crate::security::{permits, ApiAuth, Denied, Role};
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
+pub(crate) mod allowlist;
 mod cluster;
 mod limits;
 mod ops;
@@ -120,6 +121,9 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::PutPolicyMode => on(f, policies::put_policy_mode),
         RouteId::PutTier => on(f, policies::put_tier),
         RouteId::DeleteTier => on(f, policies::delete_tier),
+        RouteId::Allowlist => on(f, allowlist::allowlist),
+        RouteId::Allow => on(f, allowlist::allow),
+        RouteId::Disallow => on(f, allowlist::disallow),
         RouteId::Cluster => on(f, cluster::cluster),
         RouteId::AddMember => on(f, cluster::add_member),
         RouteId::RemoveMember => on(f, cluster::remove_member),
