@@ -1,5 +1,6 @@
 //! The typed API calls, one file per area of the API: `slots` (acquire, release,
-//! renew, usage), `limits` (per-key limits and named policies), `rate` (rate checks)
+//! renew, usage), `limits` (per-key limits and named policies), `rate` (rate checks),
+//! `allowlist` (keys and addresses exempt from rate limits)
 //! and `cluster` (cluster view, readiness, membership).
 //!
 //! Each call is a thin, typed wrapper: it names its row of the route table, fills
@@ -9,6 +10,7 @@
 //! The two calls with a failure policy (acquire, rate check) apply it here, on top
 //! of the transport's [`crate::Error::Unavailable`].
 
+mod allowlist;
 mod cluster;
 mod limits;
 mod rate;
