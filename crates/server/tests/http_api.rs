@@ -1261,7 +1261,12 @@ async fn allowlist_entries_exempt_rate_checks_say_so_and_are_validated() {
     );
     let (s, _, v) = post(&app, "/v1/allowlist", json!({"key": "a", "ip": "10.0.0.1"})).await;
     assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
-    let (s, _, v) = post(&app, "/v1/allowlist", json!({"policy": "user", "key": "u:admin-*"})).await;
+    let (s, _, v) = post(
+        &app,
+        "/v1/allowlist",
+        json!({"policy": "user", "key": "u:admin-*"}),
+    )
+    .await;
     assert_eq!(
         (s, v),
         (
@@ -1308,7 +1313,12 @@ async fn allowlist_entries_exempt_rate_checks_say_so_and_are_validated() {
     assert_eq!((s, v["allowlisted"].clone()), (StatusCode::OK, json!(true)));
     assert_eq!(h[ALLOWLISTED], "ip:2001:db8::9");
     // Not allowlisted: no field, no header, charged as usual.
-    let (s, h, v) = post(&app, "/v1/rate/check", json!({"key": "u:bob", "policy": "user"})).await;
+    let (s, h, v) = post(
+        &app,
+        "/v1/rate/check",
+        json!({"key": "u:bob", "policy": "user"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert!(v.get("allowlisted").is_none(), "{v}");
     assert!(v["results"][0].get("allowlisted").is_none(), "{v}");
@@ -1330,9 +1340,17 @@ async fn allowlist_entries_exempt_rate_checks_say_so_and_are_validated() {
 
     // Removal by any form of the same network; twice is a no-op.
     let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::1/32").await;
-    assert_eq!((s, v["changed"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{v}"
+    );
     let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::/32").await;
-    assert_eq!((s, v["changed"].clone()), (StatusCode::OK, json!(false)), "{v}");
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{v}"
+    );
     let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::/32&color=red").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, _, v) = post(

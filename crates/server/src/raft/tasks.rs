@@ -292,7 +292,11 @@ impl Node {
         if have == want {
             return Ok(());
         }
-        tracing::info!(?have, ?want, "proposing [limits] admin bounds from cluster.toml");
+        tracing::info!(
+            ?have,
+            ?want,
+            "proposing [limits] admin bounds from cluster.toml"
+        );
         match self.leader_write(Op::SetAdminLimits(want), deadline).await {
             Ok(Ok(Outcome::AdminLimitsSet(l))) => {
                 tracing::info!(?l, "admin bounds applied");
