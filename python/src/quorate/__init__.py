@@ -44,6 +44,9 @@ from .errors import (
 from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, AsyncSlotBackend, Slot, SlotBackend
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
     ClusterInfo,
     ConcurrencyPolicy,
     Lease,
@@ -66,6 +69,9 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllowChange",
+    "AllowEntry",
+    "Allowlist",
     "ApiError",
     "AsyncClient",
     "AsyncSlot",

@@ -22,6 +22,9 @@ import httpx
 from . import _routes as r
 from .errors import DecodeError, LimitExceeded, RateLimited, Unavailable, error_from_response
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
     ClusterInfo,
     Lease,
     LimitInfo,
@@ -227,6 +230,18 @@ def put_tier(name: str, multiplier: float) -> Call[Tier]:
 
 def delete_tier(name: str) -> Call[bool]:
     return _deleted(r.DELETE_TIER, name)
+
+
+def allowlist() -> Call[Allowlist]:
+    return _call(r.ALLOWLIST, parse=lambda b, _: Allowlist.from_json(b))
+
+
+def allow(entry: AllowEntry) -> Call[AllowChange]:
+    return _call(r.ALLOW, parse=lambda b, _: AllowChange.from_json(b), body=entry.to_json())
+
+
+def disallow(entry: AllowEntry) -> Call[AllowChange]:
+    return _call(r.DISALLOW, parse=lambda b, _: AllowChange.from_json(b), params=entry.to_json())
 
 
 def cluster() -> Call[ClusterInfo]:

@@ -59,6 +59,9 @@ PUT_POLICY = Route("PUT", "/v1/policies/{name}")
 DELETE_POLICY = Route("DELETE", "/v1/policies/{name}")
 PUT_TIER = Route("PUT", "/v1/tiers/{name}")
 DELETE_TIER = Route("DELETE", "/v1/tiers/{name}")
+ALLOWLIST = Route("GET", "/v1/allowlist")
+ALLOW = Route("POST", "/v1/allowlist")
+DISALLOW = Route("DELETE", "/v1/allowlist")
 CLUSTER = Route("GET", "/v1/cluster")
 
 #: Every route the package calls (checked against ``proto/openapi.json`` by a test).
@@ -77,5 +80,8 @@ ROUTES: tuple[Route, ...] = (
     DELETE_POLICY,
     PUT_TIER,
     DELETE_TIER,
+    ALLOWLIST,
+    ALLOW,
+    DISALLOW,
     CLUSTER,
 )

@@ -60,6 +60,9 @@ from .errors import QuorateError, Unavailable
 from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, Slot
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
     ClusterInfo,
     Lease,
     LimitInfo,
@@ -385,6 +388,18 @@ class Client(_BaseClient[httpx.BaseTransport]):
     def delete_tier(self, name: str) -> bool:
         return self._run(calls.delete_tier(name))
 
+    def allowlist(self) -> Allowlist:
+        """Every allowlist entry and the cluster's bound."""
+        return self._run(calls.allowlist())
+
+    def allow(self, entry: AllowEntry) -> AllowChange:
+        """Add an allowlist entry (admin token): checks it matches pass uncharged."""
+        return self._run(calls.allow(entry))
+
+    def disallow(self, entry: AllowEntry) -> AllowChange:
+        """Remove an allowlist entry (admin token); any form of the same CIDR works."""
+        return self._run(calls.disallow(entry))
+
     def cluster(self) -> ClusterInfo:
         """The cluster as seen by whichever node answers."""
         return self._run(calls.cluster())
@@ -542,6 +557,15 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
 
     async def delete_tier(self, name: str) -> bool:
         return await self._run(calls.delete_tier(name))
+
+    async def allowlist(self) -> Allowlist:
+        return await self._run(calls.allowlist())
+
+    async def allow(self, entry: AllowEntry) -> AllowChange:
+        return await self._run(calls.allow(entry))
+
+    async def disallow(self, entry: AllowEntry) -> AllowChange:
+        return await self._run(calls.disallow(entry))
 
     async def cluster(self) -> ClusterInfo:
         return await self._run(calls.cluster())

@@ -217,6 +217,8 @@ class RateResult:
     reset_after_ms: int
     #: 0 when allowed; otherwise when this check would be allowed.
     retry_after_ms: int
+    #: True when an allowlist entry exempted this check (allowed, not charged).
+    allowlisted: bool = False
 
     @classmethod
     def from_json(cls, d: Json) -> RateResult:
@@ -229,6 +231,7 @@ class RateResult:
             remaining=int(d["remaining"]),
             reset_after_ms=int(d["reset_after_ms"]),
             retry_after_ms=int(d["retry_after_ms"]),
+            allowlisted=bool(d.get("allowlisted", False)),
         )
 
 
@@ -253,6 +256,8 @@ class RateDecision:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: True when the decision was made by the fail-open policy, not the cluster.
     degraded: bool = False
+    #: True when an allowlist entry exempted some check (``results[i].allowlisted``).
+    allowlisted: bool = False
 
     @property
     def retry_after(self) -> float:
@@ -286,6 +291,7 @@ class RateDecision:
             error=d.get("error"),
             message=d.get("message"),
             headers=dict(headers or {}),
+            allowlisted=bool(d.get("allowlisted", False)),
         )
 
     @classmethod
@@ -374,6 +380,54 @@ class Tier:
     @classmethod
     def from_json(cls, d: Json) -> Tier:
         return cls(name=str(d["name"]), multiplier=float(d["multiplier"]))
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """An allowlist entry: exactly one of ``key`` (a glob, ``*`` = any run of
+    characters) or ``ip`` (an IPv4/IPv6 address or CIDR), for one ``policy`` or, with
+    none, for every check. Checks it matches are allowed without being charged."""
+
+    key: str | None = None
+    ip: str | None = None
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.ip is None):
+            raise ValueError("an allowlist entry needs exactly one of key and ip")
+
+    def to_json(self) -> dict[str, str]:
+        out = {"key": self.key, "ip": self.ip, "policy": self.policy}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: Json) -> AllowEntry:
+        return cls(key=d.get("key"), ip=d.get("ip"), policy=d.get("policy"))
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """``GET /v1/allowlist``: every entry (CIDRs in canonical form) and the bound."""
+
+    entries: tuple[AllowEntry, ...]
+    max: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> Allowlist:
+        return cls(entries=tuple(AllowEntry.from_json(e) for e in d["entries"]), max=int(d["max"]))
+
+
+@dataclass(frozen=True)
+class AllowChange:
+    """The answer to adding or removing an entry: the entry as the cluster stores it,
+    and whether the list changed (false: it was already there / not there)."""
+
+    entry: AllowEntry
+    changed: bool
+
+    @classmethod
+    def from_json(cls, d: Json) -> AllowChange:
+        return cls(entry=AllowEntry.from_json(d["entry"]), changed=bool(d["changed"]))
 
 
 @dataclass(frozen=True)
