@@ -99,6 +99,24 @@ async fn make_activity(c: &Cluster, node: u64) {
         let (s, b) = c.post(node, "/v1/slots/acquire", body).await;
         assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
     }
+    // An allowlisted admin user, checked three times under `user` (not charged).
+    let (s, b) = c
+        .post(
+            node,
+            "/v1/allowlist",
+            json!({"policy": "user", "key": "user:admin-*"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for _ in 0..3 {
+        let body = json!({"key": "user:admin-1", "policy": "user"});
+        let (s, b) = c.post(node, "/v1/rate/check", body).await;
+        assert_eq!(
+            (s, b["allowlisted"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{b}"
+        );
+    }
     // An inline rate limit of 30 per minute in bursts of 5, checked 8 times at once:
     // 3 limited.
     for _ in 0..8 {
@@ -278,6 +296,17 @@ async fn status_page_in_headless_chromium() {
             "const p = document.querySelector('#chart-granted polyline');\
              return p ? p.getAttribute('points').split(' ').length : 0;",
             |v| v.as_u64().is_some_and(|n| n >= 10),
+        )
+        .await;
+    // The allowlist panel lists the entry; the policies table counts its checks.
+    browser
+        .wait_for(
+            "the allowlist entry and its count",
+            SHOWS_WITHIN,
+            "const a = document.querySelector('#allowlist tr[data-allow=\"key:user:admin-*\"]');\
+             const p = document.querySelector('#policies tr[data-policy=user]');\
+             return a && p ? [a.cells[0].textContent, p.cells[5].textContent] : null;",
+            |v| v == &json!(["policy user", "3"]),
         )
         .await;
     browser.screenshot(&artifacts().join("1-healthy.png")).await;

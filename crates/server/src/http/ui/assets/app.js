@@ -10,7 +10,7 @@ const LIST_MAX = 500;
 const TOKEN_KEY = "quorate.token";
 
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, polls: 0, policies: null, shadow: new Map(), waitingForToken: false };
+const state = { timer: null, polls: 0, policies: null, shadow: new Map(), allowlisted: new Map(), waitingForToken: false };
 
 class Unauthorized extends Error {}
 
@@ -186,6 +186,8 @@ function renderStats(s) {
   replaceRows($("rate-keys"), rows, "no rate checks through this node lately", 4);
   // Requests this node allowed that a shadow-mode policy would have denied.
   state.shadow = new Map((s.shadow_denials || []).map((c) => [c.policy, c.count]));
+  // Checks this node answered as allowlisted (not charged), by the check's policy.
+  state.allowlisted = new Map((s.allowlisted || []).map((c) => [c.policy, c.count]));
   if (state.policies) renderPolicies(state.policies);
 }
 
@@ -230,12 +232,24 @@ function renderPolicies(p) {
     el("td", {}, el("span", { class: "tag muted" }, e.kind)),
     el("td", {}, rule(e)),
     el("td", {}, mode(e)),
-    el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–")));
-  replaceRows($("policies"), rows, "no policies", 5);
+    el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–"),
+    el("td", { class: "num" }, String(state.allowlisted.get(e.name) || 0))));
+  replaceRows($("policies"), rows, "no policies", 6);
   $("default-limit").textContent = "(other keys: " + p.default_limit + " at once)";
   $("tiers").textContent = p.tiers.length
     ? "Tiers: " + p.tiers.map((t) => t.name + " ×" + t.multiplier).join(", ")
     : "";
+}
+
+// ---- allowlist ----------------------------------------------------------------
+
+function renderAllowlist(a) {
+  const rows = a.entries.map((e) => el("tr", { "data-allow": e.key !== undefined ? "key:" + e.key : "ip:" + e.ip },
+    el("th", { scope: "row" }, e.policy ? "policy " + e.policy : el("span", { class: "tag muted" }, "every check")),
+    el("td", {}, el("span", { class: "tag muted" }, e.key !== undefined ? "key" : "ip")),
+    el("td", {}, el("code", {}, e.key !== undefined ? e.key : e.ip))));
+  replaceRows($("allowlist"), rows, "no entries: every check is charged", 3);
+  $("allowlist-count").textContent = "(" + a.entries.length + " of " + a.max + "; allowed without charge)";
 }
 
 // ---- polling ------------------------------------------------------------------
@@ -253,7 +267,10 @@ async function poll() {
     getJson("/v1/stats").then(renderStats),
     getJson(limitsPath).then(renderKeys),
   ];
-  if (wantPolicies) jobs.push(getJson("/v1/policies").then(renderPolicies));
+  if (wantPolicies) {
+    jobs.push(getJson("/v1/policies").then(renderPolicies));
+    jobs.push(getJson("/v1/allowlist").then(renderAllowlist));
+  }
   const results = await Promise.allSettled(jobs);
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason);
   if (failed.some((e) => e instanceof Unauthorized)) {
