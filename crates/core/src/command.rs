@@ -382,6 +382,13 @@ pub enum Query {
     PolicyModes,
     /// The allowlist, sorted, and its bound.
     Allowlist,
+    /// Audit records with a log index above `since` whose key starts with `prefix`,
+    /// oldest first, at most `max`.
+    Audit {
+        since: u64,
+        prefix: String,
+        max: u32,
+    },
 }
 
 /// One allowlist entry: what it matches, and which policy it exempts from.

@@ -51,4 +51,4 @@ pub use outcome::{
     Allowlisted, Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView,
     RateDecision, RateResult, Reply, ShadowDenial, SlotUsage, Usage,
 };
-pub use state::{glob_matches, key_addr, State, Stats};
+pub use state::{glob_matches, key_addr, AuditRecord, State, Stats};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{AdminLimits, AllowEntry, Mode, Policy, Settings};
 use crate::descriptor_table::DescriptorDecision;
 use crate::error::CoreError;
+use crate::state::AuditRecord;
 
 /// One op's result.
 pub type Reply = Result<Outcome, CoreError>;
@@ -114,6 +115,13 @@ pub enum Outcome {
     },
     /// Answer to [`crate::Op::SetAdminLimits`].
     AdminLimitsSet(AdminLimits),
+    /// Answer to [`crate::Query::Audit`]: matching records, oldest first;
+    /// `truncated` when more matched than `max`; `capacity` is the ring's size.
+    Audit {
+        records: Vec<AuditRecord>,
+        truncated: bool,
+        capacity: u32,
+    },
 }
 
 /// A key an allowlist entry exempted, and the entry (the first that matched).

@@ -34,14 +34,15 @@
 //!   any `shadow=` makes it an `Op::ConfigureModes` with those policies in shadow mode
 //! - `policy mode NAME shadow|enforce`
 //! - `allow add|remove [policy=NAME] key=GLOB|ip=CIDR` (an allowlist entry; global
-//!   without `policy=`), `admin limits allowlist=N audit=N`
+//!   without `policy=`), `admin limits allowlist=N audit=N`, `mark_seen NODE...`
 //!
 //! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
 //! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
 //! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
-//! `policies`, `modes`, `allowlist`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
+//! `policies`, `modes`, `allowlist`, `audit [PREFIX] [since=N] [max=N]`. Commands are
+//! applied at log index 1, 2, ... in script order (the audit trail shows it). Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
 //!
 //! # Properties
 //! Beyond the expected lines, every script proves two properties of the whole run:
@@ -235,6 +236,16 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
         }
         "modes" => Line::Query(Query::PolicyModes),
         "allowlist" => Line::Query(Query::Allowlist),
+        "mark_seen" => Line::Op(Op::MarkSeen {
+            nodes: std::iter::from_fn(|| a.next_pos())
+                .map(|n| num(n))
+                .collect::<Result<_>>()?,
+        }),
+        "audit" => Line::Query(Query::Audit {
+            since: key_num(a, "since")?.unwrap_or(0),
+            max: key_num(a, "max")?.unwrap_or(100),
+            prefix: a.next_pos().map(expand).unwrap_or_default(),
+        }),
         "allow" => {
             let verb = pos(a)?;
             let policy = a.take_key("policy").map(expand);
@@ -533,6 +544,32 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
                 .iter()
                 .try_for_each(|e| writeln!(out, "  {}", allow_entry(e)))
         }
+        Outcome::Audit {
+            records,
+            truncated,
+            capacity,
+        } => {
+            writeln!(
+                out,
+                "audit {} of ring {capacity}{}",
+                records.len(),
+                if *truncated { " truncated" } else { "" }
+            )?;
+            let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            records.iter().try_for_each(|r| {
+                writeln!(
+                    out,
+                    "  #{} at={} {} {} {}: {} -> {}",
+                    r.index,
+                    r.time_ms,
+                    r.caller,
+                    r.op,
+                    r.key,
+                    v(&r.before),
+                    v(&r.after)
+                )
+            })
+        }
         Outcome::AdminLimitsSet(l) => writeln!(
             out,
             "admin limits allowlist={} audit={}",
@@ -587,8 +624,13 @@ impl Session {
             return Ok(out);
         }
         let cmd = Command::new(self.clock, std::mem::take(&mut self.batch));
-        let replies = self.state.apply(&cmd);
-        agree(&replies, self.restored.iter_mut().map(|c| c.apply(&cmd)))?;
+        // The command's log index: its position in the script, from 1.
+        let index = self.log.len() as u64 + 1;
+        let replies = self.state.apply_at(index, &cmd);
+        agree(
+            &replies,
+            self.restored.iter_mut().map(|c| c.apply_at(index, &cmd)),
+        )?;
         self.log.push(cmd);
         for r in &replies {
             format_reply(r, &mut out)?;
@@ -662,8 +704,8 @@ impl goldenscript::Runner for Session {
             return Err(format!("roundtrip #{}'s copy ends with another digest", i + 1).into());
         }
         let mut replay = State::new();
-        for c in &self.log {
-            replay.apply(c);
+        for (i, c) in self.log.iter().enumerate() {
+            replay.apply_at(i as u64 + 1, c);
         }
         if replay.digest() != digest {
             return Err("replaying the script's commands gives another digest".into());
@@ -693,6 +735,7 @@ macro_rules! scripts {
 scripts!(
     acquire_release,
     allowlist,
+    audit,
     configure,
     fencing,
     gcra,

@@ -260,6 +260,7 @@ impl State {
         // Lowering the bound keeps the entries already there (none is dropped
         // silently); new ones are refused until the list is below it.
         self.admin_limits = *l;
+        self.trim_audit();
         Ok(Outcome::AdminLimitsSet(*l))
     }
 

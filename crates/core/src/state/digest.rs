@@ -56,7 +56,7 @@ impl State {
             sums: [u64; 3],
             lens: [u64; 3],
         }
-        let sections = self.sections();
+        let sections = self.digest_sections();
         let small = Small {
             version: self.snapshot_version(&sections),
             now_ms: self.now_ms,
@@ -76,7 +76,8 @@ impl State {
                 self.overrides.len() as u64,
             ],
         };
-        // The sections (small: names, bounded lists) are hashed whole, and only when
+        // The sections (small: names, bounded lists, the audit ring by its running
+        // hash) are hashed whole, and only when
         // present, so a state using none of them keeps the digest it had before
         // sections existed (nodes of both releases agree during an upgrade).
         if sections.is_empty() {

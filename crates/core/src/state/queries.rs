@@ -173,6 +173,18 @@ impl TimeView<'_> {
                 entries: st.allow.iter().cloned().collect(),
                 max: st.admin_limits.max_allowlist,
             }),
+            Query::Audit { since, prefix, max } => {
+                let mut matching = st
+                    .audit
+                    .iter()
+                    .filter(|r| r.index > *since && r.key.starts_with(prefix.as_str()));
+                let records: Vec<_> = matching.by_ref().take(*max as usize).cloned().collect();
+                Ok(Outcome::Audit {
+                    records,
+                    truncated: matching.next().is_some(),
+                    capacity: st.admin_limits.audit_entries,
+                })
+            }
         }
     }
 }

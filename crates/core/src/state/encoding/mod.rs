@@ -48,6 +48,8 @@ type Section = (String, Vec<u8>);
 const SHADOW: &str = "shadow";
 /// The section holding the allowlist entries.
 const ALLOWLIST: &str = "allowlist";
+/// The section holding the audit ring.
+const AUDIT: &str = "audit";
 /// The section holding the admin records' bounds, when not the defaults.
 const ADMIN_LIMITS: &str = "admin_limits";
 
@@ -111,6 +113,17 @@ impl State {
     /// The sections this state's snapshot carries: one per feature in use, in a
     /// fixed order, each only when it holds something.
     pub(crate) fn sections(&self) -> Vec<Section> {
+        self.sections_with(|st| encode(&st.audit))
+    }
+
+    /// [`State::sections`] with the audit ring stood for by its running hash and
+    /// length: what the digest hashes, so a `/v1/cluster` poll does not encode a
+    /// ring of many thousand records.
+    pub(crate) fn digest_sections(&self) -> Vec<Section> {
+        self.sections_with(|st| encode(&(st.audit_sum, st.audit.len() as u64)))
+    }
+
+    fn sections_with(&self, audit: impl Fn(&State) -> Vec<u8>) -> Vec<Section> {
         let mut out = Vec::new();
         if !self.shadow.is_empty() {
             out.push((SHADOW.to_string(), encode(&self.shadow)));
@@ -120,6 +133,9 @@ impl State {
         }
         if self.admin_limits != AdminLimits::default() {
             out.push((ADMIN_LIMITS.to_string(), encode(&self.admin_limits)));
+        }
+        if !self.audit.is_empty() {
+            out.push((AUDIT.to_string(), audit(self)));
         }
         out
     }
@@ -148,6 +164,13 @@ impl State {
                 self.rebuild_allow_index()?;
             }
             ADMIN_LIMITS => self.admin_limits = decode.deserialize(&bytes).map_err(corrupt)?,
+            AUDIT => {
+                self.audit = decode.deserialize(&bytes).map_err(corrupt)?;
+                self.audit_sum = self
+                    .audit
+                    .iter()
+                    .fold(0u64, |acc, r| acc.wrapping_add(entry_hash(r)));
+            }
             _ => {
                 return Err(CoreError::CorruptSnapshot(format!(
                     "unknown snapshot section {name:?} (written by a newer version?)"
@@ -244,6 +267,9 @@ impl State {
             allow: Default::default(),
             admin_limits: AdminLimits::default(),
             allow_index: Vec::new(),
+            audit: Default::default(),
+            audit_sum: 0,
+            log_index: 0,
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,
