@@ -251,6 +251,7 @@ fn query_kind(q: &Query) -> &'static str {
         Query::Lease { .. } => "lease",
         Query::PolicyModes => "policy_modes",
         Query::Allowlist => "allowlist",
+        Query::Audit { .. } => "audit",
     }
 }
 
