@@ -374,6 +374,42 @@ pub struct AllowlistChange {
 }
 
 // ---------------------------------------------------------------------------------------
+// Audit trail
+
+/// One admin change, as `GET /v1/audit` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    /// Index of the Raft log entry that carried the change.
+    pub index: u64,
+    /// Cluster time of that entry (Unix ms).
+    pub time_ms: u64,
+    /// The admin token's name, `open` (a cluster without tokens) or `system` (the
+    /// cluster's own: `cluster.toml`, membership bookkeeping).
+    pub caller: String,
+    /// The op (`set_limit`, `put_policy`, `allow`, `configure`, ...).
+    pub op: String,
+    /// What changed: `limit:<key>`, `policy:<name>`, `mode:<name>`, `tier:<name>`,
+    /// `allowlist:<global|policy=NAME>:<key|ip>:<pattern>`, `config`, `descriptors`,
+    /// `admin_limits`, `seen`.
+    pub key: String,
+    /// The value before the change (absent: there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// The value after the change (absent: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// `GET /v1/audit`: records oldest first; `truncated` when more matched than `max`
+/// (ask again with `since` = the last index shown); `capacity` is the ring's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditResponse {
+    pub records: Vec<AuditRecord>,
+    pub truncated: bool,
+    pub capacity: u32,
+}
+
+// ---------------------------------------------------------------------------------------
 // Policies
 
 /// A named policy: a concurrency limit for keys matching `pattern` (exact name, or a

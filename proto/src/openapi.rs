@@ -242,6 +242,20 @@ fn allow() {}
     ))]
 fn disallow() {}
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(
+        ("since" = Option<u64>, Query, description = "Only records with a log index above this (default 0: all)"),
+        ("key" = Option<String>, Query, description = "Only records whose key starts with this, e.g. limit:org:"),
+        ("max" = Option<u32>, Query, description = "Most records (1..=10000, default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Admin changes, oldest first: caller, cluster time, log index, before and after (linearizable)", body = AuditResponse),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 403, description = "Needs an admin token", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn audit() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -268,6 +282,7 @@ fn disallow() {}
         allowlist,
         allow,
         disallow,
+        audit,
         cluster,
         stats,
         add_member,
@@ -308,6 +323,8 @@ fn disallow() {}
         AllowlistEntry,
         AllowlistResponse,
         AllowlistChange,
+        AuditRecord,
+        AuditResponse,
         TierEntry,
         PutTierRequest,
         PoliciesResponse,

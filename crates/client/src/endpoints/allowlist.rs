@@ -1,5 +1,6 @@
-//! The allowlist: keys and addresses exempt from rate limits. Reads need a client
-//! token, changes an admin token. An entry is exactly one of a key glob
+//! The allowlist (keys and addresses exempt from rate limits) and the audit trail of
+//! admin changes. Allowlist reads need a client token, changes and the audit trail an
+//! admin token. An entry is exactly one of a key glob
 //! ([`AllowlistEntry::key`]) or an address/CIDR ([`AllowlistEntry::ip`]), scoped to
 //! one policy or (no policy) global; the server answers with its canonical form.
 //!
@@ -42,5 +43,24 @@ impl Client {
         }
         self.call(Request::new(RouteId::Disallow).query(&query))
             .await
+    }
+}
+
+impl Client {
+    /// The audit trail (admin token): changes with a log index above `since` whose
+    /// key starts with `key_prefix`, oldest first, at most `max` (server default 1000).
+    pub async fn audit(
+        &self,
+        since: u64,
+        key_prefix: &str,
+        max: Option<u32>,
+    ) -> Result<proto::AuditResponse, Error> {
+        let since = since.to_string();
+        let max = max.map(|m| m.to_string());
+        let mut query = vec![("since", since.as_str()), ("key", key_prefix)];
+        if let Some(m) = &max {
+            query.push(("max", m));
+        }
+        self.call(Request::new(RouteId::Audit).query(&query)).await
     }
 }
