@@ -487,6 +487,20 @@ def test_allowlist_admin_calls_exempt_checks_and_validate(client: Client, uid: s
     assert not client.check(f"vip-{uid}:1", policy).allowed
     client.delete_policy(policy)
 
+    # The audit trail recorded each change (the shared cluster has no tokens: "open").
+    trail = client.audit(key=f"allowlist:policy={policy}:")
+    assert [(r.op, r.before, r.after) for r in trail.records] == [
+        ("allow", None, "allowed"),
+        ("allow", None, "allowed"),
+        ("disallow", "allowed", None),
+        ("disallow", "allowed", None),
+    ]
+    assert {r.caller for r in trail.records} == {"open"}
+    first = trail.records[0].index
+    later = client.audit(since=first, key=f"allowlist:policy={policy}:")
+    assert len(later.records) == 3 and all(r.index > first for r in later.records)
+    assert [r.key for r in client.audit(key=f"policy:{policy}").records] == [f"policy:{policy}"] * 2
+
 
 def test_async_allowlist_admin_calls(cluster: Cluster, uid: str) -> None:
     async def main() -> None:

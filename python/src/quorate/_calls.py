@@ -25,6 +25,7 @@ from .types import (
     AllowChange,
     AllowEntry,
     Allowlist,
+    AuditTrail,
     ClusterInfo,
     Lease,
     LimitInfo,
@@ -242,6 +243,13 @@ def allow(entry: AllowEntry) -> Call[AllowChange]:
 
 def disallow(entry: AllowEntry) -> Call[AllowChange]:
     return _call(r.DISALLOW, parse=lambda b, _: AllowChange.from_json(b), params=entry.to_json())
+
+
+def audit(since: int, key: str, max_rows: int | None) -> Call[AuditTrail]:
+    params = {"since": str(since), "key": key}
+    if max_rows is not None:
+        params["max"] = str(max_rows)
+    return _call(r.AUDIT, parse=lambda b, _: AuditTrail.from_json(b), params=params)
 
 
 def cluster() -> Call[ClusterInfo]:

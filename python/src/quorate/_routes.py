@@ -62,6 +62,7 @@ DELETE_TIER = Route("DELETE", "/v1/tiers/{name}")
 ALLOWLIST = Route("GET", "/v1/allowlist")
 ALLOW = Route("POST", "/v1/allowlist")
 DISALLOW = Route("DELETE", "/v1/allowlist")
+AUDIT = Route("GET", "/v1/audit")
 CLUSTER = Route("GET", "/v1/cluster")
 
 #: Every route the package calls (checked against ``proto/openapi.json`` by a test).
@@ -83,5 +84,6 @@ ROUTES: tuple[Route, ...] = (
     ALLOWLIST,
     ALLOW,
     DISALLOW,
+    AUDIT,
     CLUSTER,
 )

@@ -63,6 +63,7 @@ from .types import (
     AllowChange,
     AllowEntry,
     Allowlist,
+    AuditTrail,
     ClusterInfo,
     Lease,
     LimitInfo,
@@ -400,6 +401,11 @@ class Client(_BaseClient[httpx.BaseTransport]):
         """Remove an allowlist entry (admin token); any form of the same CIDR works."""
         return self._run(calls.disallow(entry))
 
+    def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        """Admin changes after log index ``since`` whose key starts with ``key``
+        (admin token), oldest first."""
+        return self._run(calls.audit(since, key, max))
+
     def cluster(self) -> ClusterInfo:
         """The cluster as seen by whichever node answers."""
         return self._run(calls.cluster())
@@ -566,6 +572,9 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
 
     async def disallow(self, entry: AllowEntry) -> AllowChange:
         return await self._run(calls.disallow(entry))
+
+    async def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        return await self._run(calls.audit(since, key, max))
 
     async def cluster(self) -> ClusterInfo:
         return await self._run(calls.cluster())

@@ -431,6 +431,51 @@ class AllowChange:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """One admin change: log ``index``, cluster time, ``caller`` (token name, ``open``
+    or ``system``), the ``op``, the ``key`` that changed and its value ``before`` and
+    ``after`` (``None``: absent)."""
+
+    index: int
+    time_ms: int
+    caller: str
+    op: str
+    key: str
+    before: str | None = None
+    after: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> AuditRecord:
+        return cls(
+            index=int(d["index"]),
+            time_ms=int(d["time_ms"]),
+            caller=str(d["caller"]),
+            op=str(d["op"]),
+            key=str(d["key"]),
+            before=d.get("before"),
+            after=d.get("after"),
+        )
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """``GET /v1/audit``: records oldest first; ``truncated`` when more matched (ask
+    again with ``since`` = the last index); ``capacity`` is the ring's size."""
+
+    records: tuple[AuditRecord, ...]
+    truncated: bool
+    capacity: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> AuditTrail:
+        return cls(
+            records=tuple(AuditRecord.from_json(r) for r in d["records"]),
+            truncated=bool(d["truncated"]),
+            capacity=int(d["capacity"]),
+        )
+
+
+@dataclass(frozen=True)
 class Policies:
     """``GET /v1/policies``: concurrency policies in match order, rate policies, tiers."""
 
