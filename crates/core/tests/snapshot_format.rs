@@ -145,7 +145,11 @@ fn a_version_3_snapshot_restores_to_the_state_it_was_taken_of() {
 /// `current` is the fixture's bytes with version 4 and trailing sections: their names.
 fn sections_after_fixture(current: &[u8], fixture: &[u8]) -> Vec<String> {
     assert_eq!(&current[..4], &4u32.to_le_bytes());
-    assert_eq!(&current[4..fixture.len()], &fixture[4..], "the version 3 part differs");
+    assert_eq!(
+        &current[4..fixture.len()],
+        &fixture[4..],
+        "the version 3 part differs"
+    );
     let sections: Vec<(String, Vec<u8>)> =
         bincode::deserialize(&current[fixture.len()..]).expect("trailing sections");
     sections.into_iter().map(|(name, _)| name).collect()
