@@ -309,6 +309,16 @@ async fn status_page_in_headless_chromium() {
             |v| v == &json!(["policy user", "3"]),
         )
         .await;
+    // The audit trail panel (open mode: every caller is `open`) shows the changes.
+    browser
+        .wait_for(
+            "the allowlist change in the audit trail",
+            SHOWS_WITHIN,
+            "const r = document.querySelector('#audit tr[data-audit-key=\"allowlist:policy=user:key:user:admin-*\"]');\
+             return r ? [r.cells[2].textContent, r.cells[3].textContent, r.cells[6].textContent] : null;",
+            |v| v == &json!(["open", "allow", "allowed"]),
+        )
+        .await;
     browser.screenshot(&artifacts().join("1-healthy.png")).await;
 
     // The same numbers through the Rust client: what the charts drew.
@@ -416,20 +426,28 @@ async fn status_page_asks_for_a_token() {
         .eval("return sessionStorage.getItem('quorate.token');")
         .await;
     assert_eq!(stored, json!(CLIENT));
+    // The audit trail needs an admin token: the panel says so.
+    browser
+        .wait_for(
+            "the audit panel asking for an admin token",
+            SHOWS_WITHIN,
+            "return document.querySelector('#audit').textContent;",
+            |v| v == &json!("the audit trail needs an admin token"),
+        )
+        .await;
     browser.screenshot(&artifacts().join("3-token.png")).await;
 
     // The only console errors are the refused requests themselves (the browser
-    // logs every 401); no script error, no CSP violation.
+    // logs every 401, and the one 403 of the audit trail with a client token); no
+    // script error, no CSP violation.
     let errors: Vec<Value> = browser
         .console()
         .await
         .into_iter()
         .filter(|e| e["level"] == json!("SEVERE"))
         .filter(|e| {
-            !e["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("status of 401")
+            let m = e["message"].as_str().unwrap_or("");
+            !(m.contains("status of 401") || m.contains("/v1/audit") && m.contains("status of 403"))
         })
         .collect();
     assert!(errors.is_empty(), "browser console errors: {errors:#?}");

@@ -7,12 +7,14 @@ const POLL_MS = 2000;
 const POLICIES_EVERY = 5; // polls; policies change rarely
 const KEYS_SHOWN = 50;
 const LIST_MAX = 500;
+const AUDIT_SHOWN = 20;
 const TOKEN_KEY = "quorate.token";
 
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, polls: 0, policies: null, shadow: new Map(), allowlisted: new Map(), waitingForToken: false };
+const state = { timer: null, polls: 0, policies: null, shadow: new Map(), allowlisted: new Map(), audit: [], auditSince: 0, auditForbidden: false, waitingForToken: false };
 
 class Unauthorized extends Error {}
+class Forbidden extends Error {}
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
@@ -24,6 +26,7 @@ async function getJson(path) {
   if (t) headers.Authorization = "Bearer " + t;
   const resp = await fetch(path, { headers, cache: "no-store", credentials: "omit" });
   if (resp.status === 401) throw new Unauthorized(path);
+  if (resp.status === 403) throw new Forbidden(path);
   const body = await resp.json().catch(() => null);
   if (!resp.ok) {
     const why = body && body.message ? body.message : "HTTP " + resp.status;
@@ -252,6 +255,34 @@ function renderAllowlist(a) {
   $("allowlist-count").textContent = "(" + a.entries.length + " of " + a.max + "; allowed without charge)";
 }
 
+// ---- audit trail ----------------------------------------------------------------
+
+// The last changes, newest first. Read incrementally (`since` = the last index seen),
+// so a large ring is read once, not on every poll. The trail needs an admin token:
+// with a client token the panel says so instead of failing the page.
+function renderAudit(a) {
+  const v = (x) => (x === undefined || x === null ? el("span", { class: "muted" }, "–") : el("code", {}, x));
+  state.audit = state.audit.concat(a.records).slice(-AUDIT_SHOWN);
+  if (a.records.length) state.auditSince = a.records[a.records.length - 1].index;
+  const rows = state.audit.slice().reverse().map((r) => el("tr", { "data-audit-key": r.key, "data-index": String(r.index) },
+    el("td", { class: "num" }, String(r.index)),
+    el("td", { class: "muted" }, new Date(r.time_ms).toLocaleString("en-GB")),
+    el("td", {}, r.caller),
+    el("td", {}, el("span", { class: "tag muted" }, r.op)),
+    el("th", { scope: "row" }, el("code", {}, r.key)),
+    el("td", {}, v(r.before)),
+    el("td", {}, v(r.after))));
+  replaceRows($("audit"), rows, "no admin changes recorded yet", 7);
+  $("audit-note").textContent = "(admin changes, newest first; the cluster keeps the last " + a.capacity + ")";
+}
+
+function auditNeedsAdmin(err) {
+  if (!(err instanceof Forbidden)) throw err;
+  // Asked once per token: a client token will not become an admin one.
+  state.auditForbidden = true;
+  replaceRows($("audit"), [], "the audit trail needs an admin token", 7);
+}
+
 // ---- polling ------------------------------------------------------------------
 
 async function poll() {
@@ -270,6 +301,9 @@ async function poll() {
   if (wantPolicies) {
     jobs.push(getJson("/v1/policies").then(renderPolicies));
     jobs.push(getJson("/v1/allowlist").then(renderAllowlist));
+    if (!state.auditForbidden) {
+      jobs.push(getJson("/v1/audit?max=1000&since=" + state.auditSince).then(renderAudit, auditNeedsAdmin));
+    }
   }
   const results = await Promise.allSettled(jobs);
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason);
@@ -313,6 +347,7 @@ function start() {
     $("forget").hidden = false;
     state.waitingForToken = false;
     state.polls = 0;
+    state.auditForbidden = false;
     poll();
   });
   $("forget").hidden = !token();
