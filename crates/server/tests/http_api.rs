@@ -1378,3 +1378,49 @@ async fn allowlist_entries_exempt_rate_checks_say_so_and_are_validated() {
 }
 
 const ALLOWLISTED: &str = "x-quorate-allowlisted";
+
+/// `GET /v1/audit`: admin changes with caller (`open` without tokens), index order and
+/// before/after; filtered by key prefix and `since`; a bad `max` is a 400.
+#[tokio::test]
+async fn audit_lists_admin_changes_with_before_and_after() {
+    let app = app();
+    put(&app, "/v1/limits/org:a", json!({"limit": 3})).await;
+    put(&app, "/v1/limits/org:a", json!({"limit": 4})).await;
+    put(&app, "/v1/limits/org:a", json!({"limit": 4})).await; // no change: no record
+    post(&app, "/v1/allowlist", json!({"key": "vip:*"})).await;
+    let (s, _, v) = get(&app, "/v1/audit?key=limit:").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rs = v["records"].as_array().unwrap();
+    assert_eq!(rs.len(), 2, "{v}");
+    assert_eq!(
+        (
+            &rs[1]["caller"],
+            &rs[1]["op"],
+            &rs[1]["key"],
+            &rs[1]["before"],
+            &rs[1]["after"]
+        ),
+        (
+            &json!("open"),
+            &json!("set_limit"),
+            &json!("limit:org:a"),
+            &json!("3"),
+            &json!("4")
+        )
+    );
+    assert!(rs[0].get("before").is_none(), "{v}");
+    assert_eq!(v["capacity"], 1000);
+    let (_, _, all) = get(&app, "/v1/audit").await;
+    // The configuration installed at startup is the system's own change.
+    assert_eq!(all["records"][0]["caller"], "system", "{all}");
+    assert_eq!(all["records"][0]["key"], "config", "{all}");
+    let last = all["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["key"], "allowlist:global:key:vip:*", "{all}");
+    let since = rs[1]["index"].as_u64().unwrap();
+    let (_, _, v) = get(&app, &format!("/v1/audit?since={since}")).await;
+    assert_eq!(v["records"], json!([last]), "{v}");
+    let (s, _, v) = get(&app, "/v1/audit?max=0").await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    let (s, _, v) = get(&app, "/v1/audit?color=red").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
