@@ -238,7 +238,7 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
         "allowlist" => Line::Query(Query::Allowlist),
         "mark_seen" => Line::Op(Op::MarkSeen {
             nodes: std::iter::from_fn(|| a.next_pos())
-                .map(|n| num(n))
+                .map(num)
                 .collect::<Result<_>>()?,
         }),
         "audit" => Line::Query(Query::Audit {

@@ -1527,8 +1527,12 @@ fn canonical(i: usize) -> AllowEntry {
     quorate_core::state::canonical_entry(&allow_entry(i)).unwrap_or_else(|_| allow_entry(i))
 }
 
-/// One audit step: a caller (None: the system), set (Some) or delete a key's override.
-fn audit_steps() -> impl Strategy<Value = (u32, Vec<(Option<&'static str>, usize, Option<u32>)>)> {
+/// One audit step: a caller (None: the system), a key, set (Some) or delete its override.
+type AuditStep = (Option<&'static str>, usize, Option<u32>);
+/// An expected audit record: index, caller, key, before, after.
+type Expected = (u64, String, String, Option<String>, Option<String>);
+
+fn audit_steps() -> impl Strategy<Value = (u32, Vec<AuditStep>)> {
     (
         1u32..6,
         prop::collection::vec(
@@ -1557,7 +1561,7 @@ proptest! {
             audit_entries: ring,
         })));
         let mut model: BTreeMap<usize, u32> = BTreeMap::new();
-        let mut expect: Vec<(u64, String, String, Option<String>, Option<String>)> = vec![(
+        let mut expect: Vec<Expected> = vec![(
             1,
             "system".into(),
             "admin_limits".into(),

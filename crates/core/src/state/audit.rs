@@ -142,10 +142,7 @@ impl State {
         let Some((key, before)) = self.audit_subject(inner) else {
             return self.apply_as(&Caller::system(), op);
         };
-        let reply = self.apply_as(&Caller::system(), op);
-        if reply.is_err() {
-            return reply;
-        }
+        let outcome = self.apply_as(&Caller::system(), op)?;
         let after = self.audit_subject(inner).and_then(|(_, v)| v);
         if after != before {
             let caller = match caller {
@@ -166,7 +163,7 @@ impl State {
             self.audit.push_back(record);
             self.trim_audit();
         }
-        reply
+        Ok(outcome)
     }
 
     /// Drop the oldest records beyond the ring's size.
