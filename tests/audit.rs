@@ -146,7 +146,7 @@ async fn the_audit_trail_is_replicated_and_survives_a_full_restart() {
             .filter(|r| admin_keys.iter().any(|k| r.2.starts_with(k)))
             .collect()
     };
-    // Every node lists the same changes, in log order, with increasing indices.
+    // Every node lists the same changes, in log order (indices never decrease).
     let mut first: Option<Value> = None;
     for id in &ids {
         let (s, v) = trail(&c, *id, "").await;
@@ -164,7 +164,8 @@ async fn the_audit_trail_is_replicated_and_survives_a_full_restart() {
         .iter()
         .map(|r| r["index"].as_u64().unwrap())
         .collect();
-    assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+    // Log order: ops the leader batched into one entry share its index.
+    assert!(indices.windows(2).all(|w| w[0] <= w[1]), "{indices:?}");
 
     // Filters: by key prefix, and after an index.
     let (_, v) = trail(&c, f[0], "limit:org:").await;
