@@ -99,6 +99,24 @@ async fn make_activity(c: &Cluster, node: u64) {
         let (s, b) = c.post(node, "/v1/slots/acquire", body).await;
         assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
     }
+    // An allowlisted admin user, checked three times under `user` (not charged).
+    let (s, b) = c
+        .post(
+            node,
+            "/v1/allowlist",
+            json!({"policy": "user", "key": "user:admin-*"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for _ in 0..3 {
+        let body = json!({"key": "user:admin-1", "policy": "user"});
+        let (s, b) = c.post(node, "/v1/rate/check", body).await;
+        assert_eq!(
+            (s, b["allowlisted"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{b}"
+        );
+    }
     // An inline rate limit of 30 per minute in bursts of 5, checked 8 times at once:
     // 3 limited.
     for _ in 0..8 {
@@ -280,6 +298,27 @@ async fn status_page_in_headless_chromium() {
             |v| v.as_u64().is_some_and(|n| n >= 10),
         )
         .await;
+    // The allowlist panel lists the entry; the policies table counts its checks.
+    browser
+        .wait_for(
+            "the allowlist entry and its count",
+            SHOWS_WITHIN,
+            "const a = document.querySelector('#allowlist tr[data-allow=\"key:user:admin-*\"]');\
+             const p = document.querySelector('#policies tr[data-policy=user]');\
+             return a && p ? [a.cells[0].textContent, p.cells[5].textContent] : null;",
+            |v| v == &json!(["policy user", "3"]),
+        )
+        .await;
+    // The audit trail panel (open mode: every caller is `open`) shows the changes.
+    browser
+        .wait_for(
+            "the allowlist change in the audit trail",
+            SHOWS_WITHIN,
+            "const r = document.querySelector('#audit tr[data-audit-key=\"allowlist:policy=user:key:user:admin-*\"]');\
+             return r ? [r.cells[2].textContent, r.cells[3].textContent, r.cells[6].textContent] : null;",
+            |v| v == &json!(["open", "allow", "allowed"]),
+        )
+        .await;
     browser.screenshot(&artifacts().join("1-healthy.png")).await;
 
     // The same numbers through the Rust client: what the charts drew.
@@ -387,20 +426,28 @@ async fn status_page_asks_for_a_token() {
         .eval("return sessionStorage.getItem('quorate.token');")
         .await;
     assert_eq!(stored, json!(CLIENT));
+    // The audit trail needs an admin token: the panel says so.
+    browser
+        .wait_for(
+            "the audit panel asking for an admin token",
+            SHOWS_WITHIN,
+            "return document.querySelector('#audit').textContent;",
+            |v| v == &json!("the audit trail needs an admin token"),
+        )
+        .await;
     browser.screenshot(&artifacts().join("3-token.png")).await;
 
     // The only console errors are the refused requests themselves (the browser
-    // logs every 401); no script error, no CSP violation.
+    // logs every 401, and the one 403 of the audit trail with a client token); no
+    // script error, no CSP violation.
     let errors: Vec<Value> = browser
         .console()
         .await
         .into_iter()
         .filter(|e| e["level"] == json!("SEVERE"))
         .filter(|e| {
-            !e["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("status of 401")
+            let m = e["message"].as_str().unwrap_or("");
+            !(m.contains("status of 401") || m.contains("/v1/audit") && m.contains("status of 403"))
         })
         .collect();
     assert!(errors.is_empty(), "browser console errors: {errors:#?}");

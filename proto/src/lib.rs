@@ -307,6 +307,10 @@ pub struct RateResult {
     pub reset_after_ms: u64,
     /// 0 when allowed; otherwise when this check would be allowed.
     pub retry_after_ms: u64,
+    /// True when an allowlist entry exempted this check: allowed, not charged
+    /// (`remaining` shows the bucket as it stands). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowlisted: bool,
 }
 
 /// 200 or 429 answer to a rate check. The top-level fields describe the most
@@ -329,6 +333,80 @@ pub struct RateCheckResponse {
     /// Header `x-quorate-shadow-denied` names the policies. Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadow_denied: Vec<ShadowDenial>,
+    /// True when an allowlist entry exempted some check (`results[i].allowlisted`
+    /// says which): those were allowed and not charged. Header
+    /// `x-quorate-allowlisted` names their keys. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowlisted: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Allowlist
+
+/// One allowlist entry: exactly one of `key` (a glob, `*` = any run of characters)
+/// or `ip` (an IPv4/IPv6 address or CIDR), and the policy it exempts from (absent:
+/// every check, global). Also the query string of `DELETE /v1/allowlist`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// `GET /v1/allowlist`: every entry (global first, then by policy; CIDRs in
+/// canonical `network/prefix` form) and the most the cluster holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllowlistResponse {
+    pub entries: Vec<AllowlistEntry>,
+    pub max: u32,
+}
+
+/// Answer to `POST /v1/allowlist` and `DELETE /v1/allowlist`: the entry in canonical
+/// form, and whether the list changed (false: it was already there / not there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllowlistChange {
+    pub entry: AllowlistEntry,
+    pub changed: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit trail
+
+/// One admin change, as `GET /v1/audit` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    /// Index of the Raft log entry that carried the change.
+    pub index: u64,
+    /// Cluster time of that entry (Unix ms).
+    pub time_ms: u64,
+    /// The admin token's name, `open` (a cluster without tokens) or `system` (the
+    /// cluster's own: `cluster.toml`, membership bookkeeping).
+    pub caller: String,
+    /// The op (`set_limit`, `put_policy`, `allow`, `configure`, ...).
+    pub op: String,
+    /// What changed: `limit:<key>`, `policy:<name>`, `mode:<name>`, `tier:<name>`,
+    /// `allowlist:<global|policy=NAME>:<key|ip>:<pattern>`, `config`, `descriptors`,
+    /// `admin_limits`, `seen`.
+    pub key: String,
+    /// The value before the change (absent: there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// The value after the change (absent: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// `GET /v1/audit`: records oldest first; `truncated` when more matched than `max`
+/// (ask again with `since` = the last index shown); `capacity` is the ring's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditResponse {
+    pub records: Vec<AuditRecord>,
+    pub truncated: bool,
+    pub capacity: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -537,6 +615,10 @@ pub struct StatsResponse {
     /// policy, since the node started (absent from nodes that predate the field).
     #[serde(default)]
     pub shadow_denials: Vec<ShadowCount>,
+    /// Checks (rate and Envoy) this node answered as allowlisted, per policy
+    /// (`inline` for an inline limit), since the node started.
+    #[serde(default)]
+    pub allowlisted: Vec<ShadowCount>,
 }
 
 /// How many requests one shadow-mode policy would have denied.

@@ -241,6 +241,49 @@ fn readyz() {}
     responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
 fn metrics() {}
 
+#[utoipa::path(get, path = "/v1/allowlist", tag = "allowlist",
+    responses(
+        (status = 200, description = "Allowlist entries and the bound (linearizable)", body = AllowlistResponse),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn allowlist() {}
+
+#[utoipa::path(post, path = "/v1/allowlist", tag = "allowlist",
+    request_body = AllowlistEntry,
+    responses(
+        (status = 200, description = "Entry added (changed is false when it was there): rate checks and Envoy descriptors it matches are allowed without being charged", body = AllowlistChange),
+        (status = 400, description = "Invalid entry (a bad CIDR is named), or the list is full (max_allowlist)", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn allow() {}
+
+#[utoipa::path(delete, path = "/v1/allowlist", tag = "allowlist",
+    params(
+        ("policy" = Option<String>, Query, description = "The entry's policy (absent: a global entry)"),
+        ("key" = Option<String>, Query, description = "A key glob entry"),
+        ("ip" = Option<String>, Query, description = "An address or CIDR entry (any form of the same network)"),
+    ),
+    responses(
+        (status = 200, description = "Entry removed (changed is false when there was none)", body = AllowlistChange),
+        (status = 400, description = "Invalid entry", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn disallow() {}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(
+        ("since" = Option<u64>, Query, description = "Only records with a log index above this (default 0: all)"),
+        ("key" = Option<String>, Query, description = "Only records whose key starts with this, e.g. limit:org:"),
+        ("max" = Option<u32>, Query, description = "Most records (1..=10000, default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Admin changes, oldest first: caller, cluster time, log index, before and after (linearizable)", body = AuditResponse),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 403, description = "Needs an admin token", body = ErrorBody),
+        (status = 503, description = "No quorum", body = ErrorBody),
+    ))]
+fn audit() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -267,6 +310,10 @@ fn metrics() {}
         delete_policy,
         put_tier,
         delete_tier,
+        allowlist,
+        allow,
+        disallow,
+        audit,
         cluster,
         stats,
         add_member,
@@ -306,6 +353,11 @@ fn metrics() {}
         PolicyModeResponse,
         ShadowDenial,
         ShadowCount,
+        AllowlistEntry,
+        AllowlistResponse,
+        AllowlistChange,
+        AuditRecord,
+        AuditResponse,
         TierEntry,
         PutTierRequest,
         PoliciesResponse,

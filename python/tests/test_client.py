@@ -448,3 +448,67 @@ def test_config_errors() -> None:
     c = Client("http://127.0.0.1:7101/, http://127.0.0.1:7102")
     assert c.nodes == ["http://127.0.0.1:7101", "http://127.0.0.1:7102"]
     c.close()
+
+
+# -- allowlist ------------------------------------------------------------------------
+
+
+def test_allowlist_admin_calls_exempt_checks_and_validate(client: Client, uid: str) -> None:
+    # A policy of this test's own, so the shared cluster's other tests are unaffected.
+    policy = f"al-{uid}"
+    client.put_policy(policy, quorate.RatePolicy.per(1, 60.0))
+    key = quorate.AllowEntry(key=f"vip-{uid}:*", policy=policy)
+    net = quorate.AllowEntry(ip="2001:db8:1:2::9/48", policy=policy)
+    assert client.allow(key) == quorate.AllowChange(entry=key, changed=True)
+    change = client.allow(net)
+    assert change.entry.ip == "2001:db8:1::/48" and change.changed
+    assert not client.allow(key).changed
+    listed = client.allowlist()
+    assert key in listed.entries and change.entry in listed.entries and listed.max >= 2
+
+    # A limit of one per minute, yet allowlisted checks pass again and again, uncharged.
+    for _ in range(3):
+        for k in (f"vip-{uid}:1", "ip:2001:db8:1:ff::1"):
+            d = client.check(k, policy)
+            assert d.allowed and d.allowlisted and d.results[0].allowlisted
+    assert client.check(f"other-{uid}", policy).allowed
+    other = client.check(f"other-{uid}", policy)
+    assert not other.allowed and not other.allowlisted
+
+    with pytest.raises(quorate.InvalidRequest, match=r"10\.0\.0\.0/33"):
+        client.allow(quorate.AllowEntry(ip="10.0.0.0/33", policy=policy))
+    with pytest.raises(ValueError):
+        quorate.AllowEntry(key="a", ip="10.0.0.1")
+
+    # Removal by another form of the same network; then the limit applies.
+    assert client.disallow(quorate.AllowEntry(ip="2001:db8:1::/48", policy=policy)).changed
+    assert client.disallow(key).changed and not client.disallow(key).changed
+    assert client.check(f"vip-{uid}:1", policy).allowed
+    assert not client.check(f"vip-{uid}:1", policy).allowed
+    client.delete_policy(policy)
+
+    # The audit trail recorded each change (the shared cluster has no tokens: "open").
+    trail = client.audit(key=f"allowlist:policy={policy}:")
+    assert [(r.op, r.before, r.after) for r in trail.records] == [
+        ("allow", None, "allowed"),
+        ("allow", None, "allowed"),
+        ("disallow", "allowed", None),
+        ("disallow", "allowed", None),
+    ]
+    assert {r.caller for r in trail.records} == {"open"}
+    first = trail.records[0].index
+    later = client.audit(since=first, key=f"allowlist:policy={policy}:")
+    assert len(later.records) == 3 and all(r.index > first for r in later.records)
+    assert [r.key for r in client.audit(key=f"policy:{policy}").records] == [f"policy:{policy}"] * 2
+
+
+def test_async_allowlist_admin_calls(cluster: Cluster, uid: str) -> None:
+    async def main() -> None:
+        async with AsyncClient(cluster.urls, timeout=3.0, deadline=10.0) as c:
+            entry = quorate.AllowEntry(key=f"avip-{uid}:*", policy=f"none-{uid}")
+            assert (await c.allow(entry)).changed
+            assert entry in (await c.allowlist()).entries
+            assert (await c.disallow(entry)).changed
+            assert entry not in (await c.allowlist()).entries
+
+    asyncio.run(main())

@@ -116,6 +116,17 @@ pub enum Op {
     },
     /// Remove the counter `key` (live or expired). Idempotent.
     CounterClear { key: String },
+    /// Add an allowlist entry ([`AllowEntry`]): checks it matches are allowed without
+    /// being charged (`state/allowlist.rs`). Idempotent; bounded by
+    /// [`AdminLimits::max_allowlist`].
+    Allow(AllowEntry),
+    /// Remove an allowlist entry. Idempotent.
+    Disallow(AllowEntry),
+    /// Replace the bounds of the admin records ([`AdminLimits`]), from `[limits]` in
+    /// `cluster.toml`. An op of its own, not fields of [`Settings`], so that older
+    /// `Configure` entries still decode; the server proposes it only when the file's
+    /// values differ from the state's.
+    SetAdminLimits(AdminLimits),
 }
 
 impl Op {
@@ -144,6 +155,9 @@ impl Op {
             | Op::ConfigureDescriptors(_)
             | Op::SetPolicyMode { .. }
             | Op::ConfigureModes(_)
+            | Op::Allow(_)
+            | Op::Disallow(_)
+            | Op::SetAdminLimits(_)
             | Op::Noop => true,
             Op::As { op, .. } => op.needs_admin(),
         }
@@ -174,6 +188,9 @@ impl Op {
             Op::ConfigureModes(_) => "configure_modes",
             Op::CounterIncr { .. } => "counter_incr",
             Op::CounterClear { .. } => "counter_clear",
+            Op::Allow(_) => "allow",
+            Op::Disallow(_) => "disallow",
+            Op::SetAdminLimits(_) => "set_admin_limits",
         }
     }
 
@@ -383,4 +400,64 @@ pub enum Query {
     /// A counter's value and expiry ([`Op::CounterIncr`]); an expired or absent
     /// counter reads as 0 with no expiry.
     Counter { key: String },
+    /// The allowlist, sorted, and its bound.
+    Allowlist,
+    /// Audit records with a log index above `since` whose key starts with `prefix`,
+    /// oldest first, at most `max`.
+    Audit {
+        since: u64,
+        prefix: String,
+        max: u32,
+    },
+}
+
+/// One allowlist entry: what it matches, and which policy it exempts from.
+///
+/// Ordered (policy, then pattern) so the allowlist is a sorted set and its snapshot
+/// section the same bytes on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// The named policy whose checks the entry exempts, or `None` for every check
+    /// (global: every policy, inline limits and Envoy descriptors).
+    pub policy: Option<String>,
+    pub pattern: AllowPattern,
+}
+
+/// What an allowlist entry matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AllowPattern {
+    /// A key glob: `*` stands for any run of characters (`user:admin-*`,
+    /// `*:203.0.113.9`); every other character matches itself.
+    Key(String),
+    /// An IPv4 or IPv6 address or CIDR (`203.0.113.9`, `10.0.0.0/8`,
+    /// `2001:db8::/32`), matched against the address a key ends with (see
+    /// `state/allowlist.rs`). Stored in canonical form: the network address and its
+    /// prefix length (`10.0.0.0/8`; `/32` and `/128` for a single address).
+    Ip(String),
+}
+
+/// Bounds of the admin records, replicated beside (not inside) [`Settings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminLimits {
+    /// Most allowlist entries.
+    pub max_allowlist: u32,
+    /// How many audit records the ring keeps (the oldest are dropped).
+    pub audit_entries: u32,
+}
+
+/// Default [`AdminLimits::max_allowlist`].
+pub const DEFAULT_MAX_ALLOWLIST: u32 = 1_000;
+/// Default [`AdminLimits::audit_entries`].
+pub const DEFAULT_AUDIT_ENTRIES: u32 = 1_000;
+/// Largest value either admin bound may take: both are held whole in every replica
+/// and hashed whole into its digest.
+pub const MAX_ADMIN_BOUND: u32 = 100_000;
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_allowlist: DEFAULT_MAX_ALLOWLIST,
+            audit_entries: DEFAULT_AUDIT_ENTRIES,
+        }
+    }
 }

@@ -44,13 +44,19 @@
 //!   (envoyproxy/ratelimit charges the others; here a denied request costs nothing).
 //!   Otherwise every bucket is charged through the ordinary rate check, so state caps,
 //!   snapshots and digests treat these buckets like any other.
+//! - A descriptor an allowlist entry matches (`state/allowlist.rs`: scoped by its
+//!   limit's name, matched by bucket key or by an entry value that is an address in
+//!   the entry's CIDR) is OK and charges nothing, whatever its bucket holds; the
+//!   decision then comes as [`Outcome::DescriptorsAllowlisted`].
 //! - An unknown domain is refused ([`CoreError::Invalid`], field `domain`), as
 //!   envoyproxy/ratelimit refuses it: Envoy then applies its `failure_mode_deny`.
+
+use std::net::IpAddr;
 
 use crate::command::{RateCheck, RateLimitRef, RateSpec, Settings};
 use crate::error::CoreError;
 use crate::gcra;
-use crate::outcome::{Outcome, RateResult, Reply};
+use crate::outcome::{Allowlisted, Outcome, RateResult, Reply};
 use crate::state::{fnv1a, State};
 use crate::validate;
 
@@ -381,10 +387,37 @@ impl State {
         for d in &r.descriptors {
             items.push(self.limit_of(&r.domain, tree, d, request_cost)?);
         }
+        // Allowlisted descriptors (`state/allowlist.rs`) pass and charge nothing:
+        // scoped by their limit's name, matched by bucket key and by every entry
+        // value that is an address.
+        let allow: Vec<Option<Allowlisted>> = r
+            .descriptors
+            .iter()
+            .zip(&items)
+            .map(|(d, item)| {
+                let l = item.as_ref()?;
+                if !self.has_allowlist() {
+                    return None;
+                }
+                let addrs: Vec<IpAddr> = d
+                    .entries
+                    .iter()
+                    .filter_map(|(_, v)| v.parse::<IpAddr>().ok())
+                    .collect();
+                self.allowlisted(Some(&l.applied.name), &l.applied.key, &addrs)
+            })
+            .collect();
+        let limited = || {
+            items
+                .iter()
+                .zip(&allow)
+                .filter(|(_, a)| a.is_none())
+                .filter_map(|(l, _)| l.as_ref())
+        };
         // One check per distinct bucket, with the summed cost of its descriptors
         // (the first descriptor's limit decides).
         let mut checks: Vec<(RateCheck, RateSpec)> = Vec::new();
-        for l in items.iter().flatten().filter(|l| l.cost > 0) {
+        for l in limited().filter(|l| l.cost > 0) {
             match checks.iter_mut().find(|(c, _)| c.key == l.applied.key) {
                 Some((c, _)) => c.cost = c.cost.saturating_add(l.cost),
                 None => checks.push((
@@ -407,16 +440,14 @@ impl State {
         let charged_ok = checks
             .iter()
             .all(|(c, spec)| decide(self, &c.key, spec, c.cost).allowed);
-        let peeks_ok = items
-            .iter()
-            .flatten()
+        let peeks_ok = limited()
             .filter(|l| l.cost == 0)
             .all(|l| decide(self, &l.applied.key, &l.spec, 1).allowed);
         let ok = charged_ok && peeks_ok;
         let mut charged: Vec<RateResult> = Vec::new();
         if ok && !checks.is_empty() {
             let just: Vec<RateCheck> = checks.iter().map(|(c, _)| c.clone()).collect();
-            match self.rate_check(&just)? {
+            match self.rate_check_with(&just, false)? {
                 Outcome::Rate(d) if d.allowed => charged = d.results,
                 // Decided allowed just above on the same state and time: unreachable,
                 // but never report a grant that was not charged.
@@ -425,7 +456,8 @@ impl State {
         }
         let statuses = items
             .into_iter()
-            .map(|item| {
+            .zip(&allow)
+            .map(|(item, allowed)| {
                 let Some(l) = item else {
                     return DescriptorStatus {
                         over_limit: false,
@@ -436,22 +468,24 @@ impl State {
                     };
                 };
                 let key = &l.applied.key;
-                let (over, remaining, reset, retry) =
-                    if let Some(c) = charged.iter().find(|c| &c.key == key) {
-                        (false, c.remaining, c.reset_after_ms, 0)
+                let (over, remaining, reset, retry) = if allowed.is_some() {
+                    let p = peek(self, key, &l.spec);
+                    (false, p.remaining, p.reset_after_ms, 0)
+                } else if let Some(c) = charged.iter().find(|c| &c.key == key) {
+                    (false, c.remaining, c.reset_after_ms, 0)
+                } else {
+                    let group = checks
+                        .iter()
+                        .find(|(c, _)| &c.key == key)
+                        .map_or(1, |(c, _)| c.cost);
+                    let d = decide(self, key, &l.spec, group);
+                    let p = peek(self, key, &l.spec);
+                    if d.allowed {
+                        (false, p.remaining, p.reset_after_ms, 0)
                     } else {
-                        let group = checks
-                            .iter()
-                            .find(|(c, _)| &c.key == key)
-                            .map_or(1, |(c, _)| c.cost);
-                        let d = decide(self, key, &l.spec, group);
-                        let p = peek(self, key, &l.spec);
-                        if d.allowed {
-                            (false, p.remaining, p.reset_after_ms, 0)
-                        } else {
-                            (true, d.remaining, d.reset_after_ms, d.retry_after_ms)
-                        }
-                    };
+                        (true, d.remaining, d.reset_after_ms, d.retry_after_ms)
+                    }
+                };
                 DescriptorStatus {
                     over_limit: over,
                     limit: Some(l.applied),
@@ -461,7 +495,16 @@ impl State {
                 }
             })
             .collect();
-        Ok(Outcome::Descriptors(DescriptorDecision { ok, statuses }))
+        let decision = DescriptorDecision { ok, statuses };
+        let allowlisted: Vec<Allowlisted> = allow.into_iter().flatten().collect();
+        if allowlisted.is_empty() {
+            Ok(Outcome::Descriptors(decision))
+        } else {
+            Ok(Outcome::DescriptorsAllowlisted {
+                decision,
+                allowlisted,
+            })
+        }
     }
 }
 
@@ -570,6 +613,80 @@ mod tests {
             .iter()
             .map(|s| s.limit.as_ref().map(|l| l.name.clone()))
             .collect()
+    }
+
+    /// An allowlisted descriptor passes uncharged; the others are decided as usual.
+    #[test]
+    fn allowlisted_descriptors_pass_uncharged() {
+        use crate::command::{AllowEntry, AllowPattern};
+        let mut s = state();
+        let allow = |policy: Option<&str>, p: AllowPattern| {
+            Op::Allow(AllowEntry {
+                policy: policy.map(Into::into),
+                pattern: p,
+            })
+        };
+        let r = s.apply(&Command::new(
+            1_000,
+            vec![
+                allow(Some("per_ip"), AllowPattern::Ip("2001:db8::/32".into())),
+                allow(None, AllowPattern::Key("envoy:edge/tenant=acme/*".into())),
+            ],
+        ));
+        assert!(r.iter().all(Result::is_ok), "{r:?}");
+        let ask_all = |s: &mut State, descriptors: Vec<Descriptor>| {
+            let op = Op::Descriptors(Box::new(DescriptorRequest {
+                domain: "edge".into(),
+                descriptors,
+                hits_addend: 1,
+            }));
+            s.apply(&Command::single(s.now_ms(), op)).remove(0)
+        };
+        // per_ip is 3/min: an IPv6 client inside the /32 passes four times, uncharged.
+        for _ in 0..4 {
+            let r = ask_all(&mut s, vec![desc(&[("remote_address", "2001:db8::9")])]);
+            match r {
+                Ok(Outcome::DescriptorsAllowlisted {
+                    decision,
+                    allowlisted,
+                }) => {
+                    assert!(decision.ok);
+                    assert_eq!(decision.statuses[0].remaining, 3);
+                    assert_eq!(allowlisted.len(), 1);
+                    assert_eq!(
+                        allowlisted[0].entry.pattern,
+                        AllowPattern::Ip("2001:db8::/32".into())
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Outside the /32 the limit applies: three pass, the fourth is over.
+        for i in 0..4 {
+            let d = ask(&mut s, vec![desc(&[("remote_address", "2001:db9::9")])], 1).unwrap();
+            assert_eq!(d.ok, i < 3, "request {i}");
+        }
+        // The key glob exempts acme's users; the per-IP limit in the same request is
+        // still charged (a second address, so its bucket is fresh).
+        let r = ask_all(
+            &mut s,
+            vec![
+                desc(&[("tenant", "acme"), ("user_id", "1")]),
+                desc(&[("remote_address", "203.0.113.9")]),
+            ],
+        );
+        match r {
+            Ok(Outcome::DescriptorsAllowlisted {
+                decision,
+                allowlisted,
+            }) => {
+                assert!(decision.ok);
+                assert_eq!(decision.statuses[0].remaining, 2, "acme user uncharged");
+                assert_eq!(decision.statuses[1].remaining, 2, "per-IP charged");
+                assert_eq!(allowlisted[0].key, "envoy:edge/tenant=acme/user_id=1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -42,13 +42,13 @@ pub mod validate;
 pub use state::cut;
 
 pub use command::{
-    Acquire, Caller, Command, Configuration, Mode, ModedConfiguration, Op, Policy, Query,
-    RateCheck, RateLimitRef, RateSpec, Settings,
+    Acquire, AdminLimits, AllowEntry, AllowPattern, Caller, Command, Configuration, Mode,
+    ModedConfiguration, Op, Policy, Query, RateCheck, RateLimitRef, RateSpec, Settings,
 };
 pub use cut::SnapshotCut;
 pub use error::CoreError;
 pub use outcome::{
-    CounterInfo, Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome, PoliciesView,
-    RateDecision, RateResult, Reply, ShadowDenial, SlotUsage, Usage,
+    Allowlisted, CounterInfo, Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome,
+    PoliciesView, RateDecision, RateResult, Reply, ShadowDenial, SlotUsage, Usage,
 };
-pub use state::{State, Stats};
+pub use state::{glob_matches, key_addr, AuditRecord, State, Stats};

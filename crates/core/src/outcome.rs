@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Mode, Policy, Settings};
+use crate::command::{AdminLimits, AllowEntry, Mode, Policy, Settings};
 use crate::descriptor_table::DescriptorDecision;
 use crate::error::CoreError;
+use crate::state::AuditRecord;
 
 /// One op's result.
 pub type Reply = Result<Outcome, CoreError>;
@@ -95,6 +96,38 @@ pub enum Outcome {
     CounterCleared {
         cleared: bool,
     },
+    /// Answer to [`crate::Op::Allow`] and [`crate::Op::Disallow`]: false when the
+    /// entry was already there (or already absent).
+    AllowlistChanged {
+        changed: bool,
+    },
+    /// Answer to [`crate::Query::Allowlist`]: every entry, sorted, and the bound.
+    Allowlist {
+        entries: Vec<AllowEntry>,
+        max: u32,
+    },
+    /// A rate check some of whose checks were allowlisted: those are `allowed` and
+    /// were not charged; the others were decided as usual. Used only when
+    /// `allowlisted` is not empty, so answers without allowlists keep their layout.
+    RateAllowlisted {
+        decision: RateDecision,
+        shadow_denied: Vec<ShadowDenial>,
+        allowlisted: Vec<Allowlisted>,
+    },
+    /// An Envoy descriptor decision with allowlisted descriptors (OK, not charged).
+    DescriptorsAllowlisted {
+        decision: DescriptorDecision,
+        allowlisted: Vec<Allowlisted>,
+    },
+    /// Answer to [`crate::Op::SetAdminLimits`].
+    AdminLimitsSet(AdminLimits),
+    /// Answer to [`crate::Query::Audit`]: matching records, oldest first;
+    /// `truncated` when more matched than `max`; `capacity` is the ring's size.
+    Audit {
+        records: Vec<AuditRecord>,
+        truncated: bool,
+        capacity: u32,
+    },
 }
 
 /// A counter as of the op's (or the query's) time.
@@ -110,6 +143,13 @@ pub struct CounterInfo {
     /// counter): what a client adds to its own clock, so clock skew between client
     /// and cluster does not move the window.
     pub ttl_ms: u64,
+}
+
+/// A key an allowlist entry exempted, and the entry (the first that matched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowlisted {
+    pub key: String,
+    pub entry: AllowEntry,
 }
 
 /// A key a shadow-mode policy would have denied, and that policy.

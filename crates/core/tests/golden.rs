@@ -34,13 +34,17 @@
 //!   any `shadow=` makes it an `Op::ConfigureModes` with those policies in shadow mode
 //! - `policy mode NAME shadow|enforce`
 //! - `counter incr KEY expiry=MS [amount=N]` (amount defaults to 1), `counter clear KEY`
+//! - `allow add|remove [policy=NAME] key=GLOB|ip=CIDR` (an allowlist entry; global
+//!   without `policy=`), `admin limits allowlist=N audit=N`, `mark_seen NODE...`
 //!
 //! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
 //! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
 //! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
-//! `policies`, `modes`, `counter get KEY`. Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
+//! `policies`, `modes`, `counter get KEY`, `allowlist`, `audit [PREFIX] [since=N] [max=N]`.
+//! Commands are applied at log index 1, 2, ... in script order (the audit trail shows it).
+//! Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
 //!
 //! # Properties
 //! Beyond the expected lines, every script proves two properties of the whole run:
@@ -54,10 +58,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use goldenscript::{Argument, ArgumentConsumer, Block, Context};
+use quorate_core::command::{DEFAULT_AUDIT_ENTRIES, DEFAULT_MAX_ALLOWLIST};
 use quorate_core::{
-    Acquire, Caller, Command, Configuration, Grant, LeaseInfo, LimitInfo, LimitSource, Mode,
-    ModedConfiguration, Op, Outcome, Policy, Query, RateCheck, RateDecision, RateLimitRef,
-    RateSpec, Reply, Settings, ShadowDenial, SlotUsage, State,
+    Acquire, AdminLimits, AllowEntry, AllowPattern, Allowlisted, Caller, Command, Configuration,
+    Grant, LeaseInfo, LimitInfo, LimitSource, Mode, ModedConfiguration, Op, Outcome, Policy, Query,
+    RateCheck, RateDecision, RateLimitRef, RateSpec, Reply, Settings, ShadowDenial, SlotUsage,
+    State,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -241,6 +247,39 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
             "get" => Line::Query(Query::Counter { key: pos(a)? }),
             v => return Err(format!("counter incr|clear|get, not {v}").into()),
         },
+        "allowlist" => Line::Query(Query::Allowlist),
+        "mark_seen" => Line::Op(Op::MarkSeen {
+            nodes: std::iter::from_fn(|| a.next_pos())
+                .map(num)
+                .collect::<Result<_>>()?,
+        }),
+        "audit" => Line::Query(Query::Audit {
+            since: key_num(a, "since")?.unwrap_or(0),
+            max: key_num(a, "max")?.unwrap_or(100),
+            prefix: a.next_pos().map(expand).unwrap_or_default(),
+        }),
+        "allow" => {
+            let verb = pos(a)?;
+            let policy = a.take_key("policy").map(expand);
+            let pattern = match (a.take_key("key"), a.take_key("ip")) {
+                (Some(k), None) => AllowPattern::Key(expand(k)),
+                (None, Some(ip)) => AllowPattern::Ip(expand(ip)),
+                _ => return Err("allow needs one of key= or ip=".into()),
+            };
+            let e = AllowEntry { policy, pattern };
+            match verb.as_str() {
+                "add" => Line::Op(Op::Allow(e)),
+                "remove" => Line::Op(Op::Disallow(e)),
+                v => return Err(format!("allow add|remove, not {v}").into()),
+            }
+        }
+        "admin" => match pos(a)?.as_str() {
+            "limits" => Line::Op(Op::SetAdminLimits(AdminLimits {
+                max_allowlist: key_num(a, "allowlist")?.unwrap_or(DEFAULT_MAX_ALLOWLIST),
+                audit_entries: key_num(a, "audit")?.unwrap_or(DEFAULT_AUDIT_ENTRIES),
+            })),
+            v => return Err(format!("admin limits, not {v}").into()),
+        },
         "limits" => Line::Query(Query::Limits {
             prefix: a.next_pos().map(expand).unwrap_or_default(),
             max: key_num(a, "max")?.unwrap_or(100),
@@ -396,6 +435,11 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
         s.iter()
             .try_for_each(|s| writeln!(out, "  shadow: policy {} would deny {}", s.policy, s.key))
     };
+    let allowed = |a: &[Allowlisted], out: &mut String| {
+        a.iter().try_for_each(|a| {
+            writeln!(out, "  allowlisted: {} by {}", a.key, allow_entry(&a.entry))
+        })
+    };
     match o {
         Outcome::Granted(g) => grant(g, out),
         Outcome::Denied(d) => writeln!(
@@ -499,6 +543,72 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
         Outcome::Lease(Some(l)) => writeln!(out, "{}", lease(l)),
         // Descriptor decisions are tested in `descriptors::tests`; no script makes one.
         Outcome::Descriptors(d) => writeln!(out, "descriptors ok={}", d.ok),
+        Outcome::DescriptorsAllowlisted {
+            decision,
+            allowlisted,
+        } => {
+            writeln!(out, "descriptors ok={}", decision.ok)?;
+            allowed(allowlisted, out)
+        }
+        Outcome::RateAllowlisted {
+            decision,
+            shadow_denied,
+            allowlisted,
+        } => {
+            rate(decision, out)?;
+            shadow(shadow_denied, out)?;
+            allowed(allowlisted, out)
+        }
+        Outcome::AllowlistChanged { changed } => writeln!(out, "allowlist changed={changed}"),
+        Outcome::Allowlist { entries, max } => {
+            writeln!(out, "allowlist {} of {max}", entries.len())?;
+            entries
+                .iter()
+                .try_for_each(|e| writeln!(out, "  {}", allow_entry(e)))
+        }
+        Outcome::Audit {
+            records,
+            truncated,
+            capacity,
+        } => {
+            writeln!(
+                out,
+                "audit {} of ring {capacity}{}",
+                records.len(),
+                if *truncated { " truncated" } else { "" }
+            )?;
+            let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            records.iter().try_for_each(|r| {
+                writeln!(
+                    out,
+                    "  #{} at={} {} {} {}: {} -> {}",
+                    r.index,
+                    r.time_ms,
+                    r.caller,
+                    r.op,
+                    r.key,
+                    v(&r.before),
+                    v(&r.after)
+                )
+            })
+        }
+        Outcome::AdminLimitsSet(l) => writeln!(
+            out,
+            "admin limits allowlist={} audit={}",
+            l.max_allowlist, l.audit_entries
+        ),
+    }
+}
+
+/// `global ip 10.0.0.0/8`, `policy=api key user:admin-*`.
+fn allow_entry(e: &AllowEntry) -> String {
+    let scope = match &e.policy {
+        Some(p) => format!("policy={p}"),
+        None => "global".to_string(),
+    };
+    match &e.pattern {
+        AllowPattern::Key(g) => format!("{scope} key {g}"),
+        AllowPattern::Ip(n) => format!("{scope} ip {n}"),
     }
 }
 
@@ -536,8 +646,13 @@ impl Session {
             return Ok(out);
         }
         let cmd = Command::new(self.clock, std::mem::take(&mut self.batch));
-        let replies = self.state.apply(&cmd);
-        agree(&replies, self.restored.iter_mut().map(|c| c.apply(&cmd)))?;
+        // The command's log index: its position in the script, from 1.
+        let index = self.log.len() as u64 + 1;
+        let replies = self.state.apply_at(index, &cmd);
+        agree(
+            &replies,
+            self.restored.iter_mut().map(|c| c.apply_at(index, &cmd)),
+        )?;
         self.log.push(cmd);
         for r in &replies {
             format_reply(r, &mut out)?;
@@ -611,8 +726,8 @@ impl goldenscript::Runner for Session {
             return Err(format!("roundtrip #{}'s copy ends with another digest", i + 1).into());
         }
         let mut replay = State::new();
-        for c in &self.log {
-            replay.apply(c);
+        for (i, c) in self.log.iter().enumerate() {
+            replay.apply_at(i as u64 + 1, c);
         }
         if replay.digest() != digest {
             return Err("replaying the script's commands gives another digest".into());
@@ -641,6 +756,8 @@ macro_rules! scripts {
 
 scripts!(
     acquire_release,
+    allowlist,
+    audit,
     configure,
     counter_caps,
     counters,

@@ -132,23 +132,47 @@ fn a_version_3_snapshot_restores_to_the_state_it_was_taken_of() {
     let bytes = hex_decode(include_str!("fixtures/snapshot_v3.hex"));
     assert_eq!(&bytes[..4], &3u32.to_le_bytes());
     let restored = State::restore(&bytes).expect("restore v3");
+    // Restored, it writes the very same bytes (it holds no section)...
+    assert_eq!(restored.snapshot(), bytes);
     let built = rich_state();
-    assert_eq!(restored.digest(), built.digest());
-    assert_eq!(restored.snapshot(), built.snapshot());
     assert_eq!(restored.stats(), built.stats());
+    // ...and the same ops today build that state plus the audit ring of their
+    // admin changes (a version 3 snapshot predates the ring, so it restores empty).
+    assert_eq!(restored.audit().count(), 0);
+    assert_eq!(sections_after_fixture(&built.snapshot(), &bytes), ["audit"]);
 }
 
-/// While the format is version 3, the same ops write exactly the fixture's bytes.
+/// `current` is the fixture's bytes with version 4 and trailing sections: their names.
+fn sections_after_fixture(current: &[u8], fixture: &[u8]) -> Vec<String> {
+    assert_eq!(&current[..4], &4u32.to_le_bytes());
+    assert_eq!(
+        &current[4..fixture.len()],
+        &fixture[4..],
+        "the version 3 part differs"
+    );
+    let sections: Vec<(String, Vec<u8>)> =
+        bincode::deserialize(&current[fixture.len()..]).expect("trailing sections");
+    sections.into_iter().map(|(name, _)| name).collect()
+}
+
+/// The same ops write exactly the fixture's bytes, then the audit section: the
+/// version 3 layout is unchanged.
 #[test]
 fn the_current_format_writes_the_fixture_bytes() {
     let bytes = hex_decode(include_str!("fixtures/snapshot_v3.hex"));
-    assert_eq!(rich_state().snapshot(), bytes);
+    let built = rich_state();
+    assert_eq!(
+        built.audit().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["config", "limit:org:big", "seen", "descriptors"]
+    );
+    assert_eq!(sections_after_fixture(&built.snapshot(), &bytes), ["audit"]);
 }
 
 /// Counters are a version 4 section, written only while a counter is held: with
 /// counters the snapshot is version 4 and restores them; once they have expired and
-/// been swept, the state writes the very bytes (version 3) and digest of one that
-/// never held any, so nodes of the previous release can take its snapshots again.
+/// been swept, the state writes the very bytes and digest of one that never held any
+/// (version 3 when no other section is held either; this rich state has an audit
+/// trail, so both are version 4 with the same sections).
 #[test]
 fn counters_are_a_section_only_while_held() {
     let later = rich_state().now_ms() + 1_000;
@@ -175,7 +199,6 @@ fn counters_are_a_section_only_while_held() {
     with.apply(&Command::single(later + 500, sweep.clone()));
     without.apply(&Command::single(later + 500, sweep));
     assert_eq!(with.stats().counters, 0);
-    assert_eq!(&with.snapshot()[..4], &3u32.to_le_bytes());
     assert_eq!(with.snapshot(), without.snapshot());
     assert_eq!(with.digest(), without.digest());
 }

@@ -1,5 +1,5 @@
 //! Operator commands: `quorate status`, `limits`, `slots`, `acquire`, `release`,
-//! `rate`, `policies`, `members`.
+//! `rate`, `policies`, `allowlist`, `audit`, `members`.
 //!
 //! Every command talks to the cluster through [`quorate_client`] (any node; the
 //! client fails over), prints a human table by default and JSON with `--json`, and
@@ -15,10 +15,12 @@
 //!
 //! This file holds the flags ([`Target`], [`Ops`]) and the dispatch; each command
 //! group lives in its own file (`status`, `limits`, `slots` for acquire/release/show,
-//! `rate`, `policies`, `members`) and returns a value that `render` prints, as a
+//! `rate`, `policies`, `allowlist`, `audit`, `members`) and returns a value that `render` prints, as a
 //! table or as JSON, in one place. The flags, help text, output and exit codes are a
 //! contract: `tests/client_cli.rs` runs every command as a process and checks them.
 
+mod allowlist;
+mod audit;
 mod limits;
 mod members;
 mod policies;
@@ -127,6 +129,20 @@ pub enum Ops {
         #[command(flatten)]
         target: Target,
     },
+    /// Keys and addresses exempt from rate limits (key globs, IPv4/IPv6 CIDRs).
+    Allowlist {
+        #[command(subcommand)]
+        cmd: allowlist::AllowlistCmd,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The trail of admin changes: who, when, log index, before and after (admin token).
+    Audit {
+        #[command(flatten)]
+        args: audit::AuditArgs,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Cluster membership.
     Members {
         #[command(subcommand)]
@@ -146,6 +162,8 @@ impl Ops {
             | Ops::Release { target, .. }
             | Ops::Rate { target, .. }
             | Ops::Policies { target, .. }
+            | Ops::Allowlist { target, .. }
+            | Ops::Audit { target, .. }
             | Ops::Members { target, .. } => target,
         }
     }
@@ -181,6 +199,8 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
         Ops::Release { lease_id, .. } => slots::release(&client, lease_id).await,
         Ops::Rate { cmd, .. } => rate::run(&client, cmd).await,
         Ops::Policies { cmd, .. } => policies::run(&client, cmd).await,
+        Ops::Allowlist { cmd, .. } => allowlist::run(&client, cmd).await,
+        Ops::Audit { args, .. } => audit::run(&client, args).await,
         Ops::Members { cmd, .. } => members::run(&client, cmd).await,
     };
     Ok(render::emit(outcome, t.json))

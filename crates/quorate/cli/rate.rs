@@ -75,6 +75,12 @@ impl Render for proto::RateCheckResponse {
                 format!(", retry in {} ms", self.retry_after_ms)
             }
         ) + &shadow_lines(&self.shadow_denied)
+            + &self
+                .results
+                .iter()
+                .filter(|r| r.allowlisted)
+                .map(|r| format!("allowlisted: {} (not charged)\n", r.key))
+                .collect::<String>()
     }
 
     fn exit_code(&self) -> ExitCode {

@@ -22,6 +22,9 @@ use crate::backend::{Backend, NodeError};
 pub struct LocalBackend {
     state: Mutex<State>,
     clock_ms: AtomicU64,
+    /// The last "log index": each applied op is one entry, numbered from 1 (the
+    /// audit trail records it, as on a real node).
+    index: AtomicU64,
     unavailable: AtomicBool,
     /// The leader hint it reports (none by default: "no leader known").
     leader_api: Mutex<Option<Arc<str>>>,
@@ -33,6 +36,7 @@ impl LocalBackend {
         Self {
             state: Mutex::new(State::new()),
             clock_ms: AtomicU64::new(start_ms),
+            index: AtomicU64::new(0),
             unavailable: AtomicBool::new(false),
             leader_api: Mutex::new(None),
         }
@@ -57,7 +61,8 @@ impl LocalBackend {
     pub fn apply(&self, op: Op) -> Reply {
         let now = self.clock_ms.load(Ordering::SeqCst);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.apply(&Command::single(now, op))
+        let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+        st.apply_at(index, &Command::single(now, op))
             .pop()
             .unwrap_or(Ok(quorate_core::Outcome::Noop))
     }

@@ -281,6 +281,12 @@ impl Stats {
                 .into_iter()
                 .map(|(policy, count)| ShadowCount { policy, count })
                 .collect(),
+            allowlisted: self
+                .metrics
+                .allowlisted_counts()
+                .into_iter()
+                .map(|(policy, count)| ShadowCount { policy, count })
+                .collect(),
         }
     }
 }

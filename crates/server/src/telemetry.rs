@@ -112,6 +112,9 @@ pub struct Metrics {
     /// The same counts, readable by policy for `/v1/stats` (a `Family` cannot be
     /// listed without encoding it).
     shadow_counts: Mutex<std::collections::BTreeMap<String, u64>>,
+    allowlisted: Family<PolicyLabel, Counter>,
+    /// The same counts, readable by policy for `/v1/stats`.
+    allowlisted_counts: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Log entries proposed by the leader's batcher.
     pub batches: Counter,
     /// Client ops proposed by the batcher (ops / batches = mean batch size).
@@ -170,6 +173,8 @@ impl Metrics {
             envoy_seconds: Family::new_with_constructor(latency_histogram),
             shadow_denials: Family::default(),
             shadow_counts: Mutex::default(),
+            allowlisted: Family::default(),
+            allowlisted_counts: Mutex::default(),
             batches: Counter::default(),
             batched_ops: Counter::default(),
             write_seconds: latency_histogram(),
@@ -218,6 +223,11 @@ impl Metrics {
             "quorate_shadow_denials",
             "Requests allowed that a shadow-mode policy would have denied, by policy.",
             m.shadow_denials.clone(),
+        );
+        r.register(
+            "quorate_allowlisted",
+            "Checks (rate and Envoy descriptors) an allowlist entry exempted, by the check's policy (inline: an inline limit).",
+            m.allowlisted.clone(),
         );
         r.register(
             "quorate_clock_offset_ms",
@@ -373,6 +383,29 @@ impl Metrics {
     /// Shadow denials so far, by policy (sorted by name).
     pub fn shadow_denial_counts(&self) -> Vec<(String, u64)> {
         let counts = self.shadow_counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(p, n)| (p.clone(), *n)).collect()
+    }
+
+    /// A check exempted by an allowlist entry, under `policy`.
+    pub fn allowlisted(&self, policy: &str) {
+        self.allowlisted
+            .get_or_create(&PolicyLabel {
+                policy: policy.to_string(),
+            })
+            .inc();
+        let mut counts = self
+            .allowlisted_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(policy.to_string()).or_insert(0) += 1;
+    }
+
+    /// Allowlisted checks so far, by policy (sorted by name).
+    pub fn allowlisted_counts(&self) -> Vec<(String, u64)> {
+        let counts = self
+            .allowlisted_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         counts.iter().map(|(p, n)| (p.clone(), *n)).collect()
     }
 

@@ -1332,3 +1332,183 @@ async fn leases_belong_to_their_token() {
     .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
 }
+
+/// Allowlists over HTTP: entries are added, listed in canonical form and removed
+/// (DELETE with the entry in the query string); a bad CIDR is a 400 naming it, an
+/// entry beyond the bound a 400 naming the bound; an allowlisted check is 200 with
+/// `allowlisted`, the `x-quorate-allowlisted` header, no charge, and is counted per
+/// policy in the metrics and the stats.
+#[tokio::test]
+async fn allowlist_entries_exempt_rate_checks_say_so_and_are_validated() {
+    let app = app();
+    let (s, _, v) = post(&app, "/v1/allowlist", json!({"ip": "10.0.0.0/33"})).await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        v["message"].as_str().unwrap().contains("\"10.0.0.0/33\""),
+        "{v}"
+    );
+    let (s, _, v) = post(&app, "/v1/allowlist", json!({"key": "a", "ip": "10.0.0.1"})).await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    let (s, _, v) = post(
+        &app,
+        "/v1/allowlist",
+        json!({"policy": "user", "key": "u:admin-*"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::OK,
+            json!({"entry": {"policy": "user", "key": "u:admin-*"}, "changed": true})
+        )
+    );
+    let (s, _, v) = post(&app, "/v1/allowlist", json!({"ip": "2001:db8:ffff::1/32"})).await;
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::OK,
+            json!({"entry": {"ip": "2001:db8::/32"}, "changed": true})
+        )
+    );
+    let (s, _, v) = get(&app, "/v1/allowlist").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"entries": [{"ip": "2001:db8::/32"}, {"policy": "user", "key": "u:admin-*"}], "max": 1000})
+    );
+
+    // `user` has a burst of 2: an allowlisted key passes five times, uncharged.
+    for _ in 0..5 {
+        let (s, h, v) = post(
+            &app,
+            "/v1/rate/check",
+            json!({"key": "u:admin-1", "policy": "user"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["allowlisted"], true, "{v}");
+        assert_eq!(v["results"][0]["allowlisted"], true, "{v}");
+        assert_eq!(v["results"][0]["remaining"], 2, "{v}");
+        assert_eq!(h[ALLOWLISTED], "u:admin-1");
+    }
+    // An IPv6 client inside the global /32, under an inline limit.
+    let (s, h, v) = post(
+        &app,
+        "/v1/rate/check",
+        json!({"key": "ip:2001:db8::9", "limit": 1, "period_ms": 1000}),
+    )
+    .await;
+    assert_eq!((s, v["allowlisted"].clone()), (StatusCode::OK, json!(true)));
+    assert_eq!(h[ALLOWLISTED], "ip:2001:db8::9");
+    // Not allowlisted: no field, no header, charged as usual.
+    let (s, h, v) = post(
+        &app,
+        "/v1/rate/check",
+        json!({"key": "u:bob", "policy": "user"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.get("allowlisted").is_none(), "{v}");
+    assert!(v["results"][0].get("allowlisted").is_none(), "{v}");
+    assert!(h.get(ALLOWLISTED).is_none());
+
+    let (_, _, b) = call_raw(&app, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8(b).unwrap();
+    for line in [
+        r#"quorate_allowlisted_total{policy="user"} 5"#,
+        r#"quorate_allowlisted_total{policy="inline"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from {text}");
+    }
+    let (_, _, v) = get(&app, "/v1/stats").await;
+    assert_eq!(
+        v["allowlisted"],
+        json!([{"policy": "inline", "count": 1}, {"policy": "user", "count": 5}])
+    );
+
+    // Removal by any form of the same network; twice is a no-op.
+    let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::1/32").await;
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{v}"
+    );
+    let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::/32").await;
+    assert_eq!(
+        (s, v["changed"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{v}"
+    );
+    let (s, _, v) = delete(&app, "/v1/allowlist?ip=2001:db8::/32&color=red").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _, v) = post(
+        &app,
+        "/v1/rate/check",
+        json!({"key": "ip:2001:db8::9", "limit": 1, "period_ms": 1000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.get("allowlisted").is_none(), "{v}");
+
+    // The bound (lowered through the op the server sends from `[limits]`).
+    app.backend
+        .apply(Op::SetAdminLimits(quorate_core::AdminLimits {
+            max_allowlist: 1,
+            audit_entries: 10,
+        }))
+        .unwrap();
+    let (s, _, v) = post(&app, "/v1/allowlist", json!({"key": "vip:*"})).await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        v["message"].as_str().unwrap().contains("max_allowlist (1)"),
+        "{v}"
+    );
+}
+
+const ALLOWLISTED: &str = "x-quorate-allowlisted";
+
+/// `GET /v1/audit`: admin changes with caller (`open` without tokens), index order and
+/// before/after; filtered by key prefix and `since`; a bad `max` is a 400.
+#[tokio::test]
+async fn audit_lists_admin_changes_with_before_and_after() {
+    let app = app();
+    put(&app, "/v1/limits/org:a", json!({"limit": 3})).await;
+    put(&app, "/v1/limits/org:a", json!({"limit": 4})).await;
+    put(&app, "/v1/limits/org:a", json!({"limit": 4})).await; // no change: no record
+    post(&app, "/v1/allowlist", json!({"key": "vip:*"})).await;
+    let (s, _, v) = get(&app, "/v1/audit?key=limit:").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rs = v["records"].as_array().unwrap();
+    assert_eq!(rs.len(), 2, "{v}");
+    assert_eq!(
+        (
+            &rs[1]["caller"],
+            &rs[1]["op"],
+            &rs[1]["key"],
+            &rs[1]["before"],
+            &rs[1]["after"]
+        ),
+        (
+            &json!("open"),
+            &json!("set_limit"),
+            &json!("limit:org:a"),
+            &json!("3"),
+            &json!("4")
+        )
+    );
+    assert!(rs[0].get("before").is_none(), "{v}");
+    assert_eq!(v["capacity"], 1000);
+    let (_, _, all) = get(&app, "/v1/audit").await;
+    // The configuration installed at startup is the system's own change.
+    assert_eq!(all["records"][0]["caller"], "system", "{all}");
+    assert_eq!(all["records"][0]["key"], "config", "{all}");
+    let last = all["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["key"], "allowlist:global:key:vip:*", "{all}");
+    let since = rs[1]["index"].as_u64().unwrap();
+    let (_, _, v) = get(&app, &format!("/v1/audit?since={since}")).await;
+    assert_eq!(v["records"], json!([last]), "{v}");
+    let (s, _, v) = get(&app, "/v1/audit?max=0").await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    let (s, _, v) = get(&app, "/v1/audit?color=red").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}

@@ -134,7 +134,9 @@ impl StateMachineStore {
             g.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(cmd) => Response(g.state.apply(&cmd)),
+                // The entry's index travels into the core as an input, like the
+                // leader's time inside the command (the audit trail records it).
+                EntryPayload::Normal(cmd) => Response(g.state.apply_at(entry.log_id.index, &cmd)),
                 EntryPayload::Membership(m) => {
                     g.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::default()

@@ -111,7 +111,7 @@ impl Replay {
             self.upto = 0;
         }
         for i in self.upto + 1..=upto {
-            self.state.apply(&workload::command(i));
+            self.state.apply_at(i, &workload::command(i));
         }
         self.upto = upto;
         self.state.digest()

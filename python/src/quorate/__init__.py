@@ -44,6 +44,11 @@ from .errors import (
 from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, AsyncSlotBackend, Slot, SlotBackend
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
+    AuditRecord,
+    AuditTrail,
     ClusterInfo,
     ConcurrencyPolicy,
     Counter,
@@ -67,10 +72,15 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllowChange",
+    "AllowEntry",
+    "Allowlist",
     "ApiError",
     "AsyncClient",
     "AsyncSlot",
     "AsyncSlotBackend",
+    "AuditRecord",
+    "AuditTrail",
     "Client",
     "ClusterInfo",
     "ConcurrencyPolicy",

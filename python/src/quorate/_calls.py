@@ -22,6 +22,10 @@ import httpx
 from . import _routes as r
 from .errors import DecodeError, LimitExceeded, RateLimited, Unavailable, error_from_response
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
+    AuditTrail,
     ClusterInfo,
     Counter,
     Lease,
@@ -241,6 +245,25 @@ def put_tier(name: str, multiplier: float) -> Call[Tier]:
 
 def delete_tier(name: str) -> Call[bool]:
     return _deleted(r.DELETE_TIER, name)
+
+
+def allowlist() -> Call[Allowlist]:
+    return _call(r.ALLOWLIST, parse=lambda b, _: Allowlist.from_json(b))
+
+
+def allow(entry: AllowEntry) -> Call[AllowChange]:
+    return _call(r.ALLOW, parse=lambda b, _: AllowChange.from_json(b), body=entry.to_json())
+
+
+def disallow(entry: AllowEntry) -> Call[AllowChange]:
+    return _call(r.DISALLOW, parse=lambda b, _: AllowChange.from_json(b), params=entry.to_json())
+
+
+def audit(since: int, key: str, max_rows: int | None) -> Call[AuditTrail]:
+    params = {"since": str(since), "key": key}
+    if max_rows is not None:
+        params["max"] = str(max_rows)
+    return _call(r.AUDIT, parse=lambda b, _: AuditTrail.from_json(b), params=params)
 
 
 def cluster() -> Call[ClusterInfo]:

@@ -62,6 +62,10 @@ PUT_POLICY = Route("PUT", "/v1/policies/{name}")
 DELETE_POLICY = Route("DELETE", "/v1/policies/{name}")
 PUT_TIER = Route("PUT", "/v1/tiers/{name}")
 DELETE_TIER = Route("DELETE", "/v1/tiers/{name}")
+ALLOWLIST = Route("GET", "/v1/allowlist")
+ALLOW = Route("POST", "/v1/allowlist")
+DISALLOW = Route("DELETE", "/v1/allowlist")
+AUDIT = Route("GET", "/v1/audit")
 CLUSTER = Route("GET", "/v1/cluster")
 
 #: Every route the package calls (checked against ``proto/openapi.json`` by a test).
@@ -83,5 +87,9 @@ ROUTES: tuple[Route, ...] = (
     DELETE_POLICY,
     PUT_TIER,
     DELETE_TIER,
+    ALLOWLIST,
+    ALLOW,
+    DISALLOW,
+    AUDIT,
     CLUSTER,
 )

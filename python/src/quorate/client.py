@@ -60,6 +60,10 @@ from .errors import QuorateError, Unavailable
 from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, Slot
 from .types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
+    AuditTrail,
     ClusterInfo,
     Counter,
     Lease,
@@ -404,6 +408,23 @@ class Client(_BaseClient[httpx.BaseTransport]):
     def delete_tier(self, name: str) -> bool:
         return self._run(calls.delete_tier(name))
 
+    def allowlist(self) -> Allowlist:
+        """Every allowlist entry and the cluster's bound."""
+        return self._run(calls.allowlist())
+
+    def allow(self, entry: AllowEntry) -> AllowChange:
+        """Add an allowlist entry (admin token): checks it matches pass uncharged."""
+        return self._run(calls.allow(entry))
+
+    def disallow(self, entry: AllowEntry) -> AllowChange:
+        """Remove an allowlist entry (admin token); any form of the same CIDR works."""
+        return self._run(calls.disallow(entry))
+
+    def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        """Admin changes after log index ``since`` whose key starts with ``key``
+        (admin token), oldest first."""
+        return self._run(calls.audit(since, key, max))
+
     def cluster(self) -> ClusterInfo:
         """The cluster as seen by whichever node answers."""
         return self._run(calls.cluster())
@@ -570,6 +591,18 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
 
     async def delete_tier(self, name: str) -> bool:
         return await self._run(calls.delete_tier(name))
+
+    async def allowlist(self) -> Allowlist:
+        return await self._run(calls.allowlist())
+
+    async def allow(self, entry: AllowEntry) -> AllowChange:
+        return await self._run(calls.allow(entry))
+
+    async def disallow(self, entry: AllowEntry) -> AllowChange:
+        return await self._run(calls.disallow(entry))
+
+    async def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        return await self._run(calls.audit(since, key, max))
 
     async def cluster(self) -> ClusterInfo:
         return await self._run(calls.cluster())

@@ -242,6 +242,8 @@ class RateResult:
     reset_after_ms: int
     #: 0 when allowed; otherwise when this check would be allowed.
     retry_after_ms: int
+    #: True when an allowlist entry exempted this check (allowed, not charged).
+    allowlisted: bool = False
 
     @classmethod
     def from_json(cls, d: Json) -> RateResult:
@@ -254,6 +256,7 @@ class RateResult:
             remaining=int(d["remaining"]),
             reset_after_ms=int(d["reset_after_ms"]),
             retry_after_ms=int(d["retry_after_ms"]),
+            allowlisted=bool(d.get("allowlisted", False)),
         )
 
 
@@ -278,6 +281,8 @@ class RateDecision:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: True when the decision was made by the fail-open policy, not the cluster.
     degraded: bool = False
+    #: True when an allowlist entry exempted some check (``results[i].allowlisted``).
+    allowlisted: bool = False
 
     @property
     def retry_after(self) -> float:
@@ -311,6 +316,7 @@ class RateDecision:
             error=d.get("error"),
             message=d.get("message"),
             headers=dict(headers or {}),
+            allowlisted=bool(d.get("allowlisted", False)),
         )
 
     @classmethod
@@ -399,6 +405,99 @@ class Tier:
     @classmethod
     def from_json(cls, d: Json) -> Tier:
         return cls(name=str(d["name"]), multiplier=float(d["multiplier"]))
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """An allowlist entry: exactly one of ``key`` (a glob, ``*`` = any run of
+    characters) or ``ip`` (an IPv4/IPv6 address or CIDR), for one ``policy`` or, with
+    none, for every check. Checks it matches are allowed without being charged."""
+
+    key: str | None = None
+    ip: str | None = None
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.ip is None):
+            raise ValueError("an allowlist entry needs exactly one of key and ip")
+
+    def to_json(self) -> dict[str, str]:
+        out = {"key": self.key, "ip": self.ip, "policy": self.policy}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: Json) -> AllowEntry:
+        return cls(key=d.get("key"), ip=d.get("ip"), policy=d.get("policy"))
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """``GET /v1/allowlist``: every entry (CIDRs in canonical form) and the bound."""
+
+    entries: tuple[AllowEntry, ...]
+    max: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> Allowlist:
+        return cls(entries=tuple(AllowEntry.from_json(e) for e in d["entries"]), max=int(d["max"]))
+
+
+@dataclass(frozen=True)
+class AllowChange:
+    """The answer to adding or removing an entry: the entry as the cluster stores it,
+    and whether the list changed (false: it was already there / not there)."""
+
+    entry: AllowEntry
+    changed: bool
+
+    @classmethod
+    def from_json(cls, d: Json) -> AllowChange:
+        return cls(entry=AllowEntry.from_json(d["entry"]), changed=bool(d["changed"]))
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One admin change: log ``index``, cluster time, ``caller`` (token name, ``open``
+    or ``system``), the ``op``, the ``key`` that changed and its value ``before`` and
+    ``after`` (``None``: absent)."""
+
+    index: int
+    time_ms: int
+    caller: str
+    op: str
+    key: str
+    before: str | None = None
+    after: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> AuditRecord:
+        return cls(
+            index=int(d["index"]),
+            time_ms=int(d["time_ms"]),
+            caller=str(d["caller"]),
+            op=str(d["op"]),
+            key=str(d["key"]),
+            before=d.get("before"),
+            after=d.get("after"),
+        )
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """``GET /v1/audit``: records oldest first; ``truncated`` when more matched (ask
+    again with ``since`` = the last index); ``capacity`` is the ring's size."""
+
+    records: tuple[AuditRecord, ...]
+    truncated: bool
+    capacity: int
+
+    @classmethod
+    def from_json(cls, d: Json) -> AuditTrail:
+        return cls(
+            records=tuple(AuditRecord.from_json(r) for r in d["records"]),
+            truncated=bool(d["truncated"]),
+            capacity=int(d["capacity"]),
+        )
 
 
 @dataclass(frozen=True)

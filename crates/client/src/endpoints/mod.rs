@@ -1,6 +1,7 @@
 //! The typed API calls, one file per area of the API: `slots` (acquire, release,
 //! renew, usage), `limits` (per-key limits and named policies), `rate` (rate checks),
-//! `counters` (counters with an expiry) and `cluster` (cluster view, readiness, membership).
+//! `counters` (counters with an expiry), `allowlist` (keys and addresses exempt from rate
+//! limits) and `cluster` (cluster view, readiness, membership).
 //!
 //! Each call is a thin, typed wrapper: it names its row of the route table, fills
 //! the path parameters and body from its arguments and decodes the answer with
@@ -9,6 +10,7 @@
 //! The two calls with a failure policy (acquire, rate check) apply it here, on top
 //! of the transport's [`crate::Error::Unavailable`].
 
+mod allowlist;
 mod cluster;
 mod counters;
 mod limits;

@@ -51,6 +51,7 @@ impl Client {
                     retry_after_ms: 0,
                     results: vec![],
                     shadow_denied: vec![],
+                    allowlisted: false,
                 })
             }
             Err(e) => Err(e),

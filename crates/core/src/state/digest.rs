@@ -76,8 +76,8 @@ impl State {
                 self.overrides.len() as u64,
             ],
         };
-        // The sections are hashed (the counters as their sum, see `digest_sections`),
-        // and only when present, so a state using none of them keeps the digest it had before
+        // The sections are hashed (the counters as their sum and the audit ring by its
+        // running hash, see `digest_sections`), and only when
         // sections existed (nodes of both releases agree during an upgrade).
         if sections.is_empty() {
             format!("{:016x}", entry_hash(&small))

@@ -4,7 +4,8 @@
 //! job. [`Op::As`] carries the caller: its role is checked here, once, before the op
 //! runs, and the caller travels on to the lease ops that check ownership. The small
 //! admin ops (policies, tiers, seen nodes) are answered inline; everything else is a
-//! call into `leases`, `rate`, `counters`, `policy` or `descriptors`.
+//! call into `leases`, `rate`, `counters`, `policy` or `descriptors`. Every top-level op
+//! passes through `audit`, which records the admin ops that changed something.
 
 use crate::command::{Caller, Command, Op};
 use crate::error::CoreError;
@@ -22,11 +23,12 @@ impl State {
     }
 
     fn apply_op(&mut self, op: &Op) -> Reply {
-        self.apply_as(&Caller::system(), op)
+        // Admin changes are recorded in the audit ring (`audit.rs`).
+        self.apply_audited(op)
     }
 
     /// Apply `op` on behalf of `caller` (the system for unwrapped ops).
-    fn apply_as(&mut self, caller: &Caller, op: &Op) -> Reply {
+    pub(super) fn apply_as(&mut self, caller: &Caller, op: &Op) -> Reply {
         match op {
             Op::As { caller, op } => {
                 if matches!(**op, Op::As { .. }) {
@@ -108,6 +110,9 @@ impl State {
                 expiry_ms,
             } => self.counter_incr(key, *amount, *expiry_ms),
             Op::CounterClear { key } => self.counter_clear(key),
+            Op::Allow(e) => self.allow(e),
+            Op::Disallow(e) => self.disallow(e),
+            Op::SetAdminLimits(l) => self.set_admin_limits(l),
         }
     }
 }

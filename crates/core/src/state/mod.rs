@@ -16,6 +16,8 @@
 //! - `policy`: overrides, policies, tiers, configuration, limit resolution;
 //! - `caps`: the state caps and lease ownership checks;
 //! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
+//! - `allowlist`: keys and addresses exempt from rate limits;
+//! - `audit`: the ring of the last admin changes (who, when, index, before/after);
 //! - `queries`: reads at a given time, from a shared borrow;
 //! - `digest`: the replica fingerprint, kept up to date incrementally;
 //! - `encoding`: snapshot bytes (and older layouts, and the chunked [`cut`]) apart
@@ -24,12 +26,14 @@
 //! Descriptor requests (`crate::descriptors`) are another `impl State` block, beside
 //! their table types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{RateSpec, Settings};
+use crate::command::{AdminLimits, AllowEntry, RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 
+mod allowlist;
+mod audit;
 mod caps;
 mod counters;
 mod digest;
@@ -44,6 +48,8 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
+pub use allowlist::{canonical_entry, glob_matches, key_addr};
+pub use audit::{AuditRecord, OPEN_CALLER, SYSTEM_CALLER};
 use counters::Counter;
 pub use digest::fnv1a;
 pub use encoding::cut;
@@ -92,6 +98,12 @@ pub struct State {
     pub(crate) shadow: BTreeSet<String>,
     /// Counters by key (`counters.rs`); a version 4 section.
     pub(crate) counters: BTreeMap<String, Counter>,
+    /// Allowlist entries (`allowlist.rs`); a version 4 section.
+    pub(crate) allow: BTreeSet<AllowEntry>,
+    /// Bounds of the allowlist and the audit ring; a section when not the defaults.
+    pub(crate) admin_limits: AdminLimits,
+    /// The last admin changes, oldest first (`audit.rs`); a version 4 section.
+    pub(crate) audit: VecDeque<audit::AuditRecord>,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -117,6 +129,12 @@ pub struct State {
     /// many leases, so each lease's `owner` is this map's allocation (at a million
     /// leases, 32 MB less than a string per lease).
     owners: BTreeMap<Arc<str>, u64>,
+    /// Wrapping sum of the audit records' hashes (see `digest`).
+    audit_sum: u64,
+    /// Log index of the entry being applied (an input, set by [`State::apply_at`]).
+    log_index: u64,
+    /// `allow` parsed, in the set's order.
+    allow_index: Vec<(AllowEntry, allowlist::Matcher)>,
 }
 
 impl State {

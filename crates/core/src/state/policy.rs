@@ -54,6 +54,17 @@ impl State {
         })
     }
 
+    /// The policy named `name`, if any (for the audit trail's before/after).
+    pub(super) fn policy_named(&self, name: &str) -> Option<Policy> {
+        if let Some(p) = self.concurrency.iter().find(|p| p.name == name) {
+            return Some(Policy::Concurrency {
+                pattern: p.pattern.clone(),
+                limit: p.limit,
+            });
+        }
+        self.rate_policies.get(name).map(|s| Policy::Rate(*s))
+    }
+
     /// A key's effective concurrency limit and where it comes from.
     pub(super) fn resolve_limit(&self, key: &str) -> (u32, LimitSource) {
         if let Some(l) = self.overrides.get(key) {

@@ -173,6 +173,22 @@ impl TimeView<'_> {
                 validate::key("key", key)?;
                 Ok(Outcome::Counter(st.counter_info(key, self.now_ms)))
             }
+            Query::Allowlist => Ok(Outcome::Allowlist {
+                entries: st.allow.iter().cloned().collect(),
+                max: st.admin_limits.max_allowlist,
+            }),
+            Query::Audit { since, prefix, max } => {
+                let mut matching = st
+                    .audit
+                    .iter()
+                    .filter(|r| r.index > *since && r.key.starts_with(prefix.as_str()));
+                let records: Vec<_> = matching.by_ref().take(*max as usize).cloned().collect();
+                Ok(Outcome::Audit {
+                    records,
+                    truncated: matching.next().is_some(),
+                    capacity: st.admin_limits.audit_entries,
+                })
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::command::{RateCheck, RateLimitRef, RateSpec};
 use crate::error::CoreError;
 use crate::gcra;
-use crate::outcome::{Outcome, RateDecision, RateResult, Reply, ShadowDenial};
+use crate::outcome::{Allowlisted, Outcome, RateDecision, RateResult, Reply, ShadowDenial};
 use crate::validate;
 
 use super::digest::entry_hash;
@@ -95,6 +95,12 @@ impl State {
     }
 
     pub(crate) fn rate_check(&mut self, checks: &[RateCheck]) -> Reply {
+        self.rate_check_with(checks, true)
+    }
+
+    /// A rate check; with `use_allowlist` false the allowlist is not consulted (the
+    /// Envoy path has matched it already, with the descriptors' addresses).
+    pub(crate) fn rate_check_with(&mut self, checks: &[RateCheck], use_allowlist: bool) -> Reply {
         if checks.is_empty() {
             return Err(CoreError::invalid(
                 "checks",
@@ -125,8 +131,31 @@ impl State {
             }
             specs.push(spec);
         }
-
-        let full = self.rate_room(checks);
+        // Allowlisted checks are allowed and charge nothing (`allowlist.rs`); the
+        // request is decided by the others.
+        let allow: Vec<Option<Allowlisted>> = checks
+            .iter()
+            .map(|c| {
+                let policy = match &c.limit {
+                    RateLimitRef::Policy { name, .. } => Some(name.as_str()),
+                    RateLimitRef::Inline(_) => None,
+                };
+                use_allowlist
+                    .then(|| self.allowlisted_key(policy, &c.key))
+                    .flatten()
+            })
+            .collect();
+        let full = if allow.iter().any(Option::is_some) {
+            let charged: Vec<RateCheck> = checks
+                .iter()
+                .zip(&allow)
+                .filter(|(_, a)| a.is_none())
+                .map(|(c, _)| c.clone())
+                .collect();
+            self.rate_room(&charged)
+        } else {
+            self.rate_room(checks)
+        };
         let now_ns = gcra::now_ns(self.now_ms);
         let decisions: Vec<_> = checks
             .iter()
@@ -147,7 +176,8 @@ impl State {
         let allowed = decisions
             .iter()
             .zip(&shadow)
-            .all(|((d, _), s)| d.allowed || s.is_some());
+            .zip(&allow)
+            .all(|(((d, _), s), a)| d.allowed || s.is_some() || a.is_some());
         // A denial charges (and creates) nothing, so it is answered even at the cap;
         // only a charge that would add buckets beyond it is refused.
         if let (true, Some(e)) = (allowed, full) {
@@ -155,7 +185,30 @@ impl State {
         }
         let mut results = Vec::with_capacity(checks.len());
         let mut shadow_denied = Vec::new();
-        for (((c, spec), (d, p)), s) in checks.iter().zip(&specs).zip(&decisions).zip(&shadow) {
+        let mut allowlisted = Vec::new();
+        for ((((c, spec), (d, p)), s), a) in checks
+            .iter()
+            .zip(&specs)
+            .zip(&decisions)
+            .zip(&shadow)
+            .zip(allow)
+        {
+            if let Some(a) = a {
+                // Shown as it stands, uncharged.
+                let shown = gcra::peek(self.rate.get(&c.key).copied(), now_ns, p);
+                results.push(RateResult {
+                    key: c.key.clone(),
+                    allowed: true,
+                    limit: spec.limit,
+                    period_ms: spec.period_ms,
+                    burst: spec.burst,
+                    remaining: shown.remaining,
+                    reset_after_ms: shown.reset_after_ms,
+                    retry_after_ms: 0,
+                });
+                allowlisted.push(a);
+                continue;
+            }
             if let (true, false, Some(policy)) = (allowed, d.allowed, s) {
                 shadow_denied.push(ShadowDenial {
                     key: c.key.clone(),
@@ -197,7 +250,13 @@ impl State {
             });
         }
         let decision = RateDecision { allowed, results };
-        if shadow_denied.is_empty() {
+        if !allowlisted.is_empty() {
+            Ok(Outcome::RateAllowlisted {
+                decision,
+                shadow_denied,
+                allowlisted,
+            })
+        } else if shadow_denied.is_empty() {
             Ok(Outcome::Rate(decision))
         } else {
             Ok(Outcome::RateShadow {

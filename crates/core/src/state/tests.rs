@@ -313,7 +313,7 @@ mod sections {
 
     /// Without sections a snapshot is the version 3 layout (older nodes restore it);
     /// with one it is version 4, restores with the section, and the chunked cut
-    /// writes the same bytes.
+    /// writes the same bytes. Admin changes always leave one (the audit ring).
     #[test]
     fn a_section_makes_the_snapshot_version_4_and_the_cut_agrees() {
         assert_eq!(&State::new().snapshot()[..4], &3u32.to_le_bytes());
@@ -326,8 +326,8 @@ mod sections {
         let mut cut = s.begin_cut();
         while !s.continue_cut(&mut cut, 1).unwrap() {}
         assert_eq!(s.end_cut(cut).unwrap().into_bytes(), bytes);
-        // Back to enforcing: no section, version 3 again, and the digest of a state
-        // that never had one.
+        // Back to enforcing: the shadow section is gone, but the audit ring now
+        // holds the admin changes (`audit.rs`), so the snapshot stays version 4.
         s.apply(&Command::single(
             6,
             Op::SetPolicyMode {
@@ -335,20 +335,27 @@ mod sections {
                 mode: Mode::Enforce,
             },
         ));
-        assert_eq!(&s.snapshot()[..4], &3u32.to_le_bytes());
+        assert!(s.shadow_policies().next().is_none());
+        assert_eq!(s.audit().count(), 3, "put_policy, shadow, enforce");
+        assert_eq!(&s.snapshot()[..4], &4u32.to_le_bytes());
+        // Decisions alone add no section: still the version 3 layout.
         let mut plain = State::new();
-        plain.apply(&Command::single(
+        let r = plain.apply(&Command::single(
             6,
-            Op::PutPolicy {
-                name: "api".into(),
-                policy: Policy::Rate(RateSpec {
-                    limit: 1,
-                    period_ms: 1000,
-                    burst: 1,
-                }),
+            Op::RateCheck {
+                checks: vec![crate::command::RateCheck {
+                    key: "k".into(),
+                    cost: 1,
+                    limit: crate::command::RateLimitRef::Inline(RateSpec {
+                        limit: 1,
+                        period_ms: 1000,
+                        burst: 1,
+                    }),
+                }],
             },
         ));
-        assert_eq!(s.digest(), plain.digest());
+        assert!(r[0].is_ok(), "{r:?}");
+        assert_eq!(&plain.snapshot()[..4], &3u32.to_le_bytes());
     }
 
     /// A section this version does not know (written by a newer one) is refused,

@@ -185,6 +185,12 @@ pub struct LimitsSection {
     pub max_leases: u64,
     pub max_slot_keys: u64,
     pub max_rate_keys: u64,
+    /// Most allowlist entries. Replicated by its own op (`Op::SetAdminLimits`, with
+    /// `audit_entries`), proposed only when it differs from the state's, so a file
+    /// that leaves both at their defaults never writes it.
+    pub max_allowlist: u32,
+    /// Admin changes the audit ring keeps (the oldest are dropped).
+    pub audit_entries: u32,
 }
 
 impl Default for LimitsSection {
@@ -200,6 +206,8 @@ impl Default for LimitsSection {
             max_leases: s.max_leases,
             max_slot_keys: s.max_slot_keys,
             max_rate_keys: s.max_rate_keys,
+            max_allowlist: quorate_core::command::DEFAULT_MAX_ALLOWLIST,
+            audit_entries: quorate_core::command::DEFAULT_AUDIT_ENTRIES,
         }
     }
 }
@@ -493,6 +501,14 @@ impl ClusterConfig {
             max_leases: l.max_leases,
             max_slot_keys: l.max_slot_keys,
             max_rate_keys: l.max_rate_keys,
+        }
+    }
+
+    /// The replicated bounds of `[limits]` that live outside [`Settings`].
+    pub fn admin_limits(&self) -> quorate_core::AdminLimits {
+        quorate_core::AdminLimits {
+            max_allowlist: self.limits.max_allowlist,
+            audit_entries: self.limits.audit_entries,
         }
     }
 
@@ -966,6 +982,35 @@ trial = 0.5
         assert_env_refused(
             &[("QUORATE_LIMITS_MAX_SLOT_KEYS", "0")],
             &["max_slot_keys", "at least 1"],
+        );
+    }
+
+    /// The admin bounds come from `[limits]` but stay out of the configuration's
+    /// digest (their own op carries them), and are validated.
+    #[test]
+    fn admin_bounds_come_from_limits_outside_the_digest() {
+        let a = parse(SAMPLE, &[]).unwrap();
+        assert_eq!(a.admin_limits(), quorate_core::AdminLimits::default());
+        let text = SAMPLE.replace(
+            "default_limit = 7",
+            "default_limit = 7\nmax_allowlist = 20\naudit_entries = 30",
+        );
+        let b = parse(&text, &[]).unwrap();
+        assert_eq!(
+            b.admin_limits(),
+            quorate_core::AdminLimits {
+                max_allowlist: 20,
+                audit_entries: 30
+            }
+        );
+        assert_eq!(a.source_digest(), b.source_digest());
+        assert_env_refused(
+            &[("QUORATE_LIMITS_AUDIT_ENTRIES", "0")],
+            &["audit_entries", "1..=100000"],
+        );
+        assert_env_refused(
+            &[("QUORATE_LIMITS_MAX_ALLOWLIST", "100001")],
+            &["max_allowlist", "1..=100000"],
         );
     }
 

@@ -83,6 +83,15 @@ fn timing(c: &ClusterConfig) -> Result<(), String> {
 fn replicated(c: &ClusterConfig) -> Result<(), String> {
     let settings = c.settings();
     validate::settings(&settings).map_err(|e| format!("[limits]: {e}"))?;
+    let max = quorate_core::command::MAX_ADMIN_BOUND;
+    for (name, v) in [
+        ("max_allowlist", c.limits.max_allowlist),
+        ("audit_entries", c.limits.audit_entries),
+    ] {
+        if v == 0 || v > max {
+            return Err(format!("limits.{name} ({v}) must be in 1..={max}"));
+        }
+    }
     if c.limits.default_ttl_ms.ms() > c.limits.max_ttl_ms {
         return Err(format!(
             "limits.default_ttl_ms ({}) must be in 1..=limits.max_ttl_ms ({})",

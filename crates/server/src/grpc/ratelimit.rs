@@ -101,11 +101,34 @@ impl RateLimitGrpc {
             .write(op, deadline)
             .await
             .map_err(node_status)?;
-        let decision = match reply.map_err(core_status)? {
-            Outcome::Descriptors(d) => d,
+        let (decision, allowlisted) = match reply.map_err(core_status)? {
+            Outcome::Descriptors(d) => (d, Vec::new()),
+            Outcome::DescriptorsAllowlisted {
+                decision,
+                allowlisted,
+            } => (decision, allowlisted),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
-        Ok(to_response(&decision))
+        let mut response = to_response(&decision);
+        if !allowlisted.is_empty() {
+            // Counted under the descriptor's limit name; Envoy passes the header on
+            // to the client as the HTTP API sends it.
+            for a in &allowlisted {
+                let name = decision
+                    .statuses
+                    .iter()
+                    .filter_map(|s| s.limit.as_ref())
+                    .find(|l| l.key == a.key)
+                    .map_or("", |l| l.name.as_str());
+                self.metrics.allowlisted(name);
+            }
+            let keys: Vec<&str> = allowlisted.iter().map(|a| a.key.as_str()).collect();
+            response.response_headers_to_add.push(header(
+                crate::http::api::allowlist::ALLOWLISTED_HEADER,
+                keys.join(", "),
+            ));
+        }
+        Ok(response)
     }
 }
 

@@ -251,6 +251,8 @@ fn query_kind(q: &Query) -> &'static str {
         Query::Lease { .. } => "lease",
         Query::PolicyModes => "policy_modes",
         Query::Counter { .. } => "counter",
+        Query::Allowlist => "allowlist",
+        Query::Audit { .. } => "audit",
     }
 }
 

@@ -222,7 +222,8 @@ impl Node {
                 digest = want,
                 "replicated configuration matches cluster.toml"
             );
-            return self.push_descriptors(deadline).await;
+            self.push_descriptors(deadline).await?;
+            return self.push_admin_limits(deadline).await;
         }
         tracing::info!(have = ?have, want, "proposing configuration from cluster.toml");
         let op = self.config.configure_op();
@@ -230,7 +231,8 @@ impl Node {
             Ok(Ok(Outcome::Configured { changed })) => {
                 tracing::info!(changed, digest = want, "configuration applied");
                 // After the policies: descriptor entries may name them.
-                self.push_descriptors(deadline).await
+                self.push_descriptors(deadline).await?;
+                self.push_admin_limits(deadline).await
             }
             Ok(Ok(other)) => {
                 tracing::warn!(reply = ?other, "unexpected reply to configure");
@@ -275,6 +277,35 @@ impl Node {
             Ok(other) => {
                 // Validated at startup with the same rules: a bug, not retryable.
                 tracing::error!(reply = ?other, "state machine rejected the [envoy] table");
+                Ok(())
+            }
+            Err(NodeError::NotLeader { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make the replicated admin bounds (`max_allowlist`, `audit_entries`) match
+    /// `[limits]`. Proposed only when they differ from the state's, so a cluster
+    /// whose file keeps the defaults never writes the op older versions cannot decode.
+    async fn push_admin_limits(&self, deadline: Instant) -> Result<(), NodeError> {
+        let want = self.config.admin_limits();
+        let have = self.sm.read(|s| s.admin_limits());
+        if have == want {
+            return Ok(());
+        }
+        tracing::info!(
+            ?have,
+            ?want,
+            "proposing [limits] admin bounds from cluster.toml"
+        );
+        match self.leader_write(Op::SetAdminLimits(want), deadline).await {
+            Ok(Ok(Outcome::AdminLimitsSet(l))) => {
+                tracing::info!(?l, "admin bounds applied");
+                Ok(())
+            }
+            Ok(other) => {
+                // Validated at startup with the same rules: a bug, not retryable.
+                tracing::error!(reply = ?other, "state machine rejected the admin bounds");
                 Ok(())
             }
             Err(NodeError::NotLeader { .. }) => Ok(()),

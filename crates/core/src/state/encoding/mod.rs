@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{RateSpec, Settings};
+use crate::command::{AdminLimits, RateSpec, Settings};
 use crate::descriptor_table::DescriptorTables;
 use crate::error::CoreError;
 
@@ -51,6 +51,12 @@ const SHADOW: &str = "shadow";
 /// whole, also by a chunked cut (at its start): counters are fixed windows that
 /// expire and are swept, so the map stays far smaller than the bucket map.
 const COUNTERS: &str = "counters";
+/// The section holding the allowlist entries.
+const ALLOWLIST: &str = "allowlist";
+/// The section holding the audit ring.
+const AUDIT: &str = "audit";
+/// The section holding the admin records' bounds, when not the defaults.
+const ADMIN_LIMITS: &str = "admin_limits";
 
 /// The snapshot format: primary data only. One field list for both directions:
 /// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
@@ -112,27 +118,43 @@ impl State {
     /// The sections this state's snapshot carries: one per feature in use, in a
     /// fixed order, each only when it holds something.
     pub(crate) fn sections(&self) -> Vec<Section> {
-        let mut out = Vec::new();
-        if !self.shadow.is_empty() {
-            out.push((SHADOW.to_string(), encode(&self.shadow)));
-        }
-        if !self.counters.is_empty() {
-            out.push((COUNTERS.to_string(), encode(&self.counters)));
-        }
-        out
+        self.sections_with(false)
     }
 
-    /// What the digest hashes for the sections: each section's bytes, except that
-    /// the counters enter as their running hash sum and count (so the digest stays
-    /// O(1) in the number of counters). Empty when [`State::sections`] is.
+    /// [`State::sections`] with the counters and the audit ring stood for by their
+    /// running hashes and lengths: what the digest hashes, so the digest stays O(1) in
+    /// the number of counters and a `/v1/cluster` poll does not encode a ring of many
+    /// thousand records. Empty when [`State::sections`] is.
     pub(crate) fn digest_sections(&self) -> Vec<Section> {
+        self.sections_with(true)
+    }
+
+    fn sections_with(&self, digest: bool) -> Vec<Section> {
         let mut out = Vec::new();
         if !self.shadow.is_empty() {
             out.push((SHADOW.to_string(), encode(&self.shadow)));
         }
         if !self.counters.is_empty() {
-            let summary = (self.counter_sum, self.counters.len() as u64);
-            out.push((COUNTERS.to_string(), encode(&summary)));
+            let bytes = if digest {
+                encode(&(self.counter_sum, self.counters.len() as u64))
+            } else {
+                encode(&self.counters)
+            };
+            out.push((COUNTERS.to_string(), bytes));
+        }
+        if !self.allow.is_empty() {
+            out.push((ALLOWLIST.to_string(), encode(&self.allow)));
+        }
+        if self.admin_limits != AdminLimits::default() {
+            out.push((ADMIN_LIMITS.to_string(), encode(&self.admin_limits)));
+        }
+        if !self.audit.is_empty() {
+            let bytes = if digest {
+                encode(&(self.audit_sum, self.audit.len() as u64))
+            } else {
+                encode(&self.audit)
+            };
+            out.push((AUDIT.to_string(), bytes));
         }
         out
     }
@@ -169,6 +191,18 @@ impl State {
                 }
                 self.counters = counters;
                 self.index_counters();
+            }
+            ALLOWLIST => {
+                self.allow = decode.deserialize(&bytes).map_err(corrupt)?;
+                self.rebuild_allow_index()?;
+            }
+            ADMIN_LIMITS => self.admin_limits = decode.deserialize(&bytes).map_err(corrupt)?,
+            AUDIT => {
+                self.audit = decode.deserialize(&bytes).map_err(corrupt)?;
+                self.audit_sum = self
+                    .audit
+                    .iter()
+                    .fold(0u64, |acc, r| acc.wrapping_add(entry_hash(r)));
             }
             _ => {
                 return Err(CoreError::CorruptSnapshot(format!(
@@ -273,6 +307,12 @@ impl State {
             descriptors,
             shadow: Default::default(),
             counters: BTreeMap::new(),
+            allow: Default::default(),
+            admin_limits: AdminLimits::default(),
+            allow_index: Vec::new(),
+            audit: Default::default(),
+            audit_sum: 0,
+            log_index: 0,
             lease_sum: 0,
             rate_sum: 0,
             override_sum: 0,

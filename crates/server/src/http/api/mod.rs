@@ -1,6 +1,7 @@
 //! The public HTTP API: JSON over HTTP/1.1 on every node's `api_addr`.
 //!
-//! One file per resource ([`slots`], [`limits`], [`rate`], [`counters`], [`policies`], [`cluster`],
+//! One file per resource ([`slots`], [`limits`], [`rate`], [`counters`], [`policies`],
+//! [`allowlist`], [`audit`], [`cluster`],
 //! [`ops`], and the status page's files in `http::ui`); this file wires them. The routes are not listed here: [`router`] walks
 //! `quorate_proto::routes::ROUTES` and asks [`handler`] for each row's handler (an
 //! exhaustive `match`, so a row without a handler does not compile). The same table
@@ -46,6 +47,8 @@ use crate::security::{permits, ApiAuth, Denied, Role};
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
+pub(crate) mod allowlist;
+mod audit;
 mod cluster;
 mod counters;
 mod limits;
@@ -124,6 +127,10 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::PutPolicyMode => on(f, policies::put_policy_mode),
         RouteId::PutTier => on(f, policies::put_tier),
         RouteId::DeleteTier => on(f, policies::delete_tier),
+        RouteId::Allowlist => on(f, allowlist::allowlist),
+        RouteId::Allow => on(f, allowlist::allow),
+        RouteId::Disallow => on(f, allowlist::disallow),
+        RouteId::Audit => on(f, audit::audit),
         RouteId::Cluster => on(f, cluster::cluster),
         RouteId::AddMember => on(f, cluster::add_member),
         RouteId::RemoveMember => on(f, cluster::remove_member),

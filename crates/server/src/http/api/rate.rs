@@ -124,12 +124,17 @@ pub(super) async fn rate_check(
 ) -> ApiResult<Response> {
     let checks = rate_request_to_core(req)?;
     let names: Vec<String> = checks.iter().map(policy_name).collect();
-    let (decision, notes) = match st.write(&caller, Op::RateCheck { checks }).await? {
-        Outcome::Rate(d) => (d, Vec::new()),
+    let (decision, notes, allowed) = match st.write(&caller, Op::RateCheck { checks }).await? {
+        Outcome::Rate(d) => (d, Vec::new(), Vec::new()),
         Outcome::RateShadow {
             decision,
             shadow_denied,
-        } => (decision, shadow_denied),
+        } => (decision, shadow_denied, Vec::new()),
+        Outcome::RateAllowlisted {
+            decision,
+            shadow_denied,
+            allowlisted,
+        } => (decision, shadow_denied, allowlisted),
         other => return Err(ApiError::unexpected(&other)),
     };
     // The most restrictive result speaks for the request: the denied check with the
@@ -161,6 +166,18 @@ pub(super) async fn rate_check(
     } else {
         super::policies::shadow_denied(&st, &mut shadow_headers, notes)
     };
+    if !allowed.is_empty() {
+        let policy_of = |key: &str| {
+            decision
+                .results
+                .iter()
+                .zip(&names)
+                .find(|(r, _)| r.key == key)
+                .map_or_else(String::new, |(_, n)| n.clone())
+        };
+        super::allowlist::allowlisted(&st, &mut shadow_headers, &allowed, policy_of);
+    }
+    let is_allowlisted = |key: &str| allowed.iter().any(|a| a.key == key);
     let body = proto::RateCheckResponse {
         allowed: decision.allowed,
         error: (!decision.allowed).then(|| codes::RATE_LIMITED.to_string()),
@@ -187,9 +204,11 @@ pub(super) async fn rate_check(
                 remaining: r.remaining,
                 reset_after_ms: r.reset_after_ms,
                 retry_after_ms: r.retry_after_ms,
+                allowlisted: is_allowlisted(&r.key),
             })
             .collect(),
         shadow_denied,
+        allowlisted: !allowed.is_empty(),
     };
     let status = if decision.allowed {
         StatusCode::OK

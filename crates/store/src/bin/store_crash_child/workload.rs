@@ -79,11 +79,12 @@ pub fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
     }
 }
 
-/// `State` after applying `command(1..=upto)` to a fresh state.
+/// `State` after applying `command(1..=upto)` to a fresh state, each at its log index
+/// (as the store applies them: the audit trail records the index).
 pub fn replay(upto: u64) -> quorate_core::State {
     let mut state = quorate_core::State::new();
     for i in 1..=upto {
-        state.apply(&command(i));
+        state.apply_at(i, &command(i));
     }
     state
 }

@@ -7,12 +7,14 @@ const POLL_MS = 2000;
 const POLICIES_EVERY = 5; // polls; policies change rarely
 const KEYS_SHOWN = 50;
 const LIST_MAX = 500;
+const AUDIT_SHOWN = 20;
 const TOKEN_KEY = "quorate.token";
 
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, polls: 0, policies: null, shadow: new Map(), waitingForToken: false };
+const state = { timer: null, polls: 0, policies: null, shadow: new Map(), allowlisted: new Map(), audit: [], auditSince: 0, auditForbidden: false, waitingForToken: false };
 
 class Unauthorized extends Error {}
+class Forbidden extends Error {}
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
@@ -24,6 +26,7 @@ async function getJson(path) {
   if (t) headers.Authorization = "Bearer " + t;
   const resp = await fetch(path, { headers, cache: "no-store", credentials: "omit" });
   if (resp.status === 401) throw new Unauthorized(path);
+  if (resp.status === 403) throw new Forbidden(path);
   const body = await resp.json().catch(() => null);
   if (!resp.ok) {
     const why = body && body.message ? body.message : "HTTP " + resp.status;
@@ -186,6 +189,8 @@ function renderStats(s) {
   replaceRows($("rate-keys"), rows, "no rate checks through this node lately", 4);
   // Requests this node allowed that a shadow-mode policy would have denied.
   state.shadow = new Map((s.shadow_denials || []).map((c) => [c.policy, c.count]));
+  // Checks this node answered as allowlisted (not charged), by the check's policy.
+  state.allowlisted = new Map((s.allowlisted || []).map((c) => [c.policy, c.count]));
   if (state.policies) renderPolicies(state.policies);
 }
 
@@ -230,12 +235,52 @@ function renderPolicies(p) {
     el("td", {}, el("span", { class: "tag muted" }, e.kind)),
     el("td", {}, rule(e)),
     el("td", {}, mode(e)),
-    el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–")));
-  replaceRows($("policies"), rows, "no policies", 5);
+    el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–"),
+    el("td", { class: "num" }, String(state.allowlisted.get(e.name) || 0))));
+  replaceRows($("policies"), rows, "no policies", 6);
   $("default-limit").textContent = "(other keys: " + p.default_limit + " at once)";
   $("tiers").textContent = p.tiers.length
     ? "Tiers: " + p.tiers.map((t) => t.name + " ×" + t.multiplier).join(", ")
     : "";
+}
+
+// ---- allowlist ----------------------------------------------------------------
+
+function renderAllowlist(a) {
+  const rows = a.entries.map((e) => el("tr", { "data-allow": e.key !== undefined ? "key:" + e.key : "ip:" + e.ip },
+    el("th", { scope: "row" }, e.policy ? "policy " + e.policy : el("span", { class: "tag muted" }, "every check")),
+    el("td", {}, el("span", { class: "tag muted" }, e.key !== undefined ? "key" : "ip")),
+    el("td", {}, el("code", {}, e.key !== undefined ? e.key : e.ip))));
+  replaceRows($("allowlist"), rows, "no entries: every check is charged", 3);
+  $("allowlist-count").textContent = "(" + a.entries.length + " of " + a.max + "; allowed without charge)";
+}
+
+// ---- audit trail ----------------------------------------------------------------
+
+// The last changes, newest first. Read incrementally (`since` = the last index seen),
+// so a large ring is read once, not on every poll. The trail needs an admin token:
+// with a client token the panel says so instead of failing the page.
+function renderAudit(a) {
+  const v = (x) => (x === undefined || x === null ? el("span", { class: "muted" }, "–") : el("code", {}, x));
+  state.audit = state.audit.concat(a.records).slice(-AUDIT_SHOWN);
+  if (a.records.length) state.auditSince = a.records[a.records.length - 1].index;
+  const rows = state.audit.slice().reverse().map((r) => el("tr", { "data-audit-key": r.key, "data-index": String(r.index) },
+    el("td", { class: "num" }, String(r.index)),
+    el("td", { class: "muted" }, new Date(r.time_ms).toLocaleString("en-GB")),
+    el("td", {}, r.caller),
+    el("td", {}, el("span", { class: "tag muted" }, r.op)),
+    el("th", { scope: "row" }, el("code", {}, r.key)),
+    el("td", {}, v(r.before)),
+    el("td", {}, v(r.after))));
+  replaceRows($("audit"), rows, "no admin changes recorded yet", 7);
+  $("audit-note").textContent = "(admin changes, newest first; the cluster keeps the last " + a.capacity + ")";
+}
+
+function auditNeedsAdmin(err) {
+  if (!(err instanceof Forbidden)) throw err;
+  // Asked once per token: a client token will not become an admin one.
+  state.auditForbidden = true;
+  replaceRows($("audit"), [], "the audit trail needs an admin token", 7);
 }
 
 // ---- polling ------------------------------------------------------------------
@@ -253,7 +298,13 @@ async function poll() {
     getJson("/v1/stats").then(renderStats),
     getJson(limitsPath).then(renderKeys),
   ];
-  if (wantPolicies) jobs.push(getJson("/v1/policies").then(renderPolicies));
+  if (wantPolicies) {
+    jobs.push(getJson("/v1/policies").then(renderPolicies));
+    jobs.push(getJson("/v1/allowlist").then(renderAllowlist));
+    if (!state.auditForbidden) {
+      jobs.push(getJson("/v1/audit?max=1000&since=" + state.auditSince).then(renderAudit, auditNeedsAdmin));
+    }
+  }
   const results = await Promise.allSettled(jobs);
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason);
   if (failed.some((e) => e instanceof Unauthorized)) {
@@ -296,6 +347,7 @@ function start() {
     $("forget").hidden = false;
     state.waitingForToken = false;
     state.polls = 0;
+    state.auditForbidden = false;
     poll();
   });
   $("forget").hidden = !token();
