@@ -246,6 +246,41 @@ def test_counters_count_within_a_window_and_clear(qc: Any, uid: str) -> None:
         qc.counter_incr(key, 60, amount=0)
 
 
+def test_allowlisted_checks_pass_uncharged_and_are_audited(qc: Any, uid: str) -> None:
+    vip = quorate.AllowEntry(key=f"vip-{uid}:*")
+    assert qc.allow(vip).changed
+    policy = f"ip-{uid}"
+    qc.put_policy(policy, RatePolicy(1, 60_000))
+    net = quorate.AllowEntry(ip="2001:db8:1::5/32", policy=policy)
+    try:
+        for _ in range(3):  # limit 1, yet every one allowed and none charged
+            d = qc.check(f"vip-{uid}:x", limit=1, period=60)
+            assert d.allowed and d.allowlisted and d.results[0].allowlisted
+        plain = qc.check(f"plain-{uid}", limit=1, period=60)
+        assert plain.allowed and not plain.allowlisted
+        assert not qc.check(f"plain-{uid}", limit=1, period=60).allowed
+
+        change = qc.allow(net)
+        assert change.changed and change.entry.ip == "2001:db8::/32"  # canonical
+        assert not qc.allow(net).changed
+        assert qc.check(f"ip:2001:db8:ffff::1-{uid}", policy).allowed  # not an address
+        assert not qc.check(f"ip:2001:db8:ffff::1-{uid}", policy).allowed
+        for _ in range(2):
+            assert qc.check("ip:2001:db8:ffff::1", policy).allowlisted
+        with pytest.raises(quorate.InvalidRequest):
+            qc.allow(quorate.AllowEntry(ip="10.0.0.300/8"))
+
+        trail = qc.audit(key=f"allowlist:global:key:vip-{uid}")
+        assert [(r.op, r.before, r.after) for r in trail.records] == [("allow", None, "allowed")]
+    finally:
+        qc.disallow(vip)
+        qc.disallow(net)
+        qc.delete_policy(policy)
+    assert not qc.check(f"vip-{uid}:y", limit=1, period=60).allowlisted
+    removed = qc.audit(key=f"allowlist:global:key:vip-{uid}").records[-1]
+    assert (removed.op, removed.before, removed.after) == ("disallow", "allowed", None)
+
+
 def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
     async def main() -> None:
         async with aqc_factory() as c:

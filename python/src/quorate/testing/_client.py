@@ -28,6 +28,10 @@ from ..errors import RateLimited, Unavailable
 from ..failure import FailurePolicy, Failures
 from ..slot import AsyncSlot, Slot, drive
 from ..types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
+    AuditTrail,
     ClusterInfo,
     Counter,
     Lease,
@@ -263,6 +267,18 @@ class FakeClient(_FakeBase):
     def delete_tier(self, name: str) -> bool:
         return self._decide(lambda: self.fake.delete_tier(name))
 
+    def allowlist(self) -> Allowlist:
+        return self._decide(self.fake.allowlist)
+
+    def allow(self, entry: AllowEntry) -> AllowChange:
+        return self._decide(lambda: self.fake.allow(entry))
+
+    def disallow(self, entry: AllowEntry) -> AllowChange:
+        return self._decide(lambda: self.fake.disallow(entry))
+
+    def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        return self._decide(lambda: self.fake.audit(since, key, max))
+
     def cluster(self) -> ClusterInfo:
         return self._decide(self.fake.cluster)
 
@@ -392,6 +408,18 @@ class FakeAsyncClient(_FakeBase):
 
     async def delete_tier(self, name: str) -> bool:
         return self._twin.delete_tier(name)
+
+    async def allowlist(self) -> Allowlist:
+        return self._twin.allowlist()
+
+    async def allow(self, entry: AllowEntry) -> AllowChange:
+        return self._twin.allow(entry)
+
+    async def disallow(self, entry: AllowEntry) -> AllowChange:
+        return self._twin.disallow(entry)
+
+    async def audit(self, since: int = 0, key: str = "", *, max: int | None = None) -> AuditTrail:
+        return self._twin.audit(since, key, max=max)
 
     async def cluster(self) -> ClusterInfo:
         return self._twin.cluster()

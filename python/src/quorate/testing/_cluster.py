@@ -27,9 +27,12 @@ test can exercise a client's failure policy.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import importlib
+import ipaddress
 import math
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,11 @@ from ..errors import (
     PolicyNotFound,
 )
 from ..types import (
+    AllowChange,
+    AllowEntry,
+    Allowlist,
+    AuditRecord,
+    AuditTrail,
     ClusterInfo,
     ConcurrencyPolicy,
     Counter,
@@ -225,6 +233,12 @@ class FakeCluster:
         self._buckets: dict[str, int] = {}
         #: key -> (value, expires_at_ms), live while now < expires_at_ms.
         self._counters: dict[str, tuple[int, int]] = {}
+        #: Allowlist entries (CIDRs canonical), and its bound (`[limits] max_allowlist`).
+        self._allow: set[AllowEntry] = set()
+        self.max_allowlist = 1000
+        #: The admin changes made through this fake, oldest first (its own log index).
+        self._audit: list[AuditRecord] = []
+        self.audit_entries = 1000
         items = policies.items() if isinstance(policies, Mapping) else policies
         for name, spec in items:
             self.put_policy(name, spec)
@@ -473,13 +487,32 @@ class FakeCluster:
                     raise _invalid("cost", f"must be in 1..={spec.burst} (the burst)")
                 specs.append((spec, cost))
             now = now_ms * _NS_PER_MS
+            exempt = [self._allowlisted(c.policy, c.key) for c in checks]
             decisions = [
-                _decide(self._buckets.get(c.key), now, spec, cost)
-                for c, (spec, cost) in zip(checks, specs, strict=True)
+                _peek(self._buckets.get(c.key), now, spec)
+                if ex
+                else _decide(self._buckets.get(c.key), now, spec, cost)
+                for c, (spec, cost), ex in zip(checks, specs, exempt, strict=True)
             ]
             allowed = all(d.allowed for d in decisions)
             results = []
-            for c, (spec, _), d in zip(checks, specs, decisions, strict=True):
+            for c, (spec, _), d, ex in zip(checks, specs, decisions, exempt, strict=True):
+                if ex:
+                    # Allowed and not charged (`state/allowlist.rs`): the bucket as it is.
+                    results.append(
+                        RateResult(
+                            c.key,
+                            True,
+                            spec.limit,
+                            spec.period_ms,
+                            spec.burst,
+                            d.remaining,
+                            d.reset_after_ms,
+                            0,
+                            allowlisted=True,
+                        )
+                    )
+                    continue
                 if allowed:
                     self._buckets[c.key] = d.new_tat
                     shown = d
@@ -499,7 +532,10 @@ class FakeCluster:
                         shown.retry_after_ms,
                     )
                 )
-            return _shape(checks, results, allowed)
+            decision = _shape(checks, results, allowed)
+            if any(exempt):
+                decision = dataclasses.replace(decision, allowlisted=True)
+            return decision
 
     # -- counters -----------------------------------------------------------------------
 
@@ -545,7 +581,9 @@ class FakeCluster:
         with self._lock:
             _key("key", key)
             self._check_limit("limit", limit)
+            before = self._overrides.get(key)
             self._overrides[key] = limit
+            self._record("set_limit", f"limit:{key}", before, limit)
             return limit
 
     def get_limit(self, key: str) -> LimitInfo:
@@ -562,7 +600,9 @@ class FakeCluster:
     def delete_limit(self, key: str) -> bool:
         with self._lock:
             _key("key", key)
-            return self._overrides.pop(key, None) is not None
+            before = self._overrides.pop(key, None)
+            self._record("delete_limit", f"limit:{key}", before, None)
+            return before is not None
 
     def list_limits(self, prefix: str = "", max_rows: int | None = None) -> LimitList:
         with self._lock:
@@ -629,13 +669,89 @@ class FakeCluster:
             raise _api(InvalidRequest, "multiplier must be in 0.001..=1000")
         with self._lock:
             _name("tier name", name)
+            before = self._tiers.get(name)
             self._tiers[name] = round(milli)
+            self._record("put_tier", f"tier:{name}", before, self._tiers[name])
             return Tier(name, self._tiers[name] / 1000)
 
     def delete_tier(self, name: str) -> bool:
         with self._lock:
             _name("tier name", name)
-            return self._tiers.pop(name, None) is not None
+            before = self._tiers.pop(name, None)
+            self._record("delete_tier", f"tier:{name}", before, None)
+            return before is not None
+
+    # -- allowlist and audit trail ---------------------------------------------------------
+
+    def _record(self, op: str, key: str, before: object, after: object) -> None:
+        """Keep an admin change that changed something (the fake's before/after strings
+        are its own shapes, not the cluster's)."""
+        if before == after:
+            return
+        b = None if before is None else str(before)
+        a = None if after is None else str(after)
+        index = self._audit[-1].index + 1 if self._audit else 1
+        self._audit.append(AuditRecord(index, self._now_ms, "open", op, key, b, a))
+        del self._audit[: -self.audit_entries]
+
+    def _canonical(self, entry: AllowEntry) -> AllowEntry:
+        if entry.policy is not None:
+            _name("policy", entry.policy)
+        if entry.ip is None:
+            glob = entry.key or ""
+            if glob.replace("*", ""):  # `*` is the glob's own character
+                _key("key", glob.replace("*", ""))
+            return entry
+        try:
+            net = ipaddress.ip_network(entry.ip, strict=False)
+        except ValueError:
+            raise _invalid("ip", f"invalid address or CIDR {entry.ip!r}") from None
+        return AllowEntry(ip=str(net), policy=entry.policy)
+
+    def _allowlisted(self, policy: str | None, key: str) -> bool:
+        addr = _key_addr(key)
+        for e in self._allow:
+            if e.policy is not None and e.policy != policy:
+                continue
+            if e.key is not None and _glob(e.key).fullmatch(key):
+                return True
+            if e.ip is not None and addr is not None:
+                net = ipaddress.ip_network(e.ip)
+                if net.version == addr.version and addr in net:
+                    return True
+        return False
+
+    def allowlist(self) -> Allowlist:
+        with self._lock:
+            ordered = sorted(self._allow, key=lambda e: (e.policy or "", e.key or "", e.ip or ""))
+            return Allowlist(tuple(ordered), self.max_allowlist)
+
+    def allow(self, entry: AllowEntry) -> AllowChange:
+        with self._lock:
+            self._tick()
+            e = self._canonical(entry)
+            if e in self._allow:
+                return AllowChange(e, False)
+            if len(self._allow) >= self.max_allowlist:
+                raise _invalid("entry", f"the allowlist is full ({self.max_allowlist} entries)")
+            self._allow.add(e)
+            self._record("allow", _allow_key(e), None, "allowed")
+            return AllowChange(e, True)
+
+    def disallow(self, entry: AllowEntry) -> AllowChange:
+        with self._lock:
+            self._tick()
+            e = self._canonical(entry)
+            changed = e in self._allow
+            self._allow.discard(e)
+            self._record("disallow", _allow_key(e), "allowed" if changed else None, None)
+            return AllowChange(e, changed)
+
+    def audit(self, since: int = 0, key: str = "", max_rows: int | None = None) -> AuditTrail:
+        with self._lock:
+            cap = 100 if max_rows is None else max_rows
+            matching = [r for r in self._audit if r.index > since and r.key.startswith(key)]
+            return AuditTrail(tuple(matching[:cap]), len(matching) > cap, self.audit_entries)
 
     def cluster(self) -> ClusterInfo:
         with self._lock:
@@ -650,6 +766,31 @@ class FakeCluster:
                 state_digest="",
                 leader_api="http://fake:7101",
             )
+
+
+def _key_addr(key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a key ends with: the whole key, or what follows one of its ``:``
+    (``state/allowlist.rs`` ``key_addr``); an IPv4-mapped IPv6 address as IPv4."""
+    for start in [0] + [i + 1 for i, ch in enumerate(key) if ch == ":"]:
+        try:
+            addr = ipaddress.ip_address(key[start:])
+        except ValueError:
+            continue
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        return addr
+    return None
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A key glob: ``*`` is any run of characters, everything else itself."""
+    return re.compile(".*".join(re.escape(p) for p in pattern.split("*")), re.S)
+
+
+def _allow_key(e: AllowEntry) -> str:
+    scope = "global" if e.policy is None else f"policy={e.policy}"
+    pattern = f"key:{e.key}" if e.key is not None else f"ip:{e.ip}"
+    return f"allowlist:{scope}:{pattern}"
 
 
 def _shape(checks: Sequence[RateCheck], results: list[RateResult], allowed: bool) -> RateDecision:
