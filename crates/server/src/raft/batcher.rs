@@ -141,29 +141,35 @@ impl Proposer for RaftProposer {
     }
 
     fn catch_up(&self, term: u64) -> BoxFuture<'static, bool> {
-        let mut rx = self.raft.metrics();
+        let server = self.raft.server_metrics();
+        let mut data = self.raft.data_metrics();
         let sm = self.sm.clone();
         let startup = self.startup_log_index;
+        // The role from the server metrics (as `leading_term` saw it), the log from the
+        // data metrics: openraft sends the data metrics first in the same report, so
+        // once the server metrics show this term's leadership the data metrics
+        // already count the elected leader's blank entry in `last_log`.
+        let leads = move || {
+            let m = server.borrow();
+            m.state == ServerState::Leader && m.vote.leader_id().get_term() == term
+        };
         Box::pin(async move {
-            // openraft reports metrics after the engine has appended an elected
-            // leader's blank entry, so the first view of this term as leader already
-            // counts it in `last_log_index`.
-            let want = {
-                let m = rx.borrow_and_update();
-                if m.state != ServerState::Leader || m.current_term != term {
-                    return false;
-                }
-                m.last_log_index.max(startup)
-            };
+            if !leads() {
+                return false;
+            }
+            let want = data
+                .borrow_and_update()
+                .last_log
+                .map(|l| l.index)
+                .max(startup);
             loop {
                 if sm.last_applied().map(|l| l.index) >= want {
                     return true;
                 }
-                if rx.changed().await.is_err() {
+                if data.changed().await.is_err() {
                     return false; // Raft stopped.
                 }
-                let m = rx.borrow_and_update();
-                if m.state != ServerState::Leader || m.current_term != term {
+                if !leads() {
                     return false;
                 }
             }

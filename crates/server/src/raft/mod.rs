@@ -287,12 +287,17 @@ impl Node {
         self.config.nodes.iter().map(|n| n.id).min() == Some(self.id)
     }
 
+    // Role and leader come from the server metrics, like every wait on a role change
+    // (`leader_loop`, `term_ended`, `wait_leader`): openraft sends them before the
+    // all-metrics channel in the same report, so a task woken by a role change that
+    // then asked `raft.metrics()` could still read the old role (a fresh leader's
+    // configuration push answered itself "not leader" and never retried the term).
     pub(super) fn current_leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.server_metrics().borrow().current_leader
     }
 
     pub(super) fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
+        let m = self.raft.server_metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
