@@ -33,6 +33,14 @@ pub(super) async fn audit(
     State(st): State<ApiState>,
     Query(p): Query<AuditParams>,
 ) -> ApiResult<JsonResponse<proto::AuditResponse>> {
+    // OpenAPI types `since` as int64 (a log index never gets near it): refuse what the
+    // schema refuses, rather than accept a u64 no client should send.
+    if i64::try_from(p.since).is_err() {
+        return Err(ApiError::invalid(format!(
+            "since must be in 0..={}",
+            i64::MAX
+        )));
+    }
     let max = p.max.unwrap_or(DEFAULT_MAX);
     if max == 0 || max > MAX_CAP {
         return Err(ApiError::invalid(format!("max must be in 1..={MAX_CAP}")));
