@@ -197,15 +197,9 @@ pub(crate) type OpenSnapshot = (SnapMeta, Arc<dyn VFile>, u64);
 /// a time, so it is never whole in memory). `None` if there is none.
 pub(crate) fn open_data(vfs: &dyn Vfs, dir: &Path) -> Result<Option<OpenSnapshot>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let file = match vfs.open(&path, OpenHow::ReadWrite) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(&path)(e)),
+    let Some((file, size)) = open_existing(vfs, &path)? else {
+        return Ok(None);
     };
-    let size = file.size().map_err(io(&path))?;
-    if size < TRAILER as u64 {
-        return Err(malformed(format!("{size} bytes")));
-    }
     let body = size - 4;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHECK_CHUNK];
@@ -216,17 +210,10 @@ pub(crate) fn open_data(vfs: &dyn Vfs, dir: &Path) -> Result<Option<OpenSnapshot
         crc.update(&buf[..n]);
         at += n as u64;
     }
-    let mut trailer = [0u8; TRAILER];
-    file.read_exact_at(&mut trailer, size - TRAILER as u64)
-        .map_err(io(&path))?;
-    let stored = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
+    let (meta, start, stored) = read_tail(file.as_ref(), size, &path)?;
     if crc.finalize() != stored {
         return Err(malformed("checksum mismatch"));
     }
-    let (start, meta_len) = meta_span(size, &trailer)?;
-    let mut meta = vec![0u8; meta_len];
-    file.read_exact_at(&mut meta, start).map_err(io(&path))?;
-    let meta = decode("snapshot meta", &meta)?;
     Ok(Some((meta, Arc::from(file), start)))
 }
 
@@ -243,22 +230,41 @@ pub(crate) fn open_current(vfs: &dyn Vfs, dir: &Path) -> Result<Arc<dyn VFile>, 
 /// against the crc, which needs the whole file: `read` does that).
 pub(crate) fn read_meta(vfs: &dyn Vfs, dir: &Path) -> Result<Option<SnapMeta>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let file = match vfs.open(&path, OpenHow::ReadWrite) {
+    let Some((file, size)) = open_existing(vfs, &path)? else {
+        return Ok(None);
+    };
+    Ok(Some(read_tail(file.as_ref(), size, &path)?.0))
+}
+
+/// A snapshot file and its size in bytes.
+type SizedFile = (Box<dyn VFile>, u64);
+
+/// The snapshot file at `path` and its size, if it exists and is long enough to hold
+/// a trailer.
+fn open_existing(vfs: &dyn Vfs, path: &Path) -> Result<Option<SizedFile>, StoreError> {
+    let file = match vfs.open(path, OpenHow::ReadWrite) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(&path)(e)),
+        Err(e) => return Err(io(path)(e)),
     };
-    let size = file.size().map_err(io(&path))?;
+    let size = file.size().map_err(io(path))?;
     if size < TRAILER as u64 {
         return Err(malformed(format!("{size} bytes")));
     }
+    Ok(Some((file, size)))
+}
+
+/// The meta, where it starts (= the length of the snapshot bytes) and the crc the
+/// trailer stores, read from the file's tail (the crc is not checked here).
+fn read_tail(file: &dyn VFile, size: u64, path: &Path) -> Result<(SnapMeta, u64, u32), StoreError> {
     let mut trailer = [0u8; TRAILER];
     file.read_exact_at(&mut trailer, size - TRAILER as u64)
-        .map_err(io(&path))?;
+        .map_err(io(path))?;
+    let stored = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
     let (start, meta_len) = meta_span(size, &trailer)?;
     let mut meta = vec![0u8; meta_len];
-    file.read_exact_at(&mut meta, start).map_err(io(&path))?;
-    Ok(Some(decode("snapshot meta", &meta)?))
+    file.read_exact_at(&mut meta, start).map_err(io(path))?;
+    Ok((decode("snapshot meta", &meta)?, start, stored))
 }
 
 /// Bytes of the snapshot file in `dir` (0 if there is none).
