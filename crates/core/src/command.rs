@@ -127,6 +127,18 @@ pub enum Op {
     /// `Configure` entries still decode; the server proposes it only when the file's
     /// values differ from the state's.
     SetAdminLimits(AdminLimits),
+    /// [`Op::Acquire`] that waits: with no room (or with earlier waiters on any of its
+    /// keys: no barging) the acquire joins a FIFO queue on each of its keys until
+    /// `now + wait_ms` (cluster time), and is granted by a later apply when slots
+    /// free (`state/queue.rs`). With room and nobody waiting it is granted at once,
+    /// exactly as `Acquire`. Idempotent by `lease_id`: a retry keeps the waiter's
+    /// place (and moves its deadline to the retry's), or returns its grant.
+    /// Appended after the older variants.
+    AcquireWait { acquire: Acquire, wait_ms: u64 },
+    /// Take `lease_id` out of the queues (its waiter's deadline passed on the
+    /// serving node, or its client went away). Settles the race with a grant: the
+    /// answer says whether it was still waiting or was granted meanwhile. Idempotent.
+    LeaveQueue { lease_id: String },
 }
 
 impl Op {
@@ -141,7 +153,9 @@ impl Op {
             | Op::RateCheck { .. }
             | Op::Descriptors(_)
             | Op::CounterIncr { .. }
-            | Op::CounterClear { .. } => false,
+            | Op::CounterClear { .. }
+            | Op::AcquireWait { .. }
+            | Op::LeaveQueue { .. } => false,
             Op::Expire { .. }
             | Op::SetLimit { .. }
             | Op::DeleteLimit { .. }
@@ -191,6 +205,8 @@ impl Op {
             Op::Allow(_) => "allow",
             Op::Disallow(_) => "disallow",
             Op::SetAdminLimits(_) => "set_admin_limits",
+            Op::AcquireWait { .. } => "acquire_wait",
+            Op::LeaveQueue { .. } => "leave_queue",
         }
     }
 
@@ -409,6 +425,8 @@ pub enum Query {
         prefix: String,
         max: u32,
     },
+    /// The FIFO queue of waiters on one key ([`Op::AcquireWait`]), first first.
+    Queue { key: String },
 }
 
 /// One allowlist entry: what it matches, and which policy it exempts from.

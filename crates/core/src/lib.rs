@@ -49,6 +49,7 @@ pub use cut::SnapshotCut;
 pub use error::CoreError;
 pub use outcome::{
     Allowlisted, CounterInfo, Denial, Grant, LeaseInfo, LimitInfo, LimitSource, Outcome,
-    PoliciesView, RateDecision, RateResult, Reply, ShadowDenial, SlotUsage, Usage,
+    PoliciesView, QueuePosition, QueueView, Queued, RateDecision, RateResult, Reply, ShadowDenial,
+    SlotUsage, Usage, WaiterInfo,
 };
 pub use state::{glob_matches, key_addr, AuditRecord, State, Stats};

@@ -128,6 +128,61 @@ pub enum Outcome {
         truncated: bool,
         capacity: u32,
     },
+    /// Answer to [`crate::Op::AcquireWait`] when the acquire was not granted at
+    /// once: it waits in the queue of every one of its keys.
+    Queued(Queued),
+    /// Answer to [`crate::Op::LeaveQueue`]. `left`: it was waiting and now is not
+    /// (`position` is where it stood). `grant`: it had been granted from the queue
+    /// and the lease is live (the caller keeps it). Both false/None when the lease
+    /// id is unknown (never queued, or its grant already ended).
+    LeftQueue {
+        left: bool,
+        position: Option<u32>,
+        grant: Option<Grant>,
+    },
+    /// Answer to [`crate::Query::Queue`].
+    Queue(QueueView),
+}
+
+/// A waiter's place: one entry per requested key, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    pub lease_id: String,
+    /// Cluster time at which the waiter leaves the queue ungranted.
+    pub deadline_ms: u64,
+    pub positions: Vec<QueuePosition>,
+    /// Occupancy of every requested key, in request order.
+    pub slots: Vec<SlotUsage>,
+}
+
+/// Where a waiter stands on one key: `position` 1 is next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    pub key: String,
+    pub position: u32,
+    /// Waiters on the key, this one included.
+    pub length: u32,
+}
+
+/// The waiters on one key, first first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueView {
+    pub key: String,
+    pub waiters: Vec<WaiterInfo>,
+}
+
+/// One waiter as shown in a queue listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaiterInfo {
+    pub lease_id: String,
+    pub holder: String,
+    /// The caller that queued it (`""` for the system / open mode).
+    pub owner: String,
+    /// 1-based place on this key.
+    pub position: u32,
+    pub deadline_ms: u64,
+    /// Every key the waiter needs (all-or-nothing).
+    pub keys: Vec<String>,
 }
 
 /// A counter as of the op's (or the query's) time.

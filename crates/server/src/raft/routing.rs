@@ -253,6 +253,7 @@ fn query_kind(q: &Query) -> &'static str {
         Query::Counter { .. } => "counter",
         Query::Allowlist => "allowlist",
         Query::Audit { .. } => "audit",
+        Query::Queue { .. } => "queue",
     }
 }
 
