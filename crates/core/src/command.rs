@@ -139,6 +139,12 @@ pub enum Op {
     /// serving node, or its client went away). Settles the race with a grant: the
     /// answer says whether it was still waiting or was granted meanwhile. Idempotent.
     LeaveQueue { lease_id: String },
+    /// [`Op::ConfigureDescriptors`] with the descriptor limits the operator's file
+    /// puts in shadow mode. The server sends it instead of `ConfigureDescriptors`
+    /// only when `[envoy]` names a shadow limit, so a cluster that uses none keeps
+    /// writing the older op. `ConfigureDescriptors` installs a table with no shadow
+    /// limit.
+    ConfigureDescriptorModes(Box<crate::descriptor_table::ModedDescriptorConfig>),
 }
 
 impl Op {
@@ -172,6 +178,7 @@ impl Op {
             | Op::Allow(_)
             | Op::Disallow(_)
             | Op::SetAdminLimits(_)
+            | Op::ConfigureDescriptorModes(_)
             | Op::Noop => true,
             Op::As { op, .. } => op.needs_admin(),
         }
@@ -207,6 +214,7 @@ impl Op {
             Op::SetAdminLimits(_) => "set_admin_limits",
             Op::AcquireWait { .. } => "acquire_wait",
             Op::LeaveQueue { .. } => "leave_queue",
+            Op::ConfigureDescriptorModes(_) => "configure_descriptor_modes",
         }
     }
 

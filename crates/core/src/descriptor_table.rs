@@ -99,6 +99,21 @@ pub struct DescriptorConfig {
     pub domains: Vec<Domain>,
 }
 
+/// What [`crate::Op::ConfigureDescriptorModes`] installs: a table and the limits of
+/// it that run in shadow mode (envoyproxy/ratelimit's `shadow_mode`).
+///
+/// A type of its own beside [`DescriptorConfig`] (not a field of [`NodeLimit`]) so
+/// that older `ConfigureDescriptors` entries and snapshot tables keep their layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModedDescriptorConfig {
+    /// Its `source_digest` covers the shadow list too, so switching a limit between
+    /// shadow and enforce is a new table to install.
+    pub config: DescriptorConfig,
+    /// `(domain, limit name)` of every [`NodeLimit::Rate`] in shadow mode. A
+    /// [`NodeLimit::Policy`] follows its policy's own mode instead.
+    pub shadow: Vec<(String, String)>,
+}
+
 /// The installed tables (part of the replicated state and of snapshots).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DescriptorTables {

@@ -48,6 +48,15 @@
 //!   limit's name, matched by bucket key or by an entry value that is an address in
 //!   the entry's CIDR) is OK and charges nothing, whatever its bucket holds; the
 //!   decision then comes as [`Outcome::DescriptorsAllowlisted`].
+//! - A limit in shadow mode (a table limit named by
+//!   [`crate::Op::ConfigureDescriptorModes`], or a `policy` reference to a policy in
+//!   shadow mode) is decided like any other but never denies: a request that only
+//!   shadow limits would deny is OK, its other buckets and the shadow buckets that
+//!   passed are charged, and the shadow buckets that would have denied are not (as an
+//!   enforced denial charges nothing); their descriptors report OK and the decision
+//!   comes as [`Outcome::DescriptorsShadow`] naming them. A request an enforced limit
+//!   denies is denied as before (and charges nothing). A request-supplied override
+//!   always enforces.
 //! - An unknown domain is refused ([`CoreError::Invalid`], field `domain`), as
 //!   envoyproxy/ratelimit refuses it: Envoy then applies its `failure_mode_deny`.
 
@@ -56,7 +65,7 @@ use std::net::IpAddr;
 use crate::command::{RateCheck, RateLimitRef, RateSpec, Settings};
 use crate::error::CoreError;
 use crate::gcra;
-use crate::outcome::{Allowlisted, Outcome, RateResult, Reply};
+use crate::outcome::{Allowlisted, Outcome, RateResult, Reply, ShadowDenial};
 use crate::state::{fnv1a, State};
 use crate::validate;
 
@@ -228,6 +237,14 @@ fn value_matches(pattern: &Option<String>, value: &str) -> u8 {
 }
 
 /// The configured limit of `entries` in a domain's tree, if any.
+/// True when some node of `nodes` (at any depth) has a rate limit named `name`.
+fn names_rate_limit(nodes: &[DescriptorNode], name: &str) -> bool {
+    nodes.iter().any(|n| {
+        matches!(&n.limit, Some(NodeLimit::Rate { name: m, .. }) if m == name)
+            || names_rate_limit(&n.descriptors, name)
+    })
+}
+
 fn configured<'a>(
     tree: &'a [DescriptorNode],
     entries: &[(String, String)],
@@ -284,6 +301,8 @@ struct Limited {
     applied: AppliedLimit,
     spec: RateSpec,
     cost: u32,
+    /// Its limit runs in shadow mode (see the module docs).
+    shadow: bool,
 }
 
 impl State {
@@ -292,12 +311,32 @@ impl State {
         self.descriptors.digest
     }
 
-    /// Install a descriptor table (all or nothing), unless its digest is installed.
-    pub(crate) fn configure_descriptors(&mut self, c: &DescriptorConfig) -> Reply {
+    /// Install a descriptor table and its shadow limits (all or nothing), unless its
+    /// digest is installed. Every `(domain, name)` in `shadow` must name a rate limit
+    /// of the table (a policy reference follows its policy's mode).
+    pub(crate) fn configure_descriptors(
+        &mut self,
+        c: &DescriptorConfig,
+        shadow: &[(String, String)],
+    ) -> Reply {
         if self.descriptors.digest == Some(c.source_digest) {
             return Ok(Outcome::Configured { changed: false });
         }
         validate_config(c, &self.settings)?;
+        for (domain, name) in shadow {
+            let found = c
+                .domains
+                .iter()
+                .filter(|d| &d.name == domain)
+                .any(|d| names_rate_limit(&d.descriptors, name));
+            if !found {
+                return Err(CoreError::invalid(
+                    "shadow",
+                    format!("{domain}/{name} is not a rate_limit of the descriptor table"),
+                ));
+            }
+        }
+        self.descriptor_shadow = shadow.iter().cloned().collect();
         self.descriptors = DescriptorTables {
             digest: Some(c.source_digest),
             domains: c
@@ -317,7 +356,7 @@ impl State {
         request_cost: u32,
     ) -> Result<Option<Limited>, CoreError> {
         let key = || descriptor_key(domain, &d.entries);
-        let (name, spec) = match (d.limit, configured(tree, &d.entries)) {
+        let (name, spec, shadow) = match (d.limit, configured(tree, &d.entries)) {
             (Some((rpu, unit)), _) => {
                 let spec = RateSpec {
                     limit: rpu,
@@ -325,7 +364,7 @@ impl State {
                     burst: rpu,
                 };
                 validate::rate_spec(&spec, &self.settings)?;
-                ("override".to_string(), spec)
+                ("override".to_string(), spec, false)
             }
             (None, None | Some(NodeLimit::Unlimited)) => return Ok(None),
             (
@@ -343,13 +382,15 @@ impl State {
                     period_ms: unit.period_ms(),
                     burst: *burst,
                 },
+                self.descriptor_shadow
+                    .contains(&(domain.to_string(), name.clone())),
             ),
             (None, Some(NodeLimit::Policy { name })) => {
                 let spec = *self
                     .rate_policies
                     .get(name)
                     .ok_or_else(|| CoreError::PolicyNotFound { name: name.clone() })?;
-                (name.clone(), spec)
+                (name.clone(), spec, self.shadow.contains(name))
             }
         };
         let cost = match d.hits_addend {
@@ -367,6 +408,7 @@ impl State {
             },
             spec,
             cost,
+            shadow,
         }))
     }
 
@@ -415,11 +457,11 @@ impl State {
                 .filter_map(|(l, _)| l.as_ref())
         };
         // One check per distinct bucket, with the summed cost of its descriptors
-        // (the first descriptor's limit decides).
-        let mut checks: Vec<(RateCheck, RateSpec)> = Vec::new();
+        // (the first descriptor's limit decides, its mode included).
+        let mut checks: Vec<(RateCheck, RateSpec, bool)> = Vec::new();
         for l in limited().filter(|l| l.cost > 0) {
-            match checks.iter_mut().find(|(c, _)| c.key == l.applied.key) {
-                Some((c, _)) => c.cost = c.cost.saturating_add(l.cost),
+            match checks.iter_mut().find(|(c, _, _)| c.key == l.applied.key) {
+                Some((c, _, _)) => c.cost = c.cost.saturating_add(l.cost),
                 None => checks.push((
                     RateCheck {
                         key: l.applied.key.clone(),
@@ -427,6 +469,7 @@ impl State {
                         limit: RateLimitRef::Inline(l.spec),
                     },
                     l.spec,
+                    l.shadow,
                 )),
             }
         }
@@ -437,16 +480,34 @@ impl State {
         let peek = |st: &State, key: &str, spec: &RateSpec| {
             gcra::peek(st.rate_bucket(key), now_ns, &gcra::Params::new(spec))
         };
+        // Buckets of shadow limits that would deny: they deny nothing and are not
+        // charged (see the module docs).
+        let mut shadow_over: Vec<String> = checks
+            .iter()
+            .filter(|(c, spec, shadow)| *shadow && !decide(self, &c.key, spec, c.cost).allowed)
+            .map(|(c, _, _)| c.key.clone())
+            .collect();
+        shadow_over.extend(
+            limited()
+                .filter(|l| l.cost == 0 && l.shadow)
+                .filter(|l| !decide(self, &l.applied.key, &l.spec, 1).allowed)
+                .map(|l| l.applied.key.clone()),
+        );
         let charged_ok = checks
             .iter()
-            .all(|(c, spec)| decide(self, &c.key, spec, c.cost).allowed);
+            .filter(|(_, _, shadow)| !shadow)
+            .all(|(c, spec, _)| decide(self, &c.key, spec, c.cost).allowed);
         let peeks_ok = limited()
-            .filter(|l| l.cost == 0)
+            .filter(|l| l.cost == 0 && !l.shadow)
             .all(|l| decide(self, &l.applied.key, &l.spec, 1).allowed);
         let ok = charged_ok && peeks_ok;
         let mut charged: Vec<RateResult> = Vec::new();
-        if ok && !checks.is_empty() {
-            let just: Vec<RateCheck> = checks.iter().map(|(c, _)| c.clone()).collect();
+        let just: Vec<RateCheck> = checks
+            .iter()
+            .filter(|(c, _, _)| !shadow_over.contains(&c.key))
+            .map(|(c, _, _)| c.clone())
+            .collect();
+        if ok && !just.is_empty() {
             match self.rate_check_with(&just, false)? {
                 Outcome::Rate(d) if d.allowed => charged = d.results,
                 // Decided allowed just above on the same state and time: unreachable,
@@ -454,6 +515,7 @@ impl State {
                 _ => return Err(CoreError::invalid("descriptors", "inconsistent decision")),
             }
         }
+        let mut shadow_denied: Vec<ShadowDenial> = Vec::new();
         let statuses = items
             .into_iter()
             .zip(&allow)
@@ -468,7 +530,17 @@ impl State {
                     };
                 };
                 let key = &l.applied.key;
-                let (over, remaining, reset, retry) = if allowed.is_some() {
+                let shadow_denies = l.shadow && shadow_over.contains(key);
+                if shadow_denies {
+                    let note = ShadowDenial {
+                        key: key.clone(),
+                        policy: l.applied.name.clone(),
+                    };
+                    if !shadow_denied.contains(&note) {
+                        shadow_denied.push(note);
+                    }
+                }
+                let (over, remaining, reset, retry) = if allowed.is_some() || shadow_denies {
                     let p = peek(self, key, &l.spec);
                     (false, p.remaining, p.reset_after_ms, 0)
                 } else if let Some(c) = charged.iter().find(|c| &c.key == key) {
@@ -476,8 +548,8 @@ impl State {
                 } else {
                     let group = checks
                         .iter()
-                        .find(|(c, _)| &c.key == key)
-                        .map_or(1, |(c, _)| c.cost);
+                        .find(|(c, _, _)| &c.key == key)
+                        .map_or(1, |(c, _, _)| c.cost);
                     let d = decide(self, key, &l.spec, group);
                     let p = peek(self, key, &l.spec);
                     if d.allowed {
@@ -497,7 +569,13 @@ impl State {
             .collect();
         let decision = DescriptorDecision { ok, statuses };
         let allowlisted: Vec<Allowlisted> = allow.into_iter().flatten().collect();
-        if allowlisted.is_empty() {
+        if !shadow_denied.is_empty() {
+            Ok(Outcome::DescriptorsShadow {
+                decision,
+                shadow_denied,
+                allowlisted,
+            })
+        } else if allowlisted.is_empty() {
             Ok(Outcome::Descriptors(decision))
         } else {
             Ok(Outcome::DescriptorsAllowlisted {
@@ -613,6 +691,140 @@ mod tests {
             .iter()
             .map(|s| s.limit.as_ref().map(|l| l.name.clone()))
             .collect()
+    }
+
+    /// Install [`table`] with `shadow` limits in shadow mode (digest 8: a new table).
+    fn shadow_table(s: &mut State, shadow: &[(&str, &str)]) -> Reply {
+        let op = Op::ConfigureDescriptorModes(Box::new(ModedDescriptorConfig {
+            config: DescriptorConfig {
+                source_digest: 8,
+                ..table()
+            },
+            shadow: shadow
+                .iter()
+                .map(|(d, n)| (d.to_string(), n.to_string()))
+                .collect(),
+        }));
+        s.apply(&Command::single(s.now_ms(), op)).remove(0)
+    }
+
+    fn ask_any(s: &mut State, descriptors: Vec<Descriptor>) -> Reply {
+        let op = Op::Descriptors(Box::new(DescriptorRequest {
+            domain: "edge".into(),
+            descriptors,
+            hits_addend: 1,
+        }));
+        s.apply(&Command::single(s.now_ms(), op)).remove(0)
+    }
+
+    /// A shadow limit over its limit answers OK, names itself, and is not charged;
+    /// the request's enforced descriptors are still charged. Switching back to
+    /// enforce (a plain table) denies at once.
+    #[test]
+    fn shadow_descriptor_limits_count_but_do_not_deny() {
+        let mut s = state();
+        assert_eq!(
+            shadow_table(&mut s, &[("edge", "per_ip")]),
+            Ok(Outcome::Configured { changed: true })
+        );
+        let ip = || desc(&[("remote_address", "203.0.113.9")]);
+        let user = || desc(&[("tenant", "other"), ("user_id", "7")]);
+        // per_ip is 3/min: three pass as usual.
+        for _ in 0..3 {
+            assert!(matches!(
+                ask_any(&mut s, vec![ip(), user()]),
+                Ok(Outcome::Descriptors(d)) if d.ok
+            ));
+        }
+        // The fourth would be denied by per_ip: OK, named, per_ip not charged,
+        // tenant_user charged (5/min: 4 used, 1 left).
+        match ask_any(&mut s, vec![ip(), user()]) {
+            Ok(Outcome::DescriptorsShadow {
+                decision,
+                shadow_denied,
+                allowlisted,
+            }) => {
+                assert!(decision.ok);
+                assert!(!decision.statuses[0].over_limit);
+                assert_eq!(decision.statuses[0].remaining, 0);
+                assert_eq!(decision.statuses[1].remaining, 1);
+                assert!(allowlisted.is_empty());
+                assert_eq!(
+                    shadow_denied,
+                    vec![ShadowDenial {
+                        key: "envoy:edge/remote_address=203.0.113.9".into(),
+                        policy: "per_ip".into(),
+                    }]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // An enforced limit still denies a request with shadow limits in it, and
+        // charges nothing: tenant_user has one left, cost 2 is over.
+        let op = Op::Descriptors(Box::new(DescriptorRequest {
+            domain: "edge".into(),
+            descriptors: vec![ip(), user()],
+            hits_addend: 2,
+        }));
+        match s.apply(&Command::single(s.now_ms(), op)).remove(0) {
+            Ok(Outcome::DescriptorsShadow { decision, .. }) => {
+                assert!(!decision.ok);
+                assert!(!decision.statuses[0].over_limit);
+                assert!(decision.statuses[1].over_limit);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            ask_any(&mut s, vec![user()]),
+            Ok(Outcome::Descriptors(d)) if d.ok && d.statuses[0].remaining == 0
+        ));
+        // The snapshot keeps the mode.
+        let restored = State::restore(&s.snapshot()).unwrap();
+        assert_eq!(restored.descriptor_shadow, s.descriptor_shadow);
+        assert_eq!(restored.digest(), s.digest());
+        // One replicated change back to enforce: the next check is denied.
+        let back = Op::ConfigureDescriptors(Box::new(DescriptorConfig {
+            source_digest: 9,
+            ..table()
+        }));
+        assert!(s.apply(&Command::single(s.now_ms(), back))[0].is_ok());
+        assert!(s.descriptor_shadow.is_empty());
+        assert!(matches!(
+            ask_any(&mut s, vec![ip()]),
+            Ok(Outcome::Descriptors(d)) if !d.ok && d.statuses[0].over_limit
+        ));
+    }
+
+    /// A `policy` reference follows its policy's mode; a shadow list naming no
+    /// rate limit of the table is refused whole.
+    #[test]
+    fn policy_references_follow_the_policys_mode_and_bad_names_are_refused() {
+        let mut s = state();
+        let refused = shadow_table(&mut s, &[("edge", "nope")]);
+        assert!(
+            matches!(&refused, Err(CoreError::Invalid { field, .. }) if field == "shadow"),
+            "{refused:?}"
+        );
+        assert_eq!(s.descriptors_digest(), Some(7), "nothing installed");
+        let path = || desc(&[("path", "/a")]);
+        assert!(matches!(ask_any(&mut s, vec![path()]), Ok(Outcome::Descriptors(d)) if d.ok));
+        assert!(matches!(ask_any(&mut s, vec![path()]), Ok(Outcome::Descriptors(d)) if !d.ok));
+        let mode = Op::SetPolicyMode {
+            name: "user".into(),
+            mode: crate::command::Mode::Shadow,
+        };
+        assert!(s.apply(&Command::single(s.now_ms(), mode))[0].is_ok());
+        match ask_any(&mut s, vec![path()]) {
+            Ok(Outcome::DescriptorsShadow {
+                decision,
+                shadow_denied,
+                ..
+            }) => {
+                assert!(decision.ok);
+                assert_eq!(shadow_denied[0].policy, "user");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// An allowlisted descriptor passes uncharged; the others are decided as usual.

@@ -142,6 +142,15 @@ pub enum Outcome {
     },
     /// Answer to [`crate::Query::Queue`].
     Queue(QueueView),
+    /// An Envoy descriptor decision that shadow-mode limits took part in, some of
+    /// which would have denied (`shadow_denied`, each with the descriptor's bucket key
+    /// and limit name): their descriptors are reported OK and were not charged. Used
+    /// only when `shadow_denied` is not empty.
+    DescriptorsShadow {
+        decision: DescriptorDecision,
+        shadow_denied: Vec<ShadowDenial>,
+        allowlisted: Vec<Allowlisted>,
+    },
 }
 
 /// A waiter's place: one entry per requested key, in request order.

@@ -37,7 +37,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use quorate_core::descriptors::{
-    Descriptor, DescriptorConfig, DescriptorNode, DescriptorRequest, Domain, NodeLimit, Unit,
+    Descriptor, DescriptorConfig, DescriptorNode, DescriptorRequest, Domain, ModedDescriptorConfig,
+    NodeLimit, Unit,
 };
 use quorate_core::{
     Acquire, AdminLimits, AllowEntry, AllowPattern, Allowlisted, Caller, Command, Configuration,
@@ -1115,7 +1116,21 @@ fn wild_descriptor_op() -> impl Strategy<Value = Op> {
                 hits_addend,
             }))
         });
-    prop_oneof![1 => config, 1 => sane, 4 => request]
+    // The sane table with some of its limits (or a name it lacks) in shadow mode.
+    let moded = (
+        0u64..3,
+        prop::sample::subsequence(vec!["per_ip", "acme_user", "nope"], 0..3),
+    )
+        .prop_map(|(d, names)| {
+            Op::ConfigureDescriptorModes(Box::new(ModedDescriptorConfig {
+                config: sane_descriptor_config(10 + d),
+                shadow: names
+                    .into_iter()
+                    .map(|n| ("edge".to_string(), n.to_string()))
+                    .collect(),
+            }))
+        });
+    prop_oneof![1 => config, 1 => sane, 1 => moded, 4 => request]
 }
 
 fn wild_op() -> impl Strategy<Value = Op> {

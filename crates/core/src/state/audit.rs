@@ -111,7 +111,7 @@ impl State {
                 "config".to_string(),
                 self.config_digest.map(|d| format!("{d:016x}")),
             ),
-            Op::ConfigureDescriptors(_) => (
+            Op::ConfigureDescriptors(_) | Op::ConfigureDescriptorModes(_) => (
                 "descriptors".to_string(),
                 self.descriptors.digest.map(|d| format!("{d:016x}")),
             ),

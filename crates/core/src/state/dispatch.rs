@@ -100,7 +100,8 @@ impl State {
                 });
                 Ok(Outcome::Noop)
             }
-            Op::ConfigureDescriptors(c) => self.configure_descriptors(c),
+            Op::ConfigureDescriptors(c) => self.configure_descriptors(c, &[]),
+            Op::ConfigureDescriptorModes(c) => self.configure_descriptors(&c.config, &c.shadow),
             Op::Descriptors(r) => self.descriptors(r),
             Op::SetPolicyMode { name, mode } => self.set_policy_mode(name, *mode),
             Op::ConfigureModes(c) => self.configure_modes(c),

@@ -104,6 +104,9 @@ pub struct State {
     pub(crate) admin_limits: AdminLimits,
     /// The last admin changes, oldest first (`audit.rs`); a version 4 section.
     pub(crate) audit: VecDeque<audit::AuditRecord>,
+    /// `(domain, limit name)` of the Envoy descriptor limits in shadow mode
+    /// ([`crate::Op::ConfigureDescriptorModes`]); a version 4 section.
+    pub(crate) descriptor_shadow: BTreeSet<(String, String)>,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a

@@ -2,8 +2,8 @@
 //!
 //! A snapshot holds only the primary data (settings, policies, overrides, leases by
 //! token, rate buckets, seen nodes, descriptor tables, then named sections: shadow
-//! policies, counters); the per-key sets,
-//! the lease-id map, the expiry index, the owner counts and the digest sums are
+//! policies, shadow descriptor limits, counters, the allowlist, admin bounds, the
+//! audit ring); the per-key sets, the lease-id map, the expiry index, the owner counts and the digest sums are
 //! derived and rebuilt on restore. All maps are `BTreeMap`, so the snapshot of a
 //! given state is always the same bytes and its digest can be compared across nodes.
 //! [`cut`] writes the same bytes in chunks while the state keeps applying; older
@@ -51,6 +51,8 @@ const SHADOW: &str = "shadow";
 /// whole, also by a chunked cut (at its start): counters are fixed windows that
 /// expire and are swept, so the map stays far smaller than the bucket map.
 const COUNTERS: &str = "counters";
+/// The section holding the Envoy descriptor limits in shadow mode, `(domain, name)`.
+const DESCRIPTOR_SHADOW: &str = "descriptor_shadow";
 /// The section holding the allowlist entries.
 const ALLOWLIST: &str = "allowlist";
 /// The section holding the audit ring.
@@ -134,6 +136,12 @@ impl State {
         if !self.shadow.is_empty() {
             out.push((SHADOW.to_string(), encode(&self.shadow)));
         }
+        if !self.descriptor_shadow.is_empty() {
+            out.push((
+                DESCRIPTOR_SHADOW.to_string(),
+                encode(&self.descriptor_shadow),
+            ));
+        }
         if !self.counters.is_empty() {
             let bytes = if digest {
                 encode(&(self.counter_sum, self.counters.len() as u64))
@@ -178,6 +186,9 @@ impl State {
             |e: bincode::Error| CoreError::CorruptSnapshot(format!("snapshot section {name}: {e}"));
         match name.as_str() {
             SHADOW => self.shadow = decode.deserialize(&bytes).map_err(corrupt)?,
+            DESCRIPTOR_SHADOW => {
+                self.descriptor_shadow = decode.deserialize(&bytes).map_err(corrupt)?
+            }
             COUNTERS => {
                 let counters: BTreeMap<String, super::Counter> =
                     decode.deserialize(&bytes).map_err(corrupt)?;
@@ -306,6 +317,7 @@ impl State {
             seen: s.seen.into_owned(),
             descriptors,
             shadow: Default::default(),
+            descriptor_shadow: Default::default(),
             counters: BTreeMap::new(),
             allow: Default::default(),
             admin_limits: AdminLimits::default(),
