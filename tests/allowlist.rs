@@ -41,6 +41,7 @@ fn edit(c: &mut ClusterConfig) {
                 }),
                 policy: None,
                 unlimited: false,
+                shadow_mode: false,
                 descriptors: vec![],
             }],
         }],

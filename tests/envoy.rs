@@ -38,6 +38,7 @@ fn entry(key: &str, value: Option<&str>) -> DescriptorEntry {
         rate_limit: None,
         policy: None,
         unlimited: false,
+        shadow_mode: false,
         descriptors: vec![],
     }
 }

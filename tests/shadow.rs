@@ -2,7 +2,10 @@
 //! `cluster.toml` reaches every node through the log (`Op::ConfigureModes`), a request
 //! it alone would deny is granted through any node with `shadow_denied` in the answer,
 //! switching it to `enforce` through another node is one replicated change that the
-//! next request obeys, and the replicas' digests agree throughout.
+//! next request obeys, and the replicas' digests agree throughout. An `[envoy]` rate
+//! limit with `shadow_mode = true` does the same over Envoy's gRPC: over its limit the
+//! answer is OK with `x-quorate-shadow-denied`, counted in
+//! `quorate_shadow_denials_total`, while an enforced limit of the same table denies.
 
 mod common;
 
@@ -12,7 +15,15 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{Cluster, Options, DEADLINE};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use quorate_proto::PolicyMode;
+use quorate_server::config::envoy::{
+    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
+};
 use quorate_server::config::{ClusterConfig, PolicyConfig};
 
 /// `org:*` at most one at a time, in shadow mode.
@@ -105,4 +116,121 @@ async fn shadow_policy_from_the_file_allows_says_so_and_switches_everywhere() {
     for id in c.ids() {
         assert_eq!(orgs_mode(&c, id).await, Some(json!("enforce")), "node {id}");
     }
+}
+
+/// Domain `edge`: `remote_address` 2/hour in shadow mode, `user_id` 1/hour enforced
+/// (hourly: no refill while the test runs).
+fn shadow_envoy(c: &mut ClusterConfig) {
+    let entry = |key: &str, n: u32, name: &str, shadow_mode: bool| DescriptorEntry {
+        key: key.into(),
+        value: None,
+        rate_limit: Some(RateLimitConfig {
+            requests_per_unit: n,
+            unit: UnitConfig::Hour,
+            burst: None,
+            name: Some(name.into()),
+        }),
+        policy: None,
+        unlimited: false,
+        shadow_mode,
+        descriptors: vec![],
+    };
+    c.envoy = EnvoySection {
+        domains: vec![DomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![
+                entry("remote_address", 2, "per_ip", true),
+                entry("user_id", 1, "per_user", false),
+            ],
+        }],
+    };
+}
+
+/// One `ShouldRateLimit` of one descriptor `key=value` through node `id`; `None`
+/// while the node has no table for `edge` yet (INVALID_ARGUMENT).
+async fn envoy(c: &Cluster, id: u64, key: &str, value: &str) -> Option<RateLimitResponse> {
+    let addr = c.nodes[&id].grpc_addr.clone().expect("grpc_addr");
+    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the gRPC listener");
+    let req = RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: key.into(),
+                value: value.into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    };
+    match client.should_rate_limit(req).await {
+        Ok(r) => Some(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => None,
+        Err(s) => panic!("ShouldRateLimit: {s}"),
+    }
+}
+
+fn shadow_header(r: &RateLimitResponse) -> Option<String> {
+    r.response_headers_to_add
+        .iter()
+        .find(|h| h.key == "x-quorate-shadow-denied")
+        .map(|h| h.value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_envoy_limits_answer_ok_say_so_and_enforced_ones_still_deny() {
+    let mut o = Options::new(3);
+    o.grpc = true;
+    o.config_edit = Some(shadow_envoy);
+    let mut c = Cluster::start_with(o).await;
+    let leader = c.leader_id().await;
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+
+    // The table reaches the follower through the log (the moded op).
+    let deadline = Instant::now() + DEADLINE;
+    let first = loop {
+        if let Some(r) = envoy(&c, follower, "remote_address", "203.0.113.9").await {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the table never reached node {follower}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(first.overall_code, Code::Ok as i32);
+    assert_eq!(shadow_header(&first), None);
+    let second = envoy(&c, follower, "remote_address", "203.0.113.9")
+        .await
+        .unwrap();
+    assert_eq!(second.overall_code, Code::Ok as i32);
+    assert_eq!(shadow_header(&second), None);
+
+    // Over the shadow limit: OK all the same, named, and counted where it was asked.
+    let before = common::metric_sum(
+        &c.metrics(follower).await,
+        "quorate_shadow_denials_total{policy=\"per_ip\"}",
+    );
+    let third = envoy(&c, follower, "remote_address", "203.0.113.9")
+        .await
+        .unwrap();
+    assert_eq!(third.overall_code, Code::Ok as i32, "{third:?}");
+    assert_eq!(third.statuses[0].code, Code::Ok as i32, "{third:?}");
+    assert_eq!(shadow_header(&third).as_deref(), Some("per_ip"));
+    let after = common::metric_sum(
+        &c.metrics(follower).await,
+        "quorate_shadow_denials_total{policy=\"per_ip\"}",
+    );
+    assert_eq!(after - before, 1.0);
+
+    // The enforced limit of the same table denies its second request.
+    let u1 = envoy(&c, follower, "user_id", "7").await.unwrap();
+    assert_eq!(u1.overall_code, Code::Ok as i32);
+    let u2 = envoy(&c, leader, "user_id", "7").await.unwrap();
+    assert_eq!(u2.overall_code, Code::OverLimit as i32, "{u2:?}");
+    assert_eq!(shadow_header(&u2), None);
+
+    let (_, digest) = c.wait_converged().await;
+    assert!(!digest.is_empty());
 }

@@ -207,6 +207,7 @@ async fn the_grpc_listener_serves_over_tls() {
                 }),
                 policy: None,
                 unlimited: false,
+                shadow_mode: false,
                 descriptors: vec![],
             }],
         }],

@@ -18,15 +18,21 @@
 //! A descriptor entry has a `key`, an optional `value` (exact, or a prefix ending in
 //! `*`; absent: any value), and at most one of `rate_limit` (with an optional `name`
 //! shown to Envoy and in headers), `policy` or `unlimited = true`, and/or nested
-//! `descriptors` matching the next entry. The table is **replicated** like
+//! `descriptors` matching the next entry. An entry with a `rate_limit` may say
+//! `shadow_mode = true` (envoyproxy/ratelimit's name): the limit is decided and
+//! counted but never denies, and Envoy is told which limits would have denied (see
+//! `quorate_core::descriptors`); an entry with `policy` follows that policy's `mode`.
+//! The table is **replicated** like
 //! `[[policies]]`: [`EnvoySection::core_config`] becomes an
 //! `Op::ConfigureDescriptors` that the leader proposes whenever the state holds
 //! another digest; matching and deciding happen in `quorate_core::descriptors`.
 //! [`EnvoySection::check`] runs the core's own validation at startup, so a bad entry
 //! stops the node with its path (`envoy.domains[0].descriptors[1].rate_limit`).
 
-use quorate_core::descriptors::{DescriptorConfig, DescriptorNode, Domain, NodeLimit, Unit};
-use quorate_core::{Policy, Settings};
+use quorate_core::descriptors::{
+    DescriptorConfig, DescriptorNode, Domain, ModedDescriptorConfig, NodeLimit, Unit,
+};
+use quorate_core::{Op, Policy, Settings};
 use serde::{Deserialize, Serialize};
 
 /// `[envoy]`.
@@ -58,6 +64,10 @@ pub struct DescriptorEntry {
     pub policy: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlimited: bool,
+    /// The entry's `rate_limit` runs in shadow mode: decided and counted, never
+    /// denying. Only with `rate_limit` (a `policy` follows the policy's mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_mode: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub descriptors: Vec<DescriptorEntry>,
 }
@@ -117,14 +127,23 @@ fn default_name(keys: &[&str]) -> String {
     name
 }
 
+/// The core form of `entries`; the names of their shadow-mode rate limits are
+/// added to `shadow`.
 fn to_nodes(
     path: &str,
     keys: &mut Vec<String>,
     entries: &[DescriptorEntry],
+    shadow: &mut Vec<String>,
 ) -> Result<Vec<DescriptorNode>, String> {
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let here = format!("{path}.descriptors[{i}]");
+        if e.shadow_mode && e.rate_limit.is_none() {
+            return Err(format!(
+                "{here}: shadow_mode needs a rate_limit (an entry with a policy follows \
+                 the policy's mode: set mode = \"shadow\" on the policy)"
+            ));
+        }
         keys.push(e.key.clone());
         let limit = match (&e.rate_limit, &e.policy, e.unlimited) {
             (None, None, false) => None,
@@ -144,7 +163,12 @@ fn to_nodes(
                 ))
             }
         };
-        let descriptors = to_nodes(&here, keys, &e.descriptors)?;
+        if let (true, Some(NodeLimit::Rate { name, .. })) = (e.shadow_mode, &limit) {
+            if !shadow.contains(name) {
+                shadow.push(name.clone());
+            }
+        }
+        let descriptors = to_nodes(&here, keys, &e.descriptors, shadow)?;
         keys.pop();
         out.push(DescriptorNode {
             key: e.key.clone(),
@@ -171,23 +195,54 @@ impl EnvoySection {
         self.domains.is_empty()
     }
 
-    /// The core's form of the table, with its digest.
-    pub fn core_config(&self) -> Result<DescriptorConfig, String> {
+    /// The core's form of the table, with its digest (which covers the shadow
+    /// limits too), and its shadow limits as `(domain, limit name)`.
+    pub fn core_tables(&self) -> Result<ModedDescriptorConfig, String> {
         let mut domains = Vec::with_capacity(self.domains.len());
+        let mut shadow = Vec::new();
         for (i, d) in self.domains.iter().enumerate() {
             let path = format!("envoy.domains[{i}]");
+            let mut names = Vec::new();
             domains.push(Domain {
                 name: d.domain.clone(),
-                descriptors: to_nodes(&path, &mut Vec::new(), &d.descriptors)?,
+                descriptors: to_nodes(&path, &mut Vec::new(), &d.descriptors, &mut names)?,
             });
+            shadow.extend(names.into_iter().map(|n| (d.domain.clone(), n)));
         }
         // The digest covers the core form (bincode is the log's own encoding, so it
-        // is as stable as the log), behind a version string.
+        // is as stable as the log), behind a version string; the shadow list only
+        // when there is one, so a table without shadow limits keeps the digest it
+        // had before shadow mode existed (and is not proposed again on upgrade).
         let mut buf = b"quorate-envoy-v1".to_vec();
         buf.extend_from_slice(&bincode::serialize(&domains).map_err(|e| e.to_string())?);
-        Ok(DescriptorConfig {
-            source_digest: quorate_core::state::fnv1a(&buf),
-            domains,
+        if !shadow.is_empty() {
+            buf.extend_from_slice(b"shadow");
+            buf.extend_from_slice(&bincode::serialize(&shadow).map_err(|e| e.to_string())?);
+        }
+        Ok(ModedDescriptorConfig {
+            config: DescriptorConfig {
+                source_digest: quorate_core::state::fnv1a(&buf),
+                domains,
+            },
+            shadow,
+        })
+    }
+
+    /// The core's form of the table, with its digest.
+    pub fn core_config(&self) -> Result<DescriptorConfig, String> {
+        Ok(self.core_tables()?.config)
+    }
+
+    /// The op that installs this table: `Op::ConfigureDescriptors`, or
+    /// `Op::ConfigureDescriptorModes` when an entry is in shadow mode (a newer op,
+    /// written only by a file that uses the newer feature; see docs/upgrading.md).
+    pub fn core_op(&self) -> Result<(u64, Op), String> {
+        let t = self.core_tables()?;
+        let digest = t.config.source_digest;
+        Ok(if t.shadow.is_empty() {
+            (digest, Op::ConfigureDescriptors(Box::new(t.config)))
+        } else {
+            (digest, Op::ConfigureDescriptorModes(Box::new(t)))
         })
     }
 
@@ -275,6 +330,28 @@ value = "acme"
         assert_eq!(c.source_digest, e.core_config().unwrap().source_digest);
     }
 
+    /// `shadow_mode` on a rate limit makes the op the moded one, naming the limit;
+    /// the digest changes with the mode, and a table without shadow limits keeps
+    /// the plain op and its old digest.
+    #[test]
+    fn shadow_mode_entries_make_the_moded_op() {
+        let plain = parse(GOOD).unwrap();
+        let (plain_digest, op) = plain.core_op().unwrap();
+        assert!(matches!(op, Op::ConfigureDescriptors(_)));
+        assert_eq!(plain_digest, plain.core_config().unwrap().source_digest);
+        let text = GOOD.replacen("burst = 20 }", "burst = 20 }\nshadow_mode = true", 1);
+        let moded = parse(&text).unwrap();
+        let (digest, op) = moded.core_op().unwrap();
+        assert_ne!(digest, plain_digest);
+        match op {
+            Op::ConfigureDescriptorModes(m) => {
+                assert_eq!(m.shadow, vec![("edge".into(), "remote_address".into())]);
+                assert_eq!(m.config.domains, plain.core_config().unwrap().domains);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[test]
     fn errors_name_the_offending_entry() {
         for (edit, want) in [
@@ -296,7 +373,11 @@ value = "acme"
             ),
             (
                 ("value = \"acme\"", "value = \"acme\"\nshadow_mode = true"),
-                "unknown field `shadow_mode`",
+                "envoy.domains[0].descriptors[1]: shadow_mode needs a rate_limit",
+            ),
+            (
+                ("policy = \"user\"", "policy = \"user\"\nshadow_mode = true"),
+                "envoy.domains[0].descriptors[1].descriptors[0]: shadow_mode needs a rate_limit",
             ),
             (
                 ("  policy = \"user\"\n", ""),

@@ -629,11 +629,12 @@ impl ClusterConfig {
         }
     }
 
-    /// What the leader proposes with `Op::ConfigureDescriptors` when the replicated
-    /// state holds another table (validated at load, so this only fails on a value
-    /// built by hand).
-    pub fn core_descriptors(&self) -> Result<quorate_core::descriptors::DescriptorConfig, String> {
-        self.envoy.core_config()
+    /// What the leader proposes (`Op::ConfigureDescriptors`, or
+    /// `Op::ConfigureDescriptorModes` when an entry is in shadow mode) when the
+    /// replicated state holds another table, and that table's digest (validated at
+    /// load, so this only fails on a value built by hand).
+    pub fn descriptors_op(&self) -> Result<(u64, quorate_core::Op), String> {
+        self.envoy.core_op()
     }
 
     /// openraft's configuration for this cluster.

@@ -11,6 +11,10 @@
 //!   `limit_remaining` and `duration_until_reset`; `response_headers_to_add` carries
 //!   the draft-10 RateLimit fields of the limited descriptors (and `retry-after` when
 //!   over the limit), built by `crate::ratelimit_headers` like the HTTP API's.
+//! - Shadow mode (`shadow_mode = true` on a `[envoy]` rate limit, or a policy in
+//!   shadow mode): a descriptor only a shadow limit would deny is answered OK, and
+//!   `x-quorate-shadow-denied` (the HTTP API's header) names those limits; each is
+//!   counted in `quorate_shadow_denials_total{policy}` under its limit name.
 //! - A decision is never guessed: no quorum or no answer within
 //!   `server.request_timeout_ms` is `UNAVAILABLE` (Envoy's `failure_mode_deny` then
 //!   decides); bad input `INVALID_ARGUMENT` (an unknown domain included, as
@@ -101,15 +105,34 @@ impl RateLimitGrpc {
             .write(op, deadline)
             .await
             .map_err(node_status)?;
-        let (decision, allowlisted) = match reply.map_err(core_status)? {
-            Outcome::Descriptors(d) => (d, Vec::new()),
+        let (decision, allowlisted, shadow_denied) = match reply.map_err(core_status)? {
+            Outcome::Descriptors(d) => (d, Vec::new(), Vec::new()),
             Outcome::DescriptorsAllowlisted {
                 decision,
                 allowlisted,
-            } => (decision, allowlisted),
+            } => (decision, allowlisted, Vec::new()),
+            Outcome::DescriptorsShadow {
+                decision,
+                shadow_denied,
+                allowlisted,
+            } => (decision, allowlisted, shadow_denied),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
         let mut response = to_response(&decision);
+        if !shadow_denied.is_empty() {
+            let mut names: Vec<&str> = Vec::new();
+            for n in &shadow_denied {
+                if !names.contains(&n.policy.as_str()) {
+                    names.push(&n.policy);
+                    self.metrics.shadow_denial(&n.policy);
+                }
+            }
+            tracing::debug!(limits = ?names, "allowed in shadow mode");
+            response.response_headers_to_add.push(header(
+                crate::http::api::policies::SHADOW_DENIED_HEADER,
+                names.join(", "),
+            ));
+        }
         if !allowlisted.is_empty() {
             // Counted under the descriptor's limit name; Envoy passes the header on
             // to the client as the HTTP API sends it.

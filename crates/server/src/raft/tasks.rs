@@ -253,23 +253,19 @@ impl Node {
     /// file has none and whose state has none proposes nothing (so clusters that do
     /// not use Envoy never write the op older versions cannot decode).
     async fn push_descriptors(&self, deadline: Instant) -> Result<(), NodeError> {
-        let want = match self.config.core_descriptors() {
-            Ok(c) => c,
+        let (digest, op) = match self.config.descriptors_op() {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "[envoy] cannot be converted; not proposed");
                 return Ok(());
             }
         };
         let have = self.sm.read(|s| s.descriptors_digest());
-        if have == Some(want.source_digest) || (have.is_none() && want.domains.is_empty()) {
+        if have == Some(digest) || (have.is_none() && self.config.envoy.is_empty()) {
             return Ok(());
         }
-        let digest = want.source_digest;
         tracing::info!(have = ?have, want = digest, "proposing [envoy] descriptors from cluster.toml");
-        match self
-            .leader_write(Op::ConfigureDescriptors(Box::new(want)), deadline)
-            .await
-        {
+        match self.leader_write(op, deadline).await {
             Ok(Ok(Outcome::Configured { changed })) => {
                 tracing::info!(changed, digest, "descriptor table applied");
                 Ok(())

@@ -53,7 +53,7 @@ mod cluster;
 mod counters;
 mod limits;
 mod ops;
-mod policies;
+pub(crate) mod policies;
 mod rate;
 mod slots;
 
