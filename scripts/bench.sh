@@ -256,6 +256,10 @@ id = 3
 api_addr = "127.0.0.1:${Q_API[2]}"
 raft_addr = "127.0.0.1:${Q_RAFT[2]}"
 
+[server]
+# Three nodes share this machine: one runtime thread each (as `quorate up` runs them).
+worker_threads = 1
+
 [limits]
 default_limit = 32
 
@@ -283,7 +287,7 @@ start_quorate() {
     "$BENCH" wait-ready --url "http://127.0.0.1:${Q_API[$i]}/readyz" --timeout-s 60 >/dev/null \
       || { echo "quorate node $((i + 1)) not ready; see $WORK/quorate/node-$((i + 1)).log" >&2; exit 1; }
   done
-  extra env "quorate" "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree) — 3 nodes, release build, QUORATE_LOG=warn"
+  extra env "quorate" "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree) — 3 nodes, release build, [server] worker_threads = 1, QUORATE_LOG=warn"
 }
 
 pids_of() {

@@ -72,29 +72,60 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = ClusterConfig::load(&args.config)?;
-    quorate_server::run::serve(config, args.node, quorate_server::run::shutdown_signal()).await?;
+async fn serve(config: ClusterConfig, node: u64) -> anyhow::Result<()> {
+    quorate_server::run::serve(config, node, quorate_server::run::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The async runtime: `[server] worker_threads` of a node's configuration (0: one
+/// thread per CPU, tokio's default; 1: the current thread only).
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 fn main() -> ExitCode {
     malloc::tune();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let cli = Cli::parse();
+    init_logging();
+    // `serve` reads its configuration first: it sizes the runtime.
+    let (config, threads) = match &cli.command {
+        Command::Serve(args) => match ClusterConfig::load(&args.config) {
+            Ok(c) => {
+                let n = c.server.worker_threads;
+                (Some(c), n)
+            }
+            Err(e) => {
+                eprintln!("quorate: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => (None, 0),
+    };
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quorate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run())
+    runtime.block_on(run(cli, config))
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
+async fn run(cli: Cli, config: Option<ClusterConfig>) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => match config {
+            Some(config) => serve(config, args.node).await,
+            None => Err(anyhow::anyhow!("the configuration was not loaded")),
+        },
         Command::Up(args) => up::run(args).await,
         Command::Init(args) => init::run(args),
         Command::Ops(ops) => match cli::run(ops).await {

@@ -52,6 +52,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .arg("--node")
             .arg(n.id.to_string())
             .env("QUORATE_LOG_COLOR", color)
+            // The nodes share this machine: one runtime thread each spends less CPU
+            // per decision ([server] worker_threads), unless the file or the
+            // environment chose (both are in `config`).
+            .env(
+                "QUORATE_SERVER_WORKER_THREADS",
+                config.server.worker_threads.max(1).to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -282,6 +282,13 @@ impl Cluster {
             .env("QUORATE_LOG", "info,openraft=warn")
             .env("QUORATE_LOG_COLOR", "never")
             .env_remove("QUORATE_DATA_DIR")
+            // Node 1 runs on one runtime thread ([server] worker_threads = 1, as
+            // `quorate up` and the benchmarks run nodes), the others on the default
+            // pool: every multi-process test covers both, in one cluster.
+            .env(
+                "QUORATE_SERVER_WORKER_THREADS",
+                if id == 1 { "1" } else { "0" },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err));
