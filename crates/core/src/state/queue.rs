@@ -24,9 +24,9 @@
 //!   room, gets a lease on all its keys at once — TTL counted from the granting
 //!   command's time, a new fencing token, its owner the caller that queued it. Only
 //!   the queues of keys that changed are looked at (a global recheck only for
-//!   configuration-wide changes). Grants made this way are collected for
-//!   [`State::take_queue_grants`], so the node serving the waiting request can answer
-//!   it; they are not snapshotted.
+//!   configuration-wide changes). The grants an entry made this way are kept for
+//!   [`State::take_queue_grants`] until the next entry applies, so the node serving
+//!   the waiting request can answer it; they are not snapshotted.
 //! - **Deadlines.** Every apply, while anyone waits, first removes the waiters whose
 //!   deadline is `<= now` (their leaving may grant the ones behind) and purges every
 //!   dead lease (amortized: each lease is purged once), so slots freed by a TTL go to
@@ -189,9 +189,11 @@ impl Queue {
 }
 
 impl State {
-    /// The grants made from the queue since the last call, in grant order. Derived
-    /// and transient: not in snapshots, empty after a restore. The store calls it
-    /// after each applied entry so the serving node can answer its waiting requests.
+    /// The grants the queue made while applying the last entry, in grant order (empty
+    /// once taken). Transient: not in snapshots, empty after a restore, and cleared
+    /// when the next entry starts applying (so a list nobody reads never grows). The
+    /// store takes it after each applied entry, so the node serving a waiting request
+    /// can answer it.
     pub fn take_queue_grants(&mut self) -> Vec<Grant> {
         std::mem::take(&mut self.queue.grants)
     }
@@ -212,9 +214,11 @@ impl State {
         deadline.into_iter().chain(expiry).min()
     }
 
-    /// Start of every apply (time already advanced): waiters past their deadline
-    /// leave, dead leases go, and the freed slots are granted.
+    /// Start of every apply (time already advanced): the last entry's grants are
+    /// dropped, waiters past their deadline leave, dead leases go, and the freed
+    /// slots are granted.
     pub(super) fn queue_tick(&mut self) {
+        self.queue.grants.clear();
         if self.queue.is_empty() {
             return;
         }
@@ -303,10 +307,10 @@ impl State {
     }
 
     /// Does the queue make `key` wait for someone who came before `before` (anyone,
-    /// if `None`)? Only while the key's limit is enforced.
+    /// if `None`)? Only while the key's limit is enforced. Answers the first waiter's
+    /// deadline (when the line moves by time alone: the hint of a denial).
     fn queue_ahead(&self, key: &str, before: Option<u64>) -> Option<u64> {
-        let set = self.queue.keys.get(key)?;
-        let first = *set.first()?;
+        let first = *self.queue.keys.get(key)?.first()?;
         if before.is_some_and(|b| first >= b) {
             return None;
         }
@@ -316,16 +320,12 @@ impl State {
         {
             return None;
         }
-        // The soonest deadline among those ahead: when the line moves by time alone.
-        set.range(..before.unwrap_or(u64::MAX))
-            .filter_map(|s| self.queue.waiters.get(s))
-            .map(|w| w.deadline_ms)
-            .min()
+        self.queue.waiters.get(&first).map(|w| w.deadline_ms)
     }
 
     /// [`State::free_slots`] with the queue's order on top: also denied on every
-    /// enforced key where someone before `before` waits. A key blocked only by the
-    /// queue hints the soonest deadline among those ahead of the asker.
+    /// enforced key where someone before `before` waits. A key blocked by the queue
+    /// hints at least until its first waiter's deadline.
     pub(super) fn fifo_slots(
         &mut self,
         keys: &[String],
