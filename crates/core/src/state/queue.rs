@@ -147,6 +147,18 @@ impl Queue {
         Some(w)
     }
 
+    /// Move waiter `seq`'s deadline (its place stays).
+    fn set_deadline(&mut self, seq: u64, deadline_ms: u64) {
+        let Some(w) = self.waiters.get_mut(&seq) else {
+            return;
+        };
+        self.sum = self.sum.wrapping_sub(entry_hash(&(seq, &*w)));
+        self.deadlines.remove(&(w.deadline_ms, seq));
+        w.deadline_ms = deadline_ms;
+        self.deadlines.insert((deadline_ms, seq));
+        self.sum = self.sum.wrapping_add(entry_hash(&(seq, &*w)));
+    }
+
     /// `(position, length)` of waiter `seq` on `key` (position 1 is next).
     fn place(&self, seq: u64, key: &str) -> (u32, u32) {
         let Some(set) = self.keys.get(key) else {
@@ -406,79 +418,81 @@ impl State {
                 });
             }
         }
-        match self.fifo_slots(&a.keys, waiting) {
-            Ok((slots, shadow_denied)) => {
-                // A denial creates nothing, so the caps are checked only for a grant.
-                self.room_for_lease(&a.keys, waiting.is_some())?;
-                let (holder, ttl_ms, owner) = match waiting.and_then(|s| self.queue.remove(s)) {
-                    // A waiter that qualifies (only if a cap held it back) is granted
-                    // as queued: its own holder, TTL and owner.
-                    Some(w) => (w.holder, w.ttl_ms, w.owner),
-                    None => (a.holder.clone(), a.ttl_ms, caller.name.clone()),
-                };
-                let grant = self.take_lease(&a.lease_id, &holder, &a.keys, ttl_ms, &owner, slots);
-                if shadow_denied.is_empty() {
-                    Ok(Outcome::Granted(grant))
-                } else {
-                    Ok(Outcome::GrantedShadow {
-                        grant,
-                        shadow_denied,
-                    })
-                }
-            }
-            Err(denial) if wait_ms == 0 => Ok(Outcome::Denied(denial)),
-            Err(denial) => {
-                let deadline_ms = self.now_ms.saturating_add(wait_ms);
-                let seq = match waiting {
-                    Some(seq) => {
-                        // Keeps its place; the deadline is the retry's.
-                        if let Some(mut w) = self.queue.remove(seq) {
-                            w.deadline_ms = deadline_ms;
-                            self.queue.insert(seq, w);
+        let slots = match self.fifo_slots(&a.keys, waiting) {
+            // A denial creates nothing, so the caps are checked only for a grant.
+            Ok((slots, shadow_denied)) => match self.room_for_lease(&a.keys, waiting.is_some()) {
+                Ok(()) => {
+                    let (holder, ttl_ms, owner) = match waiting.and_then(|s| self.queue.remove(s)) {
+                        // A waiter that qualifies (only if a cap held it back) is
+                        // granted as queued: its own holder, TTL and owner.
+                        Some(w) => (w.holder, w.ttl_ms, w.owner),
+                        None => (a.holder.clone(), a.ttl_ms, caller.name.clone()),
+                    };
+                    let grant =
+                        self.take_lease(&a.lease_id, &holder, &a.keys, ttl_ms, &owner, slots);
+                    return Ok(if shadow_denied.is_empty() {
+                        Outcome::Granted(grant)
+                    } else {
+                        Outcome::GrantedShadow {
+                            grant,
+                            shadow_denied,
                         }
-                        seq
-                    }
-                    None => {
-                        self.room_for_waiter(&a.keys)?;
-                        let seq = self
-                            .queue
-                            .waiters
-                            .last_key_value()
-                            .map_or(0, |(s, _)| s + 1);
-                        self.queue.insert(
-                            seq,
-                            Waiter {
-                                lease_id: a.lease_id.clone(),
-                                holder: a.holder.clone(),
-                                keys: a.keys.clone(),
-                                owner: caller.name.clone(),
-                                ttl_ms: a.ttl_ms,
-                                deadline_ms,
-                            },
-                        );
-                        seq
-                    }
-                };
-                // Re-inserting marked nothing new: no first waiter changed.
-                Ok(Outcome::Queued(Queued {
-                    lease_id: a.lease_id.clone(),
-                    deadline_ms,
-                    positions: a
-                        .keys
-                        .iter()
-                        .map(|k| {
-                            let (position, length) = self.queue.place(seq, k);
-                            QueuePosition {
-                                key: k.clone(),
-                                position,
-                                length,
-                            }
-                        })
-                        .collect(),
-                    slots: denial.slots,
-                }))
+                    });
+                }
+                // A waiter whose turn a cap holds back (the caps were lowered) keeps
+                // its place, as it would in the queue's own pass.
+                Err(_) if waiting.is_some() && wait_ms > 0 => slots,
+                Err(full) => return Err(full),
+            },
+            Err(denial) if wait_ms == 0 => return Ok(Outcome::Denied(denial)),
+            Err(denial) => denial.slots,
+        };
+        // Waiting: a new place at the back, or a retry that keeps its own.
+        let deadline_ms = self.now_ms.saturating_add(wait_ms);
+        let seq = match waiting {
+            Some(seq) => {
+                // Keeps its place; the deadline is the retry's.
+                self.queue.set_deadline(seq, deadline_ms);
+                seq
             }
-        }
+            None => {
+                self.room_for_waiter(&a.keys)?;
+                let seq = self
+                    .queue
+                    .waiters
+                    .last_key_value()
+                    .map_or(0, |(s, _)| s + 1);
+                self.queue.insert(
+                    seq,
+                    Waiter {
+                        lease_id: a.lease_id.clone(),
+                        holder: a.holder.clone(),
+                        keys: a.keys.clone(),
+                        owner: caller.name.clone(),
+                        ttl_ms: a.ttl_ms,
+                        deadline_ms,
+                    },
+                );
+                seq
+            }
+        };
+        Ok(Outcome::Queued(Queued {
+            lease_id: a.lease_id.clone(),
+            deadline_ms,
+            positions: a
+                .keys
+                .iter()
+                .map(|k| {
+                    let (position, length) = self.queue.place(seq, k);
+                    QueuePosition {
+                        key: k.clone(),
+                        position,
+                        length,
+                    }
+                })
+                .collect(),
+            slots,
+        }))
     }
 
     /// [`Op::LeaveQueue`]; see the module docs.
