@@ -18,6 +18,7 @@
 //! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
 //! - `allowlist`: keys and addresses exempt from rate limits;
 //! - `audit`: the ring of the last admin changes (who, when, index, before/after);
+//! - `queue`: acquires waiting for a slot, FIFO per key, granted as slots free;
 //! - `queries`: reads at a given time, from a shared borrow;
 //! - `digest`: the replica fingerprint, kept up to date incrementally;
 //! - `encoding`: snapshot bytes (and older layouts, and the chunked [`cut`]) apart
@@ -42,6 +43,7 @@ pub(crate) mod encoding;
 mod leases;
 mod policy;
 mod queries;
+mod queue;
 mod rate;
 mod shadow;
 mod slots;
@@ -69,6 +71,8 @@ pub struct Stats {
     pub overrides: usize,
     pub policies: usize,
     pub last_token: u64,
+    /// Acquires waiting in the queue (`queue.rs`).
+    pub waiters: usize,
 }
 
 /// The replicated limiter state. See the module docs.
@@ -107,6 +111,9 @@ pub struct State {
     /// `(domain, limit name)` of the Envoy descriptor limits in shadow mode
     /// ([`crate::Op::ConfigureDescriptorModes`]); a version 4 section.
     pub(crate) descriptor_shadow: BTreeSet<(String, String)>,
+    /// Waiting acquires (`queue.rs`): the waiters are a version 4 section, their
+    /// indexes and the grants not yet taken are derived.
+    pub(crate) queue: queue::Queue,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -180,6 +187,7 @@ impl State {
             overrides: self.overrides.len(),
             policies: self.concurrency.len() + self.rate_policies.len(),
             last_token: self.last_token,
+            waiters: self.queue.len(),
         }
     }
 }
