@@ -89,7 +89,7 @@ pub(super) fn granted(
     let shadow_denied = if notes.is_empty() {
         Vec::new()
     } else {
-        super::policies::shadow_denied(&st, &mut headers, notes)
+        super::policies::shadow_denied(st, &mut headers, notes)
     };
     let body = proto::AcquireGranted {
         granted: true,
