@@ -380,3 +380,39 @@ async fn the_client_and_the_cli_wait_for_a_slot() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
+
+/// A slot freed by a lease's TTL goes to the waiter when the lease expires, not at
+/// the next housekeeping tick (the leader's queue wakeup): housekeeping is 5 s here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_freed_by_expiry_goes_to_the_waiter_without_waiting_for_housekeeping() {
+    let mut options = common::Options::new(3);
+    options.expire_interval_ms = 5000;
+    let mut c = Cluster::start_with(options).await;
+    let leader = c.leader_id().await;
+    let key = "q:ttl";
+    c.put(leader, &format!("/v1/limits/{key}"), json!({"limit": 1}))
+        .await;
+    let (s, v) = c
+        .post(
+            leader,
+            "/v1/slots/acquire",
+            json!({"keys": [key], "ttl_ms": 400}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let asked = Instant::now();
+    let (s, v) = c
+        .post(
+            leader,
+            "/v1/slots/acquire",
+            json!({"keys": [key], "wait_ms": 10_000}),
+        )
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["waited_ms"].as_u64().is_some_and(|w| w >= 1), "{v}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "granted after {took:?}: the expiry waited for housekeeping"
+    );
+}

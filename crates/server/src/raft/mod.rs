@@ -212,6 +212,7 @@ impl Node {
 
         let mut tasks = vec![
             tokio::spawn(node.clone().housekeeping_loop()),
+            tokio::spawn(node.clone().queue_wakeup_loop()),
             tokio::spawn(node.clone().leader_loop()),
             tokio::spawn(node.clone().clock_watch_loop()),
             tokio::spawn(node.clone().seen_loop()),
