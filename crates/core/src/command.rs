@@ -37,7 +37,8 @@ impl Command {
 /// A state-changing operation. Reads are [`crate::Query`]s and never enter the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Take one slot on every key, or none (all-or-nothing).
+    /// Take one slot on every key, or none (all-or-nothing). Denied while anyone
+    /// waits in the queue of one of its keys (no barging: `state/queue.rs`).
     Acquire(Acquire),
     /// Give a lease's slots back. Idempotent.
     Release { lease_id: String },

@@ -15,10 +15,10 @@
 //! - **Time never runs backwards**: `now = max(now, command.time_ms)`.
 //! - **Total**: every input gets an [`Outcome`] or a deterministic [`CoreError`]; no
 //!   input panics. A rejected op changes nothing (except time).
-//! - **Bounded**: leases, slot keys and rate buckets are capped by [`Settings`]
-//!   (`max_leases`, `max_slot_keys`, `max_rate_keys`); an op that would create one
-//!   more gets [`CoreError::StateFull`], so no caller can grow every replica's memory
-//!   without limit.
+//! - **Bounded**: leases (with the waiting acquires, which will become leases), slot
+//!   keys and rate buckets are capped by [`Settings`] (`max_leases`, `max_slot_keys`,
+//!   `max_rate_keys`); an op that would create one more gets [`CoreError::StateFull`],
+//!   so no caller can grow every replica's memory without limit.
 //! - **Callers are inside ops**: [`Op::As`] carries the caller's name and role; the
 //!   core refuses ops the role may not do and lease ops on another caller's lease.
 //! - **Reads are separate**: [`Query`] answers never enter the log; the server asks

@@ -50,7 +50,7 @@
 //! `policies`, `modes`, `counter get KEY`, `allowlist`, `audit [PREFIX] [since=N] [max=N]`,
 //! `queue KEY`.
 //! Commands are applied at log index 1, 2, ... in script order (the audit trail shows it).
-//! Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
+//! Runner verbs: `digest`, `stats` (with `waiters=N` while anyone waits), `now`, `roundtrip`.
 //!
 //! # Properties
 //! Beyond the expected lines, every script proves two properties of the whole run:

@@ -27,7 +27,13 @@
 //!   snapshot;
 //! - **allowlists** — an allowlisted check is exactly one that an entry in force
 //!   matches (a hand-written truth table, IPv4, IPv6 and mapped addresses), and it
-//!   charges nothing: the state equals one that never saw the check.
+//!   charges nothing: the state equals one that never saw the check;
+//! - **the wait queue** — over waiting acquires, leaves, releases, expiry and raised
+//!   limits from two clients: no key ever holds more live leases than its limit; no
+//!   grant (from the queue or at once) passes a waiter that was ahead of it on one of
+//!   its keys and is still waiting; a fresh replica and a copy restored from a
+//!   chunked cut taken while queue ops applied give the same replies, queue grants
+//!   and digests; every queue grant is a live lease of the waiter's owner.
 //!
 //! `PROPTEST_CASES` overrides the number of cases (default 192, which keeps the whole
 //! core test run well under 30 s in debug).
@@ -1224,6 +1230,25 @@ fn wild_op() -> impl Strategy<Value = Op> {
         }),
         wild_string().prop_map(|key| Op::CounterClear { key }),
         wild_allow_op(),
+        (
+            prop::collection::vec(wild_string(), 0..10),
+            wild_string(),
+            wild_string(),
+            wild_u64(),
+            wild_u64(),
+        )
+            .prop_map(
+                |(keys, lease_id, holder, ttl_ms, wait_ms)| Op::AcquireWait {
+                    acquire: Acquire {
+                        keys,
+                        lease_id,
+                        holder,
+                        ttl_ms,
+                    },
+                    wait_ms,
+                }
+            ),
+        wild_string().prop_map(|lease_id| Op::LeaveQueue { lease_id }),
     ];
     // Any op may come from any caller, wrapped once or (invalidly) twice.
     (
@@ -1293,7 +1318,10 @@ fn wild_queries(c: &Command) -> Vec<Query> {
     ];
     for op in &c.ops {
         match op.inner() {
-            Op::Acquire(a) => {
+            Op::Acquire(a) | Op::AcquireWait { acquire: a, .. } => {
+                for k in &a.keys {
+                    qs.push(Query::Queue { key: k.clone() });
+                }
                 qs.push(Query::Lease {
                     lease_id: a.lease_id.clone(),
                 });
@@ -1723,5 +1751,236 @@ proptest! {
         let restored = State::restore(&s.snapshot()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(restored.digest(), s.digest());
         prop_assert_eq!(restored.audit().collect::<Vec<_>>(), s.audit().collect::<Vec<_>>());
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The wait queue
+
+const Q_KEYS: [&str; 3] = ["q0", "q1", "q2"];
+const Q_IDS: [&str; 8] = ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+const Q_CALLERS: [&str; 2] = ["alice", "bob"];
+
+/// Queue ops over three keys (limits 1, 1, 2 unless raised) and eight lease ids,
+/// from two clients or the system: waiting acquires dominate, with releases,
+/// leaves, plain acquires, renewals, housekeeping and raised limits (an override
+/// removed: the default, 10) to free slots in every way the core knows.
+fn queue_op() -> impl Strategy<Value = Op> {
+    let keys = prop::sample::subsequence(Q_KEYS.to_vec(), 1..=2)
+        .prop_shuffle()
+        .prop_map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+    let id = prop::sample::select(Q_IDS.to_vec()).prop_map(String::from);
+    let acquire = (keys, id.clone(), 1u64..2000).prop_map(|(keys, lease_id, ttl_ms)| Acquire {
+        keys,
+        lease_id,
+        holder: String::new(),
+        ttl_ms,
+    });
+    let bare = prop_oneof![
+        8 => (acquire.clone(), prop_oneof![1 => Just(0u64), 6 => 1u64..3000])
+            .prop_map(|(acquire, wait_ms)| Op::AcquireWait { acquire, wait_ms }),
+        2 => acquire.prop_map(Op::Acquire),
+        4 => id.clone().prop_map(|lease_id| Op::Release { lease_id }),
+        3 => id.clone().prop_map(|lease_id| Op::LeaveQueue { lease_id }),
+        1 => (id, 1u64..2000).prop_map(|(lease_id, ttl_ms)| Op::Renew { lease_id, ttl_ms }),
+        1 => (0u32..3).prop_map(|max_leases| Op::Expire { max_leases, max_rate_keys: 0 }),
+        1 => prop::sample::select(Q_KEYS.to_vec()).prop_map(|k| Op::DeleteLimit { key: k.into() }),
+        1 => Just(Op::Noop),
+    ];
+    (
+        bare,
+        prop::option::of(prop::sample::select(Q_CALLERS.to_vec())),
+    )
+        .prop_map(|(op, who)| match who {
+            Some(name) => op.by(Caller {
+                name: name.into(),
+                admin: false,
+            }),
+            None => op,
+        })
+}
+
+fn queue_sequence() -> impl Strategy<Value = Vec<Command>> {
+    let step = (
+        prop_oneof![4 => 0u64..400, 1 => Just(0u64), 1 => 400u64..2500],
+        prop_oneof![4 => prop::collection::vec(queue_op(), 1..=1), 1 => prop::collection::vec(queue_op(), 2..=3)],
+    );
+    prop::collection::vec(step, 1..70).prop_map(|steps| {
+        let mut t = 1_000;
+        let limits = [("q0", 1), ("q1", 1), ("q2", 2)];
+        let mut cmds = vec![Command::new(
+            t,
+            limits
+                .iter()
+                .map(|(k, l)| Op::SetLimit {
+                    key: k.to_string(),
+                    limit: *l,
+                })
+                .collect(),
+        )];
+        for (dt, ops) in steps {
+            t += dt;
+            cmds.push(Command::new(t, ops));
+        }
+        cmds
+    })
+}
+
+/// The waiters on each key, first first, as the state answers at `now`.
+fn queues(state: &State, now: u64) -> BTreeMap<&'static str, Vec<String>> {
+    Q_KEYS
+        .iter()
+        .map(
+            |k| match state.query(&Query::Queue { key: k.to_string() }, now) {
+                Ok(Outcome::Queue(v)) => (*k, v.waiters.into_iter().map(|w| w.lease_id).collect()),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect()
+}
+
+/// The grants an entry made: those answered to its ops (new, not reused) and those
+/// the queue made, as (lease id, keys).
+fn new_grants(replies: &[Reply], queue: &[Grant]) -> Vec<(String, Vec<String>)> {
+    let answered = replies.iter().filter_map(|r| match r {
+        Ok(Outcome::Granted(g)) | Ok(Outcome::GrantedShadow { grant: g, .. }) if !g.reused => {
+            Some(g)
+        }
+        _ => None,
+    });
+    answered
+        .chain(queue)
+        .map(|g| {
+            (
+                g.lease_id.clone(),
+                g.slots.iter().map(|s| s.key.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The queue's invariants over random sessions (see the module docs): limits
+    /// hold, grants respect FIFO order, queue grants are live leases of the owner
+    /// that queued them, and replicas — one applying from the start, one restored
+    /// from a chunked cut that stayed open while queue ops applied — agree on every
+    /// reply, every queue grant and every digest.
+    #[test]
+    fn the_queue_is_fair_bounded_and_replicated(cmds in queue_sequence(), at in any::<Index>(), budget in 1usize..4) {
+        let cut_at = at.index(cmds.len());
+        let mut a = State::new();
+        let mut replica = State::new();
+        let mut cut = None;
+        let mut restored: Option<State> = None;
+        // Each applied entry's replies and queue grants, to replay into the copy.
+        let mut history: Vec<(Vec<Reply>, Vec<Grant>)> = Vec::new();
+        let mut owners: BTreeMap<String, String> = BTreeMap::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            if i == cut_at {
+                let want = a.snapshot();
+                cut = Some((a.begin_cut(), want, i));
+            }
+            let before = queues(&a, cmd.time_ms);
+            let replies = a.apply(cmd);
+            let grants = a.take_queue_grants();
+            prop_assert_eq!(&replica.apply(cmd), &replies, "replica replies, entry {}", i);
+            prop_assert_eq!(&replica.take_queue_grants(), &grants, "replica grants, entry {}", i);
+            prop_assert_eq!(replica.digest(), a.digest());
+            if let Some(r) = restored.as_mut() {
+                prop_assert_eq!(&r.apply(cmd), &replies, "restored replies, entry {}", i);
+                prop_assert_eq!(&r.take_queue_grants(), &grants);
+                prop_assert_eq!(r.digest(), a.digest());
+            }
+            history.push((replies.clone(), grants.clone()));
+
+            // Who queued each waiter (the caller of the op first answered `Queued`
+            // for it; a retry keeps the owner): the lease the queue grants it must be
+            // theirs. Only ids still waiting at the entry's time keep their owner.
+            owners.retain(|id, _| before.values().any(|q| q.contains(id)));
+            for (op, reply) in cmd.ops.iter().zip(&replies) {
+                let who = match op {
+                    Op::As { caller, .. } => caller.name.clone(),
+                    _ => String::new(),
+                };
+                match (op.inner(), reply) {
+                    (_, Ok(Outcome::Queued(q))) => {
+                        owners.entry(q.lease_id.clone()).or_insert(who);
+                    }
+                    // Gone from the queue (or its grant released): the id is free again.
+                    (Op::LeaveQueue { lease_id }, Ok(Outcome::LeftQueue { left: true, .. }))
+                    | (Op::Release { lease_id }, Ok(Outcome::Released { released: true })) => {
+                        owners.remove(lease_id);
+                    }
+                    _ => {}
+                }
+            }
+            for g in &grants {
+                let live = match a.query(&Query::Lease { lease_id: g.lease_id.clone() }, cmd.time_ms) {
+                    Ok(Outcome::Lease(l)) => l,
+                    other => panic!("{other:?}"),
+                };
+                // The lease may already be released by a later op of the same entry.
+                if let Some(l) = live.filter(|l| l.fencing_token == g.fencing_token) {
+                    prop_assert_eq!(
+                        Some(&l.owner), owners.get(&g.lease_id),
+                        "queue grant of {} to another owner", g.lease_id
+                    );
+                }
+            }
+
+            // Limits: no key ever holds more live leases than its limit (limits here
+            // are only ever raised).
+            for k in Q_KEYS {
+                match a.query(&Query::Usage { key: k.into() }, cmd.time_ms) {
+                    Ok(Outcome::Usage(u)) => prop_assert!(u.used <= u.limit, "{:?}", u),
+                    other => panic!("{other:?}"),
+                }
+            }
+
+            // FIFO: a grant never passes a waiter that was ahead of it on one of its
+            // keys and is still waiting after the entry. Single-op entries only: in a
+            // batch a waiter could leave and queue again (at the back) under its id.
+            if cmd.ops.len() == 1 {
+                let after = queues(&a, cmd.time_ms);
+                for (id, keys) in new_grants(&replies, &grants) {
+                    for k in &keys {
+                        let Some(pre) = before.get(k.as_str()) else { continue };
+                        let mine = pre.iter().position(|w| *w == id).unwrap_or(pre.len());
+                        for earlier in &pre[..mine] {
+                            prop_assert!(
+                                !after[k.as_str()].contains(earlier),
+                                "{} granted on {} past {}, still waiting (entry {}: {:?})",
+                                id, k, earlier, i, cmd
+                            );
+                        }
+                    }
+                }
+            }
+
+            // The cut: a chunk per entry; once written it is the snapshot at its start,
+            // and a copy restored from it, given the entries since, is this state.
+            if let Some((mut c, want, from)) = cut.take() {
+                if a.continue_cut(&mut c, budget).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    let bytes = a.end_cut(c).map_err(|e| TestCaseError::fail(e.to_string()))?.into_bytes();
+                    prop_assert_eq!(&bytes, &want, "the cut differs from the snapshot at its start");
+                    let mut r = State::restore(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    for (j, c) in cmds[from..=i].iter().enumerate() {
+                        let (replies, grants) = &history[from + j];
+                        prop_assert_eq!(&r.apply(c), replies, "replayed replies, entry {}", from + j);
+                        prop_assert_eq!(&r.take_queue_grants(), grants);
+                    }
+                    prop_assert_eq!(r.digest(), a.digest());
+                    prop_assert_eq!(r.stats(), a.stats());
+                    restored = Some(r);
+                } else {
+                    cut = Some((c, want, from));
+                }
+            }
+        }
+        let copy = State::restore(&a.snapshot()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(copy.digest(), a.digest());
+        prop_assert_eq!(copy.snapshot(), a.snapshot());
     }
 }

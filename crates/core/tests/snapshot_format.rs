@@ -8,8 +8,8 @@
 
 use quorate_core::descriptors::{DescriptorConfig, DescriptorNode, Domain, NodeLimit, Unit};
 use quorate_core::{
-    Acquire, Caller, Command, Configuration, Op, Policy, RateCheck, RateLimitRef, RateSpec,
-    Settings, State,
+    Acquire, Caller, Command, Configuration, Op, Outcome, Policy, RateCheck, RateLimitRef,
+    RateSpec, Settings, State,
 };
 
 fn hex_decode(hex: &str) -> Vec<u8> {
@@ -140,6 +140,8 @@ fn a_version_3_snapshot_restores_to_the_state_it_was_taken_of() {
     // admin changes (a version 3 snapshot predates the ring, so it restores empty).
     assert_eq!(restored.audit().count(), 0);
     assert_eq!(sections_after_fixture(&built.snapshot(), &bytes), ["audit"]);
+    // Nobody waited then: the queue restores empty.
+    assert_eq!(restored.stats().waiters, 0);
 }
 
 /// `current` is the fixture's bytes with version 4 and trailing sections: their names.
@@ -199,6 +201,84 @@ fn counters_are_a_section_only_while_held() {
     with.apply(&Command::single(later + 500, sweep.clone()));
     without.apply(&Command::single(later + 500, sweep));
     assert_eq!(with.stats().counters, 0);
+    assert_eq!(with.snapshot(), without.snapshot());
+    assert_eq!(with.digest(), without.digest());
+}
+
+/// The wait queue is a version 4 section, written only while someone waits: a
+/// restored copy holds the same waiters (same digest, same bytes) and grants the
+/// same lease when a slot frees; the digest covers the queue (a retry that moves a
+/// deadline changes it); and once nobody waits, the state writes the very bytes and
+/// digest of one that never queued anyone.
+#[test]
+fn the_queue_is_a_section_only_while_anyone_waits() {
+    let later = rich_state().now_ms() + 1_000;
+    let on_org_a = |id: &str| Acquire {
+        keys: vec!["org:a".into()],
+        lease_id: id.into(),
+        holder: String::new(),
+        ttl_ms: 600_000,
+    };
+    // org:a's policy allows 2: L1 and L4 fill it, W waits.
+    let fill = Op::Acquire(on_org_a("L4"));
+    let wait = |wait_ms| Op::AcquireWait {
+        acquire: on_org_a("W"),
+        wait_ms,
+    };
+    let mut with = rich_state();
+    let replies = with.apply(&Command::new(later, vec![fill.clone(), wait(5_000)]));
+    assert!(matches!(replies[1], Ok(Outcome::Queued(_))), "{replies:?}");
+    let bytes = with.snapshot();
+    let mut restored = State::restore(&bytes).expect("restore v4 with a queue");
+    assert_eq!(restored.stats().waiters, 1);
+    assert_eq!(restored.digest(), with.digest());
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(&bytes[..4], &4u32.to_le_bytes());
+
+    // The digest covers the waiters: a retry moving W's deadline changes it, on
+    // both copies alike.
+    let before = with.digest();
+    let retry = Command::single(later + 1, wait(6_000));
+    assert_eq!(restored.apply(&retry), with.apply(&retry));
+    assert_ne!(with.digest(), before);
+    assert_eq!(restored.digest(), with.digest());
+
+    // Both grant W the slot L1 frees, with the same token.
+    let (mut a, mut b) = (with.clone(), restored.clone());
+    let release = Command::single(
+        later + 2,
+        Op::Release {
+            lease_id: "L1".into(),
+        },
+    );
+    assert_eq!(a.apply(&release), b.apply(&release));
+    let grants = a.take_queue_grants();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants, b.take_queue_grants());
+    assert_eq!(a.digest(), b.digest());
+
+    // W leaves instead: the queue is gone from the bytes.
+    let mut without = rich_state();
+    without.apply(&Command::new(later, vec![fill]));
+    without.apply(&Command::single(later + 1, Op::Noop));
+    with.apply(&Command::single(
+        later + 2,
+        Op::LeaveQueue {
+            lease_id: "W".into(),
+        },
+    ));
+    without.apply(&Command::single(later + 2, Op::Noop));
+    // The queue's tick purged dead leases while W waited: purge on both sides.
+    let purge = Command::single(
+        later + 3,
+        Op::Expire {
+            max_leases: 1000,
+            max_rate_keys: 0,
+        },
+    );
+    with.apply(&purge);
+    without.apply(&purge);
+    assert_eq!(with.stats().waiters, 0);
     assert_eq!(with.snapshot(), without.snapshot());
     assert_eq!(with.digest(), without.digest());
 }

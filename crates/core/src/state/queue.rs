@@ -24,9 +24,9 @@
 //!   room, gets a lease on all its keys at once — TTL counted from the granting
 //!   command's time, a new fencing token, its owner the caller that queued it. Only
 //!   the queues of keys that changed are looked at (a global recheck only for
-//!   configuration-wide changes). Grants made this way are collected for
-//!   [`State::take_queue_grants`], so the node serving the waiting request can answer
-//!   it; they are not snapshotted.
+//!   configuration-wide changes). The grants an entry made this way are kept for
+//!   [`State::take_queue_grants`] until the next entry applies, so the node serving
+//!   the waiting request can answer it; they are not snapshotted.
 //! - **Deadlines.** Every apply, while anyone waits, first removes the waiters whose
 //!   deadline is `<= now` (their leaving may grant the ones behind) and purges every
 //!   dead lease (amortized: each lease is purged once), so slots freed by a TTL go to
@@ -147,6 +147,18 @@ impl Queue {
         Some(w)
     }
 
+    /// Move waiter `seq`'s deadline (its place stays).
+    fn set_deadline(&mut self, seq: u64, deadline_ms: u64) {
+        let Some(w) = self.waiters.get_mut(&seq) else {
+            return;
+        };
+        self.sum = self.sum.wrapping_sub(entry_hash(&(seq, &*w)));
+        self.deadlines.remove(&(w.deadline_ms, seq));
+        w.deadline_ms = deadline_ms;
+        self.deadlines.insert((deadline_ms, seq));
+        self.sum = self.sum.wrapping_add(entry_hash(&(seq, &*w)));
+    }
+
     /// `(position, length)` of waiter `seq` on `key` (position 1 is next).
     fn place(&self, seq: u64, key: &str) -> (u32, u32) {
         let Some(set) = self.keys.get(key) else {
@@ -189,9 +201,11 @@ impl Queue {
 }
 
 impl State {
-    /// The grants made from the queue since the last call, in grant order. Derived
-    /// and transient: not in snapshots, empty after a restore. The store calls it
-    /// after each applied entry so the serving node can answer its waiting requests.
+    /// The grants the queue made while applying the last entry, in grant order (empty
+    /// once taken). Transient: not in snapshots, empty after a restore, and cleared
+    /// when the next entry starts applying (so a list nobody reads never grows). The
+    /// store takes it after each applied entry, so the node serving a waiting request
+    /// can answer it.
     pub fn take_queue_grants(&mut self) -> Vec<Grant> {
         std::mem::take(&mut self.queue.grants)
     }
@@ -212,9 +226,11 @@ impl State {
         deadline.into_iter().chain(expiry).min()
     }
 
-    /// Start of every apply (time already advanced): waiters past their deadline
-    /// leave, dead leases go, and the freed slots are granted.
+    /// Start of every apply (time already advanced): the last entry's grants are
+    /// dropped, waiters past their deadline leave, dead leases go, and the freed
+    /// slots are granted.
     pub(super) fn queue_tick(&mut self) {
+        self.queue.grants.clear();
         if self.queue.is_empty() {
             return;
         }
@@ -303,10 +319,10 @@ impl State {
     }
 
     /// Does the queue make `key` wait for someone who came before `before` (anyone,
-    /// if `None`)? Only while the key's limit is enforced.
+    /// if `None`)? Only while the key's limit is enforced. Answers the first waiter's
+    /// deadline (when the line moves by time alone: the hint of a denial).
     fn queue_ahead(&self, key: &str, before: Option<u64>) -> Option<u64> {
-        let set = self.queue.keys.get(key)?;
-        let first = *set.first()?;
+        let first = *self.queue.keys.get(key)?.first()?;
         if before.is_some_and(|b| first >= b) {
             return None;
         }
@@ -316,16 +332,12 @@ impl State {
         {
             return None;
         }
-        // The soonest deadline among those ahead: when the line moves by time alone.
-        set.range(..before.unwrap_or(u64::MAX))
-            .filter_map(|s| self.queue.waiters.get(s))
-            .map(|w| w.deadline_ms)
-            .min()
+        self.queue.waiters.get(&first).map(|w| w.deadline_ms)
     }
 
     /// [`State::free_slots`] with the queue's order on top: also denied on every
-    /// enforced key where someone before `before` waits. A key blocked only by the
-    /// queue hints the soonest deadline among those ahead of the asker.
+    /// enforced key where someone before `before` waits. A key blocked by the queue
+    /// hints at least until its first waiter's deadline.
     pub(super) fn fifo_slots(
         &mut self,
         keys: &[String],
@@ -406,79 +418,81 @@ impl State {
                 });
             }
         }
-        match self.fifo_slots(&a.keys, waiting) {
-            Ok((slots, shadow_denied)) => {
-                // A denial creates nothing, so the caps are checked only for a grant.
-                self.room_for_lease(&a.keys, waiting.is_some())?;
-                let (holder, ttl_ms, owner) = match waiting.and_then(|s| self.queue.remove(s)) {
-                    // A waiter that qualifies (only if a cap held it back) is granted
-                    // as queued: its own holder, TTL and owner.
-                    Some(w) => (w.holder, w.ttl_ms, w.owner),
-                    None => (a.holder.clone(), a.ttl_ms, caller.name.clone()),
-                };
-                let grant = self.take_lease(&a.lease_id, &holder, &a.keys, ttl_ms, &owner, slots);
-                if shadow_denied.is_empty() {
-                    Ok(Outcome::Granted(grant))
-                } else {
-                    Ok(Outcome::GrantedShadow {
-                        grant,
-                        shadow_denied,
-                    })
-                }
-            }
-            Err(denial) if wait_ms == 0 => Ok(Outcome::Denied(denial)),
-            Err(denial) => {
-                let deadline_ms = self.now_ms.saturating_add(wait_ms);
-                let seq = match waiting {
-                    Some(seq) => {
-                        // Keeps its place; the deadline is the retry's.
-                        if let Some(mut w) = self.queue.remove(seq) {
-                            w.deadline_ms = deadline_ms;
-                            self.queue.insert(seq, w);
+        let slots = match self.fifo_slots(&a.keys, waiting) {
+            // A denial creates nothing, so the caps are checked only for a grant.
+            Ok((slots, shadow_denied)) => match self.room_for_lease(&a.keys, waiting.is_some()) {
+                Ok(()) => {
+                    let (holder, ttl_ms, owner) = match waiting.and_then(|s| self.queue.remove(s)) {
+                        // A waiter that qualifies (only if a cap held it back) is
+                        // granted as queued: its own holder, TTL and owner.
+                        Some(w) => (w.holder, w.ttl_ms, w.owner),
+                        None => (a.holder.clone(), a.ttl_ms, caller.name.clone()),
+                    };
+                    let grant =
+                        self.take_lease(&a.lease_id, &holder, &a.keys, ttl_ms, &owner, slots);
+                    return Ok(if shadow_denied.is_empty() {
+                        Outcome::Granted(grant)
+                    } else {
+                        Outcome::GrantedShadow {
+                            grant,
+                            shadow_denied,
                         }
-                        seq
-                    }
-                    None => {
-                        self.room_for_waiter(&a.keys)?;
-                        let seq = self
-                            .queue
-                            .waiters
-                            .last_key_value()
-                            .map_or(0, |(s, _)| s + 1);
-                        self.queue.insert(
-                            seq,
-                            Waiter {
-                                lease_id: a.lease_id.clone(),
-                                holder: a.holder.clone(),
-                                keys: a.keys.clone(),
-                                owner: caller.name.clone(),
-                                ttl_ms: a.ttl_ms,
-                                deadline_ms,
-                            },
-                        );
-                        seq
-                    }
-                };
-                // Re-inserting marked nothing new: no first waiter changed.
-                Ok(Outcome::Queued(Queued {
-                    lease_id: a.lease_id.clone(),
-                    deadline_ms,
-                    positions: a
-                        .keys
-                        .iter()
-                        .map(|k| {
-                            let (position, length) = self.queue.place(seq, k);
-                            QueuePosition {
-                                key: k.clone(),
-                                position,
-                                length,
-                            }
-                        })
-                        .collect(),
-                    slots: denial.slots,
-                }))
+                    });
+                }
+                // A waiter whose turn a cap holds back (the caps were lowered) keeps
+                // its place, as it would in the queue's own pass.
+                Err(_) if waiting.is_some() && wait_ms > 0 => slots,
+                Err(full) => return Err(full),
+            },
+            Err(denial) if wait_ms == 0 => return Ok(Outcome::Denied(denial)),
+            Err(denial) => denial.slots,
+        };
+        // Waiting: a new place at the back, or a retry that keeps its own.
+        let deadline_ms = self.now_ms.saturating_add(wait_ms);
+        let seq = match waiting {
+            Some(seq) => {
+                // Keeps its place; the deadline is the retry's.
+                self.queue.set_deadline(seq, deadline_ms);
+                seq
             }
-        }
+            None => {
+                self.room_for_waiter(&a.keys)?;
+                let seq = self
+                    .queue
+                    .waiters
+                    .last_key_value()
+                    .map_or(0, |(s, _)| s + 1);
+                self.queue.insert(
+                    seq,
+                    Waiter {
+                        lease_id: a.lease_id.clone(),
+                        holder: a.holder.clone(),
+                        keys: a.keys.clone(),
+                        owner: caller.name.clone(),
+                        ttl_ms: a.ttl_ms,
+                        deadline_ms,
+                    },
+                );
+                seq
+            }
+        };
+        Ok(Outcome::Queued(Queued {
+            lease_id: a.lease_id.clone(),
+            deadline_ms,
+            positions: a
+                .keys
+                .iter()
+                .map(|k| {
+                    let (position, length) = self.queue.place(seq, k);
+                    QueuePosition {
+                        key: k.clone(),
+                        position,
+                        length,
+                    }
+                })
+                .collect(),
+            slots,
+        }))
     }
 
     /// [`Op::LeaveQueue`]; see the module docs.

@@ -379,3 +379,69 @@ mod sections {
         assert!(State::restore(&bytes).is_err());
     }
 }
+
+/// The queue's grants are the last entry's: taken once, dropped when the next entry
+/// applies (a list nobody reads must not grow), never in a restored copy. The
+/// wakeup time is the soonest lease expiry or waiter deadline on a queued key.
+#[test]
+fn queue_grants_are_the_last_entrys_and_the_wakeup_is_the_soonest_event() {
+    let on_k = |id: &str, ttl_ms: u64| Acquire {
+        keys: vec!["k".into()],
+        lease_id: id.into(),
+        holder: String::new(),
+        ttl_ms,
+    };
+    let wait = |id: &str, wait_ms: u64| Op::AcquireWait {
+        acquire: on_k(id, 500),
+        wait_ms,
+    };
+    let release = |id: &str| Op::Release {
+        lease_id: id.into(),
+    };
+    let mut s = State::new();
+    let set = Op::SetLimit {
+        key: "k".into(),
+        limit: 1,
+    };
+    s.apply(&Command::new(0, vec![set, Op::Acquire(on_k("A", 1000))]));
+    assert_eq!(s.queue_wakeup_ms(), None, "nobody waits");
+    s.apply(&Command::single(10, wait("B", 5000)));
+    assert_eq!(
+        s.queue_wakeup_ms(),
+        Some(1000),
+        "A expires before B's deadline"
+    );
+
+    s.apply(&Command::single(20, release("A")));
+    let grants = s.take_queue_grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(
+        (grants[0].lease_id.as_str(), grants[0].expires_at_ms),
+        ("B", 520)
+    );
+    assert!(s.take_queue_grants().is_empty(), "taken once");
+
+    s.apply(&Command::single(30, wait("C", 5000)));
+    s.apply(&Command::single(31, wait("D", 100)));
+    assert_eq!(
+        s.queue_wakeup_ms(),
+        Some(131),
+        "D's deadline before B's expiry"
+    );
+    s.apply(&Command::single(40, release("B")));
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert!(restored.clone().take_queue_grants().is_empty());
+    s.apply(&Command::single(50, Op::Noop));
+    assert!(
+        s.take_queue_grants().is_empty(),
+        "C's grant was the previous entry's"
+    );
+    assert!(
+        matches!(
+            &s.query(&Query::Lease { lease_id: "C".into() }, 50),
+            Ok(Outcome::Lease(Some(l))) if l.expires_at_ms == 540
+        ),
+        "C holds the slot"
+    );
+    assert_eq!(s.stats().waiters, 1, "D still waits");
+}

@@ -311,8 +311,22 @@ mod tests {
         }
     }
 
+    /// A state whose keys hold 2 leases each, so waiting acquires queue.
+    fn fresh() -> State {
+        let mut s = State::new();
+        let limits = (0..7)
+            .map(|k| Op::SetLimit {
+                key: format!("k{k}"),
+                limit: 2,
+            })
+            .collect();
+        s.apply(&Command::new(0, limits));
+        s
+    }
+
     /// A deterministic mix of ops from `seed`: grants, renewals, releases, rate checks,
-    /// counters, expiry.
+    /// counters, expiry, waiting acquires and leaves (the queue is a section, taken
+    /// whole at the cut's start, while its grants change leases during the cut).
     fn ops(seed: u64, n: u64) -> Vec<Op> {
         let mut x = seed | 1;
         (0..n)
@@ -320,7 +334,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                match x % 7 {
+                match x % 9 {
                     0 | 1 => acquire(x % 40, 500 + x % 3000),
                     2 => Op::Release {
                         lease_id: format!("l{}", x % 40),
@@ -335,9 +349,21 @@ mod tests {
                         amount: 1,
                         expiry_ms: 100 + x % 900,
                     },
-                    _ => Op::Renew {
+                    6 => Op::Renew {
                         lease_id: format!("l{}", (x >> 3) % 40),
                         ttl_ms: 2000 + i,
+                    },
+                    7 => Op::AcquireWait {
+                        acquire: Acquire {
+                            keys: vec![format!("k{}", x % 7)],
+                            lease_id: format!("l{}", x % 40),
+                            holder: String::new(),
+                            ttl_ms: 500 + x % 3000,
+                        },
+                        wait_ms: 200 + (x >> 5) % 4000,
+                    },
+                    _ => Op::LeaveQueue {
+                        lease_id: format!("l{}", (x >> 4) % 40),
                     },
                 }
             })
@@ -347,14 +373,16 @@ mod tests {
     /// Whatever is applied between chunks, the cut's bytes are the snapshot at the cut.
     #[test]
     fn a_cut_equals_the_snapshot_at_its_start_whatever_happens_meanwhile() {
+        let mut cuts_with_waiters = 0;
         for seed in 1..40u64 {
-            let mut s = State::new();
+            let mut s = fresh();
             let mut t = 1_000;
             for op in ops(seed, 120) {
                 t += 37;
                 s.apply(&Command::single(t, op));
             }
             let want = s.snapshot();
+            cuts_with_waiters += usize::from(s.stats().waiters > 0);
             let mut cut = s.begin_cut();
             let mut during = ops(seed.wrapping_mul(31), 200).into_iter();
             loop {
@@ -373,12 +401,16 @@ mod tests {
             let after = s.snapshot();
             assert_eq!(State::restore(&after).unwrap().digest(), s.digest());
         }
+        assert!(
+            cuts_with_waiters > 10,
+            "{cuts_with_waiters} cuts had waiters"
+        );
     }
 
     /// Taking the pieces as they are written, then the rest, gives the same bytes.
     #[test]
     fn taken_pieces_and_the_rest_are_the_snapshot() {
-        let mut s = State::new();
+        let mut s = fresh();
         let mut t = 1_000;
         for op in ops(7, 300) {
             t += 37;
