@@ -228,6 +228,24 @@ async fn status_page_in_headless_chromium() {
         .await;
     assert_eq!(first, json!("org:initech"));
 
+    // A waiting acquire on the full key shows in its row's queue column.
+    let wait_url = c.url(leader, "/v1/slots/acquire");
+    let waiter = tokio::spawn(async move {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let body = json!({"keys": ["org:initech"], "lease_id": "ui-waiter", "wait_ms": 30_000});
+        let _ = http.post(wait_url).json(&body).send().await;
+    });
+    browser
+        .wait_for(
+            "org:initech's waiter in the queue column",
+            SHOWS_WITHIN,
+            "const c = document.querySelector('#keys td[data-queue-key=\"org:initech\"]');\
+             return c ? c.textContent : null;",
+            |v| v == &json!("1"),
+        )
+        .await;
+    waiter.abort();
+
     // A key's usage changes after an acquire through the API.
     let before = browser
         .wait_for(

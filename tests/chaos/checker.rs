@@ -25,6 +25,12 @@
 //!   any window (plus one for rounding). Allowed checks are decided between invoke and
 //!   return, so counting only checks that lie entirely inside a window, and widening the
 //!   window by the slack at each end, is a lower bound on what the server admitted.
+//! - **FIFO (the wait queue).** A waiting acquire A made in a single attempt, seen in
+//!   key K's queue by a read that returned before B's first acquire was invoked, and
+//!   seen there again by a read invoked after B's grant returned, waited on K over the
+//!   whole of B's request (a waiter that leaves never comes back without a new
+//!   attempt). Then no acquire B on K — waiting or not — may have been granted: B
+//!   joined after A and A was still waiting (no barging, FIFO).
 //! - **Contract.** Responses the contract rules out (500s, 400s for valid requests)
 //!   are violations too.
 //!
@@ -81,6 +87,9 @@ pub struct Stats {
     pub peak: BTreeMap<String, usize>,
     /// Allowed rate checks examined.
     pub rate_checks: usize,
+    /// (waiter, key) pairs seen in a queue by a read, for single-attempt waiters:
+    /// what the FIFO rule could look at.
+    pub fifo_waiters_seen: usize,
 }
 
 /// Violations and what was checked.
@@ -153,6 +162,7 @@ fn leases_of(ops: &[Op]) -> BTreeMap<String, Lease> {
             lease_id,
             keys,
             ttl_ms,
+            ..
         } = &op.call
         {
             let l = leases.entry(lease_id.clone()).or_insert_with(|| Lease {
@@ -216,9 +226,76 @@ pub fn check_report(ops: &[Op], model: &Model) -> Report {
     check_renews(ops, &intervals, &mut out);
     check_fencing(ops, &leases, &mut out);
     check_rates(ops, model, &mut out, &mut stats);
+    check_fifo(ops, &leases, &mut out, &mut stats);
     Report {
         violations: out,
         stats,
+    }
+}
+
+/// The FIFO rule of the module doc.
+fn check_fifo(
+    ops: &[Op],
+    leases: &BTreeMap<String, Lease>,
+    out: &mut Vec<Violation>,
+    stats: &mut Stats,
+) {
+    // Waiting acquires made in exactly one attempt (a retry after a lost answer may
+    // rejoin at the back of the line).
+    let mut attempts: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
+    for op in ops {
+        if let Call::Acquire {
+            lease_id, wait_ms, ..
+        } = &op.call
+        {
+            let a = attempts.entry(lease_id.as_str()).or_insert((0, false));
+            a.0 += 1;
+            a.1 |= *wait_ms > 0;
+        }
+    }
+    // (waiter, key) -> (earliest return of a read listing it, latest invoke of one).
+    let mut seen: BTreeMap<(&str, &str), (Micros, Micros)> = BTreeMap::new();
+    for op in ops {
+        let (Call::Read { key }, Outcome::Leases(_, queue)) = (&op.call, &op.outcome) else {
+            continue;
+        };
+        for w in queue {
+            if attempts.get(w.as_str()) != Some(&(1, true)) {
+                continue;
+            }
+            let e = seen
+                .entry((w.as_str(), key.as_str()))
+                .or_insert((op.ret, op.invoke));
+            e.0 = e.0.min(op.ret);
+            e.1 = e.1.max(op.invoke);
+        }
+    }
+    stats.fifo_waiters_seen = seen.len();
+    let mut found = CappedPerKey::new(out);
+    for (&(waiter, key), &(queued_by, still_at)) in &seen {
+        for (id, b) in leases {
+            let Some(granted_by) = b.grants.iter().map(|g| g.0).min() else {
+                continue;
+            };
+            if id != waiter
+                && b.keys.iter().any(|k| k == key)
+                && b.first_acquire > queued_by
+                && granted_by < still_at
+            {
+                found.push(
+                    "fifo",
+                    key,
+                    format!(
+                        "{id} on {key} asked at {} and was granted by {} while {waiter}, \
+                         queued there by {}, still waited at {}",
+                        ms(b.first_acquire),
+                        ms(granted_by),
+                        ms(queued_by),
+                        ms(still_at)
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -311,7 +388,7 @@ fn check_reads(
     let certain = CertainByKey::new(leases, intervals);
     let mut report = CappedPerKey::new(out);
     for op in ops {
-        let (Call::Read { key }, Outcome::Leases(listed)) = (&op.call, &op.outcome) else {
+        let (Call::Read { key }, Outcome::Leases(listed, _)) = (&op.call, &op.outcome) else {
             continue;
         };
         if let Some(&limit) = model.limits.get(key) {
@@ -516,7 +593,7 @@ fn check_fencing(ops: &[Op], leases: &BTreeMap<String, Lease>, out: &mut Vec<Vio
             (Call::Acquire { lease_id, .. }, Outcome::Granted { token }) => {
                 pairs.push((*token, lease_id, op))
             }
-            (Call::Read { .. }, Outcome::Leases(listed)) => {
+            (Call::Read { .. }, Outcome::Leases(listed, _)) => {
                 for (id, token) in listed {
                     pairs.push((*token, id, op));
                 }
@@ -679,6 +756,7 @@ mod tests {
             lease_id: id.into(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
             ttl_ms: TTL,
+            wait_ms: 0,
         }
     }
 
@@ -700,7 +778,26 @@ mod tests {
     }
 
     fn listed(ls: &[(&str, u64)]) -> Outcome {
-        Outcome::Leases(ls.iter().map(|(i, t)| (i.to_string(), *t)).collect())
+        Outcome::Leases(
+            ls.iter().map(|(i, t)| (i.to_string(), *t)).collect(),
+            Vec::new(),
+        )
+    }
+
+    fn waiting(id: &str, keys: &[&str]) -> Call {
+        Call::Acquire {
+            lease_id: id.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            ttl_ms: TTL,
+            wait_ms: 5_000,
+        }
+    }
+
+    fn queued(ls: &[(&str, u64)], waiters: &[&str]) -> Outcome {
+        Outcome::Leases(
+            ls.iter().map(|(i, t)| (i.to_string(), *t)).collect(),
+            waiters.iter().map(|w| w.to_string()).collect(),
+        )
     }
 
     fn rate(key: &str) -> Call {
@@ -739,6 +836,47 @@ mod tests {
             op(3, 200, 201, rate("r"), Outcome::Allowed),
         ];
         assert_eq!(check(&ops, &model()), vec![]);
+    }
+
+    #[test]
+    fn a_later_acquire_granted_while_an_earlier_waiter_still_waits_breaks_fifo() {
+        // w waits on "one" (held by a): seen queued at 20, and still at 60.
+        let base = vec![
+            op(0, 0, 10, acquire("a", &["one"]), granted(1)),
+            op(1, 12, 200, waiting("w", &["one"]), granted(3)),
+            op(2, 15, 20, read("one"), queued(&[("a", 1)], &["w"])),
+            op(0, 30, 35, release("a"), released()),
+        ];
+        // Correct: w is granted first, then b (after w released).
+        let mut ok = base.clone();
+        ok.push(op(2, 60, 65, read("one"), queued(&[("w", 3)], &[])));
+        ok.push(op(1, 210, 215, release("w"), released()));
+        ok.push(op(3, 220, 230, acquire("b", &["one"]), granted(4)));
+        assert_eq!(check(&ops_sorted(ok), &model()), vec![]);
+        // Broken: b (asked after w was queued) is granted while w still waits.
+        let mut bad = base.clone();
+        bad.push(op(3, 40, 50, waiting("b", &["one"]), granted(2)));
+        bad.push(op(2, 55, 58, read("one"), queued(&[("b", 2)], &["w"])));
+        assert!(kinds(&ops_sorted(bad.clone())).contains(&"fifo"), "{bad:?}");
+        // A plain acquire barging in is the same violation.
+        let mut barge = base.clone();
+        barge.push(op(3, 40, 50, acquire("b", &["one"]), granted(2)));
+        barge.push(op(2, 55, 58, read("one"), queued(&[("b", 2)], &["w"])));
+        assert!(kinds(&ops_sorted(barge)).contains(&"fifo"));
+        // Not provable: b asked before w was certainly queued (the read returned at
+        // 20, b was invoked at 18), or w retried (it may have rejoined at the back).
+        let mut early = base.clone();
+        early.push(op(3, 18, 50, waiting("b", &["one"]), granted(2)));
+        early.push(op(2, 55, 58, read("one"), queued(&[("b", 2)], &["w"])));
+        assert!(!kinds(&ops_sorted(early)).contains(&"fifo"));
+        let mut retried = bad;
+        retried.push(op(1, 11, 12, waiting("w", &["one"]), unknown()));
+        assert!(!kinds(&ops_sorted(retried)).contains(&"fifo"));
+    }
+
+    fn ops_sorted(mut ops: Vec<Op>) -> Vec<Op> {
+        ops.sort_by_key(|o| o.invoke);
+        ops
     }
 
     #[test]

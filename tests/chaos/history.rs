@@ -23,10 +23,12 @@ pub type Micros = u64;
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    /// `wait_ms` > 0: a waiting acquire (it may be held open in the keys' queue).
     Acquire {
         lease_id: String,
         keys: Vec<String>,
         ttl_ms: u64,
+        wait_ms: u64,
     },
     Release {
         lease_id: String,
@@ -70,8 +72,9 @@ pub enum Outcome {
     Renewed,
     /// Renew: 404 `lease_not_found`.
     LeaseNotFound,
-    /// Read: 200 with these live leases `(lease_id, fencing_token)`.
-    Leases(Vec<(String, u64)>),
+    /// Read: 200 with these live leases `(lease_id, fencing_token)`, and the
+    /// lease ids waiting in the key's queue, first first.
+    Leases(Vec<(String, u64)>, Vec<String>),
     /// Rate check: 200.
     Allowed,
     /// Timeout, connection error or 503: may or may not have happened.
@@ -94,7 +97,7 @@ impl Outcome {
             Outcome::Released { released: false } => "absent",
             Outcome::Renewed => "renewed",
             Outcome::LeaseNotFound => "not_found",
-            Outcome::Leases(_) => "ok",
+            Outcome::Leases(..) => "ok",
             Outcome::Allowed => "allowed",
             Outcome::Unknown(_) => "unknown",
             Outcome::Unexpected(_) => "unexpected",

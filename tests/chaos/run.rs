@@ -496,11 +496,12 @@ fn render_verdict(s: &mut String, verdict: &Verdict<'_>) {
     let _ = writeln!(
         s,
         "checked: {} certainly-live leases (peak per key vs limit: {}), {} presence checks \
-         in reads, {} allowed rate checks",
+         in reads, {} allowed rate checks, {} single-attempt waiters seen queued (FIFO)",
         stats.certain_leases,
         peaks.join(", "),
         stats.presence_checks,
-        stats.rate_checks
+        stats.rate_checks,
+        stats.fifo_waiters_seen
     );
     let _ = writeln!(s, "liveness problems: {}", liveness.len());
     for l in liveness.iter().take(10) {

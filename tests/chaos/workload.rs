@@ -8,7 +8,10 @@
 //!   expires. An acquire with an unknown outcome is retried with the same lease_id, as
 //!   real clients should (a live lease_id returns the original grant); one that stays
 //!   unknown is released on a best-effort basis.
-//! - *Readers* read random keys linearizably (`GET /v1/slots/{key}`).
+//!   About a third of the acquires *wait* (`wait_ms` 0.3-2 s) in the keys' FIFO
+//!   queue instead of being denied at once.
+//! - *Readers* read random keys linearizably (`GET /v1/slots/{key}`): leases and
+//!   queue, which is how the checker sees who was waiting when.
 //! - *Rate workers* make inline rate checks; two workers share each key.
 //!
 //! Which node each request goes to is random among the current members (including
@@ -162,9 +165,16 @@ impl Client {
                 lease_id,
                 keys,
                 ttl_ms,
-            } => self.http.post(format!("{base}/v1/slots/acquire")).json(
-                &json!({"keys": keys, "lease_id": lease_id, "ttl_ms": ttl_ms, "holder": format!("p{}", self.process)}),
-            ),
+                wait_ms,
+            } => self
+                .http
+                .post(format!("{base}/v1/slots/acquire"))
+                // A waiting request is held open up to its wait, and then decided.
+                .timeout(self.cfg.timeout + Duration::from_millis(*wait_ms))
+                .json(&json!({
+                    "keys": keys, "lease_id": lease_id, "ttl_ms": ttl_ms,
+                    "holder": format!("p{}", self.process), "wait_ms": wait_ms,
+                })),
             Call::Release { lease_id } => self
                 .http
                 .post(format!("{base}/v1/slots/release"))
@@ -176,9 +186,11 @@ impl Client {
             Call::Read { key } => self.http.get(format!("{base}/v1/slots/{key}")),
             Call::Rate { key } => {
                 let m = self.cfg.rate_keys[key];
-                self.http.post(format!("{base}/v1/rate/check")).json(&json!({
-                    "key": key, "limit": m.limit, "period_ms": m.period_ms, "burst": m.burst
-                }))
+                self.http
+                    .post(format!("{base}/v1/rate/check"))
+                    .json(&json!({
+                        "key": key, "limit": m.limit, "period_ms": m.period_ms, "burst": m.burst
+                    }))
             }
         };
         let invoke = self.rec.now();
@@ -222,10 +234,16 @@ impl Client {
             } else {
                 vec![key]
             };
+            let wait_ms = if self.rng.chance(33) {
+                300 + self.rng.below(1700)
+            } else {
+                0
+            };
             let acquire = Call::Acquire {
                 lease_id: lease_id.clone(),
                 keys: keys.clone(),
                 ttl_ms: self.cfg.ttl_ms,
+                wait_ms,
             };
             let mut granted = false;
             let mut unknown = false;
@@ -342,8 +360,12 @@ fn classify(call: &Call, resp: Response) -> Outcome {
             StatusCode::NOT_FOUND if code == "lease_not_found" => Outcome::LeaseNotFound,
             _ => unexpected(),
         },
-        Call::Read { .. } => match (status, body["leases"].as_array()) {
-            (StatusCode::OK, Some(leases)) => Outcome::Leases(
+        Call::Read { .. } => match (
+            status,
+            body["leases"].as_array(),
+            body["queue"]["waiters"].as_array(),
+        ) {
+            (StatusCode::OK, Some(leases), Some(waiters)) => Outcome::Leases(
                 leases
                     .iter()
                     .map(|l| {
@@ -352,6 +374,10 @@ fn classify(call: &Call, resp: Response) -> Outcome {
                             l["fencing_token"].as_u64().unwrap_or(0),
                         )
                     })
+                    .collect(),
+                waiters
+                    .iter()
+                    .map(|w| w["lease_id"].as_str().unwrap_or("?").to_string())
                     .collect(),
             ),
             _ => unexpected(),

@@ -8,6 +8,10 @@
 //! - *Housekeeping*: every `expire_interval_ms` the leader proposes `Op::Expire`, which
 //!   advances cluster time and purges dead leases and idle rate buckets even when no
 //!   client writes.
+//! - *Queue wakeup*: while anyone waits for a slot, the leader also proposes
+//!   `Op::Expire` when a lease on a queued key expires or a waiter's deadline passes
+//!   (`State::queue_wakeup_ms`), so a slot freed by a TTL goes to the next waiter
+//!   then, not at the next housekeeping tick.
 //! - *Seen nodes*: as soon as the leader sees a node acknowledge entries, it records
 //!   it in the replicated state (`Op::MarkSeen`), so a node that later starts with an
 //!   empty data directory learns it lost its data (`rejoin.rs`).
@@ -43,6 +47,13 @@ const EXPIRE_OP: Op = Op::Expire {
     max_leases: 10_000,
     max_rate_keys: 10_000,
 };
+
+/// How often the queue wakeup looks for a waiter to serve by time alone.
+const QUEUE_POLL: Duration = Duration::from_millis(50);
+
+/// Shortest sleep of the queue wakeup: a wakeup that is already due (its entry is
+/// on its way) must not become a busy loop.
+const QUEUE_MIN_WAKE: Duration = Duration::from_millis(10);
 
 /// How often the bootstrapping node polls its peers.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -177,6 +188,37 @@ impl Node {
                 }
                 Ok(other) => tracing::warn!(reply = ?other, "unexpected reply to expire"),
                 Err(e) => tracing::debug!(error = ?e, "expire not applied"),
+            }
+        }
+    }
+
+    /// The queue wakeup (see the module doc). The delay is measured from the last
+    /// applied cluster time, which is at most the cluster's time now, so it wakes at
+    /// or after the moment, never before; waits longer than the housekeeping
+    /// interval are left to housekeeping. Idle (one read lock) every
+    /// [`QUEUE_POLL`] while nobody waits.
+    pub(super) async fn queue_wakeup_loop(self: Arc<Self>) {
+        let interval = self.config.server.expire_interval_ms.get();
+        loop {
+            let due = if self.is_leader() {
+                self.sm.read(|s| {
+                    s.queue_wakeup_ms()
+                        .map(|w| Duration::from_millis(w.saturating_sub(s.now_ms())))
+                })
+            } else {
+                None
+            };
+            match due {
+                Some(d) if d < interval => {
+                    sleep(d.max(QUEUE_MIN_WAKE)).await;
+                    if self.is_leader() {
+                        let deadline = Instant::now() + self.request_timeout();
+                        if let Err(e) = self.leader_write(EXPIRE_OP, deadline).await {
+                            tracing::debug!(error = ?e, "queue wakeup not applied");
+                        }
+                    }
+                }
+                _ => sleep(QUEUE_POLL).await,
             }
         }
     }

@@ -7,6 +7,9 @@ const POLL_MS = 2000;
 const POLICIES_EVERY = 5; // polls; policies change rarely
 const KEYS_SHOWN = 50;
 const LIST_MAX = 500;
+// Full keys whose queue length is fetched per refresh (GET /v1/slots/{key} each):
+// only a key at its limit can make a waiter wait on it alone.
+const QUEUES_SHOWN = 10;
 const AUDIT_SHOWN = 20;
 const TOKEN_KEY = "quorate.token";
 
@@ -211,13 +214,25 @@ function renderKeys(list) {
     el("th", { scope: "row" }, el("code", {}, e.key)),
     el("td", {}, bar(e.used, e.limit)),
     el("td", { class: "num" }, e.used + " / " + e.limit),
-    el("td", { class: "muted" }, e.source === "policy" && e.policy ? "policy " + e.policy : e.source)));
-  replaceRows($("keys"), rows, "no keys in use or overridden under this prefix", 4);
+    el("td", { class: "muted" }, e.source === "policy" && e.policy ? "policy " + e.policy : e.source),
+    el("td", { class: "num queue", "data-queue-key": e.key }, "–")));
+  replaceRows($("keys"), rows, "no keys in use or overridden under this prefix", 5);
+  fillQueues(sorted.slice(0, KEYS_SHOWN).filter((e) => e.limit > 0 && e.used >= e.limit).slice(0, QUEUES_SHOWN));
   $("keys-count").textContent = "(" + list.limits.length + (list.truncated ? "+" : "") + ", fullest first)";
   let note = "";
   if (sorted.length > KEYS_SHOWN) note = "Showing the " + KEYS_SHOWN + " fullest of " + sorted.length + ". ";
   if (list.truncated) note += "More than " + LIST_MAX + " keys match: narrow the prefix.";
   $("keys-note").textContent = note;
+}
+
+// The queue length of each full key shown, in its row's "Waiting" cell (best effort:
+// a key whose read fails keeps its dash).
+async function fillQueues(full) {
+  await Promise.allSettled(full.map(async (e) => {
+    const s = await getJson("/v1/slots/" + encodeURIComponent(e.key));
+    const cell = [...document.querySelectorAll("#keys td[data-queue-key]")].find((c) => c.dataset.queueKey === e.key);
+    if (cell && s.queue) cell.textContent = String(s.queue.length);
+  }));
 }
 
 // ---- policies -----------------------------------------------------------------
