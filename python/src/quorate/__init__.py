@@ -59,6 +59,7 @@ from .types import (
     Member,
     Policies,
     PolicyEntry,
+    QueueInfo,
     RateCheck,
     RateDecision,
     RatePolicy,
@@ -67,6 +68,7 @@ from .types import (
     SlotsInfo,
     SlotUsage,
     Tier,
+    Waiter,
 )
 
 __version__ = "0.1.0"
@@ -107,6 +109,7 @@ __all__ = [
     "Policies",
     "PolicyEntry",
     "PolicyNotFound",
+    "QueueInfo",
     "QuorateError",
     "RateCheck",
     "RateDecision",
@@ -122,5 +125,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
+    "Waiter",
     "__version__",
 ]
