@@ -203,6 +203,8 @@ def test_a_waiting_acquire_gets_the_wait_on_top_of_its_budget() -> None:
     # One request that may last the whole wait, not a poll: the read timeout covers
     # the wait plus the usual per-attempt timeout, and the call's deadline both.
     assert timeout == pytest.approx(31.0, abs=0.05)
+    assert x.http_timeout.read == timeout
+    assert x.http_timeout.connect == 1.0, "a dead node still fails fast"
     assert x.deadline - x.hold_until == pytest.approx(5.0, abs=0.05)
     assert x.body is not None and x.body["wait_ms"] == 30_000
     assert x.body["lease_id"] == "lease-w"

@@ -153,6 +153,8 @@ class Exchange(Generic[T]):
         )
         #: The JSON body of the attempt :meth:`next` named.
         self.body = call.body
+        #: The httpx timeouts of that attempt (the read timeout covers a wait).
+        self.http_timeout = httpx.Timeout(nodes.timeout)
         self.attempt = 0
         self.backoff = nodes.backoff
         self.last_error = "no attempt made"
@@ -180,8 +182,11 @@ class Exchange(Generic[T]):
         self.body = self.call.attempt_body(hold_left)
         # Never let one attempt outlive the call's deadline, but give it a sliver of
         # time even at the end so a last try is a real try. A held request may take
-        # the rest of its wait on top of the usual timeout.
+        # the rest of its wait on top of the usual timeout -- for the answer only:
+        # connecting to (and sending to) a node that is down still fails fast.
         timeout = max(0.05, min(self.nodes.timeout + hold_left, remaining))
+        quick = min(timeout, self.nodes.timeout)
+        self.http_timeout = httpx.Timeout(quick, read=timeout)
         hint = self.nodes.leader
         if hint is not None and hint not in self._hints_tried:
             self._hint = hint

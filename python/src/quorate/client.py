@@ -254,11 +254,11 @@ class Client(_BaseClient[httpx.BaseTransport]):
     def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
         while True:
-            url, timeout = x.next()
+            url, _ = x.next()
             try:
                 x.answered(
                     self._http.request(
-                        call.method, url, json=x.body, params=call.params, timeout=timeout
+                        call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
                 )
             except httpx.TransportError as e:
@@ -484,11 +484,11 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     async def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
         while True:
-            url, timeout = x.next()
+            url, _ = x.next()
             try:
                 x.answered(
                     await self._http.request(
-                        call.method, url, json=x.body, params=call.params, timeout=timeout
+                        call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
                 )
             except httpx.TransportError as e:
