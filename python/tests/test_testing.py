@@ -241,6 +241,7 @@ def test_no_barging_and_all_or_nothing_across_keys(waiting: Callable[..., Future
     with pytest.raises(quorate.LimitExceeded) as e:
         c.acquire(["y"], ttl=60)
     assert e.value.blocked_by == ["y"] and e.value.queue_position is None
+    assert e.value.retry_after_ms == 30_000, "blocked by the queue: its deadline at the latest"
     later = waiting(c.acquire, ["y"], ttl=60, lease_id="later", wait=30)
     queued(c, "y", 2)
     assert c.slots("y").used == 0 and not later.done()

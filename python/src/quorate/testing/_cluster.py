@@ -494,11 +494,18 @@ class FakeCluster:
         blocked = [u for u in usage if u.used >= u.limit or self._ahead(u.key, waiter)]
         position = None if waiter is None else self._position(waiter)
         retry = 0
-        for u in blocked:
-            # A slot frees when (used - limit + 1) leases have expired.
-            ends = sorted(x.expires_at_ms for x in self._live_on(u.key, now))
-            need = max(u.used - u.limit, 0)
-            retry = max(retry, ends[need] - now if need < len(ends) else 1)
+        for u in usage:
+            if u.used >= u.limit:
+                # A slot frees when (used - limit + 1) leases have expired.
+                ends = sorted(x.expires_at_ms for x in self._live_on(u.key, now))
+                need = u.used - u.limit
+                retry = max(retry, ends[need] - now if need < len(ends) else 1)
+            ahead = self._queue(u.key)
+            if waiter in ahead:
+                ahead = ahead[: ahead.index(waiter)]
+            if ahead:
+                # Blocked by the queue: at the latest, the soonest deadline ahead.
+                retry = max(retry, min(w.deadline_ms for w in ahead) - now)
         retry = min(max(retry, 1), self.max_retry_after_ms)
         message = f"no free slot on {', '.join(u.key for u in blocked)}"
         body: dict[str, Any] = {
@@ -531,8 +538,9 @@ class FakeCluster:
         return bool(queue) and queue[0] is not waiter
 
     def _position(self, w: _Waiter) -> int:
-        """Where a waiter stands: its worst place over its keys (1: next on all)."""
-        return max(self._queue(k).index(w) + 1 for k in w.keys)
+        """Where a waiter stands: its best place over its keys (1: next on one), as
+        the cluster's ``LeaveQueue`` answers it."""
+        return min(self._queue(k).index(w) + 1 for k in w.keys)
 
     def _settle(self, now: int) -> None:
         """Decide what the queue's waiters have come to at ``now``: those past their
