@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import ipaddress
@@ -588,19 +589,26 @@ class FakeCluster:
         """Make sure the clock wakes the queue at its next event (a waiter's deadline,
         the expiry of a lease on a key with waiters). Called without the lock held:
         the clock runs timers under its own lock, which then take this one."""
-        with self._lock:
-            now = self._tick()
-            self._settle(now)
-            events = [w.deadline_ms for w in self._waiters.values()]
-            waited_on = {k for w in self._waiters.values() for k in w.keys}
-            events += [x.expires_at_ms for x in self._leases.values() if waited_on & set(x.keys)]
-            if not events:
+        while True:
+            with self._lock:
+                now = self._tick()
+                self._settle(now)
+                events = [w.deadline_ms for w in self._waiters.values()]
+                waited_on = {k for w in self._waiters.values() for k in w.keys}
+                events += [
+                    x.expires_at_ms for x in self._leases.values() if waited_on & set(x.keys)
+                ]
+                if not events:
+                    return
+                at = min(events)
+                if self._armed and min(self._armed) <= at:
+                    return  # an earlier wake-up re-arms when it runs
+                self._armed.add(at)
+            self.clock.call_at_ms(at, functools.partial(self._wake, at))
+            if self.clock.now_ms < at:
                 return
-            at = min(events)
-            if self._armed and min(self._armed) <= at:
-                return  # an earlier wake-up re-arms when it runs
-            self._armed.add(at)
-        self.clock.call_at_ms(at, lambda: self._wake(at))
+            # Another thread moved the clock past `at` before the timer was in: settle
+            # now rather than at the next advance.
 
     def _wake(self, at: int) -> None:
         with self._lock:
