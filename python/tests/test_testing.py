@@ -273,6 +273,9 @@ def test_a_retry_keeps_its_place_and_a_granted_waiter_gets_its_grant(
     assert [w.lease_id for w in c.slots("k").queue.waiters] == ["b", "c"]
     with pytest.raises(quorate.LeaseConflict):
         c.acquire(["other"], ttl=60, lease_id="b", wait=30)
+    with pytest.raises(quorate.LimitExceeded):
+        c.acquire(["k"], ttl=60, lease_id="c")  # a plain acquire of a waiting id: denied
+    assert [w.lease_id for w in c.slots("k").queue.waiters] == ["b", "c"], "and still waiting"
     c.release(a.lease_id)
     token = b.result(timeout=5).fencing_token
     assert again.result(timeout=5).fencing_token == token

@@ -448,12 +448,14 @@ class FakeCluster:
             queued = self._waiters.get(lease_id)
             if queued is not None:
                 # A retry of a waiting acquire keeps its place; its deadline moves to
-                # the retry's (as the cluster's AcquireWait).
+                # the retry's (as the cluster's AcquireWait). A plain acquire of a
+                # waiting id is denied and leaves the waiter as it is.
                 if sorted(queued.keys) != sorted(keys):
                     raise self._conflict(lease_id, queued.keys, keys)
-                if wait_ms > 0:
-                    queued.deadline_ms = now + wait_ms
-                    queued.wait_s = wait_ms / 1000
+                if wait_ms == 0:
+                    raise self._denied(keys, now, None)
+                queued.deadline_ms = now + wait_ms
+                queued.wait_s = wait_ms / 1000
                 joined: Lease | _Waiter = queued
             else:
                 usage = self._usage(keys, now)
@@ -502,8 +504,9 @@ class FakeCluster:
                 need = u.used - u.limit
                 retry = max(retry, ends[need] - now if need < len(ends) else 1)
             ahead = self._queue(u.key)
-            if waiter in ahead:
-                ahead = ahead[: ahead.index(waiter)]
+            mine = next((i for i, x in enumerate(ahead) if x is waiter), None)
+            if mine is not None:
+                ahead = ahead[:mine]
             if ahead:
                 # Blocked by the queue: at the latest, the soonest deadline ahead.
                 retry = max(retry, min(w.deadline_ms for w in ahead) - now)
