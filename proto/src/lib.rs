@@ -90,6 +90,13 @@ pub struct AcquireRequest {
     /// Free text naming who holds the lease (shown in usage listings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// Wait up to this long for a slot instead of being denied at once: the acquire
+    /// joins a FIFO queue on each of its keys and is answered when granted (200,
+    /// `waited_ms` set) or when the wait ends (429 with `queue_position`). Absent or
+    /// 0: answered at once. At most the cluster's `limits.max_wait_ms` (400 above).
+    /// A retry with the same `lease_id` keeps the waiter's place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
 }
 
 /// One key's occupancy at the moment of a decision.
@@ -116,6 +123,14 @@ pub struct AcquireGranted {
     /// Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadow_denied: Vec<ShadowDenial>,
+    /// How long a waiting acquire (`wait_ms`) waited in the queue before its grant.
+    /// Absent (0) when granted at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waited_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A key that a policy in shadow mode would have denied, and that policy.
@@ -138,6 +153,11 @@ pub struct AcquireDenied {
     /// When the blocking leases will have expired (capped by config); a release may
     /// free a slot sooner.
     pub retry_after_ms: u64,
+    /// A waiting acquire whose wait ended ungranted: the place it had in the queue
+    /// when it left (1 = next; the furthest back over its keys). Absent for an
+    /// acquire that did not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
 }
 
 /// `POST /v1/slots/release`.
@@ -190,6 +210,32 @@ pub struct SlotsResponse {
     pub used: u32,
     pub limit: u32,
     pub leases: Vec<LeaseInfo>,
+    /// The acquires waiting for a slot on this key (`wait_ms`), first first.
+    #[serde(default)]
+    pub queue: QueueInfo,
+}
+
+/// The FIFO queue of waiting acquires on one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueInfo {
+    pub length: u32,
+    pub waiters: Vec<WaiterInfo>,
+}
+
+/// One waiting acquire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WaiterInfo {
+    /// Absent (empty once parsed) when the waiter belongs to another token and the
+    /// caller is not admin, as for leases.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease_id: String,
+    pub holder: String,
+    /// 1-based place on this key (1 = next).
+    pub position: u32,
+    /// Cluster time at which it leaves the queue ungranted.
+    pub deadline_ms: u64,
+    /// Every key it waits for (all or nothing).
+    pub keys: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ pub struct Health {
 #[utoipa::path(post, path = "/v1/slots/acquire", tag = "slots",
     request_body = AcquireRequest,
     responses(
-        (status = 200, description = "Granted: one slot taken on every key", body = AcquireGranted),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 200, description = "Granted: one slot taken on every key (with wait_ms: at once, or when its turn came in the FIFO queue; waited_ms says how long it waited)", body = AcquireGranted),
+        (status = 400, description = "Invalid request (including wait_ms above the cluster's limits.max_wait_ms; the message names the maximum)", body = ErrorBody),
         (status = 403, description = "forbidden: lease_id is live and belongs to another token (admins excepted)", body = ErrorBody),
         (status = 409, description = "lease_id is live on other keys", body = ErrorBody),
-        (status = 429, description = "A key is at its limit (Retry-After set)", body = AcquireDenied),
+        (status = 429, description = "A key is at its limit (Retry-After set); with wait_ms, the wait ended ungranted and queue_position is the place it had", body = AcquireDenied),
         (status = 503, description = "Nothing was granted (Retry-After set): unavailable (no quorum), or state_full (the cluster holds max_leases leases, or the new keys would exceed max_slot_keys; the message names the cap)", body = ErrorBody),
     ))]
 fn acquire() {}
@@ -59,7 +59,7 @@ fn renew() {}
 #[utoipa::path(get, path = "/v1/slots/{key}", tag = "slots",
     params(("key" = String, Path, description = "Slot key")),
     responses(
-        (status = 200, description = "Usage and live leases (linearizable); leases of other tokens are listed without lease_id unless the caller is admin", body = SlotsResponse),
+        (status = 200, description = "Usage and live leases (linearizable); and the queue of waiting acquires; leases and waiters of other tokens are listed without lease_id unless the caller is admin", body = SlotsResponse),
         (status = 400, description = "Invalid key", body = ErrorBody),
         (status = 503, description = "No quorum", body = ErrorBody),
     ))]
@@ -334,6 +334,8 @@ fn audit() {}
         RenewResponse,
         LeaseInfo,
         SlotsResponse,
+        QueueInfo,
+        WaiterInfo,
         PutLimitRequest,
         PutLimitResponse,
         LimitSource,

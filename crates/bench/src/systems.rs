@@ -395,6 +395,7 @@ impl QuorateConn {
             lease_id: Some(lease_id.to_owned()),
             ttl_ms: Some(self.ttl_ms),
             holder: None,
+            wait_ms: None,
         };
         let resp = self.post("/v1/slots/acquire", &req).await?;
         match resp.status().as_u16() {

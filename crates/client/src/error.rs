@@ -25,12 +25,15 @@ pub enum Error {
     /// No node could decide within the deadline (503s, connection errors, timeouts).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-    /// An acquire was denied: a key is at its limit.
+    /// An acquire was denied: a key is at its limit. After a waiting acquire
+    /// ([`crate::Client::acquire_wait`]) whose wait ended, `queue_position` is the
+    /// place it had in the queue (1 = next).
     #[error("limit exceeded on {blocked_by:?}; retry in {retry_after_ms} ms")]
     LimitExceeded {
         blocked_by: Vec<String>,
         retry_after_ms: u64,
         slots: Vec<proto::SlotUsage>,
+        queue_position: Option<u32>,
     },
     /// The lease is not live (renew of an expired or released lease).
     #[error("lease not found: {0}")]
@@ -86,6 +89,7 @@ pub(crate) fn from_answer(a: &Answer) -> Error {
                 blocked_by: d.blocked_by,
                 retry_after_ms: d.retry_after_ms,
                 slots: d.slots,
+                queue_position: d.queue_position,
             };
         }
     }

@@ -243,6 +243,7 @@ mod tests {
                             expires_at_ms: 0,
                             slots: vec![],
                             shadow_denied: vec![],
+                            waited_ms: 0,
                         };
                         ("200 OK", serde_json::to_string(&grant).unwrap())
                     } else if head.starts_with("POST /v1/slots/release ") {

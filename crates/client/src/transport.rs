@@ -221,8 +221,22 @@ impl Transport {
     /// ([`Error::Unavailable`] with the last failure). Each hint is tried at most
     /// once per call, so a hinted node that keeps failing cannot hold the call.
     pub async fn exchange(&self, req: &Request<'_>) -> Result<Answer, Error> {
+        self.exchange_with(req, None, self.deadline, None).await
+    }
+
+    /// [`Transport::exchange`] with a per-attempt `timeout` (instead of the
+    /// configured request timeout), a whole-call budget `total`, and optionally a
+    /// body built afresh for every attempt (a waiting acquire sends the wait that
+    /// is left).
+    pub async fn exchange_with(
+        &self,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+        total: Duration,
+        rebody: Option<&(dyn Fn() -> Vec<u8> + Send + Sync)>,
+    ) -> Result<Answer, Error> {
         let n = self.nodes.len();
-        let deadline = tokio::time::Instant::now() + self.deadline;
+        let deadline = tokio::time::Instant::now() + total;
         let mut backoff = self.backoff;
         let mut attempt = 0usize;
         let mut hints_tried: Vec<Url> = Vec::new();
@@ -236,7 +250,18 @@ impl Transport {
                 }
             };
             let url = url(base, req)?;
-            let last_err = match self.send(url.clone(), req, None).await {
+            let fresh;
+            let attempt_req = match rebody {
+                Some(f) => {
+                    fresh = Request {
+                        body: Some(f()),
+                        ..req.clone()
+                    };
+                    &fresh
+                }
+                None => req,
+            };
+            let last_err = match self.send(url.clone(), attempt_req, timeout).await {
                 Ok(a) if a.status != StatusCode::SERVICE_UNAVAILABLE => {
                     if let Some(idx) = idx {
                         self.preferred.store(idx, Ordering::Relaxed);

@@ -36,13 +36,19 @@
 //! - `counter incr KEY expiry=MS [amount=N]` (amount defaults to 1), `counter clear KEY`
 //! - `allow add|remove [policy=NAME] key=GLOB|ip=CIDR` (an allowlist entry; global
 //!   without `policy=`), `admin limits allowlist=N audit=N`, `mark_seen NODE...`
+//! - `acquire_wait KEY... lease=ID wait=MS [ttl=MS] [holder=H]` (a waiting acquire),
+//!   `leave ID` (`Op::LeaveQueue`)
+//!
+//! After the replies of each command come the grants the queue made while applying
+//! it (`State::take_queue_grants`), one `queue granted ...` line each.
 //!
 //! Any op may name its caller: `caller=NAME` (a client token) or `admin=NAME` (an
 //! admin token) wraps it in `Op::As`; without either it is the system's own op (owner
 //! `""`, admin). Listed leases show `owner=` when they have one.
 //!
 //! Queries: `limit get KEY`, `limits [PREFIX] [max=N]`, `usage KEY`, `lease ID`,
-//! `policies`, `modes`, `counter get KEY`, `allowlist`, `audit [PREFIX] [since=N] [max=N]`.
+//! `policies`, `modes`, `counter get KEY`, `allowlist`, `audit [PREFIX] [since=N] [max=N]`,
+//! `queue KEY`.
 //! Commands are applied at log index 1, 2, ... in script order (the audit trail shows it).
 //! Runner verbs: `digest`, `stats`, `now`, `roundtrip`.
 //!
@@ -164,6 +170,17 @@ fn parse_bare(cmd: &goldenscript::Command) -> Result<Line> {
             ttl_ms: key_num(a, "ttl")?.unwrap_or(10_000),
             keys: std::iter::from_fn(|| a.next_pos()).map(expand).collect(),
         })),
+        "acquire_wait" => Line::Op(Op::AcquireWait {
+            wait_ms: key_num(a, "wait")?.ok_or("acquire_wait needs wait=")?,
+            acquire: Acquire {
+                lease_id: expand(a.take_key("lease").ok_or("acquire_wait needs lease=")?),
+                holder: a.take_key("holder").map(expand).unwrap_or_default(),
+                ttl_ms: key_num(a, "ttl")?.unwrap_or(10_000),
+                keys: std::iter::from_fn(|| a.next_pos()).map(expand).collect(),
+            },
+        }),
+        "leave" => Line::Op(Op::LeaveQueue { lease_id: pos(a)? }),
+        "queue" => Line::Query(Query::Queue { key: pos(a)? }),
         "release" => Line::Op(Op::Release { lease_id: pos(a)? }),
         "renew" => Line::Op(Op::Renew {
             lease_id: pos(a)?,
@@ -597,9 +614,68 @@ fn format_reply(r: &Reply, out: &mut String) -> std::fmt::Result {
             "admin limits allowlist={} audit={}",
             l.max_allowlist, l.audit_entries
         ),
-        // TODO(queue): the queue's golden scripts print these.
-        other => writeln!(out, "{other:?}"),
+        Outcome::Queued(q) => {
+            let places: Vec<String> = q
+                .positions
+                .iter()
+                .map(|p| format!("{}={}/{}", p.key, p.position, p.length))
+                .collect();
+            writeln!(
+                out,
+                "queued lease={} deadline={} places: {} slots: {}",
+                q.lease_id,
+                q.deadline_ms,
+                places.join(" "),
+                slots(&q.slots)
+            )
+        }
+        Outcome::LeftQueue {
+            left,
+            position,
+            grant: g,
+        } => {
+            let position = position.map_or("none".to_string(), |p| p.to_string());
+            write!(out, "left={left} position={position}")?;
+            match g {
+                Some(g) => {
+                    write!(out, " ")?;
+                    grant(g, out)
+                }
+                None => writeln!(out),
+            }
+        }
+        Outcome::Queue(v) => {
+            writeln!(out, "queue {} waiters={}", v.key, v.waiters.len())?;
+            v.waiters.iter().try_for_each(|w| {
+                let owner = if w.owner.is_empty() {
+                    String::new()
+                } else {
+                    format!(" owner={}", w.owner)
+                };
+                writeln!(
+                    out,
+                    "  {}. {} deadline={} holder={:?} keys={}{owner}",
+                    w.position,
+                    w.lease_id,
+                    w.deadline_ms,
+                    w.holder,
+                    w.keys.join(",")
+                )
+            })
+        }
     }
+}
+
+/// A grant the queue made, as printed after the command that made it.
+fn queue_grant(g: &Grant, out: &mut String) -> std::fmt::Result {
+    writeln!(
+        out,
+        "queue granted lease={} token={} expires={} slots: {}",
+        g.lease_id,
+        g.fencing_token,
+        g.expires_at_ms,
+        slots(&g.slots)
+    )
 }
 
 /// `global ip 10.0.0.0/8`, `policy=api key user:admin-*`.
@@ -659,6 +735,14 @@ impl Session {
         for r in &replies {
             format_reply(r, &mut out)?;
         }
+        let grants = self.state.take_queue_grants();
+        agree(
+            &grants,
+            self.restored.iter_mut().map(|c| c.take_queue_grants()),
+        )?;
+        for g in &grants {
+            queue_grant(g, &mut out)?;
+        }
         Ok(out)
     }
 }
@@ -698,8 +782,9 @@ impl goldenscript::Runner for Session {
                 let s = self.state.stats();
                 writeln!(
                     out,
-                    "stats leases={} slot_keys={} rate_keys={} overrides={} policies={} last_token={}",
-                    s.leases, s.slot_keys, s.rate_keys, s.overrides, s.policies, s.last_token
+                    "stats leases={} slot_keys={} rate_keys={} overrides={} policies={} last_token={}{}",
+                    s.leases, s.slot_keys, s.rate_keys, s.overrides, s.policies, s.last_token,
+                    if s.waiters > 0 { format!(" waiters={}", s.waiters) } else { String::new() }
                 )?;
             }
             Line::Roundtrip => {
@@ -771,6 +856,13 @@ scripts!(
     multi_check,
     ownership,
     purge,
+    queue_caps,
+    queue_deadline,
+    queue_fifo,
+    queue_grants,
+    queue_leave,
+    queue_multi_key,
+    queue_retry,
     renew_expiry,
     shadow,
     state_caps,

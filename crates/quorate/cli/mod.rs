@@ -95,12 +95,18 @@ pub enum Ops {
     },
     /// Take one slot on every key (all or nothing); prints the lease. The lease is
     /// NOT released when the command exits: release it or let its TTL run out.
+    /// With --wait, waits in the keys' FIFO queue for a slot instead of exiting 3
+    /// at once (exit 3 when the wait ends, printing the place it had).
     Acquire {
         #[arg(required = true)]
         keys: Vec<String>,
         /// Lease TTL in milliseconds (cluster default if absent).
         #[arg(long)]
         ttl_ms: Option<u64>,
+        /// Wait up to this long for a slot: `500ms`, `30s`, `2m`, or plain
+        /// milliseconds (at most the cluster's limits.max_wait_ms, 60 s by default).
+        #[arg(long, value_parser = parse_wait)]
+        wait: Option<Duration>,
         /// Idempotency key; generated if absent.
         #[arg(long)]
         lease_id: Option<String>,
@@ -184,6 +190,7 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
         Ops::Acquire {
             keys,
             ttl_ms,
+            wait,
             lease_id,
             holder,
             ..
@@ -193,8 +200,9 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
                 lease_id,
                 ttl_ms,
                 holder: Some(holder),
+                wait_ms: wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
             };
-            slots::acquire(&client, &req).await
+            slots::acquire(&client, &req, wait).await
         }
         Ops::Release { lease_id, .. } => slots::release(&client, lease_id).await,
         Ops::Rate { cmd, .. } => rate::run(&client, cmd).await,
@@ -204,6 +212,27 @@ pub async fn run(cmd: Ops) -> anyhow::Result<ExitCode> {
         Ops::Members { cmd, .. } => members::run(&client, cmd).await,
     };
     Ok(render::emit(outcome, t.json))
+}
+
+/// `--wait`: a duration with a unit (`ms`, `s`, `m`), or plain milliseconds.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    n.checked_mul(scale_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// A client for the target: its nodes, token, CA and time budget.

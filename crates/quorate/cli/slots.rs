@@ -22,8 +22,17 @@ pub async fn run(client: &Client, cmd: SlotsCmd) -> Outcome {
     }
 }
 
-pub async fn acquire(client: &Client, req: &proto::AcquireRequest) -> Outcome {
-    done(client.acquire_raw(req).await?)
+/// `wait`: the request waits that long in the queue, so the call's budget grows by
+/// it (each attempt may be held open that long).
+pub async fn acquire(
+    client: &Client,
+    req: &proto::AcquireRequest,
+    wait: Option<std::time::Duration>,
+) -> Outcome {
+    match wait {
+        Some(w) if !w.is_zero() => done(client.acquire_raw_wait(req, w).await?),
+        _ => done(client.acquire_raw(req).await?),
+    }
 }
 
 pub async fn release(client: &Client, lease_id: String) -> Outcome {
@@ -37,7 +46,11 @@ pub async fn release(client: &Client, lease_id: String) -> Outcome {
 
 impl Render for proto::SlotsResponse {
     fn table(&self) -> String {
-        let mut out = format!("{}: {}/{} slots in use\n", self.key, self.used, self.limit);
+        let mut out = format!("{}: {}/{} slots in use", self.key, self.used, self.limit);
+        if self.queue.length > 0 {
+            out.push_str(&format!(", {} waiting", self.queue.length));
+        }
+        out.push('\n');
         if !self.leases.is_empty() {
             out.push_str(&table(
                 &["LEASE", "HOLDER", "TOKEN", "EXPIRES_AT_MS"],
@@ -60,8 +73,13 @@ impl Render for proto::SlotsResponse {
 
 impl Render for proto::AcquireGranted {
     fn table(&self) -> String {
+        let waited = if self.waited_ms > 0 {
+            format!(", after waiting {} ms", self.waited_ms)
+        } else {
+            String::new()
+        };
         let head = format!(
-            "granted lease {} (fencing token {}, expires at {} ms)\n",
+            "granted lease {} (fencing token {}, expires at {} ms{waited})\n",
             self.lease_id, self.fencing_token, self.expires_at_ms
         );
         let slots = self

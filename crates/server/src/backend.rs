@@ -21,6 +21,8 @@ use quorate_core::{Op, Query, Reply};
 use quorate_proto::{AddMemberRequest, ClusterResponse, MembersResponse};
 use serde::{Deserialize, Serialize};
 
+use crate::waiters::Waiters;
+
 /// Why a node could not decide. Never "granted": when in doubt, one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum NodeError {
@@ -80,6 +82,9 @@ pub trait Backend: Send + Sync + 'static {
     /// the `x-quorate-leader` header of every API response. Local and cheap (it is
     /// called for every response).
     fn leader_api(&self) -> Option<Arc<str>>;
+    /// The waiting acquires this node holds open, woken by the grants of the
+    /// entries it applies (see `waiters.rs`).
+    fn waiters(&self) -> &Arc<Waiters>;
     /// Bring sampled gauges (Raft indices, sled size) up to date before `/metrics`
     /// is rendered from the shared registry.
     fn refresh_metrics(&self) {}

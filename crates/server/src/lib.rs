@@ -6,6 +6,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`peer::protocol`] | the peer wire contract: paths, headers, codec, probe |
+//! | [`waiters`] | waiting acquires held open on this node, woken by applied queue grants |
 //! | [`backend`] | the seam the API calls: `Backend` and the node layer's `NodeError` |
 //! | [`peer`] | the pooled peer client and openraft's network over it |
 //! | [`raft`] | the Raft node, split by job (lifecycle, batcher, routing, leader, membership, status, tasks) |
@@ -33,6 +34,7 @@ pub mod run;
 pub mod security;
 pub mod stats;
 pub mod telemetry;
+pub mod waiters;
 
 pub use config::ClusterConfig;
 pub use error::ServerError;

@@ -16,6 +16,7 @@ use quorate_core::{Command, Op, Query, Reply, State};
 use quorate_proto::{AddMemberRequest, ClusterResponse, Member, MembersResponse};
 
 use crate::backend::{Backend, NodeError};
+use crate::waiters::Waiters;
 
 /// In-memory backend for tests. Time is `clock_ms`, advanced by the test.
 #[derive(Debug, Default)]
@@ -28,6 +29,9 @@ pub struct LocalBackend {
     unavailable: AtomicBool,
     /// The leader hint it reports (none by default: "no leader known").
     leader_api: Mutex<Option<Arc<str>>>,
+    /// Woken after each op with the grants the queue made in it, as a node is
+    /// after each applied entry.
+    waiters: Arc<Waiters>,
 }
 
 impl LocalBackend {
@@ -39,6 +43,7 @@ impl LocalBackend {
             index: AtomicU64::new(0),
             unavailable: AtomicBool::new(false),
             leader_api: Mutex::new(None),
+            waiters: Arc::default(),
         }
     }
 
@@ -62,9 +67,16 @@ impl LocalBackend {
         let now = self.clock_ms.load(Ordering::SeqCst);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
-        st.apply_at(index, &Command::single(now, op))
+        let reply = st
+            .apply_at(index, &Command::single(now, op))
             .pop()
-            .unwrap_or(Ok(quorate_core::Outcome::Noop))
+            .unwrap_or(Ok(quorate_core::Outcome::Noop));
+        let grants = st.take_queue_grants();
+        drop(st);
+        if !grants.is_empty() {
+            self.waiters.deliver(grants);
+        }
+        reply
     }
 
     /// Like a node: unavailable when quorum is (simulated) lost or the caller's
@@ -156,5 +168,9 @@ impl Backend for LocalBackend {
 
     fn ready(&self) -> BoxFuture<'_, bool> {
         async move { !self.unavailable.load(Ordering::SeqCst) }.boxed()
+    }
+
+    fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
     }
 }

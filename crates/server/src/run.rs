@@ -205,6 +205,7 @@ pub async fn serve_with_storage(
             default_ttl_ms: config.limits.default_ttl_ms.ms(),
             max_body_bytes: config.server.max_body_bytes.get(),
             request_timeout: config.request_timeout(),
+            max_wait_ms: config.limits.max_wait_ms,
         }),
     });
     let peer_router = peer::router(node.clone(), security.peer.clone(), security.tls.is_some());

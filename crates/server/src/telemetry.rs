@@ -32,6 +32,23 @@ fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// Bucket upper bounds in seconds of a waiting acquire's time in the queue (waits
+/// are bounded by `limits.max_wait_ms`, 60 s by default).
+const WAIT_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WaitOutcome {
+    /// `granted`, `timeout` (the wait ended ungranted) or `gone` (the client went
+    /// away, or the cluster could not settle the wait: 503).
+    outcome: &'static str,
+}
+
 /// Content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -142,6 +159,9 @@ pub struct Metrics {
     /// Kinds whose usage is above the warning threshold (so the warning is logged
     /// once per crossing, not at every scrape).
     state_high: Mutex<HashMap<&'static str, bool>>,
+    /// Waiting acquires this node holds open (`waiters::Waiters`).
+    pub queue_waiters: Gauge,
+    queue_wait_seconds: HistogramFamily<WaitOutcome>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +212,8 @@ impl Metrics {
             state_entries: Family::default(),
             state_cap: Family::default(),
             state_high: Mutex::new(HashMap::new()),
+            queue_waiters: Gauge::default(),
+            queue_wait_seconds: Family::new_with_constructor(wait_histogram),
         };
         let mut r = Registry::default();
         r.register(
@@ -316,6 +338,16 @@ impl Metrics {
             m.state_cap.clone(),
         );
         r.register(
+            "quorate_queue_waiters",
+            "Waiting acquires (wait_ms) this node holds open until granted or their wait ends.",
+            m.queue_waiters.clone(),
+        );
+        r.register(
+            "quorate_queue_wait_seconds",
+            "Time waiting acquires spent queued, by outcome (granted, timeout, gone).",
+            m.queue_wait_seconds.clone(),
+        );
+        r.register(
             "quorate_envoy_requests",
             "Envoy ShouldRateLimit calls by domain ([envoy] domains, else other) and code.",
             m.envoy_requests.clone(),
@@ -367,6 +399,14 @@ impl Metrics {
         self.decisions
             .get_or_create(&KindOutcome { kind, outcome })
             .inc();
+    }
+
+    /// A waiting acquire that was queued ended after `secs`: `granted`, `timeout`
+    /// or `gone`.
+    pub fn queue_wait(&self, outcome: &'static str, secs: f64) {
+        self.queue_wait_seconds
+            .get_or_create(&WaitOutcome { outcome })
+            .observe(secs);
     }
 
     /// A request allowed that the shadow-mode `policy` would have denied.

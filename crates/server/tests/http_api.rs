@@ -83,6 +83,7 @@ fn app_with(auth: ApiAuth, peer_ip: [u8; 4], request_timeout: Duration) -> App {
             default_ttl_ms: 30_000,
             max_body_bytes: 64 * 1024,
             request_timeout,
+            max_wait_ms: 5_000,
         }),
     };
     App {
@@ -1514,4 +1515,139 @@ async fn audit_lists_admin_changes_with_before_and_after() {
     assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
     let (s, _, v) = get(&app, "/v1/audit?color=red").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+/// Poll `GET /v1/slots/{key}` until its queue has `len` waiters (deadline 5 s).
+async fn wait_queue_len(app: &App, key: &str, len: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _, v) = get(app, &format!("/v1/slots/{key}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["queue"]["length"] == len {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue of {key} never reached {len}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A waiting acquire, served in a task of its own (as a connection would be).
+fn spawn_wait(
+    app: &App,
+    key: &str,
+    lease_id: &str,
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<(StatusCode, HeaderMap, Value)> {
+    let router = app.router.clone();
+    let backend = app.backend.clone();
+    let body = json!({"keys": [key], "lease_id": lease_id, "wait_ms": wait_ms});
+    tokio::spawn(async move {
+        let app = App { router, backend };
+        post(&app, "/v1/slots/acquire", body).await
+    })
+}
+
+#[tokio::test]
+async fn a_waiting_acquire_queues_and_is_granted_when_a_slot_frees() {
+    let app = app();
+    let (s, _, _) = put(&app, "/v1/limits/w:k", json!({"limit": 1})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, held) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["w:k"], "wait_ms": 1000}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{held}");
+    // Granted at once: the old body, no waited_ms.
+    assert!(held.get("waited_ms").is_none(), "{held}");
+    let waiter = spawn_wait(&app, "w:k", "w1", 5000);
+    let v = wait_queue_len(&app, "w:k", 1).await;
+    assert_eq!(v["queue"]["waiters"][0]["lease_id"], "w1", "{v}");
+    assert_eq!(v["queue"]["waiters"][0]["position"], 1, "{v}");
+    assert_eq!(v["used"], 1);
+    let (s, _, v) = post(
+        &app,
+        "/v1/slots/release",
+        json!({"lease_id": held["lease_id"]}),
+    )
+    .await;
+    assert_eq!((s, &v["released"]), (StatusCode::OK, &json!(true)));
+    let (s, _, v) = waiter.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["lease_id"], "w1");
+    assert!(v["waited_ms"].as_u64().is_some_and(|w| w >= 1), "{v}");
+    assert!(v["fencing_token"].as_u64() > held["fencing_token"].as_u64());
+    let v = wait_queue_len(&app, "w:k", 0).await;
+    assert_eq!(v["leases"][0]["lease_id"], "w1", "{v}");
+}
+
+#[tokio::test]
+async fn a_wait_that_ends_is_a_429_with_its_place_and_a_wait_over_the_maximum_is_a_400() {
+    let app = app();
+    put(&app, "/v1/limits/w:t", json!({"limit": 1})).await;
+    let (s, _, _) = post(&app, "/v1/slots/acquire", json!({"keys": ["w:t"]})).await;
+    assert_eq!(s, StatusCode::OK);
+    let first = spawn_wait(&app, "w:t", "first", 5000);
+    wait_queue_len(&app, "w:t", 1).await;
+    let (s, h, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["w:t"], "lease_id": "second", "wait_ms": 300}),
+    )
+    .await;
+    assert_refused(s, &v, StatusCode::TOO_MANY_REQUESTS, "limit_exceeded");
+    assert_eq!(v["queue_position"], 2, "{v}");
+    assert_eq!(v["blocked_by"], json!(["w:t"]));
+    assert!(h.get("retry-after").is_some());
+    // It left the queue; the first waiter still waits, first.
+    let v = wait_queue_len(&app, "w:t", 1).await;
+    assert_eq!(v["queue"]["waiters"][0]["lease_id"], "first", "{v}");
+    // A plain acquire does not overtake the waiter, and says nothing of a queue.
+    let (s, _, v) = post(&app, "/v1/slots/acquire", json!({"keys": ["w:t"]})).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!(v.get("queue_position").is_none(), "{v}");
+    // Above limits.max_wait_ms (5000 here): 400 naming the maximum, nothing queued.
+    let (s, _, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["w:t"], "wait_ms": 5001}),
+    )
+    .await;
+    assert_refused(s, &v, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(v["message"].as_str().unwrap().contains("5000"), "{v}");
+    wait_queue_len(&app, "w:t", 1).await;
+    first.abort();
+}
+
+#[tokio::test]
+async fn a_waiter_whose_client_goes_away_leaves_the_queue_and_takes_no_slot() {
+    let app = app();
+    put(&app, "/v1/limits/w:d", json!({"limit": 1})).await;
+    let (_, _, held) = post(&app, "/v1/slots/acquire", json!({"keys": ["w:d"]})).await;
+    let gone = spawn_wait(&app, "w:d", "gone", 5000);
+    wait_queue_len(&app, "w:d", 1).await;
+    // The connection drops: axum drops the handler's future.
+    gone.abort();
+    wait_queue_len(&app, "w:d", 0).await;
+    post(
+        &app,
+        "/v1/slots/release",
+        json!({"lease_id": held["lease_id"]}),
+    )
+    .await;
+    // The freed slot goes to the next caller, not to the waiter that left.
+    let (s, _, v) = post(
+        &app,
+        "/v1/slots/acquire",
+        json!({"keys": ["w:d"], "lease_id": "next"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, _, v) = get(&app, "/v1/slots/w:d").await;
+    assert_eq!(v["leases"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["leases"][0]["lease_id"], "next", "{v}");
 }

@@ -109,7 +109,7 @@ pub use crate::error::StoreError;
 pub use crate::flusher::{FlushStats, Health};
 pub use crate::log_store::LogStore;
 pub use crate::snapshot_data::SnapshotData;
-pub use crate::state_machine::StateMachineStore;
+pub use crate::state_machine::{GrantSink, StateMachineStore};
 
 /// How to reach a node: its client API and its Raft RPC address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,15 +26,23 @@
 //! back unpersisted, as before. Installing restores the state reading the received
 //! file as it goes (`State::restore_from`), then copies the file into the snapshot
 //! file in chunks; readers keep the old state until the new one is swapped in.
+//!
+//! **Queue grants:** after each applied entry the grants the core's waiting queue
+//! made in it (`State::take_queue_grants`) go to the [`GrantSink`] the node set with
+//! [`StateMachineStore::on_queue_grants`], outside the lock. Every node applies every
+//! entry, so the node holding a waiting request open learns of its grant from its own
+//! apply, whoever leads. Entries a snapshot install skips hand over no grants: a
+//! waiter that misses one learns of it when it leaves the queue (`Op::LeaveQueue`
+//! answers with the grant).
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StoredMembership,
 };
-use quorate_core::State;
+use quorate_core::{Grant, State};
 
 use crate::codec::decode;
 use crate::db::{Shared, KEY_SNAP_DATA, KEY_SNAP_META};
@@ -54,11 +62,18 @@ pub(crate) struct Applied {
     pub(crate) last_membership: StoredMembership<u64, NodeInfo>,
 }
 
+/// Where the grants the core's queue makes go, entry by entry (see the module doc).
+/// Called on openraft's apply task: it must not block (hand the grants over and
+/// return).
+pub type GrantSink = Arc<dyn Fn(Vec<Grant>) + Send + Sync>;
+
 /// The replicated state machine of one node. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct StateMachineStore {
     pub(crate) shared: Arc<Shared>,
     pub(crate) applied: Arc<RwLock<Applied>>,
+    /// Set once, by the node, before Raft starts applying.
+    grant_sink: Arc<OnceLock<GrantSink>>,
     /// Serializes writers of the snapshot file (a build finishing late must not
     /// overwrite a newer installed snapshot). Held across awaits, hence tokio's.
     pub(crate) snapshot_lock: Arc<tokio::sync::Mutex<()>>,
@@ -70,7 +85,15 @@ impl StateMachineStore {
             shared,
             applied: Arc::new(RwLock::new(applied)),
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
+            grant_sink: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Hand the grants the queue makes from now on to `sink` (once per store: a
+    /// second sink is refused and returned). Set it before Raft starts, so that no
+    /// applied entry's grants are dropped.
+    pub fn on_queue_grants(&self, sink: GrantSink) -> Result<(), GrantSink> {
+        self.grant_sink.set(sink)
     }
 
     /// Runs `f` on the current core state under a read lock. Keep `f` short: apply
@@ -132,16 +155,28 @@ impl StateMachineStore {
             // One lock per entry, not per batch: a long batch must not starve readers.
             let mut g = self.write_guard()?;
             g.last_applied = Some(entry.log_id);
+            let mut grants = Vec::new();
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 // The entry's index travels into the core as an input, like the
                 // leader's time inside the command (the audit trail records it).
-                EntryPayload::Normal(cmd) => Response(g.state.apply_at(entry.log_id.index, &cmd)),
+                EntryPayload::Normal(cmd) => {
+                    let r = Response(g.state.apply_at(entry.log_id.index, &cmd));
+                    // Taken whether or not a sink listens, so they never pile up.
+                    grants = g.state.take_queue_grants();
+                    r
+                }
                 EntryPayload::Membership(m) => {
                     g.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::default()
                 }
             };
+            drop(g);
+            if !grants.is_empty() {
+                if let Some(sink) = self.grant_sink.get() {
+                    sink(grants);
+                }
+            }
             out.push(reply);
         }
         Ok(out)

@@ -31,6 +31,24 @@ impl Client {
         error::success(&a)
     }
 
+    /// [`Client::call`] with a longer budget and a body built per attempt: each
+    /// attempt may take `attempt` (a waiting acquire is held open by the server),
+    /// the call `total` across nodes.
+    pub(crate) async fn call_long<T: DeserializeOwned>(
+        &self,
+        req: Request<'_>,
+        attempt: std::time::Duration,
+        total: std::time::Duration,
+        rebody: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) -> Result<T, Error> {
+        let a = self
+            .inner
+            .transport
+            .exchange_with(&req, Some(attempt), total, Some(rebody))
+            .await?;
+        error::success(&a)
+    }
+
     /// [`Client::call`] for a route whose only parameter is one path segment.
     async fn call_on<T: DeserializeOwned>(&self, route: RouteId, param: &str) -> Result<T, Error> {
         self.call(Request::new(route).params(&[param])).await

@@ -29,18 +29,24 @@ impl State {
         }
     }
 
-    /// Room for one more lease on `keys`: under `max_leases`, and `keys` adding no
-    /// more slot keys than `max_slot_keys` allows. At a cap, first purge a bounded
-    /// number of dead leases (they would be purged anyway, and may be all that fills
-    /// the state).
-    pub(super) fn room_for_lease(&mut self, keys: &[String]) -> Result<(), CoreError> {
+    /// Room for one more lease (or waiter) on `keys`: leases and waiters together
+    /// under `max_leases` (a waiter will become a lease; `from_queue` when a waiter
+    /// becomes one, so the count does not grow), and `keys` adding no more slot keys
+    /// than `max_slot_keys` allows. At a cap, first purge a bounded number of dead
+    /// leases (they would be purged anyway, and may be all that fills the state).
+    pub(super) fn room_for_lease(
+        &mut self,
+        keys: &[String],
+        from_queue: bool,
+    ) -> Result<(), CoreError> {
         let over = |st: &Self| {
             let new_keys = keys
                 .iter()
                 .filter(|k| !st.slots.contains_key(k.as_str()))
                 .count();
             let s = &st.settings;
-            if st.leases.len() as u64 >= s.max_leases {
+            let held = (st.leases.len() + st.queue.len()).saturating_sub(usize::from(from_queue));
+            if held as u64 >= s.max_leases {
                 Some(("max_leases", s.max_leases, "new leases"))
             } else if (st.slots.len() + new_keys) as u64 > s.max_slot_keys {
                 Some(("max_slot_keys", s.max_slot_keys, "leases on new keys"))

@@ -4,8 +4,11 @@
 //! job. [`Op::As`] carries the caller: its role is checked here, once, before the op
 //! runs, and the caller travels on to the lease ops that check ownership. The small
 //! admin ops (policies, tiers, seen nodes) are answered inline; everything else is a
-//! call into `leases`, `rate`, `counters`, `policy` or `descriptors`. Every top-level op
-//! passes through `audit`, which records the admin ops that changed something.
+//! call into `leases`, `rate`, `counters`, `policy`, `queue` or `descriptors`. Every
+//! top-level op passes through `audit`, which records the admin ops that changed
+//! something. While anyone waits in the queue, each entry starts with the queue's
+//! tick (deadlines, dead leases) and each op ends with the queue settled (the slots
+//! it freed granted to waiters), so the next op sees the line as it now stands.
 
 use crate::command::{Caller, Command, Op};
 use crate::error::CoreError;
@@ -19,12 +22,15 @@ impl State {
     /// reply per op. Never panics; a rejected op changes nothing but time.
     pub fn apply(&mut self, cmd: &Command) -> Vec<Reply> {
         self.now_ms = self.now_ms.max(cmd.time_ms);
+        self.queue_tick();
         cmd.ops.iter().map(|op| self.apply_op(op)).collect()
     }
 
     fn apply_op(&mut self, op: &Op) -> Reply {
         // Admin changes are recorded in the audit ring (`audit.rs`).
-        self.apply_audited(op)
+        let reply = self.apply_audited(op);
+        self.queue_after(op);
+        reply
     }
 
     /// Apply `op` on behalf of `caller` (the system for unwrapped ops).
@@ -113,11 +119,8 @@ impl State {
             Op::Allow(e) => self.allow(e),
             Op::Disallow(e) => self.disallow(e),
             Op::SetAdminLimits(l) => self.set_admin_limits(l),
-            // TODO(queue): state/queue.rs; refused until it lands.
-            Op::AcquireWait { .. } | Op::LeaveQueue { .. } => Err(CoreError::invalid(
-                "op",
-                "waiting acquires are not built yet",
-            )),
+            Op::AcquireWait { acquire, wait_ms } => self.acquire_or_wait(acquire, *wait_ms, caller),
+            Op::LeaveQueue { lease_id } => self.leave_queue(lease_id, caller),
         }
     }
 }

@@ -47,55 +47,45 @@ impl State {
         Some(token)
     }
 
+    /// [`crate::Op::Acquire`]: a waiting acquire that does not wait (`queue.rs`
+    /// decides both, so a plain acquire respects the queue too: no barging).
     pub(super) fn acquire(&mut self, a: &Acquire, caller: &Caller) -> Reply {
-        validate::acquire_keys(&a.keys)?;
-        validate::lease_id(&a.lease_id)?;
-        validate::holder(&a.holder)?;
-        validate::ttl(a.ttl_ms, &self.settings)?;
+        self.acquire_or_wait(a, 0, caller)
+    }
 
-        // Idempotent retry: the same live lease_id on the same key set returns the
-        // original grant (no second slot, same token, same expiry).
-        if let Some(token) = self.live_token(&a.lease_id) {
-            self.check_owner(token, caller)?;
-            return self.regrant(token, a);
-        }
-        let (mut slots, shadow_denied) = match self.free_slots(&a.keys) {
-            Ok(free) => free,
-            Err(denial) => return Ok(Outcome::Denied(denial)),
-        };
-        // A denial creates nothing, so the caps are checked only for a grant.
-        self.room_for_lease(&a.keys)?;
-
+    /// Create a lease on `keys` for `owner` (the caller has checked room, caps and
+    /// ownership) with a new fencing token; `slots` is the keys' usage before it.
+    pub(super) fn take_lease(
+        &mut self,
+        lease_id: &str,
+        holder: &str,
+        keys: &[String],
+        ttl_ms: u64,
+        owner: &str,
+        mut slots: Vec<SlotUsage>,
+    ) -> Grant {
         self.last_token += 1;
         let token = self.last_token;
-        let expires_at_ms = self.now_ms.saturating_add(a.ttl_ms);
+        let expires_at_ms = self.now_ms.saturating_add(ttl_ms);
         self.insert_lease(
             token,
             Lease {
-                lease_id: a.lease_id.as_str().into(),
-                holder: a.holder.as_str().into(),
-                keys: a.keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+                lease_id: lease_id.into(),
+                holder: holder.into(),
+                keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
                 expires_at_ms,
-                owner: caller.name.as_str().into(),
+                owner: owner.into(),
             },
         );
         for s in &mut slots {
             s.used += 1;
         }
-        let grant = Grant {
-            lease_id: a.lease_id.clone(),
+        Grant {
+            lease_id: lease_id.to_string(),
             fencing_token: token,
             expires_at_ms,
             slots,
             reused: false,
-        };
-        if shadow_denied.is_empty() {
-            Ok(Outcome::Granted(grant))
-        } else {
-            Ok(Outcome::GrantedShadow {
-                grant,
-                shadow_denied,
-            })
         }
     }
 

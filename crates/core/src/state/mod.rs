@@ -18,6 +18,7 @@
 //! - `shadow`: policy modes (shadow policies decide and charge, but do not deny);
 //! - `allowlist`: keys and addresses exempt from rate limits;
 //! - `audit`: the ring of the last admin changes (who, when, index, before/after);
+//! - `queue`: acquires waiting for a slot, FIFO per key, granted as slots free;
 //! - `queries`: reads at a given time, from a shared borrow;
 //! - `digest`: the replica fingerprint, kept up to date incrementally;
 //! - `encoding`: snapshot bytes (and older layouts, and the chunked [`cut`]) apart
@@ -42,6 +43,7 @@ pub(crate) mod encoding;
 mod leases;
 mod policy;
 mod queries;
+mod queue;
 mod rate;
 mod shadow;
 mod slots;
@@ -69,6 +71,8 @@ pub struct Stats {
     pub overrides: usize,
     pub policies: usize,
     pub last_token: u64,
+    /// Acquires waiting in the queue (`queue.rs`).
+    pub waiters: usize,
 }
 
 /// The replicated limiter state. See the module docs.
@@ -104,6 +108,9 @@ pub struct State {
     pub(crate) admin_limits: AdminLimits,
     /// The last admin changes, oldest first (`audit.rs`); a version 4 section.
     pub(crate) audit: VecDeque<audit::AuditRecord>,
+    /// Waiting acquires (`queue.rs`): the waiters are a version 4 section, their
+    /// indexes and the grants not yet taken are derived.
+    pub(crate) queue: queue::Queue,
     // --- derived (rebuilt on restore) ---
     /// Wrapping sums of per-entry hashes of `leases`, `rate` and `overrides`, kept up
     /// to date on every insert and removal, so [`State::digest`] costs the same at a
@@ -177,6 +184,7 @@ impl State {
             overrides: self.overrides.len(),
             policies: self.concurrency.len() + self.rate_policies.len(),
             last_token: self.last_token,
+            waiters: self.queue.len(),
         }
     }
 }

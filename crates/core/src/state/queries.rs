@@ -189,13 +189,9 @@ impl TimeView<'_> {
                     capacity: st.admin_limits.audit_entries,
                 })
             }
-            // TODO(queue): state/queue.rs; an empty queue until it lands.
             Query::Queue { key } => {
                 validate::key("key", key)?;
-                Ok(Outcome::Queue(crate::outcome::QueueView {
-                    key: key.clone(),
-                    waiters: Vec::new(),
-                }))
+                Ok(Outcome::Queue(st.queue_view(key, self.now_ms)))
             }
         }
     }

@@ -99,6 +99,8 @@ impl State {
             }
         }
         self.expiry.remove(&(lease.expires_at_ms, token));
+        // Its slots are free: waiters on those keys are looked at (`queue.rs`).
+        self.queue.note_freed(lease.keys.iter().map(|k| &**k));
         if let Some(n) = self.owners.get_mut(&*lease.owner) {
             *n -= 1;
             if *n == 0 {

@@ -191,6 +191,10 @@ pub struct LimitsSection {
     pub max_allowlist: u32,
     /// Admin changes the audit ring keeps (the oldest are dropped).
     pub audit_entries: u32,
+    /// Longest `wait_ms` a waiting acquire may ask for (API-side, not replicated:
+    /// it bounds how long this node holds a request open; the queue itself is in
+    /// the replicated state and bounded by its caps).
+    pub max_wait_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -208,6 +212,7 @@ impl Default for LimitsSection {
             max_rate_keys: s.max_rate_keys,
             max_allowlist: quorate_core::command::DEFAULT_MAX_ALLOWLIST,
             audit_entries: quorate_core::command::DEFAULT_AUDIT_ENTRIES,
+            max_wait_ms: 60_000,
         }
     }
 }
@@ -1011,6 +1016,25 @@ trial = 0.5
         assert_env_refused(
             &[("QUORATE_LIMITS_MAX_ALLOWLIST", "100001")],
             &["max_allowlist", "1..=100000"],
+        );
+    }
+
+    /// `max_wait_ms` is a local setting: it changes no replicated digest, and is
+    /// bounded.
+    #[test]
+    fn max_wait_is_local_and_bounded() {
+        let a = parse(SAMPLE, &[]).unwrap();
+        assert_eq!(a.limits.max_wait_ms, 60_000);
+        let b = parse(
+            &SAMPLE.replace("default_limit = 7", "default_limit = 7\nmax_wait_ms = 1500"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(b.limits.max_wait_ms, 1500);
+        assert_eq!(a.source_digest(), b.source_digest());
+        assert_env_refused(
+            &[("QUORATE_LIMITS_MAX_WAIT_MS", "3600001")],
+            &["max_wait_ms", "0..=3600000"],
         );
     }
 

@@ -100,6 +100,16 @@ fn replicated(c: &ClusterConfig) -> Result<(), String> {
         ));
     }
 
+    // An hour: a wait is a connection held open on this node, and the core moves a
+    // waiter's deadline only by a retry, so longer waits are better polled.
+    const MAX_WAIT_CEILING_MS: u64 = 3_600_000;
+    if c.limits.max_wait_ms > MAX_WAIT_CEILING_MS {
+        return Err(format!(
+            "limits.max_wait_ms ({}) must be in 0..={MAX_WAIT_CEILING_MS}",
+            c.limits.max_wait_ms
+        ));
+    }
+
     let mut names = BTreeSet::new();
     for p in &c.policies {
         let name = p.name();

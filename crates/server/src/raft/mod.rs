@@ -39,6 +39,7 @@ use crate::error::ServerError;
 use crate::peer::raft_network::Network;
 use crate::peer::PeerClient;
 use crate::telemetry::Metrics;
+use crate::waiters::Waiters;
 
 pub mod batcher;
 pub mod clock;
@@ -99,6 +100,8 @@ pub struct Node {
     /// Each file node's API base URL as clients reach it (`NodeConfig::api_url`),
     /// built once: the leader hint every API response carries (`status.rs`).
     api_urls: BTreeMap<u64, Arc<str>>,
+    /// Waiting acquires held open here, fed by the state machine's queue grants.
+    waiters: Arc<Waiters>,
 }
 
 impl std::fmt::Debug for Node {
@@ -131,6 +134,18 @@ impl Node {
         let raft_config = Arc::new(config.raft_config()?);
         #[cfg(feature = "planted-bugs")]
         planted::announce();
+        // Before Raft starts applying: every applied entry's queue grants reach the
+        // requests waiting here, whichever node leads.
+        let waiters = Arc::new(Waiters::new(metrics.queue_waiters.clone()));
+        let sink = waiters.clone();
+        if sm
+            .on_queue_grants(Arc::new(move |grants| sink.deliver(grants)))
+            .is_err()
+        {
+            return Err(ServerError::Raft(
+                "the state machine already feeds another node's waiters".into(),
+            ));
+        }
         let network = Network::new(id, peers.clone());
         let raft = Raft::new(id, raft_config, network, log.clone(), sm.clone())
             .await
@@ -172,6 +187,7 @@ impl Node {
         let node = Arc::new(Node {
             id,
             api_urls,
+            waiters,
             config,
             raft,
             sm,

@@ -297,4 +297,8 @@ impl Backend for Node {
     fn refresh_metrics(&self) {
         self.sample_metrics()
     }
+
+    fn waiters(&self) -> &Arc<crate::waiters::Waiters> {
+        &self.waiters
+    }
 }

@@ -57,6 +57,10 @@ const ALLOWLIST: &str = "allowlist";
 const AUDIT: &str = "audit";
 /// The section holding the admin records' bounds, when not the defaults.
 const ADMIN_LIMITS: &str = "admin_limits";
+/// The section holding the waiting acquires (`queue.rs`), by sequence number.
+/// Written whole, also by a chunked cut (at its start), like the counters: waiters
+/// are bounded by `max_leases` together with the leases and leave by their deadline.
+const QUEUE: &str = "queue";
 
 /// The snapshot format: primary data only. One field list for both directions:
 /// borrowed from the state when written, owned when read (a `Cow` encodes exactly as
@@ -156,6 +160,14 @@ impl State {
             };
             out.push((AUDIT.to_string(), bytes));
         }
+        if !self.queue.is_empty() {
+            let bytes = if digest {
+                encode(&(self.queue.sum, self.queue.len() as u64))
+            } else {
+                encode(&self.queue.waiters)
+            };
+            out.push((QUEUE.to_string(), bytes));
+        }
         out
     }
 
@@ -203,6 +215,12 @@ impl State {
                     .audit
                     .iter()
                     .fold(0u64, |acc, r| acc.wrapping_add(entry_hash(r)));
+            }
+            QUEUE => {
+                let waiters = decode.deserialize(&bytes).map_err(corrupt)?;
+                self.queue = super::queue::Queue::rebuild(waiters).map_err(|e| {
+                    CoreError::CorruptSnapshot(format!("snapshot section {name}: {e}"))
+                })?;
             }
             _ => {
                 return Err(CoreError::CorruptSnapshot(format!(
@@ -311,6 +329,7 @@ impl State {
             admin_limits: AdminLimits::default(),
             allow_index: Vec::new(),
             audit: Default::default(),
+            queue: Default::default(),
             audit_sum: 0,
             log_index: 0,
             lease_sum: 0,

@@ -56,6 +56,7 @@ mod ops;
 mod policies;
 mod rate;
 mod slots;
+mod wait;
 
 /// Settings the HTTP layer needs from the node's configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long a request may wait for the cluster before answering 503.
     pub request_timeout: Duration,
+    /// Longest `wait_ms` of a waiting acquire (`limits.max_wait_ms`; 400 above).
+    pub max_wait_ms: u64,
 }
 
 /// Everything a handler can reach. axum clones it for every extractor and middleware

@@ -9,6 +9,10 @@
 //! and the core refuses another token's release, renew or re-acquire (403) unless it
 //! is admin. Listings show other tokens' leases without their ids (an id is what
 //! releases a lease).
+//!
+//! An acquire with `wait_ms` may wait for its slot in the key's FIFO queue instead of
+//! being denied; `wait.rs` serves that wait. A key's listing shows its queue, with
+//! other tokens' waiter ids hidden as for leases.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,26 +41,50 @@ pub(super) async fn acquire(
     Authed(caller): Authed,
     Json(req): Json<proto::AcquireRequest>,
 ) -> ApiResult<Response> {
-    let op = Op::Acquire(core::Acquire {
+    let wait_ms = req.wait_ms.unwrap_or(0);
+    if wait_ms > st.config.max_wait_ms {
+        return Err(ApiError::invalid(format!(
+            "wait_ms {wait_ms} is above this cluster's maximum wait of {} ms (limits.max_wait_ms)",
+            st.config.max_wait_ms
+        )));
+    }
+    let acquire = core::Acquire {
         keys: req.keys,
         lease_id: req
             .lease_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         holder: req.holder.unwrap_or_default(),
         ttl_ms: req.ttl_ms.unwrap_or(st.config.default_ttl_ms),
-    });
-    let (g, notes) = match st.write(&caller, op).await? {
-        Outcome::Granted(g) => (g, Vec::new()),
+    };
+    if wait_ms > 0 {
+        return super::wait::acquire(st, caller, acquire, wait_ms).await;
+    }
+    match st.write(&caller, Op::Acquire(acquire)).await? {
+        Outcome::Granted(g) => Ok(granted(&st, g, Vec::new(), 0)),
         Outcome::GrantedShadow {
             grant,
             shadow_denied,
-        } => (grant, shadow_denied),
-        Outcome::Denied(d) => return Ok(denied(&st, d)),
-        other => return Err(ApiError::unexpected(&other)),
+        } => Ok(granted(&st, grant, shadow_denied, 0)),
+        Outcome::Denied(d) => Ok(denied(&st, d, None)),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// The 200 of a granted acquire; `waited_ms` is the time a waiting acquire spent
+/// queued (0: granted at once).
+pub(super) fn granted(
+    st: &ApiState,
+    g: core::Grant,
+    notes: Vec<core::ShadowDenial>,
+    waited_ms: u64,
+) -> Response {
+    let result = match (g.reused, waited_ms) {
+        (true, _) => "reused",
+        (false, 0) => "granted",
+        (false, _) => "granted_after_wait",
     };
-    st.metrics
-        .decision("acquire", if g.reused { "reused" } else { "granted" });
-    tracing::debug!(lease_id = %g.lease_id, token = g.fencing_token, "granted");
+    st.metrics.decision("acquire", result);
+    tracing::debug!(lease_id = %g.lease_id, token = g.fencing_token, waited_ms, "granted");
     let mut headers = axum::http::HeaderMap::new();
     let shadow_denied = if notes.is_empty() {
         Vec::new()
@@ -70,13 +98,22 @@ pub(super) async fn acquire(
         expires_at_ms: g.expires_at_ms,
         slots: slots_to_wire(g.slots),
         shadow_denied,
+        waited_ms,
     };
-    Ok((headers, JsonResponse(body)).into_response())
+    (headers, JsonResponse(body)).into_response()
 }
 
-/// The 429 of a denied acquire, `Retry-After` set.
-fn denied(st: &ApiState, d: core::Denial) -> Response {
-    st.metrics.decision("acquire", "denied");
+/// The 429 of a denied acquire, `Retry-After` set. `queue_position`: the place a
+/// waiting acquire had when its wait ended.
+pub(super) fn denied(st: &ApiState, d: core::Denial, queue_position: Option<u32>) -> Response {
+    st.metrics.decision(
+        "acquire",
+        if queue_position.is_some() {
+            "wait_timeout"
+        } else {
+            "denied"
+        },
+    );
     let message = format!("no free slot on {}", d.blocked_by.join(", "));
     let mut resp = (
         StatusCode::TOO_MANY_REQUESTS,
@@ -87,6 +124,7 @@ fn denied(st: &ApiState, d: core::Denial) -> Response {
             blocked_by: d.blocked_by,
             slots: slots_to_wire(d.slots),
             retry_after_ms: d.retry_after_ms,
+            queue_position,
         }),
     )
         .into_response();
@@ -148,7 +186,37 @@ pub(super) async fn slots(
     Authed(caller): Authed,
     Path(key): Path<String>,
 ) -> ApiResult<JsonResponse<proto::SlotsResponse>> {
-    match st.read(Query::Usage { key }).await? {
+    // Two linearizable reads, side by side: each reflects every write acknowledged
+    // before the request (the queue may have moved between them, as it may have
+    // by the time the answer arrives).
+    let (usage, queue) = tokio::try_join!(
+        st.read(Query::Usage { key: key.clone() }),
+        st.read(Query::Queue { key })
+    )?;
+    let queue = match queue {
+        Outcome::Queue(q) => proto::QueueInfo {
+            length: u32::try_from(q.waiters.len()).unwrap_or(u32::MAX),
+            waiters: q
+                .waiters
+                .into_iter()
+                .map(|w| proto::WaiterInfo {
+                    // Hidden like another token's lease id: it would let the
+                    // caller take the waiter's place (LeaveQueue) or its grant.
+                    lease_id: if caller.may_use(&w.owner) {
+                        w.lease_id
+                    } else {
+                        String::new()
+                    },
+                    holder: w.holder,
+                    position: w.position,
+                    deadline_ms: w.deadline_ms,
+                    keys: w.keys,
+                })
+                .collect(),
+        },
+        other => return Err(ApiError::unexpected(&other)),
+    };
+    match usage {
         Outcome::Usage(u) => Ok(JsonResponse(proto::SlotsResponse {
             key: u.key,
             used: u.used,
@@ -169,6 +237,7 @@ pub(super) async fn slots(
                     expires_at_ms: l.expires_at_ms,
                 })
                 .collect(),
+            queue,
         })),
         other => Err(ApiError::unexpected(&other)),
     }
