@@ -254,7 +254,9 @@ def test_waiters_keep_their_places_through_a_leader_kill(chaos_cluster: Cluster,
 
         assert admin.release(first.lease_id)
         granted_b = waits_b.result(timeout=30)
-        assert granted_b.lease_id == b_id and granted_b.waited > 0
+        # (Its `waited` may be 0: a retry that arrives after the queue granted it is
+        # answered with that grant, as a repeated acquire is.)
+        assert granted_b.lease_id == b_id
         queue_is([c_id])
         assert not waits_c.done(), "c waits its turn behind b"
         assert admin.release(b_id)

@@ -56,8 +56,11 @@ def test_org_and_global_limits_and_release_paths(cluster: Cluster, uid: str, app
         assert [r.status_code for r in first] == [202] * 5 + [429]
         denied = first[5]
         assert int(denied.headers["retry-after"]) >= 1
-        assert denied.json()["blocked_by"] == [f"org:{org}"]
-        assert denied.json()["queue_position"] == 1, "it waited, first in line, then gave up"
+        # It waited, first in line, then gave up; blocked_by names every key it
+        # waited on (the org is full, the global key has room).
+        assert denied.json()["blocked_by"] == [f"org:{org}", glob]
+        assert denied.json()["usage"][f"org:{org}"] == {"used": 5, "limit": 5}
+        assert denied.json()["queue_position"] == 1
         assert all(r.json()["waited"] == 0 for r in first[:5])
         assert used(client, f"org:{org}") == 5
         assert used(client, glob) == 5
@@ -82,8 +85,10 @@ def test_org_and_global_limits_and_release_paths(cluster: Cluster, uid: str, app
         more = [start(app.http, f"o{i}{uid}") for i in range(10) for _ in range(5)]
         assert statuses(more)[202] == 46
         assert used(client, glob) == 50
-        blocked = [r.json()["blocked_by"] for r in more if r.status_code == 429]
-        assert all(b == [glob] for b in blocked)
+        denials = [r.json() for r in more if r.status_code == 429]
+        assert len(denials) == 4
+        assert all(d["usage"][glob] == {"used": 50, "limit": 50} for d in denials)
+        assert all(glob in d["blocked_by"] and d["queue_position"] == 1 for d in denials)
 
         # Per-org override, like the seed's set_org_rate_limit command.
         client.set_limit(f"org:{org}", 6)

@@ -89,6 +89,8 @@ _NS_PER_MS = 1_000_000
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/@+=")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 MAX_KEYS = 8
+#: The Retry-After hint of a wait that ended ungranted (the server's constant).
+_WAIT_TIMEOUT_RETRY_MS = 1000
 MAX_CHECKS = 16
 
 
@@ -150,6 +152,8 @@ class _Waiter:
     queued_ms: int
     #: Cluster time at which it leaves the queue ungranted.
     deadline_ms: int
+    #: Occupancy of its keys when it queued (what a timed-out answer reports).
+    slots: tuple[SlotUsage, ...] = ()
     #: The wait in real seconds, after which the waiting client gives up regardless.
     wait_s: float = 0.0
     #: The grant or the denial, once decided (then ``done`` is set).
@@ -453,21 +457,21 @@ class FakeCluster:
                 if sorted(queued.keys) != sorted(keys):
                     raise self._conflict(lease_id, queued.keys, keys)
                 if wait_ms == 0:
-                    raise self._denied(keys, now, None)
+                    raise self._denied(keys, now)
                 queued.deadline_ms = now + wait_ms
                 queued.wait_s = wait_ms / 1000
                 joined: Lease | _Waiter = queued
             else:
                 usage = self._usage(keys, now)
                 # No room, or somebody already waiting on a key: no barging.
-                blocked = [u for u in usage if u.used >= u.limit or self._ahead(u.key, None)]
+                blocked = [u for u in usage if u.used >= u.limit or self._queue(u.key)]
                 if not blocked:
                     return self._grant(lease_id, keys, holder, ttl_ms, now, 0)
                 if wait_ms == 0:
-                    raise self._denied(keys, now, None)
+                    raise self._denied(keys, now)
                 self._seq += 1
                 joined = _Waiter(
-                    lease_id, tuple(keys), holder, ttl_ms, self._seq, now, now + wait_ms
+                    lease_id, tuple(keys), holder, ttl_ms, self._seq, now, now + wait_ms, usage
                 )
                 joined.wait_s = wait_ms / 1000
                 self._waiters[lease_id] = joined
@@ -490,12 +494,10 @@ class FakeCluster:
         granted = tuple(SlotUsage(u.key, u.used + 1, u.limit) for u in usage)
         return Lease(lease_id, lease.token, lease.expires_at_ms, granted, waited)
 
-    def _denied(self, keys: Sequence[str], now: int, waiter: _Waiter | None) -> LimitExceeded:
-        """The 429 of an acquire that found no room on a key, or waiters there before
-        it; for a ``waiter`` whose wait ended, with the place it had in the queue."""
+    def _denied(self, keys: Sequence[str], now: int) -> LimitExceeded:
+        """The 429 of an acquire that found no room on a key, or waiters there."""
         usage = self._usage(keys, now)
-        blocked = [u for u in usage if u.used >= u.limit or self._ahead(u.key, waiter)]
-        position = None if waiter is None else self._position(waiter)
+        blocked = [u for u in usage if u.used >= u.limit or self._queue(u.key)]
         retry = 0
         for u in usage:
             if u.used >= u.limit:
@@ -504,18 +506,28 @@ class FakeCluster:
                 need = u.used - u.limit
                 retry = max(retry, ends[need] - now if need < len(ends) else 1)
             ahead = self._queue(u.key)
-            mine = next((i for i, x in enumerate(ahead) if x is waiter), None)
-            if mine is not None:
-                ahead = ahead[:mine]
             if ahead:
                 # Blocked by the queue: at the latest, the soonest deadline ahead.
                 retry = max(retry, min(w.deadline_ms for w in ahead) - now)
         retry = min(max(retry, 1), self.max_retry_after_ms)
-        message = f"no free slot on {', '.join(u.key for u in blocked)}"
+        return self._limit_exceeded([u.key for u in blocked], usage, retry, None)
+
+    def _timed_out(self, w: _Waiter) -> LimitExceeded:
+        """The 429 of a wait that ended ungranted, as the server shapes it: every key
+        it waited on, the usage when it queued, the place it had (its best over its
+        keys), and a fixed one-second hint (a new wait joins the back of the queue:
+        no lease expiry to point at)."""
+        position = min(self._queue(k).index(w) + 1 for k in w.keys)
+        return self._limit_exceeded(list(w.keys), w.slots, _WAIT_TIMEOUT_RETRY_MS, position)
+
+    def _limit_exceeded(
+        self, blocked: list[str], usage: Sequence[SlotUsage], retry: int, position: int | None
+    ) -> LimitExceeded:
+        message = f"no free slot on {', '.join(blocked)}"
         body: dict[str, Any] = {
             "error": "limit_exceeded",
             "message": message,
-            "blocked_by": [u.key for u in blocked],
+            "blocked_by": blocked,
             "slots": [{"key": u.key, "used": u.used, "limit": u.limit} for u in usage],
             "retry_after_ms": retry,
         }
@@ -523,7 +535,7 @@ class FakeCluster:
             body["queue_position"] = position
         return LimitExceeded(
             message,
-            blocked_by=[u.key for u in blocked],
+            blocked_by=list(blocked),
             slots=list(usage),
             retry_after_ms=retry,
             queue_position=position,
@@ -536,16 +548,6 @@ class FakeCluster:
         """The waiters on ``key``, first first (the waiters dict is in arrival order)."""
         return [w for w in self._waiters.values() if key in w.keys]
 
-    def _ahead(self, key: str, waiter: _Waiter | None) -> bool:
-        """Whether somebody waits on ``key`` before ``waiter`` (None: a newcomer)."""
-        queue = self._queue(key)
-        return bool(queue) and queue[0] is not waiter
-
-    def _position(self, w: _Waiter) -> int:
-        """Where a waiter stands: its best place over its keys (1: next on one), as
-        the cluster's ``LeaveQueue`` answers it."""
-        return min(self._queue(k).index(w) + 1 for k in w.keys)
-
     def _settle(self, now: int) -> None:
         """Decide what the queue's waiters have come to at ``now``: those past their
         deadline leave ungranted, then, earliest first, every waiter that is first on
@@ -554,13 +556,13 @@ class FakeCluster:
         waiters behind it up."""
         self._purge(now)
         for w in [w for w in self._waiters.values() if w.deadline_ms <= now]:
-            self._decide(w, self._denied(w.keys, now, w))
+            self._decide(w, self._timed_out(w))
         for w in list(self._waiters.values()):
             first = all(self._queue(k)[0] is w for k in w.keys)
             if first and all(u.used < u.limit for u in self._usage(w.keys, now)):
-                self._decide(
-                    w, self._grant(w.lease_id, w.keys, w.holder, w.ttl_ms, now, now - w.queued_ms)
-                )
+                # The server counts at least 1 ms for a grant that waited.
+                waited = max(now - w.queued_ms, 1)
+                self._decide(w, self._grant(w.lease_id, w.keys, w.holder, w.ttl_ms, now, waited))
 
     def _decide(self, w: _Waiter, outcome: Lease | LimitExceeded) -> None:
         del self._waiters[w.lease_id]
@@ -577,7 +579,7 @@ class FakeCluster:
             now = self._tick()
             self._settle(now)
             if self._waiters.get(w.lease_id) is w:
-                self._decide(w, self._denied(w.keys, now, w))
+                self._decide(w, self._timed_out(w))
         self._arm()
         return self._outcome(w)
 
