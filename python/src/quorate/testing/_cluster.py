@@ -12,6 +12,12 @@ both. What it models:
   other keys a :class:`~quorate.LeaseConflict`; a full key raises
   :class:`~quorate.LimitExceeded` with ``blocked_by``, usage and ``retry_after_ms``
   (when the soonest blocking lease expires); leases expire in cluster time.
+- **Waiting acquires** (``wait``): a FIFO queue per key in arrival order; the
+  earliest waiter first on each of its keys with room on all is granted (on a
+  release, an expiry as the clock moves, a raised limit), nobody overtakes a waiter
+  (a plain acquire on a key with waiters is denied), a retry of a waiting lease id
+  keeps its place, and a wait that ends is answered as the server answers it
+  (``queue_position``, every waited key in ``blocked_by``, a 1 s hint).
 - **Rate checks**: GCRA in integer nanoseconds with results rounded up to whole
   milliseconds, exactly as ``gcra.rs``; named policies scaled by tier multipliers
   (thousandths, clamped to ``1..=max_limit``); up to 16 checks charged all or none;
