@@ -323,6 +323,32 @@ def test_allowlisted_checks_pass_uncharged_and_are_audited(qc: Any, uid: str) ->
     assert (removed.op, removed.before, removed.after) == ("disallow", "allowed", None)
 
 
+async def async_waiter_is_served(c: Any, key: str) -> None:
+    """An awaited waiting slot is entered when the slot it waits for is released
+    (by the same event loop: the wait must not block it)."""
+    await c.set_limit(key, 1)
+    first = await c.acquire([key], ttl=30)
+    entered = asyncio.Event()
+
+    async def waiter() -> int | None:
+        async with c.slot([key], ttl=30, wait=20) as s:
+            entered.set()
+            token: int | None = s.fencing_token
+            return token
+
+    task = asyncio.create_task(waiter())
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await c.slots(key)).queue.length == 0:
+        assert asyncio.get_running_loop().time() < deadline, "the waiter never queued"
+        await asyncio.sleep(0.02)
+    assert not entered.is_set()
+    assert await c.release(first.lease_id)
+    token = await asyncio.wait_for(task, 10)
+    assert token is not None and token > first.fencing_token
+    assert (await c.slots(key)).used == 0, "released on exit"
+    await c.delete_limit(key)
+
+
 def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
     async def main() -> None:
         async with aqc_factory() as c:
@@ -332,6 +358,7 @@ def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
             assert (await c.slots(f"org:as-{uid}")).used == 0
             async with c.slot([f"org:as-{uid}"], ttl=30, wait=5) as s:
                 assert s.lease is not None and s.lease.waited == 0  # room: at once
+            await async_waiter_is_served(c, f"org:aw-{uid}")
             d = await c.check(f"ip:as-{uid}", limit=1, period=60)
             assert d.allowed
             assert not (await c.check(f"ip:as-{uid}", limit=1, period=60)).allowed
