@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from quorate_cluster import ROOT
+from quorate_cluster import ROOT, poll
 
 import quorate
 from quorate import Client, ConcurrencyPolicy, RateCheck, RatePolicy
@@ -143,6 +144,47 @@ def test_limits_come_from_override_policy_or_default(qc: Any, uid: str) -> None:
         qc.set_limit(org, 0)
     with pytest.raises(quorate.InvalidRequest):
         qc.list_limits("org:", max=0)
+
+
+def test_waiters_take_turns_in_fifo_order_and_a_wait_can_end_ungranted(qc: Any, uid: str) -> None:
+    key = f"org:w-{uid}"
+    qc.set_limit(key, 1)
+    first = qc.acquire([key], ttl=30)
+
+    def queue() -> list[tuple[int, str | None]]:
+        return [(w.position, w.lease_id) for w in qc.slots(key).queue.waiters]
+
+    def queued(n: int) -> None:
+        poll(f"{n} waiting on {key}", lambda: True if len(queue()) == n else None, 10)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        b = pool.submit(qc.acquire, [key], ttl=30, lease_id=f"b-{uid}", wait=20)
+        queued(1)  # b waits before c asks
+        c = pool.submit(qc.acquire, [key], ttl=30, lease_id=f"c-{uid}", wait=20)
+        queued(2)
+        assert queue() == [(1, f"b-{uid}"), (2, f"c-{uid}")]
+        waiter = qc.slots(key).queue.waiters[0]
+        assert waiter.keys == (key,) and waiter.deadline_ms > first.expires_at_ms - 30_000
+        assert qc.release(first.lease_id)
+        granted = b.result(timeout=10)
+        assert granted.lease_id == f"b-{uid}" and granted.fencing_token > first.fencing_token
+        assert granted.waited > 0, "a grant from the queue says it waited"
+        assert queue() == [(1, f"c-{uid}")] and not c.done()
+        assert qc.release(granted.lease_id)
+        assert c.result(timeout=10).lease_id == f"c-{uid}"
+    assert qc.slots(key).queue.length == 0 and qc.slots(key).used == 1
+    # A wait that ends before a slot frees: the same 429 as a plain denial, plus the
+    # place it had; it leaves the queue.
+    with pytest.raises(quorate.LimitExceeded) as e:
+        qc.acquire([key], ttl=30, wait=0.2)
+    assert (e.value.queue_position, e.value.blocked_by) == (1, [key])
+    # No lease expiry to point at (a new wait joins the back): a fixed 1 s hint.
+    assert e.value.status == 429 and e.value.retry_after_ms == 1000
+    assert qc.slots(key).queue.length == 0
+    with pytest.raises(quorate.InvalidRequest):
+        qc.acquire([key], ttl=30, wait=61)  # over [limits] max_wait_ms
+    qc.release(f"c-{uid}")
+    qc.delete_limit(key)
 
 
 # -- rate limits ----------------------------------------------------------------------
@@ -281,6 +323,32 @@ def test_allowlisted_checks_pass_uncharged_and_are_audited(qc: Any, uid: str) ->
     assert (removed.op, removed.before, removed.after) == ("disallow", "allowed", None)
 
 
+async def async_waiter_is_served(c: Any, key: str) -> None:
+    """An awaited waiting slot is entered when the slot it waits for is released
+    (by the same event loop: the wait must not block it)."""
+    await c.set_limit(key, 1)
+    first = await c.acquire([key], ttl=30)
+    entered = asyncio.Event()
+
+    async def waiter() -> int | None:
+        async with c.slot([key], ttl=30, wait=20) as s:
+            entered.set()
+            token: int | None = s.fencing_token
+            return token
+
+    task = asyncio.create_task(waiter())
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await c.slots(key)).queue.length == 0:
+        assert asyncio.get_running_loop().time() < deadline, "the waiter never queued"
+        await asyncio.sleep(0.02)
+    assert not entered.is_set()
+    assert await c.release(first.lease_id)
+    token = await asyncio.wait_for(task, 10)
+    assert token is not None and token > first.fencing_token
+    assert (await c.slots(key)).used == 0, "released on exit"
+    await c.delete_limit(key)
+
+
 def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
     async def main() -> None:
         async with aqc_factory() as c:
@@ -288,6 +356,9 @@ def test_async_surface(backend: str, aqc_factory: Any, uid: str) -> None:
                 assert s.fencing_token is not None
                 assert (await c.slots(f"org:as-{uid}")).used == 1
             assert (await c.slots(f"org:as-{uid}")).used == 0
+            async with c.slot([f"org:as-{uid}"], ttl=30, wait=5) as s:
+                assert s.lease is not None and s.lease.waited == 0  # room: at once
+            await async_waiter_is_served(c, f"org:aw-{uid}")
             d = await c.check(f"ip:as-{uid}", limit=1, period=60)
             assert d.allowed
             assert not (await c.check(f"ip:as-{uid}", limit=1, period=60)).allowed

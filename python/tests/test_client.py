@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -218,6 +219,51 @@ def test_lost_when_deadline_passes_without_renewal(chaos_cluster: Cluster, uid: 
         poll("deadline-based loss", lambda: True if s.lost else None, deadline=10)
         assert "deadline" in (s.lost_reason or "")
         assert s.remaining < 0
+
+
+def test_waiters_keep_their_places_through_a_leader_kill(chaos_cluster: Cluster, uid: str) -> None:
+    """Two waiting acquires, each one long request; the leader dies under them. Each
+    client retries its own lease id on another node for what is left of its wait, and
+    the replicated queue keeps them in the order they asked."""
+    c = chaos_cluster
+    key = f"org:wk-{uid}"
+    b_id, c_id = f"b-{uid}", f"c-{uid}"
+    with (
+        Client(c.urls, timeout=1.0, deadline=15.0) as admin,
+        Client(c.urls, timeout=1.0, deadline=15.0) as for_b,
+        Client(c.urls, timeout=1.0, deadline=15.0) as for_c,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        admin.set_limit(key, 1)
+        first = admin.acquire([key], ttl=60)
+
+        def queue_is(ids: list[str]) -> None:
+            def check() -> bool | None:
+                return True if [w.lease_id for w in admin.slots(key).queue.waiters] == ids else None
+
+            poll(f"queue of {key} == {ids}", check, deadline=20)
+
+        waits_b = pool.submit(for_b.acquire, [key], ttl=60, lease_id=b_id, wait=45)
+        queue_is([b_id])
+        waits_c = pool.submit(for_c.acquire, [key], ttl=60, lease_id=c_id, wait=45)
+        queue_is([b_id, c_id])
+        c.kill(c.leader_id())
+        c.leader_id()  # a new one is elected
+        queue_is([b_id, c_id])
+        assert not waits_b.done() and not waits_c.done()
+
+        assert admin.release(first.lease_id)
+        granted_b = waits_b.result(timeout=30)
+        # (Its `waited` may be 0: a retry that arrives after the queue granted it is
+        # answered with that grant, as a repeated acquire is.)
+        assert granted_b.lease_id == b_id
+        queue_is([c_id])
+        assert not waits_c.done(), "c waits its turn behind b"
+        assert admin.release(b_id)
+        assert waits_c.result(timeout=30).lease_id == c_id
+        assert admin.slots(key).used == 1
+        admin.release(c_id)
+        admin.delete_limit(key)
 
 
 class _LoseFirstAcquireAnswer(httpx.BaseTransport):

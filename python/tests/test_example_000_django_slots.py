@@ -1,10 +1,15 @@
 """Seed 000 end to end: concurrency slots per organisation plus a global cap, held by
 background jobs of a Django app (``examples/000_django_slots``), released on every
-path. Two worker processes share the limits; a leader kill admits nobody extra."""
+path. A full org waits its turn (FIFO across two worker processes) and is answered
+429 only when its wait ends; a leader kill admits nobody extra."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import httpx
+import pytest
 from apps import App, Workers, app_env, spread, statuses
 from quorate_cluster import Cluster, poll
 
@@ -14,8 +19,10 @@ EXAMPLE = "000_django_slots"
 ARGS = ["serve"]
 
 
-def env(urls: list[str], uid: str, **extra: object) -> dict[str, str]:
-    return app_env(urls, GLOBAL_KEY=f"global-{uid}", LEASE_TTL=5, **extra)
+def env(urls: list[str], uid: str, wait: float = 0.5, **extra: object) -> dict[str, str]:
+    """The app's environment; ``wait`` is its EXECUTION_WAIT (short by default, so a
+    full org's 429 comes quickly, after a real wait)."""
+    return app_env(urls, GLOBAL_KEY=f"global-{uid}", LEASE_TTL=5, EXECUTION_WAIT=wait, **extra)
 
 
 def start(c: httpx.Client, org: str) -> httpx.Response:
@@ -49,7 +56,12 @@ def test_org_and_global_limits_and_release_paths(cluster: Cluster, uid: str, app
         assert [r.status_code for r in first] == [202] * 5 + [429]
         denied = first[5]
         assert int(denied.headers["retry-after"]) >= 1
-        assert denied.json()["blocked_by"] == [f"org:{org}"]
+        # It waited, first in line, then gave up; blocked_by names every key it
+        # waited on (the org is full, the global key has room).
+        assert denied.json()["blocked_by"] == [f"org:{org}", glob]
+        assert denied.json()["usage"][f"org:{org}"] == {"used": 5, "limit": 5}
+        assert denied.json()["queue_position"] == 1
+        assert all(r.json()["waited"] == 0 for r in first[:5])
         assert used(client, f"org:{org}") == 5
         assert used(client, glob) == 5
 
@@ -73,8 +85,10 @@ def test_org_and_global_limits_and_release_paths(cluster: Cluster, uid: str, app
         more = [start(app.http, f"o{i}{uid}") for i in range(10) for _ in range(5)]
         assert statuses(more)[202] == 46
         assert used(client, glob) == 50
-        blocked = [r.json()["blocked_by"] for r in more if r.status_code == 429]
-        assert all(b == [glob] for b in blocked)
+        denials = [r.json() for r in more if r.status_code == 429]
+        assert len(denials) == 4
+        assert all(d["usage"][glob] == {"used": 50, "limit": 50} for d in denials)
+        assert all(glob in d["blocked_by"] and d["queue_position"] == 1 for d in denials)
 
         # Per-org override, like the seed's set_org_rate_limit command.
         client.set_limit(f"org:{org}", 6)
@@ -102,9 +116,79 @@ def test_two_workers_share_the_org_limit(cluster: Cluster, uid: str, apps: Worke
         wait_used(client, f"org:{org}", 0)
 
 
+@pytest.fixture
+def background() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool
+
+
+def test_two_workers_take_turns_in_fifo_order(
+    cluster: Cluster, uid: str, apps: Workers, background: ThreadPoolExecutor
+) -> None:
+    """Limit 1: A runs; B (on worker 1) and then C (on worker 2) wait in that order,
+    each in a request held open by its worker; A finishes -> B runs, B finishes -> C
+    runs. The order is the queue's, not whoever polls first."""
+    one, two = apps.start(env(cluster.urls, uid, wait=60), n=2)
+    org = f"f{uid}"
+    key = f"org:{org}"
+    a, b, c = (f"{x}-{uid}" for x in "abc")
+
+    def start_as(app: App, eid: str) -> Future[httpx.Response]:
+        def send() -> httpx.Response:
+            with httpx.Client(base_url=app.url, timeout=90.0, trust_env=False) as http:
+                return http.post(f"/orgs/{org}/executions", params={"execution_id": eid})
+
+        return background.submit(send)
+
+    def state(app: App, eid: str) -> str:
+        return str(app.http.get(f"/executions/{eid}").json()["state"])
+
+    with quorate.Client(cluster.urls) as client:
+        client.set_limit(key, 1)
+
+        def waiting() -> list[str | None]:
+            return [w.lease_id for w in client.slots(key).queue.waiters]
+
+        def queue_is(ids: list[str]) -> None:
+            poll(f"queue of {key} == {ids}", lambda: True if waiting() == ids else None, 15)
+
+        ra = start_as(one, a).result(timeout=30)
+        assert ra.status_code == 202 and ra.json()["waited"] == 0
+        poll("A running", lambda: True if state(one, a) == "running" else None, 15)
+        rb = start_as(one, b)
+        queue_is([b])  # B waits before C asks
+        rc = start_as(two, c)
+        queue_is([b, c])
+        assert not rb.done() and not rc.done()
+        assert used(client, key) == 1
+
+        finish_all(one, [ra])
+        got_b = rb.result(timeout=30)
+        assert got_b.status_code == 202, got_b.text
+        assert got_b.json()["waited"] > 0
+        poll("B running", lambda: True if state(one, b) == "running" else None, 15)
+        assert state(one, a) == "completed"
+        assert waiting() == [c] and not rc.done(), "C still waits its turn"
+        assert used(client, key) == 1
+
+        finish_all(one, [got_b])
+        got_c = rc.result(timeout=30)
+        assert got_c.status_code == 202, got_c.text
+        assert got_c.json()["waited"] > 0
+        tokens = [r.json()["fencing_token"] for r in (ra, got_b, got_c)]
+        assert tokens == sorted(tokens), "granted in the order they asked"
+        poll("C running", lambda: True if state(two, c) == "running" else None, 15)
+        assert state(one, b) == "completed"
+        assert waiting() == [] and used(client, key) == 1
+        finish_all(two, [got_c])
+        wait_used(client, key, 0)
+        client.delete_limit(key)
+
+
 def test_leader_kill_admits_nobody_extra(chaos_cluster: Cluster, uid: str, apps: Workers) -> None:
     c = chaos_cluster
-    workers = apps.start(env(c.urls, uid), n=2)
+    # No waiting here: this test is about admissions through an election.
+    workers = apps.start(env(c.urls, uid, wait=0), n=2)
     org = f"c{uid}"
     with quorate.Client(c.urls, deadline=15) as client:
         client.set_limit(f"global-{uid}", 50)
@@ -126,7 +210,7 @@ def test_fail_closed_and_fail_open_when_cluster_down(
     chaos_cluster: Cluster, uid: str, apps: Workers
 ) -> None:
     c = chaos_cluster
-    closed, opened = apps.start_closed_and_open(env(c.urls, uid, QUORATE_DEADLINE=1.5))
+    closed, opened = apps.start_closed_and_open(env(c.urls, uid, 0, QUORATE_DEADLINE=1.5))
     for nid in list(c.running()):
         c.kill(nid)
     r = start(closed.http, f"d{uid}")

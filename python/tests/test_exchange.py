@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+import quorate
 from quorate import AsyncClient, Client
 from quorate import _calls as calls
 from quorate._exchange import LEADER_HEADER, Exchange, Nodes, parse_hint
@@ -178,3 +179,72 @@ def test_a_proxy_error_from_the_hint_moves_on(status: int) -> None:
     x.answered(answer(status, None))
     assert n.leader is None
     assert target(x) == A
+
+
+# -- a waiting acquire is one long request ------------------------------------------------
+
+
+def acquire_call(wait: float | None) -> calls.Call[Any]:
+    def undecided(exc: Exception) -> Any:
+        raise exc
+
+    return calls.acquire(["org:w"], 30, "lease-w", "me", undecided, wait)
+
+
+def test_a_waiting_acquire_gets_the_wait_on_top_of_its_budget() -> None:
+    n = Nodes([A, B], timeout=1.0, deadline=5.0, backoff=0.01, max_backoff=0.02)
+    plain = Exchange(n, Failures(), acquire_call(None), None)
+    _, timeout = plain.next()
+    assert timeout == pytest.approx(1.0, abs=0.05)
+    assert plain.body is not None and "wait_ms" not in plain.body
+
+    x = Exchange(n, Failures(), acquire_call(30), None)
+    url, timeout = x.next()
+    # One request that may last the whole wait, not a poll: the read timeout covers
+    # the wait plus the usual per-attempt timeout, and the call's deadline both.
+    assert timeout == pytest.approx(31.0, abs=0.05)
+    assert x.http_timeout.read == timeout
+    assert x.http_timeout.connect == 1.0, "a dead node still fails fast"
+    assert x.deadline - x.hold_until == pytest.approx(5.0, abs=0.05)
+    assert x.body is not None and x.body["wait_ms"] == 30_000
+    assert x.body["lease_id"] == "lease-w"
+
+    # The node dies mid-wait: the retry goes to the next node with the same lease id
+    # (so the waiter keeps its place) and asks only for what is left of the wait.
+    x.hold_until -= 12.0  # as if 12 s of the wait had passed
+    x.unreachable(refused())
+    assert not x.done
+    url2, timeout2 = x.next()
+    assert url2.startswith(B) and url.startswith(A)
+    assert x.body is not None and x.body["lease_id"] == "lease-w"
+    assert 17_900 <= x.body["wait_ms"] <= 18_000
+    assert timeout2 == pytest.approx(19.0, abs=0.1)
+
+    # With the wait spent, a retry still asks (1 ms) rather than acquiring afresh.
+    x.hold_until -= 60.0
+    x.unreachable(refused())
+    x.next()
+    assert x.body is not None and x.body["wait_ms"] == 1
+
+
+def test_a_wait_that_ends_ungranted_raises_with_the_queue_position() -> None:
+    x = Exchange(nodes(A), Failures(), acquire_call(5), None)
+    x.next()
+    body = {
+        "error": "limit_exceeded",
+        "message": "no free slot on org:w",
+        "blocked_by": ["org:w"],
+        "slots": [{"key": "org:w", "used": 1, "limit": 1}],
+        "retry_after_ms": 900,
+        "queue_position": 3,
+    }
+    x.answered(httpx.Response(429, headers={"retry-after": "1"}, json=body))
+    with pytest.raises(quorate.LimitExceeded) as e:
+        x.outcome()
+    assert (e.value.queue_position, e.value.blocked_by, e.value.retry_after) == (3, ["org:w"], 0.9)
+
+    granted = Exchange(nodes(A), Failures(), acquire_call(5), None)
+    granted.next()
+    lease = {"lease_id": "lease-w", "fencing_token": 7, "expires_at_ms": 1, "waited_ms": 2500}
+    granted.answered(httpx.Response(200, json=lease))
+    assert granted.outcome().waited == 2.5

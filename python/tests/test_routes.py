@@ -9,6 +9,7 @@ a path of its own. No cluster needed.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,3 +64,22 @@ def test_path_parameters_are_one_encoded_segment() -> None:
         _routes.SLOTS.path()
     call = _calls.delete_policy("x y")
     assert (call.method, call.path) == ("DELETE", "/v1/policies/x%20y")
+
+
+def schema_fields(name: str) -> set[str]:
+    doc = json.loads((ROOT / "proto" / "openapi.json").read_text())
+    return set(doc["components"]["schemas"][name]["properties"])
+
+
+def test_the_waiting_acquire_speaks_the_documented_fields() -> None:
+    """What the package sends and reads for a waiting acquire is in the server's
+    schemas (the server refuses unknown request fields, so a typo here is a 400)."""
+    body = _calls.acquire_body(["k"], 1.0, "id", "me", wait=2.5)
+    assert body["wait_ms"] == 2500
+    assert set(body) <= schema_fields("AcquireRequest")
+    assert "waited_ms" in schema_fields("AcquireGranted")
+    assert "queue_position" in schema_fields("AcquireDenied")
+    assert "queue" in schema_fields("SlotsResponse")
+    assert {"length", "waiters"} <= schema_fields("QueueInfo")
+    waiter = {f.name for f in dataclasses.fields(quorate.Waiter)}
+    assert waiter <= schema_fields("WaiterInfo")

@@ -3,14 +3,21 @@ M in total, in a single-file Django app.
 
 A request to start an execution takes one slot on ``org:<id>`` and ``global`` in one
 atomic step (quorate policies ``orgs`` = 5 and ``global`` = 50), hands the lease to a
-background job and answers 202; a full organisation (or a full system) gets a JSON
-429 with ``Retry-After``. The job renews the lease while it runs and releases it when
-it finishes, fails, or never starts. Per-org overrides replace the seed's management
+background job and answers 202. When the organisation (or the system) is full, the
+request waits its turn for a slot, up to ``EXECUTION_WAIT`` seconds (default 30):
+waiting requests form one FIFO queue per key across every worker process, and a slot
+freed anywhere goes to the earliest -- instead of the seed's ``429`` +
+``Retry-After: 300`` that sent every caller polling, and the first to poll after a
+release winning. Only a wait that ends ungranted answers a JSON 429 with
+``Retry-After`` and the ``queue_position`` it had (``EXECUTION_WAIT=0``: no waiting,
+the 429 at once). The job renews the lease while it runs and releases it when it
+finishes, fails, or never starts. Per-org overrides replace the seed's management
 commands::
 
     export QUORATE_NODES=http://127.0.0.1:7101,http://127.0.0.1:7102,http://127.0.0.1:7103
     python app.py serve --port 8000
     curl -X POST localhost:8000/orgs/acme/executions          # 202 {"execution_id": ...}
+                                           # (org full: waits up to EXECUTION_WAIT s first)
     curl -X POST localhost:8000/executions/<id>/finish        # job completes, slot freed
     python app.py set-limit acme 20      # set_org_rate_limit
     python app.py get-limit acme         # get_org_rate_limit
@@ -61,6 +68,9 @@ log = logging.getLogger("example")
 #: A job may run at most this long (the test harness's safety net, not a timer).
 JOB_MAX_SECONDS = 120.0
 LEASE_TTL = float(os.environ.get("LEASE_TTL", 30))
+#: Seconds a start request waits for a slot before answering 429 (0: answer at once).
+#: Each waiting request holds one of the server's threads for that long.
+EXECUTION_WAIT = float(os.environ.get("EXECUTION_WAIT", 30))
 
 
 class Job:
@@ -77,7 +87,12 @@ JOBS: dict[str, Job] = {}
 
 def gate() -> WorkSlots:
     # GLOBAL_KEY lets tests use a private global cap; in production it is "global".
-    return WorkSlots(get_client(), ttl=LEASE_TTL, global_key=os.environ.get("GLOBAL_KEY", "global"))
+    return WorkSlots(
+        get_client(),
+        ttl=LEASE_TTL,
+        global_key=os.environ.get("GLOBAL_KEY", "global"),
+        wait=EXECUTION_WAIT or None,
+    )
 
 
 def run_job(job: Job, lease_id: str | None) -> None:
@@ -107,7 +122,8 @@ def start_execution(request: HttpRequest, org: str) -> HttpResponse:
     execution_id = request.GET.get("execution_id") or str(uuid.uuid4())
     job = Job(execution_id, org)
     try:
-        # The execution id is the lease id: a retried request cannot take a 2nd slot.
+        # The execution id is the lease id: a retried request cannot take a 2nd slot
+        # (or a 2nd place in the queue). A full org waits here for its turn.
         with gate().admit(org, job_id=execution_id, holder=f"pid-{os.getpid()}") as lease:
             enqueue(job, WorkSlots.lease_id(lease), broken=request.GET.get("enqueue_fail") == "1")
     except LimitExceeded as e:
@@ -116,6 +132,7 @@ def start_execution(request: HttpRequest, org: str) -> HttpResponse:
             f"concurrency limit reached on {', '.join(e.blocked_by)}",
             blocked_by=e.blocked_by,
             usage={s.key: {"used": s.used, "limit": s.limit} for s in e.slots},
+            queue_position=e.queue_position,
         )
     except Unavailable:
         return JsonResponse({"error": "unavailable"}, status=503, headers={"Retry-After": "1"})
@@ -127,6 +144,7 @@ def start_execution(request: HttpRequest, org: str) -> HttpResponse:
             "execution_id": execution_id,
             "pid": os.getpid(),
             "fencing_token": None if lease is None else lease.fencing_token,
+            "waited": 0.0 if lease is None else lease.waited,
             "degraded": lease is None,
         },
         status=202,

@@ -10,6 +10,8 @@ slot::
     with quorate.Client(["http://127.0.0.1:7101", "http://127.0.0.1:7102"]) as client:
         with client.slot(["org:acme", "global"], ttl=30) as slot:
             run_job(fencing_token=slot.fencing_token)
+        with client.slot(["org:acme"], ttl=30, wait=10) as slot:  # full: wait its turn
+            run_job(fencing_token=slot.fencing_token)
         decision = client.check("user:42", "user", tier="authenticated")
         if not decision.allowed:
             print("retry in", decision.retry_after, "s")
@@ -59,6 +61,7 @@ from .types import (
     Member,
     Policies,
     PolicyEntry,
+    QueueInfo,
     RateCheck,
     RateDecision,
     RatePolicy,
@@ -67,6 +70,7 @@ from .types import (
     SlotsInfo,
     SlotUsage,
     Tier,
+    Waiter,
 )
 
 __version__ = "0.1.0"
@@ -107,6 +111,7 @@ __all__ = [
     "Policies",
     "PolicyEntry",
     "PolicyNotFound",
+    "QueueInfo",
     "QuorateError",
     "RateCheck",
     "RateDecision",
@@ -122,5 +127,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
+    "Waiter",
     "__version__",
 ]

@@ -68,6 +68,19 @@ class Call(Generic[T]):
     #: What an undecided call comes to (given the :class:`Unavailable` it would raise):
     #: ``None`` raises it; acquire releases its lease id first, a rate check may fail open.
     undecided: Callable[[Unavailable], T] | None = None
+    #: Seconds the server may hold the request before answering (a waiting acquire's
+    #: ``wait``; 0: it answers at once). One long request, not a polling loop: each
+    #: attempt may take what is left of the wait on top of the client's ``timeout``,
+    #: and asks the server to wait only for what is left (:meth:`attempt_body`).
+    hold: float = 0.0
+
+    def attempt_body(self, hold_left: float) -> Mapping[str, Any] | None:
+        """The body of an attempt made with ``hold_left`` seconds of the wait to go: a
+        retry (same lease id, so the waiter keeps its place) waits only for the rest,
+        and at least 1 ms, so that it still asks rather than acquiring afresh."""
+        if self.hold <= 0 or self.body is None:
+            return self.body
+        return {**self.body, "wait_ms": max(1, to_ms(max(hold_left, 0.0)))}
 
 
 def _call(
@@ -78,8 +91,10 @@ def _call(
     params: Mapping[str, str] | None = None,
     on_429: Callable[[Any, httpx.Headers], T] | None = None,
     undecided: Callable[[Unavailable], T] | None = None,
+    hold: float = 0.0,
 ) -> Call[T]:
-    return Call(route.method, route.path(*segments), parse, body, params, on_429, undecided)
+    path = route.path(*segments)
+    return Call(route.method, path, parse, body, params, on_429, undecided, hold)
 
 
 def interpret(call: Call[T], response: httpx.Response) -> T:
@@ -105,11 +120,13 @@ def denied(body: Any, _headers: Mapping[str, str] | None = None) -> NoReturn:
     """Raise the :class:`LimitExceeded` a 429 acquire body stands for."""
     if not isinstance(body, dict):
         raise DecodeError(f"429 without a JSON body: {body!r}")
+    position = body.get("queue_position")
     raise LimitExceeded(
         str(body.get("message", "limit exceeded")),
         blocked_by=[str(k) for k in body.get("blocked_by", ())],
         slots=[SlotUsage.from_json(s) for s in body.get("slots", ())],
         retry_after_ms=int(body.get("retry_after_ms", 0)),
+        queue_position=None if position is None else int(position),
         body=body,
     )
 
@@ -125,13 +142,18 @@ def decision(body: Any, headers: Mapping[str, str], raise_on_limit: bool) -> Rat
 
 
 def acquire_body(
-    keys: Sequence[str], ttl: float, lease_id: str, holder: str | None
+    keys: Sequence[str], ttl: float, lease_id: str, holder: str | None, wait: float | None = None
 ) -> dict[str, Any]:
+    """An acquire's JSON body. ``wait`` (seconds; ``None`` or 0: answer at once) becomes
+    ``wait_ms``, left out when there is no wait (the server's default)."""
     if isinstance(keys, str):
         keys = [keys]
     body: dict[str, Any] = {"keys": list(keys), "lease_id": lease_id, "ttl_ms": to_ms(ttl)}
     if holder:
         body["holder"] = holder
+    wait_ms = to_ms(wait) if wait is not None else 0
+    if wait_ms > 0:
+        body["wait_ms"] = wait_ms
     return body
 
 
@@ -141,13 +163,19 @@ def acquire(
     lease_id: str,
     holder: str | None,
     undecided: Callable[[Unavailable], Lease],
+    wait: float | None = None,
 ) -> Call[Lease]:
+    """Acquire, or with ``wait`` seconds wait in the keys' FIFO queues for a slot: the
+    server holds the request until the grant (200, ``waited_ms``) or the end of the
+    wait (429 with ``queue_position``, raised as :class:`LimitExceeded`)."""
+    body = acquire_body(keys, ttl, lease_id, holder, wait)
     return _call(
         r.ACQUIRE,
         parse=lambda b, _: Lease.from_json(b),
-        body=acquire_body(keys, ttl, lease_id, holder),
+        body=body,
         on_429=denied,
         undecided=undecided,
+        hold=body.get("wait_ms", 0) / 1000.0,
     )
 
 

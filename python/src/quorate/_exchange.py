@@ -27,6 +27,12 @@ The rules:
   ``max_backoff``) and goes round again until its deadline, then gives up with
   :class:`~quorate.Unavailable`, counted in :class:`~quorate.failure.Failures`, and
   the call's own ``undecided`` rule (raise, release, fail open) decides the outcome.
+- **A waiting call is one long request.** A call the server may hold (``Call.hold``,
+  an acquire's ``wait``) gets the wait on top of its budget: the deadline is the
+  wait plus the usual ``deadline``, and each attempt may take what is left of the
+  wait plus ``timeout``. A retry (the node died mid-wait: the same lease id, so
+  the waiter keeps its place) asks the server to wait only for what is left
+  (:meth:`Exchange.next` sets :attr:`Exchange.body`).
 
 Imports point down only: calls, failure policy, errors.
 """
@@ -139,7 +145,16 @@ class Exchange(Generic[T]):
         self.nodes = nodes
         self.failures = failures
         self.call = call
-        self.deadline = time.monotonic() + (nodes.deadline if deadline is None else deadline)
+        now = time.monotonic()
+        #: When the server's hold on a waiting call ends (``now`` for other calls).
+        self.hold_until = now + max(call.hold, 0.0)
+        self.deadline = (
+            now + (nodes.deadline if deadline is None else deadline) + max(call.hold, 0.0)
+        )
+        #: The JSON body of the attempt :meth:`next` named.
+        self.body = call.body
+        #: The httpx timeouts of that attempt (the read timeout covers a wait).
+        self.http_timeout = httpx.Timeout(nodes.timeout)
         self.attempt = 0
         self.backoff = nodes.backoff
         self.last_error = "no attempt made"
@@ -159,11 +174,19 @@ class Exchange(Generic[T]):
         return self._answer is not None or self._gave_up is not None
 
     def next(self) -> tuple[str, float]:
-        """The URL of the next attempt and how long it may take."""
-        remaining = self.deadline - time.monotonic()
+        """The URL of the next attempt and how long it may take (its body is
+        :attr:`body`)."""
+        now = time.monotonic()
+        remaining = self.deadline - now
+        hold_left = max(self.hold_until - now, 0.0)
+        self.body = self.call.attempt_body(hold_left)
         # Never let one attempt outlive the call's deadline, but give it a sliver of
-        # time even at the end so a last try is a real try.
-        timeout = max(0.05, min(self.nodes.timeout, remaining))
+        # time even at the end so a last try is a real try. A held request may take
+        # the rest of its wait on top of the usual timeout -- for the answer only:
+        # connecting to (and sending to) a node that is down still fails fast.
+        timeout = max(0.05, min(self.nodes.timeout + hold_left, remaining))
+        quick = min(timeout, self.nodes.timeout)
+        self.http_timeout = httpx.Timeout(quick, read=timeout)
         hint = self.nodes.leader
         if hint is not None and hint not in self._hints_tried:
             self._hint = hint

@@ -31,6 +31,12 @@ Behaviour that matters for a limiter:
   attempt and every retry reuses it; the cluster answers a repeat with the original
   grant. If the client gives up, it releases that lease id in the background, in case a
   grant was made but its answer lost.
+- **Waiting is one long request.** ``acquire(..., wait=30)`` and ``slot(..., wait=30)``
+  ask the cluster to hold the request until a slot is granted, first come first
+  served, or the wait ends (:class:`LimitExceeded` with ``queue_position``). The
+  request may take the wait plus ``timeout``; if its node dies meanwhile, the same
+  lease id is retried on another node for what is left of the wait, and keeps its
+  place in the queue (or gets the grant made meanwhile).
 - **Failure policy is the caller's.** ``failure_policy="closed"`` (default) raises
   :class:`Unavailable` when the cluster cannot decide; ``"open"`` allows (an allowing
   :class:`RateDecision` or a slot without a lease, both with ``degraded=True``), logs a
@@ -179,7 +185,12 @@ class _BaseClient(Generic[_TransportT]):
         return str(uuid.uuid4())
 
     def _acquire_call(
-        self, keys: Sequence[str], ttl: float, lease_id: str | None, holder: str | None
+        self,
+        keys: Sequence[str],
+        ttl: float,
+        lease_id: str | None,
+        holder: str | None,
+        wait: float | None = None,
     ) -> Call[Lease]:
         lid = lease_id or self._new_lease_id()
 
@@ -188,7 +199,7 @@ class _BaseClient(Generic[_TransportT]):
             self._release_in_background(lid)
             raise exc
 
-        return calls.acquire(keys, ttl, lid, holder or self.holder, abandon)
+        return calls.acquire(keys, ttl, lid, holder or self.holder, abandon, wait)
 
     def _check_all_call(
         self,
@@ -243,11 +254,11 @@ class Client(_BaseClient[httpx.BaseTransport]):
     def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
         while True:
-            url, timeout = x.next()
+            url, _ = x.next()
             try:
                 x.answered(
                     self._http.request(
-                        call.method, url, json=call.body, params=call.params, timeout=timeout
+                        call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
                 )
             except httpx.TransportError as e:
@@ -279,11 +290,18 @@ class Client(_BaseClient[httpx.BaseTransport]):
         *,
         lease_id: str | None = None,
         holder: str | None = None,
+        wait: float | None = None,
     ) -> Lease:
         """Take one slot on every key, all or nothing; raise :class:`LimitExceeded`
         when a key is full. The raw call: nothing renews or releases the lease (use
-        :meth:`slot` for that). Retries reuse ``lease_id`` (generated if absent)."""
-        return self._run(self._acquire_call(keys, ttl, lease_id, holder))
+        :meth:`slot` for that). Retries reuse ``lease_id`` (generated if absent).
+
+        With ``wait`` (seconds, at most the cluster's ``[limits] max_wait_ms``), a full
+        key does not deny at once: the acquire waits in the FIFO queue of each of its
+        keys and returns when granted (``Lease.waited`` says how long it waited), or
+        raises :class:`LimitExceeded` with ``queue_position`` when the wait ends first.
+        Nobody overtakes a waiter, so the first to ask is the first served."""
+        return self._run(self._acquire_call(keys, ttl, lease_id, holder, wait))
 
     def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         """Release a lease; ``False`` if it was not live. Idempotent."""
@@ -307,17 +325,26 @@ class Client(_BaseClient[httpx.BaseTransport]):
         lease_id: str | None = None,
         holder: str | None = None,
         failure_policy: FailurePolicy | str | None = None,
+        wait: float | None = None,
     ) -> Slot:
         """A context manager holding one slot on every key while the block runs::
 
-            with client.slot(["org:acme", "global"], ttl=30) as s:
+            with client.slot(["org:acme", "global"], ttl=30, wait=10) as s:
                 work(fencing_token=s.fencing_token)
 
-        Acquires on entry (raising :class:`LimitExceeded` when full), renews in the
-        background every ``ttl / 3``, releases on exit whatever the exit."""
+        Acquires on entry -- at once, or with ``wait`` seconds waiting its turn in the
+        keys' queues -- raising :class:`LimitExceeded` when full (or when the wait
+        ended first), renews in the background every ``ttl / 3``, releases on exit
+        whatever the exit."""
         keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return Slot(
-            self, keys, ttl, lease_id=lease_id, holder=holder, failure_policy=failure_policy
+            self,
+            keys,
+            ttl,
+            lease_id=lease_id,
+            holder=holder,
+            failure_policy=failure_policy,
+            wait=wait,
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> Slot:
@@ -457,11 +484,11 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     async def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
         while True:
-            url, timeout = x.next()
+            url, _ = x.next()
             try:
                 x.answered(
                     await self._http.request(
-                        call.method, url, json=call.body, params=call.params, timeout=timeout
+                        call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
                 )
             except httpx.TransportError as e:
@@ -491,9 +518,10 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
         *,
         lease_id: str | None = None,
         holder: str | None = None,
+        wait: float | None = None,
     ) -> Lease:
         """See :meth:`Client.acquire`."""
-        return await self._run(self._acquire_call(keys, ttl, lease_id, holder))
+        return await self._run(self._acquire_call(keys, ttl, lease_id, holder, wait))
 
     async def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         return await self._run(calls.release(lease_id), deadline=deadline)
@@ -514,11 +542,18 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
         lease_id: str | None = None,
         holder: str | None = None,
         failure_policy: FailurePolicy | str | None = None,
+        wait: float | None = None,
     ) -> AsyncSlot:
-        """``async with client.slot(keys, ttl) as s:`` -- see :meth:`Client.slot`."""
+        """``async with client.slot(keys, ttl, wait=10) as s:`` -- see :meth:`Client.slot`."""
         keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return AsyncSlot(
-            self, keys, ttl, lease_id=lease_id, holder=holder, failure_policy=failure_policy
+            self,
+            keys,
+            ttl,
+            lease_id=lease_id,
+            holder=holder,
+            failure_policy=failure_policy,
+            wait=wait,
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> AsyncSlot:

@@ -175,7 +175,8 @@ class UnsupportedMediaType(ApiError):
 
 
 class LimitExceeded(ApiError):
-    """429 on an acquire: at least one key is at its concurrency limit."""
+    """429 on an acquire: at least one key is at its concurrency limit (or, for an
+    acquire that waited, its wait ended before a slot was granted)."""
 
     status, code = 429, "limit_exceeded"
 
@@ -186,6 +187,7 @@ class LimitExceeded(ApiError):
         blocked_by: list[str],
         slots: list[SlotUsage],
         retry_after_ms: int,
+        queue_position: int | None = None,
         body: Any = None,
     ) -> None:
         super().__init__(message, body=body)
@@ -194,6 +196,9 @@ class LimitExceeded(ApiError):
         #: Occupancy of every requested key at the moment of the decision.
         self.slots = slots
         self.retry_after_ms = retry_after_ms
+        #: For an acquire that waited (``wait=``): the place it had in the queue when
+        #: its wait ended (1 = next). ``None`` when it never queued.
+        self.queue_position = queue_position
 
     @property
     def retry_after(self) -> float:

@@ -7,6 +7,10 @@ state and follow the same rules, which are the point of the whole package:
 - **All or nothing, once.** Entry acquires one slot on every key. The lease id is
   fixed when the slot object is made, so every retry inside the acquire (a timeout, a
   503 during an election) asks for *the same* lease and cannot double-book.
+- **Waiting counts from the grant.** With ``wait``, entry may wait in the keys'
+  queues before its grant; the local deadline starts at the earliest moment the
+  grant can have been made (the request's start plus the ``waited`` the cluster
+  reports), not at the request's start, so a long wait does not eat the TTL.
 - **Renewed at a third of the TTL.** Two renewals can fail before the lease is at
   risk; a failed renewal is retried sooner, never later than the lease's own deadline.
 - **Lost is explicit.** ``lost`` turns true when a renewal answers
@@ -82,6 +86,7 @@ class SlotBackend(_Budget, Protocol):
         *,
         lease_id: str | None = ...,
         holder: str | None = ...,
+        wait: float | None = ...,
     ) -> Lease: ...
 
     def renew(
@@ -102,6 +107,7 @@ class AsyncSlotBackend(_Budget, Protocol):
         *,
         lease_id: str | None = ...,
         holder: str | None = ...,
+        wait: float | None = ...,
     ) -> Lease: ...
 
     async def renew(
@@ -121,6 +127,7 @@ class _Acquire:
     ttl: float
     lease_id: str
     holder: str
+    wait: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,9 @@ _B = TypeVar("_B", bound=_Budget)
 
 def _perform(backend: SlotBackend, op: _Op) -> Any:
     if isinstance(op, _Acquire):
-        return backend.acquire(op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder)
+        return backend.acquire(
+            op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder, wait=op.wait
+        )
     if isinstance(op, _Renew):
         return backend.renew(op.lease_id, op.ttl, deadline=op.deadline)
     return backend.release(op.lease_id, deadline=op.deadline)
@@ -154,7 +163,9 @@ def _perform(backend: SlotBackend, op: _Op) -> Any:
 
 async def _aperform(backend: AsyncSlotBackend, op: _Op) -> Any:
     if isinstance(op, _Acquire):
-        return await backend.acquire(op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder)
+        return await backend.acquire(
+            op.keys, op.ttl, lease_id=op.lease_id, holder=op.holder, wait=op.wait
+        )
     if isinstance(op, _Renew):
         return await backend.renew(op.lease_id, op.ttl, deadline=op.deadline)
     return await backend.release(op.lease_id, deadline=op.deadline)
@@ -213,9 +224,12 @@ class _SlotState(Generic[_B]):
         failure_policy: FailurePolicy | str | None = None,
         adopt: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        wait: float | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
+        if wait is not None and not wait >= 0:
+            raise ValueError("wait must be a number of seconds >= 0")
         self._client = client
         self._clock = clock
         self.keys = list(keys)
@@ -223,6 +237,8 @@ class _SlotState(Generic[_B]):
         #: The lease id, fixed before the first attempt and reused by every retry.
         self.lease_id = lease_id
         self.holder = holder
+        #: Seconds entry may wait in the keys' queues for a slot (``None``: no wait).
+        self.wait = wait
         #: The grant (``None`` before entry, when adopted, or when failing open).
         self.lease: Lease | None = None
         #: True when the fail-open policy let the block run without a lease.
@@ -292,7 +308,9 @@ class _SlotState(Generic[_B]):
             if self._adopt:
                 yield _Renew(self.lease_id, self.ttl, None)  # LeaseNotFound if gone
             else:
-                self.lease = yield _Acquire(self.keys, self.ttl, self.lease_id, self.holder)
+                self.lease = yield _Acquire(
+                    self.keys, self.ttl, self.lease_id, self.holder, self.wait
+                )
         except Unavailable as e:
             # No decision: go on degraded if the failure policy allows (never for an
             # adopted lease), else raise.
@@ -303,7 +321,11 @@ class _SlotState(Generic[_B]):
             return False
         self._held = True
         self._failed = False
-        self._deadline = started + self.ttl
+        # The grant came no sooner than `waited` after the request left (the server
+        # counts from its arrival): its TTL runs from there. Less a millisecond, in
+        # case the server rounded `waited_ms` up.
+        waited = 0.0 if self.lease is None else max(self.lease.waited - 0.001, 0.0)
+        self._deadline = started + waited + self.ttl
         return True
 
     def _next_wait(self) -> float:

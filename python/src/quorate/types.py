@@ -29,6 +29,7 @@ __all__ = [
     "Policies",
     "Policy",
     "PolicyEntry",
+    "QueueInfo",
     "RateCheck",
     "RateDecision",
     "RatePolicy",
@@ -37,6 +38,7 @@ __all__ = [
     "SlotUsage",
     "SlotsInfo",
     "Tier",
+    "Waiter",
 ]
 
 Json = Mapping[str, Any]
@@ -72,6 +74,14 @@ class Lease:
     fencing_token: int
     expires_at_ms: int
     slots: tuple[SlotUsage, ...]
+    #: Milliseconds the acquire waited in the queue before its grant (``wait=``); 0
+    #: when it was granted at once (the wire leaves the field out then).
+    waited_ms: int = 0
+
+    @property
+    def waited(self) -> float:
+        """Seconds the acquire waited in the queue (0.0: granted at once)."""
+        return self.waited_ms / 1000.0
 
     @classmethod
     def from_json(cls, d: Json) -> Lease:
@@ -80,6 +90,7 @@ class Lease:
             fencing_token=int(d["fencing_token"]),
             expires_at_ms=int(d["expires_at_ms"]),
             slots=tuple(SlotUsage.from_json(s) for s in d.get("slots", ())),
+            waited_ms=int(d.get("waited_ms", 0)),
         )
 
 
@@ -115,21 +126,68 @@ class LeaseInfo:
 
 
 @dataclass(frozen=True)
+class Waiter:
+    """One acquire waiting for a slot on a key, as listed by ``slots(key).queue``."""
+
+    #: 1-based place on this key: 1 is granted first when a slot frees.
+    position: int
+    holder: str
+    #: Cluster time (ms since the epoch) at which it leaves the queue ungranted.
+    deadline_ms: int
+    #: Every key the waiter needs (it is granted on all of them at once, or none).
+    keys: tuple[str, ...]
+    #: The waiter's lease id: shown only for waiters queued with the caller's own token
+    #: (every waiter when the cluster has no tokens), else ``None``.
+    lease_id: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> Waiter:
+        lid = d.get("lease_id")
+        return cls(
+            position=int(d["position"]),
+            holder=str(d.get("holder", "")),
+            deadline_ms=int(d["deadline_ms"]),
+            keys=tuple(str(k) for k in d.get("keys", ())),
+            lease_id=None if lid is None else str(lid),
+        )
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """The FIFO queue of waiting acquires on one key, first first."""
+
+    length: int = 0
+    waiters: tuple[Waiter, ...] = ()
+
+    @classmethod
+    def from_json(cls, d: Json) -> QueueInfo:
+        return cls(
+            length=int(d.get("length", 0)),
+            waiters=tuple(Waiter.from_json(w) for w in d.get("waiters", ())),
+        )
+
+
+@dataclass(frozen=True)
 class SlotsInfo:
-    """``GET /v1/slots/{key}``: usage, limit and live leases (linearizable)."""
+    """``GET /v1/slots/{key}``: usage, limit, live leases and the queue of waiting
+    acquires (linearizable)."""
 
     key: str
     used: int
     limit: int
     leases: tuple[LeaseInfo, ...]
+    #: Acquires waiting for a slot on this key (empty from a server without queues).
+    queue: QueueInfo = field(default_factory=QueueInfo)
 
     @classmethod
     def from_json(cls, d: Json) -> SlotsInfo:
+        q = d.get("queue")
         return cls(
             key=str(d["key"]),
             used=int(d["used"]),
             limit=int(d["limit"]),
             leases=tuple(LeaseInfo.from_json(x) for x in d.get("leases", ())),
+            queue=QueueInfo() if q is None else QueueInfo.from_json(q),
         )
 
 

@@ -22,7 +22,10 @@ releases it. If everything dies, the lease's TTL frees the slot::
         with gate.hold(lease_id):                            # renews; releases on exit
             do_the_work()
 
-``admit`` raises :class:`~quorate.LimitExceeded` when either key is full. When the
+``admit`` raises :class:`~quorate.LimitExceeded` when either key is full -- or, with
+``WorkSlots(..., wait=30)``, waits up to 30 s for its turn first: requests queue in
+the order they asked (a released slot goes to the earliest, never to whoever polls
+first), and only a wait that ends ungranted raises, with ``queue_position``. When the
 cluster cannot decide, the client's failure policy applies: fail-closed raises
 :class:`~quorate.Unavailable`; fail-open admits without a lease (``admit`` yields
 ``None`` and ``hold(None)`` is a no-op), logged and counted.
@@ -60,9 +63,12 @@ class WorkSlots:
         org_key: str = "org:{}",
         global_key: str | None = "global",
         failure_policy: FailurePolicy | str | None = None,
+        wait: float | None = None,
     ) -> None:
         self.client = client
         self.ttl = ttl
+        #: Seconds ``admit`` waits for a slot before it raises (``None``: no wait).
+        self.wait = wait
         self.org_key = org_key
         self.global_key = global_key
         self.failure_policy = failure_policy
@@ -81,10 +87,11 @@ class WorkSlots:
 
         If the block raises (the hand-off failed) the slot is released at once; if it
         completes, the lease now belongs to the job. ``job_id`` becomes the lease id,
-        so a retried request for the same job cannot take a second slot."""
+        so a retried request for the same job cannot take a second slot (nor a second
+        place in the queue). With :attr:`wait`, a full key is waited for, in turn."""
         try:
             lease: Lease | None = self.client.acquire(
-                self.keys(org_id), self.ttl, lease_id=job_id, holder=holder
+                self.keys(org_id), self.ttl, lease_id=job_id, holder=holder, wait=self.wait
             )
         except Unavailable as e:
             if not self.client.failures.fails_open(

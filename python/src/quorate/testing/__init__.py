@@ -13,8 +13,9 @@
             fake.advance(300)                       # held slots renew on the way
         assert client.slots("org:acme").used == 0
 
-- :class:`FakeCluster` decides like a cluster (slots, leases and TTLs, GCRA rate
-  checks, policies, tiers, overrides; same exceptions and decision fields) on a
+- :class:`FakeCluster` decides like a cluster (slots, leases and TTLs, waiting
+  acquires in FIFO queues, GCRA rate checks, policies, tiers, overrides; same
+  exceptions and decision fields) on a
   :class:`FakeClock` that moves only when the test says so;
   :meth:`FakeCluster.from_config` seeds it from a ``cluster.toml``;
   ``fake.available = False`` makes every call undecided, to exercise failure policies.

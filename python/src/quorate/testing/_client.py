@@ -13,10 +13,18 @@ TTL through the clock's timers, so ``clock.advance(300)`` inside ``with
 fake.slot(...)`` keeps the lease alive, while a lease taken with plain ``acquire``
 expires. ``fake.available = False`` (on the :class:`FakeCluster`) makes every call
 undecided, and renewals then fail until the lease is lost, as with a real outage.
+
+A waiting acquire (``acquire(..., wait=5)``, ``slot(..., wait=5)``) queues in the fake
+and blocks the calling thread (the sync client) or awaits (the async one) until the
+fake grants it -- another thread or task releases, raises a limit, or advances the
+clock past a lease's expiry -- or until its deadline passes on the fake clock, or
+after ``wait`` real seconds, whichever comes first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -24,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from .. import _calls as calls
-from ..errors import RateLimited, Unavailable
+from ..errors import QuorateError, RateLimited, Unavailable
 from ..failure import FailurePolicy, Failures
 from ..slot import AsyncSlot, Slot, drive
 from ..types import (
@@ -112,12 +120,31 @@ class _FakeBase:
     # -- the calls, once, for both flavours ------------------------------------------------
 
     def _acquire(
-        self, keys: Sequence[str], ttl: float, lease_id: str | None, holder: str | None
+        self,
+        keys: Sequence[str],
+        ttl: float,
+        lease_id: str | None,
+        holder: str | None,
+        wait: float | None,
     ) -> Lease:
-        body = calls.acquire_body(keys, ttl, lease_id or str(uuid.uuid4()), holder or self.holder)
+        body = self._acquire_body(keys, ttl, lease_id, holder, wait)
         return self._decide(
-            lambda: self.fake.acquire(body["keys"], ttl, body["lease_id"], body.get("holder", ""))
+            lambda: self.fake.acquire(
+                body["keys"], ttl, body["lease_id"], body.get("holder", ""), wait
+            )
         )
+
+    def _acquire_body(
+        self,
+        keys: Sequence[str],
+        ttl: float,
+        lease_id: str | None,
+        holder: str | None,
+        wait: float | None,
+    ) -> dict[str, Any]:
+        """The request a real client would send (its client-side checks included)."""
+        lid = lease_id or str(uuid.uuid4())
+        return calls.acquire_body(keys, ttl, lid, holder or self.holder, wait)
 
     def _check_all(
         self,
@@ -167,8 +194,9 @@ class FakeClient(_FakeBase):
         *,
         lease_id: str | None = None,
         holder: str | None = None,
+        wait: float | None = None,
     ) -> Lease:
-        return self._acquire(keys, ttl, lease_id, holder)
+        return self._acquire(keys, ttl, lease_id, holder, wait)
 
     def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         return self._decide(lambda: self.fake.release(lease_id))
@@ -189,6 +217,7 @@ class FakeClient(_FakeBase):
         lease_id: str | None = None,
         holder: str | None = None,
         failure_policy: FailurePolicy | str | None = None,
+        wait: float | None = None,
     ) -> Slot:
         keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return _FakeSlot(
@@ -199,6 +228,7 @@ class FakeClient(_FakeBase):
             holder=holder,
             failure_policy=failure_policy,
             clock=self.clock,
+            wait=wait,
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> Slot:
@@ -309,8 +339,43 @@ class FakeAsyncClient(_FakeBase):
         *,
         lease_id: str | None = None,
         holder: str | None = None,
+        wait: float | None = None,
     ) -> Lease:
-        return self._acquire(keys, ttl, lease_id, holder)
+        if not wait:
+            return self._acquire(keys, ttl, lease_id, holder, wait)
+        body = self._acquire_body(keys, ttl, lease_id, holder, wait)
+        joined = self._decide(
+            lambda: self.fake._join(
+                body["keys"], ttl, body["lease_id"], body.get("holder", ""), wait
+            )
+        )
+        if isinstance(joined, Lease):
+            return joined
+        # Awaited, not blocking the loop: the fake wakes the future when it decides
+        # (from whichever thread or task freed the slot or moved the clock).
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def resolve() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(resolve)
+
+        joined.watchers.append(wake)
+        if joined.done.is_set():
+            wake()
+        try:
+            await asyncio.wait_for(woken, joined.wait_s)
+        except asyncio.TimeoutError:
+            pass  # the wait ran out in real time: leave below
+        except BaseException:
+            # Cancelled (the client went away): the waiter leaves the queue.
+            with contextlib.suppress(QuorateError):
+                self.fake._leave(joined)
+            raise
+        return self.fake._leave(joined)
 
     async def release(self, lease_id: str, *, deadline: float | None = None) -> bool:
         return self._twin.release(lease_id)
@@ -331,6 +396,7 @@ class FakeAsyncClient(_FakeBase):
         lease_id: str | None = None,
         holder: str | None = None,
         failure_policy: FailurePolicy | str | None = None,
+        wait: float | None = None,
     ) -> AsyncSlot:
         keys, lease_id, holder = self._slot_args(keys, lease_id, holder)
         return _FakeAsyncSlot(
@@ -341,6 +407,7 @@ class FakeAsyncClient(_FakeBase):
             holder=holder,
             failure_policy=failure_policy,
             clock=self.clock,
+            wait=wait,
         )
 
     def hold(self, lease_id: str, ttl: float = 60.0) -> AsyncSlot:

@@ -54,6 +54,15 @@ class FakeClock:
             heapq.heappush(self._timers, (self._ns + round(seconds * _NS), handle, fn))
             return handle
 
+    def call_at_ms(self, ms: int, fn: Callable[[], None]) -> int:
+        """Run ``fn`` once :attr:`now_ms` reaches ``ms`` (at once on the next
+        :meth:`advance` if it already has); returns a handle for :meth:`cancel`.
+        Integer nanoseconds, so it never runs a hair before ``ms``."""
+        with self._lock:
+            handle = next(self._seq)
+            heapq.heappush(self._timers, (max(ms * 1_000_000, self._ns), handle, fn))
+            return handle
+
     def cancel(self, handle: int) -> None:
         with self._lock:
             self._cancelled.add(handle)

@@ -12,6 +12,12 @@ both. What it models:
   other keys a :class:`~quorate.LeaseConflict`; a full key raises
   :class:`~quorate.LimitExceeded` with ``blocked_by``, usage and ``retry_after_ms``
   (when the soonest blocking lease expires); leases expire in cluster time.
+- **Waiting acquires** (``wait``): a FIFO queue per key in arrival order; the
+  earliest waiter first on each of its keys with room on all is granted (on a
+  release, an expiry as the clock moves, a raised limit), nobody overtakes a waiter
+  (a plain acquire on a key with waiters is denied), a retry of a waiting lease id
+  keeps its place, and a wait that ends is answered as the server answers it
+  (``queue_position``, every waited key in ``blocked_by``, a 1 s hint).
 - **Rate checks**: GCRA in integer nanoseconds with results rounded up to whole
   milliseconds, exactly as ``gcra.rs``; named policies scaled by tier multipliers
   (thousandths, clamped to ``1..=max_limit``); up to 16 checks charged all or none;
@@ -27,14 +33,16 @@ test can exercise a client's failure policy.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import ipaddress
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,6 +72,7 @@ from ..types import (
     Policies,
     Policy,
     PolicyEntry,
+    QueueInfo,
     RateCheck,
     RateDecision,
     RatePolicy,
@@ -72,6 +81,7 @@ from ..types import (
     SlotsInfo,
     SlotUsage,
     Tier,
+    Waiter,
     to_ms,
 )
 from ._clock import FakeClock
@@ -85,6 +95,8 @@ _NS_PER_MS = 1_000_000
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/@+=")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 MAX_KEYS = 8
+#: The Retry-After hint of a wait that ended ungranted (the server's constant).
+_WAIT_TIMEOUT_RETRY_MS = 1000
 MAX_CHECKS = 16
 
 
@@ -129,6 +141,32 @@ class _Lease:
     keys: tuple[str, ...]
     holder: str
     expires_at_ms: int
+    #: How long it waited in the queue before its grant (0: granted at once).
+    waited_ms: int = 0
+
+
+@dataclass
+class _Waiter:
+    """An acquire waiting in the queue of each of its keys (``_join``)."""
+
+    lease_id: str
+    keys: tuple[str, ...]
+    holder: str
+    ttl_ms: int
+    #: Arrival order (the queue is FIFO across keys).
+    seq: int
+    queued_ms: int
+    #: Cluster time at which it leaves the queue ungranted.
+    deadline_ms: int
+    #: Occupancy of its keys when it queued (what a timed-out answer reports).
+    slots: tuple[SlotUsage, ...] = ()
+    #: The wait in real seconds, after which the waiting client gives up regardless.
+    wait_s: float = 0.0
+    #: The grant or the denial, once decided (then ``done`` is set).
+    outcome: Lease | LimitExceeded | None = None
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: Called (under the cluster's lock, so they must not block) once decided.
+    watchers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,6 +249,7 @@ class FakeCluster:
         max_ttl: float = 24 * 3600.0,
         max_retry_after: float = 60.0,
         max_period: float = 7 * 24 * 3600.0,
+        max_wait: float = 60.0,
     ) -> None:
         self.clock = clock or FakeClock()
         #: False: every call is undecided (:class:`~quorate.Unavailable`), as when
@@ -222,10 +261,18 @@ class FakeCluster:
         self.max_ttl_ms = to_ms(max_ttl)
         self.max_retry_after_ms = to_ms(max_retry_after)
         self.max_period_ms = to_ms(max_period)
+        #: The longest ``wait`` an acquire may ask for (``[limits] max_wait_ms``).
+        self.max_wait_ms = to_ms(max_wait)
         self._lock = threading.RLock()
         self._now_ms = 0
         self._last_token = 0
         self._leases: dict[str, _Lease] = {}
+        #: Waiting acquires by lease id, in arrival order (each key's queue is the
+        #: waiters on it, in this order).
+        self._waiters: dict[str, _Waiter] = {}
+        self._seq = 0
+        #: Cluster times at which a clock timer will wake the queue (``_arm``).
+        self._armed: set[int] = set()
         self._overrides: dict[str, int] = {}
         self._concurrency: list[tuple[str, ConcurrencyPolicy]] = []
         self._rate_policies: dict[str, _Spec] = {}
@@ -272,6 +319,7 @@ class FakeCluster:
             max_limit=int(limits.get("max_limit", 1_000_000)),
             default_ttl=int(limits.get("default_ttl_ms", 60_000)) / 1000,
             max_ttl=int(limits.get("max_ttl_ms", 24 * 3600_000)) / 1000,
+            max_wait=int(limits.get("max_wait_ms", 60_000)) / 1000,
         )
 
     def client(self, **options: Any) -> FakeClient:
@@ -329,66 +377,254 @@ class FakeCluster:
 
     # -- slots --------------------------------------------------------------------------
 
+    def _check_acquire(
+        self, keys: Sequence[str], ttl_ms: int, lease_id: str, holder: str, wait_ms: int
+    ) -> None:
+        if not keys:
+            raise _invalid("keys", "at least one key is required")
+        if len(keys) > MAX_KEYS:
+            raise _invalid("keys", f"at most {MAX_KEYS} keys per acquire")
+        for i, k in enumerate(keys):
+            _key("keys", k)
+            if k in keys[:i]:
+                raise _invalid("keys", f"duplicate key {k}")
+        _check_chars("lease_id", lease_id, 128, _KEY_CHARS)
+        if len(holder.encode()) > 256:
+            raise _invalid("holder", "longer than 256 bytes")
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in holder):
+            raise _invalid("holder", "control characters not allowed")
+        self._check_ttl(ttl_ms)
+        if not 0 <= wait_ms <= self.max_wait_ms:
+            raise _invalid("wait_ms", f"must be in 0..={self.max_wait_ms}")
+
     def acquire(
-        self, keys: Sequence[str], ttl: float | None, lease_id: str, holder: str = ""
+        self,
+        keys: Sequence[str],
+        ttl: float | None,
+        lease_id: str,
+        holder: str = "",
+        wait: float | None = None,
     ) -> Lease:
+        """Acquire as the cluster decides it. With ``wait`` (seconds) and no room, the
+        acquire queues and this call blocks the calling thread until the grant or the
+        end of the wait -- see :meth:`_join` for when that is."""
+        joined = self._join(keys, ttl, lease_id, holder, wait)
+        if isinstance(joined, Lease):
+            return joined
+        try:
+            joined.done.wait(joined.wait_s)
+        except BaseException:
+            # Interrupted: a waiter nobody waits for leaves (a grant made meanwhile
+            # stays an ordinary lease and expires by its TTL, as on a cluster).
+            with contextlib.suppress(ApiError):
+                self._leave(joined)
+            raise
+        # Decided, or the wait ran out in real time: leave (a no-op when decided).
+        return self._leave(joined)
+
+    def _join(
+        self,
+        keys: Sequence[str],
+        ttl: float | None,
+        lease_id: str,
+        holder: str = "",
+        wait: float | None = None,
+    ) -> Lease | _Waiter:
+        """An acquire's immediate answer: the grant, a :class:`LimitExceeded` raised,
+        or (with ``wait`` and no room) its place in the queue, a :class:`_Waiter`
+        whose ``done`` is set when the fake decides it: a slot frees for it (a
+        release, an expiry as the clock moves, a raised limit) or its deadline
+        passes on the fake clock (a test's ``advance``). The waiting client gives up
+        after ``wait`` real seconds too, as it would against a cluster whose time
+        passes, so a test that neither frees a slot nor moves the clock still ends."""
         keys = [keys] if isinstance(keys, str) else list(keys)
         ttl_ms = self.default_ttl_ms if ttl is None else to_ms(ttl)
+        wait_ms = 0 if wait is None else to_ms(wait)
         with self._lock:
             now = self._tick()
-            if not keys:
-                raise _invalid("keys", "at least one key is required")
-            if len(keys) > MAX_KEYS:
-                raise _invalid("keys", f"at most {MAX_KEYS} keys per acquire")
-            for i, k in enumerate(keys):
-                _key("keys", k)
-                if k in keys[:i]:
-                    raise _invalid("keys", f"duplicate key {k}")
-            _check_chars("lease_id", lease_id, 128, _KEY_CHARS)
-            if len(holder.encode()) > 256:
-                raise _invalid("holder", "longer than 256 bytes")
-            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in holder):
-                raise _invalid("holder", "control characters not allowed")
-            self._check_ttl(ttl_ms)
+            self._check_acquire(keys, ttl_ms, lease_id, holder, wait_ms)
+            self._settle(now)
             live = self._leases.get(lease_id)
             if live is not None and self._live(live, now):
                 if sorted(live.keys) != sorted(keys):
-                    raise _api(
-                        LeaseConflict,
-                        f"lease {lease_id} is live on keys {list(live.keys)}, not {keys}",
-                    )
-                return Lease(lease_id, live.token, live.expires_at_ms, self._usage(keys, now))
-            self._purge(now)
-            usage = self._usage(keys, now)
-            blocked = [u for u in usage if u.used >= u.limit]
-            if blocked:
-                retry = 0
-                for u in blocked:
-                    # A slot frees when (used - limit + 1) leases have expired.
-                    ends = sorted(x.expires_at_ms for x in self._live_on(u.key, now))
-                    need = u.used - u.limit
-                    retry = max(retry, ends[need] - now if need < len(ends) else 1)
-                retry = min(max(retry, 1), self.max_retry_after_ms)
-                message = f"no free slot on {', '.join(u.key for u in blocked)}"
-                body = {
-                    "error": "limit_exceeded",
-                    "message": message,
-                    "blocked_by": [u.key for u in blocked],
-                    "slots": [{"key": u.key, "used": u.used, "limit": u.limit} for u in usage],
-                    "retry_after_ms": retry,
-                }
-                raise LimitExceeded(
-                    message,
-                    blocked_by=[u.key for u in blocked],
-                    slots=list(usage),
-                    retry_after_ms=retry,
-                    body=body,
+                    raise self._conflict(lease_id, live.keys, keys)
+                return Lease(
+                    lease_id,
+                    live.token,
+                    live.expires_at_ms,
+                    self._usage(keys, now),
+                    live.waited_ms,
                 )
-            self._last_token += 1
-            lease = _Lease(lease_id, self._last_token, tuple(keys), holder, now + ttl_ms)
-            self._leases[lease_id] = lease
-            granted = tuple(SlotUsage(u.key, u.used + 1, u.limit) for u in usage)
-            return Lease(lease_id, lease.token, lease.expires_at_ms, granted)
+            queued = self._waiters.get(lease_id)
+            if queued is not None:
+                # A retry of a waiting acquire keeps its place; its deadline moves to
+                # the retry's (as the cluster's AcquireWait). A plain acquire of a
+                # waiting id is denied and leaves the waiter as it is.
+                if sorted(queued.keys) != sorted(keys):
+                    raise self._conflict(lease_id, queued.keys, keys)
+                if wait_ms == 0:
+                    raise self._denied(keys, now)
+                queued.deadline_ms = now + wait_ms
+                queued.wait_s = wait_ms / 1000
+                joined: Lease | _Waiter = queued
+            else:
+                usage = self._usage(keys, now)
+                # No room, or somebody already waiting on a key: no barging.
+                blocked = [u for u in usage if u.used >= u.limit or self._queue(u.key)]
+                if not blocked:
+                    return self._grant(lease_id, keys, holder, ttl_ms, now, 0)
+                if wait_ms == 0:
+                    raise self._denied(keys, now)
+                self._seq += 1
+                joined = _Waiter(
+                    lease_id, tuple(keys), holder, ttl_ms, self._seq, now, now + wait_ms, usage
+                )
+                joined.wait_s = wait_ms / 1000
+                self._waiters[lease_id] = joined
+        self._arm()
+        return joined
+
+    @staticmethod
+    def _conflict(lease_id: str, held: Sequence[str], keys: Sequence[str]) -> LeaseConflict:
+        return _api(
+            LeaseConflict, f"lease {lease_id} is live on keys {list(held)}, not {list(keys)}"
+        )
+
+    def _grant(
+        self, lease_id: str, keys: Sequence[str], holder: str, ttl_ms: int, now: int, waited: int
+    ) -> Lease:
+        usage = self._usage(keys, now)
+        self._last_token += 1
+        lease = _Lease(lease_id, self._last_token, tuple(keys), holder, now + ttl_ms, waited)
+        self._leases[lease_id] = lease
+        granted = tuple(SlotUsage(u.key, u.used + 1, u.limit) for u in usage)
+        return Lease(lease_id, lease.token, lease.expires_at_ms, granted, waited)
+
+    def _denied(self, keys: Sequence[str], now: int) -> LimitExceeded:
+        """The 429 of an acquire that found no room on a key, or waiters there."""
+        usage = self._usage(keys, now)
+        blocked = [u for u in usage if u.used >= u.limit or self._queue(u.key)]
+        retry = 0
+        for u in usage:
+            if u.used >= u.limit:
+                # A slot frees when (used - limit + 1) leases have expired.
+                ends = sorted(x.expires_at_ms for x in self._live_on(u.key, now))
+                need = u.used - u.limit
+                retry = max(retry, ends[need] - now if need < len(ends) else 1)
+            ahead = self._queue(u.key)
+            if ahead:
+                # Blocked by the queue: at the latest, the soonest deadline ahead.
+                retry = max(retry, min(w.deadline_ms for w in ahead) - now)
+        retry = min(max(retry, 1), self.max_retry_after_ms)
+        return self._limit_exceeded([u.key for u in blocked], usage, retry, None)
+
+    def _timed_out(self, w: _Waiter) -> LimitExceeded:
+        """The 429 of a wait that ended ungranted, as the server shapes it: every key
+        it waited on, the usage when it queued, the place it had (its best over its
+        keys), and a fixed one-second hint (a new wait joins the back of the queue:
+        no lease expiry to point at)."""
+        position = min(self._queue(k).index(w) + 1 for k in w.keys)
+        return self._limit_exceeded(list(w.keys), w.slots, _WAIT_TIMEOUT_RETRY_MS, position)
+
+    def _limit_exceeded(
+        self, blocked: list[str], usage: Sequence[SlotUsage], retry: int, position: int | None
+    ) -> LimitExceeded:
+        message = f"no free slot on {', '.join(blocked)}"
+        body: dict[str, Any] = {
+            "error": "limit_exceeded",
+            "message": message,
+            "blocked_by": blocked,
+            "slots": [{"key": u.key, "used": u.used, "limit": u.limit} for u in usage],
+            "retry_after_ms": retry,
+        }
+        if position is not None:
+            body["queue_position"] = position
+        return LimitExceeded(
+            message,
+            blocked_by=list(blocked),
+            slots=list(usage),
+            retry_after_ms=retry,
+            queue_position=position,
+            body=body,
+        )
+
+    # -- the queue of waiting acquires ----------------------------------------------------
+
+    def _queue(self, key: str) -> list[_Waiter]:
+        """The waiters on ``key``, first first (the waiters dict is in arrival order)."""
+        return [w for w in self._waiters.values() if key in w.keys]
+
+    def _settle(self, now: int) -> None:
+        """Decide what the queue's waiters have come to at ``now``: those past their
+        deadline leave ungranted, then, earliest first, every waiter that is first on
+        each of its keys and finds room on all of them is granted (all or nothing, no
+        barging). One pass suffices: a grant frees nothing, it only moves the
+        waiters behind it up."""
+        self._purge(now)
+        for w in [w for w in self._waiters.values() if w.deadline_ms <= now]:
+            self._decide(w, self._timed_out(w))
+        for w in list(self._waiters.values()):
+            first = all(self._queue(k)[0] is w for k in w.keys)
+            if first and all(u.used < u.limit for u in self._usage(w.keys, now)):
+                # The server counts at least 1 ms for a grant that waited.
+                waited = max(now - w.queued_ms, 1)
+                self._decide(w, self._grant(w.lease_id, w.keys, w.holder, w.ttl_ms, now, waited))
+
+    def _decide(self, w: _Waiter, outcome: Lease | LimitExceeded) -> None:
+        del self._waiters[w.lease_id]
+        w.outcome = outcome
+        w.done.set()
+        for wake in w.watchers:
+            wake()
+
+    def _leave(self, w: _Waiter) -> Lease:
+        """The waiting client gave up (its wait ran out in real time, or it was
+        interrupted): the waiter leaves the queue -- or, granted meanwhile, keeps
+        the lease."""
+        with self._lock:
+            now = self._tick()
+            self._settle(now)
+            if self._waiters.get(w.lease_id) is w:
+                self._decide(w, self._timed_out(w))
+        self._arm()
+        return self._outcome(w)
+
+    @staticmethod
+    def _outcome(w: _Waiter) -> Lease:
+        if isinstance(w.outcome, LimitExceeded):
+            raise w.outcome
+        assert w.outcome is not None, "a waiter is decided before its outcome is read"
+        return w.outcome
+
+    def _arm(self) -> None:
+        """Make sure the clock wakes the queue at its next event (a waiter's deadline,
+        the expiry of a lease on a key with waiters). Called without the lock held:
+        the clock runs timers under its own lock, which then take this one."""
+        while True:
+            with self._lock:
+                now = self._tick()
+                self._settle(now)
+                events = [w.deadline_ms for w in self._waiters.values()]
+                waited_on = {k for w in self._waiters.values() for k in w.keys}
+                events += [
+                    x.expires_at_ms for x in self._leases.values() if waited_on & set(x.keys)
+                ]
+                if not events:
+                    return
+                at = min(events)
+                if self._armed and min(self._armed) <= at:
+                    return  # an earlier wake-up re-arms when it runs
+                self._armed.add(at)
+            self.clock.call_at_ms(at, functools.partial(self._wake, at))
+            if self.clock.now_ms < at:
+                return
+            # Another thread moved the clock past `at` before the timer was in: settle
+            # now rather than at the next advance.
+
+    def _wake(self, at: int) -> None:
+        with self._lock:
+            self._armed.discard(at)
+        self._arm()
 
     def _usage(self, keys: Sequence[str], now: int) -> tuple[SlotUsage, ...]:
         return tuple(
@@ -403,7 +639,9 @@ class FakeCluster:
             if lease is None or not self._live(lease, now):
                 return False
             del self._leases[lease_id]
-            return True
+            self._settle(now)  # the freed slot goes to the earliest waiter
+        self._arm()
+        return True
 
     def renew(self, lease_id: str, ttl: float | None = None) -> Renewal:
         ttl_ms = self.default_ttl_ms if ttl is None else to_ms(ttl)
@@ -424,12 +662,21 @@ class FakeCluster:
         with self._lock:
             now = self._tick()
             _key("key", key)
+            self._settle(now)
             live = sorted(self._live_on(key, now), key=lambda x: x.token)
+            queue = self._queue(key)
             return SlotsInfo(
                 key,
                 len(live),
                 self._resolve_limit(key)[0],
                 tuple(LeaseInfo(x.lease_id, x.holder, x.token, x.expires_at_ms) for x in live),
+                QueueInfo(
+                    len(queue),
+                    tuple(
+                        Waiter(i, w.holder, w.deadline_ms, w.keys, w.lease_id)
+                        for i, w in enumerate(queue, 1)
+                    ),
+                ),
             )
 
     # -- rate limits --------------------------------------------------------------------
@@ -584,7 +831,8 @@ class FakeCluster:
             before = self._overrides.get(key)
             self._overrides[key] = limit
             self._record("set_limit", f"limit:{key}", before, limit)
-            return limit
+        self._arm()  # a raised limit grants waiters
+        return limit
 
     def get_limit(self, key: str) -> LimitInfo:
         with self._lock:
@@ -602,7 +850,8 @@ class FakeCluster:
             _key("key", key)
             before = self._overrides.pop(key, None)
             self._record("delete_limit", f"limit:{key}", before, None)
-            return before is not None
+        self._arm()
+        return before is not None
 
     def list_limits(self, prefix: str = "", max_rows: int | None = None) -> LimitList:
         with self._lock:
@@ -632,6 +881,11 @@ class FakeCluster:
             return Policies(self.default_limit, tuple(entries), tiers)
 
     def put_policy(self, name: str, spec: Policy) -> PolicyEntry:
+        entry = self._put_policy(name, spec)
+        self._arm()  # a raised concurrency limit grants waiters
+        return entry
+
+    def _put_policy(self, name: str, spec: Policy) -> PolicyEntry:
         with self._lock:
             _name("policy name", name)
             if isinstance(spec, ConcurrencyPolicy):
@@ -659,9 +913,11 @@ class FakeCluster:
             _name("policy name", name)
             before = len(self._concurrency)
             self._concurrency = [(n, p) for n, p in self._concurrency if n != name]
-            return self._rate_policies.pop(name, None) is not None or before != len(
+            deleted = self._rate_policies.pop(name, None) is not None or before != len(
                 self._concurrency
             )
+        self._arm()
+        return deleted
 
     def put_tier(self, name: str, multiplier: float) -> Tier:
         milli = multiplier * 1000
