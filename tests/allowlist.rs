@@ -11,12 +11,9 @@ mod common;
 use std::process::Output;
 use std::time::Instant;
 
-use common::{Cluster, Options, DEADLINE};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use common::{envoy_header, should_rate_limit, Cluster, Options, DEADLINE};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use quorate_server::config::envoy::{
     DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
 };
@@ -49,34 +46,15 @@ fn edit(c: &mut ClusterConfig) {
     c.limits.max_allowlist = 2;
 }
 
+/// One `ShouldRateLimit` of `remote_address=address` through node `id`.
 async fn envoy(c: &Cluster, id: u64, address: &str) -> RateLimitResponse {
-    let addr = c.nodes[&id].grpc_addr.clone().expect("grpc_addr");
-    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the gRPC listener");
-    let req = RateLimitRequest {
-        domain: "edge".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "remote_address".into(),
-                value: address.into(),
-            }],
-            ..RateLimitDescriptor::default()
-        }],
-        hits_addend: 0,
-    };
-    client
-        .should_rate_limit(req)
+    should_rate_limit(c, id, "edge", &[("remote_address", address)])
         .await
         .expect("ShouldRateLimit")
-        .into_inner()
 }
 
 fn allowlisted_header(r: &RateLimitResponse) -> Option<String> {
-    r.response_headers_to_add
-        .iter()
-        .find(|h| h.key == "x-quorate-allowlisted")
-        .map(|h| h.value.clone())
+    envoy_header(r, "x-quorate-allowlisted")
 }
 
 fn cli(c: &Cluster, args: &[&str]) -> Output {

@@ -14,12 +14,9 @@ use std::time::Instant;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{Cluster, Options, DEADLINE};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use common::{envoy_header, should_rate_limit, Cluster, Options, DEADLINE};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use quorate_proto::PolicyMode;
 use quorate_server::config::envoy::{
     DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
@@ -149,33 +146,15 @@ fn shadow_envoy(c: &mut ClusterConfig) {
 /// One `ShouldRateLimit` of one descriptor `key=value` through node `id`; `None`
 /// while the node has no table for `edge` yet (INVALID_ARGUMENT).
 async fn envoy(c: &Cluster, id: u64, key: &str, value: &str) -> Option<RateLimitResponse> {
-    let addr = c.nodes[&id].grpc_addr.clone().expect("grpc_addr");
-    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the gRPC listener");
-    let req = RateLimitRequest {
-        domain: "edge".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: key.into(),
-                value: value.into(),
-            }],
-            ..RateLimitDescriptor::default()
-        }],
-        hits_addend: 0,
-    };
-    match client.should_rate_limit(req).await {
-        Ok(r) => Some(r.into_inner()),
+    match should_rate_limit(c, id, "edge", &[(key, value)]).await {
+        Ok(r) => Some(r),
         Err(s) if s.code() == tonic::Code::InvalidArgument => None,
         Err(s) => panic!("ShouldRateLimit: {s}"),
     }
 }
 
 fn shadow_header(r: &RateLimitResponse) -> Option<String> {
-    r.response_headers_to_add
-        .iter()
-        .find(|h| h.key == "x-quorate-shadow-denied")
-        .map(|h| h.value.clone())
+    envoy_header(r, "x-quorate-shadow-denied")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

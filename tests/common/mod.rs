@@ -31,6 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use quorate_proto::ClusterResponse;
 use quorate_server::config::{Millis, NodeConfig, NonZeroMillis};
 use quorate_server::security::auth::TokenSpec;
@@ -644,4 +648,43 @@ pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
         // Do not cache the offset file lookups; the value is fixed anyway.
         ("FAKETIME_NO_CACHE".into(), "1".into()),
     ]
+}
+
+/// One Envoy `ShouldRateLimit` of one descriptor (`entries` in order) through node
+/// `id`'s gRPC listener ([`Options::grpc`] must be on). The status is returned, not
+/// unwrapped: a node whose descriptor table has not applied yet answers
+/// INVALID_ARGUMENT, which callers wait out.
+pub async fn should_rate_limit(
+    c: &Cluster,
+    id: u64,
+    domain: &str,
+    entries: &[(&str, &str)],
+) -> Result<RateLimitResponse, tonic::Status> {
+    let addr = c.nodes[&id].grpc_addr.clone().expect("grpc_addr");
+    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the gRPC listener");
+    let req = RateLimitRequest {
+        domain: domain.into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(key, value)| Entry {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    };
+    client.should_rate_limit(req).await.map(|r| r.into_inner())
+}
+
+/// The value of response header `name` that an Envoy answer asks the proxy to add.
+pub fn envoy_header(r: &RateLimitResponse, name: &str) -> Option<String> {
+    r.response_headers_to_add
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| h.value.clone())
 }
