@@ -257,7 +257,7 @@ api_addr = "127.0.0.1:${Q_API[2]}"
 raft_addr = "127.0.0.1:${Q_RAFT[2]}"
 
 [server]
-# Three nodes share this machine: one runtime thread each (as `quorate up` runs them).
+# Three nodes share this machine: one runtime thread each (as "quorate up" runs them).
 worker_threads = 1
 
 [limits]
