@@ -473,3 +473,14 @@ async fn a_leader_restarted_in_its_term_serves_no_read_older_than_its_acks() {
         c.wait_all_ready().await;
     }
 }
+
+/// A node added to the file never gets an address a stopped node still holds there
+/// (the node would refuse the file; a chaos soak's replace-node drew one, seed
+/// 866818011): draws that hit a configured port are thrown away.
+#[test]
+fn ports_for_a_new_node_skip_addresses_the_config_names() {
+    let taken = vec!["127.0.0.1:21398".to_string(), "127.0.0.1:21399".to_string()];
+    let mut draws = vec![vec![21400, 21398, 21401], vec![21402, 21403, 21404]].into_iter();
+    let ports = common::ports_not_in(&taken, || draws.next().expect("a second draw"));
+    assert_eq!(ports, vec![21402, 21403, 21404]);
+}

@@ -109,6 +109,20 @@ pub struct Cluster {
     pub http: reqwest::Client,
 }
 
+/// The first set of ports from `draw` none of which is in `taken` (addresses
+/// `127.0.0.1:<port>`).
+pub fn ports_not_in(taken: &[String], mut draw: impl FnMut() -> Vec<u16>) -> Vec<u16> {
+    loop {
+        let ports = draw();
+        if !ports
+            .iter()
+            .any(|p| taken.contains(&format!("127.0.0.1:{p}")))
+        {
+            return ports;
+        }
+    }
+}
+
 /// Free loopback ports for nodes to bind, from below the kernel's ephemeral range.
 ///
 /// Ports the kernel hands out for `bind(0)` come from the same range it uses for the
@@ -245,7 +259,18 @@ impl Cluster {
     /// joins once added through `POST /v1/members`.
     pub fn add_node_to_config(&mut self) -> u64 {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let ports = free_ports(3);
+        // A port is free when no process holds it, but a node that is down (killed,
+        // or removed yet still in the file) keeps its addresses in the config: the
+        // node refuses a file that names one address twice, so skip them (a chaos
+        // soak's replace-node once drew a stopped node's api port, seed 866818011).
+        let taken: Vec<String> = self
+            .nodes
+            .values()
+            .flat_map(|n| [Some(&n.api_addr), Some(&n.raft_addr), n.grpc_addr.as_ref()])
+            .flatten()
+            .cloned()
+            .collect();
+        let ports = ports_not_in(&taken, || free_ports(3));
         self.nodes.insert(
             id,
             NodeAddrs {
