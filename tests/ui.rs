@@ -27,9 +27,13 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{Cluster, Options};
+use common::{should_rate_limit, Cluster, Options, DEADLINE};
+use quorate_server::config::envoy::{
+    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
+};
 use quorate_server::security::auth::TokenSpec;
 use quorate_server::security::Role;
+use quorate_server::ClusterConfig;
 use webdriver::Browser;
 
 /// How long the page may take to show a change (it polls every 2 s; peers are
@@ -132,6 +136,50 @@ async fn make_activity(c: &Cluster, node: u64) {
     }
 }
 
+/// Envoy domain `edge`: `remote_address` once an hour, in shadow mode, named
+/// `edge_per_ip` (no policy has that name: the page lists it as a descriptor limit).
+fn shadow_descriptor(c: &mut ClusterConfig) {
+    c.envoy = EnvoySection {
+        domains: vec![DomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![DescriptorEntry {
+                key: "remote_address".into(),
+                value: None,
+                rate_limit: Some(RateLimitConfig {
+                    requests_per_unit: 1,
+                    unit: UnitConfig::Hour,
+                    burst: None,
+                    name: Some("edge_per_ip".into()),
+                }),
+                policy: None,
+                unlimited: false,
+                shadow_mode: true,
+                descriptors: vec![],
+            }],
+        }],
+    };
+}
+
+/// Two Envoy checks of one address through `node`: the second is over the shadow
+/// limit, answered OK and counted as a shadow denial by that node.
+async fn shadow_denial_over_grpc(c: &Cluster, node: u64) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    // The descriptor table reaches the node through the log: INVALID_ARGUMENT until then.
+    loop {
+        match should_rate_limit(c, node, "edge", &[("remote_address", "198.51.100.7")]).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                assert!(std::time::Instant::now() < deadline, "no table: {s}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("ShouldRateLimit: {s}"),
+        }
+    }
+    should_rate_limit(c, node, "edge", &[("remote_address", "198.51.100.7")])
+        .await
+        .expect("the shadow-denied check is answered");
+}
+
 /// Steady traffic through `url` until `stop` is set: rate checks (some limited),
 /// short-lived slots, and acquires on a full key (denied), so the charts show a live
 /// cluster. Uses keys the assertions do not look at.
@@ -175,9 +223,12 @@ async fn status_page_in_headless_chromium() {
     options
         .env
         .push(("QUORATE_SERVER_STATS_INTERVAL_MS".into(), "1000".into()));
+    options.grpc = true;
+    options.config_edit = Some(shadow_descriptor);
     let mut c = Cluster::start_with(options).await;
     let leader = c.leader_id().await;
     make_activity(&c, leader).await;
+    shadow_denial_over_grpc(&c, leader).await;
 
     browser.goto(&c.url(leader, "/ui")).await;
     let title = browser.eval("return document.title;").await;
@@ -325,6 +376,16 @@ async fn status_page_in_headless_chromium() {
              const p = document.querySelector('#policies tr[data-policy=user]');\
              return a && p ? [a.cells[0].textContent, p.cells[5].textContent] : null;",
             |v| v == &json!(["policy user", "3"]),
+        )
+        .await;
+    // The Envoy descriptor limit in shadow mode has a row of its own with its count.
+    browser
+        .wait_for(
+            "the shadow descriptor limit and its count",
+            SHOWS_WITHIN,
+            "const r = document.querySelector('#policies tr[data-policy=edge_per_ip]');\
+             return r ? [r.dataset.kind, r.cells[3].textContent, r.cells[4].textContent] : null;",
+            |v| v == &json!(["envoy", "shadow", "1"]),
         )
         .await;
     // The audit trail panel (open mode: every caller is `open`) shows the changes.

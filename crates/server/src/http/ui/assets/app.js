@@ -252,6 +252,19 @@ function renderPolicies(p) {
     el("td", {}, mode(e)),
     el("td", { class: "num" }, e.mode === "shadow" ? String(state.shadow.get(e.name) || 0) : "–"),
     el("td", { class: "num" }, String(state.allowlisted.get(e.name) || 0))));
+  // Shadow denials under a name no policy has are an [envoy] descriptor limit's
+  // (`shadow_mode = true`), counted under the limit's name.
+  const named = new Set(p.policies.map((e) => e.name));
+  for (const [name, count] of state.shadow) {
+    if (named.has(name)) continue;
+    rows.push(el("tr", { "data-policy": name, "data-mode": "shadow", "data-kind": "envoy" },
+      el("th", { scope: "row" }, name),
+      el("td", {}, el("span", { class: "tag muted" }, "envoy")),
+      el("td", { class: "muted" }, "descriptor limit in [envoy]"),
+      el("td", {}, mode({ mode: "shadow" })),
+      el("td", { class: "num" }, String(count)),
+      el("td", { class: "num" }, "–")));
+  }
   replaceRows($("policies"), rows, "no policies", 6);
   $("default-limit").textContent = "(other keys: " + p.default_limit + " at once)";
   $("tiers").textContent = p.tiers.length
