@@ -11,12 +11,9 @@ mod common;
 use std::process::Output;
 use std::time::Instant;
 
-use common::{envoy_header, should_rate_limit, Cluster, Options, DEADLINE};
+use common::{envoy_header, hourly_envoy_domain, should_rate_limit, Cluster, Options, DEADLINE};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use quorate_server::config::envoy::{
-    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
-};
 use quorate_server::ClusterConfig;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -24,25 +21,7 @@ use serde_json::{json, Value};
 /// Domain `edge`: 2/hour per `remote_address` (hourly: no refill while the test
 /// runs); at most two allowlist entries.
 fn edit(c: &mut ClusterConfig) {
-    c.envoy = EnvoySection {
-        domains: vec![DomainConfig {
-            domain: "edge".into(),
-            descriptors: vec![DescriptorEntry {
-                key: "remote_address".into(),
-                value: None,
-                rate_limit: Some(RateLimitConfig {
-                    requests_per_unit: 2,
-                    unit: UnitConfig::Hour,
-                    burst: None,
-                    name: Some("per_ip".into()),
-                }),
-                policy: None,
-                unlimited: false,
-                shadow_mode: false,
-                descriptors: vec![],
-            }],
-        }],
-    };
+    c.envoy = hourly_envoy_domain("edge", &[("remote_address", 2, "per_ip", false)]);
     c.limits.max_allowlist = 2;
 }
 

@@ -14,13 +14,10 @@ use std::time::Instant;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{envoy_header, should_rate_limit, Cluster, Options, DEADLINE};
+use common::{envoy_header, hourly_envoy_domain, should_rate_limit, Cluster, Options, DEADLINE};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use quorate_proto::PolicyMode;
-use quorate_server::config::envoy::{
-    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
-};
 use quorate_server::config::{ClusterConfig, PolicyConfig};
 
 /// `org:*` at most one at a time, in shadow mode.
@@ -118,29 +115,13 @@ async fn shadow_policy_from_the_file_allows_says_so_and_switches_everywhere() {
 /// Domain `edge`: `remote_address` 2/hour in shadow mode, `user_id` 1/hour enforced
 /// (hourly: no refill while the test runs).
 fn shadow_envoy(c: &mut ClusterConfig) {
-    let entry = |key: &str, n: u32, name: &str, shadow_mode: bool| DescriptorEntry {
-        key: key.into(),
-        value: None,
-        rate_limit: Some(RateLimitConfig {
-            requests_per_unit: n,
-            unit: UnitConfig::Hour,
-            burst: None,
-            name: Some(name.into()),
-        }),
-        policy: None,
-        unlimited: false,
-        shadow_mode,
-        descriptors: vec![],
-    };
-    c.envoy = EnvoySection {
-        domains: vec![DomainConfig {
-            domain: "edge".into(),
-            descriptors: vec![
-                entry("remote_address", 2, "per_ip", true),
-                entry("user_id", 1, "per_user", false),
-            ],
-        }],
-    };
+    c.envoy = hourly_envoy_domain(
+        "edge",
+        &[
+            ("remote_address", 2, "per_ip", true),
+            ("user_id", 1, "per_user", false),
+        ],
+    );
 }
 
 /// One `ShouldRateLimit` of one descriptor `key=value` through node `id`; `None`

@@ -27,10 +27,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{should_rate_limit, Cluster, Options, DEADLINE};
-use quorate_server::config::envoy::{
-    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
-};
+use common::{hourly_envoy_domain, should_rate_limit, Cluster, Options, DEADLINE};
 use quorate_server::security::auth::TokenSpec;
 use quorate_server::security::Role;
 use quorate_server::ClusterConfig;
@@ -139,25 +136,7 @@ async fn make_activity(c: &Cluster, node: u64) {
 /// Envoy domain `edge`: `remote_address` once an hour, in shadow mode, named
 /// `edge_per_ip` (no policy has that name: the page lists it as a descriptor limit).
 fn shadow_descriptor(c: &mut ClusterConfig) {
-    c.envoy = EnvoySection {
-        domains: vec![DomainConfig {
-            domain: "edge".into(),
-            descriptors: vec![DescriptorEntry {
-                key: "remote_address".into(),
-                value: None,
-                rate_limit: Some(RateLimitConfig {
-                    requests_per_unit: 1,
-                    unit: UnitConfig::Hour,
-                    burst: None,
-                    name: Some("edge_per_ip".into()),
-                }),
-                policy: None,
-                unlimited: false,
-                shadow_mode: true,
-                descriptors: vec![],
-            }],
-        }],
-    };
+    c.envoy = hourly_envoy_domain("edge", &[("remote_address", 1, "edge_per_ip", true)]);
 }
 
 /// Two Envoy checks of one address through `node`: the second is over the shadow

@@ -36,6 +36,9 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use quorate_proto::ClusterResponse;
+use quorate_server::config::envoy::{
+    DescriptorEntry, DomainConfig, EnvoySection, RateLimitConfig, UnitConfig,
+};
 use quorate_server::config::{Millis, NodeConfig, NonZeroMillis};
 use quorate_server::security::auth::TokenSpec;
 use quorate_server::ClusterConfig;
@@ -712,4 +715,32 @@ pub fn envoy_header(r: &RateLimitResponse, name: &str) -> Option<String> {
         .iter()
         .find(|h| h.key == name)
         .map(|h| h.value.clone())
+}
+
+/// An `[envoy]` section with one domain whose entries are `(key, requests per hour,
+/// limit name, shadow_mode)`: top-level descriptors with no value, hourly so that no
+/// bucket refills while a test runs.
+pub fn hourly_envoy_domain(domain: &str, limits: &[(&str, u32, &str, bool)]) -> EnvoySection {
+    EnvoySection {
+        domains: vec![DomainConfig {
+            domain: domain.into(),
+            descriptors: limits
+                .iter()
+                .map(|&(key, n, name, shadow_mode)| DescriptorEntry {
+                    key: key.into(),
+                    value: None,
+                    rate_limit: Some(RateLimitConfig {
+                        requests_per_unit: n,
+                        unit: UnitConfig::Hour,
+                        burst: None,
+                        name: Some(name.into()),
+                    }),
+                    policy: None,
+                    unlimited: false,
+                    shadow_mode,
+                    descriptors: vec![],
+                })
+                .collect(),
+        }],
+    }
 }
