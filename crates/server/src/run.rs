@@ -329,20 +329,9 @@ fn open_store(config: &ClusterConfig, node_id: u64) -> Result<quorate_store::Sto
     if std::env::var_os(SIMULATED_DISK_ENV).is_some_and(|v| v == "1") {
         return open_simulated(&dir).map_err(|e| storage_err(e.to_string()));
     }
-    // After an in-process restart (a full disk) the previous store's sled may hold
-    // its directory lock a moment after it was dropped: retry that one error briefly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match quorate_store::open(&dir) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => return other.map_err(|e| storage_err(e.to_string())),
-        }
-    }
+    // `open` itself waits out the directory lock a store dropped a moment ago (an
+    // in-process restart after a full disk) still holds.
+    quorate_store::open(&dir).map_err(|e| storage_err(e.to_string()))
 }
 
 /// Set to `1` (in a `fault-injection` build) to run the store on the store's

@@ -23,6 +23,7 @@
 //! refuse to open instead of misreading the log.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -130,6 +131,32 @@ const CREATING_DIR: &str = "sled.creating";
 /// while it held the log would only keep dead pages resident.
 const SLED_CACHE_BYTES: u64 = 4 << 20;
 
+/// How long [`open_db`] waits for sled's directory lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `config`, polling while sled's directory lock is still held.
+///
+/// A dropped `sled::Db` keeps its exclusive file lock until sled's IO threads let go
+/// of their handles, which can be a moment after the drop: a store reopened in the
+/// same process (the server's in-process restart after a full disk, every test that
+/// reopens a directory) failed "could not acquire lock" about one run in ten. sled
+/// offers no event for the release, so this polls, for at most [`LOCK_WAIT`]; a lock
+/// held longer (another process on the same directory) is the error it was.
+fn open_sled_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens (or creates) the sled database under `dir` and checks the format marker.
 ///
 /// The database lives in `dir/sled`. A new one is built in `dir/sled.creating`,
@@ -198,12 +225,13 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     // the committed id, is a hint (see `log_store.rs`). sled's thread would wake its
     // IO pool every 500 ms and, holding the database, keep its file lock for a moment
     // after the store is dropped.
-    let db = sled::Config::new()
-        .path(&db_dir)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .flush_every_ms(None)
-        .open()
-        .map_err(open_err)?;
+    let db = open_sled_waiting_for_lock(
+        &sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(None),
+    )
+    .map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(open_err)?;
     match meta.get(KEY_FORMAT).map_err(open_err)? {
         Some(v) if [FORMAT, FORMAT_V2, FORMAT_V1].contains(&v.as_ref()) => Ok(db),

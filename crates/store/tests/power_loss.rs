@@ -268,21 +268,9 @@ fn damage_durable_record(dir: &Path, rng: &mut SimRng) -> Result<bool> {
     Ok(true)
 }
 
-/// `open_with`, polling while sled still holds the previous instance's lock (sled
-/// releases it a moment after the last handle is dropped; see tests/store.rs).
+/// `open_with` (which waits out the lock a store dropped a moment ago still holds).
 fn reopen(dir: &Path, sim: &SimFs) -> Result<Storage, StoreError> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open_with(dir, Arc::new(sim.clone())) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::yield_now()
-            }
-            other => return other,
-        }
-    }
+    open_with(dir, Arc::new(sim.clone()))
 }
 
 async fn run_seed(seed: u64) -> Result<&'static str> {

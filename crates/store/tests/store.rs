@@ -34,7 +34,7 @@ async fn fed_and_snapshotted(
     Storage,
     openraft::storage::Snapshot<quorate_store::TypeConfig>,
 )> {
-    let mut st = open_unlocked(dir)?;
+    let mut st = open(dir)?;
     feed(&mut st, 1, to).await?;
     let snap = st.sm.get_snapshot_builder().await.build_snapshot().await?;
     Ok((st, snap))
@@ -55,7 +55,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 300)));
     assert_eq!(a.sm.digest(), replay(300).digest());
 
-    let mut b = open_unlocked(b_dir.path())?;
+    let mut b = open(b_dir.path())?;
     assert!(b.is_fresh());
     let mut rx = b.sm.begin_receiving_snapshot().await?;
     *rx = *snap.snapshot;
@@ -72,7 +72,7 @@ async fn snapshot_round_trip_between_stores() -> Result<()> {
     // The installed snapshot survives a restart of the follower.
     let digest = b.sm.digest();
     drop(b);
-    let b = open_unlocked(b_dir.path())?;
+    let b = open(b_dir.path())?;
     assert_eq!(b.sm.digest(), digest);
     assert_eq!(b.sm.last_applied(), Some(log_id(1, 300)));
     Ok(())
@@ -93,7 +93,7 @@ async fn snapshot_moves_between_stores_in_chunks_through_files() -> Result<()> {
     let sent = a.sm.get_current_snapshot().await?.expect("current");
     ensure!(sent.snapshot.is_file() && sent.meta == snap.meta);
 
-    let mut b = open_unlocked(b_dir.path())?;
+    let mut b = open(b_dir.path())?;
     let mut rx = b.sm.begin_receiving_snapshot().await?;
     ensure!(rx.is_file(), "received into a file");
     let end = snap.snapshot.seek(SeekFrom::End(0)).await?;
@@ -121,7 +121,7 @@ async fn snapshot_moves_between_stores_in_chunks_through_files() -> Result<()> {
     let current = b.sm.get_current_snapshot().await?.expect("installed");
     ensure!(current.snapshot.to_vec()? == snap.snapshot.to_vec()?);
     drop(b);
-    ensure!(open_unlocked(b_dir.path())?.sm.digest() == a.sm.digest());
+    ensure!(open(b_dir.path())?.sm.digest() == a.sm.digest());
     Ok(())
 }
 
@@ -129,7 +129,7 @@ async fn snapshot_moves_between_stores_in_chunks_through_files() -> Result<()> {
 async fn install_rejects_data_that_disagrees_with_meta() -> Result<()> {
     let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let (_a, snap) = fed_and_snapshotted(a_dir.path(), 10).await?;
-    let mut b = open_unlocked(b_dir.path())?;
+    let mut b = open(b_dir.path())?;
     let mut meta = snap.meta.clone();
     meta.last_log_id = Some(log_id(1, 11));
     assert!(b
@@ -158,7 +158,7 @@ async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
 
     // Reopening in the same process right away works: the flusher thread and sled's
     // lock are released on drop.
-    let mut st = open_unlocked(dir.path())?;
+    let mut st = open(dir.path())?;
     assert_eq!(
         st.sm.last_applied(),
         Some(log_id(1, 100)),
@@ -179,7 +179,7 @@ async fn restart_loads_snapshot_and_replays_committed_log() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_edges() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut st = open_unlocked(dir.path())?;
+    let mut st = open(dir.path())?;
     feed(&mut st, 1, 10).await?;
     let log = &mut st.log;
 
@@ -228,7 +228,7 @@ async fn log_edges() -> Result<()> {
     let (_o, snap) = fed_and_snapshotted(other.path(), 20).await?;
     st.sm.install_snapshot(&snap.meta, snap.snapshot).await?;
     drop(st);
-    let mut st = open_unlocked(dir.path())?;
+    let mut st = open(dir.path())?;
     let s = st.log.get_log_state().await?;
     assert_eq!(
         (s.last_purged_log_id, s.last_log_id),
@@ -247,7 +247,7 @@ async fn log_edges() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_flushes() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let st = open_unlocked(dir.path())?;
+    let st = open(dir.path())?;
     let before = st.log.flush_stats();
     let n = 200u64;
     let mut waiters = Vec::new();
@@ -270,28 +270,9 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
     Ok(())
 }
 
-/// `open`, polling while sled's lock is still held: a dropped `sled::Db` (a test's
-/// own, or a dropped store's) keeps its file lock until sled's IO threads let go of
-/// it, which can be a moment later. A store is reopened in a new process in
-/// production; in one process, a plain `open` right after a drop failed about one
-/// run in ten.
-fn open_unlocked(dir: &Path) -> Result<Storage, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open(dir) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::yield_now();
-            }
-            other => return other,
-        }
-    }
-}
-
-/// `sled::open` of a store's database, polling while the lock is still held (see
-/// [`open_unlocked`]).
+/// `sled::open` of a store's database, polling while the lock is still held: a
+/// dropped store's sled keeps its file lock until sled's IO threads let go of it,
+/// a moment later (`quorate_store::open` waits for it the same way).
 fn sled_unlocked(dir: &Path) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -307,8 +288,28 @@ fn sled_unlocked(dir: &Path) -> Result<sled::Db> {
     }
 }
 
+/// `open` waits for a directory lock that another handle lets go of a moment later
+/// (as a dropped store's sled does when its IO threads finish) instead of failing:
+/// the raft_log unit tests that reopen a directory failed "could not acquire lock"
+/// in CI before it did.
+#[test]
+fn open_waits_for_a_lock_released_a_moment_later() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    drop(open(dir.path())?);
+    let holder = sled_unlocked(dir.path())?;
+    let release = std::thread::spawn(move || {
+        // The other handle's owner finishing its work: the cause of the release.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(holder);
+    });
+    let reopened = open(dir.path());
+    release.join().expect("the holder's thread");
+    ensure!(reopened.is_ok(), "open failed: {:?}", reopened.err());
+    Ok(())
+}
+
 fn expect_corrupt(dir: &Path) -> Result<String> {
-    check_refused(dir, open_unlocked(dir))
+    check_refused(dir, open(dir))
 }
 
 fn check_refused(dir: &Path, opened: Result<Storage, StoreError>) -> Result<String> {
@@ -345,7 +346,7 @@ async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
     // The sled files overwritten with garbage.
     let dir = tempfile::tempdir()?;
     {
-        let mut st = open_unlocked(dir.path())?;
+        let mut st = open(dir.path())?;
         feed(&mut st, 1, 20).await?;
         st.log.save_vote(&Vote::new(3, 1)).await?;
     }
@@ -361,7 +362,7 @@ async fn refuses_foreign_or_damaged_dirs() -> Result<()> {
 
     // The sled directory emptied: no marker, no data.
     let dir = tempfile::tempdir()?;
-    drop(open_unlocked(dir.path())?);
+    drop(open(dir.path())?);
     std::fs::remove_dir_all(dir.path().join("sled"))?;
     std::fs::create_dir(dir.path().join("sled"))?;
     let msg = expect_corrupt(dir.path())?;
@@ -381,7 +382,7 @@ async fn second_open_of_a_live_dir_fails_with_path() -> Result<()> {
 /// A store with 20 entries, a vote and a snapshot.
 async fn make() -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    let mut st = open_unlocked(dir.path())?;
+    let mut st = open(dir.path())?;
     feed(&mut st, 1, 20).await?;
     st.log.save_vote(&Vote::new(3, 1)).await?;
     st.sm.get_snapshot_builder().await.build_snapshot().await?;
@@ -495,7 +496,7 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
         std::fs::write(&path, &bytes)?;
         // A crash leaves no clean-stop marker; with it, every bad record is damage.
         std::fs::remove_file(d.path().join("raftlog").join("clean"))?;
-        let mut st = open_unlocked(d.path())?;
+        let mut st = open(d.path())?;
         let last = st.log.get_log_state().await?.last_log_id.map(|l| l.index);
         let expect = if tear == "short" { 19 } else { 20 };
         ensure!(last == Some(expect), "{tear}: log ends at {last:?}");
@@ -507,7 +508,7 @@ async fn a_torn_tail_is_dropped_and_the_log_goes_on() -> Result<()> {
             })?;
         rx.await??;
         drop(st);
-        let mut st = open_unlocked(d.path())?;
+        let mut st = open(d.path())?;
         let got = st.log.try_get_log_entries(..).await?;
         ensure!(
             got.iter().map(|e| e.log_id.index).eq(1..=expect + 1),
@@ -546,7 +547,7 @@ async fn a_format_1_store_moves_its_log_out_of_sled() -> Result<()> {
         db.flush()?;
     }
     for _ in 0..2 {
-        let mut st = open_unlocked(d.path())?;
+        let mut st = open(d.path())?;
         let s = st.log.get_log_state().await?;
         ensure!(s.last_purged_log_id == Some(log_id(1, 10)), "{s:?}");
         ensure!(s.last_log_id == Some(log_id(1, 30)), "{s:?}");
@@ -573,7 +574,7 @@ async fn a_snapshot_kept_in_sled_by_an_older_version_is_restored_then_moved() ->
     // from a real snapshot file (data | meta | u64 meta length | u32 crc).
     let d = make().await?;
     let digest = {
-        let st = open_unlocked(d.path())?;
+        let st = open(d.path())?;
         st.sm.digest()
     };
     let file = std::fs::read(d.path().join("snapshot"))?;
@@ -589,7 +590,7 @@ async fn a_snapshot_kept_in_sled_by_an_older_version_is_restored_then_moved() ->
     }
     std::fs::remove_file(d.path().join("snapshot"))?;
 
-    let mut st = open_unlocked(d.path())?;
+    let mut st = open(d.path())?;
     assert_eq!(st.sm.digest(), digest);
     assert_eq!(st.sm.last_applied(), Some(log_id(1, 20)));
     // The next snapshot is a file, and the sled copy goes.
@@ -627,7 +628,7 @@ async fn a_purge_is_durable_only_as_far_as_the_durable_snapshot() -> Result<()> 
     // The process dies before the install has written its snapshot.
     drop(st);
 
-    let mut st = open_unlocked(dir.path())?;
+    let mut st = open(dir.path())?;
     assert_eq!(st.sm.last_applied(), Some(log_id(1, 50)));
     let s = st.log.get_log_state().await?;
     assert!(
@@ -647,7 +648,7 @@ async fn a_purge_is_durable_only_as_far_as_the_durable_snapshot() -> Result<()> 
     };
     st.sm.install_snapshot(&snap.meta, snap.snapshot).await?;
     drop(st);
-    let st = open_unlocked(dir.path())?;
+    let st = open(dir.path())?;
     let mut log = st.log.clone();
     let s = log.get_log_state().await?;
     assert_eq!(s.last_purged_log_id, Some(log_id(1, 200)));
