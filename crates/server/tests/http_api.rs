@@ -1322,6 +1322,41 @@ async fn leases_belong_to_their_token() {
     assert_eq!(s, StatusCode::OK);
     let (s, _, v) = call_json(&app, CLIENT, Method::POST, "/v1/slots/acquire", Some(body)).await;
     assert_eq!((s, v["lease_id"].clone()), (StatusCode::OK, json!("mine")));
+    // A waiter is listed the same way: its id would let another caller take its
+    // place (LeaveQueue) or its grant.
+    let (s, _, v) = call_json(
+        &app,
+        ADMIN,
+        Method::PUT,
+        "/v1/limits/org:own",
+        Some(json!({"limit": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let waiting = {
+        let app = App {
+            router: app.router.clone(),
+            backend: app.backend.clone(),
+        };
+        let wait = json!({"keys": ["org:own"], "lease_id": "queued", "wait_ms": 5000});
+        tokio::spawn(async move {
+            call_json(&app, CLIENT, Method::POST, "/v1/slots/acquire", Some(wait)).await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, v) = call_json(&app, OTHER_CLIENT, Method::GET, "/v1/slots/org:own", None).await;
+        if v["queue"]["length"] == 1 {
+            let waiter = v["queue"]["waiters"][0].as_object().unwrap();
+            assert!(!waiter.contains_key("lease_id"), "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never queued: {v}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, _, v) = call_json(&app, CLIENT, Method::GET, "/v1/slots/org:own", None).await;
+    assert_eq!(v["queue"]["waiters"][0]["lease_id"], "queued", "{v}");
+
     let release = json!({"lease_id": "mine"});
     let (s, _, v) = call_json(
         &app,
@@ -1332,6 +1367,12 @@ async fn leases_belong_to_their_token() {
     )
     .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"released": true})));
+    // The freed slot goes to the waiter.
+    let (s, _, v) = waiting.await.unwrap();
+    assert_eq!(
+        (s, v["lease_id"].clone()),
+        (StatusCode::OK, json!("queued"))
+    );
 }
 
 /// Allowlists over HTTP: entries are added, listed in canonical form and removed

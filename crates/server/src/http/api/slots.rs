@@ -200,13 +200,9 @@ pub(super) async fn slots(
                 .waiters
                 .into_iter()
                 .map(|w| proto::WaiterInfo {
-                    // Hidden like another token's lease id: it would let the
-                    // caller take the waiter's place (LeaveQueue) or its grant.
-                    lease_id: if caller.may_use(&w.owner) {
-                        w.lease_id
-                    } else {
-                        String::new()
-                    },
+                    // Would let the caller take the waiter's place (LeaveQueue)
+                    // or its grant.
+                    lease_id: visible_lease_id(&caller, &w.owner, w.lease_id),
                     holder: w.holder,
                     position: w.position,
                     deadline_ms: w.deadline_ms,
@@ -225,13 +221,8 @@ pub(super) async fn slots(
                 .leases
                 .into_iter()
                 .map(|l| proto::LeaseInfo {
-                    // Empty is left out of the JSON: another token's lease is listed
-                    // (it occupies a slot) but not handed over.
-                    lease_id: if caller.may_use(&l.owner) {
-                        l.lease_id
-                    } else {
-                        String::new()
-                    },
+                    // Listed (it occupies a slot) but not handed over.
+                    lease_id: visible_lease_id(&caller, &l.owner, l.lease_id),
                     holder: l.holder,
                     fencing_token: l.fencing_token,
                     expires_at_ms: l.expires_at_ms,
@@ -240,5 +231,16 @@ pub(super) async fn slots(
             queue,
         })),
         other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// `lease_id` as a listing shows it to `caller`: empty (left out of the JSON) when
+/// the lease or waiter belongs to another token, whose id would let the caller
+/// release, renew or take it.
+fn visible_lease_id(caller: &core::Caller, owner: &str, lease_id: String) -> String {
+    if caller.may_use(owner) {
+        lease_id
+    } else {
+        String::new()
     }
 }
