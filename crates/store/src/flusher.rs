@@ -63,6 +63,9 @@ pub(crate) struct SegmentFile {
     pub(crate) synced: AtomicU64,
     /// End of the bytes written so far, durable or not.
     pub(crate) written: AtomicU64,
+    /// End of the file: the records, then zeros written ahead of the next ones
+    /// ([`SegmentFile::preallocate`]). Only the flusher (and `open`) change it.
+    pub(crate) allocated: AtomicU64,
 }
 
 impl SegmentFile {
@@ -83,7 +86,31 @@ impl SegmentFile {
             version,
             synced: AtomicU64::new(len),
             written: AtomicU64::new(len),
+            allocated: AtomicU64::new(len),
         }
+    }
+
+    /// Makes the file reach at least `end` by writing zeros from its current end up
+    /// to `end` rounded up to a multiple of `chunk` (nothing if it is long enough).
+    ///
+    /// Why: `fdatasync` after an append that grows the file must also write the
+    /// inode (its size changed), a second synchronous disk write on every flush
+    /// (ext4 without a journal syncs the inode's buffer; with one, it commits the
+    /// journal). Records written over zeros that are already on disk leave the size
+    /// alone, so their `fdatasync` writes only the data. The zeros are real writes,
+    /// not `fallocate`: an allocated-but-unwritten extent changes state on its first
+    /// write, which is again metadata to sync. They become durable with the first
+    /// record's sync; recovery reads an all-zero tail as free space (`raft_log.rs`).
+    fn preallocate(&self, end: u64, chunk: u64) -> io::Result<()> {
+        let allocated = self.allocated.load(Ordering::Relaxed);
+        if end <= allocated || chunk == 0 {
+            return Ok(());
+        }
+        let target = end.div_ceil(chunk) * chunk;
+        let zeros = vec![0u8; usize::try_from(target - allocated).map_err(io::Error::other)?];
+        self.get()?.write_all_at(&zeros, allocated)?;
+        self.allocated.store(target, Ordering::Relaxed);
+        Ok(())
     }
 
     /// `fdatasync`s the file; everything written so far is durable after it.
@@ -116,12 +143,15 @@ pub(crate) enum Job {
     /// Create (or empty) a new segment file starting at index `first`, write its
     /// header durably, and publish its handle.
     Create { file: Arc<SegmentFile>, first: u64 },
-    /// Write `bytes` at `offset`; `seq` is the last append number they hold.
+    /// Write `bytes` at `offset`; `seq` is the last append number they hold. If the
+    /// file ends before them, zeros are written ahead up to a multiple of `prealloc`
+    /// bytes first ([`SegmentFile::preallocate`]).
     Write {
         file: Arc<SegmentFile>,
         offset: u64,
         bytes: Vec<u8>,
         seq: u64,
+        prealloc: u64,
     },
     /// Cut a segment to `len` bytes.
     SetLen { file: Arc<SegmentFile>, len: u64 },
@@ -325,6 +355,7 @@ impl Batch {
                 f.sync_data()?;
                 file.written.store(header.len() as u64, Ordering::Relaxed);
                 file.synced.store(header.len() as u64, Ordering::Relaxed);
+                file.allocated.store(header.len() as u64, Ordering::Relaxed);
                 if file.file.set(f).is_err() {
                     return Err(io::Error::other(format!(
                         "{} created twice",
@@ -337,10 +368,12 @@ impl Batch {
                 offset,
                 mut bytes,
                 seq,
+                prealloc,
             } => {
                 self.sync_other(Some(&file))?;
                 if file.version == Version::V3 {
                     record::stamp(&mut bytes, file.synced.load(Ordering::Relaxed));
+                    file.preallocate(offset + bytes.len() as u64, prealloc)?;
                 }
                 file.get()?.write_all_at(&bytes, offset)?;
                 file.written
@@ -355,6 +388,7 @@ impl Batch {
                 // durable length that must not cover the cut-off bytes, and those
                 // bytes must not come back under them after a crash.
                 file.written.store(len, Ordering::Relaxed);
+                file.allocated.store(len, Ordering::Relaxed);
                 file.sync()?;
                 self.dirty = None;
             }
@@ -406,6 +440,8 @@ fn run(
 ) -> bool {
     // The first error, kept for good (see the module docs).
     let mut poisoned: Option<io::Error> = None;
+    // The segment written last: its preallocated zeros are cut at a clean stop.
+    let mut tail: Option<Arc<SegmentFile>> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Batch::default();
         for job in std::iter::once(first).chain(rx.try_iter()) {
@@ -414,6 +450,9 @@ fn run(
                     batch.dones.push(done);
                 }
                 continue;
+            }
+            if let Job::Write { file, .. } = &job {
+                tail = Some(file.clone());
             }
             if let Err(e) = batch.run(vfs, job, &written_seq) {
                 poisoned = Some(e);
@@ -457,5 +496,28 @@ fn run(
             }
         }
     }
-    poisoned.is_none()
+    if poisoned.is_some() {
+        return false;
+    }
+    // A cleanly stopped log ends at its last record, as before preallocation: a
+    // version that does not know the zeros (a downgrade) reads it as it always did.
+    match tail.map_or(Ok(()), |file| trim(&file)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot cut the log's preallocated tail at stop");
+            false
+        }
+    }
+}
+
+/// Cuts the zeros written ahead of a segment's records, durably.
+fn trim(file: &SegmentFile) -> io::Result<()> {
+    let written = file.written.load(Ordering::Relaxed);
+    if file.allocated.load(Ordering::Relaxed) <= written {
+        return Ok(());
+    }
+    file.get()?.set_len(written)?;
+    file.sync()?;
+    file.allocated.store(written, Ordering::Relaxed);
+    Ok(())
 }

@@ -87,11 +87,20 @@ impl LogStore {
         self.shared.flusher.health()
     }
 
-    /// Test knob: closes segments after `segment_bytes` and caches `cache_bytes` of
-    /// entries, so a small test rotates segments and reads entries back from files.
+    /// Test knob: closes segments after `segment_bytes`, caches `cache_bytes` of
+    /// entries and zero-fills `prealloc_bytes` ahead of the records (0: never), so a
+    /// small test rotates segments, reads entries back from files and grows its files
+    /// either way.
     #[doc(hidden)]
-    pub fn set_limits_for_tests(&self, segment_bytes: u64, cache_bytes: usize) {
-        self.shared.log.set_limits(segment_bytes, cache_bytes);
+    pub fn set_limits_for_tests(
+        &self,
+        segment_bytes: u64,
+        cache_bytes: usize,
+        prealloc_bytes: u64,
+    ) {
+        self.shared
+            .log
+            .set_limits(segment_bytes, cache_bytes, prealloc_bytes);
     }
 
     /// Flush counters: how many fsyncs the flusher made and how many callbacks they

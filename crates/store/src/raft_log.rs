@@ -19,6 +19,11 @@
 //! new segment once the last one holds [`SEGMENT_BYTES`], so a purge deletes whole
 //! files instead of rewriting one.
 //!
+//! The last segment is zero-filled [`PREALLOC_BYTES`] at a time ahead of its records
+//! (`SegmentFile::preallocate`: an `fdatasync` that finds the file's size unchanged
+//! writes no inode), and only the last: a segment is cut back to its records, durably,
+//! before the next is created, and a clean stop cuts the last one too.
+//!
 //! ## Who writes what, and when it is durable
 //!
 //! [`RaftLog::append`] reserves the records' place (segment, offset) under the lock,
@@ -49,7 +54,9 @@
 //! (O_DIRECT would say the same, but needs aligned buffers and is refused by tmpfs.)
 //!
 //! Every record is checked (header crc, length, payload crc, index = expected
-//! index). Trailing segments that keep no record (created just before a crash, or
+//! index). Zeros from a record boundary to the end of the last segment are its
+//! zero-filled tail, kept for later records; at the end of any other segment they
+//! are lost records, refused. Trailing segments that keep no record (created just before a crash, or
 //! holding only a torn first write) are removed first; then a bad record is
 //!
 //! - **damage, refused** if it is in any but the last segment (the flusher synced a
@@ -94,6 +101,10 @@ pub(crate) const LOG_DIR: &str = "raftlog";
 pub(crate) const CLEAN_FILE: &str = "clean";
 /// A segment is closed once it holds this many bytes.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
+/// How far ahead of its records the last segment is zero-filled (see
+/// `SegmentFile::preallocate`): one size change, and one inode write, per MiB of log
+/// instead of per flush.
+pub(crate) const PREALLOC_BYTES: u64 = 1 << 20;
 /// Encoded entries kept in memory for replication reads.
 const CACHE_BYTES: usize = 8 << 20;
 /// Largest gap between consecutive indexes that `append` and `open` accept (gaps are
@@ -133,8 +144,9 @@ struct Inner {
     /// Slots before this position hold no cached bytes.
     evicted: usize,
     next_seq: u64,
-    /// [`SEGMENT_BYTES`] and [`CACHE_BYTES`]; tests lower them.
+    /// [`SEGMENT_BYTES`], [`PREALLOC_BYTES`] and [`CACHE_BYTES`]; tests lower them.
     segment_bytes: u64,
+    prealloc_bytes: u64,
     cache_bytes: usize,
 }
 
@@ -201,6 +213,9 @@ struct Scanned {
     intact_after_bad: bool,
     /// v3: the largest `synced` stamped in an intact record of the segment.
     synced: u64,
+    /// v3: where the records end and only zeros follow, to the end of the file: the
+    /// space the flusher wrote ahead of the next records, not a bad record.
+    zero_from: Option<u64>,
 }
 
 fn scan(bytes: &[u8], first: u64) -> Scanned {
@@ -211,6 +226,7 @@ fn scan(bytes: &[u8], first: u64) -> Scanned {
         bad_at: None,
         intact_after_bad: false,
         synced: 0,
+        zero_from: None,
     };
     let h = version.header();
     let mut off = version.start() as usize;
@@ -235,6 +251,12 @@ fn scan(bytes: &[u8], first: u64) -> Scanned {
                 out.records.push((off as u64, r.len));
                 out.synced = out.synced.max(r.synced);
                 off += h + r.len as usize;
+            }
+            Err(_) if version == Version::V3 && bytes[off..].iter().all(|&b| b == 0) => {
+                // No record is all zeros (its header crc would fail), and a torn write
+                // leaves at least one of its bytes: this is preallocated space.
+                out.zero_from = Some(off as u64);
+                break;
             }
             Err(why) => {
                 out.intact_after_bad = why.starts_with(MISPLACED);
@@ -263,13 +285,26 @@ fn scan(bytes: &[u8], first: u64) -> Scanned {
 }
 
 impl Scanned {
-    /// Where the segment's good bytes end if it is (`last`) or is not the last
-    /// segment: Err(why) if the bad record is damage rather than a torn tail.
-    fn end(&self, len: u64, last: bool) -> Result<u64, String> {
+    /// Where the segment's good bytes end: Err(why) if the bad record is damage
+    /// rather than a torn tail. `last`: it is the last segment; `may_be_torn`: it is
+    /// the last one and the store did not stop cleanly.
+    ///
+    /// Zeros to the end of the file are preallocated space, but only in the last
+    /// segment: the flusher cuts a segment to its records, durably, before it creates
+    /// the next one, so zeros at the end of an earlier one are lost records.
+    fn end(&self, len: u64, last: bool, may_be_torn: bool) -> Result<u64, String> {
+        if let Some(off) = self.zero_from {
+            if !last {
+                return Err(format!(
+                    "only zeros from byte {off} on, in a segment that was cut to its records before the next was made"
+                ));
+            }
+            return Ok(off);
+        }
         let Some((off, why)) = &self.bad_at else {
             return Ok(len);
         };
-        if !last {
+        if !may_be_torn {
             return Err(format!(
                 "{why} (not the last segment, which was synced completely before the next was made)"
             ));
@@ -350,6 +385,7 @@ impl RaftLog {
             evicted: 0,
             next_seq: 1,
             segment_bytes: SEGMENT_BYTES,
+            prealloc_bytes: PREALLOC_BYTES,
             cache_bytes: CACHE_BYTES,
         };
         let mut segs = Vec::with_capacity(firsts.len());
@@ -364,7 +400,12 @@ impl RaftLog {
         // them is classified as the last one.
         let refuse = |first: u64, path: &Path, scanned: &Scanned, why: String| {
             let index = first + scanned.records.len() as u64;
-            let off = scanned.bad_at.as_ref().map_or(0, |b| b.0);
+            let off = scanned
+                .bad_at
+                .as_ref()
+                .map(|b| b.0)
+                .or(scanned.zero_from)
+                .unwrap_or(0);
             corrupt(format!(
                 "{}: bad record for index {index} at byte {off}: {why}",
                 path.display()
@@ -372,7 +413,7 @@ impl RaftLog {
         };
         while let Some((first, path, _, len, scanned)) = segs.last() {
             let end = scanned
-                .end(*len, !clean)
+                .end(*len, true, !clean)
                 .map_err(|why| refuse(*first, path, scanned, why))?;
             if scanned.kept(end) > 0 {
                 break;
@@ -386,12 +427,14 @@ impl RaftLog {
         let n = segs.len();
         for (i, (first, path, file, len, scanned)) in segs.into_iter().enumerate() {
             // After a clean stop nothing can be torn: every bad record is damage.
-            let last_segment = i + 1 == n && !clean;
+            let last_segment = i + 1 == n;
             let end = scanned
-                .end(len, last_segment)
+                .end(len, last_segment, last_segment && !clean)
                 .map_err(|why| refuse(first, &path, &scanned, why))?;
             let kept = scanned.kept(end);
-            if end < len {
+            // The zeros after the last segment's records stay: appends go over them.
+            let preallocated = scanned.zero_from == Some(end);
+            if end < len && !preallocated {
                 let index = first + kept as u64;
                 tracing::warn!(
                     path = %path.display(), index, offset = end,
@@ -417,6 +460,9 @@ impl RaftLog {
                 scanned.version,
                 end,
             ));
+            if preallocated {
+                file.allocated.store(len, Ordering::Relaxed);
+            }
             for (k, &(off, rec_len)) in scanned.records[..kept].iter().enumerate() {
                 let index = first + k as u64;
                 if last_purged.is_some_and(|p| index <= p) {
@@ -462,10 +508,12 @@ impl RaftLog {
         })
     }
 
-    /// Lowers the segment size and the cache (tests: many segments, file reads).
-    pub(crate) fn set_limits(&self, segment_bytes: u64, cache_bytes: usize) {
+    /// Lowers the segment size, the cache and the zero-fill (tests: many segments,
+    /// file reads, growing files).
+    pub(crate) fn set_limits(&self, segment_bytes: u64, cache_bytes: usize, prealloc_bytes: u64) {
         let mut inner = self.lock();
         inner.segment_bytes = segment_bytes;
+        inner.prealloc_bytes = prealloc_bytes;
         inner.cache_bytes = cache_bytes;
     }
 
@@ -554,6 +602,7 @@ impl RaftLog {
                         offset,
                         bytes,
                         seq,
+                        prealloc: inner.prealloc_bytes,
                     });
                 }
             }
@@ -564,6 +613,19 @@ impl RaftLog {
                 s.end >= inner.segment_bytes || s.next != index || s.file.version != Version::V3
             });
             if rotate {
+                // The segment being closed loses the zeros written ahead of its
+                // records, durably, before the next one exists: recovery may then read
+                // zeros at the end of any but the last segment as lost records.
+                if let Some(prev) = inner
+                    .segments
+                    .back()
+                    .filter(|s| s.file.version == Version::V3)
+                {
+                    jobs.push(Job::SetLen {
+                        file: prev.file.clone(),
+                        len: prev.end,
+                    });
+                }
                 let file = Arc::new(SegmentFile::new(
                     self.dir.join(segment_name(index)),
                     None,
@@ -617,6 +679,7 @@ impl RaftLog {
                 offset,
                 bytes: buf,
                 seq,
+                prealloc: inner.prealloc_bytes,
             });
         }
         self.evict(&mut inner);
@@ -847,6 +910,7 @@ mod tests {
         {
             let mut inner = log.shared.log.lock();
             inner.segment_bytes = 200;
+            inner.prealloc_bytes = 200;
             inner.cache_bytes = 0;
         }
         for i in 1..=60 {
@@ -1040,6 +1104,100 @@ mod tests {
             std::fs::write(dir.path().join(LOG_DIR).join(segment_name(6)), next).unwrap();
             assert_eq!(last_index(dir.path()).unwrap(), Some(5), "{next:?}");
             assert_eq!(segments(dir.path()).len(), 1);
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    /// The last segment is zero-filled a chunk ahead of its records, so an append's
+    /// fdatasync finds the file's size unchanged (no inode write); a clean stop cuts
+    /// the zeros again, and the reopened log fills ahead anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_go_over_zeros_written_ahead_and_a_clean_stop_cuts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        append(&st.log, vec![entry(1, 1)]).await;
+        let path = st.log.shared.log.lock().segments[0].file.path.clone();
+        assert_eq!(file_len(&path), PREALLOC_BYTES);
+        for i in 2..=50 {
+            append(&st.log, vec![entry(1, i)]).await;
+            assert_eq!(file_len(&path), PREALLOC_BYTES, "after {i}");
+        }
+        let end = st.log.shared.log.lock().segments[0].end;
+        drop(st);
+        assert_eq!(
+            file_len(&path),
+            end,
+            "a clean stop ends the file at its records"
+        );
+
+        let st = crate::open(dir.path()).unwrap();
+        assert_eq!(st.log.shared.log.bounds(), Some((1, 50)));
+        append(&st.log, vec![entry(1, 51)]).await;
+        assert_eq!(file_len(&path), PREALLOC_BYTES);
+    }
+
+    /// After a crash the last segment ends in zeros written ahead: free space, not a
+    /// torn tail. Nothing is cut or warned about, and the next record goes right
+    /// after the last one, over the zeros.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_leaves_zeros_that_the_log_writes_over() {
+        let (dir, _, path) = written(10, &[]).await;
+        let end = file_len(&path);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, &vec![0u8; 100_000]).unwrap();
+        drop(f);
+        unclean(dir.path());
+
+        let st = crate::open(dir.path()).unwrap();
+        assert_eq!(st.log.shared.log.bounds(), Some((1, 10)));
+        assert_eq!(file_len(&path), end + 100_000, "the zeros are kept");
+        append(&st.log, vec![entry(2, 11)]).await;
+        let at = st.log.shared.log.lock().slots[10].as_ref().unwrap().offset;
+        assert_eq!(at, end, "record 11 follows record 10");
+        assert_eq!(file_len(&path), end + 100_000);
+        drop(st);
+        let st = crate::open(dir.path()).unwrap();
+        assert_eq!(st.log.shared.log.bounds(), Some((1, 11)));
+    }
+
+    /// A segment is cut to its records before the next one is created, so zeros at
+    /// the end of any but the last segment are records the disk lost: refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zeros_at_the_end_of_an_earlier_segment_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        st.log.set_limits_for_tests(200, 0, 4096);
+        for i in 1..=20 {
+            append(&st.log, vec![entry(1, i)]).await;
+        }
+        let files: Vec<(PathBuf, u64)> = {
+            let inner = st.log.shared.log.lock();
+            inner
+                .segments
+                .iter()
+                .map(|s| (s.file.path.clone(), s.end))
+                .collect()
+        };
+        assert!(files.len() >= 3, "{files:?}");
+        // While the store runs: closed segments end at their records, the last one
+        // is filled ahead.
+        let (last, closed) = files.split_last().unwrap();
+        for (path, end) in closed {
+            assert_eq!(file_len(path), *end, "{}", path.display());
+        }
+        assert_eq!(file_len(&last.0), 4096);
+        drop(st);
+
+        let mut f = OpenOptions::new().append(true).open(&closed[0].0).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 64]).unwrap();
+        drop(f);
+        unclean(dir.path());
+        match last_index(dir.path()) {
+            Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("only zeros"), "{what}"),
+            other => panic!("expected Corrupt, got {other:?}"),
         }
     }
 

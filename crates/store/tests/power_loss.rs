@@ -291,8 +291,12 @@ async fn run_seed(seed: u64) -> Result<&'static str> {
     };
     {
         let mut st = reopen(dir.path(), &sim)?;
-        st.log
-            .set_limits_for_tests(400 + rng.below(2000), rng.below(2) as usize * 4096);
+        st.log.set_limits_for_tests(
+            400 + rng.below(2000),
+            rng.below(2) as usize * 4096,
+            // No zero-fill, a fill smaller than a segment, or one that outgrows it.
+            [0, 256, 4096][rng.below(3) as usize],
+        );
         sim.crash_after(1 + rng.below(250));
         for _ in 0..STEPS {
             if !step(&mut st, &mut m, &mut rng).await? {
