@@ -272,6 +272,7 @@ fn open_shared(dir: &Path, vfs: Arc<dyn vfs::Vfs>) -> Result<Arc<Shared>, StoreE
         snap,
         purge_requested: std::sync::Mutex::new(last_purged),
         purge_lock: tokio::sync::Mutex::new(()),
+        committed: std::sync::Mutex::default(),
     }))
 }
 
