@@ -7,14 +7,17 @@
 //! 2. carries them out in order: creates segment files (syncing the segment written
 //!    so far first, and the new file's header before any record goes in), writes
 //!    records at their reserved offsets (`pwrite`, after stamping each with the
-//!    segment's durable length: see `record.rs`), cuts files (and syncs the cut at
+//!    segment's durable length: see `record.rs`; zeros first where the file is too
+//!    short, 1 MiB ahead: `SegmentFile::preallocate`), cuts files (and syncs the cut at
 //!    once, so a cut-off tail cannot reappear under later records), removes files,
 //!    syncs the directory right after a file was created or removed (so a crash cannot
 //!    resurrect or lose one out of order), and syncs a segment before it writes to
 //!    another (so a later segment with data implies every earlier one is complete);
 //! 3. `fdatasync`s the segment it wrote last, and calls sled's blocking `Db::flush()`
 //!    only when a job asked for it (votes, snapshots, `last_purged`: rare);
-//! 4. fires the batch's callbacks, in submission order.
+//! 4. fires the batch's callbacks, in submission order;
+//! 5. at a clean stop (the channel closed, nothing failed), cuts the zeros written ahead
+//!    of the last segment's records, so a cleanly stopped log ends at its last record.
 //!
 //! While one batch runs, new jobs pile up and share the next fsync: a burst of appends
 //! costs one fsync, not one each. Because appends, votes, truncations and snapshot
