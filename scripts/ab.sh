@@ -25,6 +25,8 @@
 # /proc as quorate-bench measures it. Nothing leaves 127.0.0.1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench_cluster.sh
+source "$ROOT/scripts/bench_cluster.sh"
 WORKLOAD=hot CLIENTS=64 REQUESTS=30000 ROUTE=leader ROUNDS=3
 BUILDS=()
 while [[ $# -gt 0 ]]; do
@@ -57,31 +59,7 @@ API=(28101 28102 28103) RAFT=(28201 28202 28203)
 one_run() { # name binary env-assignment out
   local name=$1 bin=$2 env=$3 out=$4
   rm -rf "$WORK/data"
-  cat >"$WORK/cluster.toml" <<EOF
-cluster_id = "quorate-ab"
-data_dir = "$WORK/data"
-[[nodes]]
-id = 1
-api_addr = "127.0.0.1:${API[0]}"
-raft_addr = "127.0.0.1:${RAFT[0]}"
-[[nodes]]
-id = 2
-api_addr = "127.0.0.1:${API[1]}"
-raft_addr = "127.0.0.1:${RAFT[1]}"
-[[nodes]]
-id = 3
-api_addr = "127.0.0.1:${API[2]}"
-raft_addr = "127.0.0.1:${RAFT[2]}"
-[server]
-worker_threads = 1
-[limits]
-default_limit = 32
-[[policies]]
-name = "orgs"
-kind = "concurrency"
-pattern = "org:*"
-limit = 32
-EOF
+  bench_cluster_config "$WORK/cluster.toml" quorate-ab "$WORK/data" "${API[@]}" "${RAFT[@]}"
   PIDS=()
   for i in 1 2 3; do
     env ${env:+"$env"} QUORATE_LOG=warn "$bin" serve --config "$WORK/cluster.toml" --node "$i" \
