@@ -46,12 +46,7 @@ done
 BENCH="$ROOT/target/release/quorate-bench"
 WORK=$(mktemp -d /tmp/quorate-ab.XXXXXX)
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 # Ports well away from bench.sh's and the tests'.
 API=(28101 28102 28103) RAFT=(28201 28202 28203)

@@ -1,7 +1,18 @@
-# Sourced by scripts/bench.sh and scripts/ab.sh: the one cluster.toml their three local
-# nodes run with, so a benchmark table and an A/B pair measure the same configuration.
+# Sourced by the benchmark scripts that start local nodes:
+# - bench_cluster_config: the one cluster.toml the three nodes of scripts/bench.sh and
+#   scripts/ab.sh run with, so a benchmark table and an A/B pair measure the same
+#   configuration;
+# - bench_cleanup: on exit, stop the processes in PIDS and remove WORK
+#   (scripts/ab.sh, scripts/bench_envoy.sh: `trap bench_cleanup EXIT`).
 #
 #   bench_cluster_config FILE CLUSTER_ID DATA_DIR API1 API2 API3 RAFT1 RAFT2 RAFT3
+
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
 bench_cluster_config() {
   local file=$1 cluster=$2 data=$3
   cat >"$file" <<EOF_TOML

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/bench_cluster.sh
+source "$ROOT/scripts/bench_cluster.sh"
 CLIENTS=16,64
 REQUESTS=20000
 VIA=leader
@@ -33,12 +35,7 @@ QUORATE=$ROOT/target/release/quorate
 BENCH=$ROOT/target/release/quorate-bench
 WORK=$(mktemp -d -t quorate-envoy-bench.XXXXXX)
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 cat >"$WORK/cluster.toml" <<EOF
 cluster_id = "envoy-bench"
