@@ -154,6 +154,9 @@ pub struct Metrics {
     pub sled_size_bytes: Gauge,
     /// 1 once a write or fsync of the store failed other than for space (`run.rs`).
     pub storage_failed: Gauge,
+    /// Append streams (`http::peer`) this node serves now: one from the leader on a
+    /// follower of a healthy cluster.
+    pub peer_append_streams: Gauge,
     state_entries: Family<StateKind, Gauge>,
     state_cap: Family<StateKind, Gauge>,
     /// Kinds whose usage is above the warning threshold (so the warning is logged
@@ -209,6 +212,7 @@ impl Metrics {
             raft_is_leader: Gauge::default(),
             sled_size_bytes: Gauge::default(),
             storage_failed: Gauge::default(),
+            peer_append_streams: Gauge::default(),
             state_entries: Family::default(),
             state_cap: Family::default(),
             state_high: Mutex::new(HashMap::new()),
@@ -322,6 +326,11 @@ impl Metrics {
                 "quorate_storage_failed",
                 "1 once a write or fsync of this node's store failed (not for space): the node no longer takes part in Raft and must be checked by an operator.",
                 &m.storage_failed,
+            ),
+            (
+                "quorate_peer_append_streams",
+                "Append streams this node serves now (a leader replicates to each follower over one; 0 on a follower means appends come as one HTTP request each, from a leader that predates streams).",
+                &m.peer_append_streams,
             ),
         ];
         for (name, help, gauge) in gauges {

@@ -191,6 +191,115 @@ async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
     node.stop().await;
 }
 
+/// `POST /raft/stream` asking for an append stream, with exactly `headers`.
+async fn open_stream(peer: &Peer, headers: HeaderMap) -> reqwest::Response {
+    peer.http
+        .post(format!("http://{}{}", peer.raft, paths::STREAM))
+        .headers(headers)
+        .header(reqwest::header::CONNECTION, "upgrade")
+        .header(reqwest::header::UPGRADE, protocol::STREAM_PROTOCOL)
+        .send()
+        .await
+        .expect("send")
+}
+
+/// An append stream is authenticated like any peer request: unsigned, wrongly signed
+/// or replayed upgrades are refused and counted; a signed one is upgraded and answers
+/// appends in frames; a frame that does not decode is refused and ends the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_streams_are_authenticated_once_and_then_answer_frames() {
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    use openraft::Vote;
+    use quorate_server::peer::protocol::{read_frame, write_frame, StreamAnswer};
+    use quorate_store::TypeConfig;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bound = support::bind().await;
+    let peer = Peer {
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client"),
+        api: bound.api_addr,
+        raft: bound.raft_addr,
+    };
+    let mut config =
+        ClusterConfig::single_node(CLUSTER, &peer.api, &peer.raft, &dir.path().join("data"));
+    config.auth.cluster_secret = Some(SECRET.into());
+    let node = support::serve(config, 1, bound.listeners);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    support::wait_ready(&peer.http, &format!("http://{}", peer.api), deadline).await;
+
+    let ours = PeerAuth::new(CLUSTER, Some(Secret::new(SECRET)));
+    let sign = |auth: &PeerAuth| {
+        let mut h = auth.outgoing_headers();
+        let sig = auth.sign("POST", paths::STREAM, &[]).expect("nonce");
+        h.insert(AUTH_HEADER, sig.expect("a secret is configured"));
+        h
+    };
+    // No signature, or another secret's: refused before any upgrade.
+    let r = open_stream(&peer, ours.outgoing_headers()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let guessed = PeerAuth::new(CLUSTER, Some(Secret::new("guessed-secret-0123456789")));
+    let r = open_stream(&peer, sign(&guessed)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A signed upgrade gets a stream that answers appends, one frame each.
+    let captured = sign(&ours);
+    let r = open_stream(&peer, captured.clone()).await;
+    assert_eq!(r.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = r.upgrade().await.expect("upgraded");
+    // A stale append (term 0, from a node that is not in the cluster): answered by
+    // Raft with its higher vote, and harmless.
+    let stale = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(0, 9),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    for _ in 0..2 {
+        write_frame(&mut io, &protocol::encode(&stale).expect("encode"))
+            .await
+            .expect("write");
+        let answer = read_frame(&mut io).await.expect("read").expect("a frame");
+        let answer: StreamAnswer<
+            Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>,
+        > = protocol::decode(&answer).expect("decode");
+        assert!(
+            matches!(
+                answer,
+                StreamAnswer::Done(Ok(AppendEntriesResponse::HigherVote(_)))
+            ),
+            "{answer:?}"
+        );
+    }
+    // A frame that is not an append is refused, and the stream ends.
+    write_frame(&mut io, b"not an append").await.expect("write");
+    let answer = read_frame(&mut io).await.expect("read").expect("a frame");
+    let answer: StreamAnswer<Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>> =
+        protocol::decode(&answer).expect("decode");
+    assert!(matches!(answer, StreamAnswer::Refused(_)), "{answer:?}");
+    assert_eq!(read_frame(&mut io).await.expect("clean end"), None);
+
+    // The captured upgrade cannot open a second stream.
+    let r = open_stream(&peer, captured).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.expect("text").contains("replayed"));
+
+    // A request that does not ask for the upgrade is refused.
+    let r = peer
+        .http
+        .post(format!("http://{}{}", peer.raft, paths::STREAM))
+        .headers(sign(&ours))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    node.stop().await;
+}
+
 /// Start node 1 of `config` on fresh loopback listeners; the error it stops with.
 async fn start_error(config: ClusterConfig) -> String {
     let bound = support::bind().await;

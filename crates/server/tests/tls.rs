@@ -277,9 +277,10 @@ async fn the_grpc_listener_serves_over_tls() {
 }
 
 /// Node 2's key, though signed by the cluster CA, cannot speak for node 1: a Raft RPC
-/// whose sender is node 1 is refused (`wrong_node`, counted) when the client
-/// certificate is node 2's and accepted with node 1's; and a node dialing peer 2
-/// refuses a server presenting node 3's certificate.
+/// whose sender is node 1 (a request, or an append on a stream) is refused
+/// (`wrong_node`, counted) when the client certificate is node 2's and accepted with
+/// node 1's; and a node dialing peer 2 refuses a server presenting node 3's
+/// certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_certificate_speaks_for_its_node_only() {
     use openraft::raft::VoteRequest;
@@ -360,6 +361,68 @@ async fn a_node_certificate_speaks_for_its_node_only() {
     let r = send_as(1).await.expect("node 1's certificate");
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 
+    // The same holds for every append on a stream: opened with node 2's certificate,
+    // a stream refuses (and closes after) an append whose leader is node 1; opened
+    // with node 1's, it answers it.
+    let stream_append_as = |node: u64| {
+        use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+        use quorate_server::peer::protocol::{
+            decode, read_frame, write_frame, StreamAnswer, STREAM_PROTOCOL,
+        };
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+            .identity(identity(dir.path(), "tls", node))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let sig = auth
+            .sign("POST", paths::STREAM, &[])
+            .expect("sign")
+            .expect("signed");
+        let url = format!("https://{raft_3}{}", paths::STREAM);
+        async move {
+            let r = client
+                .post(url)
+                .header(CLUSTER_HEADER, "tls")
+                .header(AUTH_HEADER, sig)
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, STREAM_PROTOCOL)
+                .send()
+                .await
+                .expect("a CA-signed certificate passes the handshake");
+            assert_eq!(r.status(), 101);
+            let mut io = r.upgrade().await.expect("upgraded");
+            let stale = AppendEntriesRequest::<quorate_store::TypeConfig> {
+                vote: Vote::new_committed(0, 1),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            };
+            write_frame(&mut io, &encode(&stale).expect("encode"))
+                .await
+                .expect("write");
+            let bytes = read_frame(&mut io).await.expect("read").expect("a frame");
+            let answer: StreamAnswer<
+                Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>,
+            > = decode(&bytes).expect("decode");
+            answer
+        }
+    };
+    let answer = stream_append_as(2).await;
+    assert!(
+        matches!(&answer, quorate_server::peer::protocol::StreamAnswer::Refused(why) if why.contains("wrong_node")),
+        "{answer:?}"
+    );
+    let answer = stream_append_as(1).await;
+    assert!(
+        matches!(
+            answer,
+            quorate_server::peer::protocol::StreamAnswer::Done(Ok(_))
+        ),
+        "{answer:?}"
+    );
+
     // Dialing: node 1's peer client, told that node 2 is at node 3's address, meets
     // node 3's certificate and refuses it; the same address as node 3 is fine.
     let tls_1 = support::test_ca_tls()
@@ -385,7 +448,7 @@ async fn a_node_certificate_speaks_for_its_node_only() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("quorate_peer_rejected_total{reason=\"wrong_node\"} 1"),
+        metrics.contains("quorate_peer_rejected_total{reason=\"wrong_node\"} 2"),
         "{metrics}"
     );
     support::stop_all(running).await;

@@ -13,6 +13,11 @@
 //! is that node: one node's key cannot speak for another. Bodies that do not
 //! decode get 400, never a panic. Raft RPCs to a node that started empty wait (503)
 //! until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
+//!
+//! `POST /raft/stream` passes the same check, then upgrades the connection to an
+//! append stream (`peer::protocol`'s frames), served by [`serve_stream`] until the
+//! sender closes it or the node stops: each frame gets the checks an append request
+//! gets above (the gate, the certificate's node), answered in a frame.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,8 +39,8 @@ use serde::Serialize;
 use crate::backend::NodeError;
 use crate::http::server::ClientCertificate;
 use crate::peer::protocol::{
-    decode, encode, paths, ForwardAnswers, ForwardWrites, ProbeResponse, MAX_FORWARD_OPS,
-    MAX_RPC_BYTES, TIMEOUT_HEADER,
+    decode, encode, paths, read_frame, write_frame, ForwardAnswers, ForwardWrites, ProbeResponse,
+    StreamAnswer, MAX_FORWARD_OPS, MAX_RPC_BYTES, STREAM_PROTOCOL, TIMEOUT_HEADER,
 };
 use crate::raft::Node;
 use crate::security::{PeerAuth, PeerRefusal};
@@ -68,6 +73,7 @@ pub fn router(node: Arc<Node>, auth: PeerAuth, node_certificates: bool) -> Route
     };
     Router::new()
         .route(paths::APPEND, post(append))
+        .route(paths::STREAM, post(stream))
         .route(paths::VOTE, post(vote))
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::PROBE, get(probe))
@@ -287,6 +293,146 @@ async fn append(
         |node, req| async move { node.raft().append_entries(req).await },
     )
     .await
+}
+
+/// Upgrade an authenticated request (see [`authenticate_peer`]) to an append stream
+/// served by [`serve_stream`]. The upgrade happens once the 101 answer is sent; the
+/// stream's task is the node's, stopped with it.
+async fn stream(
+    State(st): State<PeerState>,
+    certified: Option<Extension<CertifiedNode>>,
+    mut req: axum::extract::Request,
+) -> Response {
+    let asks = req.headers().get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(STREAM_PROTOCOL.as_bytes())
+    });
+    if !asks {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{} needs `Upgrade: {STREAM_PROTOCOL}`", paths::STREAM),
+        )
+            .into_response();
+    }
+    let certified = certified.map(|Extension(c)| c);
+    if st.node_certificates && certified.is_none() {
+        // `authenticate_peer` set it, or refused the request.
+        return refused(&st.node, "unknown", "stream", PeerRefusal::NoNodeName);
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let node = st.node.clone();
+    let task = tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => serve_stream(node, certified, hyper_util::rt::TokioIo::new(io)).await,
+            Err(e) => tracing::debug!(error = %e, "append stream upgrade failed"),
+        }
+    });
+    st.node.track_task(task);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STREAM_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// How long a served append stream may go without a frame before it is closed. A
+/// leader sends at least a heartbeat every `heartbeat_interval_ms` (100 ms by
+/// default), so only a sender that vanished without closing (a host gone, a cut
+/// network) is this quiet; its stream would otherwise be held for good. (A heartbeat
+/// set slower than this only costs a reconnect: the sender retries a broken stream.)
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serve appends on an upgraded connection: read a frame, answer it, until the sender
+/// closes the stream, a frame is refused, or the connection breaks.
+#[tracing::instrument(level = "debug", skip_all, fields(certified = certified.as_ref().map(|c| c.id)))]
+async fn serve_stream<S>(node: Arc<Node>, certified: Option<CertifiedNode>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut io = tokio::io::BufStream::new(io);
+    let streams = node.metrics().peer_append_streams.clone();
+    streams.inc();
+    // Decremented however the loop ends, including when the node's shutdown aborts it.
+    let _open = scopeguard(move || {
+        streams.dec();
+    });
+    loop {
+        let bytes = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, read_frame(&mut io)).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "append stream read failed");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("append stream idle; closing");
+                break;
+            }
+        };
+        let answer = stream_append(&node, certified.as_ref(), &bytes).await;
+        let close = matches!(answer, StreamAnswer::Refused(_));
+        let out = match encode(&answer) {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode append answer");
+                break;
+            }
+        };
+        if let Err(e) = write_frame(&mut io, &out).await {
+            tracing::debug!(error = %e, "append stream write failed");
+            break;
+        }
+        if close {
+            break;
+        }
+    }
+    tracing::debug!("append stream closed");
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// One append from a stream, checked as [`append`] checks a request: the gate, a body
+/// that decodes, under `[tls]` a sender that is the certificate's node.
+async fn stream_append(
+    node: &Node,
+    certified: Option<&CertifiedNode>,
+    bytes: &[u8],
+) -> StreamAnswer<Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>>
+{
+    if let Err(why) = node.raft_gate() {
+        return StreamAnswer::Unavailable(why.to_string());
+    }
+    let req: AppendEntriesRequest<TypeConfig> = match decode_body(bytes, "append") {
+        Ok(r) => r,
+        Err(why) => return StreamAnswer::Refused(why),
+    };
+    if let Some(cert) = certified {
+        let claimed = req.vote.leader_id().voted_for();
+        if claimed != Some(cert.id) {
+            tracing::warn!(
+                peer = %cert.peer,
+                certificate_names = cert.id,
+                claimed = ?claimed,
+                "a streamed append claims another node than the client certificate names"
+            );
+            let refusal = PeerRefusal::WrongNode;
+            node.metrics().peer_rejected(refusal.reason());
+            return StreamAnswer::Refused(format!("peer request refused: {}", refusal.reason()));
+        }
+    }
+    StreamAnswer::Done(node.raft().append_entries(req).await)
 }
 
 async fn vote(

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 
-use super::protocol::{AUTH_HEADER, TIMEOUT_HEADER};
+use super::protocol::{AUTH_HEADER, STREAM_PROTOCOL, TIMEOUT_HEADER};
 use crate::security::{PeerAuth, Tls};
 
 /// Why a request to a peer failed.
@@ -250,6 +250,35 @@ impl PeerClient {
         let req = self.request(reqwest::Method::GET, peer, addr, path, timeout)?;
         let req = self.sign(req, "GET", path, &[])?;
         Self::finish(req).await
+    }
+
+    /// Open an append stream to peer `peer` (at `addr` unless overridden): `POST
+    /// <path>` asking to upgrade to [`STREAM_PROTOCOL`], signed and sent like every
+    /// other request (same TLS client, same overrides), within `timeout`. A node that
+    /// does not serve streams answers `Status(404, ..)`; see `protocol` for what the
+    /// upgraded connection carries.
+    pub async fn open_stream(
+        &self,
+        peer: u64,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Upgraded, PeerError> {
+        let req = self
+            .request(reqwest::Method::POST, peer, addr, path, timeout)?
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, STREAM_PROTOCOL);
+        let req = self.sign(req, "POST", path, &[])?;
+        let resp = req.send().await.map_err(PeerError::from_reqwest)?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = resp.bytes().await.map_err(PeerError::from_reqwest)?;
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            return Err(PeerError::Status(status.as_u16(), text));
+        }
+        resp.upgrade()
+            .await
+            .map_err(|e| PeerError::Transport(chain(&e)))
     }
 
     /// A request to `<scheme>://<addr><path>` of peer `peer` (at `addr` unless

@@ -8,6 +8,12 @@
 //! Two groups of routes, both served on `raft_addr` (never on the API port):
 //! - **Raft RPC** — `POST /raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's
 //!   messages. `GET /raft/probe` tells a bootstrapping node whether this node is fresh.
+//! - **Append stream** — `POST /raft/stream` with `Upgrade: quorate-raft/1`: the
+//!   request is authenticated like any other (cluster id, signature, client
+//!   certificate), answered `101 Switching Protocols`, and the connection then carries
+//!   appends as frames (see [Frames](#frames)) instead of one HTTP request each. A
+//!   leader replicates to a follower over one such stream; a node that predates the
+//!   route answers 404, and the sender goes back to `POST /raft/append`.
 //! - **Forwarding** — `POST /forward/write`, `/forward/read`, `/forward/add_member`,
 //!   `/forward/remove_member`: a follower sends a client's request to the leader, which
 //!   answers `Result<_, NodeError>` ([`crate::backend::NodeError`]).
@@ -20,6 +26,17 @@
 //! Bodies are bincode with a size limit ([`encode`] / [`decode`]), not JSON: the log
 //! entries inside an append can be large, and both ends are the same binary. The
 //! probe answers JSON so that an operator can `curl` it.
+//!
+//! # Frames
+//!
+//! On an append stream each message is a frame: a 4-byte big-endian length, then that
+//! many bytes of bincode ([`write_frame`] / [`read_frame`]; at most [`MAX_RPC_BYTES`],
+//! a longer length closes the stream before anything is allocated). The sender writes
+//! one `AppendEntriesRequest` frame and waits for its [`StreamAnswer`] frame before the
+//! next: one request in flight per stream, which is all openraft 0.9 asks of a
+//! replication stream, so an answer is always the answer to the last request. A sender
+//! that gives up on an answer (timeout, cancellation) drops the stream rather than risk
+//! reading a late answer as the next one's.
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -36,6 +53,67 @@ pub mod paths {
     pub const FORWARD_ADD_MEMBER: &str = "/forward/add_member";
     pub const FORWARD_REMOVE_MEMBER: &str = "/forward/remove_member";
     pub const FORWARD_WRITES: &str = "/forward/writes";
+    pub const STREAM: &str = "/raft/stream";
+}
+
+/// The `Upgrade` token of an append stream (see [Frames](#frames)).
+pub const STREAM_PROTOCOL: &str = "quorate-raft/1";
+
+/// The answer frame to one request on an append stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamAnswer<T> {
+    /// The request was handed to Raft; this is what Raft answered.
+    Done(T),
+    /// This node does not take part in Raft yet (it started empty and is checking with
+    /// its peers, or refused to rejoin): what `POST /raft/append` answers with 503.
+    Unavailable(String),
+    /// The request was refused, e.g. its sender is not the node the stream's client
+    /// certificate names. The stream is closed after this answer.
+    Refused(String),
+}
+
+/// Write one frame: `payload`'s length (4 bytes, big-endian) then `payload`, in one
+/// write, and flush.
+pub async fn write_frame<W>(w: &mut W, payload: &[u8]) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&n| u64::from(n) <= MAX_RPC_BYTES)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// Read one frame's payload. `Ok(None)` when the stream ended cleanly before a frame
+/// began; a length over [`MAX_RPC_BYTES`] or a stream that ends inside a frame is an
+/// error.
+pub async fn read_frame<R>(r: &mut R) -> std::io::Result<Option<Vec<u8>>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    // The first byte apart: a clean end of stream is only allowed here.
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
+    }
+    r.read_exact(&mut len[1..]).await?;
+    let len = u32::from_be_bytes(len);
+    if u64::from(len) > MAX_RPC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit"),
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).await?;
+    Ok(Some(payload))
 }
 
 /// Body of `POST /forward/writes`: forwarded writes, each with its caller.
@@ -146,6 +224,33 @@ mod tests {
         huge.push(0xfd); // varint u64 marker
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode::<Op>(&huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_refuse_oversized_lengths() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"one").await.unwrap();
+        write_frame(&mut a, b"").await.unwrap();
+        assert_eq!(
+            read_frame(&mut b).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(read_frame(&mut b).await.unwrap().as_deref(), Some(&b""[..]));
+
+        // A length over the limit is refused before anything is allocated.
+        use tokio::io::AsyncWriteExt;
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+
+        // A clean end before a frame is `None`; an end inside one is an error.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b).await.is_err());
+        let (a, mut b) = tokio::io::duplex(64);
+        drop(a);
+        assert_eq!(read_frame(&mut b).await.unwrap(), None);
     }
 
     #[test]

@@ -1,7 +1,24 @@
 //! openraft's `RaftNetwork` over the node's [`PeerClient`].
 //!
-//! One [`PeerConnection`] per target, all sharing the node's pooled client. Each RPC
-//! is encoded with the peer codec, POSTed with openraft's per-RPC TTL, and decoded.
+//! One [`PeerConnection`] per target, all sharing the node's pooled client. Votes and
+//! snapshots are encoded with the peer codec, POSTed with openraft's per-RPC TTL, and
+//! decoded. Appends — every entry and every heartbeat, the bulk of peer traffic — go
+//! over one append stream per connection instead (`protocol`'s frames): one HTTP
+//! upgrade when the stream opens, then a length-prefixed request and answer per append,
+//! with no HTTP parsing, routing, headers or per-request signature on either side
+//! (issue 22's profile put a follower's HTTP serving at a fifth of its CPU). The stream
+//! is authenticated once, by the signed upgrade request and, under `[tls]`, by the
+//! connection's certificates; the answers' integrity comes from TLS, as for every other
+//! peer answer.
+//!
+//! A stream is taken out of the connection for each exchange and put back only after a
+//! whole answer has been read, so an exchange that fails, times out or is cancelled
+//! leaves no stream whose next answer could belong to an older request. An append
+//! that fails on a stream that had been used before is sent once more on a fresh one
+//! (the peer may simply have restarted; an append is idempotent in Raft). A peer that
+//! answers the upgrade with 404 or 405 predates streams: appends to it go through
+//! `POST /raft/append` for [`STREAM_RETRY_AFTER`] before the stream is tried again.
+//!
 //! Errors are mapped so that openraft reacts the way the failure deserves:
 //! - could not connect → [`Unreachable`]: openraft backs off (our `backoff`)
 //!   instead of hammering a dead node every heartbeat;
@@ -10,7 +27,7 @@
 //! - anything else (reset connection, undecodable body, 4xx/5xx) → [`NetworkError`].
 
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -26,7 +43,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::client::{PeerClient, PeerError};
-use super::protocol::{self, paths};
+use super::protocol::{self, paths, read_frame, write_frame, StreamAnswer};
+
+/// How long appends to a peer that refused a stream (it predates them) go through
+/// `POST /raft/append` before a stream is tried again (it may have been upgraded).
+pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// An append stream to one peer (see `protocol`'s frames). Buffered both ways: a
+/// frame is one write, and its answer is usually one read.
+type AppendStream = tokio::io::BufStream<reqwest::Upgraded>;
+
+/// What an append over the stream answers: openraft's answer to the append.
+type AppendAnswer = StreamAnswer<Result<AppendEntriesResponse<u64>, RaftError<u64>>>;
 
 /// openraft's connection factory: one [`PeerConnection`] per target, all sharing the
 /// node's [`PeerClient`].
@@ -51,6 +79,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client: self.client.clone(),
+            stream: Default::default(),
+            no_stream_until: None,
         }
     }
 }
@@ -62,6 +92,12 @@ pub struct PeerConnection {
     target: u64,
     node: NodeInfo,
     client: PeerClient,
+    /// The append stream, between exchanges (taken out during one). In a mutex only
+    /// because openraft wants the connection `Sync` and an upgraded connection is not;
+    /// it is reached through `&mut self` (`get_mut`), never locked.
+    stream: std::sync::Mutex<Option<AppendStream>>,
+    /// Until then, appends go through `POST /raft/append`: the peer refused a stream.
+    no_stream_until: Option<Instant>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
@@ -70,7 +106,177 @@ fn network_error<E: StdError>(msg: impl ToString) -> RPCError<u64, NodeInfo, E> 
     RPCError::Network(NetworkError::from(AnyError::error(msg)))
 }
 
+/// How an append over a stream ended, when it did not end with openraft's answer.
+enum StreamFailure {
+    /// The peer does not serve streams (404/405 to the upgrade).
+    NotServed,
+    /// Could not get a stream; the mapped error.
+    Open(RPCError<u64, NodeInfo, RaftError<u64>>),
+    /// The stream broke during the exchange: the append may or may not have arrived.
+    Broken(String),
+    /// The peer answered, with something other than openraft's answer.
+    Answered(RPCError<u64, NodeInfo, RaftError<u64>>),
+}
+
 impl PeerConnection {
+    /// Map a failed request to the peer to the error openraft should see.
+    fn map_peer_error<E: StdError>(
+        &self,
+        e: PeerError,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<u64, NodeInfo, E> {
+        match e {
+            PeerError::Connect(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            PeerError::Timeout => self.timeout(action, ttl),
+            // The peer is up but shutting down or overloaded: back off.
+            PeerError::Status(503, _) => RPCError::Unreachable(Unreachable::new(&e)),
+            PeerError::Status(..) | PeerError::Transport(_) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        }
+    }
+
+    fn timeout<E: StdError>(&self, action: RPCTypes, ttl: Duration) -> RPCError<u64, NodeInfo, E> {
+        RPCError::Timeout(Timeout {
+            action,
+            id: self.id,
+            target: self.target,
+            timeout: ttl,
+        })
+    }
+
+    /// Put the stream back after a whole exchange.
+    fn keep(&mut self, stream: AppendStream) {
+        *self
+            .stream
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
+    }
+
+    /// One append over the stream: the existing one, or a new one. On anything but a
+    /// whole answer the stream is dropped (it is out of `self.stream` meanwhile).
+    async fn append_on_stream(
+        &mut self,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<Result<AppendEntriesResponse<u64>, RaftError<u64>>, (StreamFailure, bool)> {
+        let slot = self
+            .stream
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut stream, reused) = match slot.take() {
+            Some(s) => (s, true),
+            None => {
+                let io = self
+                    .client
+                    .open_stream(self.target, &self.node.raft_addr, paths::STREAM, ttl)
+                    .await
+                    .map_err(|e| match e {
+                        PeerError::Status(404 | 405, _) => (StreamFailure::NotServed, false),
+                        e => (
+                            StreamFailure::Open(self.map_peer_error(
+                                e,
+                                RPCTypes::AppendEntries,
+                                ttl,
+                            )),
+                            false,
+                        ),
+                    })?;
+                tracing::debug!(target = self.target, "append stream opened");
+                (tokio::io::BufStream::new(io), false)
+            }
+        };
+        let broken = |e: String| (StreamFailure::Broken(e), reused);
+        write_frame(&mut stream, body)
+            .await
+            .map_err(|e| broken(format!("append stream write: {e}")))?;
+        let bytes = read_frame(&mut stream)
+            .await
+            .map_err(|e| broken(format!("append stream read: {e}")))?
+            .ok_or_else(|| broken("the peer closed the append stream".into()))?;
+        let answer: AppendAnswer = protocol::decode(&bytes).map_err(|e| {
+            (
+                StreamFailure::Answered(network_error(format!("decode append answer: {e}"))),
+                false,
+            )
+        })?;
+        match answer {
+            StreamAnswer::Done(r) => {
+                self.keep(stream);
+                Ok(r)
+            }
+            StreamAnswer::Unavailable(why) => {
+                // Like a 503: the stream stays, openraft backs off.
+                self.keep(stream);
+                Err((
+                    StreamFailure::Answered(RPCError::Unreachable(Unreachable::new(
+                        &AnyError::error(why),
+                    ))),
+                    false,
+                ))
+            }
+            StreamAnswer::Refused(why) => Err((
+                StreamFailure::Answered(network_error(format!("append refused: {why}"))),
+                false,
+            )),
+        }
+    }
+
+    /// An append: over the stream, falling back to `POST /raft/append` for a peer that
+    /// does not serve streams. The whole of it (opening a stream, one retry) within
+    /// openraft's TTL.
+    async fn append(
+        &mut self,
+        req: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        if self.no_stream_until.is_some_and(|t| Instant::now() < t) {
+            return self
+                .rpc(RPCTypes::AppendEntries, paths::APPEND, req, option)
+                .await;
+        }
+        let ttl = option.hard_ttl();
+        let body = protocol::encode(req).map_err(|e| network_error(format!("encode: {e}")))?;
+        let exchange = async {
+            match self.append_on_stream(&body, ttl).await {
+                // A stream that served before may just be stale (the peer restarted):
+                // once more on a fresh one.
+                Err((StreamFailure::Broken(why), true)) => {
+                    tracing::debug!(target = self.target, %why, "append stream broke; reopening");
+                    self.append_on_stream(&body, ttl).await.map_err(|(f, _)| f)
+                }
+                r => r.map_err(|(f, _)| f),
+            }
+        };
+        let outcome = match tokio::time::timeout(ttl, exchange).await {
+            Ok(o) => o,
+            Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+        };
+        match outcome {
+            Ok(r) => r.map_err(|e| {
+                RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.node.clone(),
+                    e,
+                ))
+            }),
+            Err(StreamFailure::NotServed) => {
+                tracing::info!(
+                    target = self.target,
+                    "peer does not serve append streams; using POST {} for {:?}",
+                    paths::APPEND,
+                    STREAM_RETRY_AFTER
+                );
+                self.no_stream_until = Some(Instant::now() + STREAM_RETRY_AFTER);
+                self.rpc(RPCTypes::AppendEntries, paths::APPEND, req, option)
+                    .await
+            }
+            Err(StreamFailure::Broken(why)) => Err(network_error(why)),
+            Err(StreamFailure::Open(e) | StreamFailure::Answered(e)) => Err(e),
+        }
+    }
+
     /// One RPC: encode, POST, decode `Result<Resp, RaftError<E>>`, map errors.
     async fn rpc<Req, Resp, E>(
         &self,
@@ -90,20 +296,7 @@ impl PeerConnection {
             .client
             .post(self.target, &self.node.raft_addr, path, body, ttl)
             .await
-            .map_err(|e| match e {
-                PeerError::Connect(_) => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Timeout => RPCError::Timeout(Timeout {
-                    action,
-                    id: self.id,
-                    target: self.target,
-                    timeout: ttl,
-                }),
-                // The peer is up but shutting down or overloaded: back off.
-                PeerError::Status(503, _) => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Status(..) | PeerError::Transport(_) => {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
+            .map_err(|e| self.map_peer_error(e, action, ttl))?;
         let res: Result<Resp, RaftError<u64, E>> = protocol::decode(&bytes)
             .map_err(|e| network_error(format!("decode {action} response: {e}")))?;
         res.map_err(|e| {
@@ -123,8 +316,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.rpc(RPCTypes::AppendEntries, paths::APPEND, &req, &option)
-            .await
+        self.append(&req, &option).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(target = self.target))]

@@ -237,6 +237,15 @@ impl Node {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keep `task` with the node's background tasks, stopped by [`Node::shutdown`]
+    /// (e.g. a peer's append stream). Finished ones are dropped here, so a node whose
+    /// peers reconnect often does not collect them.
+    pub fn track_task(&self, task: JoinHandle<()>) {
+        let mut tasks = self.lock_tasks();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
     /// Stop background tasks, shut Raft down and flush the store.
     pub async fn shutdown(&self) {
         for task in self.lock_tasks().drain(..) {
