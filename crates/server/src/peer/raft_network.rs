@@ -349,3 +349,159 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use openraft::Vote;
+
+    use super::*;
+
+    /// What a fake peer saw.
+    #[derive(Default)]
+    struct Seen {
+        /// `POST /raft/stream` requests (answered 404 when streams are off).
+        stream_requests: AtomicUsize,
+        /// Appends answered on streams.
+        frames: AtomicUsize,
+        /// `POST /raft/append` requests.
+        posts: AtomicUsize,
+    }
+
+    /// A peer that answers every append with success: over streams (each closed by
+    /// the peer after `frames_per_stream` appends) when `streams`, else only as
+    /// requests (404 to the upgrade, as a node that predates streams).
+    struct Fake {
+        seen: Arc<Seen>,
+        streams: bool,
+        frames_per_stream: usize,
+    }
+
+    fn success() -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+        Ok(AppendEntriesResponse::Success)
+    }
+
+    async fn fake_append(State(f): State<Arc<Fake>>, body: Bytes) -> Vec<u8> {
+        f.seen.posts.fetch_add(1, Ordering::SeqCst);
+        let _: AppendEntriesRequest<TypeConfig> = protocol::decode(&body).expect("an append");
+        protocol::encode(&success()).expect("encode")
+    }
+
+    async fn fake_stream(State(f): State<Arc<Fake>>, mut req: axum::extract::Request) -> Response {
+        f.seen.stream_requests.fetch_add(1, Ordering::SeqCst);
+        if !f.streams {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(on_upgrade.await.expect("upgrade"));
+            for _ in 0..f.frames_per_stream {
+                let Ok(Some(bytes)) = read_frame(&mut io).await else {
+                    return;
+                };
+                let _: AppendEntriesRequest<TypeConfig> =
+                    protocol::decode(&bytes).expect("an append");
+                f.seen.frames.fetch_add(1, Ordering::SeqCst);
+                let answer: AppendAnswer = StreamAnswer::Done(success());
+                let out = protocol::encode(&answer).expect("encode");
+                if write_frame(&mut io, &out).await.is_err() {
+                    return;
+                }
+            }
+            // Dropping `io` closes the stream, as a restarted peer would have.
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", protocol::STREAM_PROTOCOL)
+            .body(axum::body::Body::empty())
+            .expect("response")
+    }
+
+    /// Start a fake peer; a connection to it from node 1.
+    async fn connect(streams: bool, frames_per_stream: usize) -> (PeerConnection, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let fake = Arc::new(Fake {
+            seen: seen.clone(),
+            streams,
+            frames_per_stream,
+        });
+        let app = axum::Router::new()
+            .route(paths::APPEND, post(fake_append))
+            .route(paths::STREAM, post(fake_stream))
+            .with_state(fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client =
+            PeerClient::new(Duration::from_secs(2), Default::default(), None).expect("client");
+        let node = NodeInfo {
+            api_addr: addr.clone(),
+            raft_addr: addr,
+        };
+        let conn = Network::new(1, client).new_client(2, &node).await;
+        (conn, seen)
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        }
+    }
+
+    async fn append(conn: &mut PeerConnection) {
+        let r = conn
+            .append_entries(heartbeat(), RPCOption::new(Duration::from_secs(5)))
+            .await
+            .expect("append answered");
+        assert_eq!(r, AppendEntriesResponse::Success);
+    }
+
+    #[tokio::test]
+    async fn appends_share_one_stream() {
+        let (mut conn, seen) = connect(true, usize::MAX).await;
+        for _ in 0..5 {
+            append(&mut conn).await;
+        }
+        assert_eq!(seen.stream_requests.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.frames.load(Ordering::SeqCst), 5);
+        assert_eq!(seen.posts.load(Ordering::SeqCst), 0);
+    }
+
+    /// A stream the peer closed (it restarted, say) costs no failed append: the
+    /// append is sent again on a fresh stream.
+    #[tokio::test]
+    async fn a_stream_the_peer_closed_is_reopened_and_the_append_sent_again() {
+        let (mut conn, seen) = connect(true, 1).await;
+        for _ in 0..3 {
+            append(&mut conn).await;
+        }
+        assert_eq!(seen.stream_requests.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.frames.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.posts.load(Ordering::SeqCst), 0);
+    }
+
+    /// A peer that predates streams gets every append as a request, and is not asked
+    /// for a stream again before `STREAM_RETRY_AFTER`.
+    #[tokio::test]
+    async fn a_peer_without_streams_gets_appends_as_requests() {
+        let (mut conn, seen) = connect(false, 0).await;
+        for _ in 0..3 {
+            append(&mut conn).await;
+        }
+        assert_eq!(seen.stream_requests.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.posts.load(Ordering::SeqCst), 3);
+    }
+}
