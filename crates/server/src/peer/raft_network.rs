@@ -384,14 +384,13 @@ mod tests {
         frames_per_stream: usize,
     }
 
-    fn success() -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
-        Ok(AppendEntriesResponse::Success)
-    }
+    type AppendResult = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
 
     async fn fake_append(State(f): State<Arc<Fake>>, body: Bytes) -> Vec<u8> {
         f.seen.posts.fetch_add(1, Ordering::SeqCst);
         let _: AppendEntriesRequest<TypeConfig> = protocol::decode(&body).expect("an append");
-        protocol::encode(&success()).expect("encode")
+        let answer: AppendResult = Ok(AppendEntriesResponse::Success);
+        protocol::encode(&answer).expect("encode")
     }
 
     async fn fake_stream(State(f): State<Arc<Fake>>, mut req: axum::extract::Request) -> Response {
@@ -409,7 +408,7 @@ mod tests {
                 let _: AppendEntriesRequest<TypeConfig> =
                     protocol::decode(&bytes).expect("an append");
                 f.seen.frames.fetch_add(1, Ordering::SeqCst);
-                let answer: AppendAnswer = StreamAnswer::Done(success());
+                let answer: AppendAnswer = StreamAnswer::Done(Ok(AppendEntriesResponse::Success));
                 let out = protocol::encode(&answer).expect("encode");
                 if write_frame(&mut io, &out).await.is_err() {
                     return;
