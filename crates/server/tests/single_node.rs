@@ -210,6 +210,57 @@ async fn concurrent_writes_share_log_entries() {
     node.shutdown().await;
 }
 
+/// A leader busy with writes stays ready: entries committed but not yet applied when
+/// readiness is asked about are not "behind" (`/readyz` once answered 503 then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_under_write_load_stays_ready() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let (node, stop) = (node.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let lease = format!("lease-{w}-{i}");
+                let reply = node
+                    .write(acquire(&format!("job:{w}"), &lease), soon())
+                    .await
+                    .expect("write");
+                assert!(granted(&reply), "{reply:?}");
+                node.write(Op::Release { lease_id: lease }, soon())
+                    .await
+                    .expect("write")
+                    .expect("released");
+                i += 1;
+            }
+            i
+        }));
+    }
+    let mut not_ready = 0;
+    for _ in 0..1000 {
+        if !node.ready().await {
+            not_ready += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.expect("join");
+    }
+    assert!(
+        written > 100,
+        "only {written} acquire/release pairs ran beside the checks"
+    );
+    assert_eq!(
+        not_ready, 0,
+        "not ready at {not_ready} of 1000 checks under load"
+    );
+    node.shutdown().await;
+}
+
 fn batches(text: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix("quorate_batches_total "))
