@@ -110,11 +110,16 @@ async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
         "quorate_forwarded_total{kind=\"write\",outcome=\"ok\"}",
     );
     assert!(forwarded >= 1.0, "follower {follower} forwarded no write");
-    // The leader replicates to each follower over one append stream, not over an
-    // HTTP request per append.
+    // Forwarded writes reached the leader on a follower's stream, and the leader
+    // replicates to each follower over a stream: no HTTP request per batch or append.
+    let streams = metric_sum(&c.metrics(leader).await, "quorate_peer_streams");
+    assert!(
+        streams >= 1.0,
+        "the leader serves {streams} forwarding streams"
+    );
     for id in c.ids().into_iter().filter(|id| *id != leader) {
-        let streams = metric_sum(&c.metrics(id).await, "quorate_peer_append_streams");
-        assert!(streams >= 1.0, "node {id} serves {streams} append streams");
+        let streams = metric_sum(&c.metrics(id).await, "quorate_peer_streams");
+        assert!(streams >= 1.0, "node {id} serves {streams} peer streams");
     }
 
     // Crash the leader. The survivors elect a new one and lose nothing acknowledged.
@@ -132,10 +137,10 @@ async fn leader_crash_keeps_every_acknowledged_lease_and_the_node_catches_up() {
     assert!(!digest.is_empty());
     assert_eq!(leases(&c, leader, "job:crash").await, acked);
     // It caught up over a stream from the new leader, opened after the restart.
-    let streams = metric_sum(&c.metrics(leader).await, "quorate_peer_append_streams");
+    let streams = metric_sum(&c.metrics(leader).await, "quorate_peer_streams");
     assert!(
         streams >= 1.0,
-        "restarted node {leader} serves {streams} append streams"
+        "restarted node {leader} serves {streams} peer streams"
     );
 }
 

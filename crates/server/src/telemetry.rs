@@ -154,9 +154,9 @@ pub struct Metrics {
     pub sled_size_bytes: Gauge,
     /// 1 once a write or fsync of the store failed other than for space (`run.rs`).
     pub storage_failed: Gauge,
-    /// Append streams (`http::peer`) this node serves now: one from the leader on a
-    /// follower of a healthy cluster.
-    pub peer_append_streams: Gauge,
+    /// Peer streams (`http::peer`) this node serves now: on a follower, the leader's
+    /// append stream; on the leader, the followers' forwarding streams.
+    pub peer_streams: Gauge,
     state_entries: Family<StateKind, Gauge>,
     state_cap: Family<StateKind, Gauge>,
     /// Kinds whose usage is above the warning threshold (so the warning is logged
@@ -212,7 +212,7 @@ impl Metrics {
             raft_is_leader: Gauge::default(),
             sled_size_bytes: Gauge::default(),
             storage_failed: Gauge::default(),
-            peer_append_streams: Gauge::default(),
+            peer_streams: Gauge::default(),
             state_entries: Family::default(),
             state_cap: Family::default(),
             state_high: Mutex::new(HashMap::new()),
@@ -328,9 +328,9 @@ impl Metrics {
                 &m.storage_failed,
             ),
             (
-                "quorate_peer_append_streams",
-                "Append streams this node serves now (a leader replicates to each follower over one; 0 on a follower means appends come as one HTTP request each, from a leader that predates streams).",
-                &m.peer_append_streams,
+                "quorate_peer_streams",
+                "Peer streams this node serves now: a follower serves the leader's append stream (0 means appends come as one HTTP request each, from a leader that predates streams); the leader serves the followers' forwarding streams.",
+                &m.peer_streams,
             ),
         ];
         for (name, help, gauge) in gauges {

@@ -203,14 +203,15 @@ async fn open_stream(peer: &Peer, headers: HeaderMap) -> reqwest::Response {
         .expect("send")
 }
 
-/// An append stream is authenticated like any peer request: unsigned, wrongly signed
-/// or replayed upgrades are refused and counted; a signed one is upgraded and answers
-/// appends in frames; a frame that does not decode is refused and ends the stream.
+/// A peer stream is authenticated like any peer request: unsigned, wrongly signed or
+/// replayed upgrades are refused and counted; a signed one is upgraded and answers
+/// appends and forwarded writes in frames; a frame that does not decode is refused
+/// and ends the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_streams_are_authenticated_once_and_then_answer_frames() {
+async fn peer_streams_are_authenticated_once_and_then_answer_frames() {
     use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
     use openraft::Vote;
-    use quorate_server::peer::protocol::{read_frame, write_frame, StreamAnswer};
+    use quorate_server::peer::protocol::{read_frame, write_frame, StreamAnswer, StreamRequest};
     use quorate_store::TypeConfig;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -259,7 +260,8 @@ async fn append_streams_are_authenticated_once_and_then_answer_frames() {
         leader_commit: None,
     };
     for _ in 0..2 {
-        write_frame(&mut io, &protocol::encode(&stale).expect("encode"))
+        let frame: StreamRequest<_> = StreamRequest::Append(&stale);
+        write_frame(&mut io, &protocol::encode(&frame).expect("encode"))
             .await
             .expect("write");
         let answer = read_frame(&mut io).await.expect("read").expect("a frame");
@@ -274,7 +276,37 @@ async fn append_streams_are_authenticated_once_and_then_answer_frames() {
             "{answer:?}"
         );
     }
-    // A frame that is not an append is refused, and the stream ends.
+    // Forwarded writes on a stream are decided as `/forward/writes` decides them: each
+    // op on its own, with its caller's rights (an op naming no caller is refused).
+    let ops = vec![
+        protocol::decode::<Op>(&acquire("job:streamed", "streamed-1")).expect("op"),
+        Op::Release {
+            lease_id: "streamed-1".into(),
+        },
+    ];
+    let frame: StreamRequest<(), _> = StreamRequest::Writes {
+        timeout_ms: 3000,
+        ops: &ops,
+    };
+    write_frame(&mut io, &protocol::encode(&frame).expect("encode"))
+        .await
+        .expect("write");
+    let answer = read_frame(&mut io).await.expect("read").expect("a frame");
+    let answer: StreamAnswer<Vec<Result<Reply, NodeError>>> =
+        protocol::decode(&answer).expect("decode");
+    let StreamAnswer::Done(answers) = answer else {
+        panic!("writes not decided: {answer:?}");
+    };
+    assert!(
+        matches!(answers[0], Ok(Ok(Outcome::Granted(_)))),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[1], Err(NodeError::Forbidden(_))),
+        "{answers:?}"
+    );
+
+    // A frame that is not a stream request is refused, and the stream ends.
     write_frame(&mut io, b"not an append").await.expect("write");
     let answer = read_frame(&mut io).await.expect("read").expect("a frame");
     let answer: StreamAnswer<Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>> =

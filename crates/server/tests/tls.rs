@@ -367,7 +367,7 @@ async fn a_node_certificate_speaks_for_its_node_only() {
     let stream_append_as = |node: u64| {
         use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
         use quorate_server::peer::protocol::{
-            decode, read_frame, write_frame, StreamAnswer, STREAM_PROTOCOL,
+            decode, read_frame, write_frame, StreamAnswer, StreamRequest, STREAM_PROTOCOL,
         };
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -399,7 +399,8 @@ async fn a_node_certificate_speaks_for_its_node_only() {
                 entries: vec![],
                 leader_commit: None,
             };
-            write_frame(&mut io, &encode(&stale).expect("encode"))
+            let frame: StreamRequest<_> = StreamRequest::Append(&stale);
+            write_frame(&mut io, &encode(&frame).expect("encode"))
                 .await
                 .expect("write");
             let bytes = read_frame(&mut io).await.expect("read").expect("a frame");

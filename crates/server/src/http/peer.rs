@@ -14,10 +14,11 @@
 //! decode get 400, never a panic. Raft RPCs to a node that started empty wait (503)
 //! until it has shown it is not a voter that lost its data (`raft/rejoin.rs`).
 //!
-//! `POST /raft/stream` passes the same check, then upgrades the connection to an
-//! append stream (`peer::protocol`'s frames), served by [`serve_stream`] until the
-//! sender closes it or the node stops: each frame gets the checks an append request
-//! gets above (the gate, the certificate's node), answered in a frame.
+//! `POST /raft/stream` passes the same check, then upgrades the connection to a
+//! peer stream (`peer::protocol`'s frames), served by [`serve_stream`] until the
+//! sender closes it or the node stops: each frame gets the checks its request would
+//! get above (an append: the gate, the certificate's node; forwarded writes: each
+//! op's caller), answered in a frame.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use crate::backend::NodeError;
 use crate::http::server::ClientCertificate;
 use crate::peer::protocol::{
     decode, encode, paths, read_frame, write_frame, ForwardAnswers, ForwardWrites, ProbeResponse,
-    StreamAnswer, MAX_FORWARD_OPS, MAX_RPC_BYTES, STREAM_PROTOCOL, TIMEOUT_HEADER,
+    StreamAnswer, StreamRequest, MAX_FORWARD_OPS, MAX_RPC_BYTES, STREAM_PROTOCOL, TIMEOUT_HEADER,
 };
 use crate::raft::Node;
 use crate::security::{PeerAuth, PeerRefusal};
@@ -295,7 +296,7 @@ async fn append(
     .await
 }
 
-/// Upgrade an authenticated request (see [`authenticate_peer`]) to an append stream
+/// Upgrade an authenticated request (see [`authenticate_peer`]) to a peer stream
 /// served by [`serve_stream`]. The upgrade happens once the 101 answer is sent; the
 /// stream's task is the node's, stopped with it.
 async fn stream(
@@ -324,7 +325,7 @@ async fn stream(
     let task = tokio::spawn(async move {
         match on_upgrade.await {
             Ok(io) => serve_stream(node, certified, hyper_util::rt::TokioIo::new(io)).await,
-            Err(e) => tracing::debug!(error = %e, "append stream upgrade failed"),
+            Err(e) => tracing::debug!(error = %e, "peer stream upgrade failed"),
         }
     });
     st.node.track_task(task);
@@ -336,22 +337,23 @@ async fn stream(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// How long a served append stream may go without a frame before it is closed. A
-/// leader sends at least a heartbeat every `heartbeat_interval_ms` (100 ms by
-/// default), so only a sender that vanished without closing (a host gone, a cut
-/// network) is this quiet; its stream would otherwise be held for good. (A heartbeat
-/// set slower than this only costs a reconnect: the sender retries a broken stream.)
+/// How long a served stream may go without a frame before it is closed. A leader
+/// sends at least a heartbeat every `heartbeat_interval_ms` (100 ms by default) on its
+/// append streams, so only a sender that vanished without closing (a host gone, a cut
+/// network) is this quiet there; its stream would otherwise be held for good. A
+/// follower's idle forwarding streams are closed this way too; it checks an idle
+/// stream before using it (`raft::forwarder`), and a broken append stream is reopened.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serve appends on an upgraded connection: read a frame, answer it, until the sender
-/// closes the stream, a frame is refused, or the connection breaks.
+/// Serve a peer stream: read a frame (an append or forwarded writes), answer it, until
+/// the sender closes the stream, a frame is refused, or the connection breaks.
 #[tracing::instrument(level = "debug", skip_all, fields(certified = certified.as_ref().map(|c| c.id)))]
 async fn serve_stream<S>(node: Arc<Node>, certified: Option<CertifiedNode>, io: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut io = tokio::io::BufStream::new(io);
-    let streams = node.metrics().peer_append_streams.clone();
+    let streams = node.metrics().peer_streams.clone();
     streams.inc();
     // Decremented however the loop ends, including when the node's shutdown aborts it.
     let _open = scopeguard(move || {
@@ -362,32 +364,45 @@ where
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "append stream read failed");
+                tracing::debug!(error = %e, "peer stream read failed");
                 break;
             }
             Err(_) => {
-                tracing::debug!("append stream idle; closing");
+                tracing::debug!("peer stream idle; closing");
                 break;
             }
         };
-        let answer = stream_append(&node, certified.as_ref(), &bytes).await;
-        let close = matches!(answer, StreamAnswer::Refused(_));
-        let out = match encode(&answer) {
+        let (out, close) = match decode_body::<StreamRequest<AppendEntriesRequest<TypeConfig>>>(
+            &bytes, "stream",
+        ) {
+            Err(why) => (encode(&StreamAnswer::<()>::Refused(why)), true),
+            Ok(StreamRequest::Append(req)) => {
+                let answer = stream_append(&node, certified.as_ref(), req).await;
+                let close = matches!(answer, StreamAnswer::Refused(_));
+                (encode(&answer), close)
+            }
+            Ok(StreamRequest::Writes { timeout_ms, ops }) => {
+                let answer = stream_writes(&node, timeout_ms, ops).await;
+                let close = matches!(answer, StreamAnswer::Refused(_));
+                (encode(&answer), close)
+            }
+        };
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode append answer");
+                tracing::error!(error = %e, "cannot encode a stream answer");
                 break;
             }
         };
         if let Err(e) = write_frame(&mut io, &out).await {
-            tracing::debug!(error = %e, "append stream write failed");
+            tracing::debug!(error = %e, "peer stream write failed");
             break;
         }
         if close {
             break;
         }
     }
-    tracing::debug!("append stream closed");
+    tracing::debug!("peer stream closed");
 }
 
 /// Runs `f` when dropped.
@@ -403,21 +418,17 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// One append from a stream, checked as [`append`] checks a request: the gate, a body
-/// that decodes, under `[tls]` a sender that is the certificate's node.
+/// One append from a stream, checked as [`append`] checks a request: the gate, and
+/// under `[tls]` a sender that is the certificate's node.
 async fn stream_append(
     node: &Node,
     certified: Option<&CertifiedNode>,
-    bytes: &[u8],
+    req: AppendEntriesRequest<TypeConfig>,
 ) -> StreamAnswer<Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>>>
 {
     if let Err(why) = node.raft_gate() {
         return StreamAnswer::Unavailable(why.to_string());
     }
-    let req: AppendEntriesRequest<TypeConfig> = match decode_body(bytes, "append") {
-        Ok(r) => r,
-        Err(why) => return StreamAnswer::Refused(why),
-    };
     if let Some(cert) = certified {
         let claimed = req.vote.leader_id().voted_for();
         if claimed != Some(cert.id) {
@@ -433,6 +444,19 @@ async fn stream_append(
         }
     }
     StreamAnswer::Done(node.raft().append_entries(req).await)
+}
+
+/// Forwarded writes from a stream, decided as [`forward_writes`] decides a request.
+async fn stream_writes(
+    node: &Node,
+    timeout_ms: u64,
+    ops: ForwardWrites,
+) -> StreamAnswer<ForwardAnswers<NodeError>> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms).min(node.request_timeout());
+    if let Err(msg) = at_most_max_ops(&ops) {
+        return StreamAnswer::Refused(msg);
+    }
+    StreamAnswer::Done(decide_forwarded(node, ops, deadline).await)
 }
 
 async fn vote(
@@ -517,23 +541,10 @@ async fn forward_writes(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes)
             return (StatusCode::BAD_REQUEST, format!("bad writes body: {e}")).into_response();
         }
     };
-    if ops.len() > MAX_FORWARD_OPS {
-        let msg = format!(
-            "{} writes in one request; at most {MAX_FORWARD_OPS}",
-            ops.len()
-        );
-        tracing::warn!("refused forwarded writes: {msg}");
+    if let Err(msg) = at_most_max_ops(&ops) {
         return (StatusCode::BAD_REQUEST, msg).into_response();
     }
-    let node = &st.node;
-    let each = ops.into_iter().map(|op| async move {
-        if let Err(e) = forwarded_caller_may(&op) {
-            tracing::warn!(op = op.kind(), error = %e, "refused forwarded write");
-            return Err(e);
-        }
-        node.leader_write(op, deadline).await
-    });
-    let answers: ForwardAnswers<NodeError> = futures::future::join_all(each).await;
+    let answers = decide_forwarded(&st.node, ops, deadline).await;
     match encode(&answers) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         Err(e) => {
@@ -541,6 +552,37 @@ async fn forward_writes(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes)
             (StatusCode::INTERNAL_SERVER_ERROR, format!("encode: {e}")).into_response()
         }
     }
+}
+
+/// Refuse a batch of more than [`MAX_FORWARD_OPS`] writes before any is decided.
+fn at_most_max_ops(ops: &ForwardWrites) -> Result<(), String> {
+    if ops.len() <= MAX_FORWARD_OPS {
+        return Ok(());
+    }
+    let msg = format!(
+        "{} writes in one request; at most {MAX_FORWARD_OPS}",
+        ops.len()
+    );
+    tracing::warn!("refused forwarded writes: {msg}");
+    Err(msg)
+}
+
+/// Decide each forwarded write exactly as if it had come alone through
+/// `/forward/write`, all at once (so they share the next log entries); one answer
+/// per op, in order.
+async fn decide_forwarded(
+    node: &Node,
+    ops: ForwardWrites,
+    deadline: Instant,
+) -> ForwardAnswers<NodeError> {
+    let each = ops.into_iter().map(|op| async move {
+        if let Err(e) = forwarded_caller_may(&op) {
+            tracing::warn!(op = op.kind(), error = %e, "refused forwarded write");
+            return Err(e);
+        }
+        node.leader_write(op, deadline).await
+    });
+    futures::future::join_all(each).await
 }
 
 async fn forward_read(State(st): State<PeerState>, h: HeaderMap, bytes: Bytes) -> Response {

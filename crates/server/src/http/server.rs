@@ -189,7 +189,7 @@ async fn serve_connection<I, S>(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc)
-        // The peer port's append streams (`http::peer`) take their connection over.
+        // The peer port's streams (`http::peer`) take their connection over.
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

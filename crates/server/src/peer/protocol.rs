@@ -8,12 +8,13 @@
 //! Two groups of routes, both served on `raft_addr` (never on the API port):
 //! - **Raft RPC** — `POST /raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's
 //!   messages. `GET /raft/probe` tells a bootstrapping node whether this node is fresh.
-//! - **Append stream** — `POST /raft/stream` with `Upgrade: quorate-raft/1`: the
-//!   request is authenticated like any other (cluster id, signature, client
-//!   certificate), answered `101 Switching Protocols`, and the connection then carries
-//!   appends as frames (see [Frames](#frames)) instead of one HTTP request each. A
-//!   leader replicates to a follower over one such stream; a node that predates the
-//!   route answers 404, and the sender goes back to `POST /raft/append`.
+//! - **Streams** — `POST /raft/stream` with `Upgrade: quorate-raft/1`: the request is
+//!   authenticated like any other (cluster id, signature, client certificate),
+//!   answered `101 Switching Protocols`, and the connection then carries
+//!   [`StreamRequest`] frames (see [Frames](#frames)) instead of one HTTP request
+//!   each: a leader's appends to a follower, a follower's forwarded writes to the
+//!   leader. A node that predates the route answers 404, and the sender goes back to
+//!   `POST /raft/append` or `/forward/writes`.
 //! - **Forwarding** — `POST /forward/write`, `/forward/read`, `/forward/add_member`,
 //!   `/forward/remove_member`: a follower sends a client's request to the leader, which
 //!   answers `Result<_, NodeError>` ([`crate::backend::NodeError`]).
@@ -29,14 +30,15 @@
 //!
 //! # Frames
 //!
-//! On an append stream each message is a frame: a 4-byte big-endian length, then that
+//! On a stream each message is a frame: a 4-byte big-endian length, then that
 //! many bytes of bincode ([`write_frame`] / [`read_frame`]; at most [`MAX_RPC_BYTES`],
 //! a longer length closes the stream before anything is allocated). The sender writes
-//! one `AppendEntriesRequest` frame and waits for its [`StreamAnswer`] frame before the
-//! next: one request in flight per stream, which is all openraft 0.9 asks of a
-//! replication stream, so an answer is always the answer to the last request. A sender
-//! that gives up on an answer (timeout, cancellation) drops the stream rather than risk
-//! reading a late answer as the next one's.
+//! one [`StreamRequest`] frame and waits for its [`StreamAnswer`] frame before the
+//! next: one request in flight per stream (all openraft 0.9 asks of a replication
+//! stream; forwarding keeps several streams for several requests), so an answer is
+//! always the answer to the last request. A sender that gives up on an answer
+//! (timeout, cancellation) drops the stream rather than risk reading a late answer as
+//! the next one's (`peer::stream`).
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -56,10 +58,27 @@ pub mod paths {
     pub const STREAM: &str = "/raft/stream";
 }
 
-/// The `Upgrade` token of an append stream (see [Frames](#frames)).
+/// The `Upgrade` token of a peer stream (see [Frames](#frames)).
 pub const STREAM_PROTOCOL: &str = "quorate-raft/1";
 
-/// The answer frame to one request on an append stream.
+/// A request frame on a peer stream. Generic so that senders can encode borrowed
+/// parts (`StreamRequest<&A, &ForwardWrites>`) and receivers decode owned ones; the
+/// bytes are the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamRequest<A, W = ForwardWrites> {
+    /// An openraft append, from a leader (answered `StreamAnswer<Result<
+    /// AppendEntriesResponse, RaftError>>`).
+    Append(A),
+    /// Forwarded writes, from a follower to the leader, decided as `POST
+    /// /forward/writes` decides them (answered `StreamAnswer<ForwardAnswers<E>>`).
+    Writes {
+        /// How long the sender waits for the answers (milliseconds).
+        timeout_ms: u64,
+        ops: W,
+    },
+}
+
+/// The answer frame to one request on a peer stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamAnswer<T> {
     /// The request was handed to Raft; this is what Raft answered.

@@ -43,15 +43,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::client::{PeerClient, PeerError};
-use super::protocol::{self, paths, read_frame, write_frame, StreamAnswer};
+use super::protocol::{self, paths, StreamAnswer, StreamRequest};
+use super::stream::PeerStream;
 
 /// How long appends to a peer that refused a stream (it predates them) go through
 /// `POST /raft/append` before a stream is tried again (it may have been upgraded).
 pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
-
-/// An append stream to one peer (see `protocol`'s frames). Buffered both ways: a
-/// frame is one write, and its answer is usually one read.
-type AppendStream = tokio::io::BufStream<reqwest::Upgraded>;
 
 /// What an append over the stream answers: openraft's answer to the append.
 type AppendAnswer = StreamAnswer<Result<AppendEntriesResponse<u64>, RaftError<u64>>>;
@@ -95,7 +92,7 @@ pub struct PeerConnection {
     /// The append stream, between exchanges (taken out during one). In a mutex only
     /// because openraft wants the connection `Sync` and an upgraded connection is not;
     /// it is reached through `&mut self` (`get_mut`), never locked.
-    stream: std::sync::Mutex<Option<AppendStream>>,
+    stream: std::sync::Mutex<Option<PeerStream>>,
     /// Until then, appends go through `POST /raft/append`: the peer refused a stream.
     no_stream_until: Option<Instant>,
 }
@@ -147,7 +144,7 @@ impl PeerConnection {
     }
 
     /// Put the stream back after a whole exchange.
-    fn keep(&mut self, stream: AppendStream) {
+    fn keep(&mut self, stream: PeerStream) {
         *self
             .stream
             .get_mut()
@@ -168,9 +165,7 @@ impl PeerConnection {
         let (mut stream, reused) = match slot.take() {
             Some(s) => (s, true),
             None => {
-                let io = self
-                    .client
-                    .open_stream(self.target, &self.node.raft_addr, paths::STREAM, ttl)
+                let s = PeerStream::open(&self.client, self.target, &self.node.raft_addr, ttl)
                     .await
                     .map_err(|e| match e {
                         PeerError::Status(404 | 405, _) => (StreamFailure::NotServed, false),
@@ -184,17 +179,14 @@ impl PeerConnection {
                         ),
                     })?;
                 tracing::debug!(target = self.target, "append stream opened");
-                (tokio::io::BufStream::new(io), false)
+                (s, false)
             }
         };
-        let broken = |e: String| (StreamFailure::Broken(e), reused);
-        write_frame(&mut stream, body)
+        // Either way the append may or may not have arrived; it is idempotent.
+        let bytes = stream
+            .exchange(body)
             .await
-            .map_err(|e| broken(format!("append stream write: {e}")))?;
-        let bytes = read_frame(&mut stream)
-            .await
-            .map_err(|e| broken(format!("append stream read: {e}")))?
-            .ok_or_else(|| broken("the peer closed the append stream".into()))?;
+            .map_err(|e| (StreamFailure::Broken(e.to_string()), reused))?;
         let answer: AppendAnswer = protocol::decode(&bytes).map_err(|e| {
             (
                 StreamFailure::Answered(network_error(format!("decode append answer: {e}"))),
@@ -237,7 +229,8 @@ impl PeerConnection {
                 .await;
         }
         let ttl = option.hard_ttl();
-        let body = protocol::encode(req).map_err(|e| network_error(format!("encode: {e}")))?;
+        let frame: StreamRequest<_, &protocol::ForwardWrites> = StreamRequest::Append(req);
+        let body = protocol::encode(&frame).map_err(|e| network_error(format!("encode: {e}")))?;
         let exchange = async {
             match self.append_on_stream(&body, ttl).await {
                 // A stream that served before may just be stale (the peer restarted):
@@ -363,6 +356,7 @@ mod tests {
     use openraft::Vote;
 
     use super::*;
+    use crate::peer::protocol::{read_frame, write_frame};
 
     /// What a fake peer saw.
     #[derive(Default)]
@@ -405,8 +399,9 @@ mod tests {
                 let Ok(Some(bytes)) = read_frame(&mut io).await else {
                     return;
                 };
-                let _: AppendEntriesRequest<TypeConfig> =
-                    protocol::decode(&bytes).expect("an append");
+                let req: StreamRequest<AppendEntriesRequest<TypeConfig>> =
+                    protocol::decode(&bytes).expect("a stream request");
+                assert!(matches!(req, StreamRequest::Append(_)), "{req:?}");
                 f.seen.frames.fetch_add(1, Ordering::SeqCst);
                 let answer: AppendAnswer = StreamAnswer::Done(Ok(AppendEntriesResponse::Success));
                 let out = protocol::encode(&answer).expect("encode");

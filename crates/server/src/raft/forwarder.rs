@@ -3,8 +3,10 @@
 //! Two thirds of the writes a three-node cluster receives arrive at a follower, and
 //! each used to cost the follower and the leader one HTTP request of their own
 //! (signing, a pooled connection's turn, a handler, a reply). Here they are queued
-//! and one loop turns the queue into `POST /forward/writes` requests, the way the
-//! leader's [`Batcher`](super::batcher) turns ops into log entries:
+//! and one loop turns the queue into requests to the leader — a frame on a peer
+//! stream ([`PeerTransport`]), or `POST /forward/writes` to a leader without
+//! streams — the way the leader's [`Batcher`](super::batcher) turns ops into log
+//! entries:
 //!
 //! 1. wait for a free in-flight slot (at most `max_in_flight` requests at once);
 //! 2. take the first queued write, then whatever else is already queued for the same
@@ -15,15 +17,17 @@
 //!    its own position.
 //!
 //! **Each caller's rules are unchanged.** Every op keeps its own caller (`Op::As`,
-//! checked by the leader per op), the request is signed like any peer request, and
-//! each caller waits no longer than its own deadline. A failure of the request as a
-//! whole reaches exactly the callers it carried, typed by what it says about
-//! delivery: [`NodeError::Unreachable`] (no connection: certainly not applied, so the
-//! router may retry elsewhere), else [`NodeError::Unavailable`] (outcome unknown,
-//! never retried). Per-op answers (`NotLeader`, `Refused`, a reply) pass through
+//! checked by the leader per op), the request is signed like any peer request (or
+//! travels on a stream opened by one), and each caller waits no longer than its own
+//! deadline. A failure of the request as a whole reaches exactly the callers it
+//! carried, typed by what it says about delivery: [`NodeError::Unreachable`] (not
+//! delivered — no connection, no stream, a frame not written whole — so certainly
+//! not applied, and the router may retry elsewhere), else [`NodeError::Unavailable`]
+//! (outcome unknown, never retried). Per-op answers (`NotLeader`, `Refused`, a reply) pass through
 //! unchanged, so `routing.rs` applies the same retry rules as for a lone forward.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -34,8 +38,10 @@ use tokio::time::timeout_at;
 
 use super::tokio_deadline;
 use crate::backend::NodeError;
-use crate::peer::protocol::{self, paths, ForwardAnswers, ForwardWrites, MAX_FORWARD_OPS};
-use crate::peer::{PeerClient, PeerError};
+use crate::peer::protocol::{
+    self, paths, ForwardAnswers, ForwardWrites, StreamAnswer, StreamRequest, MAX_FORWARD_OPS,
+};
+use crate::peer::{ExchangeError, PeerClient, PeerError, PeerStream};
 use crate::telemetry::Metrics;
 
 /// One answer per op of a request, or why the request as a whole failed.
@@ -54,10 +60,157 @@ pub trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<'static, BatchResult>;
 }
 
-/// The production [`Transport`]: `POST /forward/writes` through the pooled, signing
-/// peer client.
+/// The production [`Transport`]: forwarded writes on peer streams to the leader
+/// (`peer::stream`, a `Writes` frame each), or `POST /forward/writes` through the
+/// pooled, signing peer client to a leader that does not serve streams.
+///
+/// Streams are kept per leader, idle ones at most [`MAX_IDLE_STREAMS`] (one per
+/// request in flight is all the forwarding loop needs). Each request takes one out
+/// and puts it back after a whole answer. What a failure says about delivery is kept
+/// exact, as for a request: a stream that could not be opened, or a frame that could
+/// not be written whole, delivered nothing ([`NodeError::Unreachable`]); a frame
+/// written without a whole answer back may have been decided
+/// ([`NodeError::Unavailable`]), and is never retried. So that a stream the leader
+/// closed meanwhile (it restarted, or closed an idle stream) is not what turns a
+/// write's outcome unknown, an idle stream is checked before use and dropped if
+/// closed.
 #[derive(Debug, Clone)]
-pub struct PeerTransport(pub PeerClient);
+pub struct PeerTransport {
+    peers: PeerClient,
+    idle: Arc<Mutex<BTreeMap<u64, Vec<PeerStream>>>>,
+    /// Leaders that answered a stream upgrade 404, and until when they get requests.
+    no_stream_until: Arc<Mutex<BTreeMap<u64, Instant>>>,
+}
+
+/// Most idle streams kept per leader.
+pub const MAX_IDLE_STREAMS: usize = 8;
+
+/// How long writes to a leader that refused a stream (it predates them) go as
+/// requests before a stream is tried again.
+pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only inserts and removes happen under these locks; poisoning cannot corrupt them.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PeerTransport {
+    pub fn new(peers: PeerClient) -> Self {
+        Self {
+            peers,
+            idle: Arc::default(),
+            no_stream_until: Arc::default(),
+        }
+    }
+
+    /// An idle stream to `leader` that the leader has not closed, if any.
+    fn take_idle(&self, leader: u64) -> Option<PeerStream> {
+        let mut idle = lock(&self.idle);
+        let streams = idle.get_mut(&leader)?;
+        while let Some(mut s) = streams.pop() {
+            if !s.is_stale() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Idle streams to `leader` the leader has not closed (closed ones are dropped).
+    #[cfg(test)]
+    fn live_idle(&self, leader: u64) -> usize {
+        let mut idle = lock(&self.idle);
+        let streams = idle.entry(leader).or_default();
+        streams.retain_mut(|s| !s.is_stale());
+        streams.len()
+    }
+
+    fn put_idle(&self, leader: u64, stream: PeerStream) {
+        let mut idle = lock(&self.idle);
+        let streams = idle.entry(leader).or_default();
+        if streams.len() < MAX_IDLE_STREAMS {
+            streams.push(stream);
+        }
+    }
+
+    /// `ops` in one frame on a stream to `leader`; `None` if the leader does not serve
+    /// streams (nothing was sent).
+    async fn send_on_stream(
+        &self,
+        leader: u64,
+        addr: &str,
+        ops: &ForwardWrites,
+        timeout: Duration,
+    ) -> Option<BatchResult> {
+        let unreachable =
+            |why: String| NodeError::Unreachable(format!("leader {leader} at {addr}: {why}"));
+        let unavailable =
+            |why: String| NodeError::Unavailable(format!("leader {leader} at {addr}: {why}"));
+        let request: StreamRequest<(), &ForwardWrites> = StreamRequest::Writes {
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            ops,
+        };
+        let frame = match protocol::encode(&request) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(unreachable(format!("cannot encode writes: {e}")))),
+        };
+        let mut stream = match self.take_idle(leader) {
+            Some(s) => s,
+            // Opening carries no write: whatever goes wrong, nothing was decided.
+            None => match PeerStream::open(&self.peers, leader, addr, timeout).await {
+                Ok(s) => s,
+                Err(PeerError::Status(404 | 405, _)) => return None,
+                Err(e) => return Some(Err(unreachable(format!("cannot open a stream: {e}")))),
+            },
+        };
+        let bytes = match stream.exchange(&frame).await {
+            Ok(b) => b,
+            Err(e @ ExchangeError::NotSent(_)) => return Some(Err(unreachable(e.to_string()))),
+            Err(e @ ExchangeError::NoAnswer(_)) => return Some(Err(unavailable(e.to_string()))),
+        };
+        let answer: StreamAnswer<ForwardAnswers<NodeError>> = match protocol::decode(&bytes) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(unavailable(format!("undecodable answer: {e}")))),
+        };
+        Some(match answer {
+            StreamAnswer::Done(answers) => {
+                self.put_idle(leader, stream);
+                Ok(answers)
+            }
+            // Refused before any op was decided, as a 4xx/5xx to a request is.
+            StreamAnswer::Unavailable(why) | StreamAnswer::Refused(why) => {
+                Err(unavailable(format!("refused the writes: {why}")))
+            }
+        })
+    }
+
+    /// `ops` through `POST /forward/writes` (or one by one to a leader that predates
+    /// that route).
+    async fn send_as_request(
+        &self,
+        leader: u64,
+        addr: &str,
+        ops: ForwardWrites,
+        timeout: Duration,
+    ) -> BatchResult {
+        let body = protocol::encode(&ops)
+            .map_err(|e| NodeError::Unreachable(format!("cannot encode writes: {e}")))?;
+        let sent = self
+            .peers
+            .post(leader, addr, paths::FORWARD_WRITES, body, timeout)
+            .await;
+        match sent {
+            Ok(bytes) => protocol::decode::<ForwardAnswers<NodeError>>(&bytes).map_err(|e| {
+                NodeError::Unavailable(format!("undecodable answer from leader {leader}: {e}"))
+            }),
+            // A leader that predates `/forward/writes` (a rolling upgrade): the
+            // route is unknown, so nothing was decided; send the ops one by one.
+            Err(PeerError::Status(404, _)) => {
+                Ok(one_by_one(&self.peers, leader, addr, ops, timeout).await)
+            }
+            Err(e) => Err(delivery_error(leader, addr, e)),
+        }
+    }
+}
 
 impl Transport for PeerTransport {
     fn send(
@@ -67,24 +220,37 @@ impl Transport for PeerTransport {
         ops: ForwardWrites,
         timeout: Duration,
     ) -> BoxFuture<'static, BatchResult> {
-        let peers = self.0.clone();
+        let this = self.clone();
         Box::pin(async move {
-            let body = protocol::encode(&ops)
-                .map_err(|e| NodeError::Unreachable(format!("cannot encode writes: {e}")))?;
-            let sent = peers
-                .post(leader, &addr, paths::FORWARD_WRITES, body, timeout)
+            let refused = lock(&this.no_stream_until)
+                .get(&leader)
+                .is_some_and(|t| Instant::now() < *t);
+            if !refused {
+                let on_stream = tokio::time::timeout(
+                    timeout,
+                    this.send_on_stream(leader, &addr, &ops, timeout),
+                )
                 .await;
-            match sent {
-                Ok(bytes) => protocol::decode::<ForwardAnswers<NodeError>>(&bytes).map_err(|e| {
-                    NodeError::Unavailable(format!("undecodable answer from leader {leader}: {e}"))
-                }),
-                // A leader that predates `/forward/writes` (a rolling upgrade): the
-                // route is unknown, so nothing was decided; send the ops one by one.
-                Err(PeerError::Status(404, _)) => {
-                    Ok(one_by_one(&peers, leader, &addr, ops, timeout).await)
+                match on_stream {
+                    Ok(Some(result)) => return result,
+                    Ok(None) => {
+                        tracing::info!(
+                            leader,
+                            "leader does not serve streams; forwarding with POST {} for {:?}",
+                            paths::FORWARD_WRITES,
+                            STREAM_RETRY_AFTER
+                        );
+                        lock(&this.no_stream_until)
+                            .insert(leader, Instant::now() + STREAM_RETRY_AFTER);
+                    }
+                    Err(_) => {
+                        return Err(NodeError::Unavailable(format!(
+                            "leader {leader} did not answer within the request timeout"
+                        )))
+                    }
                 }
-                Err(e) => Err(delivery_error(leader, &addr, e)),
             }
+            this.send_as_request(leader, &addr, ops, timeout).await
         })
     }
 }
@@ -310,6 +476,7 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     use quorate_core::{Caller, CoreError};
@@ -570,12 +737,107 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, old_leader).await });
         let peers = PeerClient::new(Duration::from_secs(1), Default::default(), None).unwrap();
         let ops: Vec<Op> = (0..5).map(op).collect();
-        let answers = PeerTransport(peers)
+        let answers = PeerTransport::new(peers)
             .send(1, addr, ops.clone(), Duration::from_secs(5))
             .await
             .expect("answers");
         assert_eq!(answers, ops.iter().map(echo).collect::<Vec<_>>());
         server.abort();
+    }
+
+    /// A leader that serves streams: answers each `Writes` frame with one echo per op,
+    /// closing a stream after `frames_per_stream` frames. Counts stream opens, frames
+    /// and streams closed; its address.
+    async fn stream_leader(frames_per_stream: usize) -> (String, Arc<[AtomicUsize; 3]>) {
+        use crate::peer::protocol::{read_frame, write_frame, STREAM_PROTOCOL};
+        use axum::response::IntoResponse;
+        use axum::routing::post;
+        let seen: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+        let counts = seen.clone();
+        let leader = axum::Router::new().route(
+            paths::STREAM,
+            post(move |mut req: axum::extract::Request| {
+                let seen = seen.clone();
+                async move {
+                    seen[0].fetch_add(1, Ordering::SeqCst);
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io =
+                            hyper_util::rt::TokioIo::new(on_upgrade.await.expect("upgrade"));
+                        for _ in 0..frames_per_stream {
+                            let Ok(Some(bytes)) = read_frame(&mut io).await else {
+                                break;
+                            };
+                            let req: StreamRequest<(), ForwardWrites> =
+                                protocol::decode(&bytes).expect("a stream request");
+                            let StreamRequest::Writes { ops, .. } = req else {
+                                panic!("not writes")
+                            };
+                            seen[1].fetch_add(1, Ordering::SeqCst);
+                            let answer: StreamAnswer<ForwardAnswers<NodeError>> =
+                                StreamAnswer::Done(ops.iter().map(echo).collect());
+                            let out = protocol::encode(&answer).expect("encode");
+                            write_frame(&mut io, &out).await.expect("write");
+                        }
+                        drop(io);
+                        seen[2].fetch_add(1, Ordering::SeqCst);
+                    });
+                    axum::response::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", STREAM_PROTOCOL)
+                        .body(axum::body::Body::empty())
+                        .expect("response")
+                        .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, leader).await });
+        (addr, counts)
+    }
+
+    /// Batches to a leader that serves streams share one stream, one frame each, and
+    /// every op gets its own answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_share_one_stream_to_the_leader() {
+        let (addr, seen) = stream_leader(usize::MAX).await;
+        let peers = PeerClient::new(Duration::from_secs(1), Default::default(), None).unwrap();
+        let t = PeerTransport::new(peers);
+        for round in 0..3 {
+            let ops: Vec<Op> = (round * 4..round * 4 + 4).map(op).collect();
+            let answers = t
+                .send(1, addr.clone(), ops.clone(), Duration::from_secs(5))
+                .await
+                .expect("answers");
+            assert_eq!(answers, ops.iter().map(echo).collect::<Vec<_>>());
+        }
+        assert_eq!(seen[0].load(Ordering::SeqCst), 1, "streams opened");
+        assert_eq!(seen[1].load(Ordering::SeqCst), 3, "frames");
+    }
+
+    /// A stream the leader closed while it was idle is dropped, not used: the next
+    /// batch opens a new one and is answered (a closed stream would have left its
+    /// writes' outcome unknown).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_the_leader_closed_is_not_used() {
+        let (addr, seen) = stream_leader(1).await;
+        let peers = PeerClient::new(Duration::from_secs(1), Default::default(), None).unwrap();
+        let t = PeerTransport::new(peers);
+        for round in 0..3 {
+            let answers = t
+                .send(1, addr.clone(), vec![op(round)], Duration::from_secs(5))
+                .await
+                .expect("answers");
+            assert_eq!(answers, vec![echo(&op(round))]);
+            eventually("the leader to close the stream", || {
+                seen[2].load(Ordering::SeqCst) == round + 1
+            })
+            .await;
+            eventually("the closed stream to be seen", || t.live_idle(1) == 0).await;
+        }
+        assert_eq!(seen[0].load(Ordering::SeqCst), 3, "streams opened");
     }
 
     /// Writes for different leaders never share a request: while one request is in

@@ -167,7 +167,7 @@ impl Node {
             metrics.clone(),
         );
         let (forwarder, forwarder_task) = Forwarder::spawn(
-            Arc::new(forwarder::PeerTransport(peers.clone())),
+            Arc::new(forwarder::PeerTransport::new(peers.clone())),
             forwarder::Limits {
                 max_ops: config.server.batch_max_ops.get(),
                 max_in_flight: config.server.forward_max_in_flight.get(),
