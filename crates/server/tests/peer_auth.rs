@@ -83,9 +83,8 @@ fn signed(auth: &PeerAuth, body: &[u8]) -> HeaderMap {
     h
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A one-node cluster with the cluster secret, ready; a client for its ports.
+async fn start_with_secret(dir: &Path) -> (Peer, support::Running) {
     let bound = support::bind().await;
     let peer = Peer {
         http: reqwest::Client::builder()
@@ -96,13 +95,19 @@ async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
         api: bound.api_addr,
         raft: bound.raft_addr,
     };
-    let mut config =
-        ClusterConfig::single_node(CLUSTER, &peer.api, &peer.raft, &dir.path().join("data"));
+    let mut config = ClusterConfig::single_node(CLUSTER, &peer.api, &peer.raft, &dir.join("data"));
     config.auth.cluster_secret = Some(SECRET.into());
     let node = support::serve(config, 1, bound.listeners);
     // Ready = the node's own signed peer traffic (bootstrap probe) was accepted.
     let deadline = Instant::now() + Duration::from_secs(20);
     support::wait_ready(&peer.http, &format!("http://{}", peer.api), deadline).await;
+    (peer, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_peer_requests_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (peer, node) = start_with_secret(dir.path()).await;
 
     let ours = PeerAuth::new(CLUSTER, Some(Secret::new(SECRET)));
     let forged_body = acquire("job:forged", "forged");
@@ -215,22 +220,7 @@ async fn peer_streams_are_authenticated_once_and_then_answer_frames() {
     use quorate_store::TypeConfig;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let bound = support::bind().await;
-    let peer = Peer {
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client"),
-        api: bound.api_addr,
-        raft: bound.raft_addr,
-    };
-    let mut config =
-        ClusterConfig::single_node(CLUSTER, &peer.api, &peer.raft, &dir.path().join("data"));
-    config.auth.cluster_secret = Some(SECRET.into());
-    let node = support::serve(config, 1, bound.listeners);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    support::wait_ready(&peer.http, &format!("http://{}", peer.api), deadline).await;
+    let (peer, node) = start_with_secret(dir.path()).await;
 
     let ours = PeerAuth::new(CLUSTER, Some(Secret::new(SECRET)));
     let sign = |auth: &PeerAuth| {

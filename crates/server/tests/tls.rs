@@ -334,14 +334,18 @@ async fn a_node_certificate_speaks_for_its_node_only() {
         last_log_id: None,
     })
     .expect("encode");
-    let send_as = |node: u64| {
-        let client = reqwest::Client::builder()
+    // A peer client presenting node `node`'s certificate.
+    let client_as = |node: u64| {
+        reqwest::Client::builder()
             .use_rustls_tls()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
             .identity(identity(dir.path(), "tls", node))
             .timeout(Duration::from_secs(5))
             .build()
-            .expect("client");
+            .expect("client")
+    };
+    let send_as = |node: u64| {
+        let client = client_as(node);
         let sig = auth
             .sign("POST", paths::VOTE, &body)
             .expect("sign")
@@ -369,13 +373,7 @@ async fn a_node_certificate_speaks_for_its_node_only() {
         use quorate_server::peer::protocol::{
             decode, read_frame, write_frame, StreamAnswer, StreamRequest, STREAM_PROTOCOL,
         };
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
-            .identity(identity(dir.path(), "tls", node))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
+        let client = client_as(node);
         let sig = auth
             .sign("POST", paths::STREAM, &[])
             .expect("sign")

@@ -266,18 +266,31 @@ where
         let Some(Extension(cert)) = certified else {
             return refused(&node, "unknown", what, PeerRefusal::NoNodeName);
         };
-        let claimed = sender(&req);
-        if claimed != Some(cert.id) {
-            tracing::warn!(
-                peer = %cert.peer,
-                certificate_names = cert.id,
-                claimed = ?claimed,
-                "a Raft {what} claims another node than the client certificate names"
-            );
-            return refused(&node, &cert.peer, what, PeerRefusal::WrongNode);
+        if let Err(refusal) = sender_is_certified(&cert, sender(&req), what) {
+            return refused(&node, &cert.peer, what, refusal);
         }
     }
     answer(f(node, req).await).await
+}
+
+/// Under `[tls]`: a Raft message's sender (the leader or candidate id in its vote)
+/// must be the node the client certificate names; otherwise `wrong_node`, logged with
+/// both ids.
+fn sender_is_certified(
+    cert: &CertifiedNode,
+    claimed: Option<u64>,
+    what: &str,
+) -> Result<(), PeerRefusal> {
+    if claimed == Some(cert.id) {
+        return Ok(());
+    }
+    tracing::warn!(
+        peer = %cert.peer,
+        certificate_names = cert.id,
+        claimed = ?claimed,
+        "a Raft {what} claims another node than the client certificate names"
+    );
+    Err(PeerRefusal::WrongNode)
 }
 
 async fn append(
@@ -431,14 +444,7 @@ async fn stream_append(
     }
     if let Some(cert) = certified {
         let claimed = req.vote.leader_id().voted_for();
-        if claimed != Some(cert.id) {
-            tracing::warn!(
-                peer = %cert.peer,
-                certificate_names = cert.id,
-                claimed = ?claimed,
-                "a streamed append claims another node than the client certificate names"
-            );
-            let refusal = PeerRefusal::WrongNode;
+        if let Err(refusal) = sender_is_certified(cert, claimed, "streamed append") {
             node.metrics().peer_rejected(refusal.reason());
             return StreamAnswer::Refused(format!("peer request refused: {}", refusal.reason()));
         }
