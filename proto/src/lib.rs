@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 pub mod openapi;
 pub mod routes;
+pub mod stream;
 
 /// Response header on every API answer naming the current leader's API base URL as
 /// clients reach it (`http://10.0.0.1:7101`; the node's `advertise_api`, by default

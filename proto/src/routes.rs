@@ -83,6 +83,8 @@ pub enum RouteId {
     Ui,
     /// The status page's script and style sheet.
     UiAsset,
+    /// The decision stream (`stream.rs`): an upgrade, not a JSON route.
+    Stream,
 }
 
 /// One row of the table.
@@ -106,6 +108,18 @@ const fn row(id: RouteId, method: Method, path: &'static str, access: Access) ->
         path,
         access,
         json_api: true,
+    }
+}
+
+/// The decision stream's upgrade: a client's `POST`, outside the OpenAPI document
+/// (it answers 101 and then speaks frames, not JSON; `stream.rs` documents it).
+const fn upgrade(id: RouteId, path: &'static str) -> Route {
+    Route {
+        id,
+        method: Method::Post,
+        path,
+        access: Access::Client,
+        json_api: false,
     }
 }
 
@@ -167,6 +181,7 @@ pub const ROUTES: &[Route] = &[
     row(RouteId::Stats, Get, "/v1/stats", Client),
     page(RouteId::Ui, "/ui"),
     page(RouteId::UiAsset, "/ui/{asset}"),
+    upgrade(RouteId::Stream, "/v1/stream"),
 ];
 
 impl RouteId {
@@ -284,7 +299,10 @@ mod tests {
 
     #[test]
     fn page_routes_are_open_reads_outside_the_json_api() {
-        for r in ROUTES.iter().filter(|r| !r.json_api) {
+        for r in ROUTES
+            .iter()
+            .filter(|r| !r.json_api && r.id != RouteId::Stream)
+        {
             assert_eq!((r.method, r.access), (Get, Open), "{r:?}");
             assert!(r.path.starts_with("/ui"), "{r:?}");
         }

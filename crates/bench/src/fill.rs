@@ -143,6 +143,7 @@ async fn fill_leases(
         rate_period_ms: spec.rate_period_ms,
         rate_burst: 1,
         etcd_sem: systems::EtcdSem::Ticket,
+        protocol: systems::Protocol::Http,
     };
     let mut conn = QuorateConn::new(http, target, &params);
     loop {

@@ -17,6 +17,7 @@ pub mod report;
 pub mod resp;
 pub mod run;
 pub mod stats;
+pub mod stream;
 pub mod systems;
 
 /// Errors of the load generator's clients.
@@ -30,6 +31,8 @@ pub enum BenchError {
     Redis(#[from] resp::RespError),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl BenchError {
@@ -45,6 +48,7 @@ impl BenchError {
                 e.to_string().chars().take(60).collect::<String>()
             ),
             BenchError::Protocol(m) => m.chars().take(60).collect(),
+            BenchError::Io(e) => format!("io {:?}", e.kind()),
         }
     }
 }

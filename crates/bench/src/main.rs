@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use quorate_bench::fill::{self, FillSpec};
 use quorate_bench::report::{self, ReportInput};
 use quorate_bench::run::{self, Route, RunSpec, Workload};
-use quorate_bench::systems::{base_url, EtcdSem, Params, System};
+use quorate_bench::systems::{base_url, EtcdSem, Params, Protocol, System};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,6 +160,10 @@ struct RunArgs {
     /// forward), or every client to the leader, following its hint.
     #[arg(long, value_enum, default_value = "round-robin")]
     route: Route,
+    /// How quorate clients send decisions: an HTTP/1.1 request each, or frames on a
+    /// decision stream (`POST /v1/stream`), one stream per client.
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: Protocol,
     /// A label added to the run's variant (e.g. "appendfsync always" for Redis with
     /// an fsync'd append-only file).
     #[arg(long, default_value = "")]
@@ -290,6 +294,9 @@ fn variant(a: &RunArgs) -> String {
     if a.system == System::Quorate && a.route == Route::Leader {
         v.push(Route::Leader.name().to_owned());
     }
+    if a.system == System::Quorate && a.protocol == Protocol::Stream {
+        v.push("stream".to_owned());
+    }
     if !a.label.is_empty() {
         v.push(a.label.clone());
     }
@@ -377,6 +384,7 @@ async fn run_cells(a: RunArgs) -> anyhow::Result<()> {
         rate_period_ms: a.rate_period_ms,
         rate_burst: a.rate_burst,
         etcd_sem: a.etcd_sem,
+        protocol: a.protocol,
     };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use crate::etcd::{self, Compare, DeleteRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::resp;
+use crate::stream::StreamConn;
 use crate::BenchError;
+use quorate_proto::stream::StreamOp;
 
 /// The Lua scripts, embedded.
 pub const LUA_ACQUIRE: &str = include_str!("../lua/acquire.lua");
@@ -55,6 +57,18 @@ pub struct Params {
     pub rate_burst: u32,
     /// Which etcd semaphore recipe to use.
     pub etcd_sem: EtcdSem,
+    /// How quorate clients send decisions.
+    pub protocol: Protocol,
+}
+
+/// How quorate clients send decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// One HTTP/1.1 request per decision (keep-alive).
+    Http,
+    /// A decision stream (`POST /v1/stream`, `quorate-api/1`): one frame per decision.
+    Stream,
 }
 
 /// The two etcd semaphore recipes.
@@ -141,7 +155,7 @@ impl Conn {
                 if follow_leader {
                     c = c.following_the_leader();
                 }
-                c.warm_up().await?;
+                c.warm_up(params.protocol == Protocol::Stream).await?;
                 Ok(Conn::Quorate(c))
             }
             System::Redis => Ok(Conn::Redis(RedisConn::connect(target, params).await?)),
@@ -316,6 +330,8 @@ pub struct QuorateConn {
     rate: Params,
     /// Leader-direct clients move to whatever node `x-quorate-leader` names.
     follow_leader: bool,
+    /// Decisions go over a decision stream (`--protocol stream`), opened by `warm_up`.
+    stream: Option<StreamConn>,
 }
 
 impl QuorateConn {
@@ -326,6 +342,7 @@ impl QuorateConn {
             ttl_ms: params.ttl_ms,
             rate: params.clone(),
             follow_leader: false,
+            stream: None,
         }
     }
 
@@ -335,34 +352,54 @@ impl QuorateConn {
         self
     }
 
-    /// POSTs `body` as JSON to `path` on this node; any status is returned. A
-    /// leader-direct connection then moves to the leader the answer names, if that
-    /// changed (a leader election during the run).
-    async fn post<T: Serialize>(
+    /// Moves a leader-direct connection to the leader `hint` names, if that changed
+    /// (a leader election during the run). Returns whether it moved.
+    fn follow(&mut self, hint: Option<&str>) -> bool {
+        let Some(h) = hint.filter(|h| self.follow_leader && *h != self.base) else {
+            return false;
+        };
+        tracing::info!(from = %self.base, to = h, "following the leader hint");
+        self.base = h.trim_end_matches('/').to_owned();
+        true
+    }
+
+    /// One decision: over the stream if there is one, else a JSON POST to `op`'s
+    /// route on this node. Any status is returned, with the body.
+    async fn call<T: Serialize>(
         &mut self,
-        path: &str,
+        op: StreamOp,
         body: &T,
-    ) -> Result<reqwest::Response, BenchError> {
+    ) -> Result<(u16, Vec<u8>), BenchError> {
+        if let Some(s) = self.stream.as_mut() {
+            let json = serde_json::to_vec(body).map_err(|e| BenchError::Protocol(e.to_string()))?;
+            let (status, body) = s.call(op, &json).await?;
+            return Ok((status, body.to_vec()));
+        }
         let resp = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{}", self.base, op.route().route().path))
             .json(body)
             .send()
             .await?;
-        if self.follow_leader {
-            if let Some(hint) = resp.headers().get(proto::LEADER_HEADER) {
-                if hint.as_bytes() != self.base.as_bytes() {
-                    if let Ok(h) = hint.to_str() {
-                        tracing::info!(from = %self.base, to = h, "following the leader hint");
-                        self.base = h.trim_end_matches('/').to_owned();
-                    }
-                }
-            }
-        }
-        Ok(resp)
+        let hint = resp
+            .headers()
+            .get(proto::LEADER_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        self.follow(hint.as_deref());
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?.to_vec()))
     }
 
-    async fn warm_up(&self) -> Result<(), BenchError> {
+    async fn warm_up(&mut self, stream: bool) -> Result<(), BenchError> {
+        if stream {
+            let (mut s, hint) = StreamConn::open(&self.base).await?;
+            if self.follow(hint.as_deref()) {
+                s = StreamConn::open(&self.base).await?.0;
+            }
+            self.stream = Some(s);
+            return Ok(());
+        }
         let resp = self
             .http
             .get(format!("{}/healthz", self.base))
@@ -397,10 +434,9 @@ impl QuorateConn {
             holder: None,
             wait_ms: None,
         };
-        let resp = self.post("/v1/slots/acquire", &req).await?;
-        match resp.status().as_u16() {
-            200 => {
-                let g: proto::AcquireGranted = resp.json().await?;
+        match self.call(StreamOp::Acquire, &req).await? {
+            (200, body) => {
+                let g: proto::AcquireGranted = parse(&body)?;
                 if !g.granted || g.lease_id != lease_id {
                     return Err(BenchError::Protocol(
                         "acquire: unexpected grant body".into(),
@@ -408,11 +444,8 @@ impl QuorateConn {
                 }
                 Ok(true)
             }
-            429 => {
-                let _ = resp.bytes().await?;
-                Ok(false)
-            }
-            _ => check_status(resp).await.map(|_| false),
+            (429, _) => Ok(false),
+            (status, body) => Err(status_error(status, &body)),
         }
     }
 
@@ -420,10 +453,10 @@ impl QuorateConn {
         let req = proto::ReleaseRequest {
             lease_id: g.lease_id.clone(),
         };
-        let resp = self.post("/v1/slots/release", &req).await?;
-        let resp = check_status(resp).await?;
-        let r: proto::ReleaseResponse = resp.json().await?;
-        Ok(r.released)
+        match self.call(StreamOp::Release, &req).await? {
+            (200, body) => Ok(parse::<proto::ReleaseResponse>(&body)?.released),
+            (status, body) => Err(status_error(status, &body)),
+        }
     }
 
     pub async fn rate(&mut self, key: &str) -> Result<bool, BenchError> {
@@ -434,15 +467,19 @@ impl QuorateConn {
             burst: Some(self.rate.rate_burst),
             ..Default::default()
         };
-        let resp = self.post("/v1/rate/check", &req).await?;
-        match resp.status().as_u16() {
-            200 | 429 => {
-                let r: proto::RateCheckResponse = resp.json().await?;
-                Ok(r.allowed)
-            }
-            _ => check_status(resp).await.map(|_| false),
+        match self.call(StreamOp::RateCheck, &req).await? {
+            (200 | 429, body) => Ok(parse::<proto::RateCheckResponse>(&body)?.allowed),
+            (status, body) => Err(status_error(status, &body)),
         }
     }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BenchError> {
+    serde_json::from_slice(body).map_err(|e| BenchError::Protocol(format!("bad answer body: {e}")))
+}
+
+fn status_error(status: u16, body: &[u8]) -> BenchError {
+    BenchError::Status(status, error_code(&String::from_utf8_lossy(body)))
 }
 
 // ---------------------------------------------------------------------------------------

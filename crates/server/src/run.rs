@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use crate::config::ClusterConfig;
 use crate::error::ServerError;
 use crate::grpc::{spawn_grpc, GrpcTls, RateLimitGrpc};
+use crate::http::api::stream::Streams;
 use crate::http::api::{self, ApiConfig, ApiState};
 use crate::http::peer;
 use crate::http::server::{spawn_server, ConnLimits, ServerTls};
@@ -195,6 +196,10 @@ pub async fn serve_with_storage(
         stats_capacity(config.server.stats_interval_ms.get()),
     ));
     let sampler = tokio::spawn(stats.clone().run());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Decision streams leave the listener's connection count once upgraded, so they
+    // get a cap of their own: the same number.
+    let streams = Streams::new(config.server.max_connections.get(), stop_rx.clone());
     let api_router = api::router(ApiState {
         backend: node.clone(),
         metrics: metrics.clone(),
@@ -207,6 +212,7 @@ pub async fn serve_with_storage(
             request_timeout: config.request_timeout(),
             max_wait_ms: config.limits.max_wait_ms,
         }),
+        streams: streams.clone(),
     });
     let peer_router = peer::router(node.clone(), security.peer.clone(), security.tls.is_some());
     let grpc_service = RateLimitGrpc {
@@ -254,7 +260,6 @@ pub async fn serve_with_storage(
         acceptor: t.grpc_acceptor.clone(),
         handshake_timeout: limits.header_read_timeout,
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     let servers = Servers {
         api_addr: local_addr(&listeners.api),
         raft_addr: local_addr(&listeners.raft),
@@ -264,6 +269,7 @@ pub async fn serve_with_storage(
             .map(|l| spawn_grpc(l, grpc_service, grpc_tls, stop_rx.clone())),
         api: spawn_server(listeners.api, api_router, stop_rx.clone(), limits, api_tls),
         raft: spawn_server(listeners.raft, peer_router, stop_rx, limits, raft_tls),
+        streams,
     };
     let result = servers
         .run_until(
@@ -382,6 +388,8 @@ struct Servers {
     api: JoinHandle<std::io::Result<()>>,
     raft: JoinHandle<std::io::Result<()>>,
     grpc: Option<JoinHandle<std::io::Result<()>>>,
+    /// Decision streams: the drain waits for them too.
+    streams: Streams,
 }
 
 impl Servers {
@@ -442,6 +450,7 @@ impl Servers {
             if let Some(g) = self.grpc.as_mut().filter(|g| !g.is_finished()) {
                 let _ = g.await;
             }
+            self.streams.drained().await;
         })
         .await;
         if drained.is_err() {

@@ -157,6 +157,8 @@ pub struct Metrics {
     /// Peer streams (`http::peer`) this node serves now: on a follower, the leader's
     /// append stream; on the leader, the followers' forwarding streams.
     pub peer_streams: Gauge,
+    /// Decision streams (`POST /v1/stream`, `http::api::stream`) this node serves now.
+    pub api_streams: Gauge,
     state_entries: Family<StateKind, Gauge>,
     state_cap: Family<StateKind, Gauge>,
     /// Kinds whose usage is above the warning threshold (so the warning is logged
@@ -213,6 +215,7 @@ impl Metrics {
             sled_size_bytes: Gauge::default(),
             storage_failed: Gauge::default(),
             peer_streams: Gauge::default(),
+            api_streams: Gauge::default(),
             state_entries: Family::default(),
             state_cap: Family::default(),
             state_high: Mutex::new(HashMap::new()),
@@ -331,6 +334,11 @@ impl Metrics {
                 "quorate_peer_streams",
                 "Peer streams this node serves now: a follower serves the leader's append stream (0 means appends come as one HTTP request each, from a leader that predates streams); the leader serves the followers' forwarding streams.",
                 &m.peer_streams,
+            ),
+            (
+                "quorate_api_streams",
+                "Decision streams (POST /v1/stream) clients hold open on this node now; their frames count in quorate_http_requests with method STREAM.",
+                &m.api_streams,
             ),
         ];
         for (name, help, gauge) in gauges {

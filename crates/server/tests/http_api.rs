@@ -14,6 +14,7 @@ use tower::ServiceExt;
 
 use axum::extract::connect_info::MockConnectInfo;
 use quorate_core::{Configuration, Op, Policy, RateSpec, Settings};
+use quorate_server::http::api::stream::Streams;
 use quorate_server::http::api::{router, ApiConfig, ApiState};
 use quorate_server::local::LocalBackend;
 use quorate_server::security::{ApiAuth, Role, Secret};
@@ -85,6 +86,7 @@ fn app_with(auth: ApiAuth, peer_ip: [u8; 4], request_timeout: Duration) -> App {
             request_timeout,
             max_wait_ms: 5_000,
         }),
+        streams: Streams::new(64, tokio::sync::watch::channel(false).1),
     };
     App {
         router: router(state).layer(MockConnectInfo(SocketAddr::from((peer_ip, 40000)))),

@@ -27,10 +27,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await?;
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+        parse_json(&bytes).map(Json)
     }
+}
+
+/// A JSON body, or the 400 every route answers for one that does not parse (also
+/// used for the bodies of decision-stream frames).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
 /// Path parameters.

@@ -56,6 +56,7 @@ mod ops;
 pub(crate) mod policies;
 mod rate;
 mod slots;
+pub mod stream;
 mod wait;
 
 /// Settings the HTTP layer needs from the node's configuration.
@@ -75,7 +76,7 @@ pub struct ApiConfig {
 }
 
 /// Everything a handler can reach. axum clones it for every extractor and middleware
-/// of every request, so it is four reference counts and nothing that allocates.
+/// of every request, so it is a few reference counts and nothing that allocates.
 #[derive(Clone)]
 pub struct ApiState {
     pub backend: Arc<dyn Backend>,
@@ -83,6 +84,8 @@ pub struct ApiState {
     /// This node's sampled activity (`GET /v1/stats`, the status page's charts).
     pub stats: Arc<Stats>,
     pub config: Arc<ApiConfig>,
+    /// The decision streams' cap and stop signal.
+    pub streams: stream::Streams,
 }
 
 /// The public router (`/v1/...`, `/healthz`, `/readyz`, `/metrics`), built from the
@@ -144,6 +147,7 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::Stats => on(f, cluster::stats),
         RouteId::Ui => on(f, super::ui::page),
         RouteId::UiAsset => on(f, super::ui::asset),
+        RouteId::Stream => on(f, stream::stream),
     }
 }
 
