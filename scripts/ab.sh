@@ -16,6 +16,8 @@
 #
 # `:VAR=VALUE` runs that build's nodes with one environment variable set, e.g. the same
 # binary twice: n3=target/release/quorate n1=target/release/quorate:QUORATE_SERVER_BATCH_MAX_IN_FLIGHT=1
+# `:protocol=stream` instead sends that build's decisions over decision streams
+# (`quorate-bench --protocol stream`): http=target/release/quorate stream=target/release/quorate:protocol=stream
 #
 # Example (a build of the previous commit against this tree's):
 #   scripts/ab.sh --clients 64 before=/tmp/quorate-before after=target/release/quorate
@@ -36,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --requests) REQUESTS=$2; shift 2 ;;
     --route) ROUTE=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *=*) BUILDS+=("$1"); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -52,7 +54,8 @@ trap bench_cleanup EXIT
 API=(28101 28102 28103) RAFT=(28201 28202 28203)
 
 one_run() { # name binary env-assignment out
-  local name=$1 bin=$2 env=$3 out=$4
+  local name=$1 bin=$2 env=$3 out=$4 protocol=http
+  if [[ $env == protocol=* ]]; then protocol=${env#protocol=} env=""; fi
   rm -rf "$WORK/data"
   bench_cluster_config "$WORK/cluster.toml" quorate-ab "$WORK/data" "${API[@]}" "${RAFT[@]}"
   PIDS=()
@@ -65,7 +68,7 @@ one_run() { # name binary env-assignment out
     "$BENCH" wait-ready --url "http://127.0.0.1:${API[$i]}/readyz" --timeout-s 60 >/dev/null
   done
   "$BENCH" run --system quorate --workload "$WORKLOAD" --clients "$CLIENTS" \
-    --requests "$REQUESTS" --route "$ROUTE" \
+    --requests "$REQUESTS" --route "$ROUTE" --protocol "$protocol" \
     --targets "127.0.0.1:${API[0]},127.0.0.1:${API[1]},127.0.0.1:${API[2]}" \
     --pids "${PIDS[0]},${PIDS[1]},${PIDS[2]}" --pid-names 1,2,3 \
     --out "$WORK/$name.jsonl" >/dev/null 2>"$WORK/run.err" \

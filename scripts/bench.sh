@@ -15,7 +15,9 @@
 #                       all; redis-aof = Redis with appendonly yes, appendfsync always)
 #   --workloads LIST    subset of hot,spread,rate (default: all)
 #   --clients LIST      client counts (default 1,16,64,256; quick: 16,64)
-#   --routes LIST       how quorate clients pick nodes: round-robin,leader (default both)
+#   --routes LIST       how quorate clients reach the cluster: round-robin, leader, and
+#                       leader-stream (leader-direct over decision streams, POST /v1/stream)
+#                       (default all three)
 #   --requests N        attempts per cell, same for every system
 #   --no-state          skip quorate's state/restart/catch-up measurements
 #   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
@@ -39,7 +41,7 @@ CMDLINE="scripts/bench.sh $*"
 QUICK=0
 SYSTEMS=quorate,redis,redis-aof,etcd
 WORKLOADS=hot,spread,rate
-ROUTES=round-robin,leader
+ROUTES=round-robin,leader,leader-stream
 CLIENTS=""
 REQUESTS=""
 STATE=1
@@ -65,7 +67,7 @@ while [[ $# -gt 0 ]]; do
     --no-install) INSTALL=0 ;;
     --keep) KEEP=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -311,6 +313,13 @@ for c in ${CLIENTS//,/ }; do sched+="${sched:+, }$c clients: $(requests_for "$c"
 extra env "Load generator" "quorate-bench (2 tokio threads) on the same machine; attempts per cell ($sched); cell cap ${MAX_SECONDS} s"
 extra env "Load average at start (1/5/15 min)" "$(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine competes for the CPUs)"
 
+route_flags() { # route -> bench flags
+  case $1 in
+    leader-stream) echo "--route leader --protocol stream" ;;
+    *) echo "--route $1" ;;
+  esac
+}
+
 bench_run() { # system workload clients [extra flags...]
   local sys=$1 w=$2 c=$3
   shift 3
@@ -331,7 +340,8 @@ run_system() { # system
         profile_run "$sys" "$w" "$c"
       elif [[ $sys == quorate ]]; then
         local route
-        for route in ${ROUTES//,/ }; do bench_run "$sys" "$w" "$c" --route "$route"; done
+        # shellcheck disable=SC2046 # route_flags prints separate flags
+        for route in ${ROUTES//,/ }; do bench_run "$sys" "$w" "$c" $(route_flags "$route"); done
       else
         bench_run "$sys" "$w" "$c"
       fi
@@ -363,7 +373,8 @@ profile_run() { # system workload clients
   # cell (clients straight to the leader) is profiled on the leader and on one
   # follower at once (its numbers are not reported). Appends to profile.txt.
   local route
-  for route in ${ROUTES//,/ }; do bench_run "$1" "$2" "$3" --route "$route"; done
+  # shellcheck disable=SC2046 # route_flags prints separate flags
+  for route in ${ROUTES//,/ }; do bench_run "$1" "$2" "$3" $(route_flags "$route"); done
   local leader lpid fpid id
   leader=$("$BENCH" leader --target "127.0.0.1:${Q_API[0]}") || return 0
   lpid=${PID[q$leader]}

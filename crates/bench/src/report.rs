@@ -107,6 +107,10 @@ fn find<'a>(
 /// [`write_cost`], not in the classic three-system table.
 pub const LEADER_DIRECT: &str = "leader-direct";
 pub const REDIS_AOF: &str = "appendfsync always";
+/// quorate clients sending decisions as frames on a decision stream (`--protocol
+/// stream`), always leader-direct in the matrix.
+pub const STREAM: &str = "stream";
+const LEADER_STREAM: &str = "leader-direct, stream";
 
 /// The variant quorate and Redis runs are compared under (etcd-only settings removed).
 fn base_variant(v: &str) -> String {
@@ -116,9 +120,11 @@ fn base_variant(v: &str) -> String {
         .join(", ")
 }
 
-/// True for a variant of the cost matrix (see [`LEADER_DIRECT`], [`REDIS_AOF`]).
+/// True for a variant of the cost matrix (see [`LEADER_DIRECT`], [`REDIS_AOF`],
+/// [`STREAM`]).
 fn cost_variant(v: &str) -> bool {
-    v.split(", ").any(|p| p == LEADER_DIRECT || p == REDIS_AOF)
+    v.split(", ")
+        .any(|p| p == LEADER_DIRECT || p == REDIS_AOF || p == STREAM)
 }
 
 fn fmt_rate(r: Option<&RunResult>) -> String {
@@ -365,6 +371,11 @@ fn write_cost(md: &mut String, rs: &[RunResult]) {
     let rows = [
         ("quorate", "", "quorate ×3, round-robin"),
         ("quorate", LEADER_DIRECT, "quorate ×3, leader-direct"),
+        (
+            "quorate",
+            LEADER_STREAM,
+            "quorate ×3, leader-direct, decision stream",
+        ),
         ("redis", "", "Redis (no persistence)"),
         ("redis", REDIS_AOF, "Redis `appendfsync always`"),
     ];
@@ -372,7 +383,7 @@ fn write_cost(md: &mut String, rs: &[RunResult]) {
     for r in rs {
         if base_variant(&r.variant)
             .split(", ")
-            .all(|p| p.is_empty() || p == LEADER_DIRECT || p == REDIS_AOF)
+            .all(|p| p.is_empty() || p == LEADER_DIRECT || p == REDIS_AOF || p == STREAM)
             && rows.iter().any(|(s, _, _)| *s == r.system)
         {
             let c = (r.workload.clone(), r.clients);
@@ -402,7 +413,10 @@ fn write_cost(md: &mut String, rs: &[RunResult]) {
          quorate (the leader at the end of the cell first). Ratios are ops/s of the \
          quorate row over Redis without persistence / Redis `appendfsync always` in the \
          same cell. Leader-direct clients all talk to the node `/v1/cluster` names as \
-         leader and follow its `x-quorate-leader` hint.\n"
+         leader and follow its `x-quorate-leader` hint. *Decision stream* rows send the \
+         same decisions as frames on one upgraded connection per client (`POST \
+         /v1/stream`, one request in flight, like a RESP connection) instead of one \
+         HTTP/1.1 request each.\n"
     );
     let _ = writeln!(
         md,
@@ -644,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cost_table_compares_both_routings_with_both_redis_setups() {
+    fn the_cost_table_compares_every_routing_with_both_redis_setups() {
         let rs = vec![
             result(
                 "quorate",
@@ -663,6 +677,16 @@ mod tests {
                 &[
                     ("1", "follower", 8.0),
                     ("2", "leader", 40.0),
+                    ("3", "follower", 8.0),
+                ],
+            ),
+            result(
+                "quorate",
+                LEADER_STREAM,
+                25_000.0,
+                &[
+                    ("1", "follower", 8.0),
+                    ("2", "leader", 28.0),
                     ("3", "follower", 8.0),
                 ],
             ),
@@ -687,6 +711,10 @@ mod tests {
             "{cost}"
         );
         assert!(
+            cost.contains("| hot | 64 | quorate ×3, leader-direct, decision stream | 25000 | 1.00 / 5.00 | 0.50× / 0.62× | **44** (33 + 11) |"),
+            "{cost}"
+        );
+        assert!(
             cost.contains("| hot | 64 | Redis `appendfsync always` | 40000 |"),
             "{cost}"
         );
@@ -694,6 +722,7 @@ mod tests {
         let results = md.split("## Results").nth(1).unwrap();
         let table = results.split("### Every run").next().unwrap();
         assert!(!table.contains(LEADER_DIRECT), "{table}");
+        assert!(!table.contains(STREAM), "{table}");
         assert!(table.contains("| hot | 64 | 10000 |"), "{table}");
     }
 }
