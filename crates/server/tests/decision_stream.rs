@@ -353,3 +353,50 @@ async fn streams_are_capped_and_closed_when_the_node_stops() {
         .expect("node stopped in time")
         .expect("join");
 }
+
+/// `GET /v1/slots/{key}` as the app token.
+async fn slots(addr: &str, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://{addr}/v1/slots/{key}"))
+        .bearer_auth(APP)
+        .send()
+        .await
+        .expect("slots")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_leaves_its_queue_when_its_stream_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, node) = start(dir.path(), 64).await;
+    let mut s = open(&addr, APP).await;
+    for (id, lease) in [(1, "w1"), (2, "w2")] {
+        let (status, _) = call(&mut s, id, StreamOp::Acquire, acquire("org:w", lease)).await;
+        assert_eq!(status, 200);
+    }
+    let mut waiter = open(&addr, APP).await;
+    let mut wait = acquire("org:w", "w3");
+    wait["wait_ms"] = json!(30_000);
+    send(&mut waiter, 1, StreamOp::Acquire, &wait).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slots(&addr, "org:w").await["queue"]["length"] != 1 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client goes away, as an HTTP client that disconnects: its wait ends now,
+    // not in 30 s, and a freed slot is not granted to nobody.
+    drop(waiter);
+    while slots(&addr, "org:w").await["queue"]["length"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's waiter stayed queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = call(&mut s, 3, StreamOp::Release, json!({"lease_id": "w1"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(slots(&addr, "org:w").await["used"], 1);
+    node.stop().await;
+}

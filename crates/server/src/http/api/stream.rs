@@ -18,7 +18,9 @@
 //! streams have their own cap ([`Streams`], the same number); a frame above
 //! `max_body_bytes` is refused (413, then the stream closes); a stream without a
 //! frame for [`IDLE_TIMEOUT`] is closed. On shutdown a stream stops reading, answers
-//! every request it has read and closes; the node's drain waits for that.
+//! every request it has read and closes; the node's drain waits for that. A client
+//! that closes its stream is treated as an HTTP client that disconnects: requests it
+//! left in flight are dropped (a waiting acquire leaves its queue at once).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,8 +122,9 @@ pub(super) async fn stream(
 /// One decided request: its id, status and JSON body.
 type Answer = (u64, u16, Vec<u8>);
 
-/// Serve one stream until the client closes it, a frame is refused, it idles out or
-/// the node stops; every request read by then is answered first.
+/// Serve one stream until the client closes it (requests in flight are then dropped),
+/// a frame is refused, it idles out or the node stops (every request read by then is
+/// answered first).
 pub(crate) async fn serve<S>(st: ApiState, caller: Caller, io: S, permit: OwnedSemaphorePermit)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -196,14 +199,20 @@ where
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                 }
                 read = rd.read(&mut chunk), if reading && pending.len() < MAX_IN_FLIGHT => match read {
-                    Ok(0) => reading = false,
+                    Ok(0) => {
+                        // The client is gone, as an HTTP client that disconnects: its
+                        // requests are dropped unanswered, so a waiting acquire leaves
+                        // its queue now (wait.rs) instead of at its deadline.
+                        tracing::debug!("client closed the decision stream");
+                        return;
+                    }
                     Ok(n) => {
                         inbuf.extend_from_slice(&chunk[..n]);
                         idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "decision stream read failed");
-                        reading = false;
+                        return;
                     }
                 },
                 _ = stopped(&mut stop), if reading => {
