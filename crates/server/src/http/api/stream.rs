@@ -25,6 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -120,7 +121,7 @@ pub(super) async fn stream(
 }
 
 /// One decided request: its id, status and JSON body.
-type Answer = (u64, u16, Vec<u8>);
+type Answer = (u64, u16, Bytes);
 
 /// Serve one stream until the client closes it (requests in flight are then dropped),
 /// a frame is refused, it idles out or the node stops (every request read by then is
@@ -309,10 +310,9 @@ async fn decide(st: ApiState, caller: Caller, id: u64, op: u8, body: Vec<u8>) ->
     .instrument(span.clone())
     .await;
     let status = resp.status().as_u16();
-    // The handlers answer with whole JSON bodies; reading one back is a copy.
+    // The handlers answer with whole JSON bodies: collecting one takes its buffer.
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
-        .map(|b| b.to_vec())
         .unwrap_or_default();
     let secs = start.elapsed().as_secs_f64();
     span.in_scope(|| {
