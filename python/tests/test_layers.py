@@ -15,6 +15,7 @@ PACKAGE = Path(quorate.__file__).parent
 #: Core modules, lowest layer first.
 LAYERS = [
     "types",
+    "_ratelimit_headers",
     "errors",
     "_routes",
     "failure",
