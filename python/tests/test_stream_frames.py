@@ -12,6 +12,7 @@ from typing import NoReturn
 import pytest
 from quorate_cluster import ROOT
 
+import quorate
 from quorate import _calls as calls
 from quorate import _routes as routes
 from quorate import _stream as s
@@ -82,12 +83,25 @@ def never(e: Exception) -> NoReturn:
 
 
 def test_an_answer_becomes_the_response_its_route_would_give() -> None:
+    """Status and body read as over HTTP; the rate-limit headers the answer lacks are
+    the node's, built from the body (test_stream.py compares them with a node's)."""
+    result = {"key": "k", "allowed": False, "limit": 1, "period_ms": 1000, "burst": 1}
+    result |= {"remaining": 0, "reset_after_ms": 900, "retry_after_ms": 900}
     denied = {"error": "rate_limited", "message": "no", "allowed": False, "limit": 1}
-    denied |= {"remaining": 0, "reset_after_ms": 9, "retry_after_ms": 9, "results": []}
+    denied |= {"remaining": 0, "reset_after_ms": 900, "retry_after_ms": 900}
+    denied["results"] = [result]
     call = calls.rate([RateCheck("k", limit=1, period=1)], False, never)
     resp = s.as_response(s.Answer(5, 429, json.dumps(denied).encode()))
+    assert "ratelimit" not in resp.headers
     d = calls.interpret(call, resp)
-    assert (d.allowed, d.retry_after_ms, d.headers) == (False, 9, {})
+    assert (d.allowed, d.retry_after_ms, d.results[0].key) == (False, 900, "k")
+    assert d.headers["retry-after"] == "1" and d.headers["x-ratelimit-limit"] == "1"
+    assert d.headers["ratelimit"].startswith('"inline";r=0;t=1;pk=:')
+    with pytest.raises(quorate.RateLimited):
+        calls.interpret(calls.rate([RateCheck("k", limit=1, period=1)], True, never), resp)
+    gone = s.Answer(6, 404, b'{"error":"lease_not_found","message":"gone"}')
+    with pytest.raises(quorate.LeaseNotFound):
+        calls.interpret(calls.renew("x", 1.0), s.as_response(gone))
 
 
 def test_only_decisions_stream() -> None:

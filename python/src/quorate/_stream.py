@@ -15,8 +15,8 @@ holds the numbers to it), so the sync and async connections in
 An answer's status and body become an :class:`httpx.Response` (:func:`as_response`),
 so the exchange and :func:`quorate._calls.interpret` read it exactly as an HTTP answer:
 there is one mapping from statuses and bodies to results and errors. Answers carry no
-headers: the leader hint comes once, on the upgrade's ``101``, and a rate decision's
-``headers`` stay empty (its body has every number they would repeat).
+headers: the leader hint comes once, on the upgrade's ``101``, and a rate check builds
+the rate-limit headers from its body as the node would have (:func:`quorate._calls.rate`).
 
 :class:`StreamRoutes` decides which attempts may use a stream at all: only decisions,
 only ``http://`` nodes (a stream is a plain socket; TLS nodes keep HTTP), and not a
