@@ -21,6 +21,8 @@ LAYERS = [
     "failure",
     "_calls",
     "_exchange",
+    "_stream",
+    "_stream_io",
     "slot",
     "client",
     "work",

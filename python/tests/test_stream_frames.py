@@ -121,7 +121,7 @@ def test_streams_go_to_http_nodes_that_did_not_refuse_lately() -> None:
     a, b = "http://10.0.0.1:7101", "http://10.0.0.2:7101"
     assert r.usable(a, now=100.0) and r.usable(b, now=100.0)
     assert not r.usable("https://10.0.0.1:7101", now=100.0), "TLS nodes keep HTTP"
-    r.refused(a, 404, now=100.0)
+    r.refused(a, now=100.0)
     assert not r.usable(a, now=129.9) and r.usable(b, now=129.9)
     assert r.usable(a, now=130.0), "asked again once the refusal is old"
 

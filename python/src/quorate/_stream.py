@@ -207,10 +207,10 @@ class StreamRoutes:
                 until = None
         return until is None
 
-    def refused(self, base: str, status: int, now: float | None = None) -> None:
-        """The node at ``base`` answered the upgrade with ``status``, not 101: send it
-        HTTP for a while. Any status, not just an older release's 404/405/400: the HTTP
-        request this attempt falls back to then says what a 401 or a 503 means."""
+    def refused(self, base: str, now: float | None = None) -> None:
+        """The node at ``base`` answered the upgrade with something other than 101: send
+        it HTTP for a while. Any status, not just an older release's 404/405/400: the
+        HTTP request this attempt falls back to then says what a 401 or a 503 means."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self._refused[base] = now + self.memory
