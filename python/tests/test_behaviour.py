@@ -1,7 +1,8 @@
 """One set of behaviour tests, run on the fake (``quorate.testing``) and on a real
 three-node cluster: what a test written against the fake asserts must hold on the
-real thing. Each test is parametrized over both backends (``[fake]`` and
-``[cluster]`` in its id); both start from the repository's ``cluster.toml`` seeds.
+real thing. Each test is parametrized over the backends (``[fake]``, ``[cluster]``,
+and ``[stream]``: the real cluster with decisions sent over a decision stream, which
+must behave as HTTP does); all start from the repository's ``cluster.toml`` seeds.
 
 Time is not moved here (a real cluster's clock cannot be), so the numbers compared
 are those that stay exact while a test runs for well under a second: GCRA's
@@ -23,7 +24,7 @@ import quorate
 from quorate import Client, ConcurrencyPolicy, RateCheck, RatePolicy
 from quorate.testing import FakeCluster
 
-BACKENDS = ["fake", "cluster"]
+BACKENDS = ["fake", "cluster", "stream"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,7 +41,7 @@ def qc(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
             yield fake
     else:
         cluster = request.getfixturevalue("cluster")
-        with Client(cluster.urls, deadline=10.0) as real:
+        with Client(cluster.urls, deadline=10.0, stream=backend == "stream") as real:
             yield real
 
 
@@ -51,7 +52,7 @@ def aqc_factory(backend: str, request: pytest.FixtureRequest) -> Any:
         fake = FakeCluster.from_config(ROOT / "cluster.toml")
         return fake.async_client
     cluster = request.getfixturevalue("cluster")
-    return lambda: quorate.AsyncClient(cluster.urls)
+    return lambda: quorate.AsyncClient(cluster.urls, stream=backend == "stream")
 
 
 # -- slots ----------------------------------------------------------------------------

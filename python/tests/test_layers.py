@@ -15,11 +15,14 @@ PACKAGE = Path(quorate.__file__).parent
 #: Core modules, lowest layer first.
 LAYERS = [
     "types",
+    "_ratelimit_headers",
     "errors",
     "_routes",
     "failure",
     "_calls",
     "_exchange",
+    "_stream",
+    "_stream_io",
     "slot",
     "client",
     "work",

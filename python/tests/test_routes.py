@@ -2,8 +2,9 @@
 
 ``quorate._routes.ROUTES`` is the one place the package declares methods and paths;
 these tests hold it to ``proto/openapi.json`` (generated from the server's route
-table, with its own drift test on the Rust side) and make sure no other module writes
-a path of its own. No cluster needed.
+table, with its own drift test on the Rust side), the decision stream's upgrade
+(``UPGRADES``, outside that document) to the route table itself, and make sure no
+other module writes a path of its own. No cluster needed.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 import quorate
 from quorate import _calls, _routes
-from quorate._routes import ROUTES, Route
+from quorate._routes import ROUTES, UPGRADES, Route
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(quorate.__file__).parent
@@ -38,10 +40,19 @@ def test_every_route_is_in_openapi(route: Route) -> None:
     assert (route.method, route.pattern) in openapi_operations()
 
 
+@pytest.mark.parametrize("route", UPGRADES, ids=lambda r: f"{r.method} {r.pattern}")
+def test_every_upgrade_is_in_the_route_table(route: Route) -> None:
+    """Upgrades answer 101, not JSON, so the OpenAPI document leaves them out; the
+    route table declares each as ``upgrade(RouteId::X, "/path")``, always a POST."""
+    table = (ROOT / "proto" / "src" / "routes.rs").read_text()
+    assert route.method == "POST"
+    assert re.search(rf'upgrade\(RouteId::\w+, "{re.escape(route.pattern)}"\)', table)
+
+
 def test_routes_are_declared_once() -> None:
-    assert len(set(ROUTES)) == len(ROUTES)
+    assert len(set(ROUTES + UPGRADES)) == len(ROUTES) + len(UPGRADES)
     declared = {v for v in vars(_routes).values() if isinstance(v, Route)}
-    assert declared == set(ROUTES), "a Route constant is missing from ROUTES"
+    assert declared == set(ROUTES) | set(UPGRADES), "a Route constant is missing from ROUTES"
 
 
 def test_no_module_writes_a_path_of_its_own() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 import httpx
 
+from . import _ratelimit_headers as ratelimit_headers
 from . import _routes as r
 from .errors import DecodeError, LimitExceeded, RateLimited, Unavailable, error_from_response
 from .types import (
@@ -36,6 +37,7 @@ from .types import (
     PolicyEntry,
     RateCheck,
     RateDecision,
+    RateResult,
     Renewal,
     SlotsInfo,
     SlotUsage,
@@ -204,13 +206,33 @@ def rate_body(checks: Sequence[RateCheck]) -> dict[str, Any]:
     return checks[0].to_json() if len(checks) == 1 else {"checks": [c.to_json() for c in checks]}
 
 
+def node_headers(body: Any, names: Sequence[str]) -> dict[str, str]:
+    """The rate-limit headers a node sends with the decision ``body`` of checks with
+    policy ``names`` (none if the body does not hold one result per check)."""
+    try:
+        results = [RateResult.from_json(x) for x in body["results"]]
+        allowed = bool(body["allowed"])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    if not results or len(results) != len(names):
+        return {}
+    return ratelimit_headers.fields(names, results, allowed)
+
+
 def rate(
     checks: Sequence[RateCheck],
     raise_on_limit: bool,
     undecided: Callable[[Unavailable], RateDecision],
 ) -> Call[RateDecision]:
+    names = ratelimit_headers.names(checks)
+
     def read(body: Any, headers: httpx.Headers) -> RateDecision:
-        return decision(body, headers, raise_on_limit)
+        kept: Mapping[str, str] = headers
+        if not any(h in headers for h in RATE_HEADERS):
+            # A decision stream's answer is the body alone: the decision gets the
+            # headers the node would have sent with it, as over HTTP.
+            kept = node_headers(body, names)
+        return decision(body, kept, raise_on_limit)
 
     return _call(r.RATE_CHECK, parse=read, body=rate_body(checks), on_429=read, undecided=undecided)
 

@@ -209,6 +209,12 @@ class Exchange(Generic[T]):
     def unreachable(self, error: httpx.TransportError) -> None:
         self._failed(f"{self._target()}: {type(error).__name__}: {error}")
 
+    @property
+    def node(self) -> str:
+        """The base URL of the node the attempt :meth:`next` named (where a decision
+        stream for it must go)."""
+        return self._target()
+
     def _target(self) -> str:
         return self._hint if self._hint is not None else self.nodes.urls[self._node]
 

@@ -1,12 +1,13 @@
 """The API routes this package calls, declared once.
 
 Every method and path the clients send is one :class:`Route` below, collected in
-:data:`ROUTES` -- the Python counterpart of ``proto/src/routes.rs``. Calls build their
-URL path with :meth:`Route.path`, which fills the ``{param}`` segments in order and
-percent-encodes each value as exactly one segment (a key may hold ``:`` or ``/``; a
-``/`` must not split it). Nothing else in the package writes a path literal, so the
-test that checks :data:`ROUTES` against ``proto/openapi.json`` covers every request the
-package can make.
+:data:`ROUTES` -- the Python counterpart of ``proto/src/routes.rs`` -- or, for the
+decision stream's upgrade, in :data:`UPGRADES`. Calls build their URL path with
+:meth:`Route.path`, which fills the ``{param}`` segments in order and percent-encodes
+each value as exactly one segment (a key may hold ``:`` or ``/``; a ``/`` must not
+split it). Nothing else in the package writes a path literal, so the tests that check
+:data:`ROUTES` against ``proto/openapi.json`` and :data:`UPGRADES` against
+``proto/src/routes.rs`` cover every request the package can make.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["ROUTES", "Route"]
+__all__ = ["ROUTES", "UPGRADES", "Route"]
 
 _PARAM = re.compile(r"\{[a-z_]+\}")
 
@@ -67,6 +68,10 @@ ALLOW = Route("POST", "/v1/allowlist")
 DISALLOW = Route("DELETE", "/v1/allowlist")
 AUDIT = Route("GET", "/v1/audit")
 CLUSTER = Route("GET", "/v1/cluster")
+#: The decision stream's upgrade (:mod:`quorate._stream`): it answers 101 and then
+#: speaks frames, not JSON, so it is outside the OpenAPI document, as in
+#: ``proto/src/routes.rs`` (its ``upgrade`` rows).
+STREAM = Route("POST", "/v1/stream")
 
 #: Every route the package calls (checked against ``proto/openapi.json`` by a test).
 ROUTES: tuple[Route, ...] = (
@@ -93,3 +98,6 @@ ROUTES: tuple[Route, ...] = (
     AUDIT,
     CLUSTER,
 )
+
+#: Routes that upgrade the connection (checked against ``proto/src/routes.rs``).
+UPGRADES: tuple[Route, ...] = (STREAM,)

@@ -12,9 +12,11 @@ and the slots never import a client):
 - :mod:`quorate._exchange` is one call without I/O: which node to try next, how long
   one attempt may take, what an answer means, when to back off or give up;
 - :mod:`quorate.failure` is the failure policy and its counters;
-- this module adds only the I/O: the two ``_run`` loops send requests and sleep, and
-  each client opens its HTTP client and releases a lease in the background (a
-  thread, a task).
+- :mod:`quorate._stream` is the decision stream's byte layout and which attempts may
+  use one; :mod:`quorate._stream_io` its sync and async connections;
+- this module adds only the I/O: the two ``_run`` loops send requests (over the
+  decision stream when it takes them, else HTTP) and sleep, and each client opens its
+  HTTP client and releases a lease in the background (a thread, a task).
 
 Behaviour that matters for a limiter:
 
@@ -42,6 +44,12 @@ Behaviour that matters for a limiter:
   :class:`RateDecision` or a slot without a lease, both with ``degraded=True``), logs a
   warning on the ``quorate`` logger and counts it in :attr:`Client.fail_open_count`.
   :attr:`Client.unavailable_count` counts every undecided call under either policy.
+- **Decisions may stream.** With ``stream=True`` acquire, release, renew and rate
+  checks go over one upgraded connection per client (``POST /v1/stream``), which
+  spares each decision the HTTP request's cost on the node. Everything above holds
+  unchanged: the same nodes in the same order, the same timeouts and deadline, the
+  same retries, the same results and errors. ``https://`` nodes, and nodes that refuse
+  the upgrade (an older release), get HTTP. Everything else is always HTTP.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ import httpx
 from . import _calls as calls
 from ._calls import Call
 from ._exchange import Exchange, Nodes
+from ._stream import StreamRoutes
+from ._stream_io import AsyncStream, SyncStream
 from .errors import QuorateError, Unavailable
 from .failure import FailurePolicy, Failures
 from .slot import AsyncSlot, Slot
@@ -116,6 +126,7 @@ class _BaseClient(Generic[_TransportT]):
         holder: str | None = None,
         trust_env: bool = False,
         transport: _TransportT | None = None,
+        stream: bool = False,
     ) -> None:
         self._nodes = Nodes(
             nodes, timeout=timeout, deadline=deadline, backoff=backoff, max_backoff=max_backoff
@@ -135,6 +146,8 @@ class _BaseClient(Generic[_TransportT]):
             self._headers["authorization"] = f"Bearer {token}"
         self._verify = verify
         self._trust_env = trust_env
+        #: Which attempts go over a decision stream (none unless ``stream``).
+        self._streams = StreamRoutes(stream)
         self._open(
             transport,
             {
@@ -233,11 +246,23 @@ class Client(_BaseClient[httpx.BaseTransport]):
     comma-separated string. ``timeout`` bounds one HTTP attempt and ``deadline`` a whole
     call, both in seconds. ``verify`` is passed to httpx: ``True``, ``False``, a CA file
     path (the cluster's ``tls.ca_file``) or an ``ssl.SSLContext``.
+
+    ``stream=True`` sends acquire, release, renew and rate checks over one decision
+    stream (an upgraded connection to the node calls go to, opened on first use and
+    reopened when broken) instead of one HTTP request each. One request is on it at a
+    time; a thread that finds it busy sends HTTP rather than wait. It connects directly
+    to ``http://`` nodes (no ``transport``, no proxy from ``trust_env``); other calls,
+    ``https://`` nodes and nodes that refuse the upgrade get HTTP.
     """
 
     def _open(self, transport: httpx.BaseTransport | None, options: dict[str, Any]) -> None:
         self._http = httpx.Client(transport=transport, **options)
         self._threads: set[threading.Thread] = set()
+        self._stream = (
+            SyncStream(self._streams, self._headers, self._nodes.follow)
+            if self._streams.enabled
+            else None
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -249,19 +274,27 @@ class Client(_BaseClient[httpx.BaseTransport]):
         # Let background releases finish first (each is bounded by its own deadline).
         for t in list(self._threads):
             t.join(timeout=2.5)
+        if self._stream is not None:
+            self._stream.close()
         self._http.close()
 
     def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
+        op = self._streams.op(call)
         while True:
             url, _ = x.next()
             try:
-                x.answered(
-                    self._http.request(
+                answer = None
+                if op is not None and self._stream is not None and x.body is not None:
+                    answer = self._stream.send(x.node, op, x.body, x.http_timeout)
+                if answer is None:
+                    answer = self._http.request(
                         call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
-                )
+                x.answered(answer)
             except httpx.TransportError as e:
+                # Not sent, or sent with its answer lost (over HTTP or the stream): the
+                # exchange decides alike whether and where to try again.
                 x.unreachable(e)
             if x.done:
                 return x.outcome()
@@ -462,12 +495,20 @@ class Client(_BaseClient[httpx.BaseTransport]):
 
 
 class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
-    """The same surface as :class:`Client`, with coroutines. Use it from one event loop."""
+    """The same surface as :class:`Client`, with coroutines. Use it from one event loop.
+
+    With ``stream=True`` (see :class:`Client`) concurrent coroutines share the one
+    decision stream, each request in flight on it at once, answered by id."""
 
     def _open(self, transport: httpx.AsyncBaseTransport | None, options: dict[str, Any]) -> None:
         self._http = httpx.AsyncClient(transport=transport, **options)
         # Background releases are kept referenced until done (asyncio holds tasks weakly).
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stream = (
+            AsyncStream(self._streams, self._headers, self._nodes.follow)
+            if self._streams.enabled
+            else None
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -479,19 +520,26 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
         # Let background releases finish first (each is bounded by its own deadline).
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2.5)
+        if self._stream is not None:
+            await self._stream.aclose()
         await self._http.aclose()
 
     async def _run(self, call: Call[T], *, deadline: float | None = None) -> T:
         x = Exchange(self._nodes, self.failures, call, deadline)
+        op = self._streams.op(call)
         while True:
             url, _ = x.next()
             try:
-                x.answered(
-                    await self._http.request(
+                answer = None
+                if op is not None and self._stream is not None and x.body is not None:
+                    answer = await self._stream.send(x.node, op, x.body, x.http_timeout)
+                if answer is None:
+                    answer = await self._http.request(
                         call.method, url, json=x.body, params=call.params, timeout=x.http_timeout
                     )
-                )
+                x.answered(answer)
             except httpx.TransportError as e:
+                # See Client._run: a lost stream answer is a lost HTTP answer.
                 x.unreachable(e)
             if x.done:
                 return x.outcome()

@@ -32,11 +32,9 @@ test can exercise a client's failure policy.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import importlib
 import ipaddress
 import math
@@ -47,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import _ratelimit_headers as ratelimit_headers
 from ..errors import (
     ApiError,
     InvalidRequest,
@@ -214,19 +213,6 @@ def _peek(tat: int | None, now: int, spec: _Spec) -> _Gcra:
     tat = max(now if tat is None else tat, now)
     horizon = now + tolerance
     return _Gcra(True, tat, max(horizon - tat, 0) // emission, _ceil_ms(tat - now), 0)
-
-
-def _partition_key(key: str) -> str:
-    return ":" + base64.b64encode(hashlib.sha256(key.encode()).digest()[:12]).decode() + ":"
-
-
-def _sf_string(s: str) -> str:
-    out = "".join("\\" + c if c in '"\\' else (c if " " <= c <= "~" else "?") for c in s)
-    return f'"{out}"'
-
-
-def _secs(ms: int) -> int:
-    return -(-ms // 1000)
 
 
 class FakeCluster:
@@ -1051,36 +1037,9 @@ def _allow_key(e: AllowEntry) -> str:
 
 def _shape(checks: Sequence[RateCheck], results: list[RateResult], allowed: bool) -> RateDecision:
     """The HTTP API's answer (``http/api/rate.rs``): the most restrictive result speaks
-    for the request -- the denied check with the longest wait (the last of equals, as
-    ``max_by_key``), or, all allowed, the one with the fewest left (the first)."""
-    if allowed:
-        top = min(results, key=lambda x: x.remaining)
-    else:
-        waits = [x for x in results if not x.allowed]
-        top = waits[0]
-        for x in waits:
-            if x.retry_after_ms >= top.retry_after_ms:
-                top = x
-    names = [c.policy if c.policy is not None else "inline" for c in checks]
-    pks = [_partition_key(x.key) for x in results]
-    policy = ", ".join(
-        f"{_sf_string(n)};q={x.limit};w={max(_secs(x.period_ms), 1)};pk={pk};"
-        f"quorate-burst={x.burst}"
-        for n, x, pk in zip(names, results, pks, strict=True)
-    )
-    state = ", ".join(
-        f"{_sf_string(n)};r={x.remaining};t={_secs(x.reset_after_ms)};pk={pk}"
-        for n, x, pk in zip(names, results, pks, strict=True)
-    )
-    headers = {
-        "ratelimit-policy": policy,
-        "ratelimit": state,
-        "x-ratelimit-limit": str(top.limit),
-        "x-ratelimit-remaining": str(top.remaining),
-        "x-ratelimit-reset": str(_secs(top.reset_after_ms)),
-    }
-    if not allowed:
-        headers["retry-after"] = str(max(_secs(top.retry_after_ms), 1))
+    for the request, and the headers are the node's (:mod:`quorate._ratelimit_headers`)."""
+    top = ratelimit_headers.top_result(results, allowed)
+    headers = ratelimit_headers.fields(ratelimit_headers.names(checks), results, allowed)
     return RateDecision(
         allowed=allowed,
         limit=top.limit,
