@@ -29,6 +29,15 @@
 //!
 //! The bearer token goes to every route that needs one; [`Access::Open`] routes
 //! (probes) get none, so a probe works whatever the token.
+//!
+//! With the decision stream on (`ClientConfig::decision_stream`), an attempt of a
+//! decision (acquire, release, renew, rate check) goes to the chosen node as a frame
+//! on the client's stream (`stream.rs`) rather than as an HTTP request; nothing else
+//! in the loop changes. An attempt the stream did not send (an `https://` node, a
+//! refused upgrade, a stream that broke before the frame left) becomes the HTTP
+//! request it would have been, to the same node; one the stream sent and got no
+//! answer to is a failed attempt, exactly like an HTTP request whose response was
+//! lost, and the loop goes on to the next node with the same body.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -40,6 +49,7 @@ use reqwest::{StatusCode, Url};
 
 use crate::config::ClientConfig;
 use crate::error::{Answer, Error};
+use crate::stream::{self, Miss, Streams};
 
 /// A call to make: which route, with what.
 #[derive(Debug, Clone)]
@@ -132,6 +142,10 @@ pub(crate) struct Transport {
     leader: Mutex<Option<Url>>,
     /// Hints must be `https://` (some configured node is).
     https_only: bool,
+    /// An attempt's timeout unless the call sets its own (a stream attempt's too).
+    request_timeout: Duration,
+    /// The decision stream, when the configuration turns it on.
+    streams: Option<Streams>,
 }
 
 /// The leader base URL a hint names, if it is one this transport may follow.
@@ -162,6 +176,7 @@ impl Transport {
             .iter()
             .map(|n| parse_node(n))
             .collect::<Result<Vec<_>, _>>()?;
+        let connect_timeout = cfg.request_timeout.min(Duration::from_secs(1));
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = &cfg.ca_pem {
             let ca = reqwest::Certificate::from_pem(pem)
@@ -170,11 +185,14 @@ impl Transport {
         }
         let http = builder
             .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(1)))
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         let https_only = nodes.iter().any(|u| u.scheme() == "https");
+        let streams = cfg
+            .decision_stream
+            .then(|| Streams::new(cfg.token.clone(), connect_timeout));
         Ok(Self {
             http,
             nodes,
@@ -184,6 +202,8 @@ impl Transport {
             preferred: AtomicUsize::new(0),
             leader: Mutex::new(None),
             https_only,
+            request_timeout: cfg.request_timeout,
+            streams,
         })
     }
 
@@ -196,8 +216,8 @@ impl Transport {
     }
 
     /// Follow a hint from an answer (no header: keep what we have).
-    fn follow(&self, value: Option<&reqwest::header::HeaderValue>) {
-        let Some(url) = value.and_then(|v| parse_hint(v.as_bytes(), self.https_only)) else {
+    fn follow(&self, value: Option<&[u8]>) {
+        let Some(url) = value.and_then(|v| parse_hint(v, self.https_only)) else {
             return;
         };
         let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
@@ -261,7 +281,7 @@ impl Transport {
                 }
                 None => req,
             };
-            let last_err = match self.send(url.clone(), attempt_req, timeout).await {
+            let last_err = match self.attempt(base, url.clone(), attempt_req, timeout).await {
                 Ok(a) if a.status != StatusCode::SERVICE_UNAVAILABLE => {
                     if let Some(idx) = idx {
                         self.preferred.store(idx, Ordering::Relaxed);
@@ -311,7 +331,37 @@ impl Transport {
             .map_err(Error::Unavailable)
     }
 
-    /// One attempt; `Err` describes why no answer arrived (with the URL).
+    /// One attempt of [`Transport::exchange_with`] on `base`: over the decision
+    /// stream when it may carry the request, else (or when the stream did not send
+    /// it) as an HTTP request to `url`. A call with a `timeout` of its own is one the
+    /// node holds open (a waiting acquire).
+    async fn attempt(
+        &self,
+        base: &Url,
+        url: Url,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        if let (Some(streams), Some(op)) = (&self.streams, stream::op_for(req.route)) {
+            let body = req.body.as_deref().unwrap_or_default();
+            let limit = timeout.unwrap_or(self.request_timeout);
+            let follow = |hint: &[u8]| self.follow(Some(hint));
+            match streams
+                .call(base, op, body, timeout.is_some(), limit, &follow)
+                .await
+            {
+                Ok(a) => return Ok(a),
+                // Not sent: the HTTP request below cannot decide it a second time.
+                Err(Miss::Fallback(why)) => {
+                    tracing::debug!(%why, "decision not sent on a stream; sending it over HTTP")
+                }
+                Err(Miss::Failed(why)) => return Err(why),
+            }
+        }
+        self.send(url, req, timeout).await
+    }
+
+    /// One HTTP attempt; `Err` describes why no answer arrived (with the URL).
     async fn send(
         &self,
         url: Url,
@@ -332,7 +382,7 @@ impl Transport {
             builder = builder.timeout(t);
         }
         let resp = builder.send().await.map_err(|e| format!("{url}: {e}"))?;
-        self.follow(resp.headers().get(LEADER_HEADER));
+        self.follow(resp.headers().get(LEADER_HEADER).map(|v| v.as_bytes()));
         let status = resp.status();
         let body = resp
             .bytes()
