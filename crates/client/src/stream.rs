@@ -110,6 +110,9 @@ pub(crate) struct Streams {
     last_failure: Mutex<Option<(Url, Instant, String)>>,
     /// Nodes that refused the upgrade, until when they get HTTP requests only.
     refused: Mutex<HashMap<Url, Instant>>,
+    /// When the leader hint was last refreshed for the stream (by its upgrade's
+    /// answer or a check of the transport's).
+    hint_checked: Mutex<Instant>,
 }
 
 impl Streams {
@@ -125,7 +128,19 @@ impl Streams {
             opening: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
             refused: Mutex::new(HashMap::new()),
+            hint_checked: Mutex::new(Instant::now()),
         }
+    }
+
+    /// True (and the check counted as done now) when the leader hint was last
+    /// refreshed `every` ago or longer.
+    pub fn recheck_due(&self, every: Duration) -> bool {
+        let mut checked = lock(&self.hint_checked);
+        let due = checked.elapsed() >= every;
+        if due {
+            *checked = Instant::now();
+        }
+        due
     }
 
     /// One request on the stream to `base`, answered within `timeout` (which covers
@@ -236,6 +251,7 @@ impl Streams {
                 }
                 let conn = Arc::new(conn);
                 tracing::debug!(node = %base, "decision stream open");
+                *lock(&self.hint_checked) = Instant::now();
                 *lock(&self.current) = Some(conn.clone());
                 Ok(conn)
             }
@@ -759,19 +775,32 @@ mod tests {
     /// A fake node: decides like [`decide`] over HTTP and over streams. Returns its
     /// base URL and what it saw.
     async fn fake_node(upgrade: Upgrade) -> (String, Arc<Mutex<Seen>>) {
+        fake_node_naming(upgrade, None).await
+    }
+
+    /// [`fake_node`] whose `/healthz` answers name `leader` as the leader.
+    async fn fake_node_naming(
+        upgrade: Upgrade,
+        leader: Option<String>,
+    ) -> (String, Arc<Mutex<Seen>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve_fake(conn, upgrade, s.clone()));
+                tokio::spawn(serve_fake(conn, upgrade, s.clone(), leader.clone()));
             }
         });
         (base, seen)
     }
 
-    async fn serve_fake(conn: TcpStream, upgrade: Upgrade, seen: Arc<Mutex<Seen>>) {
+    async fn serve_fake(
+        conn: TcpStream,
+        upgrade: Upgrade,
+        seen: Arc<Mutex<Seen>>,
+        leader: Option<String>,
+    ) {
         let (rd, mut wr) = conn.into_split();
         let mut rd = BufReader::new(rd);
         let mut head = Vec::new();
@@ -845,6 +874,16 @@ mod tests {
             .unwrap_or(0);
         let mut body = vec![0u8; len];
         rd.read_exact(&mut body).await.unwrap();
+        if path == "/healthz" {
+            // The transport's leader checks: not a decision, not recorded.
+            let hint = leader
+                .map(|l| format!("x-quorate-leader: {l}\r\n"))
+                .unwrap_or_default();
+            let resp =
+                format!("HTTP/1.1 200 OK\r\n{hint}content-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = wr.write_all(resp.as_bytes()).await;
+            return;
+        }
         lock(&seen).http.push((path.clone(), body.clone()));
         let route = [
             RouteId::Acquire,
@@ -1129,6 +1168,34 @@ mod tests {
         let g = open.acquire(&["k"], Duration::from_secs(5)).await.unwrap();
         assert!(g.is_degraded());
         assert_eq!(open.fail_open_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_on_a_follower_moves_to_the_leader_its_node_names() {
+        let (leader, leader_seen) = fake_node(Upgrade::Accept { batch: 1 }).await;
+        // The follower's upgrade names no leader (as during an election); only the
+        // transport's background check of the stream's node learns it.
+        let (follower, follower_seen) =
+            fake_node_naming(Upgrade::Accept { batch: 1 }, Some(leader.clone())).await;
+        let c = client(&[&follower], true);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while lock(&leader_seen).frames.is_empty() {
+            assert!(
+                Instant::now() < give_up,
+                "the stream never left the follower"
+            );
+            assert!(c.check_rate("user:1", "user", None).await.unwrap().allowed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c.leader_hint().as_deref(), Some(leader.as_str()));
+        let on_follower = lock(&follower_seen).frames.len();
+        for _ in 0..3 {
+            assert!(c.check_rate("user:1", "user", None).await.unwrap().allowed);
+        }
+        assert_eq!(lock(&follower_seen).frames.len(), on_follower);
+        assert_eq!(lock(&leader_seen).frames.len(), 4);
+        assert_eq!(lock(&leader_seen).upgrades, 1);
+        assert!(lock(&leader_seen).http.is_empty() && lock(&follower_seen).http.is_empty());
     }
 
     #[tokio::test]

@@ -38,9 +38,19 @@
 //! request it would have been, to the same node; one the stream sent and got no
 //! answer to is a failed attempt, exactly like an HTTP request whose response was
 //! lost, and the loop goes on to the next node with the same body.
+//!
+//! Stream answers carry no leader hint (the upgrade's answer is a stream's only
+//! one), so a leader change that does not break the stream — its node was a
+//! follower chosen in a failover, or was the leader and lost the role — would go
+//! unnoticed and every decision would take a follower's extra hop. While decisions
+//! go on a stream the transport therefore asks the stream's node for the hint now
+//! and then, in the background (`GET /healthz`, whose answer names the leader like
+//! every answer): every [`OFF_LEADER_RECHECK`] while the node is not the hinted
+//! leader, every [`LEADER_RECHECK`] while it is. The next decision then follows the
+//! hint and the stream moves with it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorate_proto::routes::{self, Access, RouteId};
@@ -50,6 +60,13 @@ use reqwest::{StatusCode, Url};
 use crate::config::ClientConfig;
 use crate::error::{Answer, Error};
 use crate::stream::{self, Miss, Streams};
+
+/// How often a stream's node is asked for the leader hint while it is not the
+/// hinted leader: soon after a failover left the stream on a follower.
+pub(crate) const OFF_LEADER_RECHECK: Duration = Duration::from_secs(1);
+
+/// How often the hinted leader serving the stream is asked whether it still is.
+pub(crate) const LEADER_RECHECK: Duration = Duration::from_secs(10);
 
 /// A call to make: which route, with what.
 #[derive(Debug, Clone)]
@@ -138,8 +155,9 @@ pub(crate) struct Transport {
     /// Index of the node that answered last; tried first next time.
     preferred: AtomicUsize,
     /// The leader the cluster last named (`x-quorate-leader`); tried before the
-    /// nodes. Held only to read or replace it, never across an await.
-    leader: Mutex<Option<Url>>,
+    /// nodes. Held only to read or replace it, never across an await. Shared with
+    /// the background leader checks of the decision stream.
+    leader: Arc<Mutex<Option<Url>>>,
     /// Hints must be `https://` (some configured node is).
     https_only: bool,
     /// An attempt's timeout unless the call sets its own (a stream attempt's too).
@@ -162,6 +180,18 @@ pub(crate) fn parse_hint(value: &[u8], https_only: bool) -> Option<Url> {
         && url.password().is_none()
         && url.host_str().is_some();
     bare.then_some(url)
+}
+
+/// Replace the leader hint with the one `value` names, if it may be followed.
+fn follow_hint(leader: &Mutex<Option<Url>>, https_only: bool, value: Option<&[u8]>) {
+    let Some(url) = value.and_then(|v| parse_hint(v, https_only)) else {
+        return;
+    };
+    let mut leader = leader.lock().unwrap_or_else(|e| e.into_inner());
+    if leader.as_ref() != Some(&url) {
+        tracing::debug!(leader = %url, "following the cluster's leader hint");
+        *leader = Some(url);
+    }
 }
 
 impl Transport {
@@ -200,7 +230,7 @@ impl Transport {
             deadline: cfg.deadline,
             backoff: cfg.backoff,
             preferred: AtomicUsize::new(0),
-            leader: Mutex::new(None),
+            leader: Arc::new(Mutex::new(None)),
             https_only,
             request_timeout: cfg.request_timeout,
             streams,
@@ -217,14 +247,7 @@ impl Transport {
 
     /// Follow a hint from an answer (no header: keep what we have).
     fn follow(&self, value: Option<&[u8]>) {
-        let Some(url) = value.and_then(|v| parse_hint(v, self.https_only)) else {
-            return;
-        };
-        let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        if leader.as_ref() != Some(&url) {
-            tracing::debug!(leader = %url, "following the cluster's leader hint");
-            *leader = Some(url);
-        }
+        follow_hint(&self.leader, self.https_only, value);
     }
 
     /// Drop the hint `failed` (the hinted node did not decide), unless another
@@ -350,7 +373,10 @@ impl Transport {
                 .call(base, op, body, timeout.is_some(), limit, &follow)
                 .await
             {
-                Ok(a) => return Ok(a),
+                Ok(a) => {
+                    self.recheck_leader(streams, base);
+                    return Ok(a);
+                }
                 // Not sent: the HTTP request below cannot decide it a second time.
                 Err(Miss::Fallback(why)) => {
                     tracing::debug!(%why, "decision not sent on a stream; sending it over HTTP")
@@ -359,6 +385,30 @@ impl Transport {
             }
         }
         self.send(url, req, timeout).await
+    }
+
+    /// When due, ask the stream's node `base` for the leader hint in the background
+    /// (see the module docs); a failed check changes nothing.
+    fn recheck_leader(&self, streams: &Streams, base: &Url) {
+        let on_leader = self.leader_hint().as_ref() == Some(base);
+        let every = if on_leader {
+            LEADER_RECHECK
+        } else {
+            OFF_LEADER_RECHECK
+        };
+        if !streams.recheck_due(every) {
+            return;
+        }
+        let Ok(probe) = url(base, &Request::new(RouteId::Healthz)) else {
+            return;
+        };
+        let (http, leader, https_only) = (self.http.clone(), self.leader.clone(), self.https_only);
+        tokio::spawn(async move {
+            if let Ok(resp) = http.get(probe).send().await {
+                let hint = resp.headers().get(LEADER_HEADER).map(|v| v.as_bytes());
+                follow_hint(&leader, https_only, hint);
+            }
+        });
     }
 
     /// One HTTP attempt; `Err` describes why no answer arrived (with the URL).
