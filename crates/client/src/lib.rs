@@ -27,7 +27,10 @@
 //!   instead, one whose answer was lost with the stream is retried on the next node
 //!   with the same lease id, as after a lost HTTP response. `https://` nodes (the
 //!   stream is plain TCP) and nodes that refuse the upgrade (releases before it) get
-//!   HTTP requests; a refusal is remembered for 30 s. Off by default.
+//!   HTTP requests; a refusal is remembered for 30 s. Stream answers carry no
+//!   leader hint, so while the stream is used the client asks its node for the
+//!   hint in the background now and then, and the stream follows the leader. Off
+//!   by default.
 //! - **Failure policy is the caller's choice.** [`FailurePolicy::Closed`] (default)
 //!   denies when the cluster is unreachable; [`FailurePolicy::Open`] allows, logs a
 //!   warning and counts it ([`Client::fail_open_count`]).

@@ -19,20 +19,23 @@
 //! A stream's failures keep HTTP's guarantees, because each waiting request records
 //! whether its frame may have left: the writer marks it, under the same lock that
 //! a broken stream takes to give up, just before writing it, and writes nothing once
-//! the stream is broken. So a request is either
-//! - not sent (no stream, the upgrade refused, the stream broke before its frame was
-//!   written): [`Miss::Fallback`], and the transport sends it as an HTTP request to the
-//!   same node at once — it cannot be decided twice;
-//! - or sent, and the stream broke or the attempt timed out before the answer:
-//!   [`Miss::Failed`], an unknown outcome, which the transport treats as it treats an
-//!   HTTP request whose response was lost (the next node gets the same body; the
-//!   lease id in it makes an acquire, release or renew safe to repeat).
+//! the stream is broken. So a request that got no answer was either
+//! - not sent (an `https://` node, the upgrade refused, the stream broke before its
+//!   frame was written, no place left for another waiting acquire):
+//!   [`Miss::Fallback`], and the transport sends it as an HTTP request to the same
+//!   node at once — it cannot be decided twice;
+//! - or the node failed (no connection to it, or the frame may have left and the
+//!   stream broke or the attempt's time ran out before the answer): [`Miss::Failed`],
+//!   an unknown outcome, which the transport treats as it treats an HTTP request
+//!   whose response was lost (the next node gets the same body; the lease id in it
+//!   makes an acquire, release or renew safe to repeat).
 //!
-//! Only `http://` nodes get a stream (it is plain TCP; TLS stays reqwest's). A node
-//! that answers the upgrade with anything but 101 — an older release's 404, 405 or
-//! 400, a 503 at its stream cap — gets HTTP requests for [`REFUSAL_MEMORY`] before
-//! the next upgrade is tried, so a refusing node costs one extra round trip per
-//! period, not per call.
+//! Only `http://` nodes get a stream: it is plain TCP, connected directly (not
+//! through an HTTP proxy); TLS stays reqwest's. A node that answers the upgrade with
+//! anything but 101 — an older release's 404, 405 or 400, a 503 at its stream cap,
+//! a 401 for the token — gets HTTP requests for [`REFUSAL_MEMORY`] before the next
+//! upgrade is tried, so a refusing node costs one extra round trip per period, not
+//! per call (and its HTTP answer says what is wrong, typed as always).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
