@@ -9,6 +9,11 @@
 //! attempt against one node, `deadline` bounds the whole call across retries and
 //! nodes. A call therefore never hangs on a dead node, and a leader election shorter
 //! than the deadline is invisible to the caller.
+//!
+//! `decision_stream` is off by default: it changes how decisions travel (one
+//! upgraded connection per client instead of one HTTP request each, see
+//! `stream.rs`), not what they decide, and nodes older than the stream refuse it, so
+//! it is the caller's choice to turn on.
 
 use std::time::Duration;
 
@@ -42,6 +47,11 @@ pub struct ClientConfig {
     pub holder: String,
     /// PEM CA certificate to trust for `https://` nodes (the cluster's `tls.ca_file`).
     pub ca_pem: Option<Vec<u8>>,
+    /// Send decisions (acquire, waiting acquire, release, renew, rate check) over
+    /// one multiplexed decision stream (`POST /v1/stream`) to `http://` nodes
+    /// instead of one HTTP request each. `https://` nodes, and nodes that refuse
+    /// the upgrade, keep getting HTTP requests. Off by default.
+    pub decision_stream: bool,
 }
 
 impl ClientConfig {
@@ -58,6 +68,14 @@ impl ClientConfig {
             token: None,
             holder: format!("pid-{}", std::process::id()),
             ca_pem: None,
+            decision_stream: false,
         }
+    }
+
+    /// Turn the decision stream on or off (the `decision_stream` field; the crate
+    /// docs say what it changes).
+    pub fn decision_stream(mut self, on: bool) -> Self {
+        self.decision_stream = on;
+        self
     }
 }

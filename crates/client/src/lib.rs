@@ -15,6 +15,22 @@
 //!   follower would forward it over, and follows the hint when it changes. When
 //!   the hinted node fails it tries the configured nodes in turn, remembers the one
 //!   that answered, and backs off on 503 or connection errors until its deadline.
+//! - **Decisions can share one connection.** With
+//!   [`ClientConfig::decision_stream`](ClientConfig::decision_stream()) on, acquires
+//!   (waiting ones too), releases, renewals and rate checks travel as frames on one
+//!   multiplexed decision stream (`POST /v1/stream`, `quorate-api/1`) per client,
+//!   shared by every task using it, instead of one HTTP request each: the node pays
+//!   the per-request HTTP cost once per connection. The stream goes to the node the
+//!   call would go to (leader hint first), is opened on first use and reopened when
+//!   it breaks. Answers, errors, retries, the deadline and the failure policy are
+//!   exactly those of HTTP: a decision whose frame never left is sent over HTTP
+//!   instead, one whose answer was lost with the stream is retried on the next node
+//!   with the same lease id, as after a lost HTTP response. `https://` nodes (the
+//!   stream is plain TCP) and nodes that refuse the upgrade (releases before it) get
+//!   HTTP requests; a refusal is remembered for 30 s. Stream answers carry no
+//!   leader hint, so while the stream is used the client asks its node for the
+//!   hint in the background now and then, and the stream follows the leader. Off
+//!   by default.
 //! - **Failure policy is the caller's choice.** [`FailurePolicy::Closed`] (default)
 //!   denies when the cluster is unreachable; [`FailurePolicy::Open`] allows, logs a
 //!   warning and counts it ([`Client::fail_open_count`]).
@@ -44,12 +60,14 @@
 //! the mapping of API error bodies onto it, `transport` the only URL builder (from
 //! the route table in [`quorate_proto::routes`]) and the node failover loop,
 //! `endpoints` one typed method per API call (slots, limits and policies, rate,
-//! cluster), and `guard` the self-renewing [`SlotGuard`].
+//! cluster), `guard` the self-renewing [`SlotGuard`], and `stream` the decision
+//! stream the transport sends decisions on when it is turned on.
 
 mod config;
 mod endpoints;
 mod error;
 mod guard;
+mod stream;
 mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};

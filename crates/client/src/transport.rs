@@ -29,9 +29,28 @@
 //!
 //! The bearer token goes to every route that needs one; [`Access::Open`] routes
 //! (probes) get none, so a probe works whatever the token.
+//!
+//! With the decision stream on (`ClientConfig::decision_stream`), an attempt of a
+//! decision (acquire, release, renew, rate check) goes to the chosen node as a frame
+//! on the client's stream (`stream.rs`) rather than as an HTTP request; nothing else
+//! in the loop changes. An attempt the stream did not send (an `https://` node, a
+//! refused upgrade, a stream that broke before the frame left) becomes the HTTP
+//! request it would have been, to the same node; one the stream sent and got no
+//! answer to is a failed attempt, exactly like an HTTP request whose response was
+//! lost, and the loop goes on to the next node with the same body.
+//!
+//! Stream answers carry no leader hint (the upgrade's answer is a stream's only
+//! one), so a leader change that does not break the stream — its node was a
+//! follower chosen in a failover, or was the leader and lost the role — would go
+//! unnoticed and every decision would take a follower's extra hop. While decisions
+//! go on a stream the transport therefore asks the stream's node for the hint now
+//! and then, in the background (`GET /healthz`, whose answer names the leader like
+//! every answer): every [`OFF_LEADER_RECHECK`] while the node is not the hinted
+//! leader, every [`LEADER_RECHECK`] while it is. The next decision then follows the
+//! hint and the stream moves with it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorate_proto::routes::{self, Access, RouteId};
@@ -40,6 +59,14 @@ use reqwest::{StatusCode, Url};
 
 use crate::config::ClientConfig;
 use crate::error::{Answer, Error};
+use crate::stream::{self, Miss, Streams};
+
+/// How often a stream's node is asked for the leader hint while it is not the
+/// hinted leader: soon after a failover left the stream on a follower.
+pub(crate) const OFF_LEADER_RECHECK: Duration = Duration::from_secs(1);
+
+/// How often the hinted leader serving the stream is asked whether it still is.
+pub(crate) const LEADER_RECHECK: Duration = Duration::from_secs(10);
 
 /// A call to make: which route, with what.
 #[derive(Debug, Clone)]
@@ -128,10 +155,15 @@ pub(crate) struct Transport {
     /// Index of the node that answered last; tried first next time.
     preferred: AtomicUsize,
     /// The leader the cluster last named (`x-quorate-leader`); tried before the
-    /// nodes. Held only to read or replace it, never across an await.
-    leader: Mutex<Option<Url>>,
+    /// nodes. Held only to read or replace it, never across an await. Shared with
+    /// the background leader checks of the decision stream.
+    leader: Arc<Mutex<Option<Url>>>,
     /// Hints must be `https://` (some configured node is).
     https_only: bool,
+    /// An attempt's timeout unless the call sets its own (a stream attempt's too).
+    request_timeout: Duration,
+    /// The decision stream, when the configuration turns it on.
+    streams: Option<Streams>,
 }
 
 /// The leader base URL a hint names, if it is one this transport may follow.
@@ -150,6 +182,18 @@ pub(crate) fn parse_hint(value: &[u8], https_only: bool) -> Option<Url> {
     bare.then_some(url)
 }
 
+/// Replace the leader hint with the one `value` names, if it may be followed.
+fn follow_hint(leader: &Mutex<Option<Url>>, https_only: bool, value: Option<&[u8]>) {
+    let Some(url) = value.and_then(|v| parse_hint(v, https_only)) else {
+        return;
+    };
+    let mut leader = leader.lock().unwrap_or_else(|e| e.into_inner());
+    if leader.as_ref() != Some(&url) {
+        tracing::debug!(leader = %url, "following the cluster's leader hint");
+        *leader = Some(url);
+    }
+}
+
 impl Transport {
     pub fn new(cfg: &ClientConfig) -> Result<Self, Error> {
         if cfg.nodes.is_empty() {
@@ -162,6 +206,7 @@ impl Transport {
             .iter()
             .map(|n| parse_node(n))
             .collect::<Result<Vec<_>, _>>()?;
+        let connect_timeout = cfg.request_timeout.min(Duration::from_secs(1));
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = &cfg.ca_pem {
             let ca = reqwest::Certificate::from_pem(pem)
@@ -170,11 +215,14 @@ impl Transport {
         }
         let http = builder
             .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(1)))
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         let https_only = nodes.iter().any(|u| u.scheme() == "https");
+        let streams = cfg
+            .decision_stream
+            .then(|| Streams::new(cfg.token.clone(), connect_timeout));
         Ok(Self {
             http,
             nodes,
@@ -182,8 +230,10 @@ impl Transport {
             deadline: cfg.deadline,
             backoff: cfg.backoff,
             preferred: AtomicUsize::new(0),
-            leader: Mutex::new(None),
+            leader: Arc::new(Mutex::new(None)),
             https_only,
+            request_timeout: cfg.request_timeout,
+            streams,
         })
     }
 
@@ -196,15 +246,8 @@ impl Transport {
     }
 
     /// Follow a hint from an answer (no header: keep what we have).
-    fn follow(&self, value: Option<&reqwest::header::HeaderValue>) {
-        let Some(url) = value.and_then(|v| parse_hint(v.as_bytes(), self.https_only)) else {
-            return;
-        };
-        let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        if leader.as_ref() != Some(&url) {
-            tracing::debug!(leader = %url, "following the cluster's leader hint");
-            *leader = Some(url);
-        }
+    fn follow(&self, value: Option<&[u8]>) {
+        follow_hint(&self.leader, self.https_only, value);
     }
 
     /// Drop the hint `failed` (the hinted node did not decide), unless another
@@ -261,7 +304,7 @@ impl Transport {
                 }
                 None => req,
             };
-            let last_err = match self.send(url.clone(), attempt_req, timeout).await {
+            let last_err = match self.attempt(base, url.clone(), attempt_req, timeout).await {
                 Ok(a) if a.status != StatusCode::SERVICE_UNAVAILABLE => {
                     if let Some(idx) = idx {
                         self.preferred.store(idx, Ordering::Relaxed);
@@ -311,7 +354,64 @@ impl Transport {
             .map_err(Error::Unavailable)
     }
 
-    /// One attempt; `Err` describes why no answer arrived (with the URL).
+    /// One attempt of [`Transport::exchange_with`] on `base`: over the decision
+    /// stream when it may carry the request, else (or when the stream did not send
+    /// it) as an HTTP request to `url`. A call with a `timeout` of its own is one the
+    /// node holds open (a waiting acquire).
+    async fn attempt(
+        &self,
+        base: &Url,
+        url: Url,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        if let (Some(streams), Some(op)) = (&self.streams, stream::op_for(req.route)) {
+            let body = req.body.as_deref().unwrap_or_default();
+            let limit = timeout.unwrap_or(self.request_timeout);
+            let follow = |hint: &[u8]| self.follow(Some(hint));
+            match streams
+                .call(base, op, body, timeout.is_some(), limit, &follow)
+                .await
+            {
+                Ok(a) => {
+                    self.recheck_leader(streams, base);
+                    return Ok(a);
+                }
+                // Not sent: the HTTP request below cannot decide it a second time.
+                Err(Miss::Fallback(why)) => {
+                    tracing::debug!(%why, "decision not sent on a stream; sending it over HTTP")
+                }
+                Err(Miss::Failed(why)) => return Err(why),
+            }
+        }
+        self.send(url, req, timeout).await
+    }
+
+    /// When due, ask the stream's node `base` for the leader hint in the background
+    /// (see the module docs); a failed check changes nothing.
+    fn recheck_leader(&self, streams: &Streams, base: &Url) {
+        let on_leader = self.leader_hint().as_ref() == Some(base);
+        let every = if on_leader {
+            LEADER_RECHECK
+        } else {
+            OFF_LEADER_RECHECK
+        };
+        if !streams.recheck_due(every) {
+            return;
+        }
+        let Ok(probe) = url(base, &Request::new(RouteId::Healthz)) else {
+            return;
+        };
+        let (http, leader, https_only) = (self.http.clone(), self.leader.clone(), self.https_only);
+        tokio::spawn(async move {
+            if let Ok(resp) = http.get(probe).send().await {
+                let hint = resp.headers().get(LEADER_HEADER).map(|v| v.as_bytes());
+                follow_hint(&leader, https_only, hint);
+            }
+        });
+    }
+
+    /// One HTTP attempt; `Err` describes why no answer arrived (with the URL).
     async fn send(
         &self,
         url: Url,
@@ -332,7 +432,7 @@ impl Transport {
             builder = builder.timeout(t);
         }
         let resp = builder.send().await.map_err(|e| format!("{url}: {e}"))?;
-        self.follow(resp.headers().get(LEADER_HEADER));
+        self.follow(resp.headers().get(LEADER_HEADER).map(|v| v.as_bytes()));
         let status = resp.status();
         let body = resp
             .bytes()
