@@ -94,6 +94,12 @@ fn bounded_chaos_run() {
         "the cluster did not recover (replay with QUORATE_CHAOS_SEED={seed}):\n{}",
         result.summary
     );
+    // Half the workers decide on decision streams: those were checked too.
+    assert!(
+        result.streamed_answered > 1000,
+        "too few decisions answered on streams:\n{}",
+        result.summary
+    );
 }
 
 #[test]

@@ -748,6 +748,7 @@ mod tests {
             ret: ret_ms * 1000,
             call,
             outcome,
+            streamed: false,
         }
     }
 

@@ -116,6 +116,8 @@ pub struct Op {
     pub ret: Micros,
     pub call: Call,
     pub outcome: Outcome,
+    /// Sent as a frame on a decision stream, not as an HTTP request.
+    pub streamed: bool,
 }
 
 /// One injected fault, for the summary.

@@ -48,6 +48,8 @@ pub struct RunResult {
     /// Recovery or membership problems (not safety violations, but failures).
     pub liveness: Vec<String>,
     pub summary: String,
+    /// Operations sent on decision streams whose outcome is definite (answered).
+    pub streamed_answered: usize,
 }
 
 const TTL_MS: u64 = 4000;
@@ -155,10 +157,15 @@ pub async fn run(cfg: RunConfig) -> RunResult {
     if !violations.is_empty() || !liveness.is_empty() {
         keep_evidence(&mut cluster, &ops, &rec);
     }
+    let streamed_answered = ops
+        .iter()
+        .filter(|o| o.streamed && !o.outcome.is_indefinite())
+        .count();
     RunResult {
         violations,
         liveness,
         summary,
+        streamed_answered,
     }
 }
 
@@ -419,6 +426,16 @@ fn render_operations(s: &mut String, ops: &[Op]) {
         s,
         "unknown outcomes: {unknown} ({:.1}%)",
         100.0 * unknown as f64 / ops.len().max(1) as f64
+    );
+    let streamed: Vec<&Op> = ops.iter().filter(|o| o.streamed).collect();
+    let _ = writeln!(
+        s,
+        "sent on decision streams: {} ({} with a definite outcome)",
+        streamed.len(),
+        streamed
+            .iter()
+            .filter(|o| !o.outcome.is_indefinite())
+            .count()
     );
 }
 

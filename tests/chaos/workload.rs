@@ -15,20 +15,27 @@
 //! - *Rate workers* make inline rate checks; two workers share each key.
 //!
 //! Which node each request goes to is random among the current members (including
-//! ones that are down: real clients do not know either).
+//! ones that are down: real clients do not know either). Every other worker sends its
+//! decisions (acquires, releases, renewals, rate checks) as frames on a decision
+//! stream (`POST /v1/stream`) to that node instead of HTTP requests, so streams are
+//! checked under the same faults; any failure on a stream is an unknown outcome, and
+//! the stream is dropped.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use quorate_proto::stream::{self as wire, StreamOp, LEN_BYTES, STREAM_PROTOCOL};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::checker::RateModel;
 use crate::faults::Rng;
-use crate::history::{Call, Op, Outcome, Recorder};
+use crate::history::{Call, Micros, Op, Outcome, Recorder};
 
 /// Current members' API addresses, shared with the fault injector (which replaces
 /// nodes).
@@ -107,6 +114,8 @@ impl Workload {
                 rec: rec.clone(),
                 cfg: cfg.clone(),
                 stop: stop.clone(),
+                streams: process % 2 == 0,
+                stream: None,
             }
         };
         for _ in 0..cfg.lease_workers {
@@ -141,6 +150,10 @@ struct Client {
     rec: Recorder,
     cfg: Arc<WorkloadConfig>,
     stop: Arc<AtomicBool>,
+    /// This worker sends its decisions on decision streams.
+    streams: bool,
+    /// Its open stream and the node it goes to.
+    stream: Option<(u64, TcpStream)>,
 }
 
 /// A response as the workload sees it: status and JSON body, or why there was none.
@@ -194,6 +207,34 @@ impl Client {
             }
         };
         let invoke = self.rec.now();
+        let streamed = match &call {
+            _ if !self.streams => None,
+            Call::Acquire { wait_ms, .. } => Some((
+                StreamOp::Acquire,
+                self.cfg.timeout + Duration::from_millis(*wait_ms),
+            )),
+            Call::Release { .. } => Some((StreamOp::Release, self.cfg.timeout)),
+            Call::Renew { .. } => Some((StreamOp::Renew, self.cfg.timeout)),
+            Call::Rate { .. } => Some((StreamOp::RateCheck, self.cfg.timeout)),
+            Call::Read { .. } => None,
+        };
+        if let Some((op, timeout)) = streamed {
+            let body = req
+                .build()
+                .ok()
+                .and_then(|r| r.body().and_then(|b| b.as_bytes()).map(<[u8]>::to_vec))
+                .unwrap_or_default();
+            let resp =
+                match tokio::time::timeout(timeout, self.on_stream(node, &addr, op, &body)).await {
+                    Ok(r) => r,
+                    Err(_) => Err("client timeout (stream)".to_string()),
+                };
+            if resp.is_err() {
+                // An answer may still come on it: never reuse a stream after a failure.
+                self.stream = None;
+            }
+            return self.record(call, node, invoke, resp, true);
+        }
         let resp: Response = match req.send().await {
             Ok(r) => {
                 let status = r.status();
@@ -210,6 +251,17 @@ impl Client {
                 format!("transport: {e}")
             }),
         };
+        self.record(call, node, invoke, resp, false)
+    }
+
+    fn record(
+        &mut self,
+        call: Call,
+        node: u64,
+        invoke: Micros,
+        resp: Response,
+        streamed: bool,
+    ) -> Outcome {
         let ret = self.rec.now();
         let outcome = classify(&call, resp);
         self.rec.push(Op {
@@ -219,8 +271,40 @@ impl Client {
             ret,
             call,
             outcome: outcome.clone(),
+            streamed,
         });
         outcome
+    }
+
+    /// One decision on this worker's stream to `node` (opened first if it has none
+    /// to that node): the route's status and JSON body.
+    async fn on_stream(&mut self, node: u64, addr: &str, op: StreamOp, body: &[u8]) -> Response {
+        if self.stream.as_ref().map(|(n, _)| *n) != Some(node) {
+            self.stream = Some((node, open_stream(addr).await?));
+        }
+        let Some((_, io)) = self.stream.as_mut() else {
+            return Err("no stream".to_string());
+        };
+        let mut frame = Vec::with_capacity(body.len() + 16);
+        wire::put_request(&mut frame, 1, op, body);
+        io.write_all(&frame)
+            .await
+            .map_err(|e| format!("stream write: {e}"))?;
+        let mut prefix = [0u8; LEN_BYTES];
+        io.read_exact(&mut prefix)
+            .await
+            .map_err(|e| format!("stream read: {e}"))?;
+        let mut payload = vec![0u8; wire::payload_len(prefix)];
+        io.read_exact(&mut payload)
+            .await
+            .map_err(|e| format!("stream read: {e}"))?;
+        let a = wire::answer(&payload).map_err(|e| e.to_string())?;
+        if a.id != 1 {
+            return Err(format!("stream answer under id {} ({})", a.id, a.status));
+        }
+        let status = StatusCode::from_u16(a.status).map_err(|e| e.to_string())?;
+        let value = serde_json::from_slice(a.body).map_err(|e| format!("{status}, body: {e}"))?;
+        Ok((status, value))
     }
 
     async fn lease_loop(mut self) {
@@ -332,6 +416,37 @@ impl Client {
 }
 
 /// Map a response onto the history's outcomes.
+/// A decision stream to `addr`: the upgrade sent and its 101 read.
+async fn open_stream(addr: &str) -> Result<TcpStream, String> {
+    let mut io = TcpStream::connect(addr)
+        .await
+        .map_err(|_| "connection refused".to_string())?;
+    let _ = io.set_nodelay(true);
+    let req = format!(
+        "POST /v1/stream HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\nupgrade: {STREAM_PROTOCOL}\r\ncontent-length: 0\r\n\r\n"
+    );
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("stream upgrade: {e}"))?;
+    // Byte by byte, so nothing after the head (the first answer) is read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 << 10 {
+            return Err("stream upgrade: head too long".to_string());
+        }
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b)
+            .await
+            .map_err(|e| format!("stream upgrade: {e}"))?;
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    match head.split_whitespace().nth(1) {
+        Some("101") => Ok(io),
+        other => Err(format!("stream upgrade refused: {other:?}")),
+    }
+}
+
 fn classify(call: &Call, resp: Response) -> Outcome {
     let (status, body) = match resp {
         Ok(r) => r,
