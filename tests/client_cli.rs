@@ -5,32 +5,11 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
-use quorate_client::{Client, ClientConfig, Error};
+use common::{client, eventually, Cluster};
+use quorate_client::{Client, Error};
 use serde_json::Value;
-
-fn client(c: &Cluster) -> Client {
-    let mut cfg = ClientConfig::new(c.ids().iter().map(|id| c.api_url(*id)));
-    cfg.deadline = Duration::from_secs(15);
-    cfg.holder = "client-test".into();
-    Client::new(cfg).expect("client")
-}
-
-/// Poll `f` until it returns true, failing at the deadline (an event we await, not a
-/// blind sleep).
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn used(client: &Client, key: &str) -> u32 {
     client.slots(key).await.map(|s| s.used).unwrap_or(u32::MAX)
@@ -39,7 +18,7 @@ async fn used(client: &Client, key: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_renews_while_held_and_releases_on_drop() {
     let c = Cluster::start(3).await;
-    let client = client(&c);
+    let client = client(&c, "client-test", false);
     let ttl = Duration::from_millis(1200);
     let guard = client
         .acquire(&["org:guard", "global"], ttl)
@@ -85,7 +64,7 @@ async fn guard_renews_while_held_and_releases_on_drop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denial_is_typed_and_a_held_guard_survives_a_leader_kill() {
     let mut c = Cluster::start(3).await;
-    let client = client(&c);
+    let client = client(&c, "client-test", false);
     client.set_limit("org:one", 1).await.expect("set limit");
     let ttl = Duration::from_millis(2000);
     let guard = client.acquire(&["org:one"], ttl).await.expect("acquire");
@@ -146,7 +125,7 @@ async fn rate_checks_served(c: &Cluster, ids: &[u64]) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_sends_to_the_leader_and_follows_the_hint_after_a_leader_kill() {
     let mut c = Cluster::start(3).await;
-    let client = client(&c);
+    let client = client(&c, "client-test", false);
     let leader = c.leader_id().await;
     // The first answer (from whichever node is tried first) names the leader.
     client
@@ -249,7 +228,7 @@ async fn every_cli_command_end_to_end() {
 /// The Rust client's counter calls against the real cluster: a key with `/` is one
 /// segment, increments add within a window, a read and a clear see them.
 async fn client_counters(c: &Cluster) {
-    let client = client(c);
+    let client = client(c, "client-test", false);
     let key = "LIMITER/ip/1.2.3.4/5/1/minute";
     let first = client.counter_incr(key, 1, 60_000).await.expect("incr");
     assert_eq!((first.key.as_str(), first.value), (key, 1));

@@ -9,10 +9,10 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
-use quorate_client::{Client, ClientConfig, Error};
+use common::{client, eventually, Cluster};
+use quorate_client::{Client, Error};
 use quorate_proto as proto;
 
 /// The decision routes, as their frames and requests are labelled in the metrics.
@@ -22,28 +22,6 @@ const DECISIONS: [&str; 4] = [
     "/v1/slots/renew",
     "/v1/rate/check",
 ];
-
-fn client(c: &Cluster, stream: bool) -> Client {
-    let mut cfg =
-        ClientConfig::new(c.ids().iter().map(|id| c.api_url(*id))).decision_stream(stream);
-    cfg.deadline = Duration::from_secs(15);
-    cfg.holder = "stream-test".into();
-    Client::new(cfg).expect("client")
-}
-
-/// Poll `f` until it returns true, failing at the deadline (an event we await, not a
-/// blind sleep).
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Sum of `quorate_http_requests_total` series of the decision routes with `method`.
 fn decisions_counted(metrics: &str, method: &str) -> f64 {
@@ -177,8 +155,8 @@ async fn decisions_on_a_stream_are_the_decisions_over_http() {
     let mut c = Cluster::start(3).await;
     let ids = c.ids();
     let leader = c.leader_id().await;
-    let http = client(&c, false);
-    let streamed = client(&c, true);
+    let http = client(&c, "stream-test", false);
+    let streamed = client(&c, "stream-test", true);
     for key in ["org:parity-http", "org:parity-stream"] {
         http.set_limit(key, 2).await.expect("set limit");
     }
@@ -239,7 +217,7 @@ async fn many_tasks_share_one_stream_and_never_exceed_the_limit() {
     let mut c = Cluster::start(3).await;
     let ids = c.ids();
     let leader = c.leader_id().await;
-    let client = client(&c, true);
+    let client = client(&c, "stream-test", true);
     client
         .set_limit("org:crowd", LIMIT as u32)
         .await
@@ -328,7 +306,7 @@ async fn the_client_keeps_deciding_when_its_streams_node_is_killed_and_restarted
     const LIMIT: usize = 2;
     let mut c = Cluster::start(3).await;
     let leader = c.leader_id().await;
-    let client = client(&c, true);
+    let client = client(&c, "stream-test", true);
     client
         .set_limit("org:survivor", LIMIT as u32)
         .await

@@ -14,26 +14,13 @@ mod common;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{eventually_within, Cluster};
 use quorate_client::{Client, ClientConfig, Error};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Poll `f` until it returns true, failing at the deadline.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// `GET /v1/slots/{key}` on the first running node that answers 200.
 async fn slots(c: &mut Cluster, key: &str) -> Value {
@@ -240,18 +227,18 @@ async fn a_disconnected_waiter_leaks_no_slot_and_a_wait_that_ends_is_a_429_with_
             .send()
             .await;
     });
-    eventually("the waiter is queued", || {
+    eventually_within("the waiter is queued", DEADLINE, || {
         let c = &c;
         async move { c.get(leader, &format!("/v1/slots/{key}")).await.1["queue"]["length"] == 1 }
     })
     .await;
     gone.abort();
-    eventually("the gone waiter left the queue", || {
+    eventually_within("the gone waiter left the queue", DEADLINE, || {
         let c = &c;
         async move { c.get(leader, &format!("/v1/slots/{key}")).await.1["queue"]["length"] == 0 }
     })
     .await;
-    eventually("the follower holds no waiter", || {
+    eventually_within("the follower holds no waiter", DEADLINE, || {
         let c = &c;
         async move { common::metric_sum(&c.metrics(follower).await, "quorate_queue_waiters") == 0.0 }
     })
@@ -322,7 +309,7 @@ async fn the_client_and_the_cli_wait_for_a_slot() {
                 .await
         })
     };
-    eventually("the client's waiter is queued", || {
+    eventually_within("the client's waiter is queued", DEADLINE, || {
         let client = client.clone();
         async move { client.slots(key).await.is_ok_and(|s| s.queue.length == 1) }
     })
@@ -354,7 +341,7 @@ async fn the_client_and_the_cli_wait_for_a_slot() {
     let out = cli("300ms").wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let child = cli("20s");
-    eventually("the CLI's waiter is queued", || {
+    eventually_within("the CLI's waiter is queued", DEADLINE, || {
         let client = client.clone();
         async move { client.slots(key).await.is_ok_and(|s| s.queue.length == 1) }
     })

@@ -744,3 +744,36 @@ pub fn hourly_envoy_domain(domain: &str, limits: &[(&str, u32, &str, bool)]) -> 
         }],
     }
 }
+
+/// Poll `f` until it returns true; panic after `within` (an event awaited, not a blind
+/// sleep).
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually_within`] 20 s.
+pub async fn eventually<F, Fut>(what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, Duration::from_secs(20), f).await;
+}
+
+/// A Rust client of every node of `c`, as `holder`, with a 15 s deadline; decisions on
+/// a decision stream when `stream`.
+pub fn client(c: &Cluster, holder: &str, stream: bool) -> quorate_client::Client {
+    let mut cfg = quorate_client::ClientConfig::new(c.ids().iter().map(|id| c.api_url(*id)))
+        .decision_stream(stream);
+    cfg.deadline = Duration::from_secs(15);
+    cfg.holder = holder.into();
+    quorate_client::Client::new(cfg).expect("client")
+}
