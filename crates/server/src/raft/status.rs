@@ -74,6 +74,12 @@ impl Node {
         }
     }
 
+    /// Whether the applied state holds a configuration (any `cluster.toml`'s
+    /// policies): see [`ready_from`].
+    fn configured(&self) -> bool {
+        self.sm.read(|s| s.policies_digest().is_some())
+    }
+
     /// The applied index and the state digest at that index (re-read if an entry was
     /// applied in between).
     pub(super) fn applied_and_digest(&self) -> (Option<u64>, String) {
@@ -109,6 +115,7 @@ impl Node {
                 m.running_state.is_ok(),
                 applied_index,
                 committed_index,
+                self.configured(),
             ),
             clock_offset_ms: Some(0),
             age_ms: 0,
@@ -221,7 +228,10 @@ impl Node {
             return false;
         };
         let applied = self.sm.last_applied().map(|l| l.index);
-        if ready_from(leader, running, applied, committed) {
+        if !self.configured() {
+            return false;
+        }
+        if ready_from(leader, running, applied, committed, true) {
             return true;
         }
         let Some(c) = committed else {
@@ -258,7 +268,7 @@ impl Node {
             term,
             applied,
             state_digest,
-            ready: ready_from(leader_id, running, applied, committed),
+            ready: ready_from(leader_id, running, applied, committed, self.configured()),
         };
         ProbeResponse {
             node_id: self.id,
@@ -339,16 +349,23 @@ impl Node {
 /// applied: a node that applies them this fast is caught up.
 const READY_CATCH_UP: Duration = Duration::from_millis(500);
 
-/// A node is ready when it knows a leader, Raft runs, and it has applied everything
-/// it knows to be committed. Nothing committed yet (e.g. a wiped node that has just
-/// heard a heartbeat) is not caught up, so not ready.
+/// A node is ready when it knows a leader, Raft runs, it has applied everything it
+/// knows to be committed, and its state holds a configuration (the policies of a
+/// `cluster.toml`, which the first leader writes once it has a quorum). Nothing
+/// committed yet (e.g. a wiped node that has just heard a heartbeat) is not caught
+/// up, so not ready; nor is a new cluster before its policies are in: a decision
+/// naming one would be a 404 `policy_not_found` there.
 fn ready_from(
     leader: Option<u64>,
     running: bool,
     applied: Option<u64>,
     committed: Option<u64>,
+    configured: bool,
 ) -> bool {
-    leader.is_some() && running && committed.is_some_and(|c| applied.is_some_and(|a| a >= c))
+    leader.is_some()
+        && running
+        && configured
+        && committed.is_some_and(|c| applied.is_some_and(|a| a >= c))
 }
 
 /// The peer's digest against ours at the first of `ours` (applied index, digest)
@@ -381,15 +398,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_needs_a_leader_and_everything_committed_applied() {
-        assert!(ready_from(Some(1), true, Some(5), Some(5)));
-        assert!(!ready_from(Some(1), true, Some(4), Some(5)), "behind");
-        assert!(!ready_from(None, true, Some(5), Some(5)), "no leader");
+    fn ready_needs_a_leader_everything_committed_applied_and_a_configuration() {
+        assert!(ready_from(Some(1), true, Some(5), Some(5), true));
+        assert!(!ready_from(Some(1), true, Some(4), Some(5), true), "behind");
+        assert!(!ready_from(None, true, Some(5), Some(5), true), "no leader");
         assert!(
-            !ready_from(Some(1), false, Some(5), Some(5)),
+            !ready_from(Some(1), false, Some(5), Some(5), true),
             "raft stopped"
         );
-        assert!(!ready_from(Some(1), true, None, None), "nothing committed");
+        assert!(
+            !ready_from(Some(1), true, None, None, true),
+            "nothing committed"
+        );
+        assert!(
+            !ready_from(Some(1), true, Some(5), Some(5), false),
+            "no configuration applied yet"
+        );
     }
 
     #[test]
