@@ -265,8 +265,17 @@ async fn frames_are_decided_as_their_routes_decide_them() {
     let check = json!({"key": "user:s", "limit": 1, "period_ms": 60_000, "burst": 1});
     let (status, body) = call(&mut app, 6, StreamOp::RateCheck, check.clone()).await;
     assert_eq!((status, body["allowed"].as_bool()), (200, Some(true)));
+    // No headers on a stream: the body has what the RateLimit fields would say.
+    assert_eq!(
+        (body["limit"].as_u64(), body["remaining"].as_u64()),
+        (Some(1), Some(0))
+    );
     let (status, body) = call(&mut app, 8, StreamOp::RateCheck, check).await;
     assert_eq!((status, body["allowed"].as_bool()), (429, Some(false)));
+    assert!(
+        body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{body}"
+    );
 
     // Bad requests get their route's 400 under their own id, and the stream goes on.
     let mut out = Vec::new();

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
-use quorate_core::{self as core, Op, Outcome};
+use quorate_core::{self as core, Caller, Op, Outcome};
 use quorate_proto::{self as proto, codes};
 
 use super::ApiState;
@@ -122,6 +122,27 @@ pub(super) async fn rate_check(
     Authed(caller): Authed,
     Json(req): Json<proto::RateCheckRequest>,
 ) -> ApiResult<Response> {
+    check(st, caller, req, Headers::Send).await
+}
+
+/// Whether an answer carries the rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Headers {
+    /// HTTP: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*`, `Retry-After` and the
+    /// shadow and allowlist notes.
+    Send,
+    /// A decision stream's answer is the status and body only; the body carries
+    /// the same figures, so the rate-limit headers (a SHA-256 per check) are not built.
+    Skip,
+}
+
+/// Decide a rate check for `caller` and shape its answer.
+pub(super) async fn check(
+    st: ApiState,
+    caller: Caller,
+    req: proto::RateCheckRequest,
+    headers: Headers,
+) -> ApiResult<Response> {
     let checks = rate_request_to_core(req)?;
     let names: Vec<String> = checks.iter().map(policy_name).collect();
     let (decision, notes, allowed) = match st.write(&caller, Op::RateCheck { checks }).await? {
@@ -216,6 +237,9 @@ pub(super) async fn rate_check(
         StatusCode::TOO_MANY_REQUESTS
     };
     let mut resp = (status, JsonResponse(body)).into_response();
+    if headers == Headers::Skip {
+        return Ok(resp);
+    }
     // The rate-limit fields, Retry-After and Content-Length: room for all at once.
     resp.headers_mut().reserve(8);
     rate_headers(resp.headers_mut(), &names, &decision.results, &top);

@@ -344,7 +344,9 @@ async fn handle(st: ApiState, caller: Caller, op: StreamOp, body: &[u8]) -> Resp
             Err(e) => e.into_response(),
         },
         StreamOp::RateCheck => match parse_json(body) {
-            Ok(req) => rate::rate_check(st, who, Json(req)).await.into_response(),
+            Ok(req) => rate::check(st.0, who.0, req, rate::Headers::Skip)
+                .await
+                .into_response(),
             Err(e) => e.into_response(),
         },
     }
