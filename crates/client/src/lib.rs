@@ -57,8 +57,9 @@
 //! ## Layout
 //!
 //! `config` holds the settings ([`ClientConfig`]), `error` the one [`Error`] type and
-//! the mapping of API error bodies onto it, `transport` the only URL builder (from
-//! the route table in [`quorate_proto::routes`]) and the node failover loop,
+//! the mapping of API error bodies onto it, `request` a call's description and the
+//! only URL builder (from the route table in [`quorate_proto::routes`]), `transport`
+//! the node failover loop,
 //! `endpoints` one typed method per API call (slots, limits and policies, rate,
 //! cluster), `guard` the self-renewing [`SlotGuard`], and `stream` the decision
 //! stream the transport sends decisions on when it is turned on.
@@ -67,6 +68,7 @@ mod config;
 mod endpoints;
 mod error;
 mod guard;
+mod request;
 mod stream;
 mod transport;
 

@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Answer;
-use crate::transport::{self, Request};
+use crate::request::{url, Request};
 
 /// How long a node's refusal of the upgrade is remembered: long enough that a
 /// cluster of older nodes costs one failed upgrade per node every so often, short
@@ -558,7 +558,7 @@ async fn open(
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Open::Failed(format!("{base}: decision stream {what}: {e}"))
     };
-    let path = transport::url(base, &Request::new(RouteId::Stream))
+    let path = url(base, &Request::new(RouteId::Stream))
         .map_err(|e| failed("address", &e))?
         .path()
         .to_string();
