@@ -4,10 +4,11 @@
 //! request has passed `authorize` like any client request (the token is checked
 //! once, here, for the stream's life: tokens come from the configuration and do not
 //! change while the node runs), then [`serve`] reads request frames, hands each to the
-//! very handler its HTTP route uses (`slots::acquire`, `rate::rate_check`, ...) with
-//! that caller, and writes each handler's status and JSON body back as an answer
-//! frame. So a decision on a stream is judged, replicated, counted and traced exactly
-//! as the same decision over HTTP; only the per-request HTTP machinery is gone.
+//! very handler its HTTP route uses (`slots::acquire`, `slots::release`, ...; for a
+//! rate check `rate::check`, told to skip the RateLimit headers a stream does not
+//! carry) with that caller, and writes each handler's status and JSON body back as an
+//! answer frame. So a decision on a stream is judged, replicated, counted and traced
+//! exactly as the same decision over HTTP; only the per-request HTTP machinery is gone.
 //!
 //! Up to [`MAX_IN_FLIGHT`] requests of a stream are decided at once, so one stream
 //! can carry a whole batch; answers that are ready together go out in one write.
