@@ -49,6 +49,14 @@ def seed_policies(path: Path = ROOT / "cluster.toml") -> str:
 DEFAULT_POLICIES = seed_policies()
 
 
+def tokens_toml(tokens: dict[str, tuple[str, str]]) -> str:
+    """An `[auth]` section with one token per entry: name -> (role, secret)."""
+    parts = ["\n[auth]"]
+    for name, (role, secret) in tokens.items():
+        parts.append(f'[[auth.tokens]]\nname = "{name}"\nrole = "{role}"\ntoken = "{secret}"\n')
+    return "\n".join(parts)
+
+
 def find_binary() -> Path:
     """``$QUORATE_BIN``, else the workspace's debug, else release binary. Fails loudly
     (never skips): Python tests without a server would prove nothing."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from quorate_cluster import Cluster, free_ports, poll
+from quorate_cluster import Cluster, free_ports, poll, tokens_toml
 
 import quorate
 from quorate import AsyncClient, Client
@@ -419,18 +419,12 @@ def test_error_mapping(client: Client, uid: str) -> None:
     assert all(issubclass(c, quorate.QuorateError) for c in (quorate.Unavailable, quorate.ApiError))
 
 
-AUTH_TOML = """
-[auth]
-[[auth.tokens]]
-name = "ops"
-role = "admin"
-token = "admin-token-0123456789"
-
-[[auth.tokens]]
-name = "workers"
-role = "client"
-token = "client-token-0123456789"
-"""
+AUTH_TOML = tokens_toml(
+    {
+        "ops": ("admin", "admin-token-0123456789"),
+        "workers": ("client", "client-token-0123456789"),
+    }
+)
 
 
 def test_bearer_token_unauthorized_and_forbidden(quorate_bin: Any, uid: str) -> None:

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from quorate_cluster import Cluster, poll
+from quorate_cluster import Cluster, poll, tokens_toml
 
 import quorate
 from quorate import AsyncClient, Client, RateCheck
@@ -218,23 +218,13 @@ def test_a_busy_sync_stream_sends_other_threads_over_http(cluster: Cluster, uid:
 
 # -- tokens ------------------------------------------------------------------------------
 
-AUTH_TOML = """
-[auth]
-[[auth.tokens]]
-name = "ops"
-role = "admin"
-token = "admin-token-0123456789"
-
-[[auth.tokens]]
-name = "team-a"
-role = "client"
-token = "client-a-token-0123456789"
-
-[[auth.tokens]]
-name = "team-b"
-role = "client"
-token = "client-b-token-0123456789"
-"""
+AUTH_TOML = tokens_toml(
+    {
+        "ops": ("admin", "admin-token-0123456789"),
+        "team-a": ("client", "client-a-token-0123456789"),
+        "team-b": ("client", "client-b-token-0123456789"),
+    }
+)
 
 
 def test_stream_tokens_forbidden_and_unauthorized(quorate_bin: Any, uid: str) -> None:
