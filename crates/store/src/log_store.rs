@@ -43,7 +43,7 @@ use crate::db::{Shared, COMMITTED_EVERY, KEY_COMMITTED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
-use crate::flusher::{FlushStats, Health};
+use crate::flusher::{FlushStats, Health, Load};
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
@@ -74,7 +74,9 @@ impl LogStore {
         }
         self.shared
             .log
-            .append(&self.shared.flusher, entries, Box::new(done))
+            .append(&self.shared.flusher, entries, Box::new(done))?;
+        self.shared.flusher.run_here();
+        Ok(())
     }
 
     /// Waits until every write made so far is on disk.
@@ -111,6 +113,15 @@ impl LogStore {
     /// acknowledged (their ratio is the group-commit factor).
     pub fn flush_stats(&self) -> FlushStats {
         self.shared.flusher.stats()
+    }
+
+    /// The node's count of client operations in progress, which decides whether an
+    /// append is synced on the appending thread (see `flusher.rs`, [`Load`]). The
+    /// server enters it once per operation. Until this is called the store never
+    /// syncs on the appending thread (uncounted callers keep many appends in flight,
+    /// which share the flusher thread's fsyncs).
+    pub fn load(&self) -> Load {
+        self.shared.flusher.load().clone()
     }
 
     pub(crate) fn read_range(
@@ -309,5 +320,62 @@ mod tests {
         assert_eq!(log.read_committed().await.unwrap(), Some(id(20)));
         st.log.flush().await.unwrap();
         assert_eq!(in_sled(&st), Some(id(20)), "a flush writes it");
+    }
+
+    fn blank(index: u64) -> openraft::Entry<crate::TypeConfig> {
+        openraft::Entry {
+            log_id: id(index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    /// Appends `index`; answers which thread acknowledged it, once it has.
+    fn append_on(
+        st: &crate::Storage,
+        index: u64,
+    ) -> std::sync::mpsc::Receiver<(Option<String>, std::io::Result<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        st.log
+            .append_with_callback(vec![blank(index)], move |res| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((thread, res));
+            })
+            .unwrap();
+        rx
+    }
+
+    /// On a quiet node (at most one operation in progress) an append is synced by
+    /// the appending thread: acknowledged before `append_with_callback` returns, with
+    /// no hand-off to the flusher thread. With two or more in progress the flusher
+    /// thread syncs it, and the appending thread is free at once.
+    #[tokio::test]
+    async fn a_quiet_node_syncs_on_the_appending_thread_a_busy_one_on_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::open(dir.path()).unwrap();
+        let load = st.log.load();
+        let here = std::thread::current().name().map(str::to_owned);
+
+        let first = load.enter();
+        let (thread, res) = append_on(&st, 1)
+            .try_recv()
+            .expect("acknowledged before append returned");
+        res.unwrap();
+        assert_eq!(thread, here, "synced on the appending thread");
+
+        let second = load.enter();
+        let (thread, res) = append_on(&st, 2).recv().unwrap();
+        res.unwrap();
+        assert_eq!(thread.as_deref(), Some("quorate-flusher"));
+
+        drop((first, second));
+        assert_eq!(load.get(), 0);
+        append_on(&st, 3).try_recv().unwrap().1.unwrap();
+        let reopened = {
+            drop(st);
+            crate::open(dir.path()).unwrap()
+        };
+        let mut log = reopened.log.clone();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(id(3)), "every append is on disk");
     }
 }

@@ -27,8 +27,9 @@
 //! ## Who writes what, and when it is durable
 //!
 //! [`RaftLog::append`] reserves the records' place (segment, offset) under the lock,
-//! keeps their bytes in memory, and queues a write for the flusher thread
-//! (`flusher.rs`); the entries are readable at once. The flusher writes with `pwrite`
+//! keeps their bytes in memory, and queues a write for the flusher (`flusher.rs`);
+//! the entries are readable at once. On a quiet node the appending thread then runs
+//! the queue itself, otherwise the flusher thread does. The flusher writes with `pwrite`
 //! at the reserved offsets and `fdatasync`s before it fires the callbacks queued
 //! behind the write: an entry is acknowledged to openraft only once it is on disk.
 //! Truncation and segment removal are queued the same way, so every change to the
@@ -685,7 +686,7 @@ impl RaftLog {
         self.evict(&mut inner);
         jobs.push(Job::Done(done));
         // Under the lock: queue order must be reservation order.
-        flusher.submit_all(jobs);
+        flusher.submit_for_here(jobs);
         Ok(())
     }
 

@@ -23,6 +23,8 @@ use crate::backend::NodeError;
 impl Node {
     /// Replicate `op` through this node's batcher, if it is the leader.
     pub async fn leader_write(&self, op: Op, deadline: Instant) -> Result<Reply, NodeError> {
+        // Counted while it waits: how the log decides where to sync (`Node::load`).
+        let _busy = self.load.enter();
         if !self.is_leader() {
             return Err(NodeError::NotLeader {
                 leader: self.current_leader(),

@@ -102,6 +102,11 @@ pub struct Node {
     api_urls: BTreeMap<u64, Arc<str>>,
     /// Waiting acquires held open here, fed by the state machine's queue grants.
     waiters: Arc<Waiters>,
+    /// Client operations in progress on this node (writes it leads or forwards,
+    /// reads), counted for the log: while at most one is, an append is synced on
+    /// the runtime thread instead of being handed to the flusher thread and back
+    /// (`quorate_store::Load`, `flusher.rs`).
+    load: quorate_store::Load,
 }
 
 impl std::fmt::Debug for Node {
@@ -184,8 +189,10 @@ impl Node {
             .iter()
             .map(|n| (n.id, Arc::from(n.api_url(scheme))))
             .collect();
+        let load = log.load();
         let node = Arc::new(Node {
             id,
+            load,
             api_urls,
             waiters,
             config,

@@ -134,6 +134,7 @@ impl Node {
                 "no address known for leader {leader}"
             )));
         };
+        let _busy = self.load.enter();
         let result = self.forwarder.forward(leader, addr, op, deadline).await;
         self.metrics.forwarded("write", outcome_label(&result));
         result
@@ -157,6 +158,7 @@ impl Node {
 
     #[tracing::instrument(name = "read", skip_all, fields(node = self.id, query = query_kind(&q)))]
     pub(super) async fn read_query(&self, q: Query, deadline: Instant) -> Result<Reply, NodeError> {
+        let _busy = self.load.enter();
         let body = encoded(&q, "query")?;
         let path = paths::FORWARD_READ;
         self.route(
