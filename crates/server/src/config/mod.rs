@@ -255,6 +255,14 @@ pub struct ServerSection {
     /// with 1: a lone decision then crosses no thread boundary inside the node, and
     /// three nodes on two cores gain nothing from more threads each.
     pub worker_threads: usize,
+    /// While at most one client operation is in progress on this node, sync a log
+    /// append on the thread that made it instead of handing it to the flusher thread
+    /// and back (two wake-ups less per entry: issue 22, `quorate_store::Load`). The
+    /// price: while that fsync runs, the thread serves nothing else, so on a disk
+    /// that stalls, a quiet node's API (metrics and health included) stalls with it
+    /// instead of answering 503 at the request timeout. `false` keeps every sync on
+    /// the flusher thread.
+    pub sync_when_quiet: bool,
 }
 
 /// `NonZeroUsize` for constants known to be positive.
@@ -280,6 +288,7 @@ impl Default for ServerSection {
             clock_offset_warn_ms: nz_ms(1_000),
             stats_interval_ms: nz_ms(5_000),
             worker_threads: 0,
+            sync_when_quiet: true,
         }
     }
 }
@@ -1205,6 +1214,7 @@ trial = 0.5
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.policies.len(), 5);
         assert_eq!(c.tiers().len(), 3);
+        assert!(c.server.sync_when_quiet, "the file states the default");
     }
 
     /// A config written from a typed value reads back as the same value: tests and

@@ -189,7 +189,13 @@ impl Node {
             .iter()
             .map(|n| (n.id, Arc::from(n.api_url(scheme))))
             .collect();
-        let load = log.load();
+        // Asking the log for its counter is what lets it sync on a quiet node's own
+        // thread; an uncounted one keeps every sync on the flusher thread.
+        let load = if config.server.sync_when_quiet {
+            log.load()
+        } else {
+            quorate_store::Load::default()
+        };
         let node = Arc::new(Node {
             id,
             load,
