@@ -15,9 +15,9 @@
 #                       all; redis-aof = Redis with appendonly yes, appendfsync always)
 #   --workloads LIST    subset of hot,spread,rate (default: all)
 #   --clients LIST      client counts (default 1,16,64,256; quick: 16,64)
-#   --routes LIST       how quorate clients reach the cluster: round-robin, leader, and
-#                       leader-stream (leader-direct over decision streams, POST /v1/stream)
-#                       (default all three)
+#   --routes LIST       how quorate clients reach the cluster: round-robin, round-robin-stream
+#                       (round-robin over decision streams, POST /v1/stream), leader, and
+#                       leader-stream (leader-direct over decision streams) (default all four)
 #   --requests N        attempts per cell, same for every system
 #   --no-state          skip quorate's state/restart/catch-up measurements
 #   --fill-rate-keys N  rate keys the state section fills (default 1000000; quick: 100000)
@@ -41,7 +41,7 @@ CMDLINE="scripts/bench.sh $*"
 QUICK=0
 SYSTEMS=quorate,redis,redis-aof,etcd
 WORKLOADS=hot,spread,rate
-ROUTES=round-robin,leader,leader-stream
+ROUTES=round-robin,round-robin-stream,leader,leader-stream
 CLIENTS=""
 REQUESTS=""
 STATE=1
@@ -316,6 +316,7 @@ extra env "Load average at start (1/5/15 min)" "$(cut -d' ' -f1-3 /proc/loadavg)
 route_flags() { # route -> bench flags
   case $1 in
     leader-stream) echo "--route leader --protocol stream" ;;
+    round-robin-stream) echo "--route round-robin --protocol stream" ;;
     *) echo "--route $1" ;;
   esac
 }

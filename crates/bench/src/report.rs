@@ -108,7 +108,8 @@ fn find<'a>(
 pub const LEADER_DIRECT: &str = "leader-direct";
 pub const REDIS_AOF: &str = "appendfsync always";
 /// quorate clients sending decisions as frames on a decision stream (`--protocol
-/// stream`), always leader-direct in the matrix.
+/// stream`): alone, round-robin over the nodes (followers forward); with
+/// [`LEADER_DIRECT`], straight to the leader.
 pub const STREAM: &str = "stream";
 const LEADER_STREAM: &str = "leader-direct, stream";
 
@@ -370,6 +371,7 @@ fn fmt_procs(r: &RunResult) -> String {
 fn write_cost(md: &mut String, rs: &[RunResult]) {
     let rows = [
         ("quorate", "", "quorate ×3, round-robin"),
+        ("quorate", STREAM, "quorate ×3, round-robin, decision stream"),
         ("quorate", LEADER_DIRECT, "quorate ×3, leader-direct"),
         (
             "quorate",
@@ -690,6 +692,16 @@ mod tests {
                     ("3", "follower", 8.0),
                 ],
             ),
+            result(
+                "quorate",
+                STREAM,
+                15_000.0,
+                &[
+                    ("1", "follower", 20.0),
+                    ("2", "leader", 30.0),
+                    ("3", "follower", 20.0),
+                ],
+            ),
             result("redis", "", 50_000.0, &[("redis", "", 16.0)]),
             result("redis", REDIS_AOF, 40_000.0, &[("redis", "", 20.0)]),
         ];
@@ -712,6 +724,10 @@ mod tests {
         );
         assert!(
             cost.contains("| hot | 64 | quorate ×3, leader-direct, decision stream | 25000 | 1.00 / 5.00 | 0.50× / 0.62× | **44** (33 + 11) |"),
+            "{cost}"
+        );
+        assert!(
+            cost.contains("| hot | 64 | quorate ×3, round-robin, decision stream | 15000 | 1.00 / 5.00 | 0.30× / 0.38× |"),
             "{cost}"
         );
         assert!(
