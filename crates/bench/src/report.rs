@@ -371,7 +371,11 @@ fn fmt_procs(r: &RunResult) -> String {
 fn write_cost(md: &mut String, rs: &[RunResult]) {
     let rows = [
         ("quorate", "", "quorate ×3, round-robin"),
-        ("quorate", STREAM, "quorate ×3, round-robin, decision stream"),
+        (
+            "quorate",
+            STREAM,
+            "quorate ×3, round-robin, decision stream",
+        ),
         ("quorate", LEADER_DIRECT, "quorate ×3, leader-direct"),
         (
             "quorate",
