@@ -665,47 +665,24 @@ mod tests {
 
     #[test]
     fn the_cost_table_compares_every_routing_with_both_redis_setups() {
+        // A quorate cell: node 2 leads, nodes 1 and 3 follow.
+        let quorate = |variant: &str, ops: f64, leader: f64, follower: f64| {
+            result(
+                "quorate",
+                variant,
+                ops,
+                &[
+                    ("1", "follower", follower),
+                    ("2", "leader", leader),
+                    ("3", "follower", follower),
+                ],
+            )
+        };
         let rs = vec![
-            result(
-                "quorate",
-                "",
-                10_000.0,
-                &[
-                    ("1", "follower", 20.0),
-                    ("2", "leader", 80.0),
-                    ("3", "follower", 20.0),
-                ],
-            ),
-            result(
-                "quorate",
-                LEADER_DIRECT,
-                20_000.0,
-                &[
-                    ("1", "follower", 8.0),
-                    ("2", "leader", 40.0),
-                    ("3", "follower", 8.0),
-                ],
-            ),
-            result(
-                "quorate",
-                LEADER_STREAM,
-                25_000.0,
-                &[
-                    ("1", "follower", 8.0),
-                    ("2", "leader", 28.0),
-                    ("3", "follower", 8.0),
-                ],
-            ),
-            result(
-                "quorate",
-                STREAM,
-                15_000.0,
-                &[
-                    ("1", "follower", 20.0),
-                    ("2", "leader", 30.0),
-                    ("3", "follower", 20.0),
-                ],
-            ),
+            quorate("", 10_000.0, 80.0, 20.0),
+            quorate(LEADER_DIRECT, 20_000.0, 40.0, 8.0),
+            quorate(LEADER_STREAM, 25_000.0, 28.0, 8.0),
+            quorate(STREAM, 15_000.0, 30.0, 20.0),
             result("redis", "", 50_000.0, &[("redis", "", 16.0)]),
             result("redis", REDIS_AOF, 40_000.0, &[("redis", "", 20.0)]),
         ];
