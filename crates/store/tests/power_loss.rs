@@ -17,6 +17,9 @@
 //! - the purge point, the vote and the snapshot never go back behind what was
 //!   acknowledged.
 //!
+//! Odd seeds count load as a node does and have none, so every append is synced on
+//! the appending thread; even seeds leave it to the flusher thread (`flusher.rs`).
+//!
 //! On a third of the seeds the reopened log is then damaged in a record that a later
 //! write's stamped sync length covers (durable, not torn): the store must refuse to
 //! open, never cut the log.
@@ -297,6 +300,13 @@ async fn run_seed(seed: u64) -> Result<&'static str> {
             // No zero-fill, a fill smaller than a segment, or one that outgrows it.
             [0, 256, 4096][rng.below(3) as usize],
         );
+        // Odd seeds count load, as a node does: with nothing counted in progress the
+        // store is quiet, and every append is synced on the appending thread instead
+        // of the flusher thread (`flusher.rs`). Both paths must keep every
+        // acknowledged write.
+        if seed % 2 == 1 {
+            let _ = st.log.load();
+        }
         sim.crash_after(1 + rng.below(250));
         for _ in 0..STEPS {
             if !step(&mut st, &mut m, &mut rng).await? {
