@@ -292,7 +292,18 @@ impl Shared {
         std::mem::take(&mut self.queue.lock().unwrap_or_else(|p| p.into_inner()).jobs)
     }
     fn signal(&self) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.raise(q);
+    }
+
+    /// Sets the thread's flag and wakes it, unless the flag is already up: then a
+    /// wake-up is on its way (or the thread is running and looks at the flag before it
+    /// waits again), and a second `notify_one` would only cost a futex syscall. Under
+    /// load every append asks twice (`submit_for_here`, then `run_here`).
+    fn raise(&self, mut q: std::sync::MutexGuard<'_, Queue>) {
+        if q.signaled {
+            return;
+        }
         q.signaled = true;
         drop(q);
         self.wake.notify_one();
@@ -397,9 +408,7 @@ impl Flusher {
         }
         q.jobs.extend(jobs);
         if signal {
-            q.signaled = true;
-            drop(q);
-            self.shared.wake.notify_one();
+            self.shared.raise(q);
         }
     }
 
