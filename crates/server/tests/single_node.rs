@@ -188,7 +188,9 @@ async fn bootstraps_alone_and_serves_writes_reads_and_config() {
 async fn concurrent_writes_share_log_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path()).await;
-    let before = batches(&metrics_text(&node));
+    let text = metrics_text(&node);
+    let before = batches(&text);
+    let synced_before = metric(&text, "quorate_log_synced_writes_total");
 
     let n = 300;
     let mut tasks = Vec::new();
@@ -203,10 +205,21 @@ async fn concurrent_writes_share_log_entries() {
         let reply = t.await.expect("join").expect("write");
         assert!(granted(&reply), "{reply:?}");
     }
-    let proposed = batches(&metrics_text(&node)) - before;
+    let text = metrics_text(&node);
+    let proposed = batches(&text) - before;
     // Housekeeping adds a few entries of its own; batching must still make far fewer
     // entries than ops.
     assert!(proposed < n as f64 / 2.0, "{proposed} entries for {n} ops");
+    // Every entry was appended, and each append made durable, before it was applied:
+    // the disk metrics saw at least as many writes as entries, in fewer syncs.
+    let synced = metric(&text, "quorate_log_synced_writes_total") - synced_before;
+    let syncs = metric(&text, "quorate_log_sync_seconds_count");
+    assert!(
+        synced >= proposed,
+        "{synced} synced writes for {proposed} entries"
+    );
+    assert!(syncs >= 1.0 && syncs <= metric(&text, "quorate_log_synced_writes_total"));
+    assert!(metric(&text, "quorate_log_sync_seconds_sum") > 0.0);
     node.shutdown().await;
 }
 
@@ -262,8 +275,13 @@ async fn a_leader_under_write_load_stays_ready() {
 }
 
 fn batches(text: &str) -> f64 {
+    metric(text, "quorate_batches_total")
+}
+
+/// The value of an unlabelled sample in a `/metrics` text (0 if absent).
+fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix("quorate_batches_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }

@@ -62,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::record::{self, Version};
 use crate::vfs::{OpenHow, VFile, Vfs};
@@ -210,11 +211,30 @@ fn copy_error(e: &io::Error) -> io::Error {
 }
 
 /// Counters of the flusher, for metrics and the benchmark.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Counters {
     flushes: AtomicU64,
     callbacks: AtomicU64,
+    /// Told about every batch that reached the disk ([`SyncReport`]).
+    hook: OnceLock<SyncHook>,
 }
+
+/// What one batch of writes cost, for the node's metrics
+/// ([`crate::LogStore::on_sync`]). On the leader and on a follower, every decision
+/// waits for one of these, so its time is the disk's share of a decision's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// From the batch's first write to the end of its sync (`fdatasync`, and sled's
+    /// flush when a vote or snapshot asked for one).
+    pub elapsed: Duration,
+    /// The writes it made durable: the callbacks it fired (appends, votes, flushes).
+    pub acknowledged: usize,
+}
+
+/// Called by whichever thread ran the batch, before the batch's callbacks (so a
+/// write's report is in by the time it is acknowledged): keep it short (a histogram
+/// update), every acknowledgement waits for it.
+pub type SyncHook = Arc<dyn Fn(SyncReport) + Send + Sync>;
 
 /// What [`crate::LogStore::flush_stats`] reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -457,6 +477,12 @@ impl Flusher {
             .clone()
     }
 
+    /// Sets the hook told about every batch that reached the disk; only once (the
+    /// hook given is returned if one was set already).
+    pub(crate) fn on_sync(&self, hook: SyncHook) -> Result<(), SyncHook> {
+        self.counters.hook.set(hook)
+    }
+
     pub(crate) fn stats(&self) -> FlushStats {
         FlushStats {
             flushes: self.counters.flushes.load(Ordering::Relaxed),
@@ -617,6 +643,7 @@ struct Exec {
 impl Exec {
     /// One batch: every job in order, one fsync, then the callbacks.
     fn batch(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
         let mut batch = Batch::default();
         for job in jobs {
             if self.poisoned.is_some() {
@@ -643,6 +670,12 @@ impl Exec {
             .fetch_add(batch.dones.len() as u64, Ordering::Relaxed);
         match &self.poisoned {
             None => {
+                if let Some(hook) = self.counters.hook.get() {
+                    hook(SyncReport {
+                        elapsed: started.elapsed(),
+                        acknowledged: batch.dones.len(),
+                    });
+                }
                 for done in batch.dones {
                     done(Ok(()));
                 }

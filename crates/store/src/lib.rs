@@ -106,7 +106,7 @@ use crate::raft_log::RaftLog;
 use crate::state_machine::{restore_snapshot, Applied};
 
 pub use crate::error::StoreError;
-pub use crate::flusher::{FlushStats, Health, Load, LoadGuard};
+pub use crate::flusher::{FlushStats, Health, Load, LoadGuard, SyncHook, SyncReport};
 pub use crate::log_store::LogStore;
 pub use crate::snapshot_data::SnapshotData;
 pub use crate::state_machine::{GrantSink, StateMachineStore};

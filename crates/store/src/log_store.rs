@@ -43,7 +43,9 @@ use crate::db::{Shared, COMMITTED_EVERY, KEY_COMMITTED, KEY_VOTE};
 use crate::error::{
     logs_delete, logs_read, logs_write, store_read, store_write, vote_read, vote_write,
 };
-use crate::flusher::{FlushStats, Health, Load};
+#[cfg(doc)]
+use crate::flusher::SyncReport;
+use crate::flusher::{FlushStats, Health, Load, SyncHook};
 use crate::{StoreError, TypeConfig};
 
 /// The Raft log, vote and committed index of one node. Cheap to clone: clones share
@@ -113,6 +115,13 @@ impl LogStore {
     /// acknowledged (their ratio is the group-commit factor).
     pub fn flush_stats(&self) -> FlushStats {
         self.shared.flusher.stats()
+    }
+
+    /// Sets the hook told how long each batch of writes took to reach the disk and
+    /// how many writes it made durable ([`SyncReport`]): the node's metrics. Only
+    /// once per store; a second hook is handed back.
+    pub fn on_sync(&self, hook: SyncHook) -> Result<(), SyncHook> {
+        self.shared.flusher.on_sync(hook)
     }
 
     /// The node's count of client operations in progress, which decides whether an

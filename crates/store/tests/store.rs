@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{ensure, Result};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder, Vote};
-use quorate_store::{open, Storage, StoreError};
+use quorate_store::{open, Storage, StoreError, SyncHook, SyncReport};
 use workload::{entry, log_id, replay};
 
 /// Appends, commits and applies entries `from..=to` in term 1, the way openraft would.
@@ -267,6 +267,49 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
         after.flushes - before.flushes < n,
         "200 queued appends should share fsyncs: {after:?}"
     );
+    Ok(())
+}
+
+/// The node's disk metrics come from this hook: every batch that reached the disk
+/// is reported once, after its callbacks, with the writes it made durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_that_reached_the_disk_is_reported_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let st = open(dir.path())?;
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let hook: SyncHook = std::sync::Arc::new(move |r: SyncReport| sink.lock().unwrap().push(r));
+    ensure!(
+        st.log.on_sync(hook.clone()).is_ok(),
+        "the first hook is taken"
+    );
+    ensure!(
+        st.log.on_sync(hook).is_err(),
+        "a second hook is handed back"
+    );
+    // Whatever opening the store queued is on disk, and reported, once this is
+    // answered: a batch reports before its callbacks fire.
+    st.log.flush().await?;
+    let before = st.log.flush_stats();
+    let reported_before = reports.lock().unwrap().len();
+    let n = 100u64;
+    let mut waiters = Vec::new();
+    for i in 1..=n {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.log.append_with_callback([entry(1, i)], move |r| {
+            let _ = tx.send(r);
+        })?;
+        waiters.push(rx);
+    }
+    for rx in waiters {
+        rx.await??;
+    }
+    let after = st.log.flush_stats();
+    let reports = reports.lock().unwrap()[reported_before..].to_vec();
+    assert_eq!(reports.len() as u64, after.flushes - before.flushes);
+    let acknowledged: usize = reports.iter().map(|r| r.acknowledged).sum();
+    assert_eq!(acknowledged as u64, n);
+    assert!(reports.iter().all(|r| !r.elapsed.is_zero()), "{reports:?}");
     Ok(())
 }
 

@@ -151,6 +151,16 @@ impl Node {
                 "the state machine already feeds another node's waiters".into(),
             ));
         }
+        let m = metrics.clone();
+        let disk_metrics: quorate_store::SyncHook = Arc::new(move |r| {
+            m.log_sync_seconds.observe(r.elapsed.as_secs_f64());
+            m.log_synced_writes.inc_by(r.acknowledged as u64);
+        });
+        if log.on_sync(disk_metrics).is_err() {
+            return Err(ServerError::Raft(
+                "the log already reports to another node's metrics".into(),
+            ));
+        }
         let network = Network::new(id, peers.clone());
         let raft = Raft::new(id, raft_config, network, log.clone(), sm.clone())
             .await
