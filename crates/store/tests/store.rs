@@ -244,12 +244,9 @@ async fn log_edges() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_share_flushes() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let st = open(dir.path())?;
-    let before = st.log.flush_stats();
-    let n = 200u64;
+/// Appends entries 1..=n (term 1) all at once, as openraft keeps appends in flight,
+/// and waits until every one is acknowledged durable.
+async fn append_all(st: &Storage, n: u64) -> Result<()> {
     let mut waiters = Vec::new();
     for i in 1..=n {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -261,6 +258,16 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
     for rx in waiters {
         rx.await??;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_flushes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let st = open(dir.path())?;
+    let before = st.log.flush_stats();
+    let n = 200u64;
+    append_all(&st, n).await?;
     let after = st.log.flush_stats();
     assert_eq!(after.callbacks - before.callbacks, n);
     assert!(
@@ -271,7 +278,7 @@ async fn concurrent_appends_share_flushes() -> Result<()> {
 }
 
 /// The node's disk metrics come from this hook: every batch that reached the disk
-/// is reported once, after its callbacks, with the writes it made durable.
+/// is reported once, before its callbacks, with the writes it made durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_that_reached_the_disk_is_reported_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -293,17 +300,7 @@ async fn every_batch_that_reached_the_disk_is_reported_once() -> Result<()> {
     let before = st.log.flush_stats();
     let reported_before = reports.lock().unwrap().len();
     let n = 100u64;
-    let mut waiters = Vec::new();
-    for i in 1..=n {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        st.log.append_with_callback([entry(1, i)], move |r| {
-            let _ = tx.send(r);
-        })?;
-        waiters.push(rx);
-    }
-    for rx in waiters {
-        rx.await??;
-    }
+    append_all(&st, n).await?;
     let after = st.log.flush_stats();
     let reports = reports.lock().unwrap()[reported_before..].to_vec();
     assert_eq!(reports.len() as u64, after.flushes - before.flushes);
