@@ -14,7 +14,9 @@
 //!    another (so a later segment with data implies every earlier one is complete);
 //! 2. `fdatasync`s the segment it wrote last, and calls sled's blocking `Db::flush()`
 //!    only when a job asked for it (votes, snapshots, `last_purged`: rare);
-//! 3. fires the batch's callbacks, in submission order;
+//! 3. tells the node's metrics what the batch cost ([`SyncReport`]: how long it took
+//!    to reach the disk, how many writes it made durable), then fires the batch's
+//!    callbacks, in submission order;
 //!
 //! and at a clean stop (the queue closed, nothing failed) the thread cuts the zeros
 //! written ahead of the last segment's records, so a cleanly stopped log ends at its
